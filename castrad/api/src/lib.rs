@@ -1,0 +1,268 @@
+//! Wire types of the castrad JSON-RPC 2.0 protocol.
+//!
+//! This crate is the only place that decides what crosses the socket: method names, parameter
+//! and result shapes, event payloads and error codes. `castrad` converts its internal types into
+//! these at the RPC boundary; `castractl` (and any editor integration written in Rust) depends on
+//! this crate alone, so a client never links the daemon.
+//!
+//! The protocol is documented for humans in `proto-docs/PROTOCOL.md`; the examples there are
+//! checked against real daemon output by the end-to-end tests.
+//!
+//! Compatibility rule: fields are only ever added. Every optional field serializes as `null`
+//! rather than being omitted, so consumers see a stable shape.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol revision, bumped on any incompatible change to a method or event.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// JSON-RPC method names. These strings are a contract.
+pub mod method {
+    pub const VERSION: &str = "castra.version";
+    pub const PLAN: &str = "castra.plan";
+    pub const STATUS: &str = "castra.status";
+}
+
+/// JSON-RPC error codes used by castrad (in the implementation-defined server range).
+///
+/// castractl maps them to exit codes: `CONFIG` and `PREFLIGHT` are the user's input (exit 2),
+/// everything else is an operation failure (exit 1).
+pub mod code {
+    /// Standard JSON-RPC: the params did not have the documented shape.
+    pub const INVALID_PARAMS: i32 = -32602;
+    /// castra.toml (or a bootstrap.toml) could not be read or is invalid.
+    pub const CONFIG: i32 = -32001;
+    /// The request was understood but rejected before anything ran (override conflict, unknown VM).
+    pub const PREFLIGHT: i32 = -32002;
+    /// Work was attempted and failed (IO on the state root, hashing a base image...).
+    pub const OPERATION: i32 = -32003;
+}
+
+/// `error.data` of every castrad error: a machine-readable kind and the full cause chain, outermost
+/// first, so a client can show the real reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorData {
+    /// `config`, `preflight`, `operation` or `invalid-params`.
+    pub kind: String,
+    /// The error and each of its sources, outermost first.
+    pub causes: Vec<String>,
+    /// Where in which file the problem is, when it is about a file.
+    pub location: Option<ErrorLocation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorLocation {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.version
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionResult {
+    /// castrad's crate version.
+    pub version: String,
+    pub protocol: u32,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.plan
+
+/// Params of `castra.plan` (and, later, `castra.up`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanParams {
+    /// Absolute path of castra.toml.
+    pub config: PathBuf,
+    /// Override strings exactly as given on the command line (`always`, `web=skip,db:always`, ...).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlanResult {
+    pub project: String,
+    pub config: PathBuf,
+    pub state_root: PathBuf,
+    /// One entry per VM, in file order (replicas expanded).
+    pub vms: Vec<BootstrapPlanned>,
+}
+
+/// Effective bootstrap mode of a VM after overrides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapMode {
+    Auto,
+    Skip,
+    Always,
+}
+
+/// What the pipeline will do for a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapPlanAction {
+    /// The pipeline will execute.
+    Run,
+    /// A stamp proves this exact (base image, artifact, disk) was already bootstrapped: NoOp.
+    Noop,
+    /// Nothing will run (mode skip, or no script configured).
+    Skip,
+}
+
+/// Why the pipeline runs: resolved from the effective mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapTrigger {
+    Auto,
+    Always,
+}
+
+/// The `ssh` invocation the pipeline will use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapPlanSsh {
+    pub user: Option<String>,
+    pub host: String,
+    /// `null` for a QEMU VM whose forwarded port is chosen when it starts.
+    pub port: Option<u16>,
+    pub identity: Option<PathBuf>,
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootstrapPlanVerify {
+    pub command: Option<String>,
+    pub path: Option<String>,
+}
+
+/// Expected state of the in-guest Vizier agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VizierPlanStatus {
+    Start,
+    Restart,
+    Healthy,
+    Unavailable,
+}
+
+/// The dry-run summary of one VM's bootstrap, emitted before execution and returned by
+/// `castra.plan`. Field names follow the bootstrap contract in docs/BOOTSTRAP.md.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BootstrapPlanned {
+    pub vm: String,
+    pub mode: BootstrapMode,
+    pub action: BootstrapPlanAction,
+    pub reason: String,
+    pub trigger: Option<BootstrapTrigger>,
+    pub script_path: Option<PathBuf>,
+    pub payload_path: Option<PathBuf>,
+    pub payload_bytes: Option<u64>,
+    pub handshake_timeout_secs: Option<u64>,
+    pub remote_dir: Option<String>,
+    pub ssh: Option<BootstrapPlanSsh>,
+    /// Names of the environment variables passed to the script. Values are never reported.
+    pub env_keys: Vec<String>,
+    pub verify: Option<BootstrapPlanVerify>,
+    pub artifact_hash: Option<String>,
+    /// The bootstrap.toml that contributed to this plan, if any.
+    pub metadata_path: Option<PathBuf>,
+    pub warnings: Vec<String>,
+    pub vizier_status: Option<VizierPlanStatus>,
+    pub vizier_log_path: Option<PathBuf>,
+    pub vizier_remediation: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.status
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusParams {
+    /// Restrict the answer to this project (loading it if the daemon does not know it yet).
+    #[serde(default)]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusResult {
+    pub daemon: DaemonStatus,
+    pub projects: Vec<ProjectStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_ms: u64,
+    pub socket: PathBuf,
+    pub state_dir: PathBuf,
+    /// Bytes of base images read for hashing since the daemon started (cache misses).
+    pub base_bytes_hashed: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectStatus {
+    pub name: String,
+    pub config: PathBuf,
+    pub state_root: PathBuf,
+    pub vms: Vec<VmStatus>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    Qemu,
+    External,
+}
+
+/// Lifecycle state of a VM as castrad sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Not running (QEMU), or an external host castrad is not currently working on.
+    Stopped,
+    Starting,
+    Running,
+    Bootstrapping,
+    Failed,
+    Stopping,
+    /// An external host: castrad does not own its lifecycle.
+    External,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmStatus {
+    pub name: String,
+    pub backend: Backend,
+    pub state: VmState,
+    /// The stamp of the last successful bootstrap, if any.
+    pub stamp_path: Option<PathBuf>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Where the daemon listens
+
+/// Environment variable naming the socket, honoured by castrad and castractl alike.
+pub const SOCKET_ENV: &str = "CASTRA_SOCKET";
+
+/// The default socket path: `$XDG_RUNTIME_DIR/castra/castrad.sock`.
+///
+/// Without `XDG_RUNTIME_DIR` (a root shell outside a login session, CI), falls back to
+/// `/run/user/<uid>/castra/castrad.sock` when that runtime directory exists, else to
+/// `$TMPDIR/castra-<uid>/castrad.sock`. Both binaries use this one function, so they always agree.
+pub fn default_socket_path() -> PathBuf {
+    runtime_dir().join("castrad.sock")
+}
+
+/// The per-user runtime directory castrad keeps its socket (and, later, SSH control sockets) in.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("castra");
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    let run_user = PathBuf::from(format!("/run/user/{uid}"));
+    if run_user.is_dir() {
+        return run_user.join("castra");
+    }
+    std::env::temp_dir().join(format!("castra-{uid}"))
+}

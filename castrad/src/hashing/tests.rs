@@ -1,0 +1,218 @@
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use super::*;
+use crate::config::{Bootstrap, BootstrapMode, Ssh};
+
+fn vm(dir: &Path) -> Vm {
+    Vm {
+        name: "web".into(),
+        declared_name: "web".into(),
+        replica: None,
+        description: None,
+        backend: Backend::Qemu,
+        base_image: Some(dir.join("base.img")),
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        cpus: 2,
+        memory_mib: 2048,
+        ephemeral: false,
+        port_forwards: vec![],
+        ssh: Ssh::default(),
+        bootstrap: Bootstrap {
+            mode: BootstrapMode::Auto,
+            script: Some(dir.join("run.sh")),
+            payload: Some(dir.join("payload")),
+            verify_command: Some("test -f done".into()),
+            verify_path: Some("done".into()),
+            handshake_timeout_secs: 120,
+            remote_dir: "/var/tmp/castra/web".into(),
+            env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
+            metadata_path: None,
+        },
+    }
+}
+
+fn fixture() -> (tempfile::TempDir, Vm) {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(d.join("run.sh"), "#!/bin/sh\necho hi\n").unwrap();
+    fs::create_dir_all(d.join("payload/sub")).unwrap();
+    fs::write(d.join("payload/a.txt"), "alpha").unwrap();
+    fs::write(d.join("payload/sub/b.bin"), [0u8, 1, 2, 3]).unwrap();
+    std::os::unix::fs::symlink("a.txt", d.join("payload/link")).unwrap();
+    fs::write(d.join("base.img"), vec![7u8; 3 << 20]).unwrap();
+    let vm = vm(d);
+    (dir, vm)
+}
+
+fn artifact(vm: &Vm) -> String {
+    artifact_hash(vm, "1.0").unwrap().hash
+}
+
+#[test]
+fn artifact_hash_is_deterministic_and_counts_payload_bytes() {
+    let (_dir, vm) = fixture();
+    let a = artifact_hash(&vm, "1.0").unwrap();
+    assert_eq!(a, artifact_hash(&vm, "1.0").unwrap());
+    assert_eq!(a.hash.len(), 64);
+    assert_eq!(a.payload_bytes, Some(5 + 4));
+}
+
+#[test]
+fn every_input_of_the_artifact_changes_its_hash() {
+    let (dir, base_vm) = fixture();
+    let d = dir.path();
+    let base = artifact(&base_vm);
+    let mut seen = vec![base.clone()];
+    let mut check = |what: &str, h: String| {
+        assert!(!seen.contains(&h), "{what} did not change the artifact hash");
+        seen.push(h);
+    };
+
+    // One payload byte.
+    fs::write(d.join("payload/sub/b.bin"), [0u8, 1, 2, 4]).unwrap();
+    check("payload byte", artifact(&base_vm));
+    fs::write(d.join("payload/sub/b.bin"), [0u8, 1, 2, 3]).unwrap();
+    assert_eq!(artifact(&base_vm), base, "restoring the byte restores the hash");
+
+    // One mode bit.
+    fs::set_permissions(d.join("payload/a.txt"), fs::Permissions::from_mode(0o755)).unwrap();
+    check("mode bit", artifact(&base_vm));
+    fs::set_permissions(d.join("payload/a.txt"), fs::Permissions::from_mode(0o644)).unwrap();
+
+    // A rename inside the payload, same contents.
+    fs::rename(d.join("payload/sub/b.bin"), d.join("payload/sub/c.bin")).unwrap();
+    check("payload rename", artifact(&base_vm));
+    fs::rename(d.join("payload/sub/c.bin"), d.join("payload/sub/b.bin")).unwrap();
+
+    // Symlink target.
+    fs::remove_file(d.join("payload/link")).unwrap();
+    std::os::unix::fs::symlink("sub", d.join("payload/link")).unwrap();
+    check("symlink target", artifact(&base_vm));
+
+    // Script bytes.
+    fs::write(d.join("run.sh"), "#!/bin/sh\necho hi!\n").unwrap();
+    check("script byte", artifact(&base_vm));
+
+    let mut vm = base_vm.clone();
+    vm.bootstrap.env.insert("A".into(), "10".into());
+    check("env value", artifact(&vm));
+
+    let mut vm = base_vm.clone();
+    vm.bootstrap.env = BTreeMap::from([("A".into(), "12".into())]);
+    check("env key/value boundary 1", artifact(&vm));
+    vm.bootstrap.env = BTreeMap::from([("A1".into(), "2".into())]);
+    check("env key/value boundary 2", artifact(&vm));
+
+    let mut vm = base_vm.clone();
+    vm.bootstrap.verify_command = Some("test -f done2".into());
+    check("verify command", artifact(&vm));
+    vm.bootstrap.verify_command = None;
+    check("no verify command", artifact(&vm));
+
+    let mut vm = base_vm.clone();
+    vm.bootstrap.verify_path = Some("other".into());
+    check("verify path", artifact(&vm));
+
+    let mut vm = base_vm.clone();
+    vm.bootstrap.remote_dir = "/var/tmp/castra/web2".into();
+    check("remote_dir", artifact(&vm));
+
+    check("vizier version", artifact_hash(&base_vm, "1.1").unwrap().hash);
+
+    let mut vm = base_vm.clone();
+    vm.bootstrap.payload = None;
+    check("no payload", artifact(&vm));
+}
+
+#[test]
+fn things_outside_the_artifact_do_not_change_it() {
+    let (_dir, vm) = fixture();
+    let base = artifact(&vm);
+    let mut other = vm.clone();
+    other.name = "web-1".into();
+    other.cpus = 8;
+    other.ssh.port = Some(2222);
+    other.bootstrap.mode = BootstrapMode::Always;
+    other.bootstrap.handshake_timeout_secs = 5;
+    assert_eq!(artifact(&other), base);
+}
+
+#[test]
+fn special_files_in_the_payload_are_refused_by_name() {
+    let (dir, vm) = fixture();
+    nix::unistd::mkfifo(&dir.path().join("payload/pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let err = artifact_hash(&vm, "1.0").unwrap_err().to_string();
+    assert!(err.contains("pipe is a FIFO"), "{err}");
+}
+
+#[test]
+fn single_file_payload_is_hashed() {
+    let (dir, mut vm) = fixture();
+    vm.bootstrap.payload = Some(dir.path().join("payload/a.txt"));
+    let a = artifact_hash(&vm, "1.0").unwrap();
+    assert_eq!(a.payload_bytes, Some(5));
+}
+
+#[test]
+fn base_hash_is_the_image_sha256_and_is_cached_by_file_identity() {
+    let (dir, vm) = fixture();
+    let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
+    let image = dir.path().join("base.img");
+    let expected = hex(&Sha256::digest(fs::read(&image).unwrap()));
+
+    let first = base_hash(&root, &vm).unwrap();
+    assert_eq!(first.hash, expected);
+    assert_eq!(first.bytes_read, 3 << 20);
+
+    // Unchanged: answered from the cache without reading a byte of the image.
+    let second = base_hash(&root, &vm).unwrap();
+    assert_eq!(second, BaseHash { hash: expected.clone(), bytes_read: 0 });
+
+    // Touched (mtime changes, content identical): re-read, same hash.
+    let f = fs::File::options().write(true).open(&image).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    drop(f);
+    let touched = base_hash(&root, &vm).unwrap();
+    assert_eq!(touched, BaseHash { hash: expected.clone(), bytes_read: 3 << 20 });
+
+    // Content changed: new hash.
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[12345] ^= 1;
+    fs::write(&image, &bytes).unwrap();
+    let changed = base_hash(&root, &vm).unwrap();
+    assert_ne!(changed.hash, expected);
+    assert_eq!(changed.bytes_read, 3 << 20);
+    assert_eq!(base_hash(&root, &vm).unwrap().bytes_read, 0);
+}
+
+#[test]
+fn kernel_initrd_and_cmdline_are_part_of_the_base_hash() {
+    let (dir, mut vm) = fixture();
+    let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
+    let plain = base_hash(&root, &vm).unwrap().hash;
+    fs::write(dir.path().join("vmlinuz"), "kernel").unwrap();
+    vm.kernel = Some(dir.path().join("vmlinuz"));
+    let with_kernel = base_hash(&root, &vm).unwrap().hash;
+    assert_ne!(with_kernel, plain);
+    vm.cmdline = Some("console=ttyS0".into());
+    let with_cmdline = base_hash(&root, &vm).unwrap().hash;
+    assert_ne!(with_cmdline, with_kernel);
+    vm.cmdline = Some("console=ttyS1".into());
+    assert_ne!(base_hash(&root, &vm).unwrap().hash, with_cmdline);
+}
+
+#[test]
+fn external_vms_have_a_fixed_base_hash_and_read_nothing() {
+    let (dir, mut vm) = fixture();
+    let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
+    vm.backend = Backend::External;
+    let h = base_hash(&root, &vm).unwrap();
+    assert_eq!(h.bytes_read, 0);
+    assert_eq!(h, base_hash(&root, &vm).unwrap());
+    assert!(!root.path().exists(), "no state written for an external VM");
+}
