@@ -29,7 +29,11 @@ pub enum HashError {
     #[error("cannot read {}", path.display())]
     Read { path: PathBuf, source: io::Error },
     #[error("payload {}: {} is a {kind}; only regular files, directories and symlinks can be transferred", root.display(), entry.display())]
-    SpecialFile { root: PathBuf, entry: PathBuf, kind: &'static str },
+    SpecialFile {
+        root: PathBuf,
+        entry: PathBuf,
+        kind: &'static str,
+    },
     #[error("{} changed while it was being hashed; try again once it is no longer being written", path.display())]
     Changed { path: PathBuf },
     #[error("cannot write the hash cache entry {}", path.display())]
@@ -76,7 +80,9 @@ impl Encoder {
         self.len(expected);
         let read = stream_into(&mut self.0, path)?;
         if read != expected {
-            return Err(HashError::Changed { path: path.to_owned() });
+            return Err(HashError::Changed {
+                path: path.to_owned(),
+            });
         }
         Ok(())
     }
@@ -87,7 +93,10 @@ impl Encoder {
 }
 
 fn stream_into(hasher: &mut Sha256, path: &Path) -> Result<u64, HashError> {
-    let read_err = |source| HashError::Read { path: path.to_owned(), source };
+    let read_err = |source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let mut file = File::open(path).map_err(read_err)?;
     let mut buf = vec![0u8; READ_BUF];
     let mut total = 0u64;
@@ -121,8 +130,10 @@ pub fn artifact_hash(vm: &Vm, vizier_version: &str) -> Result<Artifact, HashErro
         None => e.0.update([0u8]),
         Some(script) => {
             e.0.update([1u8]);
-            let meta = fs::metadata(script)
-                .map_err(|source| HashError::Read { path: script.clone(), source })?;
+            let meta = fs::metadata(script).map_err(|source| HashError::Read {
+                path: script.clone(),
+                source,
+            })?;
             e.file(script, meta.len())?;
         }
     }
@@ -145,11 +156,17 @@ pub fn artifact_hash(vm: &Vm, vizier_version: &str) -> Result<Artifact, HashErro
         e.bytes(k.as_bytes());
         e.bytes(v.as_bytes());
     }
-    e.opt("verify_command", b.verify_command.as_deref().map(str::as_bytes));
+    e.opt(
+        "verify_command",
+        b.verify_command.as_deref().map(str::as_bytes),
+    );
     e.opt("verify_path", b.verify_path.as_deref().map(str::as_bytes));
     e.field("remote_dir", b.remote_dir.as_bytes());
     e.field("vizier_version", vizier_version.as_bytes());
-    Ok(Artifact { hash: e.finish(), payload_bytes })
+    Ok(Artifact {
+        hash: e.finish(),
+        payload_bytes,
+    })
 }
 
 /// Encodes the payload (a file or a directory tree) and returns its total file size.
@@ -162,15 +179,18 @@ fn hash_tree(e: &mut Encoder, root: &Path) -> Result<u64, HashError> {
     e.len(entries.len() as u64);
     let mut total = 0;
     for (rel, meta) in entries {
-        let path = if rel.as_os_str().is_empty() { root.to_owned() } else { root.join(&rel) };
+        let path = if rel.as_os_str().is_empty() {
+            root.to_owned()
+        } else {
+            root.join(&rel)
+        };
         e.bytes(rel.as_os_str().as_encoded_bytes());
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_symlink() {
             e.0.update([b'l']);
             e.len(u64::from(mode));
-            let target =
-                fs::read_link(&path).map_err(|source| HashError::Read { path, source })?;
+            let target = fs::read_link(&path).map_err(|source| HashError::Read { path, source })?;
             e.bytes(target.as_os_str().as_encoded_bytes());
         } else if ft.is_dir() {
             e.0.update([b'd']);
@@ -190,7 +210,10 @@ fn collect(
     path: &Path,
     out: &mut BTreeMap<PathBuf, fs::Metadata>,
 ) -> Result<(), HashError> {
-    let read_err = |source| HashError::Read { path: path.to_owned(), source };
+    let read_err = |source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let meta = fs::symlink_metadata(path).map_err(read_err)?;
     let rel = path.strip_prefix(root).unwrap_or(path).to_owned();
     let ft = meta.file_type();
@@ -207,7 +230,11 @@ fn collect(
         })
     };
     if let Some(kind) = kind {
-        return Err(HashError::SpecialFile { root: root.to_owned(), entry: rel, kind });
+        return Err(HashError::SpecialFile {
+            root: root.to_owned(),
+            entry: rel,
+            kind,
+        });
     }
     let is_dir = ft.is_dir();
     out.insert(rel, meta);
@@ -234,7 +261,10 @@ pub struct BaseHash {
 pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
     if vm.backend == Backend::External {
         let e = Encoder::new("castra-base-external-v1");
-        return Ok(BaseHash { hash: e.finish(), bytes_read: 0 });
+        return Ok(BaseHash {
+            hash: e.finish(),
+            bytes_read: 0,
+        });
     }
     let mut bytes_read = 0;
     let mut part = |p: &Option<PathBuf>| -> Result<Option<String>, HashError> {
@@ -294,7 +324,10 @@ fn file_id(meta: &fs::Metadata) -> FileId {
 /// sha256 of the file at `path`, from the cache when (dev, inode, size, mtime) are unchanged.
 /// Returns the hex digest and the number of bytes read (0 on a cache hit).
 pub fn cached_file_hash(root: &StateRoot, path: &Path) -> Result<(String, u64), HashError> {
-    let read_err = |source| HashError::Read { path: path.to_owned(), source };
+    let read_err = |source| HashError::Read {
+        path: path.to_owned(),
+        source,
+    };
     let before = file_id(&fs::metadata(path).map_err(read_err)?);
     let entry_path = root.hash_cache_entry(path);
     if let Some(entry) = fs::read(&entry_path)
@@ -316,7 +349,9 @@ pub fn cached_file_hash(root: &StateRoot, path: &Path) -> Result<(String, u64), 
     let read = stream_into(&mut hasher, path)?;
     let after = file_id(&fs::metadata(path).map_err(read_err)?);
     if after != before || read != before.size {
-        return Err(HashError::Changed { path: path.to_owned() });
+        return Err(HashError::Changed {
+            path: path.to_owned(),
+        });
     }
     let sha256 = hex(&hasher.finalize());
     let entry = CacheEntry {
@@ -327,7 +362,10 @@ pub fn cached_file_hash(root: &StateRoot, path: &Path) -> Result<(String, u64), 
         mtime_ns: after.mtime_ns,
         sha256: sha256.clone(),
     };
-    let cache_err = |source| HashError::Cache { path: entry_path.clone(), source };
+    let cache_err = |source| HashError::Cache {
+        path: entry_path.clone(),
+        source,
+    };
     ensure_dir(&root.hash_cache_dir()).map_err(cache_err)?;
     let json = serde_json::to_vec_pretty(&entry).map_err(|e| cache_err(io::Error::other(e)))?;
     write_atomic(&entry_path, &json).map_err(cache_err)?;

@@ -11,9 +11,17 @@
 //! - `fsutil`: atomic writes.
 //! - `vizier`: the in-guest agent.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod fsutil;
 pub mod hashing;
 pub mod overrides;
+pub mod planner;
+pub mod rpc;
+pub mod stamps;
 pub mod state_root;
 pub mod vizier;
+
+#[cfg(test)]
+mod testutil;

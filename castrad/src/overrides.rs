@@ -60,9 +60,18 @@ pub enum OverrideError {
     #[error("--bootstrap: conflicting global modes: {first} and {second}")]
     GlobalConflict { first: String, second: String },
     #[error("--bootstrap: conflicting modes for VM {vm}: {first} and {second}")]
-    VmConflict { vm: String, first: String, second: String },
+    VmConflict {
+        vm: String,
+        first: String,
+        second: String,
+    },
     #[error("--bootstrap {token}: unknown VM {vm:?}{hint}; known VMs: {}", known.join(", "))]
-    UnknownVm { token: String, vm: String, hint: String, known: Vec<String> },
+    UnknownVm {
+        token: String,
+        vm: String,
+        hint: String,
+        known: Vec<String>,
+    },
 }
 
 impl Overrides {
@@ -74,7 +83,9 @@ impl Overrides {
             for item in value.split(',') {
                 let token = item.trim();
                 if token.is_empty() {
-                    return Err(OverrideError::EmptyItem { value: value.to_owned() });
+                    return Err(OverrideError::EmptyItem {
+                        value: value.to_owned(),
+                    });
                 }
                 out.add(token)?;
             }
@@ -106,15 +117,20 @@ impl Overrides {
             }
             Some((vm, sep, mode)) => {
                 if vm.is_empty() {
-                    return Err(OverrideError::EmptyVmName { token: token.to_owned(), sep });
+                    return Err(OverrideError::EmptyVmName {
+                        token: token.to_owned(),
+                        sep,
+                    });
                 }
                 let mode = parse_mode(token, mode)?;
                 match self.per_vm.get(vm) {
-                    Some((existing, first)) if *existing != mode => Err(OverrideError::VmConflict {
-                        vm: vm.to_owned(),
-                        first: first.clone(),
-                        second: token.to_owned(),
-                    }),
+                    Some((existing, first)) if *existing != mode => {
+                        Err(OverrideError::VmConflict {
+                            vm: vm.to_owned(),
+                            first: first.clone(),
+                            second: token.to_owned(),
+                        })
+                    }
                     Some(_) => Ok(()),
                     None => {
                         self.per_vm.insert(vm.to_owned(), (mode, token.to_owned()));
@@ -137,7 +153,10 @@ impl Overrides {
                 .filter(|k| k.strip_prefix(vm.as_str()).is_some_and(is_replica_suffix))
                 .collect();
             let hint = if !replicas.is_empty() {
-                format!(" ({vm} has replicas; name one of them: {})", replicas.join(", "))
+                format!(
+                    " ({vm} has replicas; name one of them: {})",
+                    replicas.join(", ")
+                )
             } else if let Some(close) = closest(vm, known) {
                 format!(" (did you mean {close}?)")
             } else {
@@ -156,10 +175,20 @@ impl Overrides {
     /// The effective mode of `vm` whose castra.toml mode is `file_mode`, and where it came from.
     pub fn resolve(&self, vm: &str, file_mode: BootstrapMode) -> (BootstrapMode, ModeSource) {
         if let Some((mode, token)) = self.per_vm.get(vm) {
-            return (*mode, ModeSource::PerVm { token: token.clone() });
+            return (
+                *mode,
+                ModeSource::PerVm {
+                    token: token.clone(),
+                },
+            );
         }
         if let Some((mode, token)) = &self.global {
-            return (*mode, ModeSource::Global { token: token.clone() });
+            return (
+                *mode,
+                ModeSource::Global {
+                    token: token.clone(),
+                },
+            );
         }
         (file_mode, ModeSource::File)
     }
@@ -173,7 +202,8 @@ fn parse_mode(token: &str, mode: &str) -> Result<BootstrapMode, OverrideError> {
 }
 
 fn is_replica_suffix(rest: &str) -> bool {
-    rest.strip_prefix('-').is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+    rest.strip_prefix('-')
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn closest<'a>(name: &str, known: &[&'a str]) -> Option<&'a str> {
@@ -211,19 +241,41 @@ mod tests {
             (&["skip", "web-1=always"], Auto, [Skip, Always, Skip, Skip]),
             (&["web-1=always", "skip"], Auto, [Skip, Always, Skip, Skip]),
             (&["web-0:always,db=skip"], Auto, [Always, Auto, Skip, Auto]),
-            (&["always,db:disabled", "cache=auto"], Skip, [Always, Always, Skip, Auto]),
-            (&[" web-0 = skip , always "], Auto, [Skip, Always, Always, Always]),
+            (
+                &["always,db:disabled", "cache=auto"],
+                Skip,
+                [Always, Always, Skip, Auto],
+            ),
+            (
+                &[" web-0 = skip , always "],
+                Auto,
+                [Skip, Always, Always, Always],
+            ),
         ];
         for (values, file, expected) in cases {
-            assert_eq!(resolve_all(values, *file).unwrap(), expected, "{values:?} over {file:?}");
+            assert_eq!(
+                resolve_all(values, *file).unwrap(),
+                expected,
+                "{values:?} over {file:?}"
+            );
         }
     }
 
     #[test]
     fn source_names_the_token_that_won() {
         let o = Overrides::parse(&["skip,web-1:always"]).unwrap();
-        assert_eq!(o.resolve("web-1", Auto).1, ModeSource::PerVm { token: "web-1:always".into() });
-        assert_eq!(o.resolve("db", Auto).1, ModeSource::Global { token: "skip".into() });
+        assert_eq!(
+            o.resolve("web-1", Auto).1,
+            ModeSource::PerVm {
+                token: "web-1:always".into()
+            }
+        );
+        assert_eq!(
+            o.resolve("db", Auto).1,
+            ModeSource::Global {
+                token: "skip".into()
+            }
+        );
         assert_eq!(Overrides::default().resolve("db", Auto).1, ModeSource::File);
         assert_eq!(o.resolve("db", Auto).1.to_string(), "--bootstrap skip");
     }
@@ -243,11 +295,26 @@ mod tests {
     #[test]
     fn errors_name_what_is_wrong() {
         let cases: &[(&[&str], &str)] = &[
-            (&["always", "skip"], "conflicting global modes: always and skip"),
-            (&["always,auto"], "conflicting global modes: always and auto"),
-            (&["db=skip", "db:always"], "conflicting modes for VM db: db=skip and db:always"),
-            (&["sometimes"], "unknown mode \"sometimes\"; expected one of auto, skip, always"),
-            (&["db=ALWAYS"], "--bootstrap db=ALWAYS: unknown mode \"ALWAYS\""),
+            (
+                &["always", "skip"],
+                "conflicting global modes: always and skip",
+            ),
+            (
+                &["always,auto"],
+                "conflicting global modes: always and auto",
+            ),
+            (
+                &["db=skip", "db:always"],
+                "conflicting modes for VM db: db=skip and db:always",
+            ),
+            (
+                &["sometimes"],
+                "unknown mode \"sometimes\"; expected one of auto, skip, always",
+            ),
+            (
+                &["db=ALWAYS"],
+                "--bootstrap db=ALWAYS: unknown mode \"ALWAYS\"",
+            ),
             (&["db="], "--bootstrap db=: unknown mode \"\""),
             (&["=always"], "missing VM name before '='"),
             (&[":skip"], "missing VM name before ':'"),
@@ -269,8 +336,14 @@ mod tests {
              known VMs: web-0, web-1, db, cache"
         );
         let err = resolve_all(&["web=always"], Auto).unwrap_err();
-        assert!(err.contains("(web has replicas; name one of them: web-0, web-1)"), "{err}");
+        assert!(
+            err.contains("(web has replicas; name one of them: web-0, web-1)"),
+            "{err}"
+        );
         let err = resolve_all(&["zzz:always"], Auto).unwrap_err();
-        assert!(err.contains("unknown VM \"zzz\"; known VMs: web-0, web-1, db, cache"), "{err}");
+        assert!(
+            err.contains("unknown VM \"zzz\"; known VMs: web-0, web-1, db, cache"),
+            "{err}"
+        );
     }
 }

@@ -29,7 +29,9 @@ pub fn default_base() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os(STATE_DIR_ENV).filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir));
     }
-    directories::BaseDirs::new()?.state_dir().map(|d| d.join("castra"))
+    directories::BaseDirs::new()?
+        .state_dir()
+        .map(|d| d.join("castra"))
 }
 
 /// The per-project state root.
@@ -44,7 +46,9 @@ impl StateRoot {
     pub fn for_project(base: &Path, name: &str, config_path: &Path) -> StateRoot {
         let digest = Sha256::digest(config_path.as_os_str().as_encoded_bytes());
         let tag = hex(&digest[..4]);
-        StateRoot { root: base.join("projects").join(format!("{name}-{tag}")) }
+        StateRoot {
+            root: base.join("projects").join(format!("{name}-{tag}")),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -82,22 +86,28 @@ impl StateRoot {
     /// Cache entry for the content hash of the file at `path` (absolute).
     pub fn hash_cache_entry(&self, path: &Path) -> PathBuf {
         let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
-        self.hash_cache_dir().join(format!("{}.json", hex(&digest[..16])))
+        self.hash_cache_dir()
+            .join(format!("{}.json", hex(&digest[..16])))
     }
 }
 
 /// Creates `dir` and its parents with mode 0700 (state may hold host keys and logs).
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 pub fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
-    bytes.iter().fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-        let _ = write!(s, "{b:02x}");
-        s
-    })
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 #[cfg(test)]
@@ -116,8 +126,14 @@ mod tests {
         assert_eq!(tag.len(), 8);
         assert!(tag.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(root.stamp("web-0"), root.path().join("stamps/web-0.json"));
-        assert_eq!(root.bootstrap_logs_dir(), root.path().join("logs/bootstrap"));
-        assert_eq!(root.vizier_log("db"), root.path().join("vizier/db/service.log"));
+        assert_eq!(
+            root.bootstrap_logs_dir(),
+            root.path().join("logs/bootstrap")
+        );
+        assert_eq!(
+            root.vizier_log("db"),
+            root.path().join("vizier/db/service.log")
+        );
         assert_eq!(root.vm_dir("db"), root.path().join("vms/db"));
         let entry = root.hash_cache_entry(Path::new("/img/base.qcow2"));
         assert_eq!(entry.parent().unwrap(), root.path().join("hash-cache"));
@@ -140,7 +156,10 @@ mod tests {
         assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
         ensure_dir(&root.stamps_dir()).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(root.stamps_dir()).unwrap().permissions().mode();
+        let mode = std::fs::metadata(root.stamps_dir())
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
     }
 }

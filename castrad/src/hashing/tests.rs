@@ -4,37 +4,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use super::*;
-use crate::config::{Bootstrap, BootstrapMode, Ssh};
-
-fn vm(dir: &Path) -> Vm {
-    Vm {
-        name: "web".into(),
-        declared_name: "web".into(),
-        replica: None,
-        description: None,
-        backend: Backend::Qemu,
-        base_image: Some(dir.join("base.img")),
-        kernel: None,
-        initrd: None,
-        cmdline: None,
-        cpus: 2,
-        memory_mib: 2048,
-        ephemeral: false,
-        port_forwards: vec![],
-        ssh: Ssh::default(),
-        bootstrap: Bootstrap {
-            mode: BootstrapMode::Auto,
-            script: Some(dir.join("run.sh")),
-            payload: Some(dir.join("payload")),
-            verify_command: Some("test -f done".into()),
-            verify_path: Some("done".into()),
-            handshake_timeout_secs: 120,
-            remote_dir: "/var/tmp/castra/web".into(),
-            env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
-            metadata_path: None,
-        },
-    }
-}
+use crate::config::BootstrapMode;
+use crate::testutil::sample_vm as vm;
 
 fn fixture() -> (tempfile::TempDir, Vm) {
     let dir = tempfile::tempdir().unwrap();
@@ -69,7 +40,10 @@ fn every_input_of_the_artifact_changes_its_hash() {
     let base = artifact(&base_vm);
     let mut seen = vec![base.clone()];
     let mut check = |what: &str, h: String| {
-        assert!(!seen.contains(&h), "{what} did not change the artifact hash");
+        assert!(
+            !seen.contains(&h),
+            "{what} did not change the artifact hash"
+        );
         seen.push(h);
     };
 
@@ -77,7 +51,11 @@ fn every_input_of_the_artifact_changes_its_hash() {
     fs::write(d.join("payload/sub/b.bin"), [0u8, 1, 2, 4]).unwrap();
     check("payload byte", artifact(&base_vm));
     fs::write(d.join("payload/sub/b.bin"), [0u8, 1, 2, 3]).unwrap();
-    assert_eq!(artifact(&base_vm), base, "restoring the byte restores the hash");
+    assert_eq!(
+        artifact(&base_vm),
+        base,
+        "restoring the byte restores the hash"
+    );
 
     // One mode bit.
     fs::set_permissions(d.join("payload/a.txt"), fs::Permissions::from_mode(0o755)).unwrap();
@@ -122,7 +100,10 @@ fn every_input_of_the_artifact_changes_its_hash() {
     vm.bootstrap.remote_dir = "/var/tmp/castra/web2".into();
     check("remote_dir", artifact(&vm));
 
-    check("vizier version", artifact_hash(&base_vm, "1.1").unwrap().hash);
+    check(
+        "vizier version",
+        artifact_hash(&base_vm, "1.1").unwrap().hash,
+    );
 
     let mut vm = base_vm.clone();
     vm.bootstrap.payload = None;
@@ -145,7 +126,11 @@ fn things_outside_the_artifact_do_not_change_it() {
 #[test]
 fn special_files_in_the_payload_are_refused_by_name() {
     let (dir, vm) = fixture();
-    nix::unistd::mkfifo(&dir.path().join("payload/pipe"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    nix::unistd::mkfifo(
+        &dir.path().join("payload/pipe"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
     let err = artifact_hash(&vm, "1.0").unwrap_err().to_string();
     assert!(err.contains("pipe is a FIFO"), "{err}");
 }
@@ -171,14 +156,27 @@ fn base_hash_is_the_image_sha256_and_is_cached_by_file_identity() {
 
     // Unchanged: answered from the cache without reading a byte of the image.
     let second = base_hash(&root, &vm).unwrap();
-    assert_eq!(second, BaseHash { hash: expected.clone(), bytes_read: 0 });
+    assert_eq!(
+        second,
+        BaseHash {
+            hash: expected.clone(),
+            bytes_read: 0
+        }
+    );
 
     // Touched (mtime changes, content identical): re-read, same hash.
     let f = fs::File::options().write(true).open(&image).unwrap();
-    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5)).unwrap();
+    f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
+        .unwrap();
     drop(f);
     let touched = base_hash(&root, &vm).unwrap();
-    assert_eq!(touched, BaseHash { hash: expected.clone(), bytes_read: 3 << 20 });
+    assert_eq!(
+        touched,
+        BaseHash {
+            hash: expected.clone(),
+            bytes_read: 3 << 20
+        }
+    );
 
     // Content changed: new hash.
     let mut bytes = fs::read(&image).unwrap();

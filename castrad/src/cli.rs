@@ -1,0 +1,107 @@
+//! castrad's command line: flags, logging, signals, exit codes. `main.rs` only calls [`main`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::daemon::{self, Settings};
+use crate::rpc::server::Listener;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  clean shutdown (SIGTERM or SIGINT)
+  1  failed to start or failed while running (the message says why)
+  2  usage error";
+
+/// The Castra daemon: owns VMs and runs their bootstrap pipeline, driven over JSON-RPC 2.0 on a
+/// Unix socket (HTTP POST and WebSocket).
+#[derive(Debug, Parser)]
+#[command(name = "castrad", version, after_help = EXIT_CODES)]
+struct Args {
+    /// Socket to listen on [default: $XDG_RUNTIME_DIR/castra/castrad.sock]. Ignored under
+    /// systemd socket activation.
+    #[arg(long, env = castra_api::SOCKET_ENV, value_name = "PATH")]
+    socket: Option<PathBuf>,
+
+    /// Base directory for per-project state [default: $XDG_STATE_HOME/castra].
+    #[arg(long, env = crate::state_root::STATE_DIR_ENV, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+
+    /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `castrad=debug`.
+    #[arg(
+        long,
+        env = "CASTRA_LOG",
+        default_value = "info",
+        value_name = "FILTER"
+    )]
+    log: String,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    init_tracing(&args.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(anyhow::Error::from(e).context("starting the tokio runtime")),
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("castrad: {e:#}");
+    ExitCode::from(1)
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let state_base = match args.state_dir {
+        Some(dir) => dir,
+        None => crate::state_root::default_base().ok_or_else(|| {
+            anyhow::anyhow!("cannot find a home directory for state; pass --state-dir")
+        })?,
+    };
+    let socket = args.socket.unwrap_or_else(castra_api::default_socket_path);
+    let listener = match Listener::from_systemd()? {
+        Some(listener) => {
+            tracing::info!("using the socket passed by systemd");
+            listener
+        }
+        None => Listener::bind(&socket)?,
+    };
+    tracing::info!(socket = %socket.display(), state = %state_base.display(), "castrad ready");
+    let settings = Settings {
+        socket,
+        state_base,
+        shutdown_grace: Duration::from_secs(10),
+    };
+    daemon::run(settings, listener, shutdown_signal()).await
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop castrad with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,183 @@
+//! Daemon wiring: the shared state every RPC method sees, and the run/shutdown sequence.
+//!
+//! [`Daemon`] is the registry of projects castrad knows (loaded by `plan` or `status`). It is
+//! behind a plain mutex that is only held to copy or insert entries, never across IO or an
+//! await, so `status` can never wait on a long operation.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::{self, ConfigError, Project};
+use crate::overrides::OverrideError;
+use crate::planner::{self, PlanError, VmPlan};
+use crate::rpc::server::{self, Listener};
+use crate::state_root::StateRoot;
+
+/// Everything castrad needs to start.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub socket: PathBuf,
+    pub state_base: PathBuf,
+    /// How long in-flight requests may take to finish once shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Preflight(#[from] OverrideError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// A project the daemon has loaded.
+#[derive(Debug, Clone)]
+pub struct ProjectEntry {
+    pub project: Arc<Project>,
+    pub root: StateRoot,
+}
+
+#[derive(Debug)]
+pub struct Daemon {
+    pub settings: Settings,
+    pub started: Instant,
+    projects: Mutex<BTreeMap<PathBuf, ProjectEntry>>,
+    base_bytes_hashed: AtomicU64,
+}
+
+impl Daemon {
+    pub fn new(settings: Settings) -> Arc<Daemon> {
+        Arc::new(Daemon {
+            settings,
+            started: Instant::now(),
+            projects: Mutex::new(BTreeMap::new()),
+            base_bytes_hashed: AtomicU64::new(0),
+        })
+    }
+
+    pub fn base_bytes_hashed(&self) -> u64 {
+        self.base_bytes_hashed.load(Ordering::Relaxed)
+    }
+
+    /// Loads (or reloads) the project at `config_path` and registers it.
+    pub async fn load_project(&self, config_path: &Path) -> Result<ProjectEntry, DaemonError> {
+        if !config_path.is_absolute() {
+            return Err(DaemonError::InvalidParams(format!(
+                "config must be an absolute path, got {}",
+                config_path.display()
+            )));
+        }
+        let path = config_path.to_owned();
+        let project = tokio::task::spawn_blocking(move || config::load(&path))
+            .await
+            .map_err(|e| DaemonError::Internal(format!("config loader panicked: {e}")))??;
+        let root = StateRoot::for_project(
+            &self.settings.state_base,
+            &project.name,
+            &project.config_path,
+        );
+        let entry = ProjectEntry {
+            project: Arc::new(project),
+            root,
+        };
+        self.lock()
+            .insert(entry.project.config_path.clone(), entry.clone());
+        Ok(entry)
+    }
+
+    pub fn projects(&self) -> Vec<ProjectEntry> {
+        self.lock().values().cloned().collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PathBuf, ProjectEntry>> {
+        // A panic while holding this lock cannot leave the map half-updated (single inserts),
+        // so a poisoned lock is still usable.
+        self.projects.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Plans every VM of the project at `config_path` under `overrides`.
+    ///
+    /// Preflight (config validity, override grammar, VM names) happens before any IO that
+    /// could write: a rejected request leaves the disk untouched.
+    pub async fn plan(
+        &self,
+        config_path: &Path,
+        overrides: &[String],
+    ) -> Result<(ProjectEntry, Vec<VmPlan>), DaemonError> {
+        let entry = self.load_project(config_path).await?;
+        let overrides = planner::preflight(&entry.project, overrides)?;
+        let (project, root) = (entry.project.clone(), entry.root.clone());
+        let (plans, bytes) =
+            tokio::task::spawn_blocking(move || plan_blocking(&project, &root, &overrides))
+                .await
+                .map_err(|e| DaemonError::Internal(format!("planner panicked: {e}")))??;
+        self.base_bytes_hashed.fetch_add(bytes, Ordering::Relaxed);
+        Ok((entry, plans))
+    }
+}
+
+fn plan_blocking(
+    project: &Project,
+    root: &StateRoot,
+    overrides: &crate::overrides::Overrides,
+) -> Result<(Vec<VmPlan>, u64), PlanError> {
+    let mut bytes = warm_hash_cache(project, root);
+    let mut cross = planner::cross_vm_warnings(project);
+    let mut plans = Vec::with_capacity(project.vms.len());
+    for vm in &project.vms {
+        let facts = planner::gather(root, vm)?;
+        bytes += facts.base.bytes_read;
+        let mode = overrides.resolve(&vm.name, vm.bootstrap.mode);
+        let mut plan = planner::decide(root, vm, mode, facts);
+        plan.warnings
+            .extend(cross.remove(&vm.name).unwrap_or_default());
+        plans.push(plan);
+    }
+    Ok((plans, bytes))
+}
+
+/// Hashes each distinct base file of the project once, in parallel, so replicas sharing an
+/// image do not read it several times and several images are read concurrently. Errors are
+/// left for the per-VM pass to report with the VM's name. Returns the bytes read.
+fn warm_hash_cache(project: &Project, root: &StateRoot) -> u64 {
+    let files: std::collections::BTreeSet<&Path> = project
+        .vms
+        .iter()
+        .flat_map(|vm| [&vm.base_image, &vm.kernel, &vm.initrd])
+        .filter_map(|p| p.as_deref())
+        .collect();
+    if files.len() < 2 {
+        return 0;
+    }
+    std::thread::scope(|s| {
+        let workers: Vec<_> = files
+            .into_iter()
+            .map(|file| s.spawn(move || crate::hashing::cached_file_hash(root, file)))
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().ok()?.ok())
+            .map(|(_, n)| n)
+            .sum()
+    })
+}
+
+/// Runs the daemon until `shutdown` resolves: binds (or adopts) the socket, serves, then stops
+/// accepting, lets in-flight requests finish within the grace period and removes the socket.
+pub async fn run(
+    settings: Settings,
+    listener: Listener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let daemon = Daemon::new(settings);
+    server::serve(daemon, listener, shutdown).await
+}

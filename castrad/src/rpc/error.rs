@@ -1,0 +1,95 @@
+//! The one place that maps castrad errors to JSON-RPC error objects.
+//!
+//! Every error carries `error.data` ([`castra_api::ErrorData`]): a kind, the full cause chain
+//! and, for file problems, the location. Clients show the chain, so a user sees the real reason
+//! (a missing file, a bad key) instead of a generic "request failed".
+
+use castra_api::{ErrorData, ErrorLocation, code};
+use jsonrpsee::types::ErrorObjectOwned;
+
+use crate::daemon::DaemonError;
+
+impl From<DaemonError> for ErrorObjectOwned {
+    fn from(err: DaemonError) -> Self {
+        let (code, kind) = match &err {
+            DaemonError::InvalidParams(_) => (code::INVALID_PARAMS, "invalid-params"),
+            DaemonError::Config(_) => (code::CONFIG, "config"),
+            DaemonError::Preflight(_) => (code::PREFLIGHT, "preflight"),
+            DaemonError::Plan(_) | DaemonError::Internal(_) => (code::OPERATION, "operation"),
+        };
+        let location = match &err {
+            DaemonError::Config(e) => e.location().map(|(file, line, column)| ErrorLocation {
+                file: file.to_owned(),
+                line,
+                column,
+            }),
+            _ => None,
+        };
+        let causes = chain(&err);
+        let message = causes.join(": ");
+        let data = ErrorData {
+            kind: kind.to_owned(),
+            causes,
+            location,
+        };
+        ErrorObjectOwned::owned(code, message, Some(data))
+    }
+}
+
+/// The error and each of its sources, outermost first, skipping a source whose text the
+/// outer message already includes (thiserror's `transparent` and `{source}` patterns).
+pub fn chain(err: &dyn std::error::Error) -> Vec<String> {
+    let mut out: Vec<String> = vec![err.to_string()];
+    let mut next = err.source();
+    while let Some(e) = next {
+        let text = e.to_string();
+        if !out.last().is_some_and(|prev| prev.contains(&text)) {
+            out.push(text);
+        }
+        next = e.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_carry_code_kind_causes_and_location() {
+        let err = DaemonError::Config(crate::config::ConfigError::Invalid {
+            path: "/p/castra.toml".into(),
+            line: 3,
+            column: 7,
+            key: "vms[0].bootstrap.mode".into(),
+            message: "unknown mode".into(),
+        });
+        let obj = ErrorObjectOwned::from(err);
+        assert_eq!(obj.code(), code::CONFIG);
+        let data: ErrorData = serde_json::from_str(obj.data().unwrap().get()).unwrap();
+        assert_eq!(data.kind, "config");
+        let loc = data.location.unwrap();
+        assert_eq!(
+            (loc.file.to_str().unwrap(), loc.line, loc.column),
+            ("/p/castra.toml", 3, 7)
+        );
+        assert!(
+            obj.message().contains("/p/castra.toml:3:7"),
+            "{}",
+            obj.message()
+        );
+    }
+
+    #[test]
+    fn chain_lists_sources_without_repeating_them() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let err = crate::hashing::HashError::Read {
+            path: "/img".into(),
+            source: io,
+        };
+        assert_eq!(
+            chain(&err),
+            vec!["cannot read /img".to_owned(), "no such file".to_owned()]
+        );
+    }
+}

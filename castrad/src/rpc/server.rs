@@ -1,0 +1,221 @@
+//! JSON-RPC 2.0 over a Unix socket, HTTP POST and WebSocket on the same socket.
+//!
+//! jsonrpsee has no Unix listener of its own, so we accept on a tokio `UnixListener`, check the
+//! peer's uid (SO_PEERCRED: only our own user may drive the daemon) and hand each connection to
+//! jsonrpsee's tower service with `serve_with_graceful_shutdown`.
+//!
+//! Socket ownership: when castrad binds the socket itself it owns the path — it refuses to start
+//! if a live daemon answers there, replaces a stale socket, and removes it on shutdown. Under
+//! systemd socket activation the path belongs to systemd and is left alone.
+
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use jsonrpsee::server::{PingConfig, ServerConfig, serve_with_graceful_shutdown, stop_channel};
+use tokio::net::UnixListener;
+use tokio_util::task::TaskTracker;
+
+use crate::daemon::Daemon;
+
+/// A listening socket, and whether castrad owns its path.
+#[derive(Debug)]
+pub struct Listener {
+    inner: UnixListener,
+    /// Some(path) when we bound it (and so must remove it on exit).
+    owned_path: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error(
+        "another castrad is already running on {}; stop it first (`systemctl --user stop castrad`) or pass a different --socket",
+        path.display()
+    )]
+    AlreadyRunning { path: PathBuf },
+    #[error("{} exists and is not a socket; refusing to replace it", path.display())]
+    NotASocket { path: PathBuf },
+    #[error("socket directory {} is owned by uid {owner}, not by us (uid {me})", dir.display())]
+    ForeignDir { dir: PathBuf, owner: u32, me: u32 },
+    #[error("cannot prepare socket {}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl Listener {
+    /// Binds `path`: its directory is created 0700, a stale socket is replaced, the socket
+    /// is made 0600. A live daemon already answering there is an error.
+    pub fn bind(path: &Path) -> Result<Listener, BindError> {
+        let io_err = |source| BindError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let dir = path.parent().unwrap_or(Path::new("/"));
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err)?;
+        let meta = std::fs::metadata(dir).map_err(io_err)?;
+        let me = nix::unistd::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(BindError::ForeignDir {
+                dir: dir.to_owned(),
+                owner: meta.uid(),
+                me,
+            });
+        }
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err)?;
+        }
+
+        match std::fs::symlink_metadata(path) {
+            Ok(m) => {
+                use std::os::unix::fs::FileTypeExt;
+                if !m.file_type().is_socket() {
+                    return Err(BindError::NotASocket {
+                        path: path.to_owned(),
+                    });
+                }
+                match std::os::unix::net::UnixStream::connect(path) {
+                    Ok(_) => {
+                        return Err(BindError::AlreadyRunning {
+                            path: path.to_owned(),
+                        });
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                        tracing::info!(socket = %path.display(), "replacing stale socket");
+                        std::fs::remove_file(path).map_err(io_err)?;
+                    }
+                    Err(e) => return Err(io_err(e)),
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+
+        let inner = UnixListener::bind(path).map_err(io_err)?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        Ok(Listener {
+            inner,
+            owned_path: Some(path.to_owned()),
+        })
+    }
+
+    /// The socket passed by systemd socket activation (`LISTEN_FDS`), if any.
+    pub fn from_systemd() -> anyhow::Result<Option<Listener>> {
+        let mut fds = sd_notify::listen_fds().context("reading LISTEN_FDS")?;
+        let Some(fd) = fds.next() else {
+            return Ok(None);
+        };
+        if fds.next().is_some() {
+            anyhow::bail!("systemd passed more than one socket; castrad.socket must list one");
+        }
+        let std_listener = adopt_fd(fd);
+        std_listener
+            .set_nonblocking(true)
+            .context("activated socket")?;
+        let inner = UnixListener::from_std(std_listener).context("activated socket")?;
+        Ok(Some(Listener {
+            inner,
+            owned_path: None,
+        }))
+    }
+}
+
+#[allow(unsafe_code)]
+fn adopt_fd(fd: std::os::fd::RawFd) -> std::os::unix::net::UnixListener {
+    use std::os::fd::FromRawFd;
+    // SAFETY: sd_notify::listen_fds only yields fds in [3, 3 + LISTEN_FDS) and only when
+    // LISTEN_PID is our pid: systemd opened them for this process and nothing else owns them.
+    // It also marks them close-on-exec. We take ownership of the first and only one.
+    unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }
+}
+
+/// How often the server pings WebSocket clients. Pings keep quiet subscriptions (a long
+/// handshake wait) alive and detect vanished clients.
+const WS_PING: Duration = Duration::from_secs(15);
+
+/// Serves until `shutdown` resolves, then drains connections and removes an owned socket.
+pub async fn serve(
+    daemon: Arc<Daemon>,
+    listener: Listener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let grace = daemon.settings.shutdown_grace;
+    let methods = super::methods::module(daemon);
+    let config = ServerConfig::builder()
+        .enable_ws_ping(
+            PingConfig::new()
+                .ping_interval(WS_PING)
+                .inactive_limit(WS_PING * 4),
+        )
+        .build();
+    let service_builder = jsonrpsee::server::Server::builder()
+        .set_config(config)
+        .to_service_builder();
+    let (stop_handle, server_handle) = stop_channel();
+    let tracker = TaskTracker::new();
+    let me = nix::unistd::geteuid().as_raw();
+
+    notify_ready();
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.inner.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        match stream.peer_cred() {
+            Ok(cred) if cred.uid() == me => {}
+            Ok(cred) => {
+                tracing::warn!(uid = cred.uid(), "refused a connection from another user");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read peer credentials; refusing connection");
+                continue;
+            }
+        }
+        let service = service_builder
+            .clone()
+            .build(methods.clone(), stop_handle.clone());
+        let stopped = stop_handle.clone().shutdown();
+        tracker.spawn(async move {
+            if let Err(e) = serve_with_graceful_shutdown(stream, service, stopped).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    drop(listener.inner);
+    if let Some(path) = &listener.owned_path {
+        let _ = std::fs::remove_file(path);
+    }
+    let _ = server_handle.stop();
+    tracker.close();
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            ?grace,
+            "connections still open after the grace period; closing them"
+        );
+    }
+    Ok(())
+}
+
+fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "sd_notify READY=1 failed");
+    }
+}
