@@ -266,3 +266,6 @@ pub fn runtime_dir() -> PathBuf {
     }
     std::env::temp_dir().join(format!("castra-{uid}"))
 }
+
+/// The project file name castractl looks for, walking up from the current directory.
+pub const CONFIG_FILE_NAME: &str = "castra.toml";

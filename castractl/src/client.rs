@@ -1,0 +1,171 @@
+//! The connection to castrad: a WebSocket JSON-RPC client over the Unix socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use castra_api::{ErrorData, code};
+use jsonrpsee::client_transport::ws::{Url, WsTransportClientBuilder};
+use jsonrpsee::core::client::{Client, ClientBuilder, ClientT, Error as RpcError};
+use jsonrpsee::core::params::ObjectParams;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Exit;
+
+/// A failure, already classified for the exit code and ready to print.
+#[derive(Debug)]
+pub struct Failure {
+    pub exit: Exit,
+    /// `usage`, `unreachable`, `config`, `preflight`, `operation`, ...
+    pub kind: String,
+    pub message: String,
+    /// Further causes and hints, printed under the message.
+    pub details: Vec<String>,
+    /// The JSON-RPC error object, when the daemon sent one.
+    pub rpc: Option<serde_json::Value>,
+}
+
+impl Failure {
+    pub fn new(exit: Exit, kind: &str, message: impl Into<String>) -> Failure {
+        Failure {
+            exit,
+            kind: kind.to_owned(),
+            message: message.into(),
+            details: vec![],
+            rpc: None,
+        }
+    }
+
+    pub fn detail(mut self, d: impl Into<String>) -> Failure {
+        self.details.push(d.into());
+        self
+    }
+}
+
+pub struct Daemon {
+    client: Client,
+}
+
+impl Daemon {
+    pub async fn connect(socket: &Path) -> Result<Daemon, Failure> {
+        let unreachable = |why: String| {
+            Failure::new(Exit::Unreachable, "unreachable", format!("cannot reach castrad at {}: {why}", socket.display()))
+                .detail("start it with `systemctl --user start castrad` (or run `castrad` in another terminal)")
+                .detail("or point castractl at it with --socket PATH / CASTRA_SOCKET")
+        };
+        let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+            let why = match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    "no socket there (castrad is not running)".to_owned()
+                }
+                std::io::ErrorKind::ConnectionRefused => {
+                    "connection refused (stale socket; castrad is not running)".to_owned()
+                }
+                _ => e.to_string(),
+            };
+            unreachable(why)
+        })?;
+        let url = Url::parse("ws://castrad/").expect("static URL");
+        let (sender, receiver) = WsTransportClientBuilder::default()
+            .build_with_stream(url, stream)
+            .await
+            .map_err(|e| unreachable(format!("WebSocket handshake failed: {e}")))?;
+        let client = ClientBuilder::default()
+            .request_timeout(Duration::from_secs(3600))
+            .build_with_tokio(sender, receiver);
+        Ok(Daemon { client })
+    }
+
+    pub async fn call<P: Serialize, R: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+    ) -> Result<R, Failure> {
+        let mut object = ObjectParams::new();
+        let value = serde_json::to_value(params)
+            .map_err(|e| Failure::new(Exit::Failed, "internal", e.to_string()))?;
+        if let serde_json::Value::Object(map) = value {
+            for (k, v) in map {
+                object
+                    .insert(&k, v)
+                    .map_err(|e| Failure::new(Exit::Failed, "internal", e.to_string()))?;
+            }
+        }
+        self.client.request(method, object).await.map_err(from_rpc)
+    }
+}
+
+fn from_rpc(err: RpcError) -> Failure {
+    match err {
+        RpcError::Call(obj) => {
+            let data: Option<ErrorData> =
+                obj.data().and_then(|d| serde_json::from_str(d.get()).ok());
+            let exit = match obj.code() {
+                code::CONFIG | code::PREFLIGHT | code::INVALID_PARAMS => Exit::Usage,
+                _ => Exit::Failed,
+            };
+            let kind = data
+                .as_ref()
+                .map_or("operation", |d| d.kind.as_str())
+                .to_owned();
+            let mut f = Failure::new(exit, &kind, obj.message());
+            if let Some(data) = &data {
+                // The message is the joined chain; show the sources beyond the first one.
+                f.message = data
+                    .causes
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| obj.message().to_owned());
+                f.details = data
+                    .causes
+                    .iter()
+                    .skip(1)
+                    .map(|c| format!("caused by: {c}"))
+                    .collect();
+            }
+            f.rpc = serde_json::to_value(&obj).ok();
+            f
+        }
+        RpcError::RestartNeeded(e) => Failure::new(
+            Exit::Failed,
+            "connection",
+            format!("lost the connection to castrad: {e}"),
+        ),
+        other => Failure::new(Exit::Failed, "connection", other.to_string()),
+    }
+}
+
+/// The castra.toml to use: `--config` (must exist), else the nearest one walking up from `cwd`.
+pub fn find_config(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, Failure> {
+    if let Some(path) = explicit {
+        return std::fs::canonicalize(path).map_err(|e| {
+            Failure::new(
+                Exit::Usage,
+                "config",
+                format!("--config {}: {e}", path.display()),
+            )
+        });
+    }
+    for dir in cwd.ancestors() {
+        let candidate = dir.join(castra_api::CONFIG_FILE_NAME);
+        if candidate.is_file() {
+            return std::fs::canonicalize(&candidate).map_err(|e| {
+                Failure::new(
+                    Exit::Usage,
+                    "config",
+                    format!("{}: {e}", candidate.display()),
+                )
+            });
+        }
+    }
+    Err(Failure::new(
+        Exit::Usage,
+        "config",
+        format!(
+            "no {} in {} or any parent directory",
+            castra_api::CONFIG_FILE_NAME,
+            cwd.display()
+        ),
+    )
+    .detail("pass --config PATH, or run castractl inside a project"))
+}

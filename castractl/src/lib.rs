@@ -1,0 +1,33 @@
+//! castractl: the command-line client of castrad.
+//!
+//! It finds the project file, talks to castrad over the Unix socket (JSON-RPC over WebSocket)
+//! and renders results for people (tables) or programs (`--json`: JSON on every path, errors
+//! included). Exit codes are a contract, listed in `--help` and in [`Exit`].
+//!
+//! - `cli`: flags and subcommands (clap), the entry point.
+//! - `client`: connecting to the daemon and mapping its errors to exit codes.
+//! - `render`: human-readable output.
+
+mod cli;
+mod client;
+mod render;
+
+pub use cli::main;
+
+/// castractl's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    /// The operation ran and failed.
+    Failed = 1,
+    /// Bad usage, bad castra.toml, or a preflight rejection (conflicting overrides, unknown VM).
+    Usage = 2,
+    /// castrad is not reachable.
+    Unreachable = 3,
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e as u8)
+    }
+}

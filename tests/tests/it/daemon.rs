@@ -1,0 +1,261 @@
+//! castrad's socket: permissions, single instance, stale sockets, peer credentials, signals,
+//! systemd readiness and socket activation, and castractl's behaviour without a daemon.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{CASTRAD, Env, wait_until};
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn socket_is_private_and_removed_on_sigterm() {
+    let env = Env::new();
+    let daemon = env.start_daemon();
+    assert_eq!(mode(&env.socket()), 0o600, "socket mode");
+    assert_eq!(
+        mode(env.socket().parent().unwrap()),
+        0o700,
+        "socket dir mode"
+    );
+
+    let status = env.http_rpc("castra.status", json!({}));
+    assert_eq!(status["result"]["daemon"]["pid"], daemon.child.id());
+    assert_eq!(status["result"]["projects"], json!([]));
+
+    let exit = daemon.terminate();
+    assert!(exit.success(), "castrad exits 0 on SIGTERM, got {exit:?}");
+    assert!(!env.socket().exists(), "socket removed on shutdown");
+}
+
+#[test]
+fn a_second_daemon_on_the_same_socket_exits_with_a_clear_message() {
+    let env = Env::new();
+    let first = env.start_daemon();
+    let out = env.castrad_command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("another castrad is already running on"),
+        "{stderr}"
+    );
+    // The first one is unharmed.
+    assert_eq!(
+        env.http_rpc("castra.version", json!({}))["result"]["protocol"],
+        1
+    );
+    drop(first);
+}
+
+#[test]
+fn a_stale_socket_is_replaced_but_a_regular_file_is_not() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.socket().parent().unwrap()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(env.socket()).unwrap());
+    assert!(env.socket().exists(), "stale socket left behind");
+    let daemon = env.start_daemon();
+    assert_eq!(
+        env.http_rpc("castra.version", json!({}))["result"]["protocol"],
+        1
+    );
+    assert!(daemon.terminate().success());
+
+    std::fs::write(env.socket(), "precious").unwrap();
+    let out = env.castrad_command().output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not a socket; refusing to replace it")
+    );
+    assert_eq!(std::fs::read_to_string(env.socket()).unwrap(), "precious");
+}
+
+#[test]
+fn castractl_without_a_daemon_exits_3_and_says_how_to_start_it() {
+    let env = Env::new();
+    let out = env.ctl(env.dir.path(), &["status"]);
+    assert_eq!(out.code, 3, "{out:?}");
+    assert!(out.stderr.contains("castrad is not running"), "{out:?}");
+    assert!(
+        out.stderr.contains("systemctl --user start castrad"),
+        "{out:?}"
+    );
+    let json = env.ctl(env.dir.path(), &["status", "--json"]);
+    assert_eq!(json.code, 3);
+    assert_eq!(json.json()["error"]["kind"], "unreachable");
+}
+
+#[test]
+fn castractl_global_flags_work_before_and_after_the_subcommand() {
+    let env = Env::new();
+    let _daemon = env.start_daemon();
+    let before = env.ctl(env.dir.path(), &["--json", "version"]).ok().json();
+    let after = env.ctl(env.dir.path(), &["version", "--json"]).ok().json();
+    assert_eq!(before, after);
+    assert_eq!(before["castrad"]["protocol"], 1);
+    let usage = env.ctl(env.dir.path(), &["plan", "--no-such-flag", "--json"]);
+    assert_eq!(usage.code, 2);
+    assert_eq!(usage.json()["error"]["kind"], "usage");
+}
+
+#[test]
+fn connections_from_another_user_are_refused() {
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "this test needs root to act as another user, and CI runs as root"
+        );
+        eprintln!("SKIPPED LOUDLY: connections_from_another_user_are_refused needs root");
+        return;
+    }
+    let env = Env::new();
+    let _daemon = env.start_daemon();
+    // Open the filesystem path so only SO_PEERCRED stands between nobody and the daemon.
+    for dir in env
+        .socket()
+        .ancestors()
+        .skip(1)
+        .take_while(|d| d.starts_with(env.dir.path()))
+    {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(env.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"castra.version"}"#;
+    let curl = |as_nobody: bool| {
+        let mut cmd = if as_nobody {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "curl"]);
+            c
+        } else {
+            Command::new("curl")
+        };
+        cmd.args(["-sS", "-m", "5", "--unix-socket"])
+            .arg(env.socket())
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-d",
+                body,
+                "http://castrad/",
+            ])
+            .output()
+            .unwrap()
+    };
+    let mine = curl(false);
+    assert!(
+        String::from_utf8_lossy(&mine.stdout).contains("\"protocol\":1"),
+        "{mine:?}"
+    );
+    let theirs = curl(true);
+    assert!(
+        !theirs.status.success(),
+        "another uid got an answer: {theirs:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&theirs.stdout).contains("protocol"),
+        "{theirs:?}"
+    );
+}
+
+#[test]
+fn castrad_tells_systemd_it_is_ready() {
+    let env = Env::new();
+    let notify_path = env.path("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut child = env
+        .castrad_command()
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let n = notify.recv(&mut buf).expect("a notification within 10 s");
+    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(message.contains("READY=1"), "{message}");
+    // READY means the socket answers now, not eventually.
+    assert!(std::os::unix::net::UnixStream::connect(env.socket()).is_ok());
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn castrad_accepts_a_socket_from_systemd_activation() {
+    let env = Env::new();
+    let socket = env.path("activated.sock");
+    let mut activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&socket)
+        .args(["-E", "CASTRA_LOG=debug"])
+        .arg(CASTRAD)
+        .arg("--state-dir")
+        .arg(env.state())
+        .arg("--socket")
+        .arg(env.path("unused/should-not-exist.sock"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd) must be installed");
+    wait_until(Duration::from_secs(10), "the activation socket", || {
+        socket.exists().then_some(())
+    });
+
+    let out = Command::new(crate::support::CASTRACTL)
+        .args(["status", "--json", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(status["daemon"]["pid"].as_u64().unwrap() > 0);
+    assert!(
+        !env.path("unused").exists(),
+        "castrad bound its own socket despite activation"
+    );
+    activator.kill().unwrap();
+    activator.wait().unwrap();
+}
+
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    let env = Env::new();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let units = env.path("units");
+    std::fs::create_dir_all(&units).unwrap();
+    for name in ["castrad.service", "castrad.socket"] {
+        let text = std::fs::read_to_string(repo.join("systemd").join(name)).unwrap();
+        // The unit names the installed path; point it at the binary under test (the only edit).
+        let rewritten = text.replace(
+            "ExecStart=/usr/local/bin/castrad",
+            &format!("ExecStart={CASTRAD}"),
+        );
+        assert_eq!(
+            rewritten != text,
+            name == "castrad.service",
+            "{name}: ExecStart rewrite"
+        );
+        std::fs::write(units.join(name), rewritten).unwrap();
+    }
+    let service = std::fs::read_to_string(units.join("castrad.service")).unwrap();
+    assert!(service.contains("Type=notify") && service.contains("KillMode=process"));
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(units.join("castrad.service"))
+        .arg(units.join("castrad.socket"))
+        .output()
+        .expect("systemd-analyze must be installed");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}

@@ -1,0 +1,228 @@
+//! Fixtures: a private castrad per test (own temp socket and state dir), castractl and raw
+//! HTTP (`curl --unix-socket`) against it, project writers and a whole-tree snapshot used to
+//! prove that a request wrote nothing.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const CASTRAD: &str = env!("CARGO_BIN_EXE_it-castrad");
+pub const CASTRACTL: &str = env!("CARGO_BIN_EXE_it-castractl");
+
+/// Polls `check` every 20 ms until it returns Some, or panics after `timeout` naming `what`.
+pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A temp directory holding a socket dir, a state dir and projects.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("castra-it-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/castra/castrad.sock")
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes `files` (relative path → contents) under the env dir.
+    pub fn write(&self, files: &[(&str, &str)]) {
+        for (rel, contents) in files {
+            let path = self.path(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, contents).unwrap();
+        }
+    }
+
+    pub fn castrad_command(&self) -> Command {
+        let mut cmd = Command::new(CASTRAD);
+        cmd.arg("--socket")
+            .arg(self.socket())
+            .arg("--state-dir")
+            .arg(self.state())
+            .env("CASTRA_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .env_remove("LISTEN_PID");
+        cmd
+    }
+
+    /// Starts castrad and waits until its socket answers.
+    pub fn start_daemon(&self) -> Daemon {
+        let child = self
+            .castrad_command()
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(
+                std::fs::File::create(self.path("castrad.log")).unwrap(),
+            ))
+            .spawn()
+            .expect("spawn castrad");
+        let daemon = Daemon {
+            child,
+            log: self.path("castrad.log"),
+        };
+        let socket = self.socket();
+        wait_until(
+            Duration::from_secs(10),
+            "castrad's socket to answer",
+            || std::os::unix::net::UnixStream::connect(&socket).ok(),
+        );
+        daemon
+    }
+
+    /// Runs castractl against this env's daemon, in `cwd`.
+    pub fn ctl(&self, cwd: &Path, args: &[&str]) -> Ctl {
+        let out = Command::new(CASTRACTL)
+            .args(args)
+            .current_dir(cwd)
+            .env("CASTRA_SOCKET", self.socket())
+            .output()
+            .expect("run castractl");
+        Ctl::from(out)
+    }
+
+    /// POSTs a JSON-RPC request over the socket with curl, returns the parsed response.
+    pub fn http_rpc(&self, method: &str, params: serde_json::Value) -> serde_json::Value {
+        let body =
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params});
+        let out = Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--unix-socket"])
+            .arg(self.socket())
+            .args(["-H", "content-type: application/json", "--data-binary"])
+            .arg(body.to_string())
+            .arg("http://castrad/")
+            .output()
+            .expect("curl must be installed (scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "curl failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON-RPC response")
+    }
+}
+
+pub struct Daemon {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+        wait_until(Duration::from_secs(15), "castrad to exit", || {
+            self.child.try_wait().unwrap()
+        })
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- castrad log ({}) ---\n{}",
+                self.log.display(),
+                self.log()
+            );
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// castractl's result.
+#[derive(Debug)]
+pub struct Ctl {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Ctl {
+    fn from(out: Output) -> Ctl {
+        Ctl {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
+impl Ctl {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("castractl printed no JSON ({e}): {self:?}"))
+    }
+
+    pub fn ok(self) -> Ctl {
+        assert_eq!(self.code, 0, "castractl failed: {self:?}");
+        self
+    }
+}
+
+/// Every file and directory under `root` with its size, mtime (ns), inode and content hash:
+/// equal snapshots mean nothing was created, removed or changed.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, i64, u64, Vec<u8>)> {
+    let mut out = BTreeMap::new();
+    if root.exists() {
+        walk(root, root, &mut out);
+    }
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (u64, i64, u64, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        let content = if meta.is_file() {
+            std::fs::read(&path).unwrap()
+        } else {
+            Vec::new()
+        };
+        out.insert(
+            path.strip_prefix(root).unwrap().to_owned(),
+            (meta.size(), mtime, meta.ino(), content),
+        );
+        if meta.is_dir() {
+            walk(root, &path, out);
+        }
+    }
+}
