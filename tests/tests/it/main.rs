@@ -3,4 +3,5 @@
 
 mod daemon;
 mod plan;
+mod protocol_docs;
 mod support;

@@ -4,7 +4,7 @@ use serde_json::{Value, json};
 
 use crate::support::{Env, snapshot};
 
-const PROJECT: &str = r#"
+pub const PROJECT: &str = r#"
 version = "1"
 
 [project]
