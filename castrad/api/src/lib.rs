@@ -23,6 +23,13 @@ pub mod method {
     pub const VERSION: &str = "castra.version";
     pub const PLAN: &str = "castra.plan";
     pub const STATUS: &str = "castra.status";
+    pub const UP: &str = "castra.up";
+    pub const OUTCOME: &str = "castra.outcome";
+    pub const LOGS: &str = "castra.logs";
+    pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
+    pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
+    /// Notification method of event subscriptions.
+    pub const EVENT: &str = "castra.event";
 }
 
 /// JSON-RPC error codes used by castrad (in the implementation-defined server range).
@@ -38,6 +45,8 @@ pub mod code {
     pub const PREFLIGHT: i32 = -32002;
     /// Work was attempted and failed (IO on the state root, hashing a base image...).
     pub const OPERATION: i32 = -32003;
+    /// The named operation, VM or run does not exist (or was forgotten).
+    pub const NOT_FOUND: i32 = -32004;
 }
 
 /// `error.data` of every castrad error: a machine-readable kind and the full cause chain, outermost
@@ -237,6 +246,291 @@ pub struct VmStatus {
     pub state: VmState,
     /// The stamp of the last successful bootstrap, if any.
     pub stamp_path: Option<PathBuf>,
+    /// The operation whose pipeline is running on this VM now.
+    pub operation: Option<String>,
+    /// The pipeline step running now.
+    pub current_step: Option<BootstrapStepKind>,
+    /// What the running step is waiting on, in words (`tcp 127.0.0.1:2222: connection refused`).
+    pub waiting_on: Option<String>,
+    /// The outcome of the last bootstrap this daemon ran for the VM.
+    pub last_bootstrap: Option<VmOutcome>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.up / castra.outcome
+
+/// Params of `castra.up`: the same as `castra.plan`.
+pub type UpParams = PlanParams;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpResult {
+    /// Identifies this request in events and in `castra.outcome`.
+    pub operation: String,
+    pub project: String,
+    /// The VMs of the operation, in file order (the order of the outcomes).
+    pub vms: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomeParams {
+    pub operation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeResult {
+    pub operation: String,
+    pub project: String,
+    /// One per VM, in the order of `UpResult::vms`.
+    pub outcomes: Vec<VmOutcome>,
+}
+
+/// How one VM's part of an operation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OutcomeStatus {
+    Success,
+    NoOp,
+    Skipped,
+    Failed,
+    /// Not attempted: another operation's pipeline was running on this VM.
+    Rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmOutcome {
+    pub vm: String,
+    pub status: OutcomeStatus,
+    pub duration_ms: u64,
+    pub run_id: Option<String>,
+    /// The durable log of the run (for NoOp: the log of the run that earned the stamp).
+    pub log_path: Option<PathBuf>,
+    pub stamp: Option<PathBuf>,
+    pub error: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscribeParams {
+    /// Only events of this operation.
+    #[serde(default)]
+    pub operation: Option<String>,
+    /// Only events about this VM.
+    #[serde(default)]
+    pub vm: Option<String>,
+    /// Replay buffered events with `seq` greater than this first (0: everything buffered).
+    /// Without it, only events published after subscribing.
+    #[serde(default)]
+    pub since: Option<u64>,
+}
+
+/// What a `castra.event` notification carries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventEnvelope {
+    /// Daemon-wide, strictly increasing sequence number.
+    pub seq: u64,
+    /// RFC 3339 UTC with milliseconds.
+    pub time: String,
+    pub operation: Option<String>,
+    pub event: Event,
+}
+
+/// Every event castrad publishes, externally tagged: `{"BootstrapStarted": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Event {
+    BootstrapPlanned(BootstrapPlanned),
+    BootstrapStarted {
+        vm: String,
+        base_hash: String,
+        artifact_hash: String,
+        trigger: BootstrapTrigger,
+    },
+    BootstrapStep {
+        vm: String,
+        step: BootstrapStepKind,
+        status: BootstrapStepStatus,
+        duration_ms: u64,
+        detail: Option<String>,
+    },
+    /// What a running step is waiting on (emitted when that changes, and every few seconds).
+    BootstrapProgress {
+        vm: String,
+        step: BootstrapStepKind,
+        waiting_on: String,
+        elapsed_ms: u64,
+    },
+    /// A line the guest script (or verify command) printed.
+    BootstrapOutput {
+        vm: String,
+        step: BootstrapStepKind,
+        stream: OutputStream,
+        line: String,
+    },
+    BootstrapCompleted {
+        vm: String,
+        status: BootstrapStatus,
+        duration_ms: u64,
+        /// The stamp proving the result (Success: the one just written; NoOp: the one that matched).
+        stamp: Option<String>,
+    },
+    BootstrapFailed {
+        vm: String,
+        duration_ms: u64,
+        error: String,
+    },
+}
+
+impl Event {
+    /// The VM the event is about.
+    pub fn vm(&self) -> &str {
+        match self {
+            Event::BootstrapPlanned(p) => &p.vm,
+            Event::BootstrapStarted { vm, .. }
+            | Event::BootstrapStep { vm, .. }
+            | Event::BootstrapProgress { vm, .. }
+            | Event::BootstrapOutput { vm, .. }
+            | Event::BootstrapCompleted { vm, .. }
+            | Event::BootstrapFailed { vm, .. } => vm,
+        }
+    }
+
+    /// True for the last event of a VM's pipeline run.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Event::BootstrapCompleted { .. } | Event::BootstrapFailed { .. })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootstrapStepKind {
+    WaitHandshake,
+    VizierInstall,
+    VizierEnable,
+    VizierHandshake,
+    Connect,
+    Transfer,
+    Apply,
+    Verify,
+    /// Only in durable logs: the terminal record of a failed run.
+    Error,
+}
+
+impl BootstrapStepKind {
+    /// Pipeline order.
+    pub const PIPELINE: [BootstrapStepKind; 8] = [
+        BootstrapStepKind::WaitHandshake,
+        BootstrapStepKind::VizierInstall,
+        BootstrapStepKind::VizierEnable,
+        BootstrapStepKind::VizierHandshake,
+        BootstrapStepKind::Connect,
+        BootstrapStepKind::Transfer,
+        BootstrapStepKind::Apply,
+        BootstrapStepKind::Verify,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootstrapStepKind::WaitHandshake => "wait-handshake",
+            BootstrapStepKind::VizierInstall => "vizier-install",
+            BootstrapStepKind::VizierEnable => "vizier-enable",
+            BootstrapStepKind::VizierHandshake => "vizier-handshake",
+            BootstrapStepKind::Connect => "connect",
+            BootstrapStepKind::Transfer => "transfer",
+            BootstrapStepKind::Apply => "apply",
+            BootstrapStepKind::Verify => "verify",
+            BootstrapStepKind::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BootstrapStepStatus {
+    Success,
+    Skipped,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BootstrapStatus {
+    Success,
+    NoOp,
+    Skipped,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durable run logs and castra.logs
+
+/// The durable log of one executed bootstrap run:
+/// `logs/bootstrap/<vm>-<UTC timestamp>-<run id>.json` in the project's state root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunLog {
+    pub vm: String,
+    pub run_id: String,
+    pub artifact_hash: String,
+    pub base_hash: String,
+    /// `success`, `noop` (the script printed CASTRA_NOOP) or `failed`.
+    pub status: RunStatus,
+    pub duration_ms: u64,
+    pub steps: Vec<StepRecord>,
+    pub trigger: BootstrapTrigger,
+    pub operation: Option<String>,
+    /// RFC 3339 UTC.
+    pub started_at: String,
+    /// Everything the script and verify command printed, one line per record.
+    pub output_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunStatus {
+    Success,
+    Noop,
+    Failed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: BootstrapStepKind,
+    pub status: BootstrapStepStatus,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogsParams {
+    pub config: PathBuf,
+    pub vm: String,
+    /// A run id (or a unique prefix of one); without it, the latest run.
+    #[serde(default)]
+    pub run: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogsResult {
+    pub vm: String,
+    /// Every durable log of the VM, oldest first.
+    pub runs: Vec<RunSummary>,
+    /// The selected run's log (the latest without `run`); null when there is none.
+    pub log: Option<RunLog>,
+    pub log_path: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub path: PathBuf,
+    pub status: RunStatus,
+    pub duration_ms: u64,
+    pub started_at: String,
 }
 
 // ---------------------------------------------------------------------------------------------
