@@ -10,11 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use tokio_util::task::TaskTracker;
+
 use crate::config::{self, ConfigError, Project};
+use crate::events::EventBus;
+use crate::operations::{Operation, Operations};
 use crate::overrides::OverrideError;
+use crate::pipeline;
 use crate::planner::{self, PlanError, VmPlan};
 use crate::rpc::server::{self, Listener};
 use crate::state_root::StateRoot;
+use crate::vm::{VmHandle, VmSnapshot};
 
 /// Everything castrad needs to start.
 #[derive(Debug, Clone)]
@@ -36,6 +42,8 @@ pub enum DaemonError {
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -50,7 +58,13 @@ pub struct ProjectEntry {
 pub struct Daemon {
     pub settings: Settings,
     pub started: Instant,
+    pub bus: EventBus,
+    pub operations: Operations,
+    /// Tasks that must finish (or be cancelled) before the process exits: VM actors.
+    pub tasks: TaskTracker,
     projects: Mutex<BTreeMap<PathBuf, ProjectEntry>>,
+    /// VM actors by (state root, VM name).
+    vms: Mutex<BTreeMap<(PathBuf, String), VmHandle>>,
     base_bytes_hashed: AtomicU64,
 }
 
@@ -59,8 +73,86 @@ impl Daemon {
         Arc::new(Daemon {
             settings,
             started: Instant::now(),
+            bus: EventBus::default(),
+            operations: Operations::default(),
+            tasks: TaskTracker::new(),
             projects: Mutex::new(BTreeMap::new()),
+            vms: Mutex::new(BTreeMap::new()),
             base_bytes_hashed: AtomicU64::new(0),
+        })
+    }
+
+    /// Where ControlMaster sockets live: beside castrad's socket (short, private paths).
+    pub fn control_dir(&self) -> PathBuf {
+        self.settings
+            .socket
+            .parent()
+            .unwrap_or(Path::new("/tmp"))
+            .join("ssh")
+    }
+
+    /// The actor of `vm` in the project at `root`, spawned on first use.
+    pub fn vm_handle(&self, root: &StateRoot, vm: &str) -> VmHandle {
+        let key = (root.path().to_owned(), vm.to_owned());
+        let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        vms.entry(key)
+            .or_insert_with(|| {
+                let ctx = pipeline::Ctx {
+                    bus: self.bus.clone(),
+                    root: root.clone(),
+                    control_dir: self.control_dir(),
+                    snapshot: Arc::new(tokio::sync::watch::channel(VmSnapshot::default()).0),
+                };
+                VmHandle::spawn(vm, ctx, &self.tasks)
+            })
+            .clone()
+    }
+
+    /// The actor of `vm` if it exists; never spawns.
+    pub fn existing_vm_handle(&self, root: &StateRoot, vm: &str) -> Option<VmHandle> {
+        let vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
+        vms.get(&(root.path().to_owned(), vm.to_owned())).cloned()
+    }
+
+    /// Starts bootstrapping every VM of the project; returns as soon as each actor has
+    /// accepted (or refused, when busy) its VM. Preflight errors are returned before anything
+    /// is started.
+    pub async fn up(
+        &self,
+        config_path: &Path,
+        overrides: &[String],
+    ) -> Result<castra_api::UpResult, DaemonError> {
+        let entry = self.load_project(config_path).await?;
+        let overrides = planner::preflight(&entry.project, overrides)?;
+        let mut cross = planner::cross_vm_warnings(&entry.project);
+        let operation = format!("op-{}", crate::runlog::random_hex(6));
+        let mut receivers = Vec::with_capacity(entry.project.vms.len());
+        for vm in &entry.project.vms {
+            let (tx, rx) = tokio::sync::watch::channel(None);
+            let job = pipeline::Job {
+                vm: Arc::new(vm.clone()),
+                mode: overrides.resolve(&vm.name, vm.bootstrap.mode),
+                extra_warnings: cross.remove(&vm.name).unwrap_or_default(),
+                operation: operation.clone(),
+            };
+            let handle = self.vm_handle(&entry.root, &vm.name);
+            if let Err(busy) = handle.bootstrap(job, tx.clone()).await {
+                tracing::info!(vm = vm.name, %busy, "rejected");
+                let _ = tx.send(Some(crate::vm::rejected(&busy)));
+            }
+            receivers.push(rx);
+        }
+        let vms: Vec<String> = entry.project.vms.iter().map(|vm| vm.name.clone()).collect();
+        self.operations.insert(Operation::new(
+            operation.clone(),
+            entry.project.name.clone(),
+            vms.clone(),
+            receivers,
+        ));
+        Ok(castra_api::UpResult {
+            operation,
+            project: entry.project.name.clone(),
+            vms,
         })
     }
 
@@ -92,6 +184,20 @@ impl Daemon {
         self.lock()
             .insert(entry.project.config_path.clone(), entry.clone());
         Ok(entry)
+    }
+
+    /// The registered project at `config_path`, loading it only if unknown: `status` answers
+    /// from memory.
+    pub async fn project(&self, config_path: &Path) -> Result<ProjectEntry, DaemonError> {
+        let known = self
+            .lock()
+            .values()
+            .find(|e| e.project.config_path == config_path)
+            .cloned();
+        match known {
+            Some(entry) => Ok(entry),
+            None => self.load_project(config_path).await,
+        }
     }
 
     pub fn projects(&self) -> Vec<ProjectEntry> {
@@ -179,5 +285,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let daemon = Daemon::new(settings);
-    server::serve(daemon, listener, shutdown).await
+    server::serve(daemon.clone(), listener, shutdown).await?;
+    // Stop the VM actors: closing their mailboxes ends them; runs in progress are abandoned
+    // (the guest is left as it is, and no stamp is written for an unfinished run).
+    daemon.vms.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    daemon.tasks.close();
+    let grace = daemon.settings.shutdown_grace;
+    if tokio::time::timeout(grace, daemon.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("bootstrap runs still in progress at shutdown were abandoned");
+    }
+    Ok(())
 }

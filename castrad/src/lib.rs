@@ -14,14 +14,20 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod events;
 pub mod fsutil;
 pub mod hashing;
+pub mod operations;
 pub mod overrides;
+pub mod pipeline;
 pub mod planner;
 pub mod rpc;
+pub mod runlog;
+pub mod ssh;
 pub mod stamps;
 pub mod state_root;
 pub mod vizier;
+pub mod vm;
 
 #[cfg(test)]
 mod testutil;

@@ -59,6 +59,16 @@ fn read_path(path: &Path) -> StampRead {
     }
 }
 
+/// Writes `stamp` atomically as `stamps/<vm>.json`; returns its path. Call only after a
+/// `Success`.
+pub fn write(root: &StateRoot, stamp: &Stamp) -> io::Result<PathBuf> {
+    crate::state_root::ensure_dir(&root.stamps_dir())?;
+    let path = root.stamp(&stamp.vm);
+    let json = serde_json::to_vec_pretty(stamp).map_err(io::Error::other)?;
+    crate::fsutil::write_atomic(&path, &json)?;
+    Ok(path)
+}
+
 /// The identity of the disk a VM currently has, if castrad has seen one: the overlay id
 /// (`vms/<vm>/disk-id`, QEMU) or the pinned host key (`vms/<vm>/known_hosts`, external).
 pub fn disk_id(root: &StateRoot, vm: &str) -> Option<String> {

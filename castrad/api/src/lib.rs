@@ -396,7 +396,10 @@ impl Event {
 
     /// True for the last event of a VM's pipeline run.
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Event::BootstrapCompleted { .. } | Event::BootstrapFailed { .. })
+        matches!(
+            self,
+            Event::BootstrapCompleted { .. } | Event::BootstrapFailed { .. }
+        )
     }
 }
 

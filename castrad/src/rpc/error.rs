@@ -15,6 +15,7 @@ impl From<DaemonError> for ErrorObjectOwned {
             DaemonError::InvalidParams(_) => (code::INVALID_PARAMS, "invalid-params"),
             DaemonError::Config(_) => (code::CONFIG, "config"),
             DaemonError::Preflight(_) => (code::PREFLIGHT, "preflight"),
+            DaemonError::NotFound(_) => (code::NOT_FOUND, "not-found"),
             DaemonError::Plan(_) | DaemonError::Internal(_) => (code::OPERATION, "operation"),
         };
         let location = match &err {

@@ -6,9 +6,9 @@ use castra_api as api;
 use jsonrpsee::RpcModule;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 
-use crate::config::{self, Backend, BootstrapMode};
+use crate::config::Backend;
 use crate::daemon::{Daemon, DaemonError};
-use crate::planner::{Action, Trigger, VmPlan};
+use crate::events::Filter;
 
 pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
     let mut m = RpcModule::from_arc(daemon);
@@ -29,7 +29,144 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
+    m.register_async_method(api::method::UP, |params, daemon, _| async move {
+        let p: api::UpParams = parse(params)?;
+        daemon
+            .up(&p.config, &p.bootstrap)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::OUTCOME, |params, daemon, _| async move {
+        outcome(params, &daemon)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::LOGS, |params, daemon, _| async move {
+        logs(params, &daemon).await.map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_subscription(
+        api::method::SUBSCRIBE_EVENTS,
+        api::method::EVENT,
+        api::method::UNSUBSCRIBE_EVENTS,
+        |params, pending, daemon, _| async move {
+            let p: api::SubscribeParams = match parse_or_default(params) {
+                Ok(p) => p,
+                Err(e) => {
+                    pending.reject(ErrorObjectOwned::from(e)).await;
+                    return;
+                }
+            };
+            let filter = Filter {
+                operation: p.operation,
+                vm: p.vm,
+            };
+            // Subscribe before accepting, so nothing published meanwhile is missed.
+            let mut events = daemon.bus.subscribe(filter, p.since);
+            let Ok(sink) = pending.accept().await else {
+                return;
+            };
+            loop {
+                let next = tokio::select! {
+                    next = events.next() => next,
+                    _ = sink.closed() => return,
+                };
+                let envelope = match next {
+                    Ok(Some(envelope)) => envelope,
+                    Ok(None) => return,
+                    Err(lost) => {
+                        tracing::warn!(%lost, "subscriber lost events");
+                        continue;
+                    }
+                };
+                let Ok(raw) = serde_json::value::to_raw_value(&*envelope) else {
+                    continue;
+                };
+                if sink.send(raw).await.is_err() {
+                    return;
+                }
+            }
+        },
+    )
+    .expect("unique method name");
     m
+}
+
+async fn outcome(
+    params: Params<'static>,
+    daemon: &Daemon,
+) -> Result<api::OutcomeResult, DaemonError> {
+    let p: api::OutcomeParams = parse(params)?;
+    let op = daemon.operations.get(&p.operation).ok_or_else(|| {
+        DaemonError::NotFound(format!(
+            "no operation {} (it may have been forgotten)",
+            p.operation
+        ))
+    })?;
+    let outcomes = op.wait().await;
+    Ok(api::OutcomeResult {
+        operation: op.id.clone(),
+        project: op.project.clone(),
+        outcomes,
+    })
+}
+
+async fn logs(params: Params<'static>, daemon: &Daemon) -> Result<api::LogsResult, DaemonError> {
+    let p: api::LogsParams = parse(params)?;
+    let entry = daemon.load_project(&p.config).await?;
+    if !entry.project.vms.iter().any(|vm| vm.name == p.vm) {
+        let known: Vec<&str> = entry
+            .project
+            .vms
+            .iter()
+            .map(|vm| vm.name.as_str())
+            .collect();
+        return Err(DaemonError::NotFound(format!(
+            "no VM {} in project {}; known VMs: {}",
+            p.vm,
+            entry.project.name,
+            known.join(", ")
+        )));
+    }
+    let (root, vm) = (entry.root.clone(), p.vm.clone());
+    let runs = tokio::task::spawn_blocking(move || crate::runlog::list(&root, &vm))
+        .await
+        .map_err(|e| DaemonError::Internal(e.to_string()))?
+        .map_err(|e| DaemonError::Internal(format!("cannot read the logs of {}: {e}", p.vm)))?;
+    let selected = match &p.run {
+        None => runs.last(),
+        Some(id) => {
+            let matching: Vec<_> = runs
+                .iter()
+                .filter(|(_, log)| log.run_id.starts_with(id.as_str()))
+                .collect();
+            match matching.as_slice() {
+                [one] => Some(*one),
+                [] => {
+                    return Err(DaemonError::NotFound(format!(
+                        "no run {id} for VM {}",
+                        p.vm
+                    )));
+                }
+                _ => {
+                    return Err(DaemonError::InvalidParams(format!(
+                        "run id prefix {id} is ambiguous"
+                    )));
+                }
+            }
+        }
+    };
+    Ok(api::LogsResult {
+        vm: p.vm.clone(),
+        log_path: selected.map(|(path, _)| path.clone()),
+        log: selected.map(|(_, log)| log.clone()),
+        runs: runs
+            .iter()
+            .map(|(path, log)| crate::runlog::summary(path, log))
+            .collect(),
+    })
 }
 
 fn parse<T: serde::de::DeserializeOwned>(params: Params<'_>) -> Result<T, DaemonError> {
@@ -57,7 +194,7 @@ async fn plan(params: Params<'static>, daemon: &Daemon) -> Result<api::PlanResul
         .vms
         .iter()
         .zip(plans)
-        .map(|(vm, plan)| planned(vm, plan))
+        .map(|(vm, plan)| crate::events::planned(vm, plan))
         .collect();
     Ok(api::PlanResult {
         project: project.name.clone(),
@@ -73,7 +210,7 @@ async fn status(
 ) -> Result<api::StatusResult, DaemonError> {
     let p: api::StatusParams = parse_or_default(params)?;
     let entries = match &p.config {
-        Some(path) => vec![daemon.load_project(path).await?],
+        Some(path) => vec![daemon.project(path).await?],
         None => daemon.projects(),
     };
     let projects = entries
@@ -88,14 +225,24 @@ async fn status(
                 .iter()
                 .map(|vm| {
                     let stamp = entry.root.stamp(&vm.name);
+                    let snap = daemon
+                        .existing_vm_handle(&entry.root, &vm.name)
+                        .map(|h| h.snapshot())
+                        .unwrap_or_default();
+                    let state = match (snap.bootstrapping || snap.operation.is_some(), vm.backend) {
+                        (true, _) => api::VmState::Bootstrapping,
+                        (false, Backend::Qemu) => api::VmState::Stopped,
+                        (false, Backend::External) => api::VmState::External,
+                    };
                     api::VmStatus {
                         name: vm.name.clone(),
                         backend: backend(vm.backend),
-                        state: match vm.backend {
-                            Backend::Qemu => api::VmState::Stopped,
-                            Backend::External => api::VmState::External,
-                        },
+                        state,
                         stamp_path: stamp.exists().then_some(stamp),
+                        operation: snap.operation,
+                        current_step: snap.current_step,
+                        waiting_on: snap.waiting_on,
+                        last_bootstrap: snap.last,
                     }
                 })
                 .collect(),
@@ -118,66 +265,5 @@ fn backend(b: Backend) -> api::Backend {
     match b {
         Backend::Qemu => api::Backend::Qemu,
         Backend::External => api::Backend::External,
-    }
-}
-
-fn mode(m: BootstrapMode) -> api::BootstrapMode {
-    match m {
-        BootstrapMode::Auto => api::BootstrapMode::Auto,
-        BootstrapMode::Skip => api::BootstrapMode::Skip,
-        BootstrapMode::Always => api::BootstrapMode::Always,
-    }
-}
-
-/// The wire form of a plan (`BootstrapPlanned`).
-pub fn planned(vm: &config::Vm, plan: VmPlan) -> api::BootstrapPlanned {
-    let b = &vm.bootstrap;
-    let runs = plan.action != Action::Skip;
-    let ssh = vm
-        .ssh
-        .host
-        .clone()
-        .or_else(|| (vm.backend == Backend::Qemu).then(|| "127.0.0.1".to_owned()));
-    api::BootstrapPlanned {
-        vm: plan.vm,
-        mode: mode(plan.mode),
-        action: match plan.action {
-            Action::Run => api::BootstrapPlanAction::Run,
-            Action::Noop => api::BootstrapPlanAction::Noop,
-            Action::Skip => api::BootstrapPlanAction::Skip,
-        },
-        reason: plan.reason,
-        trigger: plan.trigger.map(|t| match t {
-            Trigger::Auto => api::BootstrapTrigger::Auto,
-            Trigger::Always => api::BootstrapTrigger::Always,
-        }),
-        script_path: b.script.clone(),
-        payload_path: b.payload.clone(),
-        payload_bytes: plan.payload_bytes,
-        handshake_timeout_secs: runs.then_some(b.handshake_timeout_secs),
-        remote_dir: b.script.as_ref().map(|_| b.remote_dir.clone()),
-        ssh: ssh.map(|host| api::BootstrapPlanSsh {
-            user: vm.ssh.user.clone(),
-            host,
-            port: vm
-                .ssh
-                .port
-                .or((vm.backend == Backend::External).then_some(22)),
-            identity: vm.ssh.identity.clone(),
-            options: vm.ssh.options.clone(),
-        }),
-        env_keys: b.env.keys().cloned().collect(),
-        verify: (b.verify_command.is_some() || b.verify_path.is_some()).then(|| {
-            api::BootstrapPlanVerify {
-                command: b.verify_command.clone(),
-                path: b.verify_path.clone(),
-            }
-        }),
-        artifact_hash: plan.artifact_hash,
-        metadata_path: b.metadata_path.clone(),
-        warnings: plan.warnings,
-        vizier_status: None,
-        vizier_log_path: Some(plan.vizier_log_path),
-        vizier_remediation: None,
     }
 }

@@ -1,0 +1,162 @@
+//! `wait-handshake`: poll the guest's SSH port until it accepts TCP and sends an SSH banner.
+//!
+//! Polls at most every [`POLL`], never past the deadline (sub-second precision), and reports
+//! what it is waiting on whenever that changes and every [`HEARTBEAT`], so a watcher always
+//! knows why nothing is happening yet.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+pub const POLL: Duration = Duration::from_millis(200);
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+/// How long one TCP connect or banner read may take before we try again.
+const ATTEMPT: Duration = Duration::from_secs(1);
+
+/// Waits until `host:port` answers with an SSH banner. `progress` is called with a description
+/// of what is being waited on. Errors describe the last obstacle.
+pub async fn wait(
+    host: &str,
+    port: u16,
+    timeout: Duration,
+    mut progress: impl FnMut(&str),
+) -> Result<String, String> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut last_reported: Option<(String, Instant)> = None;
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let waiting_on = match attempt(host, port, remaining.min(ATTEMPT)).await {
+            Ok(banner) => return Ok(banner),
+            Err(why) => why,
+        };
+        let now = Instant::now();
+        let report = match &last_reported {
+            Some((last, at)) => *last != waiting_on || now.duration_since(*at) >= HEARTBEAT,
+            None => true,
+        };
+        if report {
+            progress(&waiting_on);
+            last_reported = Some((waiting_on.clone(), now));
+        }
+        if now >= deadline {
+            return Err(format!(
+                "timed out after {:.1}s waiting for SSH on {host}:{port} (last: {waiting_on})",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(now))).await;
+    }
+}
+
+/// One try: connect, read the banner line. Err is a short description of the obstacle.
+async fn attempt(host: &str, port: u16, limit: Duration) -> Result<String, String> {
+    let connect = tokio::time::timeout(limit, TcpStream::connect((host, port))).await;
+    let mut stream = match connect {
+        Err(_) => return Err(format!("tcp {host}:{port}: no answer")),
+        Ok(Err(e)) => return Err(format!("tcp {host}:{port}: {}", short_io(&e))),
+        Ok(Ok(s)) => s,
+    };
+    let mut buf = Vec::with_capacity(256);
+    let read = tokio::time::timeout(limit, async {
+        let mut chunk = [0u8; 256];
+        while !buf.contains(&b'\n') && buf.len() < 4096 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    let banner = String::from_utf8_lossy(&buf);
+    let first = banner
+        .lines()
+        .find(|l| l.starts_with("SSH-"))
+        .map(str::trim);
+    match (read, first) {
+        (_, Some(line)) => Ok(line.to_owned()),
+        (Err(_), None) => Err(format!("ssh banner from {host}:{port}: none yet")),
+        (Ok(Err(e)), None) => Err(format!("ssh banner from {host}:{port}: {}", short_io(&e))),
+        (Ok(Ok(())), None) if buf.is_empty() => {
+            Err(format!("ssh banner from {host}:{port}: connection closed"))
+        }
+        (Ok(Ok(())), None) => Err(format!("ssh banner from {host}:{port}: not an SSH server")),
+    }
+}
+
+fn short_io(e: &std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+        std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+        _ => e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn answers_once_a_banner_arrives() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"SSH-2.0-OpenSSH_test\r\n").await.unwrap();
+        });
+        let banner = wait("127.0.0.1", port, Duration::from_secs(5), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(banner, "SSH-2.0-OpenSSH_test");
+    }
+
+    #[tokio::test]
+    async fn times_out_on_time_and_says_what_it_waited_on() {
+        // A port nobody listens on: bind, note, close.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut seen = Vec::new();
+        let start = Instant::now();
+        let err = wait("127.0.0.1", port, Duration::from_millis(700), |w| {
+            seen.push(w.to_owned())
+        })
+        .await
+        .unwrap_err();
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(700) && took < Duration::from_millis(1000),
+            "{took:?}"
+        );
+        assert!(err.contains("connection refused"), "{err}");
+        assert_eq!(
+            seen,
+            vec![format!("tcp 127.0.0.1:{port}: connection refused")]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_silent_or_wrong_server_is_not_ssh() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                let _ = s.write_all(b"HTTP/1.0 400 nope\r\n").await;
+            }
+        });
+        let mut seen = Vec::new();
+        let err = wait("127.0.0.1", port, Duration::from_millis(300), |w| {
+            seen.push(w.to_owned())
+        })
+        .await
+        .unwrap_err();
+        assert!(err.contains("not an SSH server"), "{err}");
+    }
+}
