@@ -1,26 +1,52 @@
 //! Flags, subcommands and the top-level flow: parse, connect, call, render, exit.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use castra_api as api;
 use clap::{Parser, Subcommand};
+use jsonrpsee::core::client::{Subscription, SubscriptionCloseReason};
+use serde_json::value::RawValue;
 
 use crate::Exit;
 use crate::client::{Daemon, Failure, find_config};
+use crate::progress::{self, PlainFeed, UpDisplay};
 use crate::render;
 
-const EXIT_CODES: &str = "\
+const AFTER_HELP: &str = "\
+Commands at a glance:
+  plan     what `up` would do for each VM, and why (nothing runs)
+  up       run the bootstrap pipeline and follow it live; exits 1 if any VM failed
+  logs     the durable logs of a VM's bootstrap runs
+  events   follow castrad's event feed (`--json`: one event per line)
+  status   the daemon, its projects and their VMs
+
 Exit codes:
   0  success
   1  the operation ran and failed
   2  usage error, invalid castra.toml, or a preflight rejection (conflicting or unknown overrides)
   3  castrad is not reachable (start it with `systemctl --user start castrad`)";
 
+const UP_HELP: &str = "\
+Output:
+  on a terminal  a live line per VM (step, what it waits on, its latest output), then a summary
+  piped          one plain line per event (`web-0  apply  | output line`), then the summary
+  --json         every event envelope as one JSON line, then {\"outcome\": ...} as the last line
+
+Exit codes: 0 every VM ended Success, NoOp or Skipped; 1 any VM Failed or was Rejected (another
+operation was bootstrapping it); 2 invalid castra.toml or overrides; 3 castrad not reachable.
+Ctrl-C stops following (exit 1); it does not tell castrad to stop.";
+
+const EVENTS_HELP: &str = "\
+Prints events until Ctrl-C (exit 0) or until castrad closes the connection (exit 1).
+Lines: `SEQ  VM  WHAT`; with --json, each event envelope as one compact JSON line, flushed at once.";
+
 /// Drive castrad, the Castra VM daemon.
 #[derive(Debug, Parser)]
-#[command(name = "castractl", version, after_help = EXIT_CODES)]
+#[command(name = "castractl", version, after_help = AFTER_HELP)]
 struct Cli {
     /// Project file [default: the nearest castra.toml from the current directory upwards].
     #[arg(long, global = true, value_name = "PATH")]
@@ -49,6 +75,35 @@ enum Command {
         #[arg(long, value_name = "OVERRIDES")]
         bootstrap: Vec<String>,
     },
+    /// Bootstrap the project's VMs and follow the pipeline until every VM is done.
+    #[command(after_help = UP_HELP)]
+    Up {
+        /// Override bootstrap modes: MODE (all VMs), VM=MODE or VM:MODE, comma-separated,
+        /// repeatable. Modes: auto, skip (alias disabled), always. Per-VM beats global.
+        #[arg(long, value_name = "OVERRIDES")]
+        bootstrap: Vec<String>,
+    },
+    /// Show a VM's bootstrap runs and the steps of one (the latest by default).
+    Logs {
+        /// The VM, as `castractl plan` names it (replicas: `web-0`).
+        vm: String,
+        /// A run id, or a unique prefix of one [default: the latest run].
+        #[arg(long, value_name = "ID")]
+        run: Option<String>,
+    },
+    /// Follow castrad's events, like `docker events`, until Ctrl-C.
+    #[command(after_help = EVENTS_HELP)]
+    Events {
+        /// Only events of this operation (as `up` prints it).
+        #[arg(long, value_name = "ID")]
+        operation: Option<String>,
+        /// Only events about this VM.
+        #[arg(long, value_name = "VM")]
+        vm: Option<String>,
+        /// First replay the buffered events after this sequence number (0: all of them).
+        #[arg(long, value_name = "SEQ")]
+        since: Option<u64>,
+    },
     /// Show the daemon and the projects and VMs it knows (this project's, given one).
     Status,
 }
@@ -64,7 +119,7 @@ pub fn main() -> ExitCode {
             {
                 let f = Failure::new(Exit::Usage, "usage", e.kind().to_string())
                     .detail(e.render().to_string().trim().to_owned());
-                return report(&f, true).into();
+                return report(&f, true, false).into();
             }
             let _ = e.print();
             return if e.use_stderr() {
@@ -75,22 +130,25 @@ pub fn main() -> ExitCode {
         }
     };
     let json = cli.json;
+    // Streaming commands print JSON lines: their errors must be one line too.
+    let streaming = matches!(cli.command, Command::Up { .. } | Command::Events { .. });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
         Ok(rt) => rt,
         Err(e) => {
-            return report(&Failure::new(Exit::Failed, "internal", e.to_string()), json).into();
+            let f = Failure::new(Exit::Failed, "internal", e.to_string());
+            return report(&f, json, streaming).into();
         }
     };
     match runtime.block_on(run(cli)) {
-        Ok(()) => Exit::Ok.into(),
-        Err(f) => report(&f, json).into(),
+        Ok(exit) => exit.into(),
+        Err(f) => report(&f, json, streaming).into(),
     }
 }
 
-async fn run(cli: Cli) -> Result<(), Failure> {
+async fn run(cli: Cli) -> Result<Exit, Failure> {
     let socket = cli.socket.clone().unwrap_or_else(api::default_socket_path);
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::new(Exit::Failed, "internal", format!("current directory: {e}")))?;
@@ -121,6 +179,35 @@ async fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{}", render::plan(&plan));
             }
         }
+        Command::Up { bootstrap } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            return up(&daemon, api::UpParams { config, bootstrap }, cli.json).await;
+        }
+        Command::Logs { vm, run } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            let params = api::LogsParams { config, vm, run };
+            let logs: api::LogsResult = daemon.call(api::method::LOGS, &params).await?;
+            if cli.json {
+                print_json(&logs);
+            } else {
+                print!("{}", render::logs(&logs));
+            }
+        }
+        Command::Events {
+            operation,
+            vm,
+            since,
+        } => {
+            let daemon = Daemon::connect(&socket).await?;
+            let params = api::SubscribeParams {
+                operation,
+                vm,
+                since,
+            };
+            return events(&daemon, &params, cli.json).await;
+        }
         Command::Status => {
             // Status works outside a project: then it lists everything the daemon knows.
             let config = match &cli.config {
@@ -138,7 +225,184 @@ async fn run(cli: Cli) -> Result<(), Failure> {
             }
         }
     }
-    Ok(())
+    Ok(Exit::Ok)
+}
+
+/// How long to keep reading events already on their way once the outcome is known.
+const DRAIN: Duration = Duration::from_millis(250);
+
+/// `castractl up`: start the operation, show its events until every VM is done, then the
+/// outcome. The outcome (`castra.outcome`, awaited alongside the events) is authoritative: a
+/// rejected VM has no events, and a lost subscription must not hang the command.
+async fn up(daemon: &Daemon, params: api::UpParams, json: bool) -> Result<Exit, Failure> {
+    let up: api::UpResult = daemon.call(api::method::UP, &params).await?;
+    let mut display = UpDisplay::new(json, &up);
+    let interrupted = || {
+        Failure::new(
+            Exit::Failed,
+            "interrupted",
+            format!("interrupted: stopped following operation {}", up.operation),
+        )
+        .detail(format!(
+            "castrad was not asked to stop it; follow it with `castractl events --operation {} --since 0`",
+            up.operation
+        ))
+    };
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+
+    let outcome_params = api::OutcomeParams {
+        operation: up.operation.clone(),
+    };
+    let outcome_call = daemon.call::<_, api::OutcomeResult>(api::method::OUTCOME, &outcome_params);
+    tokio::pin!(outcome_call);
+
+    let subscribe = api::SubscribeParams {
+        operation: Some(up.operation.clone()),
+        vm: None,
+        since: Some(0),
+    };
+    let mut outcome = None;
+    match subscribe_raw(daemon, &subscribe).await {
+        Err(f) => display.warn(&format!("cannot follow the events: {}", f.message)),
+        Ok(mut sub) => {
+            let mut pending: HashSet<String> = up.vms.iter().cloned().collect();
+            while !pending.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = &mut ctrl_c => {
+                        display.abandon();
+                        return Err(interrupted());
+                    }
+                    item = sub.next() => match item {
+                        Some(Ok(raw)) => seen(&mut display, &raw, &mut pending),
+                        Some(Err(e)) => display.warn(&format!("unreadable event: {e}")),
+                        None => {
+                            if let Some(SubscriptionCloseReason::Lagged) = sub.close_reason() {
+                                display.warn("fell behind the event feed; waiting for the outcome");
+                            }
+                            break;
+                        }
+                    },
+                    result = &mut outcome_call => {
+                        outcome = Some(result);
+                        break;
+                    }
+                }
+            }
+            // The outcome can overtake the last events on their way to the screen. A rejected
+            // VM has none to wait for.
+            if let Some(Ok(o)) = &outcome {
+                for vm in &o.outcomes {
+                    if vm.status == api::OutcomeStatus::Rejected {
+                        pending.remove(&vm.vm);
+                    }
+                }
+                let deadline = tokio::time::Instant::now() + DRAIN;
+                while !pending.is_empty() {
+                    match tokio::time::timeout_at(deadline, sub.next()).await {
+                        Ok(Some(Ok(raw))) => seen(&mut display, &raw, &mut pending),
+                        Ok(Some(Err(_))) => {}
+                        Ok(None) | Err(_) => break,
+                    }
+                }
+            }
+        }
+    }
+    let outcome = match outcome {
+        Some(result) => result,
+        None => tokio::select! {
+            biased;
+            _ = &mut ctrl_c => {
+                display.abandon();
+                return Err(interrupted());
+            }
+            result = &mut outcome_call => result,
+        },
+    };
+    let outcome = match outcome {
+        Ok(outcome) => outcome,
+        Err(f) => {
+            display.abandon();
+            return Err(f);
+        }
+    };
+    display.finish(&outcome);
+    let ok = outcome
+        .outcomes
+        .iter()
+        .all(|o| progress::outcome_ok(o.status));
+    Ok(if ok { Exit::Ok } else { Exit::Failed })
+}
+
+/// Shows an event of `up` and ticks its VM off once its pipeline has ended.
+fn seen(display: &mut UpDisplay, raw: &RawValue, pending: &mut HashSet<String>) {
+    if let Some(envelope) = display.event(raw)
+        && envelope.event.is_terminal()
+    {
+        pending.remove(envelope.event.vm());
+    }
+}
+
+async fn subscribe_raw(
+    daemon: &Daemon,
+    params: &api::SubscribeParams,
+) -> Result<Subscription<Box<RawValue>>, Failure> {
+    daemon
+        .subscribe(
+            api::method::SUBSCRIBE_EVENTS,
+            params,
+            api::method::UNSUBSCRIBE_EVENTS,
+        )
+        .await
+}
+
+/// `castractl events`: print the feed until Ctrl-C, the reader goes away, or castrad does.
+async fn events(
+    daemon: &Daemon,
+    params: &api::SubscribeParams,
+    json: bool,
+) -> Result<Exit, Failure> {
+    let mut sub = subscribe_raw(daemon, params).await?;
+    let mut feed = PlainFeed::new(0);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let raw = tokio::select! {
+            biased;
+            _ = &mut ctrl_c => return Ok(Exit::Ok),
+            item = sub.next() => match item {
+                Some(Ok(raw)) => raw,
+                Some(Err(_)) => continue,
+                None => {
+                    let message = match sub.close_reason() {
+                        Some(SubscriptionCloseReason::Lagged) => {
+                            "fell behind the event feed and castrad's notifications were dropped"
+                        }
+                        _ => "castrad closed the connection",
+                    };
+                    return Err(Failure::new(Exit::Failed, "connection", message));
+                }
+            },
+        };
+        let line = if json {
+            Some(progress::json_line(&raw))
+        } else {
+            match progress::parse(&raw) {
+                Some(env) => feed
+                    .line(&env.event)
+                    .map(|line| format!("{:>6}  {line}", env.seq)),
+                // An event kind this castractl does not know: show it as it came.
+                None => Some(progress::json_line(&raw)),
+            }
+        };
+        if let Some(line) = line
+            && progress::write_line(&line).is_err()
+        {
+            // Whoever read stdout is gone (`| head`): nothing left to do.
+            return Ok(Exit::Ok);
+        }
+    }
 }
 
 fn print_json<T: serde::Serialize>(value: &T) {
@@ -147,10 +411,11 @@ fn print_json<T: serde::Serialize>(value: &T) {
     let _ = writeln!(out);
 }
 
-/// Prints a failure (JSON on stdout with `--json`, text on stderr otherwise); returns its exit.
-fn report(f: &Failure, json: bool) -> Exit {
+/// Prints a failure (JSON on stdout with `--json`, one line of it after JSON lines, text on
+/// stderr otherwise); returns its exit.
+fn report(f: &Failure, json: bool, one_line: bool) -> Exit {
     if json {
-        print_json(&serde_json::json!({
+        let error = serde_json::json!({
             "error": {
                 "kind": f.kind,
                 "exit_code": f.exit as u8,
@@ -158,7 +423,12 @@ fn report(f: &Failure, json: bool) -> Exit {
                 "details": f.details,
                 "rpc": f.rpc,
             }
-        }));
+        });
+        if one_line {
+            let _ = progress::write_line(&error.to_string());
+        } else {
+            print_json(&error);
+        }
     } else {
         eprintln!("castractl: error: {}", f.message);
         for d in &f.details {

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use castra_api::{ErrorData, code};
 use jsonrpsee::client_transport::ws::{Url, WsTransportClientBuilder};
-use jsonrpsee::core::client::{Client, ClientBuilder, ClientT, Error as RpcError};
+use jsonrpsee::core::client::{
+    Client, ClientBuilder, ClientT, Error as RpcError, Subscription, SubscriptionClientT,
+};
 use jsonrpsee::core::params::ObjectParams;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -72,6 +74,9 @@ impl Daemon {
             .map_err(|e| unreachable(format!("WebSocket handshake failed: {e}")))?;
         let client = ClientBuilder::default()
             .request_timeout(Duration::from_secs(3600))
+            // Notifications wait here until rendered; a full buffer drops the subscription
+            // (`SubscriptionCloseReason::Lagged`), so leave room for chatty guest scripts.
+            .max_buffer_capacity_per_subscription(SUBSCRIPTION_BUFFER)
             .build_with_tokio(sender, receiver);
         Ok(Daemon { client })
     }
@@ -81,18 +86,44 @@ impl Daemon {
         method: &str,
         params: &P,
     ) -> Result<R, Failure> {
-        let mut object = ObjectParams::new();
-        let value = serde_json::to_value(params)
-            .map_err(|e| Failure::new(Exit::Failed, "internal", e.to_string()))?;
-        if let serde_json::Value::Object(map) = value {
-            for (k, v) in map {
-                object
-                    .insert(&k, v)
-                    .map_err(|e| Failure::new(Exit::Failed, "internal", e.to_string()))?;
-            }
-        }
-        self.client.request(method, object).await.map_err(from_rpc)
+        self.client
+            .request(method, object_params(params)?)
+            .await
+            .map_err(from_rpc)
     }
+
+    /// Subscribes with `method` (params by name, like [`Daemon::call`]); dropping the
+    /// subscription asks the daemon to end it with `unsubscribe`.
+    ///
+    /// `N` is what each notification's `result` is decoded into: `Box<RawValue>` keeps the
+    /// daemon's bytes (for `--json`), `EventEnvelope` decodes them.
+    pub async fn subscribe<P: Serialize, N: DeserializeOwned>(
+        &self,
+        method: &str,
+        params: &P,
+        unsubscribe: &str,
+    ) -> Result<Subscription<N>, Failure> {
+        self.client
+            .subscribe(method, object_params(params)?, unsubscribe)
+            .await
+            .map_err(from_rpc)
+    }
+}
+
+/// Notifications buffered per subscription before jsonrpsee drops it as lagging.
+const SUBSCRIPTION_BUFFER: usize = 16 * 1024;
+
+/// castrad takes params by name: a struct becomes a JSON-RPC params object.
+fn object_params<P: Serialize>(params: &P) -> Result<ObjectParams, Failure> {
+    let internal = |e: String| Failure::new(Exit::Failed, "internal", e);
+    let mut object = ObjectParams::new();
+    let value = serde_json::to_value(params).map_err(|e| internal(e.to_string()))?;
+    if let serde_json::Value::Object(map) = value {
+        for (k, v) in map {
+            object.insert(&k, v).map_err(|e| internal(e.to_string()))?;
+        }
+    }
+    Ok(object)
 }
 
 fn from_rpc(err: RpcError) -> Failure {

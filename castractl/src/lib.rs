@@ -6,10 +6,13 @@
 //!
 //! - `cli`: flags and subcommands (clap), the entry point.
 //! - `client`: connecting to the daemon and mapping its errors to exit codes.
-//! - `render`: human-readable output.
+//! - `render`: human-readable output (tables, durations, one-line events).
+//! - `progress`: following an operation live (`up`, `events`): JSON lines, plain lines or a
+//!   board of spinners.
 
 mod cli;
 mod client;
+mod progress;
 mod render;
 
 pub use cli::main;

@@ -70,7 +70,6 @@ impl Target {
         opt("LogLevel", "ERROR");
         opt("ServerAliveInterval", "10");
         opt("ServerAliveCountMax", "3");
-        let mut args = args;
         args.push("-o".into());
         let mut known = OsString::from("UserKnownHostsFile=");
         known.push(&self.known_hosts);

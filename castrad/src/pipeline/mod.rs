@@ -181,6 +181,70 @@ struct Run {
 /// A failed step: its detail.
 type StepResult<T> = Result<T, String>;
 
+/// What `apply` observed.
+#[derive(Debug, Default)]
+struct Applied {
+    /// The script printed `CASTRA_NOOP`.
+    noop: bool,
+}
+
+/// Where the guest session is: the step running and what has been seen.
+#[derive(Debug)]
+struct Steps {
+    step: Step,
+    since: Instant,
+    noop: bool,
+    error_marker: Option<String>,
+    last_stderr: String,
+    /// The first failure, already recorded.
+    failure: Option<String>,
+    done: bool,
+}
+
+impl Default for Steps {
+    fn default() -> Steps {
+        Steps {
+            step: Step::Transfer,
+            since: Instant::now(),
+            noop: false,
+            error_marker: None,
+            last_stderr: String::new(),
+            failure: None,
+            done: false,
+        }
+    }
+}
+
+impl Steps {
+    fn next(&mut self, step: Step) {
+        self.step = step;
+        self.since = Instant::now();
+    }
+}
+
+/// What to mask in guest output: every env value, and each line of a multi-line value (output
+/// is handled line by line). Short values (< 4 bytes) would mask innocent text and are left.
+fn redactions(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in env {
+        for piece in std::iter::once(v.as_str()).chain(v.lines()) {
+            let piece = piece.trim();
+            if piece.len() >= 4 && !out.iter().any(|(p, _)| p == piece) {
+                out.push((piece.to_owned(), format!("[{k} redacted]")));
+            }
+        }
+    }
+    out.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+    out
+}
+
+fn tail(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => String::new(),
+        line => format!(": {line}"),
+    }
+}
+
 impl Run {
     fn new(ctx: Ctx, job: Job, plan: VmPlan, started: Instant) -> Run {
         let run_id = runlog::new_run_id();
@@ -201,12 +265,7 @@ impl Run {
         let b = &job.vm.bootstrap;
         let mut env = b.env.clone();
         // Values that may be secrets; CASTRA_* below are not.
-        let mut redactions: Vec<(String, String)> = env
-            .iter()
-            .filter(|(_, v)| v.trim().len() >= 4)
-            .map(|(k, v)| (v.clone(), format!("[{k} redacted]")))
-            .collect();
-        redactions.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+        let redactions = redactions(&env);
         let payload_dir = format!("{}/payload", b.remote_dir.trim_end_matches('/'));
         env.insert("CASTRA_VM".into(), job.vm.name.clone());
         env.insert("CASTRA_RUN_ID".into(), run_id.clone());
@@ -323,7 +382,7 @@ impl Run {
         }
     }
 
-    async fn steps(&mut self) -> StepResult<remote::Applied> {
+    async fn steps(&mut self) -> StepResult<Applied> {
         let vm = self.job.vm.clone();
         let b = &vm.bootstrap;
         let (host, port) = self.endpoint()?;
@@ -399,94 +458,141 @@ impl Run {
         result
     }
 
-    async fn remote_steps(&mut self, master: &Master) -> StepResult<remote::Applied> {
+    /// transfer, apply and verify: one guest session whose markers end each step.
+    async fn remote_steps(&mut self, master: &Master) -> StepResult<Applied> {
         let vm = self.job.vm.clone();
         let b = &vm.bootstrap;
-        let script = b.script.clone().ok_or("no script")?;
-
-        let t = Instant::now();
-        self.set_step(Some(Step::Transfer), None);
-        let sent = remote::transfer(master, &b.remote_dir, &script, b.payload.as_deref()).await;
-        self.checked(
-            Step::Transfer,
-            t,
-            sent.map(|n| ((), Some(format!("{n} bytes to {}", b.remote_dir)))),
-        )?;
-
-        let t = Instant::now();
-        self.set_step(Some(Step::Apply), None);
+        let script = b.script.clone().ok_or("no script configured")?;
         let program = remote::program(&script)?;
         let env = self.env.clone();
+        let session = remote::Session {
+            remote_dir: &b.remote_dir,
+            script: &script,
+            payload: b.payload.as_deref(),
+            program: program.clone(),
+            env: &env,
+            verify_command: b.verify_command.as_deref(),
+            verify_path: b.verify_path.as_deref(),
+        };
+        let mut st = Steps {
+            step: Step::Transfer,
+            since: Instant::now(),
+            ..Steps::default()
+        };
+        self.set_step(Some(Step::Transfer), None);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let applied = {
-            let run = remote::run(master, &b.remote_dir, &program, &env, |stream, line| {
-                let _ = tx.send((stream, line.to_owned()));
-            });
+        let ended = {
+            let run = remote::session(master, &session, tx);
             tokio::pin!(run);
             loop {
                 tokio::select! {
                     biased;
-                    Some((stream, line)) = rx.recv() => self.output_line(Step::Apply, stream, &line),
-                    result = &mut run => break result,
+                    Some(note) = rx.recv() => self.on_note(note, &mut st, &program),
+                    ended = &mut run => break ended,
                 }
             }
         };
-        while let Ok((stream, line)) = rx.try_recv() {
-            self.output_line(Step::Apply, stream, &line);
+        while let Ok(note) = rx.try_recv() {
+            self.on_note(note, &mut st, &program);
         }
-        let applied = self.checked(
-            Step::Apply,
-            t,
-            applied.map(|a| {
-                let detail = a.noop.then(|| format!("the script printed {NOOP_MARKER}"));
-                (a, detail)
-            }),
-        )?;
-
-        let t = Instant::now();
+        if let Some(failure) = st.failure {
+            return Err(failure);
+        }
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => return self.checked(st.step, st.since, Err(e)),
+        };
+        if !st.done {
+            let why = if let Some(e) = ended.send_error {
+                e
+            } else if ended.status.code() == Some(255) {
+                format!("the SSH connection failed{}", tail(&ended.last_stderr))
+            } else {
+                format!(
+                    "the guest session {}{}",
+                    remote::exit(ended.status),
+                    tail(&ended.last_stderr)
+                )
+            };
+            return self.checked(st.step, st.since, Err(why));
+        }
         if b.verify_command.is_none() && b.verify_path.is_none() {
+            let t = Instant::now();
             self.step_done(
                 Step::Verify,
                 StepStatus::Skipped,
                 t,
                 Some("nothing to verify".into()),
             );
-            return Ok(applied);
+        } else {
+            self.step_done(Step::Verify, StepStatus::Success, st.since, None);
         }
-        self.set_step(Some(Step::Verify), None);
-        if let Some(command) = &b.verify_command {
-            let words = ["sh".to_owned(), "-c".to_owned(), command.clone()];
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-            let verified = remote::run(master, &b.remote_dir, &words, &env, |stream, line| {
-                let _ = tx.send((stream, line.to_owned()));
-            })
-            .await;
-            while let Ok((stream, line)) = rx.try_recv() {
-                self.output_line(Step::Verify, stream, &line);
+        Ok(Applied { noop: st.noop })
+    }
+
+    /// Advances the step machine on one note from the guest session.
+    fn on_note(&mut self, note: remote::Note, st: &mut Steps, program: &[String]) {
+        let b = self.job.vm.bootstrap.clone();
+        match note {
+            remote::Note::Line { stream, line } => {
+                if st.step == Step::Apply {
+                    let trimmed = line.trim();
+                    if trimmed == NOOP_MARKER {
+                        st.noop = true;
+                    } else if let Some(reason) = trimmed.strip_prefix(ERROR_MARKER) {
+                        st.error_marker
+                            .get_or_insert_with(|| reason.trim().to_owned());
+                    }
+                    if stream == OutputStream::Stderr && !trimmed.is_empty() {
+                        st.last_stderr = trimmed.to_owned();
+                    }
+                }
+                self.output_line(st.step, stream, &line);
             }
-            let verified =
-                verified.map_err(|e| format!("verify_command failed: {}", self.redact(&e)));
-            if let Err(e) = verified {
-                self.step_done(Step::Verify, StepStatus::Failed, t, Some(e.clone()));
-                return Err(e);
-            }
-        }
-        if let Some(path) = &b.verify_path {
-            match remote::path_exists(master, &b.remote_dir, path).await {
-                Ok(true) => {}
-                Ok(false) => {
+            remote::Note::Marker { .. } if st.failure.is_some() => {}
+            remote::Note::Marker { name, code } => match (name.as_str(), code) {
+                ("transfer", _) => {
+                    let bytes = self.plan.payload_bytes.unwrap_or(0);
+                    let detail = format!("script and {bytes} payload bytes to {}", b.remote_dir);
+                    self.step_done(Step::Transfer, StepStatus::Success, st.since, Some(detail));
+                    st.next(Step::Apply);
+                    self.set_step(Some(Step::Apply), None);
+                }
+                ("apply", Some(rc)) => {
+                    let result = if let Some(reason) = st.error_marker.clone() {
+                        Err(format!("the script reported {ERROR_MARKER} {reason}"))
+                    } else if rc != 0 {
+                        Err(format!(
+                            "{} exited with status {rc}{}",
+                            program.join(" "),
+                            tail(&st.last_stderr)
+                        ))
+                    } else {
+                        Ok((
+                            (),
+                            st.noop.then(|| format!("the script printed {NOOP_MARKER}")),
+                        ))
+                    };
+                    if let Err(e) = self.checked(Step::Apply, st.since, result) {
+                        st.failure = Some(e);
+                        return;
+                    }
+                    st.next(Step::Verify);
+                    self.set_step(Some(Step::Verify), None);
+                }
+                ("verify-command", Some(rc)) if rc != 0 => {
+                    let e = format!("verify_command exited with status {rc}");
+                    st.failure = self.checked::<()>(Step::Verify, st.since, Err(e)).err();
+                }
+                ("verify-path", Some(1)) => {
+                    let path = b.verify_path.clone().unwrap_or_default();
                     let e = format!("verify_path {path} does not exist in {}", b.remote_dir);
-                    self.step_done(Step::Verify, StepStatus::Failed, t, Some(e.clone()));
-                    return Err(e);
+                    st.failure = self.checked::<()>(Step::Verify, st.since, Err(e)).err();
                 }
-                Err(e) => {
-                    self.step_done(Step::Verify, StepStatus::Failed, t, Some(e.clone()));
-                    return Err(e);
-                }
-            }
+                ("done", _) => st.done = true,
+                _ => {}
+            },
         }
-        self.step_done(Step::Verify, StepStatus::Success, t, None);
-        Ok(applied)
     }
 
     /// Records a step's result; on error the step is failed with the (redacted) reason.
@@ -646,4 +752,34 @@ fn write_stamp(
         completed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
     };
     stamps::write(root, &stamp).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_covers_whole_values_and_each_line_of_multiline_ones() {
+        let env = BTreeMap::from([
+            ("TOKEN".to_owned(), "s3cr3t-value".to_owned()),
+            ("MULTI".to_owned(), "first line\nsecond".to_owned()),
+            ("TINY".to_owned(), "on".to_owned()),
+        ]);
+        let r = redactions(&env);
+        let apply = |line: &str| {
+            let mut out = line.to_owned();
+            for (v, mask) in &r {
+                out = out.replace(v.as_str(), mask);
+            }
+            out
+        };
+        assert_eq!(apply("token=s3cr3t-value!"), "token=[TOKEN redacted]!");
+        assert_eq!(apply("got first line"), "got [MULTI redacted]");
+        assert_eq!(apply("and second"), "and [MULTI redacted]");
+        assert_eq!(
+            apply("turn it on"),
+            "turn it on",
+            "short values are not masked"
+        );
+    }
 }

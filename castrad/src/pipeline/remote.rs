@@ -1,12 +1,15 @@
-//! The guest-side steps, over the run's SSH ControlMaster: `transfer`, `apply`, `verify`.
+//! The guest-side steps, `transfer`, `apply` and `verify`, in ONE shell session over the run's
+//! ControlMaster: a hand-written `tar | ssh host sh run.sh` pays for one session, and so do we
+//! (on a guest whose shell start-up files are slow, each extra session costs that again).
 //!
 //! Remote layout: `<remote_dir>/<script file name>` and `<remote_dir>/payload/…` (a payload
 //! file lands as `payload/<its name>`). `remote_dir` is created private (umask 077).
 //!
-//! Env values never touch a command line: the guest runs a fixed wrapper that reads
-//! `export KEY='value'` lines from stdin and `eval`s them (single quotes make every byte
-//! literal), then `exec`s the script with stdin from /dev/null. Every other word of every
-//! remote command goes through `ssh::quote`.
+//! The session's stdin carries, in order: the env block (a line count, then one line per
+//! variable, values octal-escaped) and the tar archive. The guest shell's `read` consumes the
+//! env lines byte by byte, so `tar` sees exactly the archive. Env values therefore never touch
+//! a command line (no `ps` shows them), and every other word of the remote command goes
+//! through `ssh::quote`.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -14,68 +17,206 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use castra_api::OutputStream;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::mpsc::UnboundedSender;
 
-use crate::ssh::{Master, command_line, quote};
+use crate::ssh::{Master, command_line};
 
-/// Runs in the guest before the script: env from stdin, then the program in remote_dir.
-const WRAPPER: &str = "set -e; eval \"$(cat)\"; cd -- \"$1\"; shift; exec \"$@\" </dev/null";
+/// The guest side of a run: read the env block, unpack the archive into remote_dir, run the
+/// script, verify. Progress is reported as marker lines `CASTRA-<nonce> <step> [code]` on
+/// stdout (preceded by a newline, in case the script's last line had none). Arguments: nonce,
+/// remote_dir, script file name, verify command ("" = none), verify path ("" = none), then the
+/// program to run.
+const DRIVER: &str = r#"set -e
+nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; shift 5
+m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
+IFS= read -r n; envs=
+while [ "$n" -gt 0 ]; do IFS= read -r l; envs="$envs$l
+"; n=$((n-1)); done
+(umask 077 && mkdir -p -- "$dir")
+cd -- "$dir"
+rm -rf -- payload "$script"
+tar -x -f -
+m transfer
+eval "$envs"
+set +e
+"$@" </dev/null
+rc=$?
+m apply $rc
+[ $rc -eq 0 ] || exit 0
+if [ -n "$vcmd" ]; then sh -c "$vcmd" </dev/null; rc=$?; m verify-command $rc; [ $rc -eq 0 ] || exit 0; fi
+if [ -n "$vpath" ]; then if [ -e "$vpath" ]; then m verify-path 0; else m verify-path 1; exit 0; fi; fi
+m done
+"#;
 
 /// The marker line by which a script declares that nothing needed changing.
 pub const NOOP_MARKER: &str = "CASTRA_NOOP";
 /// The prefix by which a script fails the run with a reason.
 pub const ERROR_MARKER: &str = "CASTRA_ERROR:";
 
-/// What `apply` observed.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Applied {
-    /// The script printed `CASTRA_NOOP`.
-    pub noop: bool,
+/// What the guest session reports, in order (stderr lines may interleave loosely).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A step boundary: `transfer`, `apply <rc>`, `verify-command <rc>`, `verify-path <0|1>`,
+    /// `done`.
+    Marker {
+        name: String,
+        code: Option<i32>,
+    },
+    Line {
+        stream: OutputStream,
+        line: String,
+    },
 }
 
-/// Streams the script and payload as one tar archive into `remote_dir`.
-pub async fn transfer(
+/// What to run in one session.
+#[derive(Debug, Clone)]
+pub struct Session<'a> {
+    pub remote_dir: &'a str,
+    pub script: &'a Path,
+    pub payload: Option<&'a Path>,
+    pub program: Vec<String>,
+    pub env: &'a BTreeMap<String, String>,
+    pub verify_command: Option<&'a str>,
+    pub verify_path: Option<&'a str>,
+}
+
+/// How the session process ended.
+#[derive(Debug)]
+pub struct Ended {
+    pub status: std::process::ExitStatus,
+    /// The last non-empty stderr line, for error messages.
+    pub last_stderr: String,
+    /// Why sending the env block or archive failed, when it did for a reason of ours (an
+    /// unreadable payload file) rather than the guest hanging up.
+    pub send_error: Option<String>,
+}
+
+/// Runs the whole guest side in one SSH session over `master`, sending notes to `notes`.
+pub async fn session(
     master: &Master,
-    remote_dir: &str,
-    script: &Path,
-    payload: Option<&Path>,
-) -> Result<u64, String> {
-    let script_name = file_name(script)?;
-    let remote = format!(
-        "(umask 077 && mkdir -p -- {dir}) && cd -- {dir} && rm -rf -- payload {script} && tar -x -f -",
-        dir = quote(remote_dir),
-        script = quote(&script_name),
-    );
+    s: &Session<'_>,
+    notes: UnboundedSender<Note>,
+) -> Result<Ended, String> {
+    let nonce = crate::runlog::random_hex(8);
+    let script_name = file_name(s.script)?;
+    let mut words = vec![
+        "sh".to_owned(),
+        "-c".into(),
+        DRIVER.into(),
+        "castra".into(),
+        nonce.clone(),
+        s.remote_dir.into(),
+        script_name.clone(),
+        s.verify_command.unwrap_or_default().into(),
+        s.verify_path.unwrap_or_default().into(),
+    ];
+    words.extend(s.program.iter().cloned());
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let mut child = master
-        .command(&remote)
+        .command(&command_line(&words))
         .stdin(reader)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run ssh: {e}"))?;
-    let (script, payload) = (script.to_owned(), payload.map(Path::to_owned));
-    let writer_task = tokio::task::spawn_blocking(move || {
+    let env_block = env_block(s.env);
+    let (script, payload) = (s.script.to_owned(), s.payload.map(Path::to_owned));
+    let feeder = tokio::task::spawn_blocking(move || {
+        let mut writer = writer;
+        writer.write_all(env_block.as_bytes())?;
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
-    let stderr = child.stderr.take();
-    let stderr_task = tokio::spawn(read_all(stderr));
-    let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
-    let written = writer_task
-        .await
-        .map_err(|e| format!("archive writer panicked: {e}"))?;
-    let stderr = stderr_task.await.unwrap_or_default();
-    if !status.success() {
-        return Err(format!(
-            "unpacking in {remote_dir} failed ({}){}",
-            exit(status),
-            tail(&stderr)
-        ));
+
+    let marker = format!("CASTRA-{nonce} ");
+    let stdout = child
+        .stdout
+        .take()
+        .map(|o| tokio::spawn(read_stdout(o, marker, notes.clone())));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let stderr = child
+        .stderr
+        .take()
+        .map(|e| tokio::spawn(lines(e, OutputStream::Stderr, tx)));
+    let mut last_stderr = String::new();
+    while let Some((stream, line)) = rx.recv().await {
+        if !line.trim().is_empty() {
+            last_stderr = line.trim().to_owned();
+        }
+        let _ = notes.send(Note::Line { stream, line });
     }
-    written.map_err(|e| format!("cannot send the payload: {e}"))
+    for task in [stdout, stderr].into_iter().flatten() {
+        let _ = task.await;
+    }
+    let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
+    // The guest may stop reading early (a failed unpack); a broken pipe is then expected.
+    let send_error = match feeder.await {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => None,
+        Ok(Err(e)) => Some(format!("cannot send the payload: {e}")),
+        Err(e) => Some(format!("the archive writer panicked: {e}")),
+    };
+    Ok(Ended {
+        status,
+        last_stderr,
+        send_error,
+    })
 }
 
-/// Writes the archive; returns the bytes of file content sent.
+/// The env block: a line count, then one line per variable. Values are written as octal
+/// escapes for `printf`, so each variable is one line of plain ASCII whatever its bytes.
+/// Keys were validated as identifiers by `config`.
+pub fn env_block(env: &BTreeMap<String, String>) -> String {
+    use std::fmt::Write;
+    let mut out = format!("{}\n", env.len());
+    for (k, v) in env {
+        let mut escaped = String::with_capacity(v.len() * 4);
+        for b in v.bytes() {
+            let _ = write!(escaped, "\\{b:03o}");
+        }
+        // The trailing x protects trailing newlines from the command substitution.
+        let _ = writeln!(
+            out,
+            "{k}=$(printf '{escaped}x'); {k}=${{{k}%x}}; export {k}"
+        );
+    }
+    out
+}
+
+async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
+    reader: R,
+    marker: String,
+    notes: UnboundedSender<Note>,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let reading = tokio::spawn(lines(reader, OutputStream::Stdout, tx));
+    // A marker is preceded by a newline we printed; hold one empty line back to drop it.
+    let mut held_empty = false;
+    while let Some((stream, line)) = rx.recv().await {
+        if let Some(rest) = line.strip_prefix(marker.as_str()) {
+            held_empty = false;
+            let mut parts = rest.split_whitespace();
+            let name = parts.next().unwrap_or_default().to_owned();
+            let code = parts.next().and_then(|c| c.parse().ok());
+            let _ = notes.send(Note::Marker { name, code });
+            continue;
+        }
+        // A script line that ends without a newline is glued to our marker's newline: the
+        // marker then starts the next line, handled above. Empty lines are held one step.
+        if held_empty {
+            let _ = notes.send(Note::Line {
+                stream,
+                line: String::new(),
+            });
+        }
+        held_empty = line.is_empty();
+        if !held_empty {
+            let _ = notes.send(Note::Line { stream, line });
+        }
+    }
+    let _ = reading.await;
+}
+
 fn write_archive(
     writer: std::io::PipeWriter,
     script: &Path,
@@ -145,14 +286,6 @@ fn append<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path) -> std:
         Ok(meta.len())
     }
 }
-
-/// The `export` lines the wrapper evaluates. Keys were validated as identifiers by `config`.
-pub fn env_script(env: &BTreeMap<String, String>) -> String {
-    env.iter()
-        .map(|(k, v)| format!("export {k}={}\n", quote(v)))
-        .collect()
-}
-
 /// How to start the script: directly when it is executable with a `#!` line, else with `sh`.
 pub fn program(script: &Path) -> Result<Vec<String>, String> {
     use std::os::unix::fs::PermissionsExt;
@@ -169,114 +302,10 @@ pub fn program(script: &Path) -> Result<Vec<String>, String> {
     })
 }
 
-/// Runs `program` in `remote_dir` with `env`, streaming each output line to `on_line`.
-/// Returns Ok when the program exited 0 and printed no `CASTRA_ERROR:` line.
-pub async fn run(
-    master: &Master,
-    remote_dir: &str,
-    program: &[String],
-    env: &BTreeMap<String, String>,
-    mut on_line: impl FnMut(OutputStream, &str),
-) -> Result<Applied, String> {
-    let mut words = vec![
-        "sh".to_owned(),
-        "-c".into(),
-        WRAPPER.into(),
-        "castra".into(),
-        remote_dir.into(),
-    ];
-    words.extend(program.iter().cloned());
-    let mut child = master
-        .command(&command_line(&words))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
-    let mut stdin = child.stdin.take().ok_or("ssh has no stdin")?;
-    let env_text = env_script(env);
-    let feed = tokio::spawn(async move {
-        let result = stdin.write_all(env_text.as_bytes()).await;
-        drop(stdin);
-        result
-    });
-
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<(OutputStream, String)>(256);
-    let readers = [
-        child
-            .stdout
-            .take()
-            .map(|s| tokio::spawn(lines(s, OutputStream::Stdout, tx.clone()))),
-        child
-            .stderr
-            .take()
-            .map(|s| tokio::spawn(lines(s, OutputStream::Stderr, tx.clone()))),
-    ];
-    drop(tx);
-    let mut applied = Applied::default();
-    let mut error: Option<String> = None;
-    let mut last_stderr = String::new();
-    while let Some((stream, line)) = rx.recv().await {
-        let trimmed = line.trim();
-        if trimmed == NOOP_MARKER {
-            applied.noop = true;
-        } else if let Some(reason) = trimmed.strip_prefix(ERROR_MARKER) {
-            error.get_or_insert_with(|| reason.trim().to_owned());
-        }
-        if stream == OutputStream::Stderr && !trimmed.is_empty() {
-            last_stderr = trimmed.to_owned();
-        }
-        on_line(stream, &line);
-    }
-    for reader in readers.into_iter().flatten() {
-        let _ = reader.await;
-    }
-    let _ = feed.await;
-    let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
-    if let Some(reason) = error {
-        return Err(reason);
-    }
-    if status.code() == Some(255) {
-        return Err(format!("the SSH connection failed{}", tail(&last_stderr)));
-    }
-    if !status.success() {
-        return Err(format!(
-            "{} {}{}",
-            program.join(" "),
-            exit(status),
-            tail(&last_stderr)
-        ));
-    }
-    Ok(applied)
-}
-
-/// Checks that `verify_path` (relative to remote_dir) exists in the guest.
-pub async fn path_exists(master: &Master, remote_dir: &str, rel: &str) -> Result<bool, String> {
-    let words = ["sh", "-c", WRAPPER, "castra", remote_dir, "test", "-e", rel];
-    let mut child = master
-        .command(&command_line(&words))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
-    let stderr = read_all(child.stderr.take()).await;
-    let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
-    match status.code() {
-        Some(0) => Ok(true),
-        Some(1) => Ok(false),
-        _ => Err(format!(
-            "checking {rel} failed ({}){}",
-            exit(status),
-            tail(&stderr)
-        )),
-    }
-}
-
-async fn lines<R: AsyncRead + Unpin>(
+async fn lines<R: AsyncRead + Unpin + Send + 'static>(
     reader: R,
     stream: OutputStream,
-    tx: tokio::sync::mpsc::Sender<(OutputStream, String)>,
+    tx: UnboundedSender<(OutputStream, String)>,
 ) {
     let mut reader = BufReader::new(reader);
     let mut buf = Vec::new();
@@ -287,7 +316,7 @@ async fn lines<R: AsyncRead + Unpin>(
             Ok(_) => {
                 let line = String::from_utf8_lossy(&buf);
                 let line = line.trim_end_matches(['\n', '\r']).to_owned();
-                if tx.send((stream, line)).await.is_err() {
+                if tx.send((stream, line)).is_err() {
                     return;
                 }
             }
@@ -295,26 +324,10 @@ async fn lines<R: AsyncRead + Unpin>(
     }
 }
 
-async fn read_all<R: AsyncRead + Unpin>(reader: Option<R>) -> String {
-    use tokio::io::AsyncReadExt;
-    let mut out = String::new();
-    if let Some(mut r) = reader {
-        let _ = r.read_to_string(&mut out).await;
-    }
-    out
-}
-
-fn exit(status: std::process::ExitStatus) -> String {
+pub fn exit(status: std::process::ExitStatus) -> String {
     match status.code() {
         Some(code) => format!("exited with status {code}"),
         None => "was killed by a signal".to_owned(),
-    }
-}
-
-fn tail(stderr: &str) -> String {
-    match stderr.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
-        Some(line) => format!(": {line}"),
-        None => String::new(),
     }
 }
 
@@ -329,45 +342,107 @@ fn file_name(path: &Path) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    /// Runs DRIVER with the local shell exactly as the guest would, fed with the same stdin.
+    fn run_driver(
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        verify_path: &str,
+    ) -> (String, String, i32) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let child = std::process::Command::new("sh")
+            .args(["-c", DRIVER, "castra", "n0nce"])
+            .arg(dir.join("guest/remote dir"))
+            .args(["run.sh", "", verify_path, "sh", "./run.sh"])
+            .stdin(reader)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (block, script, payload) = (env_block(env), dir.join("run.sh"), dir.join("payload"));
+        let feeder = std::thread::spawn(move || {
+            let mut writer = writer;
+            writer.write_all(block.as_bytes())?;
+            write_archive(writer, &script, "run.sh", Some(&payload))
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+            out.status.code().unwrap(),
+        )
+    }
+
     #[test]
-    fn env_script_is_byte_exact_through_eval() {
+    fn driver_unpacks_runs_and_verifies_with_byte_exact_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("run.sh"),
+            "printf '%s' \"$A\" > a.out\nprintf '%s|%s' \"$B\" \"$C\" > bc.out\n\
+             cat payload/p.txt\nprintf 'no newline at the end'\ntouch done\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.join("payload")).unwrap();
+        std::fs::write(d.join("payload/p.txt"), "from the payload\n").unwrap();
         let env = BTreeMap::from([
             (
                 "A".to_owned(),
-                "a'b\"c $(touch /tmp/castra-env-test)\nline2".to_owned(),
+                "a'b\"c $(touch /tmp/castra-env-test)\nline2 \\ % %s é".to_owned(),
             ),
             ("B".to_owned(), String::new()),
-            ("C".to_owned(), "trailing newline\n\n".to_owned()),
+            ("C".to_owned(), "trailing newlines\n\n".to_owned()),
         ]);
-        let script = format!("{WRAPPER}");
-        let out = std::process::Command::new("sh")
-            .args([
-                "-c",
-                &script,
-                "castra",
-                "/",
-                "sh",
-                "-c",
-                "printf '%s|%s|%s' \"$A\" \"$B\" \"$C\"",
-            ])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(env_script(&env).as_bytes())?;
-                child.wait_with_output()
-            })
-            .unwrap();
-        assert!(out.status.success());
+        let (stdout, stderr, code) = run_driver(d, &env, "done");
+        assert_eq!(code, 0, "{stderr}");
+        let remote = d.join("guest/remote dir");
         assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            "a'b\"c $(touch /tmp/castra-env-test)\nline2||trailing newline\n\n"
+            std::fs::read_to_string(remote.join("a.out")).unwrap(),
+            env["A"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(remote.join("bc.out")).unwrap(),
+            "|trailing newlines\n\n"
         );
         assert!(!Path::new("/tmp/castra-env-test").exists());
+        let lines: Vec<&str> = stdout.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "",
+                "CASTRA-n0nce transfer",
+                "from the payload",
+                "no newline at the end",
+                "CASTRA-n0nce apply 0",
+                "",
+                "CASTRA-n0nce verify-path 0",
+                "",
+                "CASTRA-n0nce done",
+            ]
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&remote).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "remote_dir is private");
+    }
+
+    #[test]
+    fn driver_stops_at_the_first_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("payload")).unwrap();
+        std::fs::write(d.join("run.sh"), "echo working; exit 3\n").unwrap();
+        let (stdout, _, code) = run_driver(d, &BTreeMap::new(), "done");
+        assert_eq!(code, 0);
+        assert!(stdout.contains("CASTRA-n0nce apply 3"), "{stdout}");
+        assert!(
+            !stdout.contains("verify-path") && !stdout.contains(" done"),
+            "{stdout}"
+        );
+
+        std::fs::write(d.join("run.sh"), "echo fine\n").unwrap();
+        let (stdout, _, _) = run_driver(d, &BTreeMap::new(), "missing");
+        assert!(stdout.contains("CASTRA-n0nce verify-path 1"), "{stdout}");
+        assert!(!stdout.contains(" done"), "{stdout}");
     }
 
     #[test]

@@ -1,0 +1,455 @@
+//! Following an operation's events as they arrive: JSON lines (`--json`), plain lines (piped
+//! output) or a live board of spinners, one per VM (a terminal).
+//!
+//! The formatting itself is in [`crate::render`]; this module decides what to show when, and
+//! owns the terminal while the board is drawn.
+
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use castra_api as api;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde_json::value::RawValue;
+
+use crate::render;
+
+/// Writes one line to stdout and flushes it, so consumers of a pipe see each event at once.
+pub fn write_line(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// A notification as one compact JSON line: the daemon's own bytes when they are one line.
+pub fn json_line(raw: &RawValue) -> String {
+    let text = raw.get();
+    if !text.contains('\n') {
+        return text.to_owned();
+    }
+    serde_json::from_str::<serde_json::Value>(text)
+        .map_or_else(|_| text.replace('\n', " "), |v| v.to_string())
+}
+
+/// Decodes a notification; `None` for something this castractl does not know (a newer daemon).
+pub fn parse(raw: &RawValue) -> Option<api::EventEnvelope> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// Turns events into plain lines, dropping progress reports that repeat what the last one
+/// said (castrad re-sends them every few seconds as a heartbeat).
+#[derive(Debug, Default)]
+pub struct PlainFeed {
+    /// The VM column's width.
+    width: usize,
+    /// Per VM: the step and what it was last reported waiting on.
+    waiting: HashMap<String, (api::BootstrapStepKind, String)>,
+}
+
+impl PlainFeed {
+    pub fn new(width: usize) -> PlainFeed {
+        PlainFeed {
+            width,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// The line to print for `event`, or `None` when it says nothing new.
+    pub fn line(&mut self, event: &api::Event) -> Option<String> {
+        if let api::Event::BootstrapProgress {
+            vm,
+            step,
+            waiting_on,
+            ..
+        } = event
+        {
+            let now = (*step, waiting_on.clone());
+            if self.waiting.get(vm) == Some(&now) {
+                return None;
+            }
+            self.waiting.insert(vm.clone(), now);
+        } else {
+            // Anything else moves the story on: the next report is news again.
+            self.waiting.remove(event.vm());
+        }
+        Some(render::event_line(event, self.width))
+    }
+}
+
+/// True when a VM's part of an operation counts as done right (exit 0).
+pub fn outcome_ok(status: api::OutcomeStatus) -> bool {
+    matches!(
+        status,
+        api::OutcomeStatus::Success | api::OutcomeStatus::NoOp | api::OutcomeStatus::Skipped
+    )
+}
+
+/// How `up` shows its operation while it runs, and its outcome at the end.
+pub struct UpDisplay {
+    kind: Kind,
+}
+
+enum Kind {
+    Json,
+    Plain(PlainFeed),
+    Live(Board),
+}
+
+impl UpDisplay {
+    /// `--json` wins; otherwise a live board when stdout is a terminal, plain lines when not.
+    pub fn new(json: bool, up: &api::UpResult) -> UpDisplay {
+        let width = up.vms.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+        let kind = if json {
+            Kind::Json
+        } else {
+            let header = format!("project {}  operation {}", up.project, up.operation);
+            let _ = write_line(&header);
+            if std::io::stdout().is_terminal() {
+                Kind::Live(Board::new(&up.vms, ProgressDrawTarget::stdout()))
+            } else {
+                Kind::Plain(PlainFeed::new(width))
+            }
+        };
+        UpDisplay { kind }
+    }
+
+    /// Shows one notification; returns it decoded (when this castractl understands it).
+    pub fn event(&mut self, raw: &RawValue) -> Option<api::EventEnvelope> {
+        let envelope = parse(raw);
+        match (&mut self.kind, &envelope) {
+            (Kind::Json, _) => {
+                let _ = write_line(&json_line(raw));
+            }
+            (Kind::Plain(feed), Some(env)) => {
+                if let Some(line) = feed.line(&env.event) {
+                    let _ = write_line(&line);
+                }
+            }
+            (Kind::Live(board), Some(env)) => board.event(&env.event),
+            // An event kind from a newer daemon: not worth interrupting the display for.
+            (Kind::Plain(_) | Kind::Live(_), None) => {}
+        }
+        envelope
+    }
+
+    /// A note for people, on stderr (above the board when there is one).
+    pub fn warn(&self, message: &str) {
+        let print = || eprintln!("castractl: warning: {message}");
+        match &self.kind {
+            Kind::Live(board) => board.multi.suspend(print),
+            Kind::Json | Kind::Plain(_) => print(),
+        }
+    }
+
+    /// Stops drawing without an outcome (interrupted): the board stays as it was.
+    pub fn abandon(self) {
+        if let Kind::Live(board) = self.kind {
+            board.abandon();
+        }
+    }
+
+    /// Ends the display with the authoritative outcome: JSON's last line, or the summary table.
+    pub fn finish(self, outcome: &api::OutcomeResult) {
+        match self.kind {
+            Kind::Json => {
+                // A struct, not `json!`, so the outcome keeps its field order.
+                #[derive(serde::Serialize)]
+                struct Last<'a> {
+                    outcome: &'a api::OutcomeResult,
+                }
+                if let Ok(line) = serde_json::to_string(&Last { outcome }) {
+                    let _ = write_line(&line);
+                }
+            }
+            Kind::Plain(_) => {
+                print!("\n{}", render::summary(outcome));
+            }
+            Kind::Live(mut board) => {
+                board.finish(outcome);
+                print!("\n{}", render::summary(outcome));
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+}
+
+/// The live display: a spinner line per VM, in operation order.
+struct Board {
+    multi: MultiProgress,
+    /// Per VM, in operation order: its bar and whether it has its final line.
+    bars: Vec<(String, ProgressBar, bool)>,
+    index: HashMap<String, usize>,
+    width: usize,
+}
+
+const SPINNER_TEMPLATE: &str = "{spinner:.cyan} {prefix}  {elapsed:>4}  {wide_msg}";
+const DONE_TEMPLATE: &str = "{msg}";
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
+impl Board {
+    fn new(vms: &[String], target: ProgressDrawTarget) -> Board {
+        let width = vms.iter().map(|v| v.chars().count()).max().unwrap_or(0);
+        let multi = MultiProgress::with_draw_target(target);
+        let spinner = style(SPINNER_TEMPLATE);
+        let bars = vms
+            .iter()
+            .map(|vm| {
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(spinner.clone());
+                bar.set_prefix(format!("{vm:<width$}"));
+                bar.set_message("waiting for events");
+                bar.enable_steady_tick(Duration::from_millis(120));
+                (vm.clone(), bar, false)
+            })
+            .collect();
+        let index = vms
+            .iter()
+            .enumerate()
+            .map(|(i, vm)| (vm.clone(), i))
+            .collect();
+        Board {
+            multi,
+            bars,
+            index,
+            width,
+        }
+    }
+
+    fn event(&mut self, event: &api::Event) {
+        let Some(&i) = self.index.get(event.vm()) else {
+            return;
+        };
+        let (vm, bar, done) = &mut self.bars[i];
+        if *done {
+            return;
+        }
+        match event {
+            api::Event::BootstrapCompleted {
+                status,
+                duration_ms,
+                ..
+            } => {
+                let status = render::lower(status);
+                let line =
+                    render::finish_line(true, vm, self.width, &status, Some(*duration_ms), None);
+                finish(bar, line);
+                *done = true;
+            }
+            api::Event::BootstrapFailed {
+                duration_ms, error, ..
+            } => {
+                let line = render::finish_line(
+                    false,
+                    vm,
+                    self.width,
+                    "Failed",
+                    Some(*duration_ms),
+                    Some(error),
+                );
+                finish(bar, line);
+                *done = true;
+            }
+            api::Event::BootstrapStep {
+                status: api::BootstrapStepStatus::Failed,
+                ..
+            } => {
+                // A failed step's detail is the reason; keep it on screen above the board.
+                let _ = self.multi.println(render::event_line(event, self.width));
+                bar.set_message(render::event_tail(event));
+            }
+            _ => bar.set_message(render::event_tail(event)),
+        }
+    }
+
+    /// Gives every VM still spinning its final line from the outcome (a rejected VM, say,
+    /// never has events).
+    fn finish(&mut self, outcome: &api::OutcomeResult) {
+        let by_vm: HashMap<&str, &api::VmOutcome> = outcome
+            .outcomes
+            .iter()
+            .map(|o| (o.vm.as_str(), o))
+            .collect();
+        for (vm, bar, done) in &mut self.bars {
+            if *done {
+                continue;
+            }
+            let line = match by_vm.get(vm.as_str()) {
+                Some(o) => {
+                    let status = render::lower(&o.status);
+                    let took = (o.status != api::OutcomeStatus::Rejected).then_some(o.duration_ms);
+                    render::finish_line(
+                        outcome_ok(o.status),
+                        vm,
+                        self.width,
+                        &status,
+                        took,
+                        o.error.as_deref(),
+                    )
+                }
+                None => render::finish_line(false, vm, self.width, "unknown", None, None),
+            };
+            finish(bar, line);
+            *done = true;
+        }
+    }
+
+    fn abandon(self) {
+        for (_, bar, done) in &self.bars {
+            if !done {
+                bar.abandon();
+            }
+        }
+    }
+}
+
+fn finish(bar: &ProgressBar, line: String) {
+    bar.set_style(style(DONE_TEMPLATE));
+    bar.finish_with_message(line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn progress(vm: &str, waiting_on: &str) -> api::Event {
+        api::Event::BootstrapProgress {
+            vm: vm.into(),
+            step: api::BootstrapStepKind::WaitHandshake,
+            waiting_on: waiting_on.into(),
+            elapsed_ms: 0,
+        }
+    }
+
+    fn output(vm: &str, line: &str) -> api::Event {
+        api::Event::BootstrapOutput {
+            vm: vm.into(),
+            step: api::BootstrapStepKind::Apply,
+            stream: api::OutputStream::Stdout,
+            line: line.into(),
+        }
+    }
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).expect("valid JSON")
+    }
+
+    #[test]
+    fn plain_feed_drops_repeated_progress_only() {
+        let mut feed = PlainFeed::new(5);
+        let refused = progress("web-0", "tcp 127.0.0.1:2222: connection refused");
+        assert_eq!(
+            feed.line(&refused).as_deref(),
+            Some("web-0  wait-handshake  waiting: tcp 127.0.0.1:2222: connection refused")
+        );
+        assert_eq!(feed.line(&refused), None, "heartbeat repeats are dropped");
+        // Another VM's identical report is news.
+        assert!(
+            feed.line(&progress("db", "tcp 127.0.0.1:2222: connection refused"))
+                .is_some()
+        );
+        // So is a change of what it waits on...
+        assert!(feed.line(&progress("web-0", "ssh banner")).is_some());
+        // ...and the same report again after something else happened.
+        assert!(feed.line(&output("web-0", "hello")).is_some());
+        assert!(feed.line(&progress("web-0", "ssh banner")).is_some());
+    }
+
+    #[test]
+    fn json_lines_keep_the_daemons_bytes() {
+        let text = r#"{"seq":3,"time":"t","operation":"op","event":{"BootstrapFailed":{"vm":"a","duration_ms":1,"error":"x"}}}"#;
+        assert_eq!(json_line(&raw(text)), text);
+        assert_eq!(json_line(&raw("{\n  \"a\": [1,\n 2]\n}")), r#"{"a":[1,2]}"#);
+    }
+
+    #[test]
+    fn envelopes_parse_and_unknown_events_do_not() {
+        let text = r#"{"seq":3,"time":"2025-01-01T00:00:00.000Z","operation":"op","event":{"BootstrapFailed":{"vm":"a","duration_ms":1,"error":"x"}}}"#;
+        let env = parse(&raw(text)).expect("an envelope");
+        assert_eq!(env.seq, 3);
+        assert!(env.event.is_terminal());
+        let newer = r#"{"seq":4,"time":"t","operation":null,"event":{"VmStarted":{"vm":"a"}}}"#;
+        assert!(parse(&raw(newer)).is_none());
+    }
+
+    #[test]
+    fn outcome_statuses_that_exit_zero() {
+        use api::OutcomeStatus as O;
+        assert!(outcome_ok(O::Success) && outcome_ok(O::NoOp) && outcome_ok(O::Skipped));
+        assert!(!outcome_ok(O::Failed) && !outcome_ok(O::Rejected));
+    }
+
+    #[test]
+    fn templates_are_valid() {
+        assert!(ProgressStyle::with_template(SPINNER_TEMPLATE).is_ok());
+        assert!(ProgressStyle::with_template(DONE_TEMPLATE).is_ok());
+    }
+
+    #[test]
+    fn board_follows_events_and_finishes_from_the_outcome() {
+        let vms = ["web-0".to_owned(), "db".to_owned(), "cache".to_owned()];
+        let mut board = Board::new(&vms, ProgressDrawTarget::hidden());
+        board.event(&progress("web-0", "ssh banner"));
+        assert_eq!(
+            board.bars[0].1.message(),
+            "wait-handshake  waiting: ssh banner"
+        );
+        board.event(&output("web-0", "step 1"));
+        assert_eq!(board.bars[0].1.message(), "apply  | step 1");
+        board.event(&api::Event::BootstrapCompleted {
+            vm: "web-0".into(),
+            status: api::BootstrapStatus::Success,
+            duration_ms: 1_240,
+            stamp: None,
+        });
+        assert!(board.bars[0].2 && board.bars[0].1.is_finished());
+        assert_eq!(board.bars[0].1.message(), "✓ web-0  Success  1.24s");
+        // Events after the end, or about VMs not in the operation, change nothing.
+        board.event(&output("web-0", "late"));
+        board.event(&output("other", "x"));
+        assert_eq!(board.bars[0].1.message(), "✓ web-0  Success  1.24s");
+
+        board.event(&api::Event::BootstrapFailed {
+            vm: "cache".into(),
+            duration_ms: 30_000,
+            error: "wait-handshake: timed out".into(),
+        });
+        assert_eq!(
+            board.bars[2].1.message(),
+            "✗ cache  Failed  30.0s  wait-handshake: timed out"
+        );
+
+        let outcome = |vm: &str, status, error: Option<&str>| api::VmOutcome {
+            vm: vm.into(),
+            status,
+            duration_ms: 0,
+            run_id: None,
+            log_path: None,
+            stamp: None,
+            error: error.map(str::to_owned),
+        };
+        board.finish(&api::OutcomeResult {
+            operation: "op".into(),
+            project: "p".into(),
+            outcomes: vec![
+                outcome("web-0", api::OutcomeStatus::Success, None),
+                outcome("db", api::OutcomeStatus::Rejected, Some("busy")),
+                outcome("cache", api::OutcomeStatus::Failed, Some("timed out")),
+            ],
+        });
+        assert_eq!(board.bars[1].1.message(), "✗ db     Rejected  busy");
+        // The event's final line stays: the outcome only fills in the VMs without one.
+        assert_eq!(
+            board.bars[2].1.message(),
+            "✗ cache  Failed  30.0s  wait-handshake: timed out"
+        );
+        assert!(
+            board
+                .bars
+                .iter()
+                .all(|(_, bar, done)| *done && bar.is_finished())
+        );
+    }
+}

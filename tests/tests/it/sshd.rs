@@ -1,0 +1,110 @@
+//! A real OpenSSH `sshd` on 127.0.0.1 standing in for a guest: its own host key, config and
+//! authorized key, on a free port, as the current user.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::wait_until;
+
+pub struct Sshd {
+    child: Option<Child>,
+    pub port: u16,
+    pub dir: PathBuf,
+    /// Private key the client (castrad) logs in with.
+    pub client_key: PathBuf,
+    pub user: String,
+}
+
+fn keygen(path: &Path) {
+    let _ = std::fs::remove_file(path);
+    let _ = std::fs::remove_file(path.with_extension("pub"));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "castra-test", "-f"])
+        .arg(path)
+        .output()
+        .expect("ssh-keygen (openssh-client) must be installed: scripts/setup installs it");
+    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Sshd {
+    /// Starts sshd with files under `dir`.
+    pub fn start(dir: &Path) -> Sshd {
+        assert!(
+            Path::new("/usr/sbin/sshd").exists(),
+            "/usr/sbin/sshd missing: scripts/setup installs openssh-server"
+        );
+        // sshd refuses to start without its privilege separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        std::fs::create_dir_all(dir).unwrap();
+        let client_key = dir.join("client_key");
+        keygen(&client_key);
+        keygen(&dir.join("host_key"));
+        std::fs::copy(client_key.with_extension("pub"), dir.join("authorized_keys")).unwrap();
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
+        let mut sshd = Sshd { child: None, port: free_port(), dir: dir.to_owned(), client_key, user };
+        sshd.spawn();
+        sshd
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.display();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+             PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\nMaxStartups 200\nMaxSessions 200\n\
+             LogLevel ERROR\nAcceptEnv none\n",
+            port = self.port
+        );
+        std::fs::write(self.dir.join("sshd_config"), config).unwrap();
+        let child = Command::new("/usr/sbin/sshd")
+            .args(["-D", "-e", "-f"])
+            .arg(self.dir.join("sshd_config"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(self.dir.join("sshd.log")).unwrap()))
+            .spawn()
+            .expect("start sshd");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(10), "sshd to listen", || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// Stops sshd (the port then refuses connections).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Restarts sshd on the same port with a freshly generated host key: a "rebuilt" machine.
+    pub fn restart_with_new_host_key(&mut self) {
+        self.stop();
+        keygen(&self.dir.join("host_key"));
+        self.spawn();
+    }
+
+    /// The `[vms.ssh]` table for a VM behind this sshd.
+    pub fn ssh_table(&self) -> String {
+        format!(
+            "[vms.ssh]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"{}\"\nidentity = \"{}\"\n",
+            self.port,
+            self.user,
+            self.client_key.display()
+        )
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
