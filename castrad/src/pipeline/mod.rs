@@ -198,6 +198,8 @@ struct Steps {
     last_stderr: String,
     /// The first failure, already recorded.
     failure: Option<String>,
+    /// The script exited non-zero: (status, duration); recorded once the session drained.
+    apply_exit: Option<(i32, u64)>,
     done: bool,
 }
 
@@ -210,6 +212,7 @@ impl Default for Steps {
             error_marker: None,
             last_stderr: String::new(),
             failure: None,
+            apply_exit: None,
             done: false,
         }
     }
@@ -308,7 +311,16 @@ impl Run {
         since: Instant,
         detail: Option<String>,
     ) {
-        let duration_ms = since.elapsed().as_millis() as u64;
+        self.step_done_ms(step, status, since.elapsed().as_millis() as u64, detail);
+    }
+
+    fn step_done_ms(
+        &mut self,
+        step: Step,
+        status: StepStatus,
+        duration_ms: u64,
+        detail: Option<String>,
+    ) {
         self.recorder
             .step(step, status, duration_ms, detail.clone());
         self.publish(Event::BootstrapStep {
@@ -487,13 +499,27 @@ impl Run {
             loop {
                 tokio::select! {
                     biased;
-                    Some(note) = rx.recv() => self.on_note(note, &mut st, &program),
+                    Some(note) = rx.recv() => self.on_note(note, &mut st),
                     ended = &mut run => break ended,
                 }
             }
         };
         while let Ok(note) = rx.try_recv() {
-            self.on_note(note, &mut st, &program);
+            self.on_note(note, &mut st);
+        }
+        if let Some((rc, duration_ms)) = st.apply_exit {
+            let e = format!(
+                "{} exited with status {rc}{}",
+                program.join(" "),
+                tail(&st.last_stderr)
+            );
+            self.step_done_ms(
+                Step::Apply,
+                StepStatus::Failed,
+                duration_ms,
+                Some(e.clone()),
+            );
+            return Err(format!("apply: {e}"));
         }
         if let Some(failure) = st.failure {
             return Err(failure);
@@ -531,20 +557,20 @@ impl Run {
     }
 
     /// Advances the step machine on one note from the guest session.
-    fn on_note(&mut self, note: remote::Note, st: &mut Steps, program: &[String]) {
+    fn on_note(&mut self, note: remote::Note, st: &mut Steps) {
         let b = self.job.vm.bootstrap.clone();
         match note {
             remote::Note::Line { stream, line } => {
+                let trimmed = line.trim();
+                if stream == OutputStream::Stderr && !trimmed.is_empty() {
+                    st.last_stderr = self.redact(trimmed);
+                }
                 if st.step == Step::Apply {
-                    let trimmed = line.trim();
                     if trimmed == NOOP_MARKER {
                         st.noop = true;
                     } else if let Some(reason) = trimmed.strip_prefix(ERROR_MARKER) {
                         st.error_marker
                             .get_or_insert_with(|| reason.trim().to_owned());
-                    }
-                    if stream == OutputStream::Stderr && !trimmed.is_empty() {
-                        st.last_stderr = trimmed.to_owned();
                     }
                 }
                 self.output_line(st.step, stream, &line);
@@ -559,14 +585,15 @@ impl Run {
                     self.set_step(Some(Step::Apply), None);
                 }
                 ("apply", Some(rc)) => {
+                    if rc != 0 && st.error_marker.is_none() {
+                        // Its last stderr line may still be in the other pipe: decide once the
+                        // session has drained, keeping the duration measured now.
+                        st.apply_exit = Some((rc, st.since.elapsed().as_millis() as u64));
+                        st.failure = Some(String::new());
+                        return;
+                    }
                     let result = if let Some(reason) = st.error_marker.clone() {
                         Err(format!("the script reported {ERROR_MARKER} {reason}"))
-                    } else if rc != 0 {
-                        Err(format!(
-                            "{} exited with status {rc}{}",
-                            program.join(" "),
-                            tail(&st.last_stderr)
-                        ))
                     } else {
                         Ok((
                             (),

@@ -1,7 +1,9 @@
 //! Castra's end-to-end tests: one binary, one module per area. Each test starts its own
 //! castrad on a private socket and state directory and talks to it like a user would.
 
+mod bootstrap;
 mod daemon;
 mod plan;
 mod protocol_docs;
+mod sshd;
 mod support;

@@ -25,11 +25,19 @@ fn keygen(path: &Path) {
         .arg(path)
         .output()
         .expect("ssh-keygen (openssh-client) must be installed: scripts/setup installs it");
-    assert!(out.status.success(), "ssh-keygen: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Sshd {
@@ -45,9 +53,22 @@ impl Sshd {
         let client_key = dir.join("client_key");
         keygen(&client_key);
         keygen(&dir.join("host_key"));
-        std::fs::copy(client_key.with_extension("pub"), dir.join("authorized_keys")).unwrap();
-        let user = nix::unistd::User::from_uid(nix::unistd::geteuid()).unwrap().unwrap().name;
-        let mut sshd = Sshd { child: None, port: free_port(), dir: dir.to_owned(), client_key, user };
+        std::fs::copy(
+            client_key.with_extension("pub"),
+            dir.join("authorized_keys"),
+        )
+        .unwrap();
+        let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .unwrap()
+            .unwrap()
+            .name;
+        let mut sshd = Sshd {
+            child: None,
+            port: free_port(),
+            dir: dir.to_owned(),
+            client_key,
+            user,
+        };
         sshd.spawn();
         sshd
     }
@@ -67,7 +88,9 @@ impl Sshd {
             .args(["-D", "-e", "-f"])
             .arg(self.dir.join("sshd_config"))
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(self.dir.join("sshd.log")).unwrap()))
+            .stderr(Stdio::from(
+                std::fs::File::create(self.dir.join("sshd.log")).unwrap(),
+            ))
             .spawn()
             .expect("start sshd");
         self.child = Some(child);

@@ -226,3 +226,40 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, (u64, i64, u64, Vec
         }
     }
 }
+
+/// One JSON-RPC call over a fresh connection with plain HTTP/1.1; returns the response and
+/// how long the call took from connect to the last byte.
+pub fn raw_rpc(
+    socket: &Path,
+    method: &str,
+    params: serde_json::Value,
+) -> (serde_json::Value, Duration) {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
+    let started = Instant::now();
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "POST / HTTP/1.1\r\nHost: castrad\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8(response).unwrap();
+    let (_, json) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    (
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}")),
+        took,
+    )
+}
+
+/// Every file's text under `root`, concatenated (lossy), for "does X appear anywhere" checks.
+pub fn read_tree_text(root: &Path) -> String {
+    snapshot(root)
+        .into_values()
+        .map(|(_, _, _, bytes)| String::from_utf8_lossy(&bytes).into_owned())
+        .collect()
+}
