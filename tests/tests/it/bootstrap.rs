@@ -749,3 +749,30 @@ fn a_late_subscriber_replays_the_whole_operation_and_logs_are_listed() {
         missing.stderr
     );
 }
+
+#[test]
+fn a_quiet_subscription_survives_past_jsonrpsees_idle_limit() {
+    let fleet = Fleet::new(FOUR_VMS);
+    let mut child = std::process::Command::new(crate::support::CASTRACTL)
+        .args(["events", "--json", "--vm", "db"])
+        .env("CASTRA_SOCKET", fleet.env.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Nothing at all is published for 35 s: longer than the 30 s after which an idle
+    // connection would be dropped without keepalive pings.
+    std::thread::sleep(Duration::from_secs(35));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "castractl events exited during the quiet spell"
+    );
+    let up = fleet.up(&[]);
+    assert_eq!(up.statuses(), ["Success"; 4]);
+    let stdout = child.stdout.take().unwrap();
+    let first = std::io::BufRead::lines(std::io::BufReader::new(stdout)).next();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let first: Value =
+        serde_json::from_str(&first.expect("an event after the quiet spell").unwrap()).unwrap();
+    assert_eq!(first["event"]["BootstrapPlanned"]["vm"], "db", "{first}");
+}

@@ -97,7 +97,11 @@ fn protocol_examples_match_real_responses() {
     );
 
     // The bootstrap methods and every event kind, from a run with one good and one dead VM.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let fleet = crate::bootstrap::Fleet::new(&format!(
         "[[vms]]\nname = \"web\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\nscript = \"scripts/web.sh\"\n\
          payload = \"payload\"\n[[vms]]\nname = \"db\"\nbackend = \"external\"\n[vms.ssh]\nhost = \"127.0.0.1\"\n\
@@ -107,13 +111,37 @@ fn protocol_examples_match_real_responses() {
     let up = fleet.env.http_rpc("castra.up", json!({"config": config}));
     real.insert("up-result", up["result"].clone());
     let operation = up["result"]["operation"].clone();
-    real.insert("outcome-result", fleet.env.http_rpc("castra.outcome", json!({"operation": operation}))["result"].clone());
-    real.insert("logs-result", fleet.env.http_rpc("castra.logs", json!({"config": config, "vm": "web"}))["result"].clone());
-    real.insert("status-result", fleet.env.http_rpc("castra.status", json!({"config": config}))["result"].clone());
+    real.insert(
+        "outcome-result",
+        fleet
+            .env
+            .http_rpc("castra.outcome", json!({"operation": operation}))["result"]
+            .clone(),
+    );
+    real.insert(
+        "logs-result",
+        fleet
+            .env
+            .http_rpc("castra.logs", json!({"config": config, "vm": "web"}))["result"]
+            .clone(),
+    );
+    real.insert(
+        "status-result",
+        fleet
+            .env
+            .http_rpc("castra.status", json!({"config": config}))["result"]
+            .clone(),
+    );
     let events = fleet.up(&["--bootstrap", "always"]).events;
     let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
     for e in events {
-        let kind = e["event"].as_object().unwrap().keys().next().unwrap().clone();
+        let kind = e["event"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .next()
+            .unwrap()
+            .clone();
         by_kind.entry(format!("event-{kind}")).or_insert(e);
     }
     for (name, value) in &by_kind {
@@ -122,9 +150,17 @@ fn protocol_examples_match_real_responses() {
 
     let documented = documented_examples();
     for (name, value) in &real {
-        let doc = documented.get(*name).unwrap_or_else(|| panic!("PROTOCOL.md lacks check {name}"));
+        let doc = documented
+            .get(*name)
+            .unwrap_or_else(|| panic!("PROTOCOL.md lacks check {name}"));
         assert_same_shape(name, "$", doc, value);
     }
-    let extra: Vec<_> = documented.keys().filter(|k| !real.contains_key(k.as_str())).collect();
-    assert!(extra.is_empty(), "PROTOCOL.md checks no test produces: {extra:?}");
+    let extra: Vec<_> = documented
+        .keys()
+        .filter(|k| !real.contains_key(k.as_str()))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "PROTOCOL.md checks no test produces: {extra:?}"
+    );
 }
