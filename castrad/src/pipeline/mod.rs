@@ -131,6 +131,31 @@ fn outcome(vm: &str, status: OutcomeStatus, duration_ms: u64) -> VmOutcome {
     }
 }
 
+/// Publishes `BootstrapFailed` (its log is already written) and returns the `Failed` outcome.
+fn failed(
+    bus: &EventBus,
+    operation: &str,
+    vm: &str,
+    started: Instant,
+    run_id: String,
+    log_path: Option<PathBuf>,
+    error: String,
+) -> VmOutcome {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let event = Event::BootstrapFailed {
+        vm: vm.to_owned(),
+        duration_ms,
+        error: error.clone(),
+    };
+    bus.publish(Some(operation), event);
+    VmOutcome {
+        run_id: Some(run_id),
+        log_path,
+        error: Some(error),
+        ..outcome(vm, OutcomeStatus::Failed, duration_ms)
+    }
+}
+
 /// A run that failed outside the step sequence (planning failed: a script vanished, a payload
 /// holds a FIFO...; or the pipeline panicked): still one failure log and one `BootstrapFailed`.
 pub fn record_failure(ctx: &Ctx, job: &Job, started: Instant, error: String) -> VmOutcome {
@@ -148,21 +173,15 @@ pub fn record_failure(ctx: &Ctx, job: &Job, started: Instant, error: String) -> 
         .finish(RunStatus::Failed, Some(&error))
         .ok()
         .map(|(p, _)| p);
-    let duration_ms = started.elapsed().as_millis() as u64;
-    ctx.bus.publish(
-        Some(&job.operation),
-        Event::BootstrapFailed {
-            vm: job.vm.name.clone(),
-            duration_ms,
-            error: error.clone(),
-        },
-    );
-    VmOutcome {
-        run_id: Some(run_id),
+    failed(
+        &ctx.bus,
+        &job.operation,
+        &job.vm.name,
+        started,
+        run_id,
         log_path,
-        error: Some(error),
-        ..outcome(&job.vm.name, OutcomeStatus::Failed, duration_ms)
-    }
+        error,
+    )
 }
 
 /// An executing run: the recorder, the redactor, and the event/snapshot plumbing.
@@ -669,23 +688,7 @@ impl Run {
             Ok((path, _)) => path,
             Err(e) => {
                 let error = format!("cannot write the run log: {e}");
-                ctx.bus.publish(
-                    Some(&op),
-                    Event::BootstrapFailed {
-                        vm: vm.clone(),
-                        duration_ms: started.elapsed().as_millis() as u64,
-                        error: error.clone(),
-                    },
-                );
-                return VmOutcome {
-                    run_id: Some(run_id),
-                    error: Some(error),
-                    ..outcome(
-                        &vm,
-                        OutcomeStatus::Failed,
-                        started.elapsed().as_millis() as u64,
-                    )
-                };
+                return failed(&ctx.bus, &op, &vm, started, run_id, None, error);
             }
         };
         let mut stamp_path = None;
@@ -742,21 +745,7 @@ impl Run {
                 None
             }
         };
-        let duration_ms = started.elapsed().as_millis() as u64;
-        bus.publish(
-            Some(&op),
-            Event::BootstrapFailed {
-                vm: vm.clone(),
-                duration_ms,
-                error: error.clone(),
-            },
-        );
-        VmOutcome {
-            run_id: Some(run_id),
-            log_path,
-            error: Some(error),
-            ..outcome(&vm, OutcomeStatus::Failed, duration_ms)
-        }
+        failed(&bus, &op, &vm, started, run_id, log_path, error)
     }
 }
 

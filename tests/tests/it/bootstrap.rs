@@ -691,13 +691,7 @@ fn a_late_subscriber_replays_the_whole_operation_and_logs_are_listed() {
     while terminal < 4 {
         let line = lines.next().expect("event feed ended early").unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
-        let kind = v["event"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .next()
-            .unwrap()
-            .clone();
+        let kind = crate::support::event_kind(&v);
         if kind == "BootstrapCompleted" || kind == "BootstrapFailed" {
             terminal += 1;
         }

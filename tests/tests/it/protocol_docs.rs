@@ -135,13 +135,7 @@ fn protocol_examples_match_real_responses() {
     let events = fleet.up(&["--bootstrap", "always"]).events;
     let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
     for e in events {
-        let kind = e["event"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .next()
-            .unwrap()
-            .clone();
+        let kind = crate::support::event_kind(&e);
         by_kind.entry(format!("event-{kind}")).or_insert(e);
     }
     for (name, value) in &by_kind {

@@ -263,3 +263,9 @@ pub fn read_tree_text(root: &Path) -> String {
         .map(|(_, _, _, bytes)| String::from_utf8_lossy(&bytes).into_owned())
         .collect()
 }
+
+/// The kind of an event envelope: `BootstrapStarted` for `{"event": {"BootstrapStarted": …}}`.
+pub fn event_kind(envelope: &serde_json::Value) -> String {
+    let event = envelope["event"].as_object().expect("an event envelope");
+    event.keys().next().expect("a tagged event").clone()
+}
