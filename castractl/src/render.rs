@@ -117,6 +117,69 @@ pub fn event_tail(event: &api::Event) -> String {
             ..
         } => format!("completed  {}  {}", lower(status), duration(*duration_ms)),
         Event::BootstrapFailed { error, .. } => format!("FAILED  {}", clean(error)),
+        Event::OverlayPrepared { overlay_path, .. } => {
+            format!("disk  new overlay {}", overlay_path.display())
+        }
+        Event::VmLaunched {
+            pid,
+            accel,
+            accel_reason,
+            ssh_port,
+            ..
+        } => {
+            format!("launched  pid {pid}, {accel} ({accel_reason}), ssh on 127.0.0.1:{ssh_port}")
+        }
+        Event::VmAdopted { pid, ssh_port, .. } => {
+            format!("adopted  pid {pid} still running, ssh on 127.0.0.1:{ssh_port}")
+        }
+        Event::VmExited { reason, .. } => format!("exited  {}", clean(reason)),
+        Event::ShutdownRequested { .. } => "shutdown  requested".to_owned(),
+        Event::CooperativeAttempted {
+            method, timeout_ms, ..
+        } => {
+            format!(
+                "shutdown  {method}, waiting up to {}",
+                duration(*timeout_ms)
+            )
+        }
+        Event::CooperativeSucceeded { elapsed_ms, .. } => {
+            format!(
+                "shutdown  guest powered off after {}",
+                duration(*elapsed_ms)
+            )
+        }
+        Event::CooperativeTimedOut {
+            waited_ms, reason, ..
+        } => {
+            format!(
+                "shutdown  no power-off after {}: {}",
+                duration(*waited_ms),
+                clean(reason)
+            )
+        }
+        Event::ShutdownEscalated {
+            signal, timeout_ms, ..
+        } => {
+            format!(
+                "shutdown  sending {signal}, waiting up to {}",
+                duration(*timeout_ms)
+            )
+        }
+        Event::ShutdownComplete {
+            outcome, total_ms, ..
+        } => {
+            format!("stopped  {outcome}  {}", duration(*total_ms))
+        }
+        Event::EphemeralLayerDiscarded {
+            overlay_path,
+            reclaimed_bytes,
+            ..
+        } => {
+            format!(
+                "disk  discarded {} ({reclaimed_bytes} bytes)",
+                overlay_path.display()
+            )
+        }
     }
 }
 

@@ -148,6 +148,27 @@ impl BootstrapMode {
 }
 
 /// Transport protocol of a port forward.
+/// `accel` of a QEMU VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AccelSetting {
+    /// KVM when it can run a stock guest, else TCG (see `qemu::accel`).
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl AccelSetting {
+    pub fn parse(s: &str) -> Option<AccelSetting> {
+        match s {
+            "auto" => Some(AccelSetting::Auto),
+            "kvm" => Some(AccelSetting::Kvm),
+            "tcg" => Some(AccelSetting::Tcg),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Tcp,
@@ -240,6 +261,8 @@ pub struct Vm {
     pub memory_mib: u64,
     /// Default false.
     pub ephemeral: bool,
+    /// Which accelerator QEMU should use (default auto: KVM when it can run a stock guest).
+    pub accel: AccelSetting,
     pub port_forwards: Vec<PortForward>,
     /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
     pub ssh: Ssh,
@@ -621,6 +644,7 @@ struct RawVm {
     cpus: Option<Spanned<i64>>,
     memory: Option<Spanned<RawMemory>>,
     ephemeral: Option<Spanned<bool>>,
+    accel: Option<Spanned<String>>,
     port_forwards: Option<Spanned<Vec<RawPortForward>>>,
     ssh: Option<RawSsh>,
     bootstrap: Option<RawVmBootstrap>,
@@ -918,6 +942,16 @@ fn validate_vm(
         Some(m) => memory_mib(src, m, &k("memory"))?,
         None => DEFAULT_MEMORY_MIB,
     };
+    let accel = match &raw.accel {
+        None => AccelSetting::Auto,
+        Some(a) => AccelSetting::parse(a.get_ref()).ok_or_else(|| {
+            let message = format!(
+                "unknown accelerator {:?}; expected one of auto, kvm, tcg",
+                a.get_ref()
+            );
+            src.at(a, &k("accel"), message)
+        })?,
+    };
     let (port_forwards, forward_spans) = validate_forwards(src, raw.port_forwards.as_ref(), &key)?;
     let mut ssh = match &raw.ssh {
         Some(s) => validate_ssh(src, s, &k("ssh"))?,
@@ -939,6 +973,7 @@ fn validate_vm(
         cpus,
         memory_mib,
         ephemeral: raw.ephemeral.as_ref().is_some_and(|e| *e.get_ref()),
+        accel,
         port_forwards,
         ssh,
         bootstrap,
@@ -971,6 +1006,7 @@ fn check_external(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(), Config
             raw.port_forwards.as_ref().map(Spanned::span),
         ),
         ("ephemeral", ephemeral),
+        ("accel", raw.accel.as_ref().map(Spanned::span)),
         ("cpus", raw.cpus.as_ref().map(Spanned::span)),
         ("memory", raw.memory.as_ref().map(Spanned::span)),
     ];

@@ -21,6 +21,7 @@ pub mod operations;
 pub mod overrides;
 pub mod pipeline;
 pub mod planner;
+pub mod qemu;
 pub mod rpc;
 pub mod runlog;
 pub mod ssh;

@@ -79,6 +79,23 @@ impl StateRoot {
         self.root.join("vms").join(vm)
     }
 
+    /// The files of a QEMU VM.
+    pub fn qemu(&self, vm: &str) -> QemuPaths {
+        let dir = self.vm_dir(vm);
+        QemuPaths {
+            overlay: dir.join("overlay.qcow2"),
+            disk_id: dir.join("disk-id"),
+            known_hosts: dir.join("known_hosts"),
+            qmp: dir.join("qmp.sock"),
+            serial_log: dir.join("serial.log"),
+            qemu_log: dir.join("qemu.log"),
+            pidfile: dir.join("qemu.pid"),
+            launch: dir.join("launch.json"),
+            stamp: self.stamp(vm),
+            dir,
+        }
+    }
+
     pub fn hash_cache_dir(&self) -> PathBuf {
         self.root.join("hash-cache")
     }
@@ -89,6 +106,26 @@ impl StateRoot {
         self.hash_cache_dir()
             .join(format!("{}.json", hex(&digest[..16])))
     }
+}
+
+/// Where a QEMU VM's files live (all under `vms/<vm>/`, except its stamp).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuPaths {
+    pub dir: PathBuf,
+    /// The VM's disk: a qcow2 overlay on the base image.
+    pub overlay: PathBuf,
+    /// A random id given to each new overlay: the disk identity stamps are bound to.
+    pub disk_id: PathBuf,
+    /// The pinned SSH host key of the guest on this disk.
+    pub known_hosts: PathBuf,
+    pub qmp: PathBuf,
+    pub serial_log: PathBuf,
+    /// QEMU's own stderr.
+    pub qemu_log: PathBuf,
+    pub pidfile: PathBuf,
+    /// What castrad launched (pid, start time, ports): what re-adoption checks.
+    pub launch: PathBuf,
+    pub stamp: PathBuf,
 }
 
 /// Creates `dir` and its parents with mode 0700 (state may hold host keys and logs).

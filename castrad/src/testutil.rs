@@ -20,6 +20,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         cpus: 2,
         memory_mib: 2048,
         ephemeral: false,
+        accel: crate::config::AccelSetting::Auto,
         port_forwards: vec![],
         ssh: Ssh::default(),
         bootstrap: Bootstrap {

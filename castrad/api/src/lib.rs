@@ -379,6 +379,69 @@ pub enum Event {
         duration_ms: u64,
         error: String,
     },
+    /// A new overlay (a new disk) was created for the VM.
+    OverlayPrepared {
+        vm: String,
+        overlay_path: PathBuf,
+    },
+    VmLaunched {
+        vm: String,
+        pid: u32,
+        /// `kvm` or `tcg`.
+        accel: String,
+        /// Why that accelerator (e.g. `auto: /dev/kvm is backed by kvm_pvm, ...`).
+        accel_reason: String,
+        /// Host port (on 127.0.0.1) forwarded to the guest's SSH port.
+        ssh_port: u16,
+    },
+    /// A VM castrad found running when it started (it outlived the previous castrad).
+    VmAdopted {
+        vm: String,
+        pid: u32,
+        ssh_port: u16,
+    },
+    /// QEMU exited without castrad asking (the guest powered off, or QEMU crashed).
+    VmExited {
+        vm: String,
+        reason: String,
+    },
+    ShutdownRequested {
+        vm: String,
+    },
+    CooperativeAttempted {
+        vm: String,
+        /// `acpi-powerdown` (the ACPI power button, over QMP).
+        method: String,
+        timeout_ms: u64,
+    },
+    CooperativeSucceeded {
+        vm: String,
+        elapsed_ms: u64,
+    },
+    CooperativeTimedOut {
+        vm: String,
+        waited_ms: u64,
+        reason: String,
+    },
+    ShutdownEscalated {
+        vm: String,
+        /// `SIGTERM` or `SIGKILL`.
+        signal: String,
+        timeout_ms: u64,
+    },
+    ShutdownComplete {
+        vm: String,
+        /// `graceful`, `terminated`, `killed` or `not-running`.
+        outcome: String,
+        total_ms: u64,
+        /// False when the VM was not running (nothing changed).
+        changed: bool,
+    },
+    EphemeralLayerDiscarded {
+        vm: String,
+        overlay_path: PathBuf,
+        reclaimed_bytes: u64,
+    },
 }
 
 impl Event {
@@ -391,7 +454,18 @@ impl Event {
             | Event::BootstrapProgress { vm, .. }
             | Event::BootstrapOutput { vm, .. }
             | Event::BootstrapCompleted { vm, .. }
-            | Event::BootstrapFailed { vm, .. } => vm,
+            | Event::BootstrapFailed { vm, .. }
+            | Event::OverlayPrepared { vm, .. }
+            | Event::VmLaunched { vm, .. }
+            | Event::VmAdopted { vm, .. }
+            | Event::VmExited { vm, .. }
+            | Event::ShutdownRequested { vm }
+            | Event::CooperativeAttempted { vm, .. }
+            | Event::CooperativeSucceeded { vm, .. }
+            | Event::CooperativeTimedOut { vm, .. }
+            | Event::ShutdownEscalated { vm, .. }
+            | Event::ShutdownComplete { vm, .. }
+            | Event::EphemeralLayerDiscarded { vm, .. } => vm,
         }
     }
 

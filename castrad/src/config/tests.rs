@@ -296,6 +296,14 @@ const TYPE_ERRORS: &[Case] = &[
 
 const SEMANTIC_ERRORS: &[Case] = &[
     (
+        "unknown accelerator",
+        concat!(head!(), "accel = \"hvf\"\n"),
+        "vms[0].accel",
+        "unknown accelerator \"hvf\"; expected one of auto, kvm, tcg",
+        7,
+        9,
+    ),
+    (
         "unknown mode",
         concat!(head!(), "[vms.bootstrap]\nmode = \"sometimes\"\n"),
         "vms[0].bootstrap.mode",
@@ -813,6 +821,7 @@ fn external_vms_reject_lifecycle_keys() {
         ("initrd = \"i\"\n", "initrd", 10),
         ("cmdline = \"c\"\n", "cmdline", 11),
         ("ephemeral = true\n", "ephemeral", 13),
+        ("accel = \"tcg\"\n", "accel", 9),
         ("cpus = 4\n", "cpus", 8),
         ("memory = \"1 GiB\"\n", "memory", 10),
         (
@@ -892,6 +901,7 @@ fn defaults_for_a_minimal_qemu_vm() {
         cpus: 2,
         memory_mib: 2048,
         ephemeral: false,
+        accel: crate::config::AccelSetting::Auto,
         port_forwards: vec![],
         ssh: Ssh {
             host: Some("127.0.0.1".into()),

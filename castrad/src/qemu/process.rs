@@ -1,0 +1,465 @@
+//! A QEMU VM's life on the host: its overlay (the VM's disk), launching QEMU in a session of
+//! its own, recognising it again after castrad restarts, and stopping it cooperatively.
+//!
+//! Files (see `state_root::QemuPaths`): the overlay and its `disk-id`, QEMU's QMP socket,
+//! serial log, stderr log and pidfile, and `launch.json`: what castrad launched (pid, the
+//! process start time, ports). Re-adoption trusts a pid only when its start time still matches
+//! (against pid reuse), its command line names our QMP socket, and QMP answers.
+//!
+//! Invariants: a new overlay always gets a new disk id, and the stamp and pinned host key of
+//! the previous disk are removed with it, so nothing proven about an old disk is believed
+//! about a new one. QEMU is never a child that dies with castrad: it runs under `setsid`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::process::{Child, Command};
+
+use super::argv::{self, LaunchSpec};
+use super::qmp::Qmp;
+use crate::fsutil::write_atomic;
+use crate::state_root::{QemuPaths, ensure_dir};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcessError {
+    let what = what.into();
+    move |source| ProcessError::Io { what, source }
+}
+
+/// Creates the overlay if the VM has none. Returns its path when it is new.
+pub async fn prepare_overlay(
+    paths: &QemuPaths,
+    base_image: &Path,
+) -> Result<Option<PathBuf>, ProcessError> {
+    if paths.overlay.exists() {
+        return Ok(None);
+    }
+    ensure_dir(&paths.dir).map_err(io(format!("creating {}", paths.dir.display())))?;
+    let format = image_format(base_image).await?;
+    let tmp = paths.dir.join(".overlay.qcow2.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
+        .arg(base_image)
+        .arg(&tmp)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io("running qemu-img (package qemu-utils)"))?;
+    if !out.status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(ProcessError::Failed(format!(
+            "qemu-img create on {} failed: {}",
+            base_image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // A new disk: nothing proven about the previous one (stamp, pinned host key) holds.
+    for stale in [&paths.stamp, &paths.known_hosts] {
+        match std::fs::remove_file(stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("removing {}", stale.display()))(e));
+            }
+            _ => {}
+        }
+    }
+    let disk_id = crate::runlog::random_hex(8);
+    write_atomic(&paths.disk_id, format!("{disk_id}\n").as_bytes())
+        .map_err(io(format!("writing {}", paths.disk_id.display())))?;
+    std::fs::rename(&tmp, &paths.overlay)
+        .map_err(io(format!("creating {}", paths.overlay.display())))?;
+    Ok(Some(paths.overlay.clone()))
+}
+
+/// The format of a base image as qemu-img detects it (`raw`, `qcow2`, ...).
+async fn image_format(image: &Path) -> Result<String, ProcessError> {
+    let out = Command::new("qemu-img")
+        .args(["info", "--output=json"])
+        .arg(image)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io("running qemu-img (package qemu-utils)"))?;
+    if !out.status.success() {
+        return Err(ProcessError::Failed(format!(
+            "qemu-img cannot read {}: {}",
+            image.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| ProcessError::Failed(format!("qemu-img info: {e}")))?;
+    info["format"].as_str().map(str::to_owned).ok_or_else(|| {
+        ProcessError::Failed(format!(
+            "qemu-img info gave no format for {}",
+            image.display()
+        ))
+    })
+}
+
+/// A loopback TCP port that is free right now.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// What castrad launched; `launch.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LaunchRecord {
+    pub vm: String,
+    pub pid: u32,
+    /// Field 22 of /proc/<pid>/stat when launched: tells our QEMU from a reused pid.
+    pub start_time: u64,
+    pub ssh_port: u16,
+    pub accel: String,
+    pub accel_reason: String,
+    pub qmp: PathBuf,
+    /// RFC 3339 UTC.
+    pub launched_at: String,
+    pub launched_unix_ms: u64,
+    /// The castra.toml the VM belongs to, so a restarted castrad can load its project.
+    pub config: PathBuf,
+}
+
+/// A running QEMU: our child, or one adopted from a previous castrad.
+#[derive(Debug)]
+pub struct QemuProcess {
+    pub record: LaunchRecord,
+    child: Option<Child>,
+}
+
+/// Starts QEMU for `spec` and waits until QMP answers.
+pub async fn launch(
+    spec: &LaunchSpec,
+    paths: &QemuPaths,
+    accel_reason: &str,
+    config: &Path,
+) -> Result<QemuProcess, ProcessError> {
+    for stale in [&paths.qmp, &paths.pidfile, &paths.launch] {
+        let _ = std::fs::remove_file(stale);
+    }
+    if paths.qmp.as_os_str().len() > 100 {
+        return Err(ProcessError::Failed(format!(
+            "QMP socket path {} is too long for a Unix socket; use a shorter state directory",
+            paths.qmp.display()
+        )));
+    }
+    let log = std::fs::File::create(&paths.qemu_log)
+        .map_err(io(format!("creating {}", paths.qemu_log.display())))?;
+    // setsid: QEMU gets a session of its own, so it outlives castrad (and a terminal's ^C).
+    let mut child = Command::new("setsid")
+        .arg(argv::QEMU)
+        .args(argv::argv(spec))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(io(format!(
+            "starting {} (package qemu-system-x86)",
+            argv::QEMU
+        )))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| ProcessError::Failed("QEMU exited at once".into()))?;
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let qmp_ok = loop {
+        if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
+            let log = std::fs::read_to_string(&paths.qemu_log).unwrap_or_default();
+            return Err(ProcessError::Failed(format!(
+                "QEMU exited ({status}) while starting: {}",
+                log.lines()
+                    .rev()
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or("no message")
+            )));
+        }
+        if paths.qmp.exists()
+            && Qmp::connect(&paths.qmp, Duration::from_secs(2))
+                .await
+                .is_ok()
+        {
+            break true;
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if !qmp_ok {
+        let _ = child.start_kill();
+        return Err(ProcessError::Failed(
+            "QEMU started but its QMP socket never answered".into(),
+        ));
+    }
+    let now = std::time::SystemTime::now();
+    let record = LaunchRecord {
+        vm: spec.vm.clone(),
+        pid,
+        start_time: start_time(pid).unwrap_or(0),
+        ssh_port: spec.ssh_port,
+        accel: spec.accel.as_str().to_owned(),
+        accel_reason: accel_reason.to_owned(),
+        qmp: paths.qmp.clone(),
+        launched_at: humantime::format_rfc3339_millis(now).to_string(),
+        launched_unix_ms: now
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as u64,
+        config: config.to_owned(),
+    };
+    let json =
+        serde_json::to_vec_pretty(&record).map_err(|e| ProcessError::Failed(e.to_string()))?;
+    write_atomic(&paths.launch, &json)
+        .map_err(io(format!("writing {}", paths.launch.display())))?;
+    Ok(QemuProcess {
+        record,
+        child: Some(child),
+    })
+}
+
+/// Field 22 (starttime, in clock ticks since boot) of /proc/<pid>/stat.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces; fields after it follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); starttime is field 22.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
+}
+
+/// The launch record of a VM, if castrad launched one and has not seen it stop.
+pub fn read_record(paths: &QemuPaths) -> Option<LaunchRecord> {
+    serde_json::from_slice(&std::fs::read(&paths.launch).ok()?).ok()
+}
+
+/// Finds the VM's QEMU left running by a previous castrad: same pid *and* start time, a
+/// command line naming our QMP socket, and QMP answering `query-status`.
+pub async fn adopt(paths: &QemuPaths) -> Option<QemuProcess> {
+    let record = read_record(paths)?;
+    let alive = start_time(record.pid) == Some(record.start_time)
+        && std::fs::read(format!("/proc/{}/cmdline", record.pid))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*record.qmp.to_string_lossy()));
+    if alive
+        && let Ok(mut qmp) = Qmp::connect(&record.qmp, Duration::from_secs(2)).await
+        && qmp.status().await.is_ok()
+    {
+        return Some(QemuProcess {
+            record,
+            child: None,
+        });
+    }
+    forget(paths);
+    None
+}
+
+/// Removes the traces of a QEMU that is no longer running.
+pub fn forget(paths: &QemuPaths) {
+    for f in [&paths.launch, &paths.qmp, &paths.pidfile] {
+        let _ = std::fs::remove_file(f);
+    }
+}
+
+impl QemuProcess {
+    pub fn pid(&self) -> u32 {
+        self.record.pid
+    }
+
+    /// True while the process is the one we launched and has not exited.
+    pub fn alive(&mut self) -> bool {
+        if let Some(child) = &mut self.child {
+            return matches!(child.try_wait(), Ok(None));
+        }
+        start_time(self.record.pid) == Some(self.record.start_time)
+    }
+
+    /// Resolves when QEMU has exited.
+    pub async fn exited(&mut self) {
+        match &mut self.child {
+            Some(child) => {
+                let _ = child.wait().await;
+            }
+            None => {
+                while start_time(self.record.pid) == Some(self.record.start_time) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    async fn exited_within(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, self.exited()).await.is_ok()
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.record.pid as i32), signal);
+    }
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    Graceful,
+    Terminated,
+    Killed,
+}
+
+impl Stopped {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stopped::Graceful => "graceful",
+            Stopped::Terminated => "terminated",
+            Stopped::Killed => "killed",
+        }
+    }
+}
+
+/// A step of the stop sequence, for events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopStep {
+    CooperativeAttempted {
+        timeout: Duration,
+    },
+    CooperativeSucceeded {
+        elapsed: Duration,
+    },
+    CooperativeTimedOut {
+        waited: Duration,
+        reason: String,
+    },
+    Escalated {
+        signal: &'static str,
+        timeout: Duration,
+    },
+}
+
+/// ACPI power button, then SIGTERM, then SIGKILL, each waited for; `report` sees each step.
+pub async fn stop(
+    mut process: QemuProcess,
+    graceful: Duration,
+    term: Duration,
+    mut report: impl FnMut(StopStep),
+) -> Stopped {
+    let started = Instant::now();
+    report(StopStep::CooperativeAttempted { timeout: graceful });
+    let pressed = match Qmp::connect(&process.record.qmp, Duration::from_secs(2)).await {
+        Ok(mut qmp) => qmp.system_powerdown().await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let reason = match pressed {
+        Ok(()) if process.exited_within(graceful).await => {
+            report(StopStep::CooperativeSucceeded {
+                elapsed: started.elapsed(),
+            });
+            return Stopped::Graceful;
+        }
+        Ok(()) => {
+            format!("the guest did not power off within {graceful:?} of the ACPI power button")
+        }
+        Err(e) => format!("could not press the power button: {e}"),
+    };
+    report(StopStep::CooperativeTimedOut {
+        waited: started.elapsed(),
+        reason,
+    });
+    report(StopStep::Escalated {
+        signal: "SIGTERM",
+        timeout: term,
+    });
+    process.signal(nix::sys::signal::Signal::SIGTERM);
+    if process.exited_within(term).await {
+        return Stopped::Terminated;
+    }
+    let last = Duration::from_secs(5);
+    report(StopStep::Escalated {
+        signal: "SIGKILL",
+        timeout: last,
+    });
+    process.signal(nix::sys::signal::Signal::SIGKILL);
+    process.exited_within(last).await;
+    Stopped::Killed
+}
+
+/// Deletes the VM's disk and everything bound to it; returns the bytes reclaimed.
+pub fn discard(paths: &QemuPaths) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    let reclaimed = std::fs::metadata(&paths.overlay)
+        .map(|m| m.blocks() * 512)
+        .unwrap_or(0);
+    for f in [
+        &paths.overlay,
+        &paths.disk_id,
+        &paths.stamp,
+        &paths.known_hosts,
+    ] {
+        match std::fs::remove_file(f) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(reclaimed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_reads_our_own_process() {
+        let me = std::process::id();
+        let t = start_time(me).expect("our own start time");
+        assert!(t > 0);
+        assert_eq!(start_time(me), Some(t), "stable");
+        assert_eq!(start_time(u32::MAX - 1), None);
+    }
+
+    #[tokio::test]
+    async fn a_new_overlay_gets_a_new_disk_id_and_drops_the_old_disks_proofs() {
+        let dir = tempfile::tempdir().unwrap();
+        let root =
+            crate::state_root::StateRoot::for_project(dir.path(), "p", Path::new("/p/castra.toml"));
+        let paths = root.qemu("vm");
+        let base = dir.path().join("base.img");
+        std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
+        let first = prepare_overlay(&paths, &base).await.unwrap();
+        assert_eq!(first.as_deref(), Some(paths.overlay.as_path()));
+        let id1 = std::fs::read_to_string(&paths.disk_id).unwrap();
+        assert_eq!(prepare_overlay(&paths, &base).await.unwrap(), None, "kept");
+
+        // Proofs about this disk, then the disk goes away.
+        crate::state_root::ensure_dir(&root.stamps_dir()).unwrap();
+        std::fs::write(&paths.stamp, "{}").unwrap();
+        std::fs::write(&paths.known_hosts, "key").unwrap();
+        assert!(discard(&paths).unwrap() > 0);
+        assert!(!paths.stamp.exists() && !paths.known_hosts.exists() && !paths.overlay.exists());
+
+        prepare_overlay(&paths, &base).await.unwrap();
+        let id2 = std::fs::read_to_string(&paths.disk_id).unwrap();
+        assert_ne!(id1, id2);
+        let info = std::process::Command::new("qemu-img")
+            .args(["info", "--output=json"])
+            .arg(&paths.overlay)
+            .output()
+            .unwrap();
+        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+        assert_eq!(info["format"], "qcow2");
+        assert_eq!(info["backing-filename-format"], "raw");
+    }
+}
