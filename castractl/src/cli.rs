@@ -83,6 +83,18 @@ enum Command {
         #[arg(long, value_name = "OVERRIDES")]
         bootstrap: Vec<String>,
     },
+    /// Stop the project's VMs (all, or those named): ACPI power button, then SIGTERM, then
+    /// SIGKILL. Disks are kept unless --discard (or the VM is ephemeral).
+    Down {
+        /// VMs to stop, by expanded name [default: all of the project].
+        vms: Vec<String>,
+        /// Also delete the VMs' disks, and with them their stamps: the next `up` starts fresh.
+        #[arg(long)]
+        discard: bool,
+        /// Seconds the guest gets to power off after the power button before SIGTERM.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
+    },
     /// Show a VM's bootstrap runs and the steps of one (the latest by default).
     Logs {
         /// The VM, as `castractl plan` names it (replicas: `web-0`).
@@ -183,6 +195,33 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             let config = find_config(cli.config.as_deref(), &cwd)?;
             let daemon = Daemon::connect(&socket).await?;
             return up(&daemon, api::UpParams { config, bootstrap }, cli.json).await;
+        }
+        Command::Down {
+            vms,
+            discard,
+            timeout,
+        } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            let params = api::DownParams {
+                config,
+                vms,
+                discard,
+                graceful_timeout_secs: Some(timeout),
+            };
+            let down: api::DownResult = daemon.call(api::method::DOWN, &params).await?;
+            if cli.json {
+                print_json(&down);
+            } else {
+                print!("{}", render::down(&down));
+            }
+            if down.vms.iter().any(|v| v.error.is_some()) {
+                return Err(Failure::new(
+                    Exit::Failed,
+                    "operation",
+                    "some VMs could not be stopped",
+                ));
+            }
         }
         Command::Logs { vm, run } => {
             let config = find_config(cli.config.as_deref(), &cwd)?;

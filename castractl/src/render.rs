@@ -396,6 +396,30 @@ pub fn status(s: &api::StatusResult) -> String {
     out
 }
 
+/// The result of `down`: one row per VM, then the errors.
+pub fn down(d: &api::DownResult) -> String {
+    let mut rows = vec![vec![
+        "VM".to_owned(),
+        "STOPPED".to_owned(),
+        "TOOK".to_owned(),
+        "DISK".to_owned(),
+    ]];
+    for v in &d.vms {
+        let disk = if v.discarded { "discarded" } else { "kept" };
+        rows.push(vec![
+            v.vm.clone(),
+            v.outcome.clone(),
+            duration(v.total_ms),
+            disk.to_owned(),
+        ]);
+    }
+    let mut out = table(&rows);
+    for v in d.vms.iter().filter(|v| v.error.is_some()) {
+        let _ = writeln!(out, "{}: {}", v.vm, v.error.as_deref().unwrap_or_default());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

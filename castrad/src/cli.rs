@@ -29,6 +29,11 @@ struct Args {
     #[arg(long, env = crate::state_root::STATE_DIR_ENV, value_name = "DIR")]
     state_dir: Option<PathBuf>,
 
+    /// Accelerator for every QEMU VM, beating castra.toml: auto (KVM when it can run a stock
+    /// guest, else TCG), kvm or tcg.
+    #[arg(long, env = "CASTRA_ACCEL", value_name = "ACCEL", value_parser = parse_accel)]
+    accel: Option<crate::config::AccelSetting>,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `castrad=debug`.
     #[arg(
         long,
@@ -86,8 +91,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         socket,
         state_base,
         shutdown_grace: Duration::from_secs(10),
+        accel_override: args.accel,
     };
     daemon::run(settings, listener, shutdown_signal()).await
+}
+
+fn parse_accel(s: &str) -> Result<crate::config::AccelSetting, String> {
+    crate::config::AccelSetting::parse(s).ok_or_else(|| format!("{s:?}: expected auto, kvm or tcg"))
 }
 
 /// Resolves on SIGTERM or SIGINT.

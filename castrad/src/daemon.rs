@@ -13,14 +13,16 @@ use std::time::{Duration, Instant};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{self, ConfigError, Project};
+use crate::config::{Backend, Protocol};
 use crate::events::EventBus;
 use crate::operations::{Operation, Operations};
 use crate::overrides::OverrideError;
 use crate::pipeline;
 use crate::planner::{self, PlanError, VmPlan};
+use crate::qemu::process::QemuProcess;
 use crate::rpc::server::{self, Listener};
 use crate::state_root::StateRoot;
-use crate::vm::{VmHandle, VmSnapshot};
+use crate::vm::{ActorCtx, DownRequest, State, StopReport, VmHandle, VmSnapshot};
 
 /// Everything castrad needs to start.
 #[derive(Debug, Clone)]
@@ -29,6 +31,8 @@ pub struct Settings {
     pub state_base: PathBuf,
     /// How long in-flight requests may take to finish once shutdown starts.
     pub shutdown_grace: Duration,
+    /// `--accel`: beats every VM's `accel` in castra.toml.
+    pub accel_override: Option<crate::config::AccelSetting>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -38,7 +42,9 @@ pub enum DaemonError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
-    Preflight(#[from] OverrideError),
+    Overrides(#[from] OverrideError),
+    #[error("{0}")]
+    Preflight(String),
     #[error(transparent)]
     Plan(#[from] PlanError),
     #[error("{0}")]
@@ -92,18 +98,40 @@ impl Daemon {
     }
 
     /// The actor of `vm` in the project at `root`, spawned on first use.
-    pub fn vm_handle(&self, root: &StateRoot, vm: &str) -> VmHandle {
+    pub fn vm_handle(&self, root: &StateRoot, vm: &str, backend: Backend) -> VmHandle {
+        self.spawn_handle(root, vm, backend, None)
+    }
+
+    fn spawn_handle(
+        &self,
+        root: &StateRoot,
+        vm: &str,
+        backend: Backend,
+        adopted: Option<QemuProcess>,
+    ) -> VmHandle {
         let key = (root.path().to_owned(), vm.to_owned());
         let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         vms.entry(key)
             .or_insert_with(|| {
-                let ctx = pipeline::Ctx {
-                    bus: self.bus.clone(),
-                    root: root.clone(),
-                    control_dir: self.control_dir(),
-                    snapshot: Arc::new(tokio::sync::watch::channel(VmSnapshot::default()).0),
+                // External hosts are taken to be up: castrad only ever bootstraps them.
+                let state = match backend {
+                    Backend::External => State::Running,
+                    Backend::Qemu => State::Stopped,
                 };
-                VmHandle::spawn(vm, ctx, &self.tasks)
+                let snapshot = VmSnapshot {
+                    state,
+                    ..VmSnapshot::default()
+                };
+                let ctx = ActorCtx {
+                    pipeline: pipeline::Ctx {
+                        bus: self.bus.clone(),
+                        root: root.clone(),
+                        control_dir: self.control_dir(),
+                        snapshot: Arc::new(tokio::sync::watch::channel(snapshot).0),
+                    },
+                    accel_override: self.settings.accel_override,
+                };
+                VmHandle::spawn(vm, ctx, adopted, &self.tasks)
             })
             .clone()
     }
@@ -114,9 +142,54 @@ impl Daemon {
         vms.get(&(root.path().to_owned(), vm.to_owned())).cloned()
     }
 
-    /// Starts bootstrapping every VM of the project; returns as soon as each actor has
-    /// accepted (or refused, when busy) its VM. Preflight errors are returned before anything
-    /// is started.
+    /// Finds QEMU VMs left running by a previous castrad and gives each an actor again.
+    /// A VM whose QEMU died meanwhile has its launch record removed: it is reported stopped.
+    pub async fn adopt_running_vms(&self) {
+        let projects = self.settings.state_base.join("projects");
+        let Ok(entries) = std::fs::read_dir(&projects) else {
+            return;
+        };
+        for project_dir in entries.flatten() {
+            let Ok(vms) = std::fs::read_dir(project_dir.path().join("vms")) else {
+                continue;
+            };
+            for vm_dir in vms.flatten() {
+                let launch = vm_dir.path().join("launch.json");
+                let Some(record) = std::fs::read(&launch).ok().and_then(|b| {
+                    serde_json::from_slice::<crate::qemu::process::LaunchRecord>(&b).ok()
+                }) else {
+                    continue;
+                };
+                let entry = match self.load_project(&record.config).await {
+                    Ok(entry) => entry,
+                    Err(e) => {
+                        tracing::warn!(vm = record.vm, error = %e, "a VM is running but its project does not load");
+                        continue;
+                    }
+                };
+                let paths = entry.root.qemu(&record.vm);
+                match crate::qemu::process::adopt(&paths).await {
+                    Some(q) => {
+                        tracing::info!(vm = record.vm, pid = q.pid(), "re-adopted a running VM");
+                        self.bus.publish(
+                            None,
+                            castra_api::Event::VmAdopted {
+                                vm: record.vm.clone(),
+                                pid: q.pid(),
+                                ssh_port: q.record.ssh_port,
+                            },
+                        );
+                        self.spawn_handle(&entry.root, &record.vm, Backend::Qemu, Some(q));
+                    }
+                    None => tracing::info!(vm = record.vm, "VM stopped while castrad was away"),
+                }
+            }
+        }
+    }
+
+    /// Starts bootstrapping every VM of the project (starting QEMU VMs first); returns as soon
+    /// as each actor has accepted (or refused, when busy) its VM. Preflight errors are
+    /// returned before anything is started.
     pub async fn up(
         &self,
         config_path: &Path,
@@ -124,6 +197,7 @@ impl Daemon {
     ) -> Result<castra_api::UpResult, DaemonError> {
         let entry = self.load_project(config_path).await?;
         let overrides = planner::preflight(&entry.project, overrides)?;
+        self.preflight_qemu(&entry)?;
         let mut cross = planner::cross_vm_warnings(&entry.project);
         let operation = format!("op-{}", crate::runlog::random_hex(6));
         let mut receivers = Vec::with_capacity(entry.project.vms.len());
@@ -134,9 +208,11 @@ impl Daemon {
                 mode: overrides.resolve(&vm.name, vm.bootstrap.mode),
                 extra_warnings: cross.remove(&vm.name).unwrap_or_default(),
                 operation: operation.clone(),
+                config: entry.project.config_path.clone(),
+                ssh_port: None,
             };
-            let handle = self.vm_handle(&entry.root, &vm.name);
-            if let Err(busy) = handle.bootstrap(job, tx.clone()).await {
+            let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
+            if let Err(busy) = handle.up(job, tx.clone()).await {
                 tracing::info!(vm = vm.name, %busy, "rejected");
                 let _ = tx.send(Some(crate::vm::rejected(&busy)));
             }
@@ -153,6 +229,122 @@ impl Daemon {
             operation,
             project: entry.project.name.clone(),
             vms,
+        })
+    }
+
+    /// QEMU VMs that would start: QEMU must be installed and every host port they forward
+    /// must be free now. Nothing is started when this fails.
+    fn preflight_qemu(&self, entry: &ProjectEntry) -> Result<(), DaemonError> {
+        let starting: Vec<&crate::config::Vm> = entry
+            .project
+            .vms
+            .iter()
+            .filter(|vm| vm.backend == Backend::Qemu)
+            .filter(|vm| {
+                self.existing_vm_handle(&entry.root, &vm.name)
+                    .is_none_or(|h| h.snapshot().qemu.is_none())
+            })
+            .collect();
+        if starting.is_empty() {
+            return Ok(());
+        }
+        if which(crate::qemu::argv::QEMU).is_none() {
+            return Err(DaemonError::Preflight(format!(
+                "{} is not installed (Debian: apt-get install qemu-system-x86 qemu-utils)",
+                crate::qemu::argv::QEMU
+            )));
+        }
+        for vm in starting {
+            let ports = vm
+                .ssh
+                .port
+                .iter()
+                .map(|p| (*p, "ssh.port", Protocol::Tcp))
+                .chain(
+                    vm.port_forwards
+                        .iter()
+                        .map(|f| (f.host, "port_forwards", f.protocol)),
+                );
+            for (port, key, protocol) in ports {
+                let free = match protocol {
+                    Protocol::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+                    Protocol::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+                };
+                if !free {
+                    return Err(DaemonError::Preflight(format!(
+                        "vm {}: host port {port} ({key}) is already in use on 127.0.0.1; \
+                         free it or change the port in castra.toml",
+                        vm.name
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops the named VMs (all by default) of a project, concurrently; waits for all.
+    pub async fn down(
+        &self,
+        config_path: &Path,
+        names: &[String],
+        discard: bool,
+        graceful: Duration,
+    ) -> Result<castra_api::DownResult, DaemonError> {
+        let entry = self.load_project(config_path).await?;
+        let known: Vec<&str> = entry
+            .project
+            .vms
+            .iter()
+            .map(|vm| vm.name.as_str())
+            .collect();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(DaemonError::Preflight(format!(
+                "unknown VM {unknown:?}; known VMs: {}",
+                known.join(", ")
+            )));
+        }
+        let operation = format!("op-{}", crate::runlog::random_hex(6));
+        let selected = entry
+            .project
+            .vms
+            .iter()
+            .filter(|vm| names.is_empty() || names.contains(&vm.name));
+        let stops = selected.map(|vm| {
+            let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
+            let request = DownRequest {
+                operation: operation.clone(),
+                discard: discard || vm.ephemeral,
+                graceful,
+                term: Duration::from_secs(10),
+            };
+            let (name, backend) = (vm.name.clone(), vm.backend);
+            async move {
+                match handle.down(&name, backend, request).await {
+                    Ok(report) => report,
+                    Err(busy) => StopReport {
+                        vm: name,
+                        outcome: "rejected".into(),
+                        total_ms: 0,
+                        discarded: false,
+                        error: Some(busy.to_string()),
+                    },
+                }
+            }
+        });
+        let reports = futures_join_all(stops).await;
+        Ok(castra_api::DownResult {
+            operation,
+            project: entry.project.name.clone(),
+            vms: reports
+                .into_iter()
+                .map(|r| castra_api::VmDown {
+                    vm: r.vm,
+                    outcome: r.outcome,
+                    total_ms: r.total_ms,
+                    discarded: r.discarded,
+                    error: r.error,
+                })
+                .collect(),
         })
     }
 
@@ -285,6 +477,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let daemon = Daemon::new(settings);
+    daemon.adopt_running_vms().await;
     server::serve(daemon.clone(), listener, shutdown).await?;
     // Stop the VM actors: closing their mailboxes ends them; runs in progress are abandoned
     // (the guest is left as it is, and no stamp is written for an unfinished run).
@@ -298,4 +491,29 @@ pub async fn run(
         tracing::warn!("bootstrap runs still in progress at shutdown were abandoned");
     }
     Ok(())
+}
+
+/// Runs the futures concurrently and returns their outputs in order.
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for h in handles {
+        match h.await {
+            Ok(v) => out.push(v),
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+    out
+}
+
+/// The path of `program` in $PATH, if it is there.
+fn which(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
 }

@@ -26,6 +26,7 @@ pub mod method {
     pub const UP: &str = "castra.up";
     pub const OUTCOME: &str = "castra.outcome";
     pub const LOGS: &str = "castra.logs";
+    pub const DOWN: &str = "castra.down";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
     /// Notification method of event subscriptions.
@@ -254,6 +255,50 @@ pub struct VmStatus {
     pub waiting_on: Option<String>,
     /// The outcome of the last bootstrap this daemon ran for the VM.
     pub last_bootstrap: Option<VmOutcome>,
+    /// QEMU's pid while it runs.
+    pub pid: Option<u32>,
+    /// Time since QEMU was launched.
+    pub uptime_ms: Option<u64>,
+    /// `kvm` or `tcg` while it runs.
+    pub accel: Option<String>,
+    /// Where castrad reaches the guest's SSH: `127.0.0.1:40022` (QEMU) or the external host.
+    pub ssh_endpoint: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.down
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownParams {
+    pub config: PathBuf,
+    /// VMs to stop (expanded names); empty or absent: all of the project.
+    #[serde(default)]
+    pub vms: Vec<String>,
+    /// Delete the VMs' disks (overlays) and with them their stamps.
+    #[serde(default)]
+    pub discard: bool,
+    /// How long the guest gets to power off after the ACPI power button (default 30).
+    #[serde(default)]
+    pub graceful_timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownResult {
+    pub operation: String,
+    pub project: String,
+    pub vms: Vec<VmDown>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmDown {
+    pub vm: String,
+    /// `graceful`, `terminated`, `killed`, `not-running`, `external` (nothing to stop) or
+    /// `rejected` (busy).
+    pub outcome: String,
+    pub total_ms: u64,
+    /// The disk was deleted.
+    pub discarded: bool,
+    pub error: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ pub struct Job {
     /// Warnings that need the whole project (computed by the caller).
     pub extra_warnings: Vec<String>,
     pub operation: String,
+    /// The castra.toml the VM comes from (recorded with a launched QEMU).
+    pub config: PathBuf,
+    /// For a QEMU VM: the host port forwarded to its SSH port, known once it runs.
+    pub ssh_port: Option<u16>,
 }
 
 /// What the pipeline needs from the daemon.
@@ -390,7 +394,11 @@ impl Run {
     }
 
     async fn execute(mut self) -> VmOutcome {
-        self.ctx.snapshot.send_modify(|s| s.bootstrapping = true);
+        crate::vm::move_to(
+            &self.ctx.snapshot,
+            &self.job.vm.name,
+            crate::vm::State::Bootstrapping,
+        );
         self.publish(Event::BootstrapStarted {
             vm: self.vm().to_owned(),
             base_hash: self.plan.base_hash.clone(),
@@ -402,7 +410,12 @@ impl Run {
         });
         let result = self.steps().await;
         self.set_step(None, None);
-        self.ctx.snapshot.send_modify(|s| s.bootstrapping = false);
+        let after = if result.is_ok() {
+            crate::vm::State::Running
+        } else {
+            crate::vm::State::Failed
+        };
+        crate::vm::move_to(&self.ctx.snapshot, &self.job.vm.name, after);
         if let Some(mut file) = self.output.take() {
             let _ = file.flush();
             let _ = file.sync_all();
@@ -664,7 +677,7 @@ impl Run {
     fn endpoint(&self) -> StepResult<(String, u16)> {
         let ssh = &self.job.vm.ssh;
         let host = ssh.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-        match (self.job.vm.backend, ssh.port) {
+        match (self.job.vm.backend, self.job.ssh_port.or(ssh.port)) {
             (_, Some(port)) => Ok((host, port)),
             (crate::config::Backend::External, None) => Ok((host, 22)),
             (crate::config::Backend::Qemu, None) => Err(

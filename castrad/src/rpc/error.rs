@@ -14,7 +14,7 @@ impl From<DaemonError> for ErrorObjectOwned {
         let (code, kind) = match &err {
             DaemonError::InvalidParams(_) => (code::INVALID_PARAMS, "invalid-params"),
             DaemonError::Config(_) => (code::CONFIG, "config"),
-            DaemonError::Preflight(_) => (code::PREFLIGHT, "preflight"),
+            DaemonError::Preflight(_) | DaemonError::Overrides(_) => (code::PREFLIGHT, "preflight"),
             DaemonError::NotFound(_) => (code::NOT_FOUND, "not-found"),
             DaemonError::Plan(_) | DaemonError::Internal(_) => (code::OPERATION, "operation"),
         };

@@ -9,6 +9,7 @@ use jsonrpsee::types::{ErrorObjectOwned, Params};
 use crate::config::Backend;
 use crate::daemon::{Daemon, DaemonError};
 use crate::events::Filter;
+use crate::vm::State;
 
 pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
     let mut m = RpcModule::from_arc(daemon);
@@ -33,6 +34,15 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
         let p: api::UpParams = parse(params)?;
         daemon
             .up(&p.config, &p.bootstrap)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::DOWN, |params, daemon, _| async move {
+        let p: api::DownParams = parse(params)?;
+        let graceful = std::time::Duration::from_secs(p.graceful_timeout_secs.unwrap_or(30));
+        daemon
+            .down(&p.config, &p.vms, p.discard, graceful)
             .await
             .map_err(ErrorObjectOwned::from)
     })
@@ -228,11 +238,34 @@ async fn status(
                     let snap = daemon
                         .existing_vm_handle(&entry.root, &vm.name)
                         .map(|h| h.snapshot())
-                        .unwrap_or_default();
-                    let state = match (snap.bootstrapping || snap.operation.is_some(), vm.backend) {
-                        (true, _) => api::VmState::Bootstrapping,
-                        (false, Backend::Qemu) => api::VmState::Stopped,
-                        (false, Backend::External) => api::VmState::External,
+                        .unwrap_or_else(|| crate::vm::VmSnapshot {
+                            state: match vm.backend {
+                                Backend::External => State::Running,
+                                Backend::Qemu => State::Stopped,
+                            },
+                            ..Default::default()
+                        });
+                    let state = match (snap.state, vm.backend) {
+                        (State::Running, Backend::External) => api::VmState::External,
+                        (State::Stopped, _) => api::VmState::Stopped,
+                        (State::Starting, _) => api::VmState::Starting,
+                        (State::Running, _) => api::VmState::Running,
+                        (State::Bootstrapping, _) => api::VmState::Bootstrapping,
+                        (State::Failed, _) => api::VmState::Failed,
+                        (State::Stopping, _) => api::VmState::Stopping,
+                    };
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_millis() as u64;
+                    let ssh_endpoint = match (&snap.qemu, vm.backend) {
+                        (Some(q), _) => Some(format!("127.0.0.1:{}", q.ssh_port)),
+                        (None, Backend::External) => vm
+                            .ssh
+                            .host
+                            .as_ref()
+                            .map(|h| format!("{h}:{}", vm.ssh.port.unwrap_or(22))),
+                        (None, Backend::Qemu) => None,
                     };
                     api::VmStatus {
                         name: vm.name.clone(),
@@ -242,6 +275,13 @@ async fn status(
                         operation: snap.operation,
                         current_step: snap.current_step,
                         waiting_on: snap.waiting_on,
+                        pid: snap.qemu.as_ref().map(|q| q.pid),
+                        uptime_ms: snap
+                            .qemu
+                            .as_ref()
+                            .map(|q| now_ms.saturating_sub(q.launched_unix_ms)),
+                        accel: snap.qemu.as_ref().map(|q| q.accel.clone()),
+                        ssh_endpoint,
                         last_bootstrap: snap.last,
                     }
                 })

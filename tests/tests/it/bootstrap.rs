@@ -504,7 +504,7 @@ fn a_second_up_on_a_busy_vm_is_rejected_for_that_vm() {
         slow["error"]
             .as_str()
             .unwrap()
-            .contains(&format!("operation {first_op} is bootstrapping it")),
+            .contains(&format!("operation {first_op} is working on it")),
         "{slow}"
     );
     let db = second.outcome_of("db")["status"].as_str().unwrap();

@@ -1,0 +1,89 @@
+//! VM lifecycle states and the one function that moves between them.
+//!
+//! External VMs start (and idle) in `Running`: castrad does not own their lifecycle and only
+//! moves them through `Bootstrapping`. QEMU VMs start in `Stopped`.
+
+/// Where a VM is in its life, as castrad sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum State {
+    #[default]
+    Stopped,
+    Starting,
+    Running,
+    Bootstrapping,
+    /// Failed to start, or the last bootstrap failed (the VM is left running for inspection).
+    Failed,
+    Stopping,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid VM state transition {from:?} -> {to:?}")]
+pub struct InvalidTransition {
+    pub from: State,
+    pub to: State,
+}
+
+/// The only way a VM's state changes. Rejects moves that would hide a bug: starting a VM that
+/// runs, bootstrapping one that is stopped, stopping one that is starting.
+pub fn transition(from: State, to: State) -> Result<State, InvalidTransition> {
+    use State::*;
+    let ok = matches!(
+        (from, to),
+        (Stopped, Starting)
+            | (Starting, Running | Failed | Stopped)
+            | (Running, Bootstrapping | Stopping | Stopped)
+            | (Bootstrapping, Running | Failed | Stopped)
+            | (Failed, Starting | Bootstrapping | Stopping | Stopped)
+            | (Stopping, Stopped | Failed)
+    );
+    if ok {
+        Ok(to)
+    } else {
+        Err(InvalidTransition { from, to })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use State::*;
+
+    const ALL: [State; 6] = [Stopped, Starting, Running, Bootstrapping, Failed, Stopping];
+
+    #[test]
+    fn every_pair_is_decided_as_documented() {
+        let allowed: &[(State, State)] = &[
+            (Stopped, Starting),
+            (Starting, Running),
+            (Starting, Failed),
+            (Starting, Stopped),
+            (Running, Bootstrapping),
+            (Running, Stopping),
+            (Running, Stopped),
+            (Bootstrapping, Running),
+            (Bootstrapping, Failed),
+            (Bootstrapping, Stopped),
+            (Failed, Starting),
+            (Failed, Bootstrapping),
+            (Failed, Stopping),
+            (Failed, Stopped),
+            (Stopping, Stopped),
+            (Stopping, Failed),
+        ];
+        for from in ALL {
+            for to in ALL {
+                let want = allowed.contains(&(from, to));
+                assert_eq!(transition(from, to).is_ok(), want, "{from:?} -> {to:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_error_names_both_states() {
+        let e = transition(Stopped, Bootstrapping).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid VM state transition Stopped -> Bootstrapping"
+        );
+    }
+}
