@@ -5,5 +5,6 @@ mod bootstrap;
 mod daemon;
 mod plan;
 mod protocol_docs;
+mod qemu;
 mod sshd;
 mod support;

@@ -7,6 +7,15 @@ use serde_json::{Value, json};
 
 use crate::support::Env;
 
+/// Examples only a real QEMU guest produces: `qemu.rs` checks them.
+pub const CHECKED_BY_QEMU_TESTS: &[&str] = &[
+    "down-result",
+    "event-VmLaunched",
+    "event-ShutdownComplete",
+    "event-CooperativeAttempted",
+    "event-EphemeralLayerDiscarded",
+];
+
 /// The JSON blocks of the protocol document, by check name.
 pub fn documented_examples() -> BTreeMap<String, Value> {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -199,7 +199,9 @@ impl Ctl {
 
 /// Every file and directory under `root` with its size, mtime (ns), inode and content hash:
 /// equal snapshots mean nothing was created, removed or changed.
-pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u64, i64, u64, Vec<u8>)> {
+pub type Snapshot = BTreeMap<PathBuf, (u64, i64, u64, Vec<u8>)>;
+
+pub fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
     if root.exists() {
         walk(root, root, &mut out);

@@ -1,0 +1,551 @@
+//! QEMU VMs end to end: a real tiny Debian guest (built by scripts/build-guest) booted by
+//! castrad under TCG, bootstrapped over SSH, stopped with the ACPI power button, re-adopted
+//! after castrad is killed.
+//!
+//! The tests take a lock so that only one of them boots guests at a time: TCG guests on a
+//! 2-core machine are slow enough alone, and timing assertions need a quiet machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::bootstrap::Up;
+use crate::support::{Daemon, Env, snapshot, wait_until};
+
+/// The built guest: vmlinuz, initrd.img, base.img, id_ed25519.
+fn guest() -> &'static Path {
+    static GUEST: OnceLock<PathBuf> = OnceLock::new();
+    GUEST.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .unwrap()
+            .to_owned();
+        let out = repo.join("target/guest");
+        let status = Command::new(repo.join("scripts/build-guest"))
+            .arg(&out)
+            .status()
+            .expect("run scripts/build-guest");
+        assert!(status.success(), "scripts/build-guest failed");
+        out
+    })
+}
+
+fn one_at_a_time() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+const MARK_SCRIPT: &str = r#"#!/bin/sh
+set -eu
+echo "marking $CASTRA_VM"
+echo "$CASTRA_RUN_ID" >> runs
+echo "bootstrapped by castra" > castra-mark
+"#;
+
+/// A project of QEMU VMs; `extra` is appended to each `[[vms]]` (e.g. a cmdline).
+struct Lab {
+    env: Env,
+    daemon: Option<Daemon>,
+}
+
+impl Lab {
+    fn new(vms: &[(&str, &str)]) -> Lab {
+        let g = guest();
+        let env = Env::new();
+        let mut config = String::from("[project]\nname = \"lab\"\n");
+        for (name, extra) in vms {
+            config.push_str(&format!(
+                "\n[[vms]]\nname = \"{name}\"\nbase_image = \"{g}/base.img\"\nkernel = \"{g}/vmlinuz\"\n\
+                 initrd = \"{g}/initrd.img\"\ncmdline = \"console=ttyS0 quiet\"\ncpus = 1\nmemory = \"512 MiB\"\n\
+                 {extra}\n[vms.ssh]\nuser = \"root\"\nidentity = \"{g}/id_ed25519\"\n\
+                 [vms.bootstrap]\nscript = \"mark.sh\"\nremote_dir = \"/data/castra/{{vm}}\"\n\
+                 verify_path = \"castra-mark\"\nhandshake_timeout_secs = 180\n",
+                g = g.display()
+            ));
+        }
+        env.write(&[("p/castra.toml", &config), ("p/mark.sh", MARK_SCRIPT)]);
+        let daemon = env.start_daemon();
+        Lab {
+            env,
+            daemon: Some(daemon),
+        }
+    }
+
+    fn project(&self) -> PathBuf {
+        self.env.path("p")
+    }
+
+    fn up(&self, args: &[&str]) -> Up {
+        let mut full = vec!["up", "--json"];
+        full.extend_from_slice(args);
+        let out = self.env.ctl(&self.project(), &full);
+        parse_up(out.code, &out.stdout, &out.stderr)
+    }
+
+    /// `castractl down --json ARGS`: the result and the operation's events.
+    fn down(&self, args: &[&str]) -> (Value, Vec<Value>) {
+        let mut full = vec!["down", "--json"];
+        full.extend_from_slice(args);
+        let out = self.env.ctl(&self.project(), &full).ok();
+        let result = out.json();
+        (
+            result.clone(),
+            self.events_of(result["operation"].as_str().unwrap()),
+        )
+    }
+
+    /// The events of `operation`, replayed from the daemon's buffer.
+    fn events_of(&self, operation: &str) -> Vec<Value> {
+        let mut child = Command::new(crate::support::CASTRACTL)
+            .args(["events", "--json", "--since", "0", "--operation", operation])
+            .env("CASTRA_SOCKET", self.env.socket())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut events = Vec::new();
+        while let Ok(line) = rx.recv_timeout(Duration::from_millis(700)) {
+            events.push(serde_json::from_str(&line).unwrap());
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        events
+    }
+
+    fn status_vm(&self, vm: &str) -> Value {
+        let config = self.project().join("castra.toml").canonicalize().unwrap();
+        let status = self
+            .env
+            .http_rpc("castra.status", json!({"config": config}));
+        status["result"]["projects"][0]["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == vm)
+            .unwrap()
+            .clone()
+    }
+
+    /// Runs `command` in the guest of `vm` over SSH (as a user would, with the guest's key).
+    fn guest_sh(&self, vm: &str, command: &str) -> String {
+        let port = self.status_vm(vm)["ssh_endpoint"]
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .to_owned();
+        let out = Command::new("ssh")
+            .args(["-i"])
+            .arg(guest().join("id_ed25519"))
+            .args([
+                "-p",
+                &port,
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+            ])
+            .args([
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "LogLevel=ERROR",
+                "root@127.0.0.1",
+                command,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "guest command {command:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn state_root(&self) -> PathBuf {
+        let projects = self.env.state().join("projects");
+        std::fs::read_dir(projects)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    }
+
+    fn disk_id(&self, vm: &str) -> Option<String> {
+        std::fs::read_to_string(self.state_root().join(format!("vms/{vm}/disk-id"))).ok()
+    }
+
+    fn restart_daemon(&mut self) {
+        self.daemon = None; // SIGKILL (Drop) and reap.
+        self.daemon = Some(self.env.start_daemon());
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        // Never leave guests behind: stop them hard through their pidfiles.
+        if let Ok(projects) = std::fs::read_dir(self.env.state().join("projects")) {
+            for p in projects.flatten() {
+                for vm in std::fs::read_dir(p.path().join("vms"))
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                {
+                    if let Ok(pid) = std::fs::read_to_string(vm.path().join("qemu.pid")) {
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            let _ = nix::sys::signal::kill(
+                                nix::unistd::Pid::from_raw(pid),
+                                nix::sys::signal::Signal::SIGKILL,
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn parse_up(code: i32, stdout: &str, stderr: &str) -> Up {
+    let mut events = Vec::new();
+    let mut outcome = Value::Null;
+    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+        let v: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        if v.get("outcome").is_some() {
+            outcome = v["outcome"].clone();
+        } else {
+            events.push(v);
+        }
+    }
+    Up {
+        code,
+        events,
+        outcome,
+        stderr: stderr.to_owned(),
+    }
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events.iter().map(crate::support::event_kind).collect()
+}
+
+/// The state root minus the two files a running QEMU appends to.
+fn durable_state(root: &Path) -> crate::support::Snapshot {
+    let mut s = snapshot(root);
+    s.retain(|p, _| !p.ends_with("serial.log") && !p.ends_with("qemu.log"));
+    s
+}
+
+#[test]
+fn up_noop_down_up_and_discard_on_a_real_guest() {
+    let _lock = one_at_a_time();
+    let lab = Lab::new(&[("box", "")]);
+
+    // First up: a new disk, QEMU launched, bootstrapped.
+    let first = lab.up(&[]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert_eq!(first.statuses(), ["Success"]);
+    let seq = first.sequence("box");
+    assert_eq!(
+        seq.first().map(String::as_str),
+        Some("BootstrapPlanned"),
+        "{seq:?}"
+    );
+    let k = kinds(&first.events);
+    let at = |kind: &str| {
+        k.iter()
+            .position(|x| x == kind)
+            .unwrap_or_else(|| panic!("no {kind} in {k:?}"))
+    };
+    assert!(at("OverlayPrepared") < at("VmLaunched") && at("VmLaunched") < at("BootstrapPlanned"));
+    let launched = first.event("box", "VmLaunched")[0].clone();
+    assert!(launched["pid"].as_u64().unwrap() > 0);
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        assert_eq!(launched["accel"], "tcg", "auto must avoid kvm_pvm");
+        assert!(
+            launched["accel_reason"]
+                .as_str()
+                .unwrap()
+                .contains("kvm_pvm"),
+            "{launched}"
+        );
+    }
+    assert_eq!(
+        lab.guest_sh("box", "cat /data/castra/box/castra-mark"),
+        "bootstrapped by castra\n"
+    );
+    let status = lab.status_vm("box");
+    assert_eq!(status["state"], "running");
+    assert_eq!(status["pid"], launched["pid"]);
+    assert_eq!(status["accel"], launched["accel"]);
+    let disk = lab.disk_id("box").unwrap();
+
+    // Second up: already running and stamped: NoOp, nothing new in the state root.
+    let before = durable_state(&lab.env.state());
+    let second = lab.up(&[]);
+    assert_eq!(second.statuses(), ["NoOp"]);
+    assert!(
+        second.event("box", "VmLaunched").is_empty(),
+        "a running VM is not relaunched"
+    );
+    assert_eq!(
+        durable_state(&lab.env.state()),
+        before,
+        "NoOp created or removed files"
+    );
+    assert_eq!(
+        lab.guest_sh("box", "wc -l < /data/castra/box/runs").trim(),
+        "1"
+    );
+
+    // down: the guest honours the ACPI power button.
+    let (down, events) = lab.down(&[]);
+    assert_eq!(down["vms"][0]["outcome"], "graceful", "{down}");
+    assert_eq!(
+        kinds(&events),
+        [
+            "ShutdownRequested",
+            "CooperativeAttempted",
+            "CooperativeSucceeded",
+            "ShutdownComplete"
+        ]
+    );
+    assert_eq!(events[3]["event"]["ShutdownComplete"]["changed"], true);
+    assert_eq!(lab.status_vm("box")["state"], "stopped");
+    assert_eq!(lab.status_vm("box")["pid"], Value::Null);
+
+    // up again: same disk, the stamp still holds: NoOp, and the mark survived the reboot.
+    let third = lab.up(&[]);
+    assert_eq!(third.statuses(), ["NoOp"]);
+    assert!(
+        third.event("box", "OverlayPrepared").is_empty(),
+        "the disk was kept"
+    );
+    assert_eq!(third.event("box", "VmLaunched").len(), 1);
+    assert_eq!(lab.disk_id("box").unwrap(), disk);
+    assert_eq!(
+        lab.guest_sh("box", "cat /data/castra/box/castra-mark"),
+        "bootstrapped by castra\n"
+    );
+
+    // down --discard, then up: a new disk, so bootstrap runs again.
+    let (down, events) = lab.down(&["--discard"]);
+    assert_eq!(down["vms"][0]["discarded"], true);
+    let discarded = events
+        .iter()
+        .find(|e| crate::support::event_kind(e) == "EphemeralLayerDiscarded")
+        .unwrap();
+    assert!(
+        discarded["event"]["EphemeralLayerDiscarded"]["reclaimed_bytes"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    assert!(lab.disk_id("box").is_none());
+    assert!(
+        !lab.state_root().join("stamps/box.json").exists(),
+        "the disk's stamp went with it"
+    );
+    let fourth = lab.up(&[]);
+    assert_eq!(fourth.statuses(), ["Success"], "{}", fourth.stderr);
+    assert_eq!(fourth.event("box", "OverlayPrepared").len(), 1);
+    assert_ne!(lab.disk_id("box").unwrap(), disk);
+
+    // What PROTOCOL.md shows of these methods and events is what castrad sends.
+    let mut seen: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+    seen.insert("down-result".into(), down.clone());
+    for e in first.events.iter().chain(&events) {
+        seen.entry(format!("event-{}", crate::support::event_kind(e)))
+            .or_insert_with(|| e.clone());
+    }
+    let documented = crate::protocol_docs::documented_examples();
+    for name in crate::protocol_docs::CHECKED_BY_QEMU_TESTS {
+        let real = seen
+            .get(*name)
+            .unwrap_or_else(|| panic!("no real {name} to compare"));
+        crate::protocol_docs::assert_same_shape(name, "$", &documented[*name], real);
+    }
+    lab.down(&[]);
+}
+
+#[test]
+fn vms_outlive_castrad_and_are_adopted_again() {
+    let _lock = one_at_a_time();
+    let mut lab = Lab::new(&[("box", ""), ("gone", "")]);
+    let up = lab.up(&[]);
+    assert_eq!(up.statuses(), ["Success", "Success"], "{}", up.stderr);
+    let box_pid = lab.status_vm("box")["pid"].as_u64().unwrap();
+    let gone_pid = lab.status_vm("gone")["pid"].as_u64().unwrap();
+
+    // castrad dies hard; one VM dies too while it is away.
+    let daemon = lab.daemon.take().unwrap();
+    nix::sys::signal::kill(daemon.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    drop(daemon);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(gone_pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    assert!(
+        Path::new(&format!("/proc/{box_pid}")).exists(),
+        "the VM outlived castrad"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    lab.restart_daemon();
+
+    let status = lab.status_vm("box");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(status["pid"], box_pid);
+    assert_eq!(lab.status_vm("gone")["state"], "stopped");
+    // Still bootstrapped: NoOp, without relaunching.
+    let again = lab.up(&["--bootstrap", "gone=skip"]);
+    assert_eq!(again.statuses()[0], "NoOp");
+    assert!(again.event("box", "VmLaunched").is_empty());
+    let (down, _) = lab.down(&["box"]);
+    assert_eq!(down["vms"][0]["outcome"], "graceful", "{down}");
+    wait_until(Duration::from_secs(5), "the adopted QEMU to exit", || {
+        (!Path::new(&format!("/proc/{box_pid}")).exists()).then_some(())
+    });
+    lab.down(&[]);
+}
+
+#[test]
+fn a_guest_that_ignores_acpi_is_escalated_to_sigterm() {
+    let _lock = one_at_a_time();
+    let lab = Lab::new(&[("deaf", "")]);
+    let config = lab.project().join("castra.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("quiet\"", "quiet castra.ignore_acpi=1\"");
+    std::fs::write(&config, text).unwrap();
+    assert_eq!(lab.up(&[]).statuses(), ["Success"]);
+    let (down, events) = lab.down(&["--timeout", "3"]);
+    assert_eq!(down["vms"][0]["outcome"], "terminated", "{down}");
+    assert_eq!(
+        kinds(&events),
+        [
+            "ShutdownRequested",
+            "CooperativeAttempted",
+            "CooperativeTimedOut",
+            "ShutdownEscalated",
+            "ShutdownComplete"
+        ]
+    );
+    let escalated = &events[3]["event"]["ShutdownEscalated"];
+    assert_eq!(escalated["signal"], "SIGTERM");
+    let waited = events[2]["event"]["CooperativeTimedOut"]["waited_ms"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        (3000..4500).contains(&waited),
+        "waited {waited} ms for a 3 s timeout"
+    );
+}
+
+#[test]
+fn two_vms_boot_and_bootstrap_concurrently_while_status_stays_fast() {
+    let _lock = one_at_a_time();
+    let lab = Lab::new(&[("a", ""), ("b", "")]);
+    let config = lab.project().join("castra.toml").canonicalize().unwrap();
+    let up = lab.env.http_rpc("castra.up", json!({"config": config}));
+    let operation = up["result"]["operation"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut calls = 0;
+    loop {
+        let (status, took) = crate::support::raw_rpc(
+            &lab.env.socket(),
+            "castra.status",
+            json!({"config": config}),
+        );
+        slowest = slowest.max(took);
+        calls += 1;
+        let states: Vec<&str> = status["result"]["projects"][0]["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["state"].as_str().unwrap())
+            .collect();
+        if states.iter().all(|s| *s == "running") && calls > 10 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(240),
+            "never both running: {states:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        slowest < Duration::from_millis(50),
+        "slowest of {calls} status calls: {slowest:?}"
+    );
+    let outcome = lab
+        .env
+        .http_rpc("castra.outcome", json!({"operation": operation}));
+    let statuses: Vec<&str> = outcome["result"]["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Success", "Success"]);
+    // Concurrent: both were launched before either finished bootstrapping.
+    let events = lab.events_of(&operation);
+    let k = kinds(&events);
+    let last_launch = k.iter().rposition(|x| x == "VmLaunched").unwrap();
+    let first_done = k.iter().position(|x| x == "BootstrapCompleted").unwrap();
+    assert!(last_launch < first_done, "{k:?}");
+    lab.down(&[]);
+}
+
+#[test]
+fn port_clashes_and_missing_images_are_preflight_errors_that_start_nothing() {
+    let _lock = one_at_a_time();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let lab = Lab::new(&[(
+        "web",
+        &format!("[[vms.port_forwards]]\nhost = {port}\nguest = 80\n"),
+    )]);
+    let out = lab.env.ctl(&lab.project(), &["up"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains(&format!(
+            "host port {port} (port_forwards) is already in use"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        !lab.env.state().join("projects").exists() || !lab.state_root().join("vms").exists(),
+        "nothing started"
+    );
+
+    let config = lab.project().join("castra.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("base.img", "missing.img");
+    std::fs::write(&config, text).unwrap();
+    let out = lab.env.ctl(&lab.project(), &["up"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(
+        out.stderr.contains("missing.img") && out.stderr.contains("does not exist"),
+        "{}",
+        out.stderr
+    );
+}
