@@ -262,10 +262,11 @@ fn up_noop_down_up_and_discard_on_a_real_guest() {
     assert_eq!(first.statuses(), ["Success"]);
     let seq = first.sequence("box");
     assert_eq!(
-        seq.first().map(String::as_str),
-        Some("BootstrapPlanned"),
+        &seq[..3],
+        ["OverlayPrepared", "VmLaunched", "BootstrapPlanned"],
         "{seq:?}"
     );
+    assert_eq!(seq.last().unwrap(), "BootstrapCompleted:Success");
     let k = kinds(&first.events);
     let at = |kind: &str| {
         k.iter()
