@@ -206,13 +206,10 @@ impl Drop for Lab {
                     .flatten()
                     .flatten()
                 {
-                    if let Ok(pid) = std::fs::read_to_string(vm.path().join("qemu.pid")) {
-                        if let Ok(pid) = pid.trim().parse::<i32>() {
-                            let _ = nix::sys::signal::kill(
-                                nix::unistd::Pid::from_raw(pid),
-                                nix::sys::signal::Signal::SIGKILL,
-                            );
-                        }
+                    let pidfile = std::fs::read_to_string(vm.path().join("qemu.pid"));
+                    if let Some(pid) = pidfile.ok().and_then(|p| p.trim().parse::<i32>().ok()) {
+                        let pid = nix::unistd::Pid::from_raw(pid);
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
                     }
                 }
             }
