@@ -373,22 +373,48 @@ pub fn status(s: &api::StatusResult) -> String {
     }
     for p in &s.projects {
         let _ = writeln!(out, "\nproject {} ({})", p.name, p.config.display());
-        let mut rows = vec![vec![
-            "VM".into(),
-            "BACKEND".into(),
-            "STATE".into(),
-            "STAMP".into(),
-        ]];
+        let mut rows = vec![
+            [
+                "VM",
+                "BACKEND",
+                "STATE",
+                "PID",
+                "ACCEL",
+                "SSH",
+                "UP",
+                "NOW",
+                "LAST BOOTSTRAP",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ];
+        let dash = || "-".to_owned();
         for vm in &p.vms {
-            let stamp = vm
-                .stamp_path
-                .as_ref()
-                .map_or_else(|| "-".to_owned(), |p| p.display().to_string());
+            // What it is doing now: the step, and what that step waits on.
+            let now = match (&vm.current_step, &vm.waiting_on) {
+                (Some(step), Some(w)) => format!("{}: {}", step.as_str(), clean(w)),
+                (Some(step), None) => step.as_str().to_owned(),
+                _ => dash(),
+            };
+            let last = vm.last_bootstrap.as_ref().map_or_else(dash, |o| {
+                let mut s = format!("{} {}", lower(&o.status), duration(o.duration_ms));
+                if let Some(e) = &o.error {
+                    let _ = write!(s, ": {}", clean(e));
+                }
+                s
+            });
             rows.push(vec![
                 vm.name.clone(),
                 lower(&vm.backend),
                 lower(&vm.state),
-                stamp,
+                vm.pid.map_or_else(dash, |p| p.to_string()),
+                vm.accel.clone().unwrap_or_else(dash),
+                vm.ssh_endpoint.clone().unwrap_or_else(dash),
+                vm.uptime_ms.map_or_else(dash, |ms| {
+                    humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+                }),
+                now,
+                last,
             ]);
         }
         out.push_str(&table(&rows));
@@ -758,5 +784,51 @@ output  /s/logs/r2.out
     fn short_hash_is_twelve_chars_or_dash() {
         assert_eq!(short(&Some("0123456789abcdef".into())), "0123456789ab");
         assert_eq!(short(&None), "-");
+    }
+
+    #[test]
+    fn status_rows_show_what_a_vm_is_doing() {
+        let s = api::StatusResult {
+            daemon: api::DaemonStatus {
+                version: "0.1.0".into(),
+                pid: 1,
+                uptime_ms: 61_000,
+                socket: "/run/c.sock".into(),
+                state_dir: "/s".into(),
+                base_bytes_hashed: 0,
+            },
+            projects: vec![api::ProjectStatus {
+                name: "lab".into(),
+                config: "/p/castra.toml".into(),
+                state_root: "/s/p".into(),
+                vms: vec![api::VmStatus {
+                    name: "box".into(),
+                    backend: api::Backend::Qemu,
+                    state: api::VmState::Bootstrapping,
+                    stamp_path: None,
+                    operation: Some("op-1".into()),
+                    current_step: Some(api::BootstrapStepKind::WaitHandshake),
+                    waiting_on: Some("ssh banner from 127.0.0.1:4022: none yet".into()),
+                    last_bootstrap: None,
+                    pid: Some(4242),
+                    uptime_ms: Some(5_000),
+                    accel: Some("tcg".into()),
+                    ssh_endpoint: Some("127.0.0.1:4022".into()),
+                }],
+            }],
+        };
+        let out = status(&s);
+        let row = out.lines().find(|l| l.starts_with("box")).unwrap();
+        for part in [
+            "qemu",
+            "bootstrapping",
+            "4242",
+            "tcg",
+            "127.0.0.1:4022",
+            "5s",
+            "wait-handshake: ssh banner",
+        ] {
+            assert!(row.contains(part), "{part} missing from {row:?}");
+        }
     }
 }
