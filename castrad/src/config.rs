@@ -237,6 +237,9 @@ pub struct Bootstrap {
     pub env: BTreeMap<String, String>,
     /// The bootstrap.toml beside the script, when it exists.
     pub metadata_path: Option<PathBuf>,
+    /// Where Vizier lives in the guest (`{vm}` substituted); None: `/opt/castra/vizier` for
+    /// root, `<remote_dir>/.vizier` for other users.
+    pub vizier_dir: Option<String>,
 }
 
 /// One VM after replica expansion.
@@ -678,6 +681,7 @@ struct RawVmBootstrap {
     verify_path: Option<Spanned<String>>,
     handshake_timeout_secs: Option<Spanned<i64>>,
     remote_dir: Option<Spanned<String>>,
+    vizier_dir: Option<Spanned<String>>,
     env: Option<RawEnv>,
 }
 
@@ -1109,6 +1113,7 @@ fn validate_vm_bootstrap(
         remote_dir: defaults.public.remote_dir.clone(),
         env: defaults.public.env.clone(),
         metadata_path: None,
+        vizier_dir: None,
     };
     let Some(raw) = raw else {
         return Ok((bootstrap, global_origin));
@@ -1128,6 +1133,10 @@ fn validate_vm_bootstrap(
     if let Some(timeout) = &raw.handshake_timeout_secs {
         bootstrap.handshake_timeout_secs =
             positive_u64(src, timeout, &k("handshake_timeout_secs"))?;
+    }
+    if let Some(dir) = &raw.vizier_dir {
+        check_remote_dir(src, dir.get_ref(), dir.span(), &k("vizier_dir"), None)?;
+        bootstrap.vizier_dir = Some(dir.get_ref().clone());
     }
     let mut origin = global_origin;
     if let Some(dir) = &raw.remote_dir {
@@ -1157,6 +1166,9 @@ fn expand(src: &Source<'_>, decl: &Decl) -> Result<Vec<Vm>, ConfigError> {
             }
             vm.replica = replica;
             vm.bootstrap.remote_dir = vm.bootstrap.remote_dir.replace("{vm}", &vm.name);
+            if let Some(dir) = &mut vm.bootstrap.vizier_dir {
+                *dir = dir.replace("{vm}", &vm.name);
+            }
             if let Some((key, span)) = &decl.remote_dir_origin {
                 check_remote_dir(
                     src,

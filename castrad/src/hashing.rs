@@ -162,6 +162,7 @@ pub fn artifact_hash(vm: &Vm, vizier_version: &str) -> Result<Artifact, HashErro
     );
     e.opt("verify_path", b.verify_path.as_deref().map(str::as_bytes));
     e.field("remote_dir", b.remote_dir.as_bytes());
+    e.opt("vizier_dir", b.vizier_dir.as_deref().map(str::as_bytes));
     e.field("vizier_version", vizier_version.as_bytes());
     Ok(Artifact {
         hash: e.finish(),

@@ -33,6 +33,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
             remote_dir: "/var/tmp/castra/web".into(),
             env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
             metadata_path: None,
+            vizier_dir: None,
         },
     }
 }

@@ -917,6 +917,7 @@ fn defaults_for_a_minimal_qemu_vm() {
             remote_dir: "/var/tmp/castra/web".into(),
             env: BTreeMap::new(),
             metadata_path: None,
+            vizier_dir: None,
         },
     };
     assert_eq!(p.vms, vec![expected]);

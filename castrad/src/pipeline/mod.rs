@@ -223,6 +223,11 @@ struct Steps {
     failure: Option<String>,
     /// The script exited non-zero: (status, duration); recorded once the session drained.
     apply_exit: Option<(i32, u64)>,
+    /// Lines of the agent's guest log are arriving (between the vizier-log markers).
+    in_vizier_log: bool,
+    vizier_log: String,
+    /// The banner lines after `vizier-handshake 0` (Some while collecting).
+    banner: Option<Vec<String>>,
     done: bool,
 }
 
@@ -236,6 +241,9 @@ impl Default for Steps {
             last_stderr: String::new(),
             failure: None,
             apply_exit: None,
+            in_vizier_log: false,
+            vizier_log: String::new(),
+            banner: None,
             done: false,
         }
     }
@@ -426,12 +434,13 @@ impl Run {
         }
     }
 
+    /// wait-handshake (the guest's SSH accepts us: TCP, banner, authentication, which leaves
+    /// the run's ControlMaster up), then everything else in one session over it.
     async fn steps(&mut self) -> StepResult<Applied> {
         let vm = self.job.vm.clone();
         let b = &vm.bootstrap;
         let (host, port) = self.endpoint()?;
 
-        // wait-handshake
         let t = Instant::now();
         self.set_step(Some(Step::WaitHandshake), None);
         let timeout = Duration::from_secs(b.handshake_timeout_secs);
@@ -441,7 +450,7 @@ impl Run {
             vm.name.clone(),
             self.ctx.snapshot.clone(),
         );
-        let waited = handshake::wait(&host, port, timeout, |waiting_on| {
+        let progress = move |waiting_on: &str| {
             snapshot.send_modify(|s| s.waiting_on = Some(waiting_on.to_owned()));
             bus.publish(
                 Some(&op),
@@ -452,30 +461,13 @@ impl Run {
                     elapsed_ms: t.elapsed().as_millis() as u64,
                 },
             );
-        })
-        .await;
-        self.checked(
-            Step::WaitHandshake,
-            t,
-            waited.map(|banner| ((), Some(banner))),
-        )?;
-
-        for step in [
-            Step::VizierInstall,
-            Step::VizierEnable,
-            Step::VizierHandshake,
-        ] {
-            let t = Instant::now();
-            self.step_done(
-                step,
-                StepStatus::Skipped,
-                t,
-                Some("the Vizier agent is not shipped yet".into()),
-            );
-        }
-
-        // connect
-        let t = Instant::now();
+        };
+        let mut report = progress.clone();
+        let banner = handshake::wait(&host, port, timeout, &mut report).await;
+        let banner = match banner {
+            Ok(banner) => banner,
+            Err(e) => return self.checked(Step::WaitHandshake, t, Err(e)),
+        };
         let target = Target {
             vm: vm.name.clone(),
             host: host.clone(),
@@ -487,22 +479,17 @@ impl Run {
             control_path: ssh::control_path(&self.ctx.control_dir, &self.run_id),
             connect_timeout: Duration::from_secs(b.handshake_timeout_secs.clamp(1, 30)),
         };
-        let waiting = format!("authentication as {}", target.display());
-        self.set_step(Some(Step::Connect), Some(waiting.clone()));
-        self.publish(Event::BootstrapProgress {
-            vm: vm.name.clone(),
-            step: Step::Connect,
-            waiting_on: waiting,
-            elapsed_ms: 0,
-        });
+        let report = progress;
+        report(&format!("authentication as {}", target.display()));
         let master = Master::connect(target).await.map_err(|e| e.to_string());
-        let master = self.checked(Step::Connect, t, master.map(|m| (m, None)))?;
+        let master = self.checked(Step::WaitHandshake, t, master.map(|m| (m, Some(banner))))?;
         let result = self.remote_steps(&master).await;
         master.close().await;
         result
     }
 
-    /// transfer, apply and verify: one guest session whose markers end each step.
+    /// The Vizier steps, connect, transfer, apply and verify: one guest session whose markers
+    /// end each step.
     async fn remote_steps(&mut self, master: &Master) -> StepResult<Applied> {
         let vm = self.job.vm.clone();
         let b = &vm.bootstrap;
@@ -517,13 +504,14 @@ impl Run {
             env: &env,
             verify_command: b.verify_command.as_deref(),
             verify_path: b.verify_path.as_deref(),
+            vizier_dir: b.vizier_dir.as_deref(),
         };
         let mut st = Steps {
-            step: Step::Transfer,
+            step: Step::VizierInstall,
             since: Instant::now(),
             ..Steps::default()
         };
-        self.set_step(Some(Step::Transfer), None);
+        self.set_step(Some(Step::VizierInstall), None);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let ended = {
             let run = remote::session(master, &session, tx);
@@ -539,6 +527,7 @@ impl Run {
         while let Ok(note) = rx.try_recv() {
             self.on_note(note, &mut st);
         }
+        self.mirror_vizier_log(&st.vizier_log);
         if let Some((rc, duration_ms)) = st.apply_exit {
             let e = format!(
                 "{} exited with status {rc}{}",
@@ -588,10 +577,73 @@ impl Run {
         Ok(Applied { noop: st.noop })
     }
 
+    /// Where the guest keeps the agent's log, for messages.
+    fn vizier_log_hint(&self) -> String {
+        crate::vizier::guest_log_hint(self.job.vm.bootstrap.vizier_dir.as_deref())
+    }
+
     /// Advances the step machine on one note from the guest session.
     fn on_note(&mut self, note: remote::Note, st: &mut Steps) {
         let b = self.job.vm.bootstrap.clone();
         match note {
+            remote::Note::Line {
+                stream: OutputStream::Stdout,
+                line,
+            } if st.in_vizier_log => {
+                st.vizier_log.push_str(&line);
+                st.vizier_log.push('\n');
+            }
+            remote::Note::Line {
+                stream: OutputStream::Stdout,
+                line,
+            } if st.banner.is_some() => {
+                let banner = st.banner.as_mut().expect("checked");
+                banner.push(line);
+                if banner.len() == 2 {
+                    let lines = st.banner.take().unwrap_or_default();
+                    let result = crate::vizier::parse_banner(&lines[0], &lines[1]).and_then(|b| {
+                        if b.version == crate::vizier::VERSION {
+                            Ok(b)
+                        } else {
+                            Err(format!(
+                                "the agent answering is version {}, not {}",
+                                b.version,
+                                crate::vizier::VERSION
+                            ))
+                        }
+                    });
+                    match result {
+                        Ok(banner) => {
+                            let detail = format!("vizier {} (pid {})", banner.version, banner.pid);
+                            self.ctx.snapshot.send_modify(|s| {
+                                s.vizier = Some(crate::vm::VizierSeen {
+                                    version: banner.version.clone(),
+                                    pid: banner.pid,
+                                    healthy: true,
+                                });
+                            });
+                            self.step_done(
+                                Step::VizierHandshake,
+                                StepStatus::Success,
+                                st.since,
+                                Some(detail),
+                            );
+                            st.next(Step::Connect);
+                            self.set_step(Some(Step::Connect), None);
+                        }
+                        Err(e) => {
+                            let e = format!(
+                                "{e}; see the guest log {} (mirrored to {})",
+                                self.vizier_log_hint(),
+                                self.ctx.root.vizier_log(&self.job.vm.name).display()
+                            );
+                            st.failure = self
+                                .checked::<()>(Step::VizierHandshake, st.since, Err(e))
+                                .err();
+                        }
+                    }
+                }
+            }
             remote::Note::Line { stream, line } => {
                 let trimmed = line.trim();
                 if stream == OutputStream::Stderr && !trimmed.is_empty() {
@@ -608,7 +660,59 @@ impl Run {
                 self.output_line(st.step, stream, &line);
             }
             remote::Note::Marker { .. } if st.failure.is_some() => {}
-            remote::Note::Marker { name, code } => match (name.as_str(), code) {
+            remote::Note::Marker { name, code, rest } => match (name.as_str(), code) {
+                ("vizier-install", Some(0)) => {
+                    self.step_done(
+                        Step::VizierInstall,
+                        StepStatus::Success,
+                        st.since,
+                        Some(rest),
+                    );
+                    st.next(Step::VizierEnable);
+                    self.set_step(Some(Step::VizierEnable), None);
+                }
+                ("vizier-install", _) => {
+                    let dir = b
+                        .vizier_dir
+                        .clone()
+                        .unwrap_or_else(|| "/opt/castra/vizier".into());
+                    let e = format!(
+                        "{rest}: bootstrap as a user who can write {dir} (root), or set \
+                         [vms.bootstrap] vizier_dir to a writable directory"
+                    );
+                    st.failure = self
+                        .checked::<()>(Step::VizierInstall, st.since, Err(e))
+                        .err();
+                }
+                ("vizier-enable", Some(0)) => {
+                    self.step_done(
+                        Step::VizierEnable,
+                        StepStatus::Success,
+                        st.since,
+                        Some(rest),
+                    );
+                    st.next(Step::VizierHandshake);
+                    self.set_step(Some(Step::VizierHandshake), None);
+                }
+                ("vizier-log", _) => st.in_vizier_log = true,
+                ("vizier-log-end", _) => st.in_vizier_log = false,
+                ("vizier-handshake", Some(0)) => st.banner = Some(Vec::new()),
+                ("vizier-handshake", _) => {
+                    let e = format!(
+                        "{rest}: the agent did not start; see the guest log {} (mirrored to {})",
+                        self.vizier_log_hint(),
+                        self.ctx.root.vizier_log(&self.job.vm.name).display()
+                    );
+                    st.failure = self
+                        .checked::<()>(Step::VizierHandshake, st.since, Err(e))
+                        .err();
+                }
+                ("connect", _) => {
+                    let detail = format!("bootstrap session in {}", b.remote_dir);
+                    self.step_done(Step::Connect, StepStatus::Success, st.since, Some(detail));
+                    st.next(Step::Transfer);
+                    self.set_step(Some(Step::Transfer), None);
+                }
                 ("transfer", _) => {
                     let bytes = self.plan.payload_bytes.unwrap_or(0);
                     let detail = format!("script and {bytes} payload bytes to {}", b.remote_dir);
@@ -624,13 +728,12 @@ impl Run {
                         st.failure = Some(String::new());
                         return;
                     }
-                    let result = if let Some(reason) = st.error_marker.clone() {
-                        Err(format!("the script reported {ERROR_MARKER} {reason}"))
-                    } else {
-                        Ok((
+                    let result = match st.error_marker.clone() {
+                        Some(reason) => Err(format!("the script reported {ERROR_MARKER} {reason}")),
+                        None => Ok((
                             (),
                             st.noop.then(|| format!("the script printed {NOOP_MARKER}")),
-                        ))
+                        )),
                     };
                     if let Err(e) = self.checked(Step::Apply, st.since, result) {
                         st.failure = Some(e);
@@ -651,6 +754,19 @@ impl Run {
                 ("done", _) => st.done = true,
                 _ => {}
             },
+        }
+    }
+
+    /// Keeps the last of the agent's guest log in the state root (`vizier/<vm>/service.log`).
+    fn mirror_vizier_log(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let path = self.ctx.root.vizier_log(&self.job.vm.name);
+        let written = crate::state_root::ensure_dir(path.parent().expect("vizier dir"))
+            .and_then(|()| crate::fsutil::write_atomic(&path, text.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(vm = self.job.vm.name, error = %e, "cannot mirror the Vizier log");
         }
     }
 

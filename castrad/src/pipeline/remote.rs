@@ -22,19 +22,59 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use crate::ssh::{Master, command_line};
 
-/// The guest side of a run: read the env block, unpack the archive into remote_dir, run the
-/// script, verify. Progress is reported as marker lines `CASTRA-<nonce> <step> [code]` on
-/// stdout (preceded by a newline, in case the script's last line had none). Arguments: nonce,
-/// remote_dir, script file name, verify command ("" = none), verify path ("" = none), then the
+/// The guest side of a run, one shell session. In order: install the Vizier agent (read from
+/// stdin) if this version is not there yet, make sure exactly one instance runs under the
+/// guest's supervisor, read its banner, mirror its log; then open the bootstrap session in
+/// remote_dir (read the env block), unpack the archive, run the script, verify.
+///
+/// Progress is reported as marker lines `CASTRA-<nonce> <step> [code] [detail]` on stdout
+/// (preceded by a newline, in case the script's last line had none). Arguments: nonce,
+/// remote_dir, script file name, verify command ("" = none), verify path ("" = none), Vizier
+/// directory ("" = /opt/castra/vizier for root, <remote_dir>/.vizier otherwise), then the
 /// program to run.
 const DRIVER: &str = r#"set -e
-nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; shift 5
+nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; shift 6
 m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
-IFS= read -r n; envs=
-while [ "$n" -gt 0 ]; do IFS= read -r l; envs="$envs$l
-"; n=$((n-1)); done
+block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
+"; n=$((n-1)); done; }
+block; agent=$out
+if [ -n "$vdir" ]; then vlog=$vdir/service.log
+elif [ "$(id -u)" = 0 ]; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
+else vdir=$dir/.vizier; vlog=$vdir/service.log; fi
+vver=$(printf '%s' "$agent" | sed -n 's/^VIZIER_VERSION=//p')
+vbin=$vdir/$vver/vizier.sh; vstate=$vdir/state
+if [ -f "$vbin" ] && printf '%s' "$agent" | cmp -s - "$vbin"; then m vizier-install 0 present "$vbin"
+elif (mkdir -p "$vdir/$vver" "${vlog%/*}" && printf '%s' "$agent" >"$vbin.tmp" && chmod 755 "$vbin.tmp" && mv -f "$vbin.tmp" "$vbin") 2>/dev/null
+then m vizier-install 0 installed "$vbin"
+else m vizier-install 1 "cannot write $vbin"; exit 0; fi
+held=$(cat "$vstate/lock/pid" 2>/dev/null || true); hver=$(cat "$vstate/lock/version" 2>/dev/null || true)
+if [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "$hver" = "$vver" ]; then how=running
+else
+  how=started
+  if [ -n "$held" ] && kill -0 "$held" 2>/dev/null; then sh "$vbin" stop "$vstate" || true; how="restarted (was $hver)"; fi
+  if [ "$(id -u)" = 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    printf '[Unit]\nDescription=Castra Vizier agent\n[Service]\nExecStart=/bin/sh %s supervise %s %s\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n' "$vbin" "$vstate" "$vlog" >/etc/systemd/system/castra-vizier.service
+    systemctl daemon-reload && systemctl enable castra-vizier >/dev/null 2>&1 && systemctl restart castra-vizier; how="$how under systemd"
+  elif [ "$(id -u)" = 0 ] && command -v openrc-run >/dev/null && [ -d /etc/init.d ]; then
+    printf '#!/sbin/openrc-run\ncommand=/bin/sh\ncommand_args="%s supervise %s %s"\ncommand_background=yes\npidfile=/run/castra-vizier.pid\n' "$vbin" "$vstate" "$vlog" >/etc/init.d/castra-vizier
+    chmod 755 /etc/init.d/castra-vizier; rc-update add castra-vizier default >/dev/null 2>&1 || true
+    rc-service castra-vizier restart >/dev/null 2>&1; how="$how under OpenRC"
+  else
+    if command -v setsid >/dev/null; then setsid sh "$vbin" supervise "$vstate" "$vlog" </dev/null >/dev/null 2>&1 &
+    else nohup sh "$vbin" supervise "$vstate" "$vlog" </dev/null >/dev/null 2>&1 & fi
+    how="$how (respawn loop)"
+  fi
+fi
+m vizier-enable 0 "$how"
+i=0; banner=
+while [ $i -lt 20 ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) && break; banner=; i=$((i+1)); sleep 0.1; done
+m vizier-log "$vlog"; tail -c 16384 "$vlog" 2>/dev/null || true; m vizier-log-end
+if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within 2 s"; exit 0; fi
+m vizier-handshake 0; printf '%s\n' "$banner"
 (umask 077 && mkdir -p -- "$dir")
 cd -- "$dir"
+block; envs=$out
+m connect
 rm -rf -- payload "$script"
 tar -x -f -
 m transfer
@@ -57,11 +97,14 @@ pub const ERROR_MARKER: &str = "CASTRA_ERROR:";
 /// What the guest session reports, in order (stderr lines may interleave loosely).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
-    /// A step boundary: `transfer`, `apply <rc>`, `verify-command <rc>`, `verify-path <0|1>`,
-    /// `done`.
+    /// A step boundary: `vizier-install <rc> <detail>`, `vizier-enable <rc> <detail>`,
+    /// `vizier-handshake <rc> [why]`, `connect`, `transfer`, `apply <rc>`,
+    /// `verify-command <rc>`, `verify-path <0|1>`, `done`; and `vizier-log <path>` /
+    /// `vizier-log-end` around the agent's log.
     Marker {
         name: String,
         code: Option<i32>,
+        rest: String,
     },
     Line {
         stream: OutputStream,
@@ -79,6 +122,7 @@ pub struct Session<'a> {
     pub env: &'a BTreeMap<String, String>,
     pub verify_command: Option<&'a str>,
     pub verify_path: Option<&'a str>,
+    pub vizier_dir: Option<&'a str>,
 }
 
 /// How the session process ended.
@@ -110,6 +154,7 @@ pub async fn session(
         script_name.clone(),
         s.verify_command.unwrap_or_default().into(),
         s.verify_path.unwrap_or_default().into(),
+        s.vizier_dir.unwrap_or_default().into(),
     ];
     words.extend(s.program.iter().cloned());
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
@@ -121,9 +166,11 @@ pub async fn session(
         .spawn()
         .map_err(|e| format!("cannot run ssh: {e}"))?;
     let env_block = env_block(s.env);
+    let agent = text_block(&crate::vizier::agent_script());
     let (script, payload) = (s.script.to_owned(), s.payload.map(Path::to_owned));
     let feeder = tokio::task::spawn_blocking(move || {
         let mut writer = writer;
+        writer.write_all(agent.as_bytes())?;
         writer.write_all(env_block.as_bytes())?;
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
@@ -163,6 +210,11 @@ pub async fn session(
     })
 }
 
+/// A text as a block the driver's `block` reads: its line count, then its lines.
+fn text_block(text: &str) -> String {
+    format!("{}\n{text}", text.lines().count())
+}
+
 /// The env block: a line count, then one line per variable. Values are written as octal
 /// escapes for `printf`, so each variable is one line of plain ASCII whatever its bytes.
 /// Keys were validated as identifiers by `config`.
@@ -195,10 +247,14 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
     while let Some((stream, line)) = rx.recv().await {
         if let Some(rest) = line.strip_prefix(marker.as_str()) {
             held_empty = false;
-            let mut parts = rest.split_whitespace();
-            let name = parts.next().unwrap_or_default().to_owned();
-            let code = parts.next().and_then(|c| c.parse().ok());
-            let _ = notes.send(Note::Marker { name, code });
+            let (name, after) = rest.split_once(' ').unwrap_or((rest, ""));
+            let (code, detail) = match after.split_once(' ') {
+                Some((c, d)) if c.parse::<i32>().is_ok() => (c.parse().ok(), d),
+                None if after.parse::<i32>().is_ok() => (after.parse().ok(), ""),
+                _ => (None, after),
+            };
+            let (name, rest) = (name.to_owned(), detail.trim().to_owned());
+            let _ = notes.send(Note::Marker { name, code, rest });
             continue;
         }
         // A script line that ends without a newline is glued to our marker's newline: the
@@ -352,20 +408,31 @@ mod tests {
         let child = std::process::Command::new("sh")
             .args(["-c", DRIVER, "castra", "n0nce"])
             .arg(dir.join("guest/remote dir"))
-            .args(["run.sh", "", verify_path, "sh", "./run.sh"])
+            .args(["run.sh", "", verify_path])
+            .arg(dir.join("vizier"))
+            .args(["sh", "./run.sh"])
             .stdin(reader)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         let (block, script, payload) = (env_block(env), dir.join("run.sh"), dir.join("payload"));
+        let agent = text_block(&crate::vizier::agent_script());
         let feeder = std::thread::spawn(move || {
             let mut writer = writer;
+            writer.write_all(agent.as_bytes())?;
             writer.write_all(block.as_bytes())?;
             write_archive(writer, &script, "run.sh", Some(&payload))
         });
         let out = child.wait_with_output().unwrap();
         feeder.join().unwrap().unwrap();
+        // The driver started a Vizier supervisor in the background: stop it.
+        let vbin = dir.join(format!("vizier/{}/vizier.sh", crate::vizier::VERSION));
+        let _ = std::process::Command::new("sh")
+            .arg(vbin)
+            .arg("stop")
+            .arg(dir.join("vizier/state"))
+            .output();
         (
             String::from_utf8(out.stdout).unwrap(),
             String::from_utf8(out.stderr).unwrap(),
@@ -405,21 +472,57 @@ mod tests {
             "|trailing newlines\n\n"
         );
         assert!(!Path::new("/tmp/castra-env-test").exists());
-        let lines: Vec<&str> = stdout.lines().collect();
+        let markers: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("CASTRA-n0nce "))
+            .collect();
+        let names: Vec<&str> = markers
+            .iter()
+            .map(|m| m.split(' ').next().unwrap())
+            .collect();
         assert_eq!(
-            lines,
+            names,
             [
-                "",
-                "CASTRA-n0nce transfer",
-                "from the payload",
-                "no newline at the end",
-                "CASTRA-n0nce apply 0",
-                "",
-                "CASTRA-n0nce verify-path 0",
-                "",
-                "CASTRA-n0nce done",
-            ]
+                "vizier-install",
+                "vizier-enable",
+                "vizier-log",
+                "vizier-log-end",
+                "vizier-handshake",
+                "connect",
+                "transfer",
+                "apply",
+                "verify-path",
+                "done"
+            ],
+            "{stdout}"
         );
+        assert!(
+            markers[0].starts_with("vizier-install 0 installed "),
+            "{}",
+            markers[0]
+        );
+        assert!(
+            markers[1].starts_with("vizier-enable 0 started"),
+            "{}",
+            markers[1]
+        );
+        assert_eq!(markers[4], "vizier-handshake 0");
+        let after = stdout
+            .split("CASTRA-n0nce vizier-handshake 0\n")
+            .nth(1)
+            .unwrap();
+        let mut banner = after.lines();
+        let b =
+            crate::vizier::parse_banner(banner.next().unwrap(), banner.next().unwrap()).unwrap();
+        assert_eq!(b.version, crate::vizier::VERSION);
+        let output: Vec<&str> = stdout
+            .split("CASTRA-n0nce transfer\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| !l.starts_with("CASTRA-"))
+            .collect();
+        assert_eq!(output, ["from the payload", "no newline at the end"]);
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&remote).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700, "remote_dir is private");

@@ -22,6 +22,16 @@ pub struct VmSnapshot {
     pub last: Option<VmOutcome>,
     /// The QEMU process, while there is one.
     pub qemu: Option<QemuInfo>,
+    /// The Vizier agent as last seen (by a run's handshake or the health check).
+    pub vizier: Option<VizierSeen>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VizierSeen {
+    pub version: String,
+    pub pid: u32,
+    /// False once a health check failed (until one succeeds again).
+    pub healthy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

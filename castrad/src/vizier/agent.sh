@@ -1,0 +1,86 @@
+#!/bin/sh
+# Vizier, Castra's in-guest agent. POSIX sh only (busybox included), any architecture.
+#
+#   vizier.sh run DIR LOG         the agent: heartbeat into DIR every few seconds
+#   vizier.sh supervise DIR LOG   keep exactly one agent running (respawn loop, lock in DIR)
+#   vizier.sh banner DIR          print VIZIER/<protocol> and a JSON line about the agent
+#   vizier.sh stop DIR            stop the supervisor and the agent
+#
+# DIR holds: lock/ (the supervisor's lock, with its pid), agent.pid, started_at, heartbeat.
+VIZIER_VERSION=@VERSION@
+VIZIER_PROTOCOL=1
+HEARTBEAT_SECS=2
+
+cmd=${1:-}
+dir=${2:-}
+log=${3:-/dev/null}
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: vizier.sh run|supervise|banner|stop DIR [LOG]" >&2; exit 2; }
+self=$0
+
+now() { date +%s; }
+alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
+say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) vizier $VIZIER_VERSION [$$] $*" >>"$log"; }
+
+case $cmd in
+run)
+    mkdir -p "$dir"
+    echo $$ >"$dir/agent.pid"
+    now >"$dir/started_at"
+    say "agent started"
+    trap 'say "agent stopping"; exit 0' TERM INT
+    while :; do
+        now >"$dir/heartbeat.tmp" && mv -f "$dir/heartbeat.tmp" "$dir/heartbeat"
+        sleep "$HEARTBEAT_SECS" &
+        wait $!
+    done
+    ;;
+supervise)
+    mkdir -p "$dir" "$(dirname "$log")"
+    # The lock is a directory: mkdir is atomic, so two supervisors can never both hold it.
+    if ! mkdir "$dir/lock" 2>/dev/null; then
+        holder=$(cat "$dir/lock/pid" 2>/dev/null)
+        if alive "$holder"; then
+            exit 0 # already supervised: enabling again changes nothing
+        fi
+        rm -rf "$dir/lock"
+        mkdir "$dir/lock" 2>/dev/null || exit 0
+    fi
+    echo $$ >"$dir/lock/pid"
+    echo "$VIZIER_VERSION" >"$dir/lock/version"
+    say "supervisor started"
+    child=
+    trap 'alive "$child" && kill "$child"; rm -rf "$dir/lock"; say "supervisor stopping"; exit 0' TERM INT
+    while :; do
+        sh "$self" run "$dir" "$log" </dev/null &
+        child=$!
+        wait "$child"
+        say "agent exited; restarting it"
+        sleep 1
+    done
+    ;;
+banner)
+    pid=$(cat "$dir/agent.pid" 2>/dev/null)
+    alive "$pid" || { echo "vizier: not running" >&2; exit 1; }
+    echo "VIZIER/$VIZIER_PROTOCOL"
+    printf '{"version":"%s","pid":%s,"started_at":%s,"heartbeat":%s,"now":%s}\n' \
+        "$(cat "$dir/lock/version" 2>/dev/null || echo unknown)" "$pid" \
+        "$(cat "$dir/started_at" 2>/dev/null || echo 0)" "$(cat "$dir/heartbeat" 2>/dev/null || echo 0)" "$(now)"
+    ;;
+stop)
+    sup=$(cat "$dir/lock/pid" 2>/dev/null)
+    alive "$sup" && kill "$sup"
+    pid=$(cat "$dir/agent.pid" 2>/dev/null)
+    alive "$pid" && kill "$pid"
+    i=0
+    while alive "$sup" || alive "$pid"; do
+        i=$((i + 1))
+        [ "$i" -gt 50 ] && break
+        sleep 0.1
+    done
+    rm -rf "$dir/lock"
+    ;;
+*)
+    echo "vizier.sh: unknown command $cmd" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,1 @@
+//! Periodic Vizier health checks (filled in below).

@@ -1,0 +1,177 @@
+//! Vizier, the in-guest agent: a small POSIX-sh program (`agent.sh`) that castrad installs,
+//! keeps running (exactly one instance, under the guest's supervisor) and asks for a banner.
+//!
+//! This module owns what castrad knows about the agent: its version (part of every artifact
+//! hash, so a new agent re-runs bootstrap), the script text, where it lives in a guest, and
+//! how to read its banner. The guest-side steps themselves run in the pipeline's session
+//! driver (`pipeline/remote.rs`); the periodic health check in `health.rs`.
+
+pub mod health;
+
+use serde::Deserialize;
+
+/// Version of the agent castrad installs. Changing it changes every `artifact_hash`.
+pub const VERSION: &str = "0.1.0";
+/// The banner protocol: the first line of `vizier.sh banner` is `VIZIER/<PROTOCOL>`.
+pub const PROTOCOL: u32 = 1;
+/// How stale a heartbeat may be before the agent counts as hung.
+pub const HEARTBEAT_STALE_SECS: i64 = 10;
+
+/// The agent script, with its version filled in.
+pub fn agent_script() -> String {
+    include_str!("agent.sh").replace("@VERSION@", VERSION)
+}
+
+/// What `vizier.sh banner` reports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Banner {
+    pub version: String,
+    pub pid: u32,
+    pub started_at: i64,
+    pub heartbeat: i64,
+    /// The guest's clock when it answered.
+    pub now: i64,
+}
+
+/// Parses the two banner lines; checks the protocol and that the heartbeat is fresh.
+pub fn parse_banner(first: &str, json: &str) -> Result<Banner, String> {
+    let expected = format!("VIZIER/{PROTOCOL}");
+    if first.trim() != expected {
+        return Err(format!(
+            "expected the banner {expected}, got {:?}",
+            first.trim()
+        ));
+    }
+    let banner: Banner = serde_json::from_str(json.trim())
+        .map_err(|e| format!("unreadable banner {json:?}: {e}"))?;
+    let age = banner.now - banner.heartbeat;
+    if age > HEARTBEAT_STALE_SECS {
+        return Err(format!(
+            "the agent's last heartbeat is {age} s old: it is hung"
+        ));
+    }
+    Ok(banner)
+}
+
+/// Where the agent lives in a guest. `vizier_dir` from castra.toml, else `/opt/castra/vizier`
+/// for root and `<remote_dir>/.vizier` for other users (decided in the guest).
+pub fn guest_log_hint(vizier_dir: Option<&str>) -> String {
+    match vizier_dir {
+        Some(dir) => format!("{dir}/service.log"),
+        None => {
+            "/var/log/castra/vizier/service.log (root) or <remote_dir>/.vizier/service.log".into()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn banner_is_checked_for_protocol_and_freshness() {
+        let ok = parse_banner(
+            "VIZIER/1\n",
+            r#"{"version":"0.1.0","pid":42,"started_at":100,"heartbeat":120,"now":121}"#,
+        )
+        .unwrap();
+        assert_eq!((ok.version.as_str(), ok.pid), ("0.1.0", 42));
+        let err = parse_banner("VIZIER/2", "{}").unwrap_err();
+        assert!(err.contains("expected the banner VIZIER/1"), "{err}");
+        let hung = parse_banner(
+            "VIZIER/1",
+            r#"{"version":"0.1.0","pid":42,"started_at":100,"heartbeat":100,"now":200}"#,
+        )
+        .unwrap_err();
+        assert!(hung.contains("100 s old"), "{hung}");
+    }
+
+    #[test]
+    fn the_script_carries_its_version_and_passes_sh_n() {
+        let script = agent_script();
+        assert!(script.contains(&format!("VIZIER_VERSION={VERSION}\n")));
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The agent, run locally: one supervisor however often it is enabled, a banner, a
+    /// respawn after the agent is killed, and a clean stop.
+    #[test]
+    fn supervise_keeps_exactly_one_agent_and_respawns_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("vizier.sh");
+        std::fs::write(&script, agent_script()).unwrap();
+        let state = dir.path().join("state");
+        let log = dir.path().join("service.log");
+        let sh = |args: &[&str]| {
+            std::process::Command::new("sh")
+                .arg(&script)
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        let (state_s, log_s) = (state.to_str().unwrap(), log.to_str().unwrap());
+        // Whatever happens, leave no agent behind.
+        struct Stop<'a>(&'a std::path::Path, &'a str);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("sh")
+                    .arg(self.0)
+                    .args(["stop", self.1])
+                    .output();
+            }
+        }
+        let _stop = Stop(&script, state_s);
+        for _ in 0..3 {
+            let mut child = std::process::Command::new("sh")
+                .arg(&script)
+                .args(["supervise", state_s, log_s])
+                .stdin(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            // A second and third supervisor find the lock held and exit at once.
+            let _ = child.try_wait();
+        }
+        let banner = |sh: &dyn Fn(&[&str]) -> std::process::Output| {
+            let out = sh(&["banner", state_s]);
+            let text = String::from_utf8(out.stdout).unwrap();
+            let mut lines = text.lines();
+            parse_banner(lines.next().unwrap_or(""), lines.next().unwrap_or(""))
+        };
+        let first = banner(&sh).unwrap();
+        assert_eq!(first.version, VERSION);
+        let supervisors = std::fs::read_to_string(&log)
+            .unwrap()
+            .matches("supervisor started")
+            .count();
+        assert_eq!(supervisors, 1, "exactly one supervisor");
+
+        // Kill the agent: the supervisor starts another within a couple of seconds.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(first.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let mut second = None;
+        for _ in 0..40 {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            if let Ok(b) = banner(&sh)
+                && b.pid != first.pid
+            {
+                second = Some(b);
+                break;
+            }
+        }
+        assert!(second.is_some(), "the agent was not restarted");
+        assert!(sh(&["stop", state_s]).status.success());
+        assert!(banner(&sh).is_err(), "stopped");
+    }
+}
