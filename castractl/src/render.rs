@@ -170,6 +170,8 @@ pub fn event_tail(event: &api::Event) -> String {
         } => {
             format!("stopped  {outcome}  {}", duration(*total_ms))
         }
+        Event::VizierConnected { version, .. } => format!("vizier  connected, version {version}"),
+        Event::VizierLost { reason, .. } => format!("vizier  LOST: {}", clean(reason)),
         Event::EphemeralLayerDiscarded {
             overlay_path,
             reclaimed_bytes,
@@ -814,6 +816,7 @@ output  /s/logs/r2.out
                     uptime_ms: Some(5_000),
                     accel: Some("tcg".into()),
                     ssh_endpoint: Some("127.0.0.1:4022".into()),
+                    vizier: None,
                 }],
             }],
         };

@@ -414,10 +414,22 @@ impl Daemon {
         let entry = self.load_project(config_path).await?;
         let overrides = planner::preflight(&entry.project, overrides)?;
         let (project, root) = (entry.project.clone(), entry.root.clone());
-        let (plans, bytes) =
-            tokio::task::spawn_blocking(move || plan_blocking(&project, &root, &overrides))
-                .await
-                .map_err(|e| DaemonError::Internal(format!("planner panicked: {e}")))??;
+        let vizier: BTreeMap<String, crate::vm::VizierSeen> = project
+            .vms
+            .iter()
+            .filter_map(|vm| {
+                let seen = self
+                    .existing_vm_handle(&root, &vm.name)?
+                    .snapshot()
+                    .vizier?;
+                Some((vm.name.clone(), seen))
+            })
+            .collect();
+        let (plans, bytes) = tokio::task::spawn_blocking(move || {
+            plan_blocking(&project, &root, &overrides, &vizier)
+        })
+        .await
+        .map_err(|e| DaemonError::Internal(format!("planner panicked: {e}")))??;
         self.base_bytes_hashed.fetch_add(bytes, Ordering::Relaxed);
         Ok((entry, plans))
     }
@@ -427,12 +439,14 @@ fn plan_blocking(
     project: &Project,
     root: &StateRoot,
     overrides: &crate::overrides::Overrides,
+    vizier: &BTreeMap<String, crate::vm::VizierSeen>,
 ) -> Result<(Vec<VmPlan>, u64), PlanError> {
     let mut bytes = warm_hash_cache(project, root);
     let mut cross = planner::cross_vm_warnings(project);
     let mut plans = Vec::with_capacity(project.vms.len());
     for vm in &project.vms {
-        let facts = planner::gather(root, vm)?;
+        let mut facts = planner::gather(root, vm)?;
+        facts.vizier = vizier.get(&vm.name).cloned();
         bytes += facts.base.bytes_read;
         let mode = overrides.resolve(&vm.name, vm.bootstrap.mode);
         let mut plan = planner::decide(root, vm, mode, facts);

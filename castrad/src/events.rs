@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use castra_api::{self as api, Event, EventEnvelope};
 
 use crate::config::{Backend, BootstrapMode, Vm};
-use crate::planner::{Action, Trigger, VmPlan};
+use crate::planner::{Action, Trigger, VizierExpect, VmPlan};
 use tokio::sync::broadcast;
 
 /// How many events the replay buffer keeps.
@@ -252,9 +252,14 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         artifact_hash: plan.artifact_hash,
         metadata_path: b.metadata_path.clone(),
         warnings: plan.warnings,
-        vizier_status: None,
+        vizier_status: Some(match plan.vizier {
+            VizierExpect::Start => api::VizierPlanStatus::Start,
+            VizierExpect::Restart => api::VizierPlanStatus::Restart,
+            VizierExpect::Healthy => api::VizierPlanStatus::Healthy,
+            VizierExpect::Unavailable => api::VizierPlanStatus::Unavailable,
+        }),
         vizier_log_path: Some(plan.vizier_log_path),
-        vizier_remediation: None,
+        vizier_remediation: plan.vizier_remediation,
     }
 }
 

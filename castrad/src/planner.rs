@@ -22,6 +22,19 @@ pub enum Action {
     Skip,
 }
 
+/// What a run expects of the in-guest agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VizierExpect {
+    /// castrad has not seen it on this VM: the run installs (if needed) and starts it.
+    Start,
+    /// Seen, but another version or no longer answering: the run reinstalls and restarts it.
+    Restart,
+    /// Seen answering, this version.
+    Healthy,
+    /// Nothing will contact the guest.
+    Unavailable,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
     Auto,
@@ -44,6 +57,8 @@ pub struct VmPlan {
     pub stamp: Option<Stamp>,
     pub stamp_path: PathBuf,
     pub vizier_log_path: PathBuf,
+    pub vizier: VizierExpect,
+    pub vizier_remediation: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -54,6 +69,8 @@ pub struct Facts {
     pub base: hashing::BaseHash,
     pub stamp: StampRead,
     pub disk_id: Option<String>,
+    /// The agent as the VM's actor last saw it (not read from disk: filled by the caller).
+    pub vizier: Option<crate::vm::VizierSeen>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +105,7 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
         base,
         stamp: stamps::read(root, &vm.name),
         disk_id: stamps::disk_id(root, &vm.name),
+        vizier: None,
     })
 }
 
@@ -154,6 +172,22 @@ pub fn decide(
         }
     };
 
+    let (vizier, vizier_why) = vizier_expect(action, facts.vizier.as_ref());
+    let (action, reason) = match (action, vizier, &vizier_why) {
+        (Action::Noop, VizierExpect::Restart, Some(why)) => (
+            Action::Run,
+            format!("the stamp matches, but {why}: the run restarts it"),
+        ),
+        _ => (action, reason),
+    };
+    let vizier_remediation = match (vizier, facts.vizier.as_ref()) {
+        (VizierExpect::Restart, Some(v)) if !v.healthy => Some(format!(
+            "see the agent's log in the guest ({}), mirrored to {}",
+            crate::vizier::guest_log_hint(vm.bootstrap.vizier_dir.as_deref()),
+            root.vizier_log(&vm.name).display()
+        )),
+        _ => None,
+    };
     if action == Action::Run
         && vm.bootstrap.verify_command.is_none()
         && vm.bootstrap.verify_path.is_none()
@@ -185,7 +219,35 @@ pub fn decide(
         stamp,
         stamp_path: root.stamp(&vm.name),
         vizier_log_path: root.vizier_log(&vm.name),
+        vizier,
+        vizier_remediation,
         warnings,
+    }
+}
+
+/// What the run will find of the agent, and why it needs a restart if it does.
+fn vizier_expect(
+    action: Action,
+    seen: Option<&crate::vm::VizierSeen>,
+) -> (VizierExpect, Option<String>) {
+    if action == Action::Skip {
+        return (VizierExpect::Unavailable, None);
+    }
+    match seen {
+        None => (VizierExpect::Start, None),
+        Some(v) if v.version != crate::vizier::VERSION => (
+            VizierExpect::Restart,
+            Some(format!(
+                "Vizier {} runs in the guest and this castrad ships {}",
+                v.version,
+                crate::vizier::VERSION
+            )),
+        ),
+        Some(v) if !v.healthy => (
+            VizierExpect::Restart,
+            Some("the Vizier agent stopped answering".into()),
+        ),
+        Some(_) => (VizierExpect::Healthy, None),
     }
 }
 

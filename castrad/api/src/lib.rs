@@ -263,6 +263,16 @@ pub struct VmStatus {
     pub accel: Option<String>,
     /// Where castrad reaches the guest's SSH: `127.0.0.1:40022` (QEMU) or the external host.
     pub ssh_endpoint: Option<String>,
+    /// The in-guest agent as castrad last saw it.
+    pub vizier: Option<VizierStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VizierStatus {
+    pub version: String,
+    pub pid: u32,
+    /// False when the last health check got no answer.
+    pub healthy: bool,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,6 +497,16 @@ pub enum Event {
         overlay_path: PathBuf,
         reclaimed_bytes: u64,
     },
+    /// The in-guest agent answers (first seen, or back after being lost).
+    VizierConnected {
+        vm: String,
+        version: String,
+    },
+    /// The in-guest agent stopped answering, or was replaced by a new process.
+    VizierLost {
+        vm: String,
+        reason: String,
+    },
 }
 
 impl Event {
@@ -510,7 +530,9 @@ impl Event {
             | Event::CooperativeTimedOut { vm, .. }
             | Event::ShutdownEscalated { vm, .. }
             | Event::ShutdownComplete { vm, .. }
-            | Event::EphemeralLayerDiscarded { vm, .. } => vm,
+            | Event::EphemeralLayerDiscarded { vm, .. }
+            | Event::VizierConnected { vm, .. }
+            | Event::VizierLost { vm, .. } => vm,
         }
     }
 

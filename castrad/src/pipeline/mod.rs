@@ -74,8 +74,12 @@ pub async fn run(ctx: Ctx, job: Job) -> VmOutcome {
 
     let plan = {
         let (root, vm, mode) = (ctx.root.clone(), vm.clone(), job.mode.clone());
+        let vizier = ctx.snapshot.borrow().vizier.clone();
         tokio::task::spawn_blocking(move || {
-            planner::gather(&root, &vm).map(|facts| planner::decide(&root, &vm, mode, facts))
+            planner::gather(&root, &vm).map(|mut facts| {
+                facts.vizier = vizier;
+                planner::decide(&root, &vm, mode, facts)
+            })
         })
         .await
     };

@@ -32,6 +32,7 @@ fn facts(stamp: StampRead, disk: Option<&str>) -> Facts {
         },
         stamp,
         disk_id: disk.map(str::to_owned),
+        vizier: None,
     }
 }
 
@@ -175,4 +176,55 @@ fn missing_verify_is_warned_about_only_when_running() {
         facts(StampRead::Absent, None),
     );
     assert!(skip.warnings.is_empty(), "{:?}", skip.warnings);
+}
+
+fn seen(version: &str, healthy: bool) -> Option<crate::vm::VizierSeen> {
+    Some(crate::vm::VizierSeen {
+        version: version.into(),
+        pid: 7,
+        healthy,
+    })
+}
+
+#[test]
+fn vizier_expectations_follow_what_was_seen() {
+    let stamped = || {
+        facts(
+            StampRead::Present(stamp("B", "A", "disk:1")),
+            Some("disk:1"),
+        )
+    };
+    let mut f = stamped();
+    let p = plan(BootstrapMode::Auto, ModeSource::File, f.clone());
+    assert_eq!((p.action, p.vizier), (Action::Noop, VizierExpect::Start));
+
+    f.vizier = seen(crate::vizier::VERSION, true);
+    let p = plan(BootstrapMode::Auto, ModeSource::File, f.clone());
+    assert_eq!(
+        (p.action, p.vizier, p.vizier_remediation),
+        (Action::Noop, VizierExpect::Healthy, None)
+    );
+
+    // Another version in the guest: a matching stamp no longer makes it a NoOp.
+    f.vizier = seen("0.0.9", true);
+    let p = plan(BootstrapMode::Auto, ModeSource::File, f.clone());
+    assert_eq!((p.action, p.vizier), (Action::Run, VizierExpect::Restart));
+    assert!(
+        p.reason.contains("Vizier 0.0.9 runs in the guest"),
+        "{}",
+        p.reason
+    );
+
+    // Lost: restart, and say where to look.
+    f.vizier = seen(crate::vizier::VERSION, false);
+    let p = plan(BootstrapMode::Auto, ModeSource::File, f);
+    assert_eq!((p.action, p.vizier), (Action::Run, VizierExpect::Restart));
+    assert!(
+        p.vizier_remediation
+            .unwrap()
+            .contains("vizier/web/service.log")
+    );
+
+    let p = plan(BootstrapMode::Skip, ModeSource::File, stamped());
+    assert_eq!(p.vizier, VizierExpect::Unavailable);
 }

@@ -282,6 +282,11 @@ async fn status(
                             .map(|q| now_ms.saturating_sub(q.launched_unix_ms)),
                         accel: snap.qemu.as_ref().map(|q| q.accel.clone()),
                         ssh_endpoint,
+                        vizier: snap.vizier.as_ref().map(|v| api::VizierStatus {
+                            version: v.version.clone(),
+                            pid: v.pid,
+                            healthy: v.healthy,
+                        }),
                         last_bootstrap: snap.last,
                     }
                 })

@@ -197,6 +197,7 @@ async fn supervise(
             ctx: ctx.clone(),
             qemu: adopted.take(),
             in_flight: in_flight.clone(),
+            health: None,
         };
         match tokio::spawn(actor.run(mailbox.clone())).await {
             Ok(()) => return,
@@ -267,6 +268,14 @@ struct Actor {
     ctx: ActorCtx,
     qemu: Option<QemuProcess>,
     in_flight: Arc<std::sync::Mutex<Option<InFlight>>>,
+    /// The Vizier health check, once a run has seen the agent.
+    health: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Actor {
+    fn drop(&mut self) {
+        self.stop_health();
+    }
 }
 
 /// What woke the actor.
@@ -337,6 +346,7 @@ impl Actor {
                 Wake::Done(done) => self.finish(done),
                 Wake::QemuExited => {
                     self.qemu = None;
+                    self.stop_health();
                     process::forget(&self.ctx.pipeline.root.qemu(&self.name));
                     self.snapshot().send_modify(|s| s.qemu = None);
                     move_to(self.snapshot(), &self.name, State::Stopped);
@@ -438,10 +448,11 @@ impl Actor {
             s.waiting_on = None;
         });
         match (done, in_flight) {
-            (Ok(Done::Run(result)), Some(InFlight::Run { outcome, .. })) => {
+            (Ok(Done::Run(result)), Some(InFlight::Run { outcome, job, .. })) => {
                 self.snapshot()
                     .send_modify(|s| s.last = Some(result.clone()));
                 let _ = outcome.send(Some(result));
+                self.start_health(&job);
             }
             (Ok(Done::Stop(report, reply)), _) => {
                 if report.error.is_none() && report.outcome != "external" {
@@ -472,6 +483,57 @@ impl Actor {
                 tracing::error!(vm = self.name, "a run ended that was not in flight")
             }
         }
+    }
+}
+
+impl Actor {
+    /// Starts the Vizier health check if a run has seen the agent and none runs yet.
+    fn start_health(&mut self, job: &Job) {
+        let seen = self
+            .snapshot()
+            .borrow()
+            .vizier
+            .as_ref()
+            .is_some_and(|v| v.healthy);
+        if !seen || self.health.as_ref().is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let vm = &job.vm;
+        let port = self
+            .qemu
+            .as_ref()
+            .map(|q| q.record.ssh_port)
+            .or(vm.ssh.port)
+            .unwrap_or(22);
+        let target = crate::ssh::Target {
+            vm: vm.name.clone(),
+            host: vm.ssh.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            port,
+            user: vm.ssh.user.clone(),
+            identity: vm.ssh.identity.clone(),
+            options: vm.ssh.options.clone(),
+            known_hosts: self.ctx.pipeline.root.vm_dir(&vm.name).join("known_hosts"),
+            control_path: crate::ssh::control_path(
+                &self.ctx.pipeline.control_dir,
+                &format!("health-{}", crate::runlog::random_hex(6)),
+            ),
+            connect_timeout: Duration::from_secs(10),
+        };
+        self.health = Some(tokio::spawn(crate::vizier::health::watch(
+            target,
+            vm.bootstrap.vizier_dir.clone(),
+            vm.bootstrap.remote_dir.clone(),
+            self.ctx.pipeline.bus.clone(),
+            self.ctx.pipeline.snapshot.clone(),
+        )));
+    }
+
+    /// Stops the health check; the agent's last state is forgotten with the VM.
+    fn stop_health(&mut self) {
+        if let Some(h) = self.health.take() {
+            h.abort();
+        }
+        self.ctx.pipeline.snapshot.send_modify(|s| s.vizier = None);
     }
 }
 
