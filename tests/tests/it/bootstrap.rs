@@ -38,19 +38,19 @@ impl Fleet {
         let sshd = Sshd::start(&env.path("sshd"));
         let guest = env.path("guest");
         std::fs::create_dir_all(&guest).unwrap();
+        let mut vms = vms.replace("SSH", &sshd.ssh_table());
+        if !vms.contains("vizier_dir") {
+            // One Vizier per VM, inside this test's directory (the "guests" share a host).
+            let own = format!(
+                "[vms.bootstrap]\nvizier_dir = \"{}/vizier/{{vm}}\"\n",
+                guest.display()
+            );
+            vms = vms.replace("[vms.bootstrap]\n", &own);
+        }
         let config = format!(
             "[project]\nname = \"fleet\"\n\n[bootstrap]\nremote_dir = \"{}/{{vm}}\"\n\
-             handshake_timeout_secs = 10\n\n{}",
+             handshake_timeout_secs = 10\n\n{vms}",
             guest.display(),
-            vms.replace("SSH", &sshd.ssh_table())
-                // One Vizier per VM, inside this test's directory (the "guests" share a host).
-                .replace(
-                    "[vms.bootstrap]\n",
-                    &format!(
-                        "[vms.bootstrap]\nvizier_dir = \"{}/vizier/{{vm}}\"\n",
-                        guest.display()
-                    )
-                )
         );
         env.write(&[
             ("p/castra.toml", &config),

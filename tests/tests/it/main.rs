@@ -8,3 +8,4 @@ mod protocol_docs;
 mod qemu;
 mod sshd;
 mod support;
+mod vizier;

@@ -99,8 +99,18 @@ impl Lab {
 
     /// The events of `operation`, replayed from the daemon's buffer.
     fn events_of(&self, operation: &str) -> Vec<Value> {
+        self.replay(&["--operation", operation])
+    }
+
+    /// Every buffered event about `vm`.
+    fn events_of_vm(&self, vm: &str) -> Vec<Value> {
+        self.replay(&["--vm", vm])
+    }
+
+    fn replay(&self, filter: &[&str]) -> Vec<Value> {
         let mut child = Command::new(crate::support::CASTRACTL)
-            .args(["events", "--json", "--since", "0", "--operation", operation])
+            .args(["events", "--json", "--since", "0"])
+            .args(filter)
             .env("CASTRA_SOCKET", self.env.socket())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -546,4 +556,63 @@ fn port_clashes_and_missing_images_are_preflight_errors_that_start_nothing() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn vizier_runs_once_and_is_watched_on_the_qemu_guest() {
+    let _lock = one_at_a_time();
+    let lab = Lab::new(&[("box", "")]);
+    let first = lab.up(&[]);
+    assert_eq!(first.statuses(), ["Success"], "{}", first.stderr);
+    let steps: Vec<String> = first
+        .sequence("box")
+        .into_iter()
+        .filter(|s| s.starts_with("BootstrapStep:"))
+        .collect();
+    let want: Vec<String> = [
+        "wait-handshake",
+        "vizier-install",
+        "vizier-enable",
+        "vizier-handshake",
+        "connect",
+        "transfer",
+        "apply",
+        "verify",
+    ]
+    .iter()
+    .map(|s| format!("BootstrapStep:{s}:success"))
+    .collect();
+    assert_eq!(steps, want, "the eight steps, in order, all successful");
+    for _ in 0..3 {
+        assert_eq!(lab.up(&["--bootstrap", "always"]).statuses(), ["Success"]);
+    }
+    let count = |what: &str| {
+        lab.guest_sh("box", &format!("ps | grep -c '[v]izier.sh {what}' || true"))
+            .trim()
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert_eq!(
+        (count("supervise"), count("run")),
+        (1, 1),
+        "exactly one Vizier in the guest"
+    );
+
+    let pid = wait_until(Duration::from_secs(10), "the health check", || {
+        lab.status_vm("box")["vizier"]["pid"].as_u64()
+    });
+    lab.guest_sh("box", &format!("kill -9 {pid}"));
+    let new_pid = wait_until(Duration::from_secs(15), "a respawned agent", || {
+        let now = lab.status_vm("box")["vizier"]["pid"].as_u64()?;
+        (now != pid).then_some(now)
+    });
+    assert_ne!(new_pid, pid);
+    let events = lab.events_of_vm("box");
+    let k = kinds(&events);
+    let lost = k
+        .iter()
+        .rposition(|x| x == "VizierLost")
+        .expect("VizierLost reported");
+    assert!(k[lost..].contains(&"VizierConnected".to_owned()), "{k:?}");
+    lab.down(&[]);
 }
