@@ -153,8 +153,8 @@ fn an_older_agent_in_the_guest_is_planned_as_restart_and_replaced() {
             .unwrap()
             .success()
     );
-    Command::new("setsid")
-        .args(["sh"])
+    let started = Command::new("setsid")
+        .args(["--fork", "sh"])
         .arg(&old)
         .arg("supervise")
         .arg(&state)
@@ -162,8 +162,9 @@ fn an_older_agent_in_the_guest_is_planned_as_restart_and_replaced() {
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
-        .spawn()
+        .status()
         .unwrap();
+    assert!(started.success());
     wait_until(
         Duration::from_secs(15),
         "the health check to see version 0.0.9",
