@@ -8,7 +8,8 @@
 //!
 //! Invariants: a new overlay always gets a new disk id, and the stamp and pinned host key of
 //! the previous disk are removed with it, so nothing proven about an old disk is believed
-//! about a new one. QEMU is never a child that dies with castrad: it runs under `setsid`.
+//! about a new one. QEMU is never a child that dies with castrad: it runs under `setsid`, at a
+//! lower priority than castrad (`nice`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -141,6 +142,9 @@ pub struct QemuProcess {
     child: Option<Child>,
 }
 
+/// The niceness QEMU runs at (relative to castrad).
+const QEMU_NICE: &str = "5";
+
 /// Starts QEMU for `spec` and waits until QMP answers.
 pub async fn launch(
     spec: &LaunchSpec,
@@ -160,7 +164,10 @@ pub async fn launch(
     let log = std::fs::File::create(&paths.qemu_log)
         .map_err(io(format!("creating {}", paths.qemu_log.display())))?;
     // setsid: QEMU gets a session of its own, so it outlives castrad (and a terminal's ^C).
+    // nice: under CPU contention (TCG guests keep cores busy) the VMs yield to castrad, so
+    // the control plane (status, events) stays responsive; without contention it costs nothing.
     let mut child = Command::new("setsid")
+        .args(["nice", "-n", QEMU_NICE])
         .arg(argv::QEMU)
         .args(argv::argv(spec))
         .stdin(Stdio::null())
