@@ -66,10 +66,11 @@ else
   fi
 fi
 m vizier-enable 0 "$how"
-i=0; banner=
-while [ $i -lt 20 ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) && break; banner=; i=$((i+1)); sleep 0.1; done
+i=0; banner=; limit=20
+[ "$how" = running ] || limit=50
+while [ $i -lt $limit ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) && break; banner=; i=$((i+1)); sleep 0.1; done
 m vizier-log "$vlog"; tail -c 16384 "$vlog" 2>/dev/null || true; m vizier-log-end
-if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within 2 s"; exit 0; fi
+if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within $((limit / 10)) s"; exit 0; fi
 m vizier-handshake 0; printf '%s\n' "$banner"
 (umask 077 && mkdir -p -- "$dir")
 cd -- "$dir"

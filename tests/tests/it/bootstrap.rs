@@ -154,10 +154,16 @@ pub struct Up {
 }
 
 impl Up {
+    /// Each VM's outcome status, in order. Failures' errors are logged so that a failed
+    /// assertion on this list says why.
     pub fn statuses(&self) -> Vec<String> {
-        self.outcome["outcomes"]
+        let outcomes = self.outcome["outcomes"]
             .as_array()
-            .unwrap_or_else(|| panic!("no outcome; stderr: {}", self.stderr))
+            .unwrap_or_else(|| panic!("no outcome; stderr: {}", self.stderr));
+        for o in outcomes.iter().filter(|o| !o["error"].is_null()) {
+            eprintln!("{}: {}", o["vm"], o["error"]);
+        }
+        outcomes
             .iter()
             .map(|o| o["status"].as_str().unwrap().to_owned())
             .collect()
