@@ -70,6 +70,13 @@ pub struct Project {
 }
 
 /// The global `[bootstrap]` table after defaulting.
+impl Project {
+    /// The expanded VM names, in file order.
+    pub fn vm_names(&self) -> Vec<&str> {
+        self.vms.iter().map(|vm| vm.name.as_str()).collect()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct BootstrapDefaults {
     /// Default 120.

@@ -291,12 +291,7 @@ impl Daemon {
         graceful: Duration,
     ) -> Result<castra_api::DownResult, DaemonError> {
         let entry = self.load_project(config_path).await?;
-        let known: Vec<&str> = entry
-            .project
-            .vms
-            .iter()
-            .map(|vm| vm.name.as_str())
-            .collect();
+        let known = entry.project.vm_names();
         if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
             return Err(DaemonError::Preflight(format!(
                 "unknown VM {unknown:?}; known VMs: {}",

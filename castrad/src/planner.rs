@@ -84,8 +84,7 @@ pub enum PlanError {
 /// Parses and checks overrides against the project. Pure: run it before anything else.
 pub fn preflight(project: &Project, overrides: &[String]) -> Result<Overrides, OverrideError> {
     let overrides = Overrides::parse(overrides)?;
-    let names: Vec<&str> = project.vms.iter().map(|vm| vm.name.as_str()).collect();
-    overrides.check_names(&names)?;
+    overrides.check_names(&project.vm_names())?;
     Ok(overrides)
 }
 

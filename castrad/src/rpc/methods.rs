@@ -127,12 +127,7 @@ async fn logs(params: Params<'static>, daemon: &Daemon) -> Result<api::LogsResul
     let p: api::LogsParams = parse(params)?;
     let entry = daemon.load_project(&p.config).await?;
     if !entry.project.vms.iter().any(|vm| vm.name == p.vm) {
-        let known: Vec<&str> = entry
-            .project
-            .vms
-            .iter()
-            .map(|vm| vm.name.as_str())
-            .collect();
+        let known = entry.project.vm_names();
         return Err(DaemonError::NotFound(format!(
             "no VM {} in project {}; known VMs: {}",
             p.vm,

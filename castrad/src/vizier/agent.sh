@@ -24,8 +24,10 @@ say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) vizier $VIZIER_VERSION [$$] $*" >>"
 case $cmd in
 run)
     mkdir -p "$dir"
-    echo $$ >"$dir/agent.pid"
+    # Heartbeat and start time first: a banner is only given once agent.pid names us.
+    now >"$dir/heartbeat.tmp" && mv -f "$dir/heartbeat.tmp" "$dir/heartbeat"
     now >"$dir/started_at"
+    echo $$ >"$dir/agent.pid"
     say "agent started"
     trap 'say "agent stopping"; exit 0' TERM INT
     while :; do
@@ -61,6 +63,7 @@ supervise)
 banner)
     pid=$(cat "$dir/agent.pid" 2>/dev/null)
     alive "$pid" || { echo "vizier: not running" >&2; exit 1; }
+    [ -s "$dir/heartbeat" ] || { echo "vizier: starting" >&2; exit 1; }
     echo "VIZIER/$VIZIER_PROTOCOL"
     printf '{"version":"%s","pid":%s,"started_at":%s,"heartbeat":%s,"now":%s}\n' \
         "$(cat "$dir/lock/version" 2>/dev/null || echo unknown)" "$pid" \

@@ -75,23 +75,7 @@ impl Fleet {
         let mut full = vec!["up", "--json"];
         full.extend_from_slice(args);
         let out = self.env.ctl(&self.project(), &full);
-        let mut events = Vec::new();
-        let mut outcome = Value::Null;
-        for line in out.stdout.lines().filter(|l| !l.trim().is_empty()) {
-            let v: Value =
-                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-            if v.get("outcome").is_some() {
-                outcome = v["outcome"].clone();
-            } else {
-                events.push(v);
-            }
-        }
-        Up {
-            code: out.code,
-            events,
-            outcome,
-            stderr: out.stderr,
-        }
+        Up::parse(out.code, &out.stdout, &out.stderr)
     }
 
     /// How many times the script of `vm` ran in the guest.
@@ -154,6 +138,27 @@ pub struct Up {
 }
 
 impl Up {
+    /// Reads `castractl up --json` output: event lines, then `{"outcome": …}`.
+    pub fn parse(code: i32, stdout: &str, stderr: &str) -> Up {
+        let mut events = Vec::new();
+        let mut outcome = Value::Null;
+        for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
+            let v: Value =
+                serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            if v.get("outcome").is_some() {
+                outcome = v["outcome"].clone();
+            } else {
+                events.push(v);
+            }
+        }
+        Up {
+            code,
+            events,
+            outcome,
+            stderr: stderr.to_owned(),
+        }
+    }
+
     /// Each VM's outcome status, in order. Failures' errors are logged so that a failed
     /// assertion on this list says why.
     pub fn statuses(&self) -> Vec<String> {

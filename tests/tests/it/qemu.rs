@@ -82,7 +82,7 @@ impl Lab {
         let mut full = vec!["up", "--json"];
         full.extend_from_slice(args);
         let out = self.env.ctl(&self.project(), &full);
-        parse_up(out.code, &out.stdout, &out.stderr)
+        Up::parse(out.code, &out.stdout, &out.stderr)
     }
 
     /// `castractl down --json ARGS`: the result and the operation's events.
@@ -139,13 +139,7 @@ impl Lab {
         let status = self
             .env
             .http_rpc("castra.status", json!({"config": config}));
-        status["result"]["projects"][0]["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == vm)
-            .unwrap()
-            .clone()
+        crate::support::vm_of(&status["result"], vm)
     }
 
     /// Runs `command` in the guest of `vm` over SSH (as a user would, with the guest's key).
@@ -224,26 +218,6 @@ impl Drop for Lab {
                 }
             }
         }
-    }
-}
-
-fn parse_up(code: i32, stdout: &str, stderr: &str) -> Up {
-    let mut events = Vec::new();
-    let mut outcome = Value::Null;
-    for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
-        let v: Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        if v.get("outcome").is_some() {
-            outcome = v["outcome"].clone();
-        } else {
-            events.push(v);
-        }
-    }
-    Up {
-        code,
-        events,
-        outcome,
-        stderr: stderr.to_owned(),
     }
 }
 

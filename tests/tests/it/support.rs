@@ -271,3 +271,14 @@ pub fn event_kind(envelope: &serde_json::Value) -> String {
     let event = envelope["event"].as_object().expect("an event envelope");
     event.keys().next().expect("a tagged event").clone()
 }
+
+/// The entry of `vm` in a `castra.status` result (first project).
+pub fn vm_of(status: &serde_json::Value, vm: &str) -> serde_json::Value {
+    let vms = status["projects"][0]["vms"]
+        .as_array()
+        .expect("a status result with a project");
+    vms.iter()
+        .find(|v| v["name"] == vm)
+        .unwrap_or_else(|| panic!("no VM {vm} in {status}"))
+        .clone()
+}

@@ -24,13 +24,7 @@ impl Fleet {
             .ctl(&self.project(), &["status", "--json"])
             .ok()
             .json();
-        out["projects"][0]["vms"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == vm)
-            .unwrap()
-            .clone()
+        crate::support::vm_of(&out, vm)
     }
 
     /// Processes whose command line contains `pattern`.
