@@ -314,7 +314,10 @@ impl Actor {
                 _ = exited(&mut self.qemu) => Wake::QemuExited,
             };
             match wake {
-                Wake::Command(None) => return,
+                Wake::Command(None) => {
+                    self.abandon(&mut tasks).await;
+                    return;
+                }
                 Wake::Command(Some(Command::Up {
                     job,
                     outcome,
@@ -359,6 +362,31 @@ impl Actor {
                             reason,
                         },
                     );
+                }
+            }
+        }
+    }
+
+    /// castrad is stopping: a run still going is cut short, and recorded as failed (one log,
+    /// one `BootstrapFailed`, no stamp) so nothing it did goes unaccounted for. A run that
+    /// finished meanwhile keeps its own outcome.
+    async fn abandon(&mut self, tasks: &mut JoinSet<Done>) {
+        tasks.abort_all();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(done) => self.finish(Ok(done)),
+                Err(_) => {
+                    if let Some(InFlight::Run {
+                        job,
+                        outcome,
+                        started,
+                    }) = self.slot().take()
+                    {
+                        let error = "castrad stopped during the run; the guest was left as it was"
+                            .to_owned();
+                        let o = pipeline::record_failure(&self.ctx.pipeline, &job, started, error);
+                        let _ = outcome.send(Some(o));
+                    }
                 }
             }
         }

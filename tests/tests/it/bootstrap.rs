@@ -28,7 +28,7 @@ pub struct Fleet {
     pub env: Env,
     pub sshd: Sshd,
     /// Kept alive for as long as the fleet is.
-    _daemon: Daemon,
+    daemon: Option<Daemon>,
 }
 
 impl Fleet {
@@ -62,7 +62,7 @@ impl Fleet {
         Fleet {
             env,
             sshd,
-            _daemon: daemon,
+            daemon: Some(daemon),
         }
     }
 
@@ -117,6 +117,13 @@ impl Fleet {
             })
             .map(|n| serde_json::from_slice(&std::fs::read(dir.join(n)).unwrap()).unwrap())
             .collect()
+    }
+}
+
+impl Fleet {
+    /// Takes the daemon out (to stop it).
+    pub fn take_daemon(&mut self) -> Daemon {
+        self.daemon.take().expect("the daemon runs")
     }
 }
 
@@ -798,4 +805,36 @@ fn a_quiet_subscription_survives_past_jsonrpsees_idle_limit() {
     let first: Value =
         serde_json::from_str(&first.expect("an event after the quiet spell").unwrap()).unwrap();
     assert_eq!(first["event"]["BootstrapPlanned"]["vm"], "db", "{first}");
+}
+
+#[test]
+fn a_run_cut_short_by_castrad_stopping_is_logged_as_failed() {
+    let mut fleet = Fleet::new(
+        "[[vms]]\nname = \"slow\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\nscript = \"scripts/slow.sh\"\n",
+    );
+    fleet
+        .env
+        .write(&[("p/scripts/slow.sh", "echo started; sleep 30\n")]);
+    let config = fleet.project().join("castra.toml").canonicalize().unwrap();
+    fleet.env.http_rpc("castra.up", json!({"config": config}));
+    crate::support::wait_until(Duration::from_secs(20), "the script to start", || {
+        let s = fleet
+            .env
+            .http_rpc("castra.status", json!({"config": config}));
+        (s["result"]["projects"][0]["vms"][0]["current_step"] == "apply").then_some(())
+    });
+    let daemon = fleet.take_daemon();
+    assert!(daemon.terminate().success(), "a graceful stop");
+    let logs = fleet.logs("slow");
+    assert_eq!(logs.len(), 1, "the cut-short run has its log");
+    assert_eq!(logs[0]["status"], "failed");
+    let last = logs[0]["steps"].as_array().unwrap().last().unwrap().clone();
+    assert!(
+        last["detail"]
+            .as_str()
+            .unwrap()
+            .contains("castrad stopped during the run"),
+        "{last}"
+    );
+    assert!(fleet.stamp("slow").is_none());
 }
