@@ -61,9 +61,26 @@ pub struct Ctx {
     pub snapshot: Arc<tokio::sync::watch::Sender<VmSnapshot>>,
 }
 
+/// What a run leaves behind: its outcome and, after a successful run that reached the guest,
+/// the run's ControlMaster, still connected, for the Vizier health check to take over (one
+/// key exchange per VM, not two).
+pub struct Finished {
+    pub outcome: VmOutcome,
+    pub master: Option<Master>,
+}
+
+impl From<VmOutcome> for Finished {
+    fn from(outcome: VmOutcome) -> Finished {
+        Finished {
+            outcome,
+            master: None,
+        }
+    }
+}
+
 /// Runs the whole pipeline for `job`; never panics on guest or IO errors (they become a
 /// `Failed` outcome with a log).
-pub async fn run(ctx: Ctx, job: Job) -> VmOutcome {
+pub async fn run(ctx: Ctx, job: Job) -> Finished {
     let started = Instant::now();
     let vm = job.vm.clone();
     let name = vm.name.clone();
@@ -87,9 +104,12 @@ pub async fn run(ctx: Ctx, job: Job) -> VmOutcome {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
             let error = crate::rpc::error::chain(&e).join(": ");
-            return record_failure(&ctx, &job, started, error);
+            return record_failure(&ctx, &job, started, error).into();
         }
-        Err(e) => return record_failure(&ctx, &job, started, format!("planner panicked: {e}")),
+        Err(e) => {
+            let error = format!("planner panicked: {e}");
+            return record_failure(&ctx, &job, started, error).into();
+        }
     };
     plan.warnings.extend(job.extra_warnings.iter().cloned());
     publish(Event::BootstrapPlanned(crate::events::planned(
@@ -106,7 +126,7 @@ pub async fn run(ctx: Ctx, job: Job) -> VmOutcome {
                 duration_ms: ms(started),
                 stamp: None,
             });
-            outcome(&name, OutcomeStatus::Skipped, ms(started))
+            outcome(&name, OutcomeStatus::Skipped, ms(started)).into()
         }
         Action::Noop => {
             let stamp = plan.stamp.as_ref().map(|s| s.log_path.clone());
@@ -122,6 +142,7 @@ pub async fn run(ctx: Ctx, job: Job) -> VmOutcome {
                 stamp: Some(plan.stamp_path.clone()),
                 ..outcome(&name, OutcomeStatus::NoOp, ms(started))
             }
+            .into()
         }
         Action::Run => Run::new(ctx.clone(), job, plan, started).execute().await,
     }
@@ -203,6 +224,8 @@ struct Run {
     env: BTreeMap<String, String>,
     redactions: Vec<(String, String)>,
     output: Option<std::fs::File>,
+    /// The ControlMaster, kept after a successful run for the health check.
+    kept: Option<Master>,
 }
 
 /// A failed step: its detail.
@@ -320,6 +343,7 @@ impl Run {
             env,
             redactions,
             output: None,
+            kept: None,
         }
     }
 
@@ -405,7 +429,7 @@ impl Run {
         });
     }
 
-    async fn execute(mut self) -> VmOutcome {
+    async fn execute(mut self) -> Finished {
         crate::vm::move_to(
             &self.ctx.snapshot,
             &self.job.vm.name,
@@ -432,9 +456,18 @@ impl Run {
             let _ = file.flush();
             let _ = file.sync_all();
         }
+        let master = self.kept.take();
         match result {
-            Ok(applied) => self.succeed(applied.noop),
-            Err(error) => self.fail(error),
+            Ok(applied) => Finished {
+                outcome: self.succeed(applied.noop),
+                master,
+            },
+            Err(error) => {
+                if let Some(m) = master {
+                    m.close().await;
+                }
+                self.fail(error).into()
+            }
         }
     }
 
@@ -488,7 +521,11 @@ impl Run {
         let master = Master::connect(target).await.map_err(|e| e.to_string());
         let master = self.checked(Step::WaitHandshake, t, master.map(|m| (m, Some(banner))))?;
         let result = self.remote_steps(&master).await;
-        master.close().await;
+        if result.is_ok() {
+            self.kept = Some(master);
+        } else {
+            master.close().await;
+        }
         result
     }
 

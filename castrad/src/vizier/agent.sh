@@ -4,6 +4,8 @@
 #   vizier.sh run DIR LOG         the agent: heartbeat into DIR every few seconds
 #   vizier.sh supervise DIR LOG   keep exactly one agent running (respawn loop, lock in DIR)
 #   vizier.sh banner DIR          print VIZIER/<protocol> and a JSON line about the agent
+#   vizier.sh watch DIR SECS      the banner every SECS seconds, or "gone <why>", until stdout
+#                                 closes (castrad's health check: one session, not one a check)
 #   vizier.sh stop DIR            stop the supervisor and the agent
 #
 # DIR holds: lock/ (the supervisor's lock, with its pid), agent.pid, started_at, heartbeat.
@@ -14,12 +16,30 @@ HEARTBEAT_SECS=2
 cmd=${1:-}
 dir=${2:-}
 log=${3:-/dev/null}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: vizier.sh run|supervise|banner|stop DIR [LOG]" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: vizier.sh run|supervise|banner|watch|stop DIR [LOG|SECS]" >&2; exit 2; }
 self=$0
 
 now() { date +%s; }
 alive() { [ -n "$1" ] && kill -0 "$1" 2>/dev/null; }
 say() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) vizier $VIZIER_VERSION [$$] $*" >>"$log"; }
+
+# The banner on stdout, or why there is none (on stderr for `banner`, as a "gone" line for
+# `watch`). Files are read with the `read` builtin: `watch` calls this every few seconds.
+banner() {
+    pid= hb= started= version=
+    { read -r pid <"$dir/agent.pid"; } 2>/dev/null
+    alive "$pid" || { unavailable "not running"; return 1; }
+    { read -r hb <"$dir/heartbeat"; } 2>/dev/null
+    [ -n "$hb" ] || { unavailable "starting"; return 1; }
+    { read -r started <"$dir/started_at"; } 2>/dev/null
+    { read -r version <"$dir/lock/version"; } 2>/dev/null
+    echo "VIZIER/$VIZIER_PROTOCOL"
+    printf '{"version":"%s","pid":%s,"started_at":%s,"heartbeat":%s,"now":%s}\n' \
+        "${version:-unknown}" "$pid" "${started:-0}" "$hb" "$(now)"
+}
+unavailable() {
+    if [ "$cmd" = watch ]; then echo "gone vizier: $1"; else echo "vizier: $1" >&2; fi
+}
 
 case $cmd in
 run)
@@ -61,13 +81,15 @@ supervise)
     done
     ;;
 banner)
-    pid=$(cat "$dir/agent.pid" 2>/dev/null)
-    alive "$pid" || { echo "vizier: not running" >&2; exit 1; }
-    [ -s "$dir/heartbeat" ] || { echo "vizier: starting" >&2; exit 1; }
-    echo "VIZIER/$VIZIER_PROTOCOL"
-    printf '{"version":"%s","pid":%s,"started_at":%s,"heartbeat":%s,"now":%s}\n' \
-        "$(cat "$dir/lock/version" 2>/dev/null || echo unknown)" "$pid" \
-        "$(cat "$dir/started_at" 2>/dev/null || echo 0)" "$(cat "$dir/heartbeat" 2>/dev/null || echo 0)" "$(now)"
+    banner
+    ;;
+watch)
+    # Ends when castrad goes away: the next write to the closed session kills us (SIGPIPE).
+    every=${3:-2}
+    while :; do
+        banner
+        sleep "$every"
+    done
     ;;
 stop)
     sup=$(cat "$dir/lock/pid" 2>/dev/null)

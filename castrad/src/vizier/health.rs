@@ -1,14 +1,19 @@
-//! The Vizier health check: once a run has seen the agent, castrad keeps asking it for its
-//! banner over a pinned SSH connection of its own, every [`INTERVAL`], and reports changes:
-//! `VizierConnected` when it answers (again), `VizierLost` when it stops answering or was
-//! replaced by a new process (its supervisor restarted it).
+//! The Vizier health check: once a run has seen the agent, castrad keeps one SSH session per
+//! VM open in which `vizier.sh watch` prints the agent's banner every [`INTERVAL`], and reports
+//! changes: `VizierConnected` when it answers (again), `VizierLost` when it stops answering or
+//! was replaced by a new process (its supervisor restarted it).
 //!
-//! The check owns its ControlMaster; it reconnects after a failure. The VM's actor owns the
-//! task and aborts it when the VM stops.
+//! One long-lived session rather than a command per check: a login costs the guest a shell
+//! start (with the user's rc files) and sshd a new session every time, which with many VMs on
+//! one host added up to most of a core. The check owns its ControlMaster; when the session
+//! ends or falls silent it reports the loss and reconnects. The VM's actor owns the task and
+//! aborts it when the VM stops; the guest side ends at its next write to the closed session.
 
 use std::time::Duration;
 
 use castra_api::Event;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use tokio::process::ChildStdout;
 use tokio::sync::watch;
 
 use super::{Banner, VERSION, parse_banner};
@@ -16,14 +21,16 @@ use crate::events::EventBus;
 use crate::ssh::{Master, Target, command_line};
 use crate::vm::{VizierSeen, VmSnapshot};
 
-/// How often the agent is asked.
+/// How often the agent reports.
 pub const INTERVAL: Duration = Duration::from_secs(2);
+/// How long past [`INTERVAL`] a report may be late before the agent counts as not answering.
+const GRACE: Duration = Duration::from_secs(8);
 
-/// Asks for the banner of the agent installed for this castrad's version. The agent's
-/// directory is decided as the session driver decides it.
-const BANNER: &str = r#"vdir=$1; dir=$2; ver=$3
+/// Runs the watch of the agent installed for this castrad's version. The agent's directory is
+/// decided as the session driver decides it.
+const WATCH: &str = r#"vdir=$1; dir=$2; ver=$3; every=$4
 if [ -z "$vdir" ]; then if [ "$(id -u)" = 0 ]; then vdir=/opt/castra/vizier; else vdir=$dir/.vizier; fi; fi
-exec sh "$vdir/$ver/vizier.sh" banner "$vdir/state""#;
+exec sh "$vdir/$ver/vizier.sh" watch "$vdir/state" "$every""#;
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,84 +69,142 @@ pub fn changes(vm: &str, before: Option<&VizierSeen>, now: &Seen) -> Vec<Event> 
     }
 }
 
-/// Runs until aborted. `vizier_dir` and `remote_dir` locate the agent as the run did.
+/// Pure: one report of `vizier.sh watch` from its first line (and, for a banner, the next).
+/// `None` when the first line is neither a banner nor a `gone` line.
+pub fn parse_report(first: &str, next: Option<&str>) -> Option<Seen> {
+    if let Some(why) = first.strip_prefix("gone ") {
+        return Some(Seen::Gone(format!(
+            "the agent does not answer: {}",
+            why.trim()
+        )));
+    }
+    if !first.starts_with("VIZIER/") {
+        return None;
+    }
+    Some(match parse_banner(first, next.unwrap_or("")) {
+        Ok(banner) => Seen::Alive(banner),
+        Err(e) => Seen::Gone(e),
+    })
+}
+
+/// Runs until aborted, on `master` first when the run handed its connection over (else on a
+/// connection of its own to `target`). `vizier_dir` and `remote_dir` locate the agent as the
+/// run did.
 pub async fn watch(
     target: Target,
+    mut master: Option<Master>,
     vizier_dir: Option<String>,
     remote_dir: String,
     bus: EventBus,
     snapshot: std::sync::Arc<watch::Sender<VmSnapshot>>,
 ) {
     let vm = target.vm.clone();
-    let mut master: Option<Master> = None;
-    loop {
-        if master.is_none() {
-            master = Master::connect(target.clone()).await.ok();
-        }
-        let seen = match &master {
-            None => Seen::Gone("the guest's SSH server does not accept us".into()),
-            Some(m) => {
-                let words = [
-                    "sh",
-                    "-c",
-                    BANNER,
-                    "castra",
-                    vizier_dir.as_deref().unwrap_or(""),
-                    &remote_dir,
-                    VERSION,
-                ];
-                check(m, &command_line(&words)).await
-            }
-        };
-        if let Seen::Gone(_) = &seen
-            && let Some(m) = master.take()
-        {
-            // Reconnect next time: the connection may be what failed.
-            m.close().await;
-        }
+    let every = INTERVAL.as_secs().to_string();
+    let remote = command_line(&[
+        "sh",
+        "-c",
+        WATCH,
+        "castra",
+        vizier_dir.as_deref().unwrap_or(""),
+        &remote_dir,
+        VERSION,
+        &every,
+    ]);
+    let report = |seen: &Seen| {
         let before = snapshot.borrow().vizier.clone();
-        for event in changes(&vm, before.as_ref(), &seen) {
+        for event in changes(&vm, before.as_ref(), seen) {
             bus.publish(None, event);
         }
-        snapshot.send_modify(|s| match &seen {
-            Seen::Alive(b) => {
-                s.vizier = Some(VizierSeen {
+        snapshot.send_if_modified(|s| {
+            let now = match seen {
+                Seen::Alive(b) => Some(VizierSeen {
                     version: b.version.clone(),
                     pid: b.pid,
                     healthy: true,
-                });
-            }
-            Seen::Gone(_) => {
-                if let Some(v) = &mut s.vizier {
-                    v.healthy = false;
-                }
-            }
+                }),
+                Seen::Gone(_) => s.vizier.clone().map(|v| VizierSeen {
+                    healthy: false,
+                    ..v
+                }),
+            };
+            let changed = s.vizier != now;
+            s.vizier = now;
+            changed
         });
+    };
+    loop {
+        let connected = match master.take() {
+            Some(m) => Ok(m),
+            None => Master::connect(target.clone()).await,
+        };
+        match connected {
+            Err(_) => report(&Seen::Gone(
+                "the guest's SSH server does not accept us".into(),
+            )),
+            Ok(master) => {
+                let session = master
+                    .command(&remote)
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+                match session {
+                    Err(e) => report(&Seen::Gone(format!("cannot run ssh: {e}"))),
+                    Ok(mut child) => {
+                        if let Some(stdout) = child.stdout.take() {
+                            let mut lines = BufReader::new(stdout).lines();
+                            // Each report as it comes; a session that ends or falls silent
+                            // is reported once and replaced.
+                            let ended = loop {
+                                match tokio::time::timeout(INTERVAL + GRACE, next(&mut lines)).await
+                                {
+                                    Ok(Ok(seen)) => report(&seen),
+                                    Ok(Err(why)) => break why,
+                                    Err(_) => {
+                                        break format!(
+                                            "the agent did not answer within {} s",
+                                            (INTERVAL + GRACE).as_secs()
+                                        );
+                                    }
+                                }
+                            };
+                            report(&Seen::Gone(ended));
+                        }
+                        let _ = child.start_kill();
+                        let _ = child.wait().await;
+                    }
+                }
+                // Reconnect next time: the connection may be what failed.
+                master.close().await;
+            }
+        }
         tokio::time::sleep(INTERVAL).await;
     }
 }
 
-async fn check(master: &Master, remote: &str) -> Seen {
-    let out = tokio::time::timeout(Duration::from_secs(5), master.command(remote).output()).await;
-    match out {
-        Err(_) => Seen::Gone("the agent did not answer within 5 s".into()),
-        Ok(Err(e)) => Seen::Gone(format!("cannot run ssh: {e}")),
-        Ok(Ok(out)) if !out.status.success() => {
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            let why = stderr
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("no answer");
-            Seen::Gone(format!("the agent does not answer: {}", why.trim()))
-        }
-        Ok(Ok(out)) => {
-            let text = String::from_utf8_lossy(&out.stdout);
-            let mut lines = text.lines();
-            match parse_banner(lines.next().unwrap_or(""), lines.next().unwrap_or("")) {
-                Ok(banner) => Seen::Alive(banner),
-                Err(e) => Seen::Gone(e),
-            }
+/// The next report of the watch session; Err when the session ended. Lines that are not
+/// reports (a chatty rc file in the guest) are skipped.
+async fn next(lines: &mut Lines<BufReader<ChildStdout>>) -> Result<Seen, String> {
+    let ended = || "the session watching the agent ended".to_owned();
+    loop {
+        let first = lines
+            .next_line()
+            .await
+            .map_err(|_| ended())?
+            .ok_or_else(ended)?;
+        let next = if first.starts_with("VIZIER/") {
+            Some(
+                lines
+                    .next_line()
+                    .await
+                    .map_err(|_| ended())?
+                    .ok_or_else(ended)?,
+            )
+        } else {
+            None
+        };
+        if let Some(seen) = parse_report(&first, next.as_deref()) {
+            return Ok(seen);
         }
     }
 }
@@ -206,5 +271,26 @@ mod tests {
             kinds(changes("v", Some(&seen(1, false)), &banner(3))),
             ["VizierConnected"]
         );
+    }
+
+    #[test]
+    fn watch_reports_are_parsed() {
+        let alive = parse_report(
+            "VIZIER/1",
+            Some(r#"{"version":"0.1.0","pid":7,"started_at":1,"heartbeat":5,"now":6}"#),
+        );
+        assert!(matches!(alive, Some(Seen::Alive(b)) if b.pid == 7));
+        assert_eq!(
+            parse_report("gone vizier: not running", None),
+            Some(Seen::Gone(
+                "the agent does not answer: vizier: not running".into()
+            ))
+        );
+        let hung = parse_report(
+            "VIZIER/1",
+            Some(r#"{"version":"0.1.0","pid":7,"started_at":1,"heartbeat":5,"now":60}"#),
+        );
+        assert!(matches!(hung, Some(Seen::Gone(why)) if why.contains("hung")));
+        assert_eq!(parse_report("Welcome to the guest!", None), None);
     }
 }

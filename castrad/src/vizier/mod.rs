@@ -4,7 +4,8 @@
 //! This module owns what castrad knows about the agent: its version (part of every artifact
 //! hash, so a new agent re-runs bootstrap), the script text, where it lives in a guest, and
 //! how to read its banner. The guest-side steps themselves run in the pipeline's session
-//! driver (`pipeline/remote.rs`); the periodic health check in `health.rs`.
+//! driver (`pipeline/remote.rs`); the health check, one long-lived `watch` session per VM, in
+//! `health.rs`.
 
 pub mod health;
 
@@ -148,6 +149,27 @@ mod tests {
         };
         let first = banner(&sh).unwrap();
         assert_eq!(first.version, VERSION);
+
+        // `watch` reports the same agent, again and again, and ends once nobody reads.
+        let mut watch = std::process::Command::new("sh")
+            .arg(&script)
+            .args(["watch", state_s, "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines =
+            std::io::BufRead::lines(std::io::BufReader::new(watch.stdout.take().unwrap()));
+        for _ in 0..2 {
+            let head = lines.next().unwrap().unwrap();
+            let json = lines.next().unwrap().unwrap();
+            assert_eq!(parse_banner(&head, &json).unwrap().pid, first.pid);
+        }
+        drop(lines);
+        let t = std::time::Instant::now();
+        while watch.try_wait().unwrap().is_none() {
+            assert!(t.elapsed().as_secs() < 5, "watch outlived its reader");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let supervisors = std::fs::read_to_string(&log)
             .unwrap()
             .matches("supervisor started")

@@ -259,7 +259,7 @@ impl InFlight {
 
 /// What a task reports when it ends.
 enum Done {
-    Run(VmOutcome),
+    Run(Box<pipeline::Finished>),
     Stop(StopReport, oneshot::Sender<Result<StopReport, Busy>>),
 }
 
@@ -431,16 +431,12 @@ impl Actor {
                     Err(e) => {
                         move_to(&ctx.pipeline.snapshot, &job.vm.name, State::Failed);
                         let error = format!("starting the VM failed: {e}");
-                        return Done::Run(pipeline::record_failure(
-                            &ctx.pipeline,
-                            &job,
-                            started,
-                            error,
-                        ));
+                        let failed = pipeline::record_failure(&ctx.pipeline, &job, started, error);
+                        return Done::Run(Box::new(failed.into()));
                     }
                 }
             }
-            Done::Run(pipeline::run(ctx.pipeline.clone(), job).await)
+            Done::Run(Box::new(pipeline::run(ctx.pipeline.clone(), job).await))
         });
     }
 
@@ -454,6 +450,10 @@ impl Actor {
         let vm = self.name.clone();
         let ctx = self.ctx.clone();
         let qemu = self.qemu.take().filter(|_| backend == Backend::Qemu);
+        // The guest is going away (or, for an external VM, out of our hands): stop watching
+        // its agent now, or the check would outlive the VM and, after the next start, probe
+        // a port that is no longer its own.
+        self.stop_health();
         *self.slot() = Some(InFlight::Stop {
             operation: request.operation.clone(),
         });
@@ -476,11 +476,12 @@ impl Actor {
             s.waiting_on = None;
         });
         match (done, in_flight) {
-            (Ok(Done::Run(result)), Some(InFlight::Run { outcome, job, .. })) => {
+            (Ok(Done::Run(finished)), Some(InFlight::Run { outcome, job, .. })) => {
+                let result = finished.outcome;
                 self.snapshot()
                     .send_modify(|s| s.last = Some(result.clone()));
                 let _ = outcome.send(Some(result));
-                self.start_health(&job);
+                self.start_health(&job, finished.master);
             }
             (Ok(Done::Stop(report, reply)), _) => {
                 if report.error.is_none() && report.outcome != "external" {
@@ -515,8 +516,9 @@ impl Actor {
 }
 
 impl Actor {
-    /// Starts the Vizier health check if a run has seen the agent and none runs yet.
-    fn start_health(&mut self, job: &Job) {
+    /// Starts the Vizier health check if a run has seen the agent and none runs yet, on the
+    /// run's connection when it left one.
+    fn start_health(&mut self, job: &Job, master: Option<crate::ssh::Master>) {
         let seen = self
             .snapshot()
             .borrow()
@@ -524,6 +526,9 @@ impl Actor {
             .as_ref()
             .is_some_and(|v| v.healthy);
         if !seen || self.health.as_ref().is_some_and(|h| !h.is_finished()) {
+            if let Some(m) = master {
+                tokio::spawn(m.close());
+            }
             return;
         }
         let vm = &job.vm;
@@ -549,6 +554,7 @@ impl Actor {
         };
         self.health = Some(tokio::spawn(crate::vizier::health::watch(
             target,
+            master,
             vm.bootstrap.vizier_dir.clone(),
             vm.bootstrap.remote_dir.clone(),
             self.ctx.pipeline.bus.clone(),

@@ -308,8 +308,12 @@ fn up_noop_down_up_and_discard_on_a_real_guest() {
         ]
     );
     assert_eq!(events[3]["event"]["ShutdownComplete"]["changed"], true);
-    assert_eq!(lab.status_vm("box")["state"], "stopped");
-    assert_eq!(lab.status_vm("box")["pid"], Value::Null);
+    let stopped = lab.status_vm("box");
+    assert_eq!(stopped["state"], "stopped");
+    assert_eq!(stopped["pid"], Value::Null);
+    // Its agent is no longer watched: a check left running would probe the old port and turn
+    // the next NoOp into a run ("the agent stopped answering").
+    assert_eq!(stopped["vizier"], Value::Null, "{stopped}");
 
     // up again: same disk, the stamp still holds: NoOp, and the mark survived the reboot.
     let third = lab.up(&[]);
