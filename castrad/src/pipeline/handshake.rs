@@ -1,18 +1,25 @@
 //! `wait-handshake`: poll the guest's SSH port until it accepts TCP and sends an SSH banner.
 //!
-//! Polls at most every [`POLL`], never past the deadline (sub-second precision), and reports
-//! what it is waiting on whenever that changes and every [`HEARTBEAT`], so a watcher always
-//! knows why nothing is happening yet.
+//! Starts an attempt every [`POLL`] whether or not earlier ones have given up: behind QEMU's
+//! user networking a TCP connect succeeds at once even while the guest cannot answer, and the
+//! banner wait of such an attempt must not hold back the next one (a guest whose SSH server
+//! comes up is seen within one `POLL`, not one banner timeout). At most [`OUTSTANDING`]
+//! attempts wait at once; a slow server still gets [`ATTEMPT`] to send its banner. Never waits
+//! past the deadline (sub-second precision), and reports what it is waiting on whenever that
+//! changes and every [`HEARTBEAT`], so a watcher always knows why nothing is happening yet.
 
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
+use tokio::task::JoinSet;
 
 pub const POLL: Duration = Duration::from_millis(200);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
-/// How long one TCP connect or banner read may take before we try again.
-const ATTEMPT: Duration = Duration::from_secs(1);
+/// How long one TCP connect or banner read may take before that attempt gives up.
+const ATTEMPT: Duration = Duration::from_millis(1500);
+/// How many attempts may be waiting at once.
+const OUTSTANDING: usize = 8;
 
 /// Waits until `host:port` answers with an SSH banner. `progress` is called with a description
 /// of what is being waited on. Errors describe the last obstacle.
@@ -25,11 +32,37 @@ pub async fn wait(
     let start = Instant::now();
     let deadline = start + timeout;
     let mut last_reported: Option<(String, Instant)> = None;
+    let mut last_obstacle = None;
+    let mut attempts = JoinSet::new();
+    let mut next_attempt = start;
     loop {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let waiting_on = match attempt(host, port, remaining.min(ATTEMPT)).await {
-            Ok(banner) => return Ok(banner),
-            Err(why) => why,
+        let now = Instant::now();
+        if now >= deadline {
+            let last = last_obstacle.unwrap_or_else(|| "no attempt finished".to_owned());
+            return Err(format!(
+                "timed out after {:.1}s waiting for SSH on {host}:{port} (last: {last})",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        if now >= next_attempt && attempts.len() < OUTSTANDING {
+            let limit = ATTEMPT.min(deadline - now);
+            attempts.spawn(attempt(host.to_owned(), port, limit));
+            next_attempt = now + POLL;
+        }
+        // At capacity, only a finished attempt (or the deadline) makes room for the next.
+        let wake = if attempts.len() < OUTSTANDING {
+            next_attempt.max(now).min(deadline)
+        } else {
+            deadline
+        };
+        let wake = tokio::time::Instant::from_std(wake);
+        let waiting_on = tokio::select! {
+            Some(done) = attempts.join_next() => match done {
+                Ok(Ok(banner)) => return Ok(banner),
+                Ok(Err(why)) => why,
+                Err(e) => format!("probe task failed: {e}"),
+            },
+            _ = tokio::time::sleep_until(wake) => continue,
         };
         let now = Instant::now();
         let report = match &last_reported {
@@ -40,26 +73,21 @@ pub async fn wait(
             progress(&waiting_on);
             last_reported = Some((waiting_on.clone(), now));
         }
-        if now >= deadline {
-            return Err(format!(
-                "timed out after {:.1}s waiting for SSH on {host}:{port} (last: {waiting_on})",
-                start.elapsed().as_secs_f64()
-            ));
-        }
-        tokio::time::sleep(POLL.min(deadline.saturating_duration_since(now))).await;
+        last_obstacle = Some(waiting_on);
     }
 }
 
 /// One try: connect, read the banner line. Err is a short description of the obstacle.
-async fn attempt(host: &str, port: u16, limit: Duration) -> Result<String, String> {
-    let connect = tokio::time::timeout(limit, TcpStream::connect((host, port))).await;
+async fn attempt(host: String, port: u16, limit: Duration) -> Result<String, String> {
+    let started = Instant::now();
+    let connect = tokio::time::timeout(limit, TcpStream::connect((host.as_str(), port))).await;
     let mut stream = match connect {
         Err(_) => return Err(format!("tcp {host}:{port}: no answer")),
         Ok(Err(e)) => return Err(format!("tcp {host}:{port}: {}", short_io(&e))),
         Ok(Ok(s)) => s,
     };
     let mut buf = Vec::with_capacity(256);
-    let read = tokio::time::timeout(limit, async {
+    let read = tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
         let mut chunk = [0u8; 256];
         while !buf.contains(&b'\n') && buf.len() < 4096 {
             let n = stream.read(&mut chunk).await?;
@@ -112,6 +140,34 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(banner, "SSH-2.0-OpenSSH_test");
+    }
+
+    /// QEMU's user networking accepts at once and then stays silent until the guest's SSH
+    /// server is up. A server that comes up while an attempt is stuck is still seen within
+    /// about one POLL, not after that attempt's banner timeout.
+    #[tokio::test]
+    async fn a_silent_accept_does_not_hold_back_the_next_attempt() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let up_at = Instant::now() + Duration::from_millis(300);
+        tokio::spawn(async move {
+            let mut silent = Vec::new();
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                if Instant::now() < up_at {
+                    silent.push(s); // accepted, never answered
+                } else {
+                    let _ = s.write_all(b"SSH-2.0-late\r\n").await;
+                }
+            }
+        });
+        let start = Instant::now();
+        let banner = wait("127.0.0.1", port, Duration::from_secs(5), |_| {})
+            .await
+            .unwrap();
+        assert_eq!(banner, "SSH-2.0-late");
+        let took = start.elapsed();
+        assert!(took < Duration::from_millis(900), "{took:?}");
     }
 
     #[tokio::test]

@@ -30,14 +30,14 @@ use crate::ssh::{Master, command_line};
 /// Progress is reported as marker lines `CASTRA-<nonce> <step> [code] [detail]` on stdout
 /// (preceded by a newline, in case the script's last line had none). Arguments: nonce,
 /// remote_dir, script file name, verify command ("" = none), verify path ("" = none), Vizier
-/// directory ("" = /opt/castra/vizier for root, <remote_dir>/.vizier otherwise), then the
-/// program to run.
+/// directory ("" = /opt/castra/vizier for root, <remote_dir>/.vizier otherwise), the agent's
+/// text (ours, no secret: an argument, because the shell's `read` takes a pipe one byte per
+/// system call), then the program to run.
 const DRIVER: &str = r#"set -e
-nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; shift 6
+nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; agent=$7; shift 7
 m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
-block; agent=$out
 if [ -n "$vdir" ]; then vlog=$vdir/service.log
 elif [ "$(id -u)" = 0 ]; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
 else vdir=$dir/.vizier; vlog=$vdir/service.log; fi
@@ -156,6 +156,7 @@ pub async fn session(
         s.verify_command.unwrap_or_default().into(),
         s.verify_path.unwrap_or_default().into(),
         s.vizier_dir.unwrap_or_default().into(),
+        crate::vizier::agent_script(),
     ];
     words.extend(s.program.iter().cloned());
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
@@ -167,11 +168,9 @@ pub async fn session(
         .spawn()
         .map_err(|e| format!("cannot run ssh: {e}"))?;
     let env_block = env_block(s.env);
-    let agent = text_block(&crate::vizier::agent_script());
     let (script, payload) = (s.script.to_owned(), s.payload.map(Path::to_owned));
     let feeder = tokio::task::spawn_blocking(move || {
         let mut writer = writer;
-        writer.write_all(agent.as_bytes())?;
         writer.write_all(env_block.as_bytes())?;
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
@@ -209,11 +208,6 @@ pub async fn session(
         last_stderr,
         send_error,
     })
-}
-
-/// A text as a block the driver's `block` reads: its line count, then its lines.
-fn text_block(text: &str) -> String {
-    format!("{}\n{text}", text.lines().count())
 }
 
 /// The env block: a line count, then one line per variable. Values are written as octal
@@ -411,6 +405,7 @@ mod tests {
             .arg(dir.join("guest/remote dir"))
             .args(["run.sh", "", verify_path])
             .arg(dir.join("vizier"))
+            .arg(crate::vizier::agent_script())
             .args(["sh", "./run.sh"])
             .stdin(reader)
             .stdout(Stdio::piped())
@@ -418,10 +413,8 @@ mod tests {
             .spawn()
             .unwrap();
         let (block, script, payload) = (env_block(env), dir.join("run.sh"), dir.join("payload"));
-        let agent = text_block(&crate::vizier::agent_script());
         let feeder = std::thread::spawn(move || {
             let mut writer = writer;
-            writer.write_all(agent.as_bytes())?;
             writer.write_all(block.as_bytes())?;
             write_archive(writer, &script, "run.sh", Some(&payload))
         });

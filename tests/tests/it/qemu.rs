@@ -476,8 +476,11 @@ fn two_vms_boot_and_bootstrap_concurrently_while_status_stays_fast() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    // A status that waited on a booting VM would take seconds (a boot is about 6 s). The bound
+    // leaves room for two TCG guests and the rest of the suite saturating both cores of a CI
+    // machine; status latency itself is measured by scripts/bench (P2).
     assert!(
-        slowest < Duration::from_millis(50),
+        slowest < Duration::from_millis(250),
         "slowest of {calls} status calls: {slowest:?}"
     );
     let outcome = lab
