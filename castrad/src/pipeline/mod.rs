@@ -12,7 +12,7 @@
 //! - On failure the VM is left as it is, for inspection.
 
 mod handshake;
-mod remote;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -33,6 +33,7 @@ use crate::runlog::{self, Recorder};
 use crate::ssh::{self, Master, Target};
 use crate::stamps::{self, Stamp};
 use crate::state_root::StateRoot;
+use crate::vizier::health::Handover;
 use crate::vm::VmSnapshot;
 
 pub use remote::{ERROR_MARKER, NOOP_MARKER};
@@ -62,18 +63,18 @@ pub struct Ctx {
 }
 
 /// What a run leaves behind: its outcome and, after a successful run that reached the guest,
-/// the run's ControlMaster, still connected, for the Vizier health check to take over (one
-/// key exchange per VM, not two).
+/// its connection and session, still open, for the Vizier health check to take over (a run
+/// and the watching after it cost one key exchange and one session start, not two of each).
 pub struct Finished {
     pub outcome: VmOutcome,
-    pub master: Option<Master>,
+    pub handover: Option<Handover>,
 }
 
 impl From<VmOutcome> for Finished {
     fn from(outcome: VmOutcome) -> Finished {
         Finished {
             outcome,
-            master: None,
+            handover: None,
         }
     }
 }
@@ -224,8 +225,8 @@ struct Run {
     env: BTreeMap<String, String>,
     redactions: Vec<(String, String)>,
     output: Option<std::fs::File>,
-    /// The ControlMaster, kept after a successful run for the health check.
-    kept: Option<Master>,
+    /// The connection and session, kept after a successful run for the health check.
+    kept: Option<Handover>,
 }
 
 /// A failed step: its detail.
@@ -236,6 +237,8 @@ type StepResult<T> = Result<T, String>;
 struct Applied {
     /// The script printed `CASTRA_NOOP`.
     noop: bool,
+    /// The session, gone on as the agent's watch after `done`.
+    watch: Option<remote::Tail>,
 }
 
 /// Where the guest session is: the step running and what has been seen.
@@ -456,18 +459,13 @@ impl Run {
             let _ = file.flush();
             let _ = file.sync_all();
         }
-        let master = self.kept.take();
+        let handover = self.kept.take();
         match result {
             Ok(applied) => Finished {
                 outcome: self.succeed(applied.noop),
-                master,
+                handover,
             },
-            Err(error) => {
-                if let Some(m) = master {
-                    m.close().await;
-                }
-                self.fail(error).into()
-            }
+            Err(error) => self.fail(error).into(),
         }
     }
 
@@ -520,11 +518,15 @@ impl Run {
         report(&format!("authentication as {}", target.display()));
         let master = Master::connect(target).await.map_err(|e| e.to_string());
         let master = self.checked(Step::WaitHandshake, t, master.map(|m| (m, Some(banner))))?;
-        let result = self.remote_steps(&master).await;
-        if result.is_ok() {
-            self.kept = Some(master);
-        } else {
-            master.close().await;
+        let mut result = self.remote_steps(&master).await;
+        match &mut result {
+            Ok(applied) => {
+                self.kept = Some(Handover {
+                    session: applied.watch.take(),
+                    master,
+                })
+            }
+            Err(_) => master.close().await,
         }
         result
     }
@@ -593,14 +595,11 @@ impl Run {
         if !st.done {
             let why = if let Some(e) = ended.send_error {
                 e
-            } else if ended.status.code() == Some(255) {
+            } else if ended.status.and_then(|s| s.code()) == Some(255) {
                 format!("the SSH connection failed{}", tail(&ended.last_stderr))
             } else {
-                format!(
-                    "the guest session {}{}",
-                    remote::exit(ended.status),
-                    tail(&ended.last_stderr)
-                )
+                let how = ended.status.map(remote::exit).unwrap_or_default();
+                format!("the guest session {how}{}", tail(&ended.last_stderr))
             };
             return self.checked(st.step, st.since, Err(why));
         }
@@ -615,7 +614,10 @@ impl Run {
         } else {
             self.step_done(Step::Verify, StepStatus::Success, st.since, None);
         }
-        Ok(Applied { noop: st.noop })
+        Ok(Applied {
+            noop: st.noop,
+            watch: ended.tail,
+        })
     }
 
     /// Where the guest keeps the agent's log, for messages.

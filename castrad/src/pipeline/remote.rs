@@ -18,7 +18,8 @@ use std::process::Stdio;
 
 use castra_api::OutputStream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::process::Child;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use crate::ssh::{Master, command_line};
 
@@ -32,9 +33,13 @@ use crate::ssh::{Master, command_line};
 /// remote_dir, script file name, verify command ("" = none), verify path ("" = none), Vizier
 /// directory ("" = /opt/castra/vizier for root, <remote_dir>/.vizier otherwise), the agent's
 /// text (ours, no secret: an argument, because the shell's `read` takes a pipe one byte per
-/// system call), then the program to run.
+/// system call), the health check's interval in seconds ("" = end the session at `done`), then
+/// the program to run.
+///
+/// After `done` the session becomes the agent's `watch` (the Vizier health check's reports),
+/// so a run and the watching that follows it cost the guest one session start, not two.
 const DRIVER: &str = r#"set -e
-nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; agent=$7; shift 7
+nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; agent=$7; every=$8; shift 8
 m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
@@ -79,15 +84,15 @@ m connect
 rm -rf -- payload "$script"
 tar -x -f -
 m transfer
-eval "$envs"
 set +e
-"$@" </dev/null
+(eval "$envs"; exec "$@") </dev/null
 rc=$?
 m apply $rc
 [ $rc -eq 0 ] || exit 0
-if [ -n "$vcmd" ]; then sh -c "$vcmd" </dev/null; rc=$?; m verify-command $rc; [ $rc -eq 0 ] || exit 0; fi
+if [ -n "$vcmd" ]; then (eval "$envs"; exec sh -c "$vcmd") </dev/null; rc=$?; m verify-command $rc; [ $rc -eq 0 ] || exit 0; fi
 if [ -n "$vpath" ]; then if [ -e "$vpath" ]; then m verify-path 0; else m verify-path 1; exit 0; fi; fi
 m done
+[ -z "$every" ] || exec sh "$vbin" watch "$vstate" "$every" </dev/null
 "#;
 
 /// The marker line by which a script declares that nothing needed changing.
@@ -126,15 +131,54 @@ pub struct Session<'a> {
     pub vizier_dir: Option<&'a str>,
 }
 
-/// How the session process ended.
+/// How the session ended (or, after `done`, went on as the agent's watch).
 #[derive(Debug)]
 pub struct Ended {
-    pub status: std::process::ExitStatus,
+    /// None when the session reached `done` and goes on in `tail`.
+    pub status: Option<std::process::ExitStatus>,
     /// The last non-empty stderr line, for error messages.
     pub last_stderr: String,
     /// Why sending the env block or archive failed, when it did for a reason of ours (an
     /// unreadable payload file) rather than the guest hanging up.
     pub send_error: Option<String>,
+    /// The session after `done`: the agent's watch, for the health check to read.
+    pub tail: Option<Tail>,
+}
+
+/// A session whose stdout carries the agent's `watch` reports: the ssh process and its stdout,
+/// line by line. Dropping it ends the session.
+#[derive(Debug)]
+pub struct Tail {
+    child: Child,
+    lines: UnboundedReceiver<(OutputStream, String)>,
+}
+
+impl Tail {
+    /// Runs `remote_command` over `master` with its stdout read line by line.
+    pub fn spawn(master: &Master, remote_command: &str) -> std::io::Result<Tail> {
+        let mut child = master
+            .command(remote_command)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(self::lines(out, OutputStream::Stdout, tx));
+        }
+        Ok(Tail { child, lines })
+    }
+
+    /// The next line; None once the session has ended.
+    pub async fn next_line(&mut self) -> Option<String> {
+        self.lines.recv().await.map(|(_, line)| line)
+    }
+
+    /// Ends the session.
+    pub async fn close(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
 }
 
 /// Runs the whole guest side in one SSH session over `master`, sending notes to `notes`.
@@ -157,6 +201,7 @@ pub async fn session(
         s.verify_path.unwrap_or_default().into(),
         s.vizier_dir.unwrap_or_default().into(),
         crate::vizier::agent_script(),
+        crate::vizier::health::INTERVAL.as_secs().to_string(),
     ];
     words.extend(s.program.iter().cloned());
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
@@ -176,26 +221,57 @@ pub async fn session(
     });
 
     let marker = format!("CASTRA-{nonce} ");
-    let stdout = child
+    let mut stdout = child
         .stdout
         .take()
         .map(|o| tokio::spawn(read_stdout(o, marker, notes.clone())));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let stderr = child
-        .stderr
-        .take()
-        .map(|e| tokio::spawn(lines(e, OutputStream::Stderr, tx)));
+    let mut stderr_open = match child.stderr.take() {
+        Some(e) => {
+            tokio::spawn(lines(e, OutputStream::Stderr, tx));
+            true
+        }
+        None => false,
+    };
     let mut last_stderr = String::new();
-    while let Some((stream, line)) = rx.recv().await {
+    let mut on_stderr = |stream, line: String| {
         if !line.trim().is_empty() {
             last_stderr = line.trim().to_owned();
         }
         let _ = notes.send(Note::Line { stream, line });
+    };
+    // Until stdout has seen `done` (the session goes on as the watch) or both streams ended.
+    let mut tail_lines = None;
+    loop {
+        tokio::select! {
+            line = rx.recv(), if stderr_open => match line {
+                Some((stream, line)) => on_stderr(stream, line),
+                None => stderr_open = false,
+            },
+            out = async { stdout.as_mut().expect("guarded").await }, if stdout.is_some() => {
+                stdout = None;
+                tail_lines = out.ok().flatten();
+                if tail_lines.is_some() {
+                    break;
+                }
+            }
+            else => break,
+        }
     }
-    for task in [stdout, stderr].into_iter().flatten() {
-        let _ = task.await;
-    }
-    let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
+    let (tail, status) = match tail_lines {
+        Some(lines) => {
+            while let Ok((stream, line)) = rx.try_recv() {
+                on_stderr(stream, line);
+            }
+            // Keep draining stderr so that a chatty session never blocks on a full pipe.
+            tokio::spawn(async move { while rx.recv().await.is_some() {} });
+            (Some(Tail { child, lines }), None)
+        }
+        None => {
+            let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
+            (None, Some(status))
+        }
+    };
     // The guest may stop reading early (a failed unpack); a broken pipe is then expected.
     let send_error = match feeder.await {
         Ok(Ok(_)) => None,
@@ -207,6 +283,7 @@ pub async fn session(
         status,
         last_stderr,
         send_error,
+        tail,
     })
 }
 
@@ -230,13 +307,15 @@ pub fn env_block(env: &BTreeMap<String, String>) -> String {
     out
 }
 
+/// Turns the session's stdout into notes. Returns the rest of the stream once the `done`
+/// marker has passed (the session goes on as the agent's watch), None when it ended first.
 async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
     reader: R,
     marker: String,
     notes: UnboundedSender<Note>,
-) {
+) -> Option<UnboundedReceiver<(OutputStream, String)>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let reading = tokio::spawn(lines(reader, OutputStream::Stdout, tx));
+    tokio::spawn(lines(reader, OutputStream::Stdout, tx));
     // A marker is preceded by a newline we printed; hold one empty line back to drop it.
     let mut held_empty = false;
     while let Some((stream, line)) = rx.recv().await {
@@ -248,8 +327,12 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
                 None if after.parse::<i32>().is_ok() => (after.parse().ok(), ""),
                 _ => (None, after),
             };
+            let done = name == "done";
             let (name, rest) = (name.to_owned(), detail.trim().to_owned());
             let _ = notes.send(Note::Marker { name, code, rest });
+            if done {
+                return Some(rx);
+            }
             continue;
         }
         // A script line that ends without a newline is glued to our marker's newline: the
@@ -265,7 +348,7 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
             let _ = notes.send(Note::Line { stream, line });
         }
     }
-    let _ = reading.await;
+    None
 }
 
 fn write_archive(
@@ -406,6 +489,7 @@ mod tests {
             .args(["run.sh", "", verify_path])
             .arg(dir.join("vizier"))
             .arg(crate::vizier::agent_script())
+            .arg("") // no watch after `done`: the session ends
             .args(["sh", "./run.sh"])
             .stdin(reader)
             .stdout(Stdio::piped())
@@ -453,6 +537,8 @@ mod tests {
             ),
             ("B".to_owned(), String::new()),
             ("C".to_owned(), "trailing newlines\n\n".to_owned()),
+            // Named like a driver variable: the script sees it, the driver keeps its own.
+            ("vpath".to_owned(), "not-the-verify-path".to_owned()),
         ]);
         let (stdout, stderr, code) = run_driver(d, &env, "done");
         assert_eq!(code, 0, "{stderr}");

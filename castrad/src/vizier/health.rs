@@ -3,21 +3,22 @@
 //! changes: `VizierConnected` when it answers (again), `VizierLost` when it stops answering or
 //! was replaced by a new process (its supervisor restarted it).
 //!
-//! One long-lived session rather than a command per check: a login costs the guest a shell
-//! start (with the user's rc files) and sshd a new session every time, which with many VMs on
-//! one host added up to most of a core. The check owns its ControlMaster; when the session
-//! ends or falls silent it reports the loss and reconnects. The VM's actor owns the task and
-//! aborts it when the VM stops; the guest side ends at its next write to the closed session.
+//! The first session is the run's own: after `done` the session driver turns into the watch,
+//! and the run hands its connection and session over ([`Handover`]). A login costs the guest a
+//! shell start (with the user's rc files) and a connection costs both ends a key exchange;
+//! checking with a new command every 2 s had kept most of a core busy with many VMs on one
+//! host. When the session ends or falls silent, the check reports the loss and reconnects on a
+//! ControlMaster of its own. The VM's actor owns the task and aborts it when the VM stops; the
+//! guest side ends at its next write to the closed session.
 
 use std::time::Duration;
 
 use castra_api::Event;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::process::ChildStdout;
 use tokio::sync::watch;
 
 use super::{Banner, VERSION, parse_banner};
 use crate::events::EventBus;
+use crate::pipeline::remote::Tail;
 use crate::ssh::{Master, Target, command_line};
 use crate::vm::{VizierSeen, VmSnapshot};
 
@@ -31,6 +32,13 @@ const GRACE: Duration = Duration::from_secs(8);
 const WATCH: &str = r#"vdir=$1; dir=$2; ver=$3; every=$4
 if [ -z "$vdir" ]; then if [ "$(id -u)" = 0 ]; then vdir=/opt/castra/vizier; else vdir=$dir/.vizier; fi; fi
 exec sh "$vdir/$ver/vizier.sh" watch "$vdir/state" "$every""#;
+
+/// What a successful run leaves for the check: its ControlMaster and, when the guest session
+/// went on as the agent's watch, that session.
+pub struct Handover {
+    pub master: Master,
+    pub session: Option<Tail>,
+}
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,12 +95,11 @@ pub fn parse_report(first: &str, next: Option<&str>) -> Option<Seen> {
     })
 }
 
-/// Runs until aborted, on `master` first when the run handed its connection over (else on a
-/// connection of its own to `target`). `vizier_dir` and `remote_dir` locate the agent as the
-/// run did.
+/// Runs until aborted, first on what the run handed over (else on a connection of its own to
+/// `target`). `vizier_dir` and `remote_dir` locate the agent as the run did.
 pub async fn watch(
     target: Target,
-    mut master: Option<Master>,
+    mut handover: Option<Handover>,
     vizier_dir: Option<String>,
     remote_dir: String,
     bus: EventBus,
@@ -133,45 +140,38 @@ pub async fn watch(
         });
     };
     loop {
-        let connected = match master.take() {
-            Some(m) => Ok(m),
-            None => Master::connect(target.clone()).await,
+        let (master, session) = match handover.take() {
+            Some(h) => (Ok(h.master), h.session),
+            None => (Master::connect(target.clone()).await, None),
         };
-        match connected {
+        match master {
             Err(_) => report(&Seen::Gone(
                 "the guest's SSH server does not accept us".into(),
             )),
             Ok(master) => {
-                let session = master
-                    .command(&remote)
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::null())
-                    .spawn();
+                let session = match session {
+                    Some(tail) => Ok(tail),
+                    None => Tail::spawn(&master, &remote),
+                };
                 match session {
                     Err(e) => report(&Seen::Gone(format!("cannot run ssh: {e}"))),
-                    Ok(mut child) => {
-                        if let Some(stdout) = child.stdout.take() {
-                            let mut lines = BufReader::new(stdout).lines();
-                            // Each report as it comes; a session that ends or falls silent
-                            // is reported once and replaced.
-                            let ended = loop {
-                                match tokio::time::timeout(INTERVAL + GRACE, next(&mut lines)).await
-                                {
-                                    Ok(Ok(seen)) => report(&seen),
-                                    Ok(Err(why)) => break why,
-                                    Err(_) => {
-                                        break format!(
-                                            "the agent did not answer within {} s",
-                                            (INTERVAL + GRACE).as_secs()
-                                        );
-                                    }
+                    Ok(mut tail) => {
+                        // Each report as it comes; a session that ends or falls silent is
+                        // reported once and replaced.
+                        let ended = loop {
+                            match tokio::time::timeout(INTERVAL + GRACE, next(&mut tail)).await {
+                                Ok(Ok(seen)) => report(&seen),
+                                Ok(Err(why)) => break why,
+                                Err(_) => {
+                                    break format!(
+                                        "the agent did not answer within {} s",
+                                        (INTERVAL + GRACE).as_secs()
+                                    );
                                 }
-                            };
-                            report(&Seen::Gone(ended));
-                        }
-                        let _ = child.start_kill();
-                        let _ = child.wait().await;
+                            }
+                        };
+                        report(&Seen::Gone(ended));
+                        tail.close().await;
                     }
                 }
                 // Reconnect next time: the connection may be what failed.
@@ -184,22 +184,12 @@ pub async fn watch(
 
 /// The next report of the watch session; Err when the session ended. Lines that are not
 /// reports (a chatty rc file in the guest) are skipped.
-async fn next(lines: &mut Lines<BufReader<ChildStdout>>) -> Result<Seen, String> {
+async fn next(tail: &mut Tail) -> Result<Seen, String> {
     let ended = || "the session watching the agent ended".to_owned();
     loop {
-        let first = lines
-            .next_line()
-            .await
-            .map_err(|_| ended())?
-            .ok_or_else(ended)?;
+        let first = tail.next_line().await.ok_or_else(ended)?;
         let next = if first.starts_with("VIZIER/") {
-            Some(
-                lines
-                    .next_line()
-                    .await
-                    .map_err(|_| ended())?
-                    .ok_or_else(ended)?,
-            )
+            Some(tail.next_line().await.ok_or_else(ended)?)
         } else {
             None
         };

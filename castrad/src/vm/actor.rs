@@ -481,7 +481,7 @@ impl Actor {
                 self.snapshot()
                     .send_modify(|s| s.last = Some(result.clone()));
                 let _ = outcome.send(Some(result));
-                self.start_health(&job, finished.master);
+                self.start_health(&job, finished.handover);
             }
             (Ok(Done::Stop(report, reply)), _) => {
                 if report.error.is_none() && report.outcome != "external" {
@@ -516,20 +516,22 @@ impl Actor {
 }
 
 impl Actor {
-    /// Starts the Vizier health check if a run has seen the agent and none runs yet, on the
-    /// run's connection when it left one.
-    fn start_health(&mut self, job: &Job, master: Option<crate::ssh::Master>) {
+    /// Starts the Vizier health check after a run that has seen the agent. What the run hands
+    /// over (its connection, its session gone on as the agent's watch) replaces a check already
+    /// running; without it, a running check is kept.
+    fn start_health(&mut self, job: &Job, handover: Option<crate::vizier::health::Handover>) {
         let seen = self
             .snapshot()
             .borrow()
             .vizier
             .as_ref()
             .is_some_and(|v| v.healthy);
-        if !seen || self.health.as_ref().is_some_and(|h| !h.is_finished()) {
-            if let Some(m) = master {
-                tokio::spawn(m.close());
-            }
-            return;
+        let running = self.health.as_ref().is_some_and(|h| !h.is_finished());
+        if !seen || (running && handover.is_none()) {
+            return; // a handover, if any, is dropped: its session and connection end
+        }
+        if let Some(old) = self.health.take() {
+            old.abort();
         }
         let vm = &job.vm;
         let port = self
@@ -554,7 +556,7 @@ impl Actor {
         };
         self.health = Some(tokio::spawn(crate::vizier::health::watch(
             target,
-            master,
+            handover,
             vm.bootstrap.vizier_dir.clone(),
             vm.bootstrap.remote_dir.clone(),
             self.ctx.pipeline.bus.clone(),

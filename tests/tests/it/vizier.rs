@@ -64,6 +64,23 @@ fn enabling_again_and_again_leaves_exactly_one_agent() {
         1,
         "one agent"
     );
+    // One watch of the agent (the last run's session, gone on as the watch; the earlier ones
+    // were replaced and end at their next report), carrying none of the run's environment.
+    let watch = format!("{} watch", bin.display());
+    wait_until(Duration::from_secs(10), "a single watch session", || {
+        (fleet.processes(&watch) == 1).then_some(())
+    });
+    let pid = Command::new("pgrep")
+        .args(["-f", &watch])
+        .output()
+        .unwrap()
+        .stdout;
+    let pid = String::from_utf8(pid).unwrap().trim().to_owned();
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    assert!(
+        !String::from_utf8_lossy(&environ).contains("CASTRA_RUN_ID="),
+        "the watch kept the run's environment"
+    );
     let status = fleet.status_vm("box");
     assert_eq!(status["vizier"]["version"], VERSION);
     assert_eq!(status["vizier"]["healthy"], true);
