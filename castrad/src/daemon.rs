@@ -210,6 +210,7 @@ impl Daemon {
                 operation: operation.clone(),
                 config: entry.project.config_path.clone(),
                 ssh_port: None,
+                booting: false,
             };
             let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
             if let Err(busy) = handle.up(job, tx.clone()).await {

@@ -1,7 +1,11 @@
-//! How castrad talks to a guest: the user's OpenSSH client, one ControlMaster per run.
+//! How castrad talks to a guest: the user's OpenSSH client, one connection per guest session.
 //!
-//! [`Target`] builds argv (pure, unit-tested); [`Master`] owns the ControlMaster process of one
-//! pipeline run and runs commands multiplexed over it.
+//! [`Target`] builds argv (pure, unit-tested); [`Connection`] owns one `ssh` process that
+//! authenticates and runs one remote command (a run's guest session, or the health check's
+//! watch). It is a ControlMaster only so that its control socket tells castrad the moment
+//! authentication succeeded, before the session starts: `wait-handshake` ends there. The
+//! command runs on the master's own session, not a multiplexed one: a second `ssh` process per
+//! run cost every VM a few milliseconds of CPU and latency for nothing.
 //!
 //! Host keys are pinned per VM in the state root (`vms/<vm>/known_hosts`) under a
 //! `HostKeyAlias` of the VM's name, so the pin follows the VM whatever host port it is
@@ -15,9 +19,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 /// Everything needed to reach one guest.
@@ -32,7 +35,7 @@ pub struct Target {
     pub options: Vec<String>,
     /// The pinned host key file of this VM.
     pub known_hosts: PathBuf,
-    /// The ControlMaster socket of this run.
+    /// The control socket of this connection (it exists once ssh has authenticated).
     pub control_path: PathBuf,
     pub connect_timeout: Duration,
 }
@@ -46,10 +49,32 @@ impl Target {
         }
     }
 
-    /// Options shared by the master and every multiplexed command. Ours come first: ssh keeps
-    /// the first value it sees for an option, so users cannot accidentally disable pinning
-    /// through `options`, while the rest of their `-o` options and ~/.ssh/config still apply.
-    fn common_args(&self, pinned: bool) -> Vec<OsString> {
+    /// The target of `vm` on `port` (its host, or this machine), pinned in `known_hosts`.
+    pub fn for_vm(
+        vm: &crate::config::Vm,
+        port: u16,
+        known_hosts: PathBuf,
+        control_path: PathBuf,
+        connect_timeout: Duration,
+    ) -> Target {
+        Target {
+            vm: vm.name.clone(),
+            host: vm.ssh.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+            port,
+            user: vm.ssh.user.clone(),
+            identity: vm.ssh.identity.clone(),
+            options: vm.ssh.options.clone(),
+            known_hosts,
+            control_path,
+            connect_timeout,
+        }
+    }
+
+    /// argv (after `ssh`): a ControlMaster that authenticates, then runs `remote_command` as
+    /// its own session. Ours come first: ssh keeps the first value it sees for an option, so
+    /// users cannot accidentally disable pinning through `options`, while the rest of their
+    /// `-o` options and ~/.ssh/config still apply.
+    pub fn args(&self, pinned: bool, remote_command: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
         let mut opt = |k: &str, v: &str| {
             args.push("-o".into());
@@ -102,32 +127,17 @@ impl Target {
             args.push("-o".into());
             args.push(o.into());
         }
-        args
-    }
-
-    /// argv (after `ssh`) of the ControlMaster: authenticates, then holds the connection.
-    pub fn master_args(&self, pinned: bool) -> Vec<OsString> {
-        let mut args = self.common_args(pinned);
         args.extend(
             [
                 "-o",
                 "ControlMaster=yes",
                 "-o",
                 "ControlPersist=no",
-                "-N",
                 "-T",
                 "--",
             ]
             .map(OsString::from),
         );
-        args.push(self.host.clone().into());
-        args
-    }
-
-    /// argv (after `ssh`) running `remote_command` over the master's connection.
-    pub fn command_args(&self, remote_command: &str) -> Vec<OsString> {
-        let mut args = self.common_args(true);
-        args.extend(["-o", "ControlMaster=no", "-T", "--"].map(OsString::from));
         args.push(self.host.clone().into());
         args.push(remote_command.into());
         args
@@ -195,70 +205,69 @@ pub enum SshError {
     Spawn(#[source] std::io::Error),
 }
 
-/// The ControlMaster of one run. Dropping it kills the master and removes its socket.
+impl SshError {
+    /// Whether ssh gave up before the guest could judge us (no host key or authentication
+    /// verdict): the SSH server may just not be up yet.
+    pub fn unreached(&self) -> bool {
+        match self {
+            SshError::Failed { message, .. } => !message.contains("Permission denied"),
+            SshError::HostKeyChanged { .. } | SshError::Spawn(_) => false,
+        }
+    }
+}
+
+/// One `ssh` process: a connection to the guest running one remote command. Dropping it
+/// kills the process (ending the session) and removes its control socket.
 #[derive(Debug)]
-pub struct Master {
+pub struct Connection {
     target: Target,
     child: Child,
 }
 
-impl Master {
-    /// Starts the master and waits until it has authenticated (its control socket exists).
-    pub async fn connect(target: Target) -> Result<Master, SshError> {
+impl Connection {
+    /// Starts `ssh` running `remote_command`, with the given stdio; returns at once. See
+    /// [`Connection::authenticated`] for when the guest has accepted us, and [`classify`] for
+    /// what ssh printed if it exits before that.
+    pub fn spawn(
+        target: Target,
+        remote_command: &str,
+        stdin: Stdio,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<Connection, SshError> {
         let pinned = std::fs::metadata(&target.known_hosts).is_ok_and(|m| m.len() > 0);
-        if let Some(dir) = target.control_path.parent() {
-            crate::state_root::ensure_dir(dir).map_err(SshError::Spawn)?;
-        }
-        if let Some(dir) = target.known_hosts.parent() {
+        for dir in [target.control_path.parent(), target.known_hosts.parent()]
+            .into_iter()
+            .flatten()
+        {
             crate::state_root::ensure_dir(dir).map_err(SshError::Spawn)?;
         }
         let _ = std::fs::remove_file(&target.control_path);
-        let mut child = Command::new("ssh")
-            .args(target.master_args(pinned))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+        let child = Command::new("ssh")
+            .args(target.args(pinned, remote_command))
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .map_err(SshError::Spawn)?;
-        let deadline = Instant::now() + target.connect_timeout + Duration::from_secs(5);
-        loop {
-            if target.control_path.exists() {
-                return Ok(Master { target, child });
-            }
-            if let Some(_status) = child.try_wait().map_err(SshError::Spawn)? {
-                let mut stderr = String::new();
-                if let Some(mut err) = child.stderr.take() {
-                    let _ = err.read_to_string(&mut stderr).await;
-                }
-                return Err(classify(&target, &stderr));
-            }
-            if Instant::now() >= deadline {
-                return Err(SshError::Failed {
-                    endpoint: target.display(),
-                    message: format!(
-                        "no connection after {:?} (authentication did not finish)",
-                        target.connect_timeout + Duration::from_secs(5)
-                    ),
-                });
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        Ok(Connection { target, child })
+    }
+
+    /// Whether ssh has authenticated: its control socket exists.
+    pub fn authenticated(&self) -> bool {
+        self.target.control_path.exists()
     }
 
     pub fn target(&self) -> &Target {
         &self.target
     }
 
-    /// A command that runs `remote_command` over this connection (caller sets stdio).
-    pub fn command(&self, remote_command: &str) -> Command {
-        let mut cmd = Command::new("ssh");
-        cmd.args(self.target.command_args(remote_command))
-            .kill_on_drop(true);
-        cmd
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
     }
 
-    /// Stops the master.
+    /// Ends the session and the connection.
     pub async fn close(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
@@ -266,14 +275,15 @@ impl Master {
     }
 }
 
-impl Drop for Master {
+impl Drop for Connection {
     fn drop(&mut self) {
         let _ = self.child.start_kill();
         let _ = std::fs::remove_file(&self.target.control_path);
     }
 }
 
-fn classify(target: &Target, stderr: &str) -> SshError {
+/// What ssh's stderr says about a connection that ended before authenticating.
+pub fn classify(target: &Target, stderr: &str) -> SshError {
     if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || stderr.contains("Host key verification failed")
     {
@@ -299,8 +309,8 @@ fn classify(target: &Target, stderr: &str) -> SshError {
     }
 }
 
-/// The directory for ControlMaster sockets: short, private, next to castrad's socket (Unix
-/// socket paths are limited to 108 bytes).
+/// The control socket of a connection, in the directory for them: short, private, next to
+/// castrad's socket (Unix socket paths are limited to 108 bytes).
 pub fn control_path(dir: &Path, run_id: &str) -> PathBuf {
     dir.join(format!("{run_id}.sock"))
 }
@@ -334,28 +344,28 @@ mod tests {
     }
 
     #[test]
-    fn master_pins_keys_before_user_options() {
-        let first = joined(target().master_args(false));
+    fn args_pin_keys_before_user_options() {
+        let first = joined(target().args(false, "true"));
         assert!(first.starts_with("-o BatchMode=yes -o ConnectTimeout=7 -o HostKeyAlias=castra-web-0 -o StrictHostKeyChecking=accept-new"), "{first}");
         assert!(first.contains("-o UserKnownHostsFile=/s/vms/web-0/known_hosts"));
         assert!(first.contains("-o ControlPath=/run/c/abc.sock"));
         assert!(first.contains("-p 2222 -l deploy -i /k/id_ed25519 -o IdentitiesOnly=yes"));
         assert!(
-            first.ends_with("-o ControlMaster=yes -o ControlPersist=no -N -T -- 127.0.0.1"),
+            first.ends_with("-o ControlMaster=yes -o ControlPersist=no -T -- 127.0.0.1 true"),
             "{first}"
         );
         // Ours precede the user's, so the user's StrictHostKeyChecking=no cannot win.
         let ours = first.find("StrictHostKeyChecking=accept-new").unwrap();
         let theirs = first.find("StrictHostKeyChecking=no").unwrap();
         assert!(ours < theirs);
-        let pinned = joined(target().master_args(true));
+        let pinned = joined(target().args(true, "true"));
         assert!(pinned.contains("StrictHostKeyChecking=yes"));
     }
 
     #[test]
     fn loopback_guests_skip_the_post_quantum_key_exchange_unless_told() {
         let kex = |t: &Target| {
-            joined(t.master_args(true))
+            joined(t.args(true, "true"))
                 .split(' ')
                 .filter(|a| a.starts_with("KexAlgorithms="))
                 .map(str::to_owned)
@@ -404,13 +414,12 @@ mod tests {
     }
 
     #[test]
-    fn command_args_end_with_host_and_one_remote_string() {
-        let args = target().command_args("echo 'hi'");
+    fn args_end_with_host_and_one_remote_string() {
+        let args = target().args(true, "echo 'hi'");
         let n = args.len();
         assert_eq!(args[n - 1], "echo 'hi'");
         assert_eq!(args[n - 2], "127.0.0.1");
         assert_eq!(args[n - 3], "--");
-        assert!(joined(args).contains("ControlMaster=no"));
     }
 
     #[test]
@@ -447,10 +456,19 @@ mod tests {
                 .to_string()
                 .contains("delete that file and run again")
         );
+        assert!(!changed.unreached());
         let denied = classify(&t, "deploy@127.0.0.1: Permission denied (publickey).\n");
         assert_eq!(
             denied.to_string(),
             "ssh to deploy@127.0.0.1:2222 failed: deploy@127.0.0.1: Permission denied (publickey)."
         );
+        assert!(!denied.unreached());
+        for not_up in [
+            "ssh: connect to host 127.0.0.1 port 2222: Connection refused\n",
+            "Connection timed out during banner exchange\nConnection to 127.0.0.1 port 2222 timed out\n",
+            "kex_exchange_identification: read: Connection reset by peer\n",
+        ] {
+            assert!(classify(&t, not_up).unreached(), "{not_up}");
+        }
     }
 }

@@ -30,10 +30,9 @@ use crate::events::EventBus;
 use crate::overrides::ModeSource;
 use crate::planner::{self, Action, Trigger, VmPlan};
 use crate::runlog::{self, Recorder};
-use crate::ssh::{self, Master, Target};
+use crate::ssh::{self, Target};
 use crate::stamps::{self, Stamp};
 use crate::state_root::StateRoot;
-use crate::vizier::health::Handover;
 use crate::vm::VmSnapshot;
 
 pub use remote::{ERROR_MARKER, NOOP_MARKER};
@@ -50,6 +49,9 @@ pub struct Job {
     pub config: PathBuf,
     /// For a QEMU VM: the host port forwarded to its SSH port, known once it runs.
     pub ssh_port: Option<u16>,
+    /// The VM was started by this job: its SSH server is not up yet, so `wait-handshake`
+    /// probes for its banner before running ssh (otherwise it tries ssh at once).
+    pub booting: bool,
 }
 
 /// What the pipeline needs from the daemon.
@@ -57,7 +59,7 @@ pub struct Job {
 pub struct Ctx {
     pub bus: EventBus,
     pub root: StateRoot,
-    /// Where ControlMaster sockets go.
+    /// Where ssh's control sockets go.
     pub control_dir: PathBuf,
     pub snapshot: Arc<tokio::sync::watch::Sender<VmSnapshot>>,
 }
@@ -67,7 +69,7 @@ pub struct Ctx {
 /// and the watching after it cost one key exchange and one session start, not two of each).
 pub struct Finished {
     pub outcome: VmOutcome,
-    pub handover: Option<Handover>,
+    pub handover: Option<remote::Tail>,
 }
 
 impl From<VmOutcome> for Finished {
@@ -226,11 +228,18 @@ struct Run {
     redactions: Vec<(String, String)>,
     output: Option<std::fs::File>,
     /// The connection and session, kept after a successful run for the health check.
-    kept: Option<Handover>,
+    kept: Option<remote::Tail>,
 }
 
 /// A failed step: its detail.
 type StepResult<T> = Result<T, String>;
+
+/// How long the first ssh attempt on a VM that is not booting may take to reach the server
+/// before `wait-handshake` falls back to probing for its banner.
+const DIRECT_ATTEMPT: Duration = Duration::from_secs(3);
+
+/// A guest session that ended before ssh authenticated: why (its retry may help).
+struct Unreached(ssh::SshError);
 
 /// What `apply` observed.
 #[derive(Debug, Default)]
@@ -258,6 +267,8 @@ struct Steps {
     vizier_log: String,
     /// The banner lines after `vizier-handshake 0` (Some while collecting).
     banner: Option<Vec<String>>,
+    /// wait-handshake's detail, for when ssh has authenticated.
+    handshake_detail: String,
     done: bool,
 }
 
@@ -274,6 +285,7 @@ impl Default for Steps {
             in_vizier_log: false,
             vizier_log: String::new(),
             banner: None,
+            handshake_detail: String::new(),
             done: false,
         }
     }
@@ -469,16 +481,20 @@ impl Run {
         }
     }
 
-    /// wait-handshake (the guest's SSH accepts us: TCP, banner, authentication, which leaves
-    /// the run's ControlMaster up), then everything else in one session over it.
+    /// wait-handshake (the guest's SSH server accepts us), then everything else in that
+    /// connection's one session. A VM this job has just started is first probed for an SSH
+    /// banner (it cannot answer yet, and each probe says what is missing); any other VM gets
+    /// ssh at once, and the probes only if that attempt cannot reach the server. A probe costs
+    /// the guest's sshd a fork and re-exec, about what a key exchange costs.
     async fn steps(&mut self) -> StepResult<Applied> {
         let vm = self.job.vm.clone();
         let b = &vm.bootstrap;
-        let (host, port) = self.endpoint()?;
+        let port = self.port()?;
 
         let t = Instant::now();
         self.set_step(Some(Step::WaitHandshake), None);
         let timeout = Duration::from_secs(b.handshake_timeout_secs);
+        let deadline = t + timeout;
         let (bus, op, name, snapshot) = (
             self.ctx.bus.clone(),
             self.job.operation.clone(),
@@ -497,47 +513,69 @@ impl Run {
                 },
             );
         };
-        let mut report = progress.clone();
-        let banner = handshake::wait(&host, port, timeout, &mut report).await;
-        let banner = match banner {
-            Ok(banner) => banner,
-            Err(e) => return self.checked(Step::WaitHandshake, t, Err(e)),
-        };
-        let target = Target {
-            vm: vm.name.clone(),
-            host: host.clone(),
+        let mut target = Target::for_vm(
+            &vm,
             port,
-            user: vm.ssh.user.clone(),
-            identity: vm.ssh.identity.clone(),
-            options: vm.ssh.options.clone(),
-            known_hosts: self.ctx.root.vm_dir(&vm.name).join("known_hosts"),
-            control_path: ssh::control_path(&self.ctx.control_dir, &self.run_id),
-            connect_timeout: Duration::from_secs(b.handshake_timeout_secs.clamp(1, 30)),
-        };
-        let report = progress;
-        report(&format!("authentication as {}", target.display()));
-        let master = Master::connect(target).await.map_err(|e| e.to_string());
-        let master = self.checked(Step::WaitHandshake, t, master.map(|m| (m, Some(banner))))?;
-        let mut result = self.remote_steps(&master).await;
-        match &mut result {
-            Ok(applied) => {
-                self.kept = Some(Handover {
-                    session: applied.watch.take(),
-                    master,
-                })
+            self.ctx.root.vm_dir(&vm.name).join("known_hosts"),
+            ssh::control_path(&self.ctx.control_dir, &self.run_id),
+            DIRECT_ATTEMPT.min(timeout),
+        );
+        let mut banner = None;
+        loop {
+            if self.job.booting || banner.is_some() {
+                let mut report = progress.clone();
+                let left = deadline.saturating_duration_since(Instant::now());
+                let found = handshake::wait(&target.host, port, left, &mut report).await;
+                match found {
+                    Ok(line) => banner = Some(line),
+                    Err(e) => return self.checked(Step::WaitHandshake, t, Err(e)),
+                }
+                target.connect_timeout = Duration::from_secs(b.handshake_timeout_secs.clamp(1, 30));
             }
-            Err(_) => master.close().await,
+            progress(&format!("authentication as {}", target.display()));
+            match self
+                .remote_steps(target.clone(), t, banner.as_deref())
+                .await
+            {
+                Err(Unreached(e))
+                    if banner.is_none() && e.unreached() && Instant::now() < deadline =>
+                {
+                    progress(&e.to_string());
+                    banner = Some(String::new()); // probe, then try again
+                }
+                Err(Unreached(e)) => {
+                    return self.checked(Step::WaitHandshake, t, Err(e.to_string()));
+                }
+                Ok(mut result) => {
+                    if let Ok(applied) = &mut result {
+                        self.kept = applied.watch.take();
+                    }
+                    return result;
+                }
+            }
         }
-        result
     }
 
-    /// The Vizier steps, connect, transfer, apply and verify: one guest session whose markers
-    /// end each step.
-    async fn remote_steps(&mut self, master: &Master) -> StepResult<Applied> {
+    /// The guest session: ssh authenticates (the end of wait-handshake, begun at `since`),
+    /// then the Vizier steps, connect, transfer, apply and verify, each ended by a marker.
+    /// `Err` when ssh ended without authenticating (nothing was recorded yet).
+    async fn remote_steps(
+        &mut self,
+        target: Target,
+        since: Instant,
+        banner: Option<&str>,
+    ) -> Result<StepResult<Applied>, Unreached> {
         let vm = self.job.vm.clone();
         let b = &vm.bootstrap;
-        let script = b.script.clone().ok_or("no script configured")?;
-        let program = remote::program(&script)?;
+        let who = target.display();
+        let script = match b.script.clone() {
+            Some(script) => script,
+            None => return Ok(Err("no script configured".into())),
+        };
+        let program = match remote::program(&script) {
+            Ok(program) => program,
+            Err(e) => return Ok(Err(e)),
+        };
         let env = self.env.clone();
         let session = remote::Session {
             remote_dir: &b.remote_dir,
@@ -550,14 +588,17 @@ impl Run {
             vizier_dir: b.vizier_dir.as_deref(),
         };
         let mut st = Steps {
-            step: Step::VizierInstall,
-            since: Instant::now(),
+            step: Step::WaitHandshake,
+            since,
+            handshake_detail: match banner {
+                Some(line) if !line.is_empty() => format!("{line}; authenticated as {who}"),
+                _ => format!("authenticated as {who}"),
+            },
             ..Steps::default()
         };
-        self.set_step(Some(Step::VizierInstall), None);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let ended = {
-            let run = remote::session(master, &session, tx);
+            let run = remote::session(target.clone(), &session, tx);
             tokio::pin!(run);
             loop {
                 tokio::select! {
@@ -569,6 +610,20 @@ impl Run {
         };
         while let Ok(note) = rx.try_recv() {
             self.on_note(note, &mut st);
+        }
+        if st.step == Step::WaitHandshake {
+            return match ended {
+                Ok(remote::Ended {
+                    unauthenticated: Some(stderr),
+                    ..
+                }) => Err(Unreached(ssh::classify(&target, &stderr))),
+                Ok(_) => Ok(self.checked(
+                    Step::WaitHandshake,
+                    since,
+                    Err("ssh ended without a word".into()),
+                )),
+                Err(e) => Ok(self.checked(Step::WaitHandshake, since, Err(e))),
+            };
         }
         self.mirror_vizier_log(&st.vizier_log);
         if let Some((rc, duration_ms)) = st.apply_exit {
@@ -583,14 +638,14 @@ impl Run {
                 duration_ms,
                 Some(e.clone()),
             );
-            return Err(format!("apply: {e}"));
+            return Ok(Err(format!("apply: {e}")));
         }
         if let Some(failure) = st.failure {
-            return Err(failure);
+            return Ok(Err(failure));
         }
         let ended = match ended {
             Ok(ended) => ended,
-            Err(e) => return self.checked(st.step, st.since, Err(e)),
+            Err(e) => return Ok(self.checked(st.step, st.since, Err(e))),
         };
         if !st.done {
             let why = if let Some(e) = ended.send_error {
@@ -601,7 +656,7 @@ impl Run {
                 let how = ended.status.map(remote::exit).unwrap_or_default();
                 format!("the guest session {how}{}", tail(&ended.last_stderr))
             };
-            return self.checked(st.step, st.since, Err(why));
+            return Ok(self.checked(st.step, st.since, Err(why)));
         }
         if b.verify_command.is_none() && b.verify_path.is_none() {
             let t = Instant::now();
@@ -614,10 +669,10 @@ impl Run {
         } else {
             self.step_done(Step::Verify, StepStatus::Success, st.since, None);
         }
-        Ok(Applied {
+        Ok(Ok(Applied {
             noop: st.noop,
             watch: ended.tail,
-        })
+        }))
     }
 
     /// Where the guest keeps the agent's log, for messages.
@@ -629,6 +684,17 @@ impl Run {
     fn on_note(&mut self, note: remote::Note, st: &mut Steps) {
         let b = self.job.vm.bootstrap.clone();
         match note {
+            remote::Note::Authenticated => {
+                let detail = std::mem::take(&mut st.handshake_detail);
+                self.step_done(
+                    Step::WaitHandshake,
+                    StepStatus::Success,
+                    st.since,
+                    Some(detail),
+                );
+                st.next(Step::VizierInstall);
+                self.set_step(Some(Step::VizierInstall), None);
+            }
             remote::Note::Line {
                 stream: OutputStream::Stdout,
                 line,
@@ -833,12 +899,11 @@ impl Run {
         }
     }
 
-    fn endpoint(&self) -> StepResult<(String, u16)> {
-        let ssh = &self.job.vm.ssh;
-        let host = ssh.host.clone().unwrap_or_else(|| "127.0.0.1".into());
-        match (self.job.vm.backend, self.job.ssh_port.or(ssh.port)) {
-            (_, Some(port)) => Ok((host, port)),
-            (crate::config::Backend::External, None) => Ok((host, 22)),
+    /// The port the guest's SSH server answers on.
+    fn port(&self) -> StepResult<u16> {
+        match (self.job.vm.backend, self.job.ssh_port.or(self.job.vm.ssh.port)) {
+            (_, Some(port)) => Ok(port),
+            (crate::config::Backend::External, None) => Ok(22),
             (crate::config::Backend::Qemu, None) => Err(
                 "wait-handshake: no SSH port: this castrad cannot start QEMU VMs yet; set [vms.ssh] port to reach a guest you started".into(),
             ),

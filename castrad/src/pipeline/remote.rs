@@ -1,6 +1,7 @@
-//! The guest-side steps, `transfer`, `apply` and `verify`, in ONE shell session over the run's
-//! ControlMaster: a hand-written `tar | ssh host sh run.sh` pays for one session, and so do we
-//! (on a guest whose shell start-up files are slow, each extra session costs that again).
+//! The guest side of a run in ONE `ssh` process and ONE shell session: the connection that
+//! authenticates (the end of `wait-handshake`) runs the session driver itself, so a run costs
+//! what a hand-written `tar | ssh host sh run.sh` costs: one key exchange, one session (on a
+//! guest whose shell start-up files are slow, each extra session costs that again).
 //!
 //! Remote layout: `<remote_dir>/<script file name>` and `<remote_dir>/payload/…` (a payload
 //! file lands as `payload/<its name>`). `remote_dir` is created private (umask 077).
@@ -18,13 +19,12 @@ use std::process::Stdio;
 
 use castra_api::OutputStream;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Child;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::ssh::{Master, command_line};
+use crate::ssh::{Connection, Target, command_line};
 
-/// The guest side of a run, one shell session. In order: install the Vizier agent (read from
-/// stdin) if this version is not there yet, make sure exactly one instance runs under the
+/// The guest side of a run, one shell session. In order: install the Vizier agent (its text is
+/// an argument) if this version is not there yet, make sure exactly one instance runs under the
 /// guest's supervisor, read its banner, mirror its log; then open the bootstrap session in
 /// remote_dir (read the env block), unpack the archive, run the script, verify.
 ///
@@ -32,35 +32,42 @@ use crate::ssh::{Master, command_line};
 /// (preceded by a newline, in case the script's last line had none). Arguments: nonce,
 /// remote_dir, script file name, verify command ("" = none), verify path ("" = none), Vizier
 /// directory ("" = /opt/castra/vizier for root, <remote_dir>/.vizier otherwise), the agent's
-/// text (ours, no secret: an argument, because the shell's `read` takes a pipe one byte per
-/// system call), the health check's interval in seconds ("" = end the session at `done`), then
-/// the program to run.
+/// version and text (ours, no secret: an argument, because the shell's `read` takes a pipe one
+/// byte per system call), the health check's interval in seconds ("" = end the session at
+/// `done`), then the program to run.
 ///
 /// After `done` the session becomes the agent's `watch` (the Vizier health check's reports),
 /// so a run and the watching that follows it cost the guest one session start, not two.
+///
+/// Every process the driver starts costs the guest a fork and an exec (about a millisecond of
+/// CPU each; more under emulation), so files are read with `read`, not `cat`, the uid is asked
+/// for only when needed, and a rerun skips what is already in place.
 const DRIVER: &str = r#"set -e
-nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; agent=$7; every=$8; shift 8
+nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; vver=$7; agent=$8; every=$9; shift 9
 m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
+uid=
+root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
 if [ -n "$vdir" ]; then vlog=$vdir/service.log
-elif [ "$(id -u)" = 0 ]; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
+elif root; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
 else vdir=$dir/.vizier; vlog=$vdir/service.log; fi
-vver=$(printf '%s' "$agent" | sed -n 's/^VIZIER_VERSION=//p')
 vbin=$vdir/$vver/vizier.sh; vstate=$vdir/state
 if [ -f "$vbin" ] && printf '%s' "$agent" | cmp -s - "$vbin"; then m vizier-install 0 present "$vbin"
 elif (mkdir -p "$vdir/$vver" "${vlog%/*}" && printf '%s' "$agent" >"$vbin.tmp" && chmod 755 "$vbin.tmp" && mv -f "$vbin.tmp" "$vbin") 2>/dev/null
 then m vizier-install 0 installed "$vbin"
 else m vizier-install 1 "cannot write $vbin"; exit 0; fi
-held=$(cat "$vstate/lock/pid" 2>/dev/null || true); hver=$(cat "$vstate/lock/version" 2>/dev/null || true)
+held=; hver=
+{ read -r held <"$vstate/lock/pid"; } 2>/dev/null || true
+{ read -r hver <"$vstate/lock/version"; } 2>/dev/null || true
 if [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "$hver" = "$vver" ]; then how=running
 else
   how=started
   if [ -n "$held" ] && kill -0 "$held" 2>/dev/null; then sh "$vbin" stop "$vstate" || true; how="restarted (was $hver)"; fi
-  if [ "$(id -u)" = 0 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  if root && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     printf '[Unit]\nDescription=Castra Vizier agent\n[Service]\nExecStart=/bin/sh %s supervise %s %s\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n' "$vbin" "$vstate" "$vlog" >/etc/systemd/system/castra-vizier.service
     systemctl daemon-reload && systemctl enable castra-vizier >/dev/null 2>&1 && systemctl restart castra-vizier; how="$how under systemd"
-  elif [ "$(id -u)" = 0 ] && command -v openrc-run >/dev/null && [ -d /etc/init.d ]; then
+  elif root && command -v openrc-run >/dev/null && [ -d /etc/init.d ]; then
     printf '#!/sbin/openrc-run\ncommand=/bin/sh\ncommand_args="%s supervise %s %s"\ncommand_background=yes\npidfile=/run/castra-vizier.pid\n' "$vbin" "$vstate" "$vlog" >/etc/init.d/castra-vizier
     chmod 755 /etc/init.d/castra-vizier; rc-update add castra-vizier default >/dev/null 2>&1 || true
     rc-service castra-vizier restart >/dev/null 2>&1; how="$how under OpenRC"
@@ -77,11 +84,11 @@ while [ $i -lt $limit ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) &&
 m vizier-log "$vlog"; tail -c 16384 "$vlog" 2>/dev/null || true; m vizier-log-end
 if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within $((limit / 10)) s"; exit 0; fi
 m vizier-handshake 0; printf '%s\n' "$banner"
-(umask 077 && mkdir -p -- "$dir")
+[ -d "$dir" ] || (umask 077 && mkdir -p -- "$dir")
 cd -- "$dir"
 block; envs=$out
 m connect
-rm -rf -- payload "$script"
+if [ -e payload ] || [ -e "$script" ]; then rm -rf -- payload "$script"; fi
 tar -x -f -
 m transfer
 set +e
@@ -103,6 +110,8 @@ pub const ERROR_MARKER: &str = "CASTRA_ERROR:";
 /// What the guest session reports, in order (stderr lines may interleave loosely).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
+    /// ssh has authenticated: the guest accepts us (always the first note, once).
+    Authenticated,
     /// A step boundary: `vizier-install <rc> <detail>`, `vizier-enable <rc> <detail>`,
     /// `vizier-handshake <rc> [why]`, `connect`, `transfer`, `apply <rc>`,
     /// `verify-command <rc>`, `verify-path <0|1>`, `done`; and `vizier-log <path>` /
@@ -136,6 +145,8 @@ pub struct Session<'a> {
 pub struct Ended {
     /// None when the session reached `done` and goes on in `tail`.
     pub status: Option<std::process::ExitStatus>,
+    /// What ssh printed when it ended before authenticating (see `ssh::classify`).
+    pub unauthenticated: Option<String>,
     /// The last non-empty stderr line, for error messages.
     pub last_stderr: String,
     /// Why sending the env block or archive failed, when it did for a reason of ours (an
@@ -145,28 +156,29 @@ pub struct Ended {
     pub tail: Option<Tail>,
 }
 
-/// A session whose stdout carries the agent's `watch` reports: the ssh process and its stdout,
-/// line by line. Dropping it ends the session.
+/// A connection whose session's stdout carries the agent's `watch` reports, line by line.
+/// Dropping it ends the session and the connection.
 #[derive(Debug)]
 pub struct Tail {
-    child: Child,
+    conn: Connection,
     lines: UnboundedReceiver<(OutputStream, String)>,
 }
 
 impl Tail {
-    /// Runs `remote_command` over `master` with its stdout read line by line.
-    pub fn spawn(master: &Master, remote_command: &str) -> std::io::Result<Tail> {
-        let mut child = master
-            .command(remote_command)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
+    /// Connects to `target` and runs `remote_command` with its stdout read line by line.
+    pub fn spawn(target: Target, remote_command: &str) -> Result<Tail, crate::ssh::SshError> {
+        let mut conn = Connection::spawn(
+            target,
+            remote_command,
+            Stdio::null(),
+            Stdio::piped(),
+            Stdio::null(),
+        )?;
         let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        if let Some(out) = child.stdout.take() {
+        if let Some(out) = conn.child().stdout.take() {
             tokio::spawn(self::lines(out, OutputStream::Stdout, tx));
         }
-        Ok(Tail { child, lines })
+        Ok(Tail { conn, lines })
     }
 
     /// The next line; None once the session has ended.
@@ -174,19 +186,27 @@ impl Tail {
         self.lines.recv().await.map(|(_, line)| line)
     }
 
-    /// Ends the session.
-    pub async fn close(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
+    /// Ends the session and the connection.
+    pub async fn close(self) {
+        self.conn.close().await;
     }
 }
 
-/// Runs the whole guest side in one SSH session over `master`, sending notes to `notes`.
+/// How often the session looks for ssh's control socket until it has authenticated.
+const AUTH_POLL: std::time::Duration = std::time::Duration::from_millis(5);
+/// How long key exchange and authentication may take once the server has answered.
+const AUTH_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Connects to `target` and runs the whole guest side in that connection's session, sending
+/// notes to `notes`: [`Note::Authenticated`] first, then what the driver reports.
 pub async fn session(
-    master: &Master,
+    target: Target,
     s: &Session<'_>,
     notes: UnboundedSender<Note>,
 ) -> Result<Ended, String> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     let nonce = crate::runlog::random_hex(8);
     let script_name = file_name(s.script)?;
     let mut words = vec![
@@ -200,18 +220,20 @@ pub async fn session(
         s.verify_command.unwrap_or_default().into(),
         s.verify_path.unwrap_or_default().into(),
         s.vizier_dir.unwrap_or_default().into(),
+        crate::vizier::VERSION.into(),
         crate::vizier::agent_script(),
         crate::vizier::health::INTERVAL.as_secs().to_string(),
     ];
     words.extend(s.program.iter().cloned());
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
-    let mut child = master
-        .command(&command_line(&words))
-        .stdin(reader)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run ssh: {e}"))?;
+    let mut conn = Connection::spawn(
+        target,
+        &command_line(&words),
+        reader.into(),
+        Stdio::piped(),
+        Stdio::piped(),
+    )
+    .map_err(|e| format!("{e}"))?;
     let env_block = env_block(s.env);
     let (script, payload) = (s.script.to_owned(), s.payload.map(Path::to_owned));
     let feeder = tokio::task::spawn_blocking(move || {
@@ -220,32 +242,71 @@ pub async fn session(
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
 
+    // Authenticated is noted once, before anything the session prints: by whichever sees it
+    // first, the socket poll below or the first line on stdout.
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let authenticate = {
+        let (flag, notes) = (authenticated.clone(), notes.clone());
+        move || {
+            if !flag.swap(true, Ordering::SeqCst) {
+                let _ = notes.send(Note::Authenticated);
+            }
+        }
+    };
     let marker = format!("CASTRA-{nonce} ");
-    let mut stdout = child
+    let mut stdout = conn
+        .child()
         .stdout
         .take()
-        .map(|o| tokio::spawn(read_stdout(o, marker, notes.clone())));
+        .map(|o| tokio::spawn(read_stdout(o, marker, notes.clone(), authenticate.clone())));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut stderr_open = match child.stderr.take() {
+    let mut stderr_open = match conn.child().stderr.take() {
         Some(e) => {
             tokio::spawn(lines(e, OutputStream::Stderr, tx));
             true
         }
         None => false,
     };
+    // Until authentication, stderr is ssh's own (why it cannot get in): held, and sent on as
+    // output only if the session starts after all.
+    let mut held: Vec<String> = Vec::new();
     let mut last_stderr = String::new();
-    let mut on_stderr = |stream, line: String| {
+    let mut on_stderr = |line: String| {
         if !line.trim().is_empty() {
             last_stderr = line.trim().to_owned();
         }
-        let _ = notes.send(Note::Line { stream, line });
+        let _ = notes.send(Note::Line {
+            stream: OutputStream::Stderr,
+            line,
+        });
     };
+    let mut poll = tokio::time::interval(AUTH_POLL);
+    // ssh's ConnectTimeout covers the TCP connect and the banner, not what follows.
+    let give_up = std::time::Instant::now() + conn.target().connect_timeout + AUTH_GRACE;
+    let mut gave_up = false;
     // Until stdout has seen `done` (the session goes on as the watch) or both streams ended.
     let mut tail_lines = None;
-    loop {
+    while stdout.is_some() || stderr_open {
+        let waiting = !authenticated.load(Ordering::SeqCst) && !gave_up;
         tokio::select! {
+            _ = poll.tick(), if waiting => {
+                if conn.authenticated() {
+                    authenticate();
+                } else if std::time::Instant::now() > give_up {
+                    let _ = conn.child().start_kill();
+                    held.push(format!(
+                        "no connection after {} s (authentication did not finish)",
+                        (conn.target().connect_timeout + AUTH_GRACE).as_secs()
+                    ));
+                    gave_up = true;
+                }
+            }
             line = rx.recv(), if stderr_open => match line {
-                Some((stream, line)) => on_stderr(stream, line),
+                Some((_, line)) if !authenticated.load(Ordering::SeqCst) => held.push(line),
+                Some((_, line)) => {
+                    held.drain(..).for_each(&mut on_stderr);
+                    on_stderr(line);
+                }
                 None => stderr_open = false,
             },
             out = async { stdout.as_mut().expect("guarded").await }, if stdout.is_some() => {
@@ -255,22 +316,29 @@ pub async fn session(
                     break;
                 }
             }
-            else => break,
         }
     }
+    let authenticated = authenticated.load(Ordering::SeqCst);
     let (tail, status) = match tail_lines {
         Some(lines) => {
-            while let Ok((stream, line)) = rx.try_recv() {
-                on_stderr(stream, line);
+            held.drain(..).for_each(&mut on_stderr);
+            while let Ok((_, line)) = rx.try_recv() {
+                on_stderr(line);
             }
             // Keep draining stderr so that a chatty session never blocks on a full pipe.
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            (Some(Tail { child, lines }), None)
+            (Some(Tail { conn, lines }), None)
         }
         None => {
-            let status = child.wait().await.map_err(|e| format!("ssh: {e}"))?;
+            let status = conn.child().wait().await.map_err(|e| format!("ssh: {e}"))?;
             (None, Some(status))
         }
+    };
+    let unauthenticated = if authenticated {
+        held.drain(..).for_each(&mut on_stderr);
+        None
+    } else {
+        Some(held.join("\n"))
     };
     // The guest may stop reading early (a failed unpack); a broken pipe is then expected.
     let send_error = match feeder.await {
@@ -281,6 +349,7 @@ pub async fn session(
     };
     Ok(Ended {
         status,
+        unauthenticated,
         last_stderr,
         send_error,
         tail,
@@ -313,12 +382,14 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
     reader: R,
     marker: String,
     notes: UnboundedSender<Note>,
+    authenticated: impl Fn(),
 ) -> Option<UnboundedReceiver<(OutputStream, String)>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(lines(reader, OutputStream::Stdout, tx));
     // A marker is preceded by a newline we printed; hold one empty line back to drop it.
     let mut held_empty = false;
     while let Some((stream, line)) = rx.recv().await {
+        authenticated();
         if let Some(rest) = line.strip_prefix(marker.as_str()) {
             held_empty = false;
             let (name, after) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -488,6 +559,7 @@ mod tests {
             .arg(dir.join("guest/remote dir"))
             .args(["run.sh", "", verify_path])
             .arg(dir.join("vizier"))
+            .arg(crate::vizier::VERSION)
             .arg(crate::vizier::agent_script())
             .arg("") // no watch after `done`: the session ends
             .args(["sh", "./run.sh"])

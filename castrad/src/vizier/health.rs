@@ -4,11 +4,11 @@
 //! was replaced by a new process (its supervisor restarted it).
 //!
 //! The first session is the run's own: after `done` the session driver turns into the watch,
-//! and the run hands its connection and session over ([`Handover`]). A login costs the guest a
+//! and the run hands its connection, which runs that session, over (a [`Tail`]). A login costs the guest a
 //! shell start (with the user's rc files) and a connection costs both ends a key exchange;
 //! checking with a new command every 2 s had kept most of a core busy with many VMs on one
-//! host. When the session ends or falls silent, the check reports the loss and reconnects on a
-//! ControlMaster of its own. The VM's actor owns the task and aborts it when the VM stops; the
+//! host. When the session ends or falls silent, the check reports the loss and reconnects with
+//! a connection of its own. The VM's actor owns the task and aborts it when the VM stops; the
 //! guest side ends at its next write to the closed session.
 
 use std::time::Duration;
@@ -19,7 +19,7 @@ use tokio::sync::watch;
 use super::{Banner, VERSION, parse_banner};
 use crate::events::EventBus;
 use crate::pipeline::remote::Tail;
-use crate::ssh::{Master, Target, command_line};
+use crate::ssh::{Target, command_line};
 use crate::vm::{VizierSeen, VmSnapshot};
 
 /// How often the agent reports.
@@ -32,13 +32,6 @@ const GRACE: Duration = Duration::from_secs(8);
 const WATCH: &str = r#"vdir=$1; dir=$2; ver=$3; every=$4
 if [ -z "$vdir" ]; then if [ "$(id -u)" = 0 ]; then vdir=/opt/castra/vizier; else vdir=$dir/.vizier; fi; fi
 exec sh "$vdir/$ver/vizier.sh" watch "$vdir/state" "$every""#;
-
-/// What a successful run leaves for the check: its ControlMaster and, when the guest session
-/// went on as the agent's watch, that session.
-pub struct Handover {
-    pub master: Master,
-    pub session: Option<Tail>,
-}
 
 /// What one check found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,11 +88,11 @@ pub fn parse_report(first: &str, next: Option<&str>) -> Option<Seen> {
     })
 }
 
-/// Runs until aborted, first on what the run handed over (else on a connection of its own to
-/// `target`). `vizier_dir` and `remote_dir` locate the agent as the run did.
+/// Runs until aborted, first on the session the run handed over (else on a connection of its
+/// own to `target`). `vizier_dir` and `remote_dir` locate the agent as the run did.
 pub async fn watch(
     target: Target,
-    mut handover: Option<Handover>,
+    mut handover: Option<Tail>,
     vizier_dir: Option<String>,
     remote_dir: String,
     bus: EventBus,
@@ -140,42 +133,29 @@ pub async fn watch(
         });
     };
     loop {
-        let (master, session) = match handover.take() {
-            Some(h) => (Ok(h.master), h.session),
-            None => (Master::connect(target.clone()).await, None),
+        let session = match handover.take() {
+            Some(tail) => Ok(tail),
+            None => Tail::spawn(target.clone(), &remote),
         };
-        match master {
-            Err(_) => report(&Seen::Gone(
-                "the guest's SSH server does not accept us".into(),
-            )),
-            Ok(master) => {
-                let session = match session {
-                    Some(tail) => Ok(tail),
-                    None => Tail::spawn(&master, &remote),
-                };
-                match session {
-                    Err(e) => report(&Seen::Gone(format!("cannot run ssh: {e}"))),
-                    Ok(mut tail) => {
-                        // Each report as it comes; a session that ends or falls silent is
-                        // reported once and replaced.
-                        let ended = loop {
-                            match tokio::time::timeout(INTERVAL + GRACE, next(&mut tail)).await {
-                                Ok(Ok(seen)) => report(&seen),
-                                Ok(Err(why)) => break why,
-                                Err(_) => {
-                                    break format!(
-                                        "the agent did not answer within {} s",
-                                        (INTERVAL + GRACE).as_secs()
-                                    );
-                                }
-                            }
-                        };
-                        report(&Seen::Gone(ended));
-                        tail.close().await;
+        match session {
+            Err(e) => report(&Seen::Gone(format!("cannot run ssh: {e}"))),
+            Ok(mut tail) => {
+                // Each report as it comes; a session that ends or falls silent is reported
+                // once and replaced (with a new connection: it may be what failed).
+                let ended = loop {
+                    match tokio::time::timeout(INTERVAL + GRACE, next(&mut tail)).await {
+                        Ok(Ok(seen)) => report(&seen),
+                        Ok(Err(why)) => break why,
+                        Err(_) => {
+                            break format!(
+                                "the agent did not answer within {} s",
+                                (INTERVAL + GRACE).as_secs()
+                            );
+                        }
                     }
-                }
-                // Reconnect next time: the connection may be what failed.
-                master.close().await;
+                };
+                report(&Seen::Gone(ended));
+                tail.close().await;
             }
         }
         tokio::time::sleep(INTERVAL).await;

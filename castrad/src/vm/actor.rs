@@ -426,6 +426,7 @@ impl Actor {
                 match start(&ctx, &job).await {
                     Ok(q) => {
                         job.ssh_port = Some(q.record.ssh_port);
+                        job.booting = true;
                         let _ = launched.send(q);
                     }
                     Err(e) => {
@@ -519,7 +520,7 @@ impl Actor {
     /// Starts the Vizier health check after a run that has seen the agent. What the run hands
     /// over (its connection, its session gone on as the agent's watch) replaces a check already
     /// running; without it, a running check is kept.
-    fn start_health(&mut self, job: &Job, handover: Option<crate::vizier::health::Handover>) {
+    fn start_health(&mut self, job: &Job, handover: Option<crate::pipeline::remote::Tail>) {
         let seen = self
             .snapshot()
             .borrow()
@@ -540,20 +541,16 @@ impl Actor {
             .map(|q| q.record.ssh_port)
             .or(vm.ssh.port)
             .unwrap_or(22);
-        let target = crate::ssh::Target {
-            vm: vm.name.clone(),
-            host: vm.ssh.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
+        let target = crate::ssh::Target::for_vm(
+            vm,
             port,
-            user: vm.ssh.user.clone(),
-            identity: vm.ssh.identity.clone(),
-            options: vm.ssh.options.clone(),
-            known_hosts: self.ctx.pipeline.root.vm_dir(&vm.name).join("known_hosts"),
-            control_path: crate::ssh::control_path(
+            self.ctx.pipeline.root.vm_dir(&vm.name).join("known_hosts"),
+            crate::ssh::control_path(
                 &self.ctx.pipeline.control_dir,
                 &format!("health-{}", crate::runlog::random_hex(6)),
             ),
-            connect_timeout: Duration::from_secs(10),
-        };
+            Duration::from_secs(10),
+        );
         self.health = Some(tokio::spawn(crate::vizier::health::watch(
             target,
             handover,

@@ -445,14 +445,23 @@ fn a_dead_guest_fails_at_wait_handshake_on_time_while_the_others_succeed() {
             .contains("connection refused"),
         "{step}"
     );
-    let progress = up.event("dead", "BootstrapProgress");
+    // A watcher sees what is being waited on: ssh at once (the VM is not booting), then,
+    // as ssh cannot reach the server, probes for its banner.
+    let waited_on: Vec<String> = up
+        .event("dead", "BootstrapProgress")
+        .iter()
+        .map(|p| p["waiting_on"].as_str().unwrap().to_owned())
+        .collect();
     assert!(
-        !progress.is_empty(),
-        "a watcher sees what is being waited on"
+        waited_on[0].starts_with("authentication as ")
+            && waited_on[0].ends_with(&format!("127.0.0.1:{dead_port}")),
+        "{waited_on:?}"
     );
+    assert!(waited_on[1].contains("Connection refused"), "{waited_on:?}");
     assert_eq!(
-        progress[0]["waiting_on"],
-        format!("tcp 127.0.0.1:{dead_port}: connection refused")
+        waited_on[2],
+        format!("tcp 127.0.0.1:{dead_port}: connection refused"),
+        "{waited_on:?}"
     );
     let failed = up.event("dead", "BootstrapFailed")[0];
     assert!(
