@@ -98,7 +98,13 @@ fn stream_into(hasher: &mut Sha256, path: &Path) -> Result<u64, HashError> {
         source,
     };
     let mut file = File::open(path).map_err(read_err)?;
-    let mut buf = vec![0u8; READ_BUF];
+    // Sized to the file (a script or payload file is small; allocating and zeroing 1 MiB for
+    // each cost more than hashing it), at most READ_BUF. One byte more than the file, so that
+    // a file read in one call needs just one more to see its end.
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let size =
+        usize::try_from(len.saturating_add(1)).map_or(READ_BUF, |n| n.clamp(8 << 10, READ_BUF));
+    let mut buf = vec![0u8; size];
     let mut total = 0u64;
     loop {
         let n = match file.read(&mut buf) {
