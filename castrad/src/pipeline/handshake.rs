@@ -14,12 +14,13 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
-pub const POLL: Duration = Duration::from_millis(200);
+pub const POLL: Duration = Duration::from_millis(100);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long one TCP connect or banner read may take before that attempt gives up.
 const ATTEMPT: Duration = Duration::from_millis(1500);
-/// How many attempts may be waiting at once.
-const OUTSTANDING: usize = 8;
+/// How many attempts may be waiting at once (enough to keep probing every POLL while each
+/// waits its ATTEMPT behind QEMU's user networking).
+const OUTSTANDING: usize = 16;
 
 /// Waits until `host:port` answers with an SSH banner. `progress` is called with a description
 /// of what is being waited on. Errors describe the last obstacle.

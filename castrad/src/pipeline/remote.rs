@@ -6,9 +6,9 @@
 //! Remote layout: `<remote_dir>/<script file name>` and `<remote_dir>/payload/…` (a payload
 //! file lands as `payload/<its name>`). `remote_dir` is created private (umask 077).
 //!
-//! The session's stdin carries, in order: the env block (a line count, then one line per
-//! variable, values octal-escaped) and the tar archive. The guest shell's `read` consumes the
-//! env lines byte by byte, so `tar` sees exactly the archive. Env values therefore never touch
+//! The session's stdin carries, in order: the env block (a line count, then the lines of
+//! quoted shell assignments) and the tar archive. The guest shell's `read` consumes the env
+//! lines byte by byte, so `tar` sees exactly the archive. Env values therefore never touch
 //! a command line (no `ps` shows them), and every other word of the remote command goes
 //! through `ssh::quote`.
 
@@ -54,7 +54,7 @@ elif root; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
 else vdir=$dir/.vizier; vlog=$vdir/service.log; fi
 vbin=$vdir/$vver/vizier.sh; vstate=$vdir/state
 if [ -f "$vbin" ] && printf '%s' "$agent" | cmp -s - "$vbin"; then m vizier-install 0 present "$vbin"
-elif (mkdir -p "$vdir/$vver" "${vlog%/*}" && printf '%s' "$agent" >"$vbin.tmp" && chmod 755 "$vbin.tmp" && mv -f "$vbin.tmp" "$vbin") 2>/dev/null
+elif { mkdir -p "$vdir/$vver" "${vlog%/*}" "$vstate" && printf '%s' "$agent" >"$vbin.tmp" && mv -f "$vbin.tmp" "$vbin"; } 2>/dev/null
 then m vizier-install 0 installed "$vbin"
 else m vizier-install 1 "cannot write $vbin"; exit 0; fi
 held=; hver=
@@ -64,6 +64,7 @@ if [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "$hver" = "$vver" ]; then 
 else
   how=started
   if [ -n "$held" ] && kill -0 "$held" 2>/dev/null; then sh "$vbin" stop "$vstate" || true; how="restarted (was $hver)"; fi
+  printf "" 2>/dev/null >"$vstate/agent.pid" || true # not the new agent's: wait for it below
   if root && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
     printf '[Unit]\nDescription=Castra Vizier agent\n[Service]\nExecStart=/bin/sh %s supervise %s %s\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n' "$vbin" "$vstate" "$vlog" >/etc/systemd/system/castra-vizier.service
     systemctl daemon-reload && systemctl enable castra-vizier >/dev/null 2>&1 && systemctl restart castra-vizier; how="$how under systemd"
@@ -79,7 +80,10 @@ else
 fi
 m vizier-enable 0 "$how"
 i=0; banner=; limit=20
-[ "$how" = running ] || limit=50
+if [ "$how" != running ]; then
+  limit=50 # a just-started agent gets 5 s, first to name itself (cheap to check), then to answer
+  while [ ! -s "$vstate/agent.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; i=$((i/2))
+fi
 while [ $i -lt $limit ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) && break; banner=; i=$((i+1)); sleep 0.1; done
 m vizier-log "$vlog"; tail -c 16384 "$vlog" 2>/dev/null || true; m vizier-log-end
 if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within $((limit / 10)) s"; exit 0; fi
@@ -356,24 +360,17 @@ pub async fn session(
     })
 }
 
-/// The env block: a line count, then one line per variable. Values are written as octal
-/// escapes for `printf`, so each variable is one line of plain ASCII whatever its bytes.
-/// Keys were validated as identifiers by `config`.
+/// The env block: a line count, then shell assignments (`K='value'; export K`), one per
+/// variable, spread over more lines only where a value holds newlines. Single quotes keep
+/// every byte as it is, so the driver's `eval` needs no command substitution (a fork per
+/// variable, slow in an emulated guest), and the block is as short as the values: the shell
+/// reads it one byte per system call. Keys were validated as identifiers by `config`.
 pub fn env_block(env: &BTreeMap<String, String>) -> String {
-    use std::fmt::Write;
-    let mut out = format!("{}\n", env.len());
+    let mut text = String::new();
     for (k, v) in env {
-        let mut escaped = String::with_capacity(v.len() * 4);
-        for b in v.bytes() {
-            let _ = write!(escaped, "\\{b:03o}");
-        }
-        // The trailing x protects trailing newlines from the command substitution.
-        let _ = writeln!(
-            out,
-            "{k}=$(printf '{escaped}x'); {k}=${{{k}%x}}; export {k}"
-        );
+        text.push_str(&format!("{k}={}; export {k}\n", crate::ssh::quote(v)));
     }
-    out
+    format!("{}\n{text}", text.matches('\n').count())
 }
 
 /// Turns the session's stdout into notes. Returns the rest of the stream once the `done`

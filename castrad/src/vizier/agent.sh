@@ -43,24 +43,27 @@ unavailable() {
 
 case $cmd in
 run)
-    mkdir -p "$dir"
-    # Heartbeat and start time first: a banner is only given once agent.pid names us.
-    now >"$dir/heartbeat.tmp" && mv -f "$dir/heartbeat.tmp" "$dir/heartbeat"
-    now >"$dir/started_at"
+    [ -d "$dir" ] || mkdir -p "$dir"
+    # Heartbeat and start time first: a banner is only given once agent.pid names us, so this
+    # first heartbeat needs no atomic replace (the later ones do: banners are read meanwhile).
+    t=$(now)
+    echo "$t" >"$dir/heartbeat"
+    echo "$t" >"$dir/started_at"
     echo $$ >"$dir/agent.pid"
     say "agent started"
     trap 'say "agent stopping"; exit 0' TERM INT
     while :; do
-        now >"$dir/heartbeat.tmp" && mv -f "$dir/heartbeat.tmp" "$dir/heartbeat"
         sleep "$HEARTBEAT_SECS" &
         wait $!
+        now >"$dir/heartbeat.tmp" && mv -f "$dir/heartbeat.tmp" "$dir/heartbeat"
     done
     ;;
 supervise)
-    mkdir -p "$dir" "$(dirname "$log")"
+    [ -d "$dir" ] && [ -d "${log%/*}" ] || mkdir -p "$dir" "${log%/*}"
     # The lock is a directory: mkdir is atomic, so two supervisors can never both hold it.
     if ! mkdir "$dir/lock" 2>/dev/null; then
-        holder=$(cat "$dir/lock/pid" 2>/dev/null)
+        holder=
+        { read -r holder <"$dir/lock/pid"; } 2>/dev/null
         if alive "$holder"; then
             exit 0 # already supervised: enabling again changes nothing
         fi
@@ -69,15 +72,18 @@ supervise)
     fi
     echo $$ >"$dir/lock/pid"
     echo "$VIZIER_VERSION" >"$dir/lock/version"
-    say "supervisor started"
     child=
     trap 'alive "$child" && kill "$child"; rm -rf "$dir/lock"; say "supervisor stopping"; exit 0' TERM INT
+    # The agent first, the log line after: whoever enabled us is waiting for the agent.
+    sh "$self" run "$dir" "$log" </dev/null &
+    child=$!
+    say "supervisor started"
     while :; do
-        sh "$self" run "$dir" "$log" </dev/null &
-        child=$!
         wait "$child"
         say "agent exited; restarting it"
         sleep 1
+        sh "$self" run "$dir" "$log" </dev/null &
+        child=$!
     done
     ;;
 banner)
