@@ -97,24 +97,80 @@ fn stream_into(hasher: &mut Sha256, path: &Path) -> Result<u64, HashError> {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(read_err)?;
+    let file = File::open(path).map_err(read_err)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len > 4 * READ_BUF as u64 {
+        return stream_big(hasher, file, len).map_err(read_err);
+    }
     // Sized to the file (a script or payload file is small; allocating and zeroing 1 MiB for
     // each cost more than hashing it), at most READ_BUF. One byte more than the file, so that
     // a file read in one call needs just one more to see its end.
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let size =
         usize::try_from(len.saturating_add(1)).map_or(READ_BUF, |n| n.clamp(8 << 10, READ_BUF));
     let mut buf = vec![0u8; size];
     let mut total = 0u64;
+    let mut file = file;
     loop {
-        let n = match file.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
-        };
+        let n = read_some(&mut file, &mut buf).map_err(read_err)?;
+        if n == 0 {
+            return Ok(total);
+        }
         hasher.update(&buf[..n]);
         total += n as u64;
+    }
+}
+
+/// A big file (a base image): one thread reads while this one hashes, so the disk and SHA-256
+/// overlap instead of taking turns (a first hash from a cold page cache reached 0.9x
+/// `openssl dgst`'s throughput without this, which reads and hashes in turn too, but with a
+/// smaller buffer). The kernel is also told the file is read once, front to back.
+fn stream_big(hasher: &mut Sha256, mut file: File, len: u64) -> io::Result<u64> {
+    let _ = nix::fcntl::posix_fadvise(
+        &file,
+        0,
+        i64::try_from(len).unwrap_or(0),
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_SEQUENTIAL,
+    );
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<io::Result<(Vec<u8>, usize)>>(2);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..3 {
+        let _ = empty_tx.send(vec![0u8; READ_BUF]);
+    }
+    // `move`: the channels end with this closure, so a reader still waiting on them stops
+    // (after a read error here) before the scope joins it.
+    std::thread::scope(move |scope| {
+        scope.spawn(move || {
+            // Ends when the file ends, a read fails, or the hashing side hangs up.
+            while let Ok(mut buf) = empty_rx.recv() {
+                let got = read_some(&mut file, &mut buf).map(|n| (buf, n));
+                let last = matches!(got, Ok((_, 0)) | Err(_));
+                if full_tx.send(got).is_err() || last {
+                    return;
+                }
+            }
+        });
+        let mut total = 0u64;
+        loop {
+            match full_rx.recv() {
+                Ok(Ok((_, 0))) | Err(_) => return Ok(total),
+                Ok(Ok((buf, n))) => {
+                    hasher.update(&buf[..n]);
+                    total += n as u64;
+                    let _ = empty_tx.send(buf);
+                }
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    })
+}
+
+/// One read, retried when interrupted; 0 at the end of the file.
+fn read_some(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
     }
 }
 

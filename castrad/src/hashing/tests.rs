@@ -214,3 +214,28 @@ fn external_vms_have_a_fixed_base_hash_and_read_nothing() {
     assert_eq!(h, base_hash(&root, &vm).unwrap());
     assert!(!root.path().exists(), "no state written for an external VM");
 }
+
+#[test]
+fn big_and_small_files_hash_like_one_sha256_of_their_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    // Around the size where the reader thread takes over, and with a last short chunk.
+    for len in [
+        0usize,
+        1,
+        8 << 10,
+        4 * READ_BUF,
+        4 * READ_BUF + 1,
+        9 * READ_BUF + 12345,
+    ] {
+        let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let path = dir.path().join(format!("f{len}"));
+        fs::write(&path, &bytes).unwrap();
+        let mut hasher = Sha256::new();
+        assert_eq!(stream_into(&mut hasher, &path).unwrap(), len as u64);
+        assert_eq!(
+            hex(&hasher.finalize()),
+            hex(&Sha256::digest(&bytes)),
+            "{len} bytes"
+        );
+    }
+}
