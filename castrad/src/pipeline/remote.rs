@@ -33,8 +33,9 @@ use crate::ssh::{Connection, Target, command_line};
 /// remote_dir, script file name, verify command ("" = none), verify path ("" = none), Vizier
 /// directory ("" = /opt/castra/vizier for root, <remote_dir>/.vizier otherwise), the agent's
 /// version and text (ours, no secret: an argument, because the shell's `read` takes a pipe one
-/// byte per system call), the health check's interval in seconds ("" = end the session at
-/// `done`), then the program to run.
+/// byte per system call; "-" when it comes first on stdin instead, see [`COMMAND_LIMIT`]),
+/// the health check's interval in seconds ("" = end the session at `done`), then the program
+/// to run.
 ///
 /// After `done` the session becomes the agent's `watch` (the Vizier health check's reports),
 /// so a run and the watching that follows it cost the guest one session start, not two.
@@ -47,6 +48,7 @@ nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; vver=$7; agent=$8; ever
 m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
+if [ "$agent" = - ]; then block; agent=$out; fi
 uid=
 root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
 if [ -n "$vdir" ]; then vlog=$vdir/service.log
@@ -196,6 +198,27 @@ impl Tail {
     }
 }
 
+/// The longest remote command castrad sends as it is. Dropbear refuses a command longer than
+/// 9000 bytes by closing the connection (its MAX_CMD_LEN); past this, the agent's text (the
+/// biggest word) goes on stdin instead, read slowly but only when it makes the difference.
+pub const COMMAND_LIMIT: usize = 8000;
+
+/// A shell script as castrad sends it: without comment lines, indentation and blank lines
+/// (the text travels on a command line; see [`COMMAND_LIMIT`]). The scripts it is used on
+/// keep no meaningful leading whitespace inside a quoted string.
+pub fn compact(script: &str) -> String {
+    let mut out = String::with_capacity(script.len());
+    for (i, line) in script.lines().enumerate() {
+        let t = line.trim_start();
+        if t.is_empty() || (t.starts_with('#') && !(i == 0 && t.starts_with("#!"))) {
+            continue;
+        }
+        out.push_str(t);
+        out.push('\n');
+    }
+    out
+}
+
 /// How often the session looks for ssh's control socket until it has authenticated.
 const AUTH_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long key exchange and authentication may take once the server has answered.
@@ -213,10 +236,11 @@ pub async fn session(
 
     let nonce = crate::runlog::random_hex(8);
     let script_name = file_name(s.script)?;
+    let agent = crate::vizier::agent_script();
     let mut words = vec![
         "sh".to_owned(),
         "-c".into(),
-        DRIVER.into(),
+        compact(DRIVER),
         "castra".into(),
         nonce.clone(),
         s.remote_dir.into(),
@@ -225,14 +249,22 @@ pub async fn session(
         s.verify_path.unwrap_or_default().into(),
         s.vizier_dir.unwrap_or_default().into(),
         crate::vizier::VERSION.into(),
-        crate::vizier::agent_script(),
-        crate::vizier::health::INTERVAL.as_secs().to_string(),
     ];
+    let agent_word = words.len();
+    words.push(agent.clone());
+    words.push(crate::vizier::health::INTERVAL.as_secs().to_string());
     words.extend(s.program.iter().cloned());
+    let mut command = command_line(&words);
+    let mut agent_block = String::new();
+    if command.len() > COMMAND_LIMIT {
+        words[agent_word] = "-".into();
+        command = command_line(&words);
+        agent_block = format!("{}\n{agent}", agent.matches('\n').count());
+    }
     let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
     let mut conn = Connection::spawn(
         target,
-        &command_line(&words),
+        &command,
         reader.into(),
         Stdio::piped(),
         Stdio::piped(),
@@ -242,6 +274,7 @@ pub async fn session(
     let (script, payload) = (s.script.to_owned(), s.payload.map(Path::to_owned));
     let feeder = tokio::task::spawn_blocking(move || {
         let mut writer = writer;
+        writer.write_all(agent_block.as_bytes())?;
         writer.write_all(env_block.as_bytes())?;
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
@@ -545,19 +578,22 @@ mod tests {
     use super::*;
 
     /// Runs DRIVER with the local shell exactly as the guest would, fed with the same stdin.
+    /// `agent_on_stdin`: the agent's text comes first on stdin, as for a command too long.
     fn run_driver(
         dir: &Path,
         env: &BTreeMap<String, String>,
         verify_path: &str,
+        agent_on_stdin: bool,
     ) -> (String, String, i32) {
         let (reader, writer) = std::io::pipe().unwrap();
+        let agent = crate::vizier::agent_script();
         let child = std::process::Command::new("sh")
-            .args(["-c", DRIVER, "castra", "n0nce"])
+            .args(["-c", &compact(DRIVER), "castra", "n0nce"])
             .arg(dir.join("guest/remote dir"))
             .args(["run.sh", "", verify_path])
             .arg(dir.join("vizier"))
             .arg(crate::vizier::VERSION)
-            .arg(crate::vizier::agent_script())
+            .arg(if agent_on_stdin { "-" } else { &agent })
             .arg("") // no watch after `done`: the session ends
             .args(["sh", "./run.sh"])
             .stdin(reader)
@@ -566,8 +602,14 @@ mod tests {
             .spawn()
             .unwrap();
         let (block, script, payload) = (env_block(env), dir.join("run.sh"), dir.join("payload"));
+        let agent_block = if agent_on_stdin {
+            format!("{}\n{agent}", agent.matches('\n').count())
+        } else {
+            String::new()
+        };
         let feeder = std::thread::spawn(move || {
             let mut writer = writer;
+            writer.write_all(agent_block.as_bytes())?;
             writer.write_all(block.as_bytes())?;
             write_archive(writer, &script, "run.sh", Some(&payload))
         });
@@ -609,7 +651,7 @@ mod tests {
             // Named like a driver variable: the script sees it, the driver keeps its own.
             ("vpath".to_owned(), "not-the-verify-path".to_owned()),
         ]);
-        let (stdout, stderr, code) = run_driver(d, &env, "done");
+        let (stdout, stderr, code) = run_driver(d, &env, "done", false);
         assert_eq!(code, 0, "{stderr}");
         let remote = d.join("guest/remote dir");
         assert_eq!(
@@ -683,8 +725,10 @@ mod tests {
         let d = dir.path();
         std::fs::create_dir_all(d.join("payload")).unwrap();
         std::fs::write(d.join("run.sh"), "echo working; exit 3\n").unwrap();
-        let (stdout, _, code) = run_driver(d, &BTreeMap::new(), "done");
+        // The agent's text on stdin this time (as when the command would be too long).
+        let (stdout, _, code) = run_driver(d, &BTreeMap::new(), "done", true);
         assert_eq!(code, 0);
+        assert!(stdout.contains("vizier-install 0 installed"), "{stdout}");
         assert!(stdout.contains("CASTRA-n0nce apply 3"), "{stdout}");
         assert!(
             !stdout.contains("verify-path") && !stdout.contains(" done"),
@@ -692,9 +736,36 @@ mod tests {
         );
 
         std::fs::write(d.join("run.sh"), "echo fine\n").unwrap();
-        let (stdout, _, _) = run_driver(d, &BTreeMap::new(), "missing");
+        let (stdout, _, _) = run_driver(d, &BTreeMap::new(), "missing", false);
+        // What came on stdin was installed byte for byte: the argument matches it.
+        assert!(stdout.contains("vizier-install 0 present"), "{stdout}");
         assert!(stdout.contains("CASTRA-n0nce verify-path 1"), "{stdout}");
         assert!(!stdout.contains(" done"), "{stdout}");
+    }
+
+    /// Dropbear closes the connection on a command over 9000 bytes: with short user inputs,
+    /// the whole guest side, agent included, stays well under COMMAND_LIMIT.
+    #[test]
+    fn the_session_command_fits_dropbear() {
+        let words = [
+            "sh".to_owned(),
+            "-c".into(),
+            compact(DRIVER),
+            "castra".into(),
+            "0123456789abcdef".into(),
+            "/data/castra/web-0".into(),
+            "run.sh".into(),
+            "test -f /etc/app.conf".into(),
+            "out".into(),
+            String::new(),
+            crate::vizier::VERSION.into(),
+            crate::vizier::agent_script(),
+            "2".into(),
+            "./run.sh".into(),
+        ];
+        let len = command_line(&words).len();
+        assert!(len < COMMAND_LIMIT - 1000, "{len} bytes");
+        assert!(!compact(DRIVER).contains("\n#"));
     }
 
     #[test]

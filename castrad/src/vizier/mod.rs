@@ -18,9 +18,10 @@ pub const PROTOCOL: u32 = 1;
 /// How stale a heartbeat may be before the agent counts as hung.
 pub const HEARTBEAT_STALE_SECS: i64 = 10;
 
-/// The agent script, with its version filled in.
+/// The agent script as it is installed: its version filled in, comments and indentation
+/// dropped (it travels on the session's command line, see `pipeline::remote`).
 pub fn agent_script() -> String {
-    include_str!("agent.sh").replace("@VERSION@", VERSION)
+    crate::pipeline::remote::compact(&include_str!("agent.sh").replace("@VERSION@", VERSION))
 }
 
 /// What `vizier.sh banner` reports.
