@@ -520,9 +520,9 @@ impl Run {
             ssh::control_path(&self.ctx.control_dir, &self.run_id),
             DIRECT_ATTEMPT.min(timeout),
         );
-        let mut banner = None;
+        let (mut probe, mut banner) = (self.job.booting, None);
         loop {
-            if self.job.booting || banner.is_some() {
+            if probe {
                 let mut report = progress.clone();
                 let left = deadline.saturating_duration_since(Instant::now());
                 let found = handshake::wait(&target.host, port, left, &mut report).await;
@@ -537,11 +537,9 @@ impl Run {
                 .remote_steps(target.clone(), t, banner.as_deref())
                 .await
             {
-                Err(Unreached(e))
-                    if banner.is_none() && e.unreached() && Instant::now() < deadline =>
-                {
+                Err(Unreached(e)) if !probe && e.unreached() && Instant::now() < deadline => {
                     progress(&e.to_string());
-                    banner = Some(String::new()); // probe, then try again
+                    probe = true; // then try again
                 }
                 Err(Unreached(e)) => {
                     return self.checked(Step::WaitHandshake, t, Err(e.to_string()));
@@ -591,8 +589,8 @@ impl Run {
             step: Step::WaitHandshake,
             since,
             handshake_detail: match banner {
-                Some(line) if !line.is_empty() => format!("{line}; authenticated as {who}"),
-                _ => format!("authenticated as {who}"),
+                Some(line) => format!("{line}; authenticated as {who}"),
+                None => format!("authenticated as {who}"),
             },
             ..Steps::default()
         };
@@ -686,14 +684,7 @@ impl Run {
         match note {
             remote::Note::Authenticated => {
                 let detail = std::mem::take(&mut st.handshake_detail);
-                self.step_done(
-                    Step::WaitHandshake,
-                    StepStatus::Success,
-                    st.since,
-                    Some(detail),
-                );
-                st.next(Step::VizierInstall);
-                self.set_step(Some(Step::VizierInstall), None);
+                self.advance(st, Step::WaitHandshake, Some(detail), Step::VizierInstall);
             }
             remote::Note::Line {
                 stream: OutputStream::Stdout,
@@ -731,14 +722,7 @@ impl Run {
                                     healthy: true,
                                 });
                             });
-                            self.step_done(
-                                Step::VizierHandshake,
-                                StepStatus::Success,
-                                st.since,
-                                Some(detail),
-                            );
-                            st.next(Step::Connect);
-                            self.set_step(Some(Step::Connect), None);
+                            self.advance(st, Step::VizierHandshake, Some(detail), Step::Connect);
                         }
                         Err(e) => {
                             let e = format!(
@@ -771,14 +755,7 @@ impl Run {
             remote::Note::Marker { .. } if st.failure.is_some() => {}
             remote::Note::Marker { name, code, rest } => match (name.as_str(), code) {
                 ("vizier-install", Some(0)) => {
-                    self.step_done(
-                        Step::VizierInstall,
-                        StepStatus::Success,
-                        st.since,
-                        Some(rest),
-                    );
-                    st.next(Step::VizierEnable);
-                    self.set_step(Some(Step::VizierEnable), None);
+                    self.advance(st, Step::VizierInstall, Some(rest), Step::VizierEnable);
                 }
                 ("vizier-install", _) => {
                     let dir = b
@@ -794,14 +771,7 @@ impl Run {
                         .err();
                 }
                 ("vizier-enable", Some(0)) => {
-                    self.step_done(
-                        Step::VizierEnable,
-                        StepStatus::Success,
-                        st.since,
-                        Some(rest),
-                    );
-                    st.next(Step::VizierHandshake);
-                    self.set_step(Some(Step::VizierHandshake), None);
+                    self.advance(st, Step::VizierEnable, Some(rest), Step::VizierHandshake);
                 }
                 ("vizier-log", _) => st.in_vizier_log = true,
                 ("vizier-log-end", _) => st.in_vizier_log = false,
@@ -818,16 +788,12 @@ impl Run {
                 }
                 ("connect", _) => {
                     let detail = format!("bootstrap session in {}", b.remote_dir);
-                    self.step_done(Step::Connect, StepStatus::Success, st.since, Some(detail));
-                    st.next(Step::Transfer);
-                    self.set_step(Some(Step::Transfer), None);
+                    self.advance(st, Step::Connect, Some(detail), Step::Transfer);
                 }
                 ("transfer", _) => {
                     let bytes = self.plan.payload_bytes.unwrap_or(0);
                     let detail = format!("script and {bytes} payload bytes to {}", b.remote_dir);
-                    self.step_done(Step::Transfer, StepStatus::Success, st.since, Some(detail));
-                    st.next(Step::Apply);
-                    self.set_step(Some(Step::Apply), None);
+                    self.advance(st, Step::Transfer, Some(detail), Step::Apply);
                 }
                 ("apply", Some(rc)) => {
                     if rc != 0 && st.error_marker.is_none() {
@@ -848,8 +814,7 @@ impl Run {
                         st.failure = Some(e);
                         return;
                     }
-                    st.next(Step::Verify);
-                    self.set_step(Some(Step::Verify), None);
+                    self.enter(st, Step::Verify);
                 }
                 ("verify-command", Some(rc)) if rc != 0 => {
                     let e = format!("verify_command exited with status {rc}");
@@ -864,6 +829,18 @@ impl Run {
                 _ => {}
             },
         }
+    }
+
+    /// Records `done` as a success and starts `next`.
+    fn advance(&mut self, st: &mut Steps, done: Step, detail: Option<String>, next: Step) {
+        self.step_done(done, StepStatus::Success, st.since, detail);
+        self.enter(st, next);
+    }
+
+    /// Starts `step`: its clock, and the snapshot `status` reads.
+    fn enter(&self, st: &mut Steps, step: Step) {
+        st.next(step);
+        self.set_step(Some(step), None);
     }
 
     /// Keeps the last of the agent's guest log in the state root (`vizier/<vm>/service.log`).
