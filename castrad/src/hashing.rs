@@ -97,7 +97,7 @@ fn stream_into(hasher: &mut Sha256, path: &Path) -> Result<u64, HashError> {
         path: path.to_owned(),
         source,
     };
-    let file = File::open(path).map_err(read_err)?;
+    let mut file = File::open(path).map_err(read_err)?;
     let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     if len > 4 * READ_BUF as u64 {
         return stream_big(hasher, file, len).map_err(read_err);
@@ -109,7 +109,6 @@ fn stream_into(hasher: &mut Sha256, path: &Path) -> Result<u64, HashError> {
         usize::try_from(len.saturating_add(1)).map_or(READ_BUF, |n| n.clamp(8 << 10, READ_BUF));
     let mut buf = vec![0u8; size];
     let mut total = 0u64;
-    let mut file = file;
     loop {
         let n = read_some(&mut file, &mut buf).map_err(read_err)?;
         if n == 0 {

@@ -4,10 +4,10 @@
 //! was replaced by a new process (its supervisor restarted it).
 //!
 //! The first session is the run's own: after `done` the session driver turns into the watch,
-//! and the run hands its connection, which runs that session, over (a [`Tail`]). A login costs the guest a
-//! shell start (with the user's rc files) and a connection costs both ends a key exchange;
-//! checking with a new command every 2 s had kept most of a core busy with many VMs on one
-//! host. When the session ends or falls silent, the check reports the loss and reconnects with
+//! and the run hands its connection, which runs that session, over (a [`Tail`]). A login
+//! costs the guest a shell start (with the user's rc files) and a connection costs both ends a
+//! key exchange; checking with a new command every 2 s had kept most of a core busy with many
+//! VMs on one host. When the session ends or falls silent, the check reports the loss and reconnects with
 //! a connection of its own. The VM's actor owns the task and aborts it when the VM stops; the
 //! guest side ends at its next write to the closed session.
 
