@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::daemon::{self, Settings};
-use crate::rpc::server::Listener;
+use crate::daemon::Settings;
+use crate::rpc::server::{self, Listener};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -93,7 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(10),
         accel_override: args.accel,
     };
-    daemon::run(settings, listener, shutdown_signal()).await
+    server::run(settings, listener, shutdown_signal()).await
 }
 
 fn parse_accel(s: &str) -> Result<crate::config::AccelSetting, String> {

@@ -20,7 +20,6 @@ use crate::overrides::OverrideError;
 use crate::pipeline;
 use crate::planner::{self, PlanError, VmPlan};
 use crate::qemu::process::QemuProcess;
-use crate::rpc::server::{self, Listener};
 use crate::state_root::StateRoot;
 use crate::vm::{ActorCtx, DownRequest, State, StopReport, VmHandle, VmSnapshot};
 
@@ -145,43 +144,33 @@ impl Daemon {
     /// Finds QEMU VMs left running by a previous castrad and gives each an actor again.
     /// A VM whose QEMU died meanwhile has its launch record removed: it is reported stopped.
     pub async fn adopt_running_vms(&self) {
-        let projects = self.settings.state_base.join("projects");
-        let Ok(entries) = std::fs::read_dir(&projects) else {
-            return;
-        };
-        for project_dir in entries.flatten() {
-            let Ok(vms) = std::fs::read_dir(project_dir.path().join("vms")) else {
-                continue;
-            };
-            for vm_dir in vms.flatten() {
-                let launch = vm_dir.path().join("launch.json");
-                let Some(record) = std::fs::read(&launch).ok().and_then(|b| {
-                    serde_json::from_slice::<crate::qemu::process::LaunchRecord>(&b).ok()
-                }) else {
+        for root in crate::state_root::all_projects(&self.settings.state_base) {
+            for vm in root.vm_names() {
+                let paths = root.vm(&vm);
+                let Some(record) = crate::qemu::process::read_record(&paths) else {
                     continue;
                 };
                 let entry = match self.load_project(&record.config).await {
                     Ok(entry) => entry,
                     Err(e) => {
-                        tracing::warn!(vm = record.vm, error = %e, "a VM is running but its project does not load");
+                        tracing::warn!(vm, error = %e, "a VM is running but its project does not load");
                         continue;
                     }
                 };
-                let paths = entry.root.qemu(&record.vm);
-                match crate::qemu::process::adopt(&paths).await {
+                match crate::qemu::process::adopt(&entry.root.vm(&vm)).await {
                     Some(q) => {
-                        tracing::info!(vm = record.vm, pid = q.pid(), "re-adopted a running VM");
+                        tracing::info!(vm, pid = q.pid(), "re-adopted a running VM");
                         self.bus.publish(
                             None,
                             castra_api::Event::VmAdopted {
-                                vm: record.vm.clone(),
+                                vm: vm.clone(),
                                 pid: q.pid(),
                                 ssh_port: q.record.ssh_port,
                             },
                         );
-                        self.spawn_handle(&entry.root, &record.vm, Backend::Qemu, Some(q));
+                        self.spawn_handle(&entry.root, &vm, Backend::Qemu, Some(q));
                     }
-                    None => tracing::info!(vm = record.vm, "VM stopped while castrad was away"),
+                    None => tracing::info!(vm, "VM stopped while castrad was away"),
                 }
             }
         }
@@ -199,7 +188,7 @@ impl Daemon {
         let overrides = planner::preflight(&entry.project, overrides)?;
         self.preflight_qemu(&entry)?;
         let mut cross = planner::cross_vm_warnings(&entry.project);
-        let operation = format!("op-{}", crate::runlog::random_hex(6));
+        let operation = crate::ids::operation_id();
         let mut receivers = Vec::with_capacity(entry.project.vms.len());
         for vm in &entry.project.vms {
             let (tx, rx) = tokio::sync::watch::channel(None);
@@ -299,7 +288,7 @@ impl Daemon {
                 known.join(", ")
             )));
         }
-        let operation = format!("op-{}", crate::runlog::random_hex(6));
+        let operation = crate::ids::operation_id();
         let selected = entry
             .project
             .vms
@@ -342,6 +331,21 @@ impl Daemon {
                 })
                 .collect(),
         })
+    }
+
+    /// Stops the VM actors: closing their mailboxes ends them; runs in progress are abandoned
+    /// (recorded as failed, the guest left as it is, no stamp). Waits for them up to the
+    /// shutdown grace. QEMU VMs keep running for the next castrad to re-adopt.
+    pub async fn shutdown(&self) {
+        self.vms.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.tasks.close();
+        let grace = self.settings.shutdown_grace;
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("bootstrap runs still in progress at shutdown were abandoned");
+        }
     }
 
     pub fn base_bytes_hashed(&self) -> u64 {
@@ -410,7 +414,7 @@ impl Daemon {
         let entry = self.load_project(config_path).await?;
         let overrides = planner::preflight(&entry.project, overrides)?;
         let (project, root) = (entry.project.clone(), entry.root.clone());
-        let vizier: BTreeMap<String, crate::vm::VizierSeen> = project
+        let vizier: BTreeMap<String, crate::vizier::VizierSeen> = project
             .vms
             .iter()
             .filter_map(|vm| {
@@ -422,85 +426,13 @@ impl Daemon {
             })
             .collect();
         let (plans, bytes) = tokio::task::spawn_blocking(move || {
-            plan_blocking(&project, &root, &overrides, &vizier)
+            planner::plan_project(&project, &root, &overrides, &vizier)
         })
         .await
         .map_err(|e| DaemonError::Internal(format!("planner panicked: {e}")))??;
         self.base_bytes_hashed.fetch_add(bytes, Ordering::Relaxed);
         Ok((entry, plans))
     }
-}
-
-fn plan_blocking(
-    project: &Project,
-    root: &StateRoot,
-    overrides: &crate::overrides::Overrides,
-    vizier: &BTreeMap<String, crate::vm::VizierSeen>,
-) -> Result<(Vec<VmPlan>, u64), PlanError> {
-    let mut bytes = warm_hash_cache(project, root);
-    let mut cross = planner::cross_vm_warnings(project);
-    let mut plans = Vec::with_capacity(project.vms.len());
-    for vm in &project.vms {
-        let mut facts = planner::gather(root, vm)?;
-        facts.vizier = vizier.get(&vm.name).cloned();
-        bytes += facts.base.bytes_read;
-        let mode = overrides.resolve(&vm.name, vm.bootstrap.mode);
-        let mut plan = planner::decide(root, vm, mode, facts);
-        plan.warnings
-            .extend(cross.remove(&vm.name).unwrap_or_default());
-        plans.push(plan);
-    }
-    Ok((plans, bytes))
-}
-
-/// Hashes each distinct base file of the project once, in parallel, so replicas sharing an
-/// image do not read it several times and several images are read concurrently. Errors are
-/// left for the per-VM pass to report with the VM's name. Returns the bytes read.
-fn warm_hash_cache(project: &Project, root: &StateRoot) -> u64 {
-    let files: std::collections::BTreeSet<&Path> = project
-        .vms
-        .iter()
-        .flat_map(|vm| [&vm.base_image, &vm.kernel, &vm.initrd])
-        .filter_map(|p| p.as_deref())
-        .collect();
-    if files.len() < 2 {
-        return 0;
-    }
-    std::thread::scope(|s| {
-        let workers: Vec<_> = files
-            .into_iter()
-            .map(|file| s.spawn(move || crate::hashing::cached_file_hash(root, file)))
-            .collect();
-        workers
-            .into_iter()
-            .filter_map(|w| w.join().ok()?.ok())
-            .map(|(_, n)| n)
-            .sum()
-    })
-}
-
-/// Runs the daemon until `shutdown` resolves: binds (or adopts) the socket, serves, then stops
-/// accepting, lets in-flight requests finish within the grace period and removes the socket.
-pub async fn run(
-    settings: Settings,
-    listener: Listener,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let daemon = Daemon::new(settings);
-    daemon.adopt_running_vms().await;
-    server::serve(daemon.clone(), listener, shutdown).await?;
-    // Stop the VM actors: closing their mailboxes ends them; runs in progress are abandoned
-    // (the guest is left as it is, and no stamp is written for an unfinished run).
-    daemon.vms.lock().unwrap_or_else(|p| p.into_inner()).clear();
-    daemon.tasks.close();
-    let grace = daemon.settings.shutdown_grace;
-    if tokio::time::timeout(grace, daemon.tasks.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!("bootstrap runs still in progress at shutdown were abandoned");
-    }
-    Ok(())
 }
 
 /// Runs the futures concurrently and returns their outputs in order.

@@ -13,10 +13,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
-use castra_api::{self as api, Event, EventEnvelope};
+use castra_api::{Event, EventEnvelope};
 
-use crate::config::{Backend, BootstrapMode, Vm};
-use crate::planner::{Action, Trigger, VizierExpect, VmPlan};
 use tokio::sync::broadcast;
 
 /// How many events the replay buffer keeps.
@@ -191,75 +189,6 @@ impl Subscription {
                 Err(broadcast::error::RecvError::Closed) => return Ok(None),
             }
         }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Internal → wire conversions for event payloads.
-
-fn mode(m: BootstrapMode) -> api::BootstrapMode {
-    match m {
-        BootstrapMode::Auto => api::BootstrapMode::Auto,
-        BootstrapMode::Skip => api::BootstrapMode::Skip,
-        BootstrapMode::Always => api::BootstrapMode::Always,
-    }
-}
-
-/// The wire form of a plan (`BootstrapPlanned`).
-pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
-    let b = &vm.bootstrap;
-    let runs = plan.action != Action::Skip;
-    let ssh = vm
-        .ssh
-        .host
-        .clone()
-        .or_else(|| (vm.backend == Backend::Qemu).then(|| "127.0.0.1".to_owned()));
-    api::BootstrapPlanned {
-        vm: plan.vm,
-        mode: mode(plan.mode),
-        action: match plan.action {
-            Action::Run => api::BootstrapPlanAction::Run,
-            Action::Noop => api::BootstrapPlanAction::Noop,
-            Action::Skip => api::BootstrapPlanAction::Skip,
-        },
-        reason: plan.reason,
-        trigger: plan.trigger.map(|t| match t {
-            Trigger::Auto => api::BootstrapTrigger::Auto,
-            Trigger::Always => api::BootstrapTrigger::Always,
-        }),
-        script_path: b.script.clone(),
-        payload_path: b.payload.clone(),
-        payload_bytes: plan.payload_bytes,
-        handshake_timeout_secs: runs.then_some(b.handshake_timeout_secs),
-        remote_dir: b.script.as_ref().map(|_| b.remote_dir.clone()),
-        ssh: ssh.map(|host| api::BootstrapPlanSsh {
-            user: vm.ssh.user.clone(),
-            host,
-            port: vm
-                .ssh
-                .port
-                .or((vm.backend == Backend::External).then_some(22)),
-            identity: vm.ssh.identity.clone(),
-            options: vm.ssh.options.clone(),
-        }),
-        env_keys: b.env.keys().cloned().collect(),
-        verify: (b.verify_command.is_some() || b.verify_path.is_some()).then(|| {
-            api::BootstrapPlanVerify {
-                command: b.verify_command.clone(),
-                path: b.verify_path.clone(),
-            }
-        }),
-        artifact_hash: plan.artifact_hash,
-        metadata_path: b.metadata_path.clone(),
-        warnings: plan.warnings,
-        vizier_status: Some(match plan.vizier {
-            VizierExpect::Start => api::VizierPlanStatus::Start,
-            VizierExpect::Restart => api::VizierPlanStatus::Restart,
-            VizierExpect::Healthy => api::VizierPlanStatus::Healthy,
-            VizierExpect::Unavailable => api::VizierPlanStatus::Unavailable,
-        }),
-        vizier_log_path: Some(plan.vizier_log_path),
-        vizier_remediation: plan.vizier_remediation,
     }
 }
 

@@ -20,7 +20,8 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Backend, Vm};
 use crate::fsutil::write_atomic;
-use crate::state_root::{StateRoot, ensure_dir, hex};
+use crate::ids::hex;
+use crate::state_root::{StateRoot, ensure_dir};
 
 const READ_BUF: usize = 1 << 20;
 

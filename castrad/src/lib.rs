@@ -14,9 +14,11 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod error;
 pub mod events;
 pub mod fsutil;
 pub mod hashing;
+pub mod ids;
 pub mod operations;
 pub mod overrides;
 pub mod pipeline;

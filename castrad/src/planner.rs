@@ -8,11 +8,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use castra_api as api;
+
 use crate::config::{Backend, BootstrapMode, Project, Vm};
 use crate::hashing::{self, HashError};
 use crate::overrides::{ModeSource, OverrideError, Overrides};
 use crate::stamps::{self, Stamp, StampRead};
 use crate::state_root::StateRoot;
+use crate::vizier::VizierSeen;
 
 /// What the pipeline will do for one VM.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +63,8 @@ pub struct VmPlan {
     pub vizier: VizierExpect,
     pub vizier_remediation: Option<String>,
     pub warnings: Vec<String>,
+    /// Base-image bytes read to plan this VM (0 when the hash cache had them).
+    pub base_bytes_read: u64,
 }
 
 /// Facts about one VM gathered from disk.
@@ -70,7 +75,9 @@ pub struct Facts {
     pub stamp: StampRead,
     pub disk_id: Option<String>,
     /// The agent as the VM's actor last saw it (not read from disk: filled by the caller).
-    pub vizier: Option<crate::vm::VizierSeen>,
+    pub vizier: Option<VizierSeen>,
+    /// The configured ssh identity file, when it does not exist.
+    pub missing_identity: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +93,70 @@ pub fn preflight(project: &Project, overrides: &[String]) -> Result<Overrides, O
     let overrides = Overrides::parse(overrides)?;
     overrides.check_names(&project.vm_names())?;
     Ok(overrides)
+}
+
+/// Plans one VM: [`gather`] then [`decide`], with what the VM's actor last saw of the agent
+/// and the project-wide warnings the caller computed. Blocking IO (hashing).
+pub fn plan_vm(
+    root: &StateRoot,
+    vm: &Vm,
+    mode: (BootstrapMode, ModeSource),
+    vizier: Option<VizierSeen>,
+    extra_warnings: &[String],
+) -> Result<VmPlan, PlanError> {
+    let mut facts = gather(root, vm)?;
+    facts.vizier = vizier;
+    let mut plan = decide(root, vm, mode, facts);
+    plan.warnings.extend(extra_warnings.iter().cloned());
+    Ok(plan)
+}
+
+/// Plans every VM of `project` under `overrides` (what `castra.plan` answers); returns the
+/// plans in file order and how many base-image bytes were read (0 when the cache had them).
+pub fn plan_project(
+    project: &Project,
+    root: &StateRoot,
+    overrides: &Overrides,
+    vizier: &BTreeMap<String, VizierSeen>,
+) -> Result<(Vec<VmPlan>, u64), PlanError> {
+    let mut bytes = warm_hash_cache(project, root);
+    let mut cross = cross_vm_warnings(project);
+    let mut plans = Vec::with_capacity(project.vms.len());
+    for vm in &project.vms {
+        let mode = overrides.resolve(&vm.name, vm.bootstrap.mode);
+        let warnings = cross.remove(&vm.name).unwrap_or_default();
+        let seen = vizier.get(&vm.name).cloned();
+        let plan = plan_vm(root, vm, mode, seen, &warnings)?;
+        bytes += plan.base_bytes_read;
+        plans.push(plan);
+    }
+    Ok((plans, bytes))
+}
+
+/// Hashes each distinct base file of the project once, in parallel, so replicas sharing an
+/// image do not read it several times and several images are read concurrently. Errors are
+/// left for the per-VM pass to report with the VM's name. Returns the bytes read.
+fn warm_hash_cache(project: &Project, root: &StateRoot) -> u64 {
+    let files: std::collections::BTreeSet<&std::path::Path> = project
+        .vms
+        .iter()
+        .flat_map(|vm| [&vm.base_image, &vm.kernel, &vm.initrd])
+        .filter_map(|p| p.as_deref())
+        .collect();
+    if files.len() < 2 {
+        return 0;
+    }
+    std::thread::scope(|s| {
+        let workers: Vec<_> = files
+            .into_iter()
+            .map(|file| s.spawn(move || hashing::cached_file_hash(root, file)))
+            .collect();
+        workers
+            .into_iter()
+            .filter_map(|w| w.join().ok()?.ok())
+            .map(|(_, n)| n)
+            .sum()
+    })
 }
 
 /// Reads what planning needs for `vm` (blocking IO: hashing may read a whole base image once).
@@ -105,6 +176,7 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
         stamp: stamps::read(root, &vm.name),
         disk_id: stamps::disk_id(root, &vm.name),
         vizier: None,
+        missing_identity: vm.ssh.identity.clone().filter(|i| !i.exists()),
     })
 }
 
@@ -196,9 +268,7 @@ pub fn decide(
                 .into(),
         );
     }
-    if let Some(identity) = &vm.ssh.identity
-        && !identity.exists()
-    {
+    if let Some(identity) = &facts.missing_identity {
         warnings.push(format!(
             "ssh identity {} does not exist",
             identity.display()
@@ -221,14 +291,12 @@ pub fn decide(
         vizier,
         vizier_remediation,
         warnings,
+        base_bytes_read: facts.base.bytes_read,
     }
 }
 
 /// What the run will find of the agent, and why it needs a restart if it does.
-fn vizier_expect(
-    action: Action,
-    seen: Option<&crate::vm::VizierSeen>,
-) -> (VizierExpect, Option<String>) {
+fn vizier_expect(action: Action, seen: Option<&VizierSeen>) -> (VizierExpect, Option<String>) {
     if action == Action::Skip {
         return (VizierExpect::Unavailable, None);
     }
@@ -294,6 +362,72 @@ pub fn cross_vm_warnings(project: &Project) -> BTreeMap<String, Vec<String>> {
         }
     }
     out
+}
+
+fn mode(m: BootstrapMode) -> api::BootstrapMode {
+    match m {
+        BootstrapMode::Auto => api::BootstrapMode::Auto,
+        BootstrapMode::Skip => api::BootstrapMode::Skip,
+        BootstrapMode::Always => api::BootstrapMode::Always,
+    }
+}
+
+/// The wire form of a plan: the payload of `BootstrapPlanned` and of `castra.plan`.
+pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
+    let b = &vm.bootstrap;
+    let runs = plan.action != Action::Skip;
+    let ssh = vm
+        .ssh
+        .host
+        .clone()
+        .or_else(|| (vm.backend == Backend::Qemu).then(|| "127.0.0.1".to_owned()));
+    api::BootstrapPlanned {
+        vm: plan.vm,
+        mode: mode(plan.mode),
+        action: match plan.action {
+            Action::Run => api::BootstrapPlanAction::Run,
+            Action::Noop => api::BootstrapPlanAction::Noop,
+            Action::Skip => api::BootstrapPlanAction::Skip,
+        },
+        reason: plan.reason,
+        trigger: plan.trigger.map(|t| match t {
+            Trigger::Auto => api::BootstrapTrigger::Auto,
+            Trigger::Always => api::BootstrapTrigger::Always,
+        }),
+        script_path: b.script.clone(),
+        payload_path: b.payload.clone(),
+        payload_bytes: plan.payload_bytes,
+        handshake_timeout_secs: runs.then_some(b.handshake_timeout_secs),
+        remote_dir: b.script.as_ref().map(|_| b.remote_dir.clone()),
+        ssh: ssh.map(|host| api::BootstrapPlanSsh {
+            user: vm.ssh.user.clone(),
+            host,
+            port: vm
+                .ssh
+                .port
+                .or((vm.backend == Backend::External).then_some(22)),
+            identity: vm.ssh.identity.clone(),
+            options: vm.ssh.options.clone(),
+        }),
+        env_keys: b.env.keys().cloned().collect(),
+        verify: (b.verify_command.is_some() || b.verify_path.is_some()).then(|| {
+            api::BootstrapPlanVerify {
+                command: b.verify_command.clone(),
+                path: b.verify_path.clone(),
+            }
+        }),
+        artifact_hash: plan.artifact_hash,
+        metadata_path: b.metadata_path.clone(),
+        warnings: plan.warnings,
+        vizier_status: Some(match plan.vizier {
+            VizierExpect::Start => api::VizierPlanStatus::Start,
+            VizierExpect::Restart => api::VizierPlanStatus::Restart,
+            VizierExpect::Healthy => api::VizierPlanStatus::Healthy,
+            VizierExpect::Unavailable => api::VizierPlanStatus::Unavailable,
+        }),
+        vizier_log_path: Some(plan.vizier_log_path),
+        vizier_remediation: plan.vizier_remediation,
+    }
 }
 
 #[cfg(test)]

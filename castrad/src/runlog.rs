@@ -23,27 +23,7 @@ pub const RUN_ID_LEN: usize = 12;
 
 /// A fresh random run id (12 hex digits).
 pub fn new_run_id() -> String {
-    random_hex(RUN_ID_LEN / 2)
-}
-
-/// `n` random bytes as hex, from the kernel's CSPRNG.
-pub fn random_hex(n: usize) -> String {
-    let mut buf = vec![0u8; n];
-    use std::io::Read;
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut buf))
-        .is_err()
-    {
-        // Not reachable on Linux; fall back to time and pid, still unique per process.
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let seed = format!("{nanos}-{}", std::process::id());
-        use sha2::{Digest, Sha256};
-        buf.copy_from_slice(&Sha256::digest(seed.as_bytes())[..n]);
-    }
-    crate::state_root::hex(&buf)
+    crate::ids::random_hex(RUN_ID_LEN / 2)
 }
 
 /// `2026-11-22T00:45:12.345Z` → `20261122T004512.345Z`.
@@ -70,10 +50,9 @@ impl Recorder {
         operation: Option<&str>,
     ) -> Recorder {
         let started_at = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
-        let stem = format!("{vm}-{}-{run_id}", file_stamp(&started_at));
-        let dir = root.bootstrap_logs_dir();
+        let (path, output) = root.run_log(vm, &file_stamp(&started_at), run_id);
         Recorder {
-            path: dir.join(format!("{stem}.json")),
+            path,
             log: RunLog {
                 vm: vm.to_owned(),
                 run_id: run_id.to_owned(),
@@ -85,7 +64,7 @@ impl Recorder {
                 trigger,
                 operation: operation.map(str::to_owned),
                 started_at,
-                output_path: Some(dir.join(format!("{stem}.output.log"))),
+                output_path: Some(output),
             },
             started: Instant::now(),
         }

@@ -72,20 +72,20 @@ pub fn write(root: &StateRoot, stamp: &Stamp) -> io::Result<PathBuf> {
 /// The identity of the disk a VM currently has, if castrad has seen one: the overlay id
 /// (`vms/<vm>/disk-id`, QEMU) or the pinned host key (`vms/<vm>/known_hosts`, external).
 pub fn disk_id(root: &StateRoot, vm: &str) -> Option<String> {
-    let dir = root.vm_dir(vm);
-    if let Ok(id) = std::fs::read_to_string(dir.join("disk-id")) {
+    let paths = root.vm(vm);
+    if let Ok(id) = std::fs::read_to_string(&paths.disk_id) {
         let id = id.trim();
         if !id.is_empty() {
             return Some(format!("disk:{id}"));
         }
     }
-    let pinned = std::fs::read(dir.join("known_hosts")).ok()?;
+    let pinned = std::fs::read(&paths.known_hosts).ok()?;
     if pinned.is_empty() {
         return None;
     }
     Some(format!(
         "hostkey:{}",
-        crate::state_root::hex(&sha2_digest(&pinned)[..16])
+        crate::ids::hex(&sha2_digest(&pinned)[..16])
     ))
 }
 
@@ -139,13 +139,13 @@ mod tests {
         assert_eq!(disk_id(&root, "web"), None);
         std::fs::create_dir_all(root.vm_dir("web")).unwrap();
         std::fs::write(
-            root.vm_dir("web").join("known_hosts"),
+            root.vm("web").known_hosts,
             "[127.0.0.1]:22 ssh-ed25519 AAAA",
         )
         .unwrap();
         let key_id = disk_id(&root, "web").unwrap();
         assert!(key_id.starts_with("hostkey:"), "{key_id}");
-        std::fs::write(root.vm_dir("web").join("disk-id"), "abc\n").unwrap();
+        std::fs::write(root.vm("web").disk_id, "abc\n").unwrap();
         assert_eq!(disk_id(&root, "web").as_deref(), Some("disk:abc"));
     }
 }

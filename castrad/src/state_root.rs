@@ -5,9 +5,10 @@
 //! ```text
 //! <base>/projects/<project>-<8 hex of sha256(config path)>/   one StateRoot per project
 //!     logs/bootstrap/<vm>-<UTC timestamp>-<run id>.json       durable run logs
+//!     logs/bootstrap/<same stem>.output.log                   the run's guest output
 //!     stamps/<vm>.json                                        idempotence stamps
 //!     vizier/<vm>/service.log                                 mirrored guest agent log
-//!     vms/<vm>/                                               per-VM runtime files
+//!     vms/<vm>/                                               per-VM files (VmPaths)
 //!     hash-cache/<sha256 of image path>.json                  base image hash cache
 //! ```
 //!
@@ -45,7 +46,7 @@ impl StateRoot {
     /// Two checkouts of the same project get distinct roots.
     pub fn for_project(base: &Path, name: &str, config_path: &Path) -> StateRoot {
         let digest = Sha256::digest(config_path.as_os_str().as_encoded_bytes());
-        let tag = hex(&digest[..4]);
+        let tag = crate::ids::hex(&digest[..4]);
         StateRoot {
             root: base.join("projects").join(format!("{name}-{tag}")),
         }
@@ -75,15 +76,33 @@ impl StateRoot {
         self.vizier_dir(vm).join("service.log")
     }
 
-    pub fn vm_dir(&self, vm: &str) -> PathBuf {
-        self.root.join("vms").join(vm)
+    fn vms_dir(&self) -> PathBuf {
+        self.root.join("vms")
     }
 
-    /// The files of a QEMU VM.
-    pub fn qemu(&self, vm: &str) -> QemuPaths {
+    pub fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.vms_dir().join(vm)
+    }
+
+    /// The names of the VMs that have a directory here (any backend), sorted.
+    pub fn vm_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.vms_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The files of one VM.
+    pub fn vm(&self, vm: &str) -> VmPaths {
         let dir = self.vm_dir(vm);
-        QemuPaths {
+        VmPaths {
             overlay: dir.join("overlay.qcow2"),
+            overlay_tmp: dir.join(".overlay.qcow2.tmp"),
             disk_id: dir.join("disk-id"),
             known_hosts: dir.join("known_hosts"),
             qmp: dir.join("qmp.sock"),
@@ -96,6 +115,17 @@ impl StateRoot {
         }
     }
 
+    /// The durable log of a run (`<vm>-<started>-<run id>.json`, `started` as
+    /// `YYYYMMDDTHHMMSS.mmmZ`) and the file its guest output goes to while it runs.
+    pub fn run_log(&self, vm: &str, started: &str, run_id: &str) -> (PathBuf, PathBuf) {
+        let dir = self.bootstrap_logs_dir();
+        let stem = format!("{vm}-{started}-{run_id}");
+        (
+            dir.join(format!("{stem}.json")),
+            dir.join(format!("{stem}.output.log")),
+        )
+    }
+
     pub fn hash_cache_dir(&self) -> PathBuf {
         self.root.join("hash-cache")
     }
@@ -104,16 +134,19 @@ impl StateRoot {
     pub fn hash_cache_entry(&self, path: &Path) -> PathBuf {
         let digest = Sha256::digest(path.as_os_str().as_encoded_bytes());
         self.hash_cache_dir()
-            .join(format!("{}.json", hex(&digest[..16])))
+            .join(format!("{}.json", crate::ids::hex(&digest[..16])))
     }
 }
 
-/// Where a QEMU VM's files live (all under `vms/<vm>/`, except its stamp).
+/// Where a VM's files live (all under `vms/<vm>/`, except its stamp). An external VM only
+/// has `known_hosts`; the rest belong to a QEMU VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuPaths {
+pub struct VmPaths {
     pub dir: PathBuf,
     /// The VM's disk: a qcow2 overlay on the base image.
     pub overlay: PathBuf,
+    /// Where a new overlay is made before it is renamed into place.
+    pub overlay_tmp: PathBuf,
     /// A random id given to each new overlay: the disk identity stamps are bound to.
     pub disk_id: PathBuf,
     /// The pinned SSH host key of the guest on this disk.
@@ -128,6 +161,19 @@ pub struct QemuPaths {
     pub stamp: PathBuf,
 }
 
+/// The state roots of every project under `base` that castrad has kept state for.
+pub fn all_projects(base: &Path) -> Vec<StateRoot> {
+    let mut roots: Vec<StateRoot> = std::fs::read_dir(base.join("projects"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| StateRoot { root: e.path() })
+        .collect();
+    roots.sort_by(|a, b| a.root.cmp(&b.root));
+    roots
+}
+
 /// Creates `dir` and its parents with mode 0700 (state may hold host keys and logs).
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
@@ -135,16 +181,6 @@ pub fn ensure_dir(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-}
-
-pub fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write;
-    bytes
-        .iter()
-        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
-            let _ = write!(s, "{b:02x}");
-            s
-        })
 }
 
 #[cfg(test)]
@@ -172,6 +208,14 @@ mod tests {
             root.path().join("vizier/db/service.log")
         );
         assert_eq!(root.vm_dir("db"), root.path().join("vms/db"));
+        assert_eq!(root.vm("db").launch, root.path().join("vms/db/launch.json"));
+        let (log, output) = root.run_log("db", "20261122T004512.345Z", "0123456789ab");
+        assert_eq!(
+            log,
+            root.path()
+                .join("logs/bootstrap/db-20261122T004512.345Z-0123456789ab.json")
+        );
+        assert_eq!(output.extension().unwrap(), "log");
         let entry = root.hash_cache_entry(Path::new("/img/base.qcow2"));
         assert_eq!(entry.parent().unwrap(), root.path().join("hash-cache"));
     }
@@ -183,6 +227,17 @@ mod tests {
         assert_ne!(a, b);
         let a2 = StateRoot::for_project(Path::new("/s"), "demo", Path::new("/a/castra.toml"));
         assert_eq!(a, a2);
+    }
+
+    #[test]
+    fn projects_and_vms_are_listed_from_disk() {
+        let tmp = tempfile::tempdir().unwrap();
+        assert!(all_projects(tmp.path()).is_empty());
+        let root = StateRoot::for_project(tmp.path(), "demo", Path::new("/x/castra.toml"));
+        ensure_dir(&root.vm_dir("b")).unwrap();
+        ensure_dir(&root.vm_dir("a")).unwrap();
+        assert_eq!(all_projects(tmp.path()), vec![root.clone()]);
+        assert_eq!(root.vm_names(), ["a", "b"]);
     }
 
     #[test]

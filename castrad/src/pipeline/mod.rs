@@ -33,7 +33,7 @@ use crate::runlog::{self, Recorder};
 use crate::ssh::{self, Target};
 use crate::stamps::{self, Stamp};
 use crate::state_root::StateRoot;
-use crate::vm::VmSnapshot;
+use crate::vm::state::{self, State, VmSnapshot};
 
 pub use remote::{ERROR_MARKER, NOOP_MARKER};
 
@@ -69,7 +69,7 @@ pub struct Ctx {
 /// and the watching after it cost one key exchange and one session start, not two of each).
 pub struct Finished {
     pub outcome: VmOutcome,
-    pub handover: Option<remote::Tail>,
+    pub handover: Option<ssh::Tail>,
 }
 
 impl From<VmOutcome> for Finished {
@@ -95,18 +95,14 @@ pub async fn run(ctx: Ctx, job: Job) -> Finished {
     let plan = {
         let (root, vm, mode) = (ctx.root.clone(), vm.clone(), job.mode.clone());
         let vizier = ctx.snapshot.borrow().vizier.clone();
-        tokio::task::spawn_blocking(move || {
-            planner::gather(&root, &vm).map(|mut facts| {
-                facts.vizier = vizier;
-                planner::decide(&root, &vm, mode, facts)
-            })
-        })
-        .await
+        let warnings = job.extra_warnings.clone();
+        tokio::task::spawn_blocking(move || planner::plan_vm(&root, &vm, mode, vizier, &warnings))
+            .await
     };
-    let mut plan = match plan {
+    let plan = match plan {
         Ok(Ok(plan)) => plan,
         Ok(Err(e)) => {
-            let error = crate::rpc::error::chain(&e).join(": ");
+            let error = crate::error::one_line(&e);
             return record_failure(&ctx, &job, started, error).into();
         }
         Err(e) => {
@@ -114,8 +110,7 @@ pub async fn run(ctx: Ctx, job: Job) -> Finished {
             return record_failure(&ctx, &job, started, error).into();
         }
     };
-    plan.warnings.extend(job.extra_warnings.iter().cloned());
-    publish(Event::BootstrapPlanned(crate::events::planned(
+    publish(Event::BootstrapPlanned(crate::planner::planned(
         &vm,
         plan.clone(),
     )));
@@ -228,7 +223,7 @@ struct Run {
     redactions: Vec<(String, String)>,
     output: Option<std::fs::File>,
     /// The connection and session, kept after a successful run for the health check.
-    kept: Option<remote::Tail>,
+    kept: Option<ssh::Tail>,
 }
 
 /// A failed step: its detail.
@@ -247,7 +242,7 @@ struct Applied {
     /// The script printed `CASTRA_NOOP`.
     noop: bool,
     /// The session, gone on as the agent's watch after `done`.
-    watch: Option<remote::Tail>,
+    watch: Option<ssh::Tail>,
 }
 
 /// Where the guest session is: the step running and what has been seen.
@@ -445,11 +440,7 @@ impl Run {
     }
 
     async fn execute(mut self) -> Finished {
-        crate::vm::move_to(
-            &self.ctx.snapshot,
-            &self.job.vm.name,
-            crate::vm::State::Bootstrapping,
-        );
+        state::move_to(&self.ctx.snapshot, &self.job.vm.name, State::Bootstrapping);
         self.publish(Event::BootstrapStarted {
             vm: self.vm().to_owned(),
             base_hash: self.plan.base_hash.clone(),
@@ -462,11 +453,11 @@ impl Run {
         let result = self.steps().await;
         self.set_step(None, None);
         let after = if result.is_ok() {
-            crate::vm::State::Running
+            State::Running
         } else {
-            crate::vm::State::Failed
+            State::Failed
         };
-        crate::vm::move_to(&self.ctx.snapshot, &self.job.vm.name, after);
+        state::move_to(&self.ctx.snapshot, &self.job.vm.name, after);
         if let Some(mut file) = self.output.take() {
             let _ = file.flush();
             let _ = file.sync_all();
@@ -516,7 +507,7 @@ impl Run {
         let mut target = Target::for_vm(
             &vm,
             port,
-            self.ctx.root.vm_dir(&vm.name).join("known_hosts"),
+            self.ctx.root.vm(&vm.name).known_hosts,
             ssh::control_path(&self.ctx.control_dir, &self.run_id),
             DIRECT_ATTEMPT.min(timeout),
         );
@@ -651,7 +642,7 @@ impl Run {
             } else if ended.status.and_then(|s| s.code()) == Some(255) {
                 format!("the SSH connection failed{}", tail(&ended.last_stderr))
             } else {
-                let how = ended.status.map(remote::exit).unwrap_or_default();
+                let how = ended.status.map(ssh::exit).unwrap_or_default();
                 format!("the guest session {how}{}", tail(&ended.last_stderr))
             };
             return Ok(self.checked(st.step, st.since, Err(why)));
@@ -716,7 +707,7 @@ impl Run {
                         Ok(banner) => {
                             let detail = format!("vizier {} (pid {})", banner.version, banner.pid);
                             self.ctx.snapshot.send_modify(|s| {
-                                s.vizier = Some(crate::vm::VizierSeen {
+                                s.vizier = Some(crate::vizier::VizierSeen {
                                     version: banner.version.clone(),
                                     pid: banner.pid,
                                     healthy: true,

@@ -18,10 +18,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use castra_api::OutputStream;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::AsyncRead;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
-use crate::ssh::{Connection, Target, command_line};
+use crate::ssh::{COMMAND_LIMIT, Connection, Tail, Target, command_line, compact, lines};
 
 /// The guest side of a run, one shell session. In order: install the Vizier agent (its text is
 /// an argument) if this version is not there yet, make sure exactly one instance runs under the
@@ -162,63 +162,6 @@ pub struct Ended {
     pub tail: Option<Tail>,
 }
 
-/// A connection whose session's stdout carries the agent's `watch` reports, line by line.
-/// Dropping it ends the session and the connection.
-#[derive(Debug)]
-pub struct Tail {
-    conn: Connection,
-    lines: UnboundedReceiver<(OutputStream, String)>,
-}
-
-impl Tail {
-    /// Connects to `target` and runs `remote_command` with its stdout read line by line.
-    pub fn spawn(target: Target, remote_command: &str) -> Result<Tail, crate::ssh::SshError> {
-        let mut conn = Connection::spawn(
-            target,
-            remote_command,
-            Stdio::null(),
-            Stdio::piped(),
-            Stdio::null(),
-        )?;
-        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
-        if let Some(out) = conn.child().stdout.take() {
-            tokio::spawn(self::lines(out, OutputStream::Stdout, tx));
-        }
-        Ok(Tail { conn, lines })
-    }
-
-    /// The next line; None once the session has ended.
-    pub async fn next_line(&mut self) -> Option<String> {
-        self.lines.recv().await.map(|(_, line)| line)
-    }
-
-    /// Ends the session and the connection.
-    pub async fn close(self) {
-        self.conn.close().await;
-    }
-}
-
-/// The longest remote command castrad sends as it is. Dropbear refuses a command longer than
-/// 9000 bytes by closing the connection (its MAX_CMD_LEN); past this, the agent's text (the
-/// biggest word) goes on stdin instead, read slowly but only when it makes the difference.
-pub const COMMAND_LIMIT: usize = 8000;
-
-/// A shell script as castrad sends it: without comment lines, indentation and blank lines
-/// (the text travels on a command line; see [`COMMAND_LIMIT`]). The scripts it is used on
-/// keep no meaningful leading whitespace inside a quoted string.
-pub fn compact(script: &str) -> String {
-    let mut out = String::with_capacity(script.len());
-    for (i, line) in script.lines().enumerate() {
-        let t = line.trim_start();
-        if t.is_empty() || (t.starts_with('#') && !(i == 0 && t.starts_with("#!"))) {
-            continue;
-        }
-        out.push_str(t);
-        out.push('\n');
-    }
-    out
-}
-
 /// How often the session looks for ssh's control socket until it has authenticated.
 const AUTH_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 /// How long key exchange and authentication may take once the server has answered.
@@ -234,7 +177,7 @@ pub async fn session(
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let nonce = crate::runlog::random_hex(8);
+    let nonce = crate::ids::random_hex(8);
     let script_name = file_name(s.script)?;
     let agent = crate::vizier::agent_script();
     let mut words = vec![
@@ -299,7 +242,7 @@ pub async fn session(
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut stderr_open = match conn.child().stderr.take() {
         Some(e) => {
-            tokio::spawn(lines(e, OutputStream::Stderr, tx));
+            tokio::spawn(lines(e, tx));
             true
         }
         None => false,
@@ -339,8 +282,8 @@ pub async fn session(
                 }
             }
             line = rx.recv(), if stderr_open => match line {
-                Some((_, line)) if !authenticated.load(Ordering::SeqCst) => held.push(line),
-                Some((_, line)) => {
+                Some(line) if !authenticated.load(Ordering::SeqCst) => held.push(line),
+                Some(line) => {
                     held.drain(..).for_each(&mut on_stderr);
                     on_stderr(line);
                 }
@@ -359,12 +302,12 @@ pub async fn session(
     let (tail, status) = match tail_lines {
         Some(lines) => {
             held.drain(..).for_each(&mut on_stderr);
-            while let Ok((_, line)) = rx.try_recv() {
+            while let Ok(line) = rx.try_recv() {
                 on_stderr(line);
             }
             // Keep draining stderr so that a chatty session never blocks on a full pipe.
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
-            (Some(Tail { conn, lines }), None)
+            (Some(Tail::new(conn, lines)), None)
         }
         None => {
             let status = conn.child().wait().await.map_err(|e| format!("ssh: {e}"))?;
@@ -413,12 +356,13 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
     marker: String,
     notes: UnboundedSender<Note>,
     authenticated: impl Fn(),
-) -> Option<UnboundedReceiver<(OutputStream, String)>> {
+) -> Option<UnboundedReceiver<String>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(lines(reader, OutputStream::Stdout, tx));
+    tokio::spawn(lines(reader, tx));
     // A marker is preceded by a newline we printed; hold one empty line back to drop it.
     let mut held_empty = false;
-    while let Some((stream, line)) = rx.recv().await {
+    let stream = OutputStream::Stdout;
+    while let Some(line) = rx.recv().await {
         authenticated();
         if let Some(rest) = line.strip_prefix(marker.as_str()) {
             held_empty = false;
@@ -535,35 +479,6 @@ pub fn program(script: &Path) -> Result<Vec<String>, String> {
     } else {
         vec!["sh".into(), name]
     })
-}
-
-async fn lines<R: AsyncRead + Unpin + Send + 'static>(
-    reader: R,
-    stream: OutputStream,
-    tx: UnboundedSender<(OutputStream, String)>,
-) {
-    let mut reader = BufReader::new(reader);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf);
-                let line = line.trim_end_matches(['\n', '\r']).to_owned();
-                if tx.send((stream, line)).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-pub fn exit(status: std::process::ExitStatus) -> String {
-    match status.code() {
-        Some(code) => format!("exited with status {code}"),
-        None => "was killed by a signal".to_owned(),
-    }
 }
 
 fn file_name(path: &Path) -> Result<String, String> {

@@ -33,6 +33,7 @@ fn facts(stamp: StampRead, disk: Option<&str>) -> Facts {
         stamp,
         disk_id: disk.map(str::to_owned),
         vizier: None,
+        missing_identity: None,
     }
 }
 
@@ -178,8 +179,8 @@ fn missing_verify_is_warned_about_only_when_running() {
     assert!(skip.warnings.is_empty(), "{:?}", skip.warnings);
 }
 
-fn seen(version: &str, healthy: bool) -> Option<crate::vm::VizierSeen> {
-    Some(crate::vm::VizierSeen {
+fn seen(version: &str, healthy: bool) -> Option<crate::vizier::VizierSeen> {
+    Some(crate::vizier::VizierSeen {
         version: version.into(),
         pid: 7,
         healthy,

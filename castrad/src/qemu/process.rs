@@ -1,7 +1,7 @@
 //! A QEMU VM's life on the host: its overlay (the VM's disk), launching QEMU in a session of
 //! its own, recognising it again after castrad restarts, and stopping it cooperatively.
 //!
-//! Files (see `state_root::QemuPaths`): the overlay and its `disk-id`, QEMU's QMP socket,
+//! Files (see `state_root::VmPaths`): the overlay and its `disk-id`, QEMU's QMP socket,
 //! serial log, stderr log and pidfile, and `launch.json`: what castrad launched (pid, the
 //! process start time, ports). Re-adoption trusts a pid only when its start time still matches
 //! (against pid reuse), its command line names our QMP socket, and QMP answers.
@@ -21,7 +21,7 @@ use tokio::process::{Child, Command};
 use super::argv::{self, LaunchSpec};
 use super::qmp::Qmp;
 use crate::fsutil::write_atomic;
-use crate::state_root::{QemuPaths, ensure_dir};
+use crate::state_root::{VmPaths, ensure_dir};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -41,7 +41,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcessError {
 
 /// Creates the overlay if the VM has none. Returns its path when it is new.
 pub async fn prepare_overlay(
-    paths: &QemuPaths,
+    paths: &VmPaths,
     base_image: &Path,
 ) -> Result<Option<PathBuf>, ProcessError> {
     if paths.overlay.exists() {
@@ -49,18 +49,18 @@ pub async fn prepare_overlay(
     }
     ensure_dir(&paths.dir).map_err(io(format!("creating {}", paths.dir.display())))?;
     let format = image_format(base_image).await?;
-    let tmp = paths.dir.join(".overlay.qcow2.tmp");
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = &paths.overlay_tmp;
+    let _ = std::fs::remove_file(tmp);
     let out = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
         .arg(base_image)
-        .arg(&tmp)
+        .arg(tmp)
         .stdin(Stdio::null())
         .output()
         .await
         .map_err(io("running qemu-img (package qemu-utils)"))?;
     if !out.status.success() {
-        let _ = std::fs::remove_file(&tmp);
+        let _ = std::fs::remove_file(tmp);
         return Err(ProcessError::Failed(format!(
             "qemu-img create on {} failed: {}",
             base_image.display(),
@@ -76,10 +76,10 @@ pub async fn prepare_overlay(
             _ => {}
         }
     }
-    let disk_id = crate::runlog::random_hex(8);
+    let disk_id = crate::ids::random_hex(8);
     write_atomic(&paths.disk_id, format!("{disk_id}\n").as_bytes())
         .map_err(io(format!("writing {}", paths.disk_id.display())))?;
-    std::fs::rename(&tmp, &paths.overlay)
+    std::fs::rename(tmp, &paths.overlay)
         .map_err(io(format!("creating {}", paths.overlay.display())))?;
     Ok(Some(paths.overlay.clone()))
 }
@@ -148,7 +148,7 @@ const QEMU_NICE: &str = "5";
 /// Starts QEMU for `spec` and waits until QMP answers.
 pub async fn launch(
     spec: &LaunchSpec,
-    paths: &QemuPaths,
+    paths: &VmPaths,
     accel_reason: &str,
     config: &Path,
 ) -> Result<QemuProcess, ProcessError> {
@@ -253,13 +253,13 @@ fn start_time(pid: u32) -> Option<u64> {
 }
 
 /// The launch record of a VM, if castrad launched one and has not seen it stop.
-pub fn read_record(paths: &QemuPaths) -> Option<LaunchRecord> {
+pub fn read_record(paths: &VmPaths) -> Option<LaunchRecord> {
     serde_json::from_slice(&std::fs::read(&paths.launch).ok()?).ok()
 }
 
 /// Finds the VM's QEMU left running by a previous castrad: same pid *and* start time, a
 /// command line naming our QMP socket, and QMP answering `query-status`.
-pub async fn adopt(paths: &QemuPaths) -> Option<QemuProcess> {
+pub async fn adopt(paths: &VmPaths) -> Option<QemuProcess> {
     let record = read_record(paths)?;
     let alive = start_time(record.pid) == Some(record.start_time)
         && std::fs::read(format!("/proc/{}/cmdline", record.pid))
@@ -278,7 +278,7 @@ pub async fn adopt(paths: &QemuPaths) -> Option<QemuProcess> {
 }
 
 /// Removes the traces of a QEMU that is no longer running.
-pub fn forget(paths: &QemuPaths) {
+pub fn forget(paths: &VmPaths) {
     for f in [&paths.launch, &paths.qmp, &paths.pidfile] {
         let _ = std::fs::remove_file(f);
     }
@@ -405,7 +405,7 @@ pub async fn stop(
 }
 
 /// Deletes the VM's disk and everything bound to it; returns the bytes reclaimed.
-pub fn discard(paths: &QemuPaths) -> std::io::Result<u64> {
+pub fn discard(paths: &VmPaths) -> std::io::Result<u64> {
     use std::os::unix::fs::MetadataExt;
     let reclaimed = std::fs::metadata(&paths.overlay)
         .map(|m| m.blocks() * 512)
@@ -442,7 +442,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root =
             crate::state_root::StateRoot::for_project(dir.path(), "p", Path::new("/p/castra.toml"));
-        let paths = root.qemu("vm");
+        let paths = root.vm("vm");
         let base = dir.path().join("base.img");
         std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
         let first = prepare_overlay(&paths, &base).await.unwrap();

@@ -26,7 +26,7 @@ impl From<DaemonError> for ErrorObjectOwned {
             }),
             _ => None,
         };
-        let causes = chain(&err);
+        let causes = crate::error::chain(&err);
         let message = causes.join(": ");
         let data = ErrorData {
             kind: kind.to_owned(),
@@ -35,21 +35,6 @@ impl From<DaemonError> for ErrorObjectOwned {
         };
         ErrorObjectOwned::owned(code, message, Some(data))
     }
-}
-
-/// The error and each of its sources, outermost first, skipping a source whose text the
-/// outer message already includes (thiserror's `transparent` and `{source}` patterns).
-pub fn chain(err: &dyn std::error::Error) -> Vec<String> {
-    let mut out: Vec<String> = vec![err.to_string()];
-    let mut next = err.source();
-    while let Some(e) = next {
-        let text = e.to_string();
-        if !out.last().is_some_and(|prev| prev.contains(&text)) {
-            out.push(text);
-        }
-        next = e.source();
-    }
-    out
 }
 
 #[cfg(test)]
@@ -78,19 +63,6 @@ mod tests {
             obj.message().contains("/p/castra.toml:3:7"),
             "{}",
             obj.message()
-        );
-    }
-
-    #[test]
-    fn chain_lists_sources_without_repeating_them() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
-        let err = crate::hashing::HashError::Read {
-            path: "/img".into(),
-            source: io,
-        };
-        assert_eq!(
-            chain(&err),
-            vec!["cannot read /img".to_owned(), "no such file".to_owned()]
         );
     }
 }

@@ -199,7 +199,7 @@ async fn plan(params: Params<'static>, daemon: &Daemon) -> Result<api::PlanResul
         .vms
         .iter()
         .zip(plans)
-        .map(|(vm, plan)| crate::events::planned(vm, plan))
+        .map(|(vm, plan)| crate::planner::planned(vm, plan))
         .collect();
     Ok(api::PlanResult {
         project: project.name.clone(),

@@ -19,7 +19,7 @@ use jsonrpsee::server::{PingConfig, ServerConfig, serve_with_graceful_shutdown, 
 use tokio::net::UnixListener;
 use tokio_util::task::TaskTracker;
 
-use crate::daemon::Daemon;
+use crate::daemon::{Daemon, Settings};
 
 /// A listening socket, and whether castrad owns its path.
 #[derive(Debug)]
@@ -139,8 +139,24 @@ fn adopt_fd(fd: std::os::fd::RawFd) -> std::os::unix::net::UnixListener {
 /// handshake wait) alive and detect vanished clients.
 const WS_PING: Duration = Duration::from_secs(15);
 
+/// Runs castrad until `shutdown` resolves (mini-redis' `server::run`): builds the [`Daemon`],
+/// re-adopts the VMs a previous castrad left running, serves the socket, then stops accepting,
+/// lets in-flight requests finish within the grace period, removes the socket and stops the
+/// VM actors.
+pub async fn run(
+    settings: Settings,
+    listener: Listener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let daemon = Daemon::new(settings);
+    daemon.adopt_running_vms().await;
+    serve(daemon.clone(), listener, shutdown).await?;
+    daemon.shutdown().await;
+    Ok(())
+}
+
 /// Serves until `shutdown` resolves, then drains connections and removes an owned socket.
-pub async fn serve(
+async fn serve(
     daemon: Arc<Daemon>,
     listener: Listener,
     shutdown: impl std::future::Future<Output = ()>,

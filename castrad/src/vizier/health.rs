@@ -16,11 +16,11 @@ use std::time::Duration;
 use castra_api::Event;
 use tokio::sync::watch;
 
+use super::VizierSeen;
 use super::{Banner, VERSION, parse_banner};
 use crate::events::EventBus;
-use crate::pipeline::remote::Tail;
-use crate::ssh::{Target, command_line};
-use crate::vm::{VizierSeen, VmSnapshot};
+use crate::ssh::{Tail, Target, command_line};
+use crate::vm::state::VmSnapshot;
 
 /// How often the agent reports.
 pub const INTERVAL: Duration = Duration::from_secs(2);

@@ -21,7 +21,16 @@ pub const HEARTBEAT_STALE_SECS: i64 = 10;
 /// The agent script as it is installed: its version filled in, comments and indentation
 /// dropped (it travels on the session's command line, see `pipeline::remote`).
 pub fn agent_script() -> String {
-    crate::pipeline::remote::compact(&include_str!("agent.sh").replace("@VERSION@", VERSION))
+    crate::ssh::compact(&include_str!("agent.sh").replace("@VERSION@", VERSION))
+}
+
+/// The agent as castrad last saw it on a VM (by a run's handshake or the health check).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VizierSeen {
+    pub version: String,
+    pub pid: u32,
+    /// False once a health check failed (until one succeeds again).
+    pub healthy: bool,
 }
 
 /// What `vizier.sh banner` reports.

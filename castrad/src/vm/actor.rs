@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio_util::task::TaskTracker;
 
-use super::{QemuInfo, State, VmSnapshot, move_to};
+use super::state::{QemuInfo, State, VmSnapshot, move_to};
 use crate::config::{AccelSetting, Backend};
 use crate::pipeline::{self, Ctx, Job};
 use crate::qemu::process::{self, QemuProcess, StopStep, Stopped};
@@ -224,7 +224,7 @@ async fn supervise(
                     s.waiting_on = None;
                 });
                 // Whatever QEMU the crashed loop owned is still running: find it again.
-                adopted = process::adopt(&ctx.pipeline.root.qemu(&name)).await;
+                adopted = process::adopt(&ctx.pipeline.root.vm(&name)).await;
                 if started.elapsed() > Duration::from_secs(60) {
                     backoff = Duration::from_millis(100);
                 }
@@ -350,7 +350,7 @@ impl Actor {
                 Wake::QemuExited => {
                     self.qemu = None;
                     self.stop_health();
-                    process::forget(&self.ctx.pipeline.root.qemu(&self.name));
+                    process::forget(&self.ctx.pipeline.root.vm(&self.name));
                     self.snapshot().send_modify(|s| s.qemu = None);
                     move_to(self.snapshot(), &self.name, State::Stopped);
                     let reason = "QEMU exited (the guest powered off or QEMU crashed); see serial.log and qemu.log".to_owned();
@@ -520,7 +520,7 @@ impl Actor {
     /// Starts the Vizier health check after a run that has seen the agent. What the run hands
     /// over (its connection, its session gone on as the agent's watch) replaces a check already
     /// running; without it, a running check is kept.
-    fn start_health(&mut self, job: &Job, handover: Option<crate::pipeline::remote::Tail>) {
+    fn start_health(&mut self, job: &Job, handover: Option<crate::ssh::Tail>) {
         let seen = self
             .snapshot()
             .borrow()
@@ -544,10 +544,10 @@ impl Actor {
         let target = crate::ssh::Target::for_vm(
             vm,
             port,
-            self.ctx.pipeline.root.vm_dir(&vm.name).join("known_hosts"),
+            self.ctx.pipeline.root.vm(&vm.name).known_hosts,
             crate::ssh::control_path(
                 &self.ctx.pipeline.control_dir,
-                &format!("health-{}", crate::runlog::random_hex(6)),
+                &format!("health-{}", crate::ids::random_hex(6)),
             ),
             Duration::from_secs(10),
         );
@@ -594,7 +594,7 @@ async fn start(ctx: &ActorCtx, job: &Job) -> Result<QemuProcess, String> {
         ctx.pipeline.bus.publish(Some(&job.operation), e);
     };
     move_to(&ctx.pipeline.snapshot, &vm.name, State::Starting);
-    let paths = ctx.pipeline.root.qemu(&vm.name);
+    let paths = ctx.pipeline.root.vm(&vm.name);
     let base = vm
         .base_image
         .as_deref()
@@ -666,7 +666,7 @@ async fn stop(
         report.outcome = "external".into();
         return report;
     }
-    let paths = ctx.pipeline.root.qemu(vm);
+    let paths = ctx.pipeline.root.vm(vm);
     let changed = qemu.is_some();
     report.outcome = match qemu {
         None => "not-running".into(),

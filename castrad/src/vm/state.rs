@@ -1,7 +1,16 @@
-//! VM lifecycle states and the one function that moves between them.
+//! What castrad knows about a VM right now: its lifecycle [`State`], the one function that
+//! moves between states, and the [`VmSnapshot`] that `status` reads.
 //!
 //! External VMs start (and idle) in `Running`: castrad does not own their lifecycle and only
 //! moves them through `Bootstrapping`. QEMU VMs start in `Stopped`.
+//!
+//! Pure data, no IO: the actor, its pipeline runs and the Vizier health check all write the
+//! snapshot (through a `watch`), `status` only reads it, so a busy VM never delays a reply.
+
+use castra_api::{BootstrapStepKind, VmOutcome};
+use tokio::sync::watch;
+
+use crate::vizier::VizierSeen;
 
 /// Where a VM is in its life, as castrad sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -41,6 +50,42 @@ pub fn transition(from: State, to: State) -> Result<State, InvalidTransition> {
     } else {
         Err(InvalidTransition { from, to })
     }
+}
+
+/// What `status` shows about a VM, published by its actor (and its tasks) through a `watch`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmSnapshot {
+    pub state: State,
+    /// The operation whose run is in progress.
+    pub operation: Option<String>,
+    pub current_step: Option<BootstrapStepKind>,
+    pub waiting_on: Option<String>,
+    pub last: Option<VmOutcome>,
+    /// The QEMU process, while there is one.
+    pub qemu: Option<QemuInfo>,
+    /// The Vizier agent as last seen (by a run's handshake or the health check).
+    pub vizier: Option<VizierSeen>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QemuInfo {
+    pub pid: u32,
+    pub accel: String,
+    pub ssh_port: u16,
+    pub launched_unix_ms: u64,
+}
+
+/// Moves the VM to `to` through [`transition`]; an invalid move is logged and refused.
+pub fn move_to(snapshot: &watch::Sender<VmSnapshot>, vm: &str, to: State) -> bool {
+    let mut moved = true;
+    snapshot.send_modify(|s| match transition(s.state, to) {
+        Ok(next) => s.state = next,
+        Err(e) => {
+            tracing::error!(vm, error = %e, "refused a VM state change");
+            moved = false;
+        }
+    });
+    moved
 }
 
 #[cfg(test)]

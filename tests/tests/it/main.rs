@@ -1,6 +1,7 @@
 //! Castra's end-to-end tests: one binary, one module per area. Each test starts its own
 //! castrad on a private socket and state directory and talks to it like a user would.
 
+mod architecture;
 mod bootstrap;
 mod daemon;
 mod plan;

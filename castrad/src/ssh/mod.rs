@@ -18,10 +18,11 @@
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::process::{Child, Command};
+mod connection;
+
+pub use connection::{Connection, Tail, exit, lines};
 
 /// Everything needed to reach one guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -187,6 +188,27 @@ pub fn command_line<S: AsRef<str>>(words: &[S]) -> String {
         .join(" ")
 }
 
+/// The longest remote command castrad sends as it is. Dropbear refuses a command longer than
+/// 9000 bytes by closing the connection (its MAX_CMD_LEN); past this, the agent's text (the
+/// biggest word) goes on stdin instead, read slowly but only when it makes the difference.
+pub const COMMAND_LIMIT: usize = 8000;
+
+/// A shell script as castrad sends it: without comment lines, indentation and blank lines
+/// (the text travels on a command line; see [`COMMAND_LIMIT`]). The scripts it is used on
+/// keep no meaningful leading whitespace inside a quoted string.
+pub fn compact(script: &str) -> String {
+    let mut out = String::with_capacity(script.len());
+    for (i, line) in script.lines().enumerate() {
+        let t = line.trim_start();
+        if t.is_empty() || (t.starts_with('#') && !(i == 0 && t.starts_with("#!"))) {
+            continue;
+        }
+        out.push_str(t);
+        out.push('\n');
+    }
+    out
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
     #[error(
@@ -213,72 +235,6 @@ impl SshError {
             SshError::Failed { message, .. } => !message.contains("Permission denied"),
             SshError::HostKeyChanged { .. } | SshError::Spawn(_) => false,
         }
-    }
-}
-
-/// One `ssh` process: a connection to the guest running one remote command. Dropping it
-/// kills the process (ending the session) and removes its control socket.
-#[derive(Debug)]
-pub struct Connection {
-    target: Target,
-    child: Child,
-}
-
-impl Connection {
-    /// Starts `ssh` running `remote_command`, with the given stdio; returns at once. See
-    /// [`Connection::authenticated`] for when the guest has accepted us, and [`classify`] for
-    /// what ssh printed if it exits before that.
-    pub fn spawn(
-        target: Target,
-        remote_command: &str,
-        stdin: Stdio,
-        stdout: Stdio,
-        stderr: Stdio,
-    ) -> Result<Connection, SshError> {
-        let pinned = std::fs::metadata(&target.known_hosts).is_ok_and(|m| m.len() > 0);
-        for dir in [target.control_path.parent(), target.known_hosts.parent()]
-            .into_iter()
-            .flatten()
-        {
-            crate::state_root::ensure_dir(dir).map_err(SshError::Spawn)?;
-        }
-        let _ = std::fs::remove_file(&target.control_path);
-        let child = Command::new("ssh")
-            .args(target.args(pinned, remote_command))
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(stderr)
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(SshError::Spawn)?;
-        Ok(Connection { target, child })
-    }
-
-    /// Whether ssh has authenticated: its control socket exists.
-    pub fn authenticated(&self) -> bool {
-        self.target.control_path.exists()
-    }
-
-    pub fn target(&self) -> &Target {
-        &self.target
-    }
-
-    pub fn child(&mut self) -> &mut Child {
-        &mut self.child
-    }
-
-    /// Ends the session and the connection.
-    pub async fn close(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        let _ = std::fs::remove_file(&self.target.control_path);
-    }
-}
-
-impl Drop for Connection {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-        let _ = std::fs::remove_file(&self.target.control_path);
     }
 }
 
