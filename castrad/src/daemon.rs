@@ -127,6 +127,7 @@ impl Daemon {
                         root: root.clone(),
                         control_dir: self.control_dir(),
                         snapshot: Arc::new(tokio::sync::watch::channel(snapshot).0),
+                        remote: Arc::new(pipeline::OpenSsh),
                     },
                     accel_override: self.settings.accel_override,
                 };

@@ -75,6 +75,12 @@ impl EventBus {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Every event still in the ring, oldest first (for tests that inspect what was said).
+    #[cfg(test)]
+    pub fn history(&self) -> Vec<Arc<EventEnvelope>> {
+        self.lock().ring.iter().cloned().collect()
+    }
+
     /// Publishes `event`, returns its seq.
     pub fn publish(&self, operation: Option<&str>, event: Event) -> u64 {
         let mut inner = self.lock();

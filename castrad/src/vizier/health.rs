@@ -29,7 +29,7 @@ const GRACE: Duration = Duration::from_secs(8);
 
 /// Runs the watch of the agent installed for this castrad's version. The agent's directory is
 /// decided as the session driver decides it.
-const WATCH: &str = r#"vdir=$1; dir=$2; ver=$3; every=$4
+pub(super) const WATCH: &str = r#"vdir=$1; dir=$2; ver=$3; every=$4
 if [ -z "$vdir" ]; then if [ "$(id -u)" = 0 ]; then vdir=/opt/castra/vizier; else vdir=$dir/.vizier; fi; fi
 exec sh "$vdir/$ver/vizier.sh" watch "$vdir/state" "$every""#;
 

@@ -64,14 +64,23 @@ pub fn parse_banner(first: &str, json: &str) -> Result<Banner, String> {
     Ok(banner)
 }
 
-/// Where the agent lives in a guest. `vizier_dir` from castra.toml, else `/opt/castra/vizier`
-/// for root and `<remote_dir>/.vizier` for other users (decided in the guest).
+/// Where the agent lives in a guest bootstrapped as root, unless `vizier_dir` says otherwise.
+/// Other users get `<remote_dir>/.vizier` (decided in the guest: `pipeline/driver.sh` and the
+/// health check's watch spell these paths too; a test keeps them equal).
+pub const ROOT_DIR: &str = "/opt/castra/vizier";
+/// The agent's log in a guest bootstrapped as root, unless `vizier_dir` says otherwise.
+pub const ROOT_LOG: &str = "/var/log/castra/vizier/service.log";
+
+/// Where the agent is installed in a guest, for messages.
+pub fn guest_dir_hint(vizier_dir: Option<&str>) -> String {
+    vizier_dir.unwrap_or(ROOT_DIR).to_owned()
+}
+
+/// Where the agent's log is in a guest, for messages.
 pub fn guest_log_hint(vizier_dir: Option<&str>) -> String {
     match vizier_dir {
         Some(dir) => format!("{dir}/service.log"),
-        None => {
-            "/var/log/castra/vizier/service.log (root) or <remote_dir>/.vizier/service.log".into()
-        }
+        None => format!("{ROOT_LOG} (root) or <remote_dir>/.vizier/service.log"),
     }
 }
 
@@ -95,6 +104,15 @@ mod tests {
         )
         .unwrap_err();
         assert!(hung.contains("100 s old"), "{hung}");
+    }
+
+    #[test]
+    fn the_guest_side_spells_the_default_paths_as_castrad_does() {
+        let driver = crate::pipeline::driver::DRIVER;
+        assert!(driver.contains(&format!("vdir={ROOT_DIR}; vlog={ROOT_LOG}\n")));
+        assert!(health::WATCH.contains(&format!("then vdir={ROOT_DIR}; else")));
+        assert_eq!(guest_dir_hint(None), ROOT_DIR);
+        assert_eq!(guest_dir_hint(Some("/v")), "/v");
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! process owned by a crashed loop keeps running; the restarted loop re-adopts it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use castra_api::{Event, OutcomeStatus, VmOutcome};
 use tokio::sync::{Mutex, mpsc, oneshot, watch};

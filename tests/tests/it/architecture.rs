@@ -405,9 +405,23 @@ fn declared_upward(doc: &str) -> BTreeSet<(String, String)> {
         .collect()
 }
 
+/// `a` is `b` or inside it.
+fn within(a: &str, b: &str) -> bool {
+    a == b || a.starts_with(&format!("{b}::"))
+}
+
 #[test]
 fn castrad_has_no_import_cycle() {
     let graph = import_graph();
+    // A file may use its own folder's `mod.rs` (the folder's entry points and shared types,
+    // `super::Ctx`): that is the folder talking to itself, not a cycle between parts.
+    let graph: BTreeMap<String, BTreeSet<String>> = graph
+        .into_iter()
+        .map(|(m, uses)| {
+            let uses = uses.into_iter().filter(|u| !within(&m, u)).collect();
+            (m, uses)
+        })
+        .collect();
     assert!(
         graph.len() > 20,
         "the module reader found too few modules: {graph:?}"

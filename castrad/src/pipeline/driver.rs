@@ -1,0 +1,517 @@
+//! The session driver: `driver.sh`, the POSIX shell program that does a run's guest side in
+//! one session, and everything castrad needs to speak with it: its command line
+//! ([`invocation`]), the env block it reads from stdin ([`env_block`]), and its progress
+//! markers, parsed once into [`Marker`] for the step machine (`steps.rs`) to match on.
+//!
+//! Contract with the script: remote layout `<remote_dir>/<script file name>` and
+//! `<remote_dir>/payload/…` (a payload file lands as `payload/<its name>`); `remote_dir` is
+//! created private (umask 077); env values reach the script through the env block on stdin,
+//! never a command line; every word of the command goes through `ssh::quote`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::ssh::{COMMAND_LIMIT, command_line, compact};
+
+/// The driver, as written (`driver.sh`); it is sent [`compact`]ed.
+pub const DRIVER: &str = include_str!("driver.sh");
+
+/// The marker line by which a script declares that nothing needed changing.
+pub const NOOP_MARKER: &str = "CASTRA_NOOP";
+/// The prefix by which a script fails the run with a reason.
+pub const ERROR_MARKER: &str = "CASTRA_ERROR:";
+
+/// One progress marker of the driver (`CASTRA-<nonce> <name> [code] [detail]`), in the order
+/// the driver prints them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Marker {
+    /// `vizier-install <0|1> <detail>`: the agent's file is in place, or cannot be written.
+    VizierInstall {
+        ok: bool,
+        detail: String,
+    },
+    /// `vizier-enable 0 <how>`: one agent runs under the guest's supervisor.
+    VizierEnable {
+        ok: bool,
+        detail: String,
+    },
+    /// `vizier-log <path>`: the tail of the agent's guest log follows, until [`Marker::VizierLogEnd`].
+    VizierLog,
+    VizierLogEnd,
+    /// `vizier-handshake 0`: the agent's two banner lines follow; `1 <why>`: no banner.
+    VizierHandshake {
+        ok: bool,
+        detail: String,
+    },
+    /// The bootstrap session is open in remote_dir (the env block is read).
+    Connect,
+    /// The archive is unpacked.
+    Transfer,
+    /// `apply <status>`: the script's exit status.
+    Apply {
+        status: i32,
+    },
+    /// `verify-command <status>`.
+    VerifyCommand {
+        status: i32,
+    },
+    /// `verify-path <0|1>`.
+    VerifyPath {
+        found: bool,
+    },
+    /// Everything succeeded; the session goes on as the agent's watch.
+    Done,
+}
+
+impl Marker {
+    /// Parses what follows `CASTRA-<nonce> ` on a line. None for a name castrad does not know
+    /// or a code that is missing where one is required.
+    pub fn parse(text: &str) -> Option<Marker> {
+        let (name, after) = text.split_once(' ').unwrap_or((text, ""));
+        let (code, detail) = match after.split_once(' ') {
+            Some((c, d)) if c.parse::<i32>().is_ok() => (c.parse().ok(), d),
+            None if after.parse::<i32>().is_ok() => (after.parse().ok(), ""),
+            _ => (None, after),
+        };
+        let detail = detail.trim().to_owned();
+        let ok = code == Some(0);
+        Some(match name {
+            "vizier-install" => Marker::VizierInstall { ok, detail },
+            "vizier-enable" => Marker::VizierEnable { ok, detail },
+            "vizier-log" => Marker::VizierLog,
+            "vizier-log-end" => Marker::VizierLogEnd,
+            "vizier-handshake" => Marker::VizierHandshake { ok, detail },
+            "connect" => Marker::Connect,
+            "transfer" => Marker::Transfer,
+            "apply" => Marker::Apply { status: code? },
+            "verify-command" => Marker::VerifyCommand { status: code? },
+            "verify-path" => match code? {
+                0 => Marker::VerifyPath { found: true },
+                1 => Marker::VerifyPath { found: false },
+                _ => return None,
+            },
+            "done" => Marker::Done,
+            _ => return None,
+        })
+    }
+}
+
+/// What to run in one session.
+#[derive(Debug, Clone)]
+pub struct Session<'a> {
+    pub remote_dir: &'a str,
+    pub script: &'a Path,
+    pub payload: Option<&'a Path>,
+    pub program: Vec<String>,
+    pub env: &'a BTreeMap<String, String>,
+    pub verify_command: Option<&'a str>,
+    pub verify_path: Option<&'a str>,
+    pub vizier_dir: Option<&'a str>,
+}
+
+/// The driver's remote command line, and what goes on stdin before the env block: the
+/// agent's text, when the command would be longer than [`COMMAND_LIMIT`] with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    pub command: String,
+    pub agent_block: String,
+}
+
+/// The command that runs the driver for `session`, its markers tagged with `nonce`.
+/// `watch_every`: the health check's interval (the session goes on as the agent's watch).
+pub fn invocation(
+    session: &Session<'_>,
+    script_name: &str,
+    nonce: &str,
+    watch_every: std::time::Duration,
+) -> Invocation {
+    let agent = crate::vizier::agent_script();
+    let mut words = vec![
+        "sh".to_owned(),
+        "-c".into(),
+        compact(DRIVER),
+        "castra".into(),
+        nonce.to_owned(),
+        session.remote_dir.into(),
+        script_name.to_owned(),
+        session.verify_command.unwrap_or_default().into(),
+        session.verify_path.unwrap_or_default().into(),
+        session.vizier_dir.unwrap_or_default().into(),
+        crate::vizier::VERSION.into(),
+    ];
+    let agent_word = words.len();
+    words.push(agent.clone());
+    words.push(watch_every.as_secs().to_string());
+    words.extend(session.program.iter().cloned());
+    let command = command_line(&words);
+    if command.len() <= COMMAND_LIMIT {
+        return Invocation {
+            command,
+            agent_block: String::new(),
+        };
+    }
+    words[agent_word] = "-".into();
+    Invocation {
+        command: command_line(&words),
+        agent_block: format!("{}\n{agent}", agent.matches('\n').count()),
+    }
+}
+
+/// The env block: a line count, then shell assignments (`K='value'; export K`), one per
+/// variable, spread over more lines only where a value holds newlines. Single quotes keep
+/// every byte as it is, so the driver's `eval` needs no command substitution (a fork per
+/// variable, slow in an emulated guest), and the block is as short as the values: the shell
+/// reads it one byte per system call. Keys were validated as identifiers by `config`.
+pub fn env_block(env: &BTreeMap<String, String>) -> String {
+    let mut text = String::new();
+    for (k, v) in env {
+        text.push_str(&format!("{k}={}; export {k}\n", crate::ssh::quote(v)));
+    }
+    format!("{}\n{text}", text.matches('\n').count())
+}
+
+/// A script path without a file name the guest can use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} has no usable file name", .0.display())]
+pub struct BadScriptName(pub PathBuf);
+
+/// The script's file name as it lands in remote_dir.
+pub fn script_name(path: &Path) -> Result<String, BadScriptName> {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_owned)
+        .ok_or_else(|| BadScriptName(path.to_owned()))
+}
+
+/// How to start the script: directly when it is executable with a `#!` line, else with `sh`.
+pub fn program(script: &Path) -> Result<Vec<String>, BadScriptName> {
+    use std::os::unix::fs::PermissionsExt;
+    let name = format!("./{}", script_name(script)?);
+    let mut head = [0u8; 2];
+    let shebang = std::fs::File::open(script)
+        .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+        .is_ok_and(|n| n == 2 && head == *b"#!");
+    let executable = std::fs::metadata(script).is_ok_and(|m| m.permissions().mode() & 0o111 != 0);
+    Ok(if shebang && executable {
+        vec![name]
+    } else {
+        vec!["sh".into(), name]
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::archive::write_archive;
+    use crate::ssh::{COMMAND_LIMIT, command_line, compact};
+    use std::io::Write;
+    use std::process::Stdio;
+
+    /// Runs DRIVER with the local shell exactly as the guest would, fed with the same stdin.
+    /// `agent_on_stdin`: the agent's text comes first on stdin, as for a command too long.
+    fn run_driver(
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        verify_path: &str,
+        agent_on_stdin: bool,
+    ) -> (String, String, i32) {
+        let (reader, writer) = std::io::pipe().unwrap();
+        let agent = crate::vizier::agent_script();
+        let child = std::process::Command::new("sh")
+            .args(["-c", &compact(DRIVER), "castra", "n0nce"])
+            .arg(dir.join("guest/remote dir"))
+            .args(["run.sh", "", verify_path])
+            .arg(dir.join("vizier"))
+            .arg(crate::vizier::VERSION)
+            .arg(if agent_on_stdin { "-" } else { &agent })
+            .arg("") // no watch after `done`: the session ends
+            .args(["sh", "./run.sh"])
+            .stdin(reader)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (block, script, payload) = (env_block(env), dir.join("run.sh"), dir.join("payload"));
+        let agent_block = if agent_on_stdin {
+            format!("{}\n{agent}", agent.matches('\n').count())
+        } else {
+            String::new()
+        };
+        let feeder = std::thread::spawn(move || {
+            let mut writer = writer;
+            writer.write_all(agent_block.as_bytes())?;
+            writer.write_all(block.as_bytes())?;
+            write_archive(writer, &script, "run.sh", Some(&payload))
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap().unwrap();
+        // The driver started a Vizier supervisor in the background: stop it.
+        let vbin = dir.join(format!("vizier/{}/vizier.sh", crate::vizier::VERSION));
+        let _ = std::process::Command::new("sh")
+            .arg(vbin)
+            .arg("stop")
+            .arg(dir.join("vizier/state"))
+            .output();
+        (
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+            out.status.code().unwrap(),
+        )
+    }
+
+    #[test]
+    fn driver_unpacks_runs_and_verifies_with_byte_exact_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(
+            d.join("run.sh"),
+            "printf '%s' \"$A\" > a.out\nprintf '%s|%s' \"$B\" \"$C\" > bc.out\n\
+             cat payload/p.txt\nprintf 'no newline at the end'\ntouch done\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.join("payload")).unwrap();
+        std::fs::write(d.join("payload/p.txt"), "from the payload\n").unwrap();
+        let env = BTreeMap::from([
+            (
+                "A".to_owned(),
+                "a'b\"c $(touch /tmp/castra-env-test)\nline2 \\ % %s é".to_owned(),
+            ),
+            ("B".to_owned(), String::new()),
+            ("C".to_owned(), "trailing newlines\n\n".to_owned()),
+            // Named like a driver variable: the script sees it, the driver keeps its own.
+            ("vpath".to_owned(), "not-the-verify-path".to_owned()),
+        ]);
+        let (stdout, stderr, code) = run_driver(d, &env, "done", false);
+        assert_eq!(code, 0, "{stderr}");
+        let remote = d.join("guest/remote dir");
+        assert_eq!(
+            std::fs::read_to_string(remote.join("a.out")).unwrap(),
+            env["A"]
+        );
+        assert_eq!(
+            std::fs::read_to_string(remote.join("bc.out")).unwrap(),
+            "|trailing newlines\n\n"
+        );
+        assert!(!Path::new("/tmp/castra-env-test").exists());
+        let markers: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("CASTRA-n0nce "))
+            .collect();
+        let names: Vec<&str> = markers
+            .iter()
+            .map(|m| m.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "vizier-install",
+                "vizier-enable",
+                "vizier-log",
+                "vizier-log-end",
+                "vizier-handshake",
+                "connect",
+                "transfer",
+                "apply",
+                "verify-path",
+                "done"
+            ],
+            "{stdout}"
+        );
+        assert!(
+            markers[0].starts_with("vizier-install 0 installed "),
+            "{}",
+            markers[0]
+        );
+        assert!(
+            markers[1].starts_with("vizier-enable 0 started"),
+            "{}",
+            markers[1]
+        );
+        assert_eq!(markers[4], "vizier-handshake 0");
+        let after = stdout
+            .split("CASTRA-n0nce vizier-handshake 0\n")
+            .nth(1)
+            .unwrap();
+        let mut banner = after.lines();
+        let b =
+            crate::vizier::parse_banner(banner.next().unwrap(), banner.next().unwrap()).unwrap();
+        assert_eq!(b.version, crate::vizier::VERSION);
+        let output: Vec<&str> = stdout
+            .split("CASTRA-n0nce transfer\n")
+            .nth(1)
+            .unwrap()
+            .lines()
+            .take_while(|l| !l.starts_with("CASTRA-"))
+            .collect();
+        assert_eq!(output, ["from the payload", "no newline at the end"]);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&remote).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "remote_dir is private");
+    }
+
+    #[test]
+    fn driver_stops_at_the_first_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("payload")).unwrap();
+        std::fs::write(d.join("run.sh"), "echo working; exit 3\n").unwrap();
+        // The agent's text on stdin this time (as when the command would be too long).
+        let (stdout, _, code) = run_driver(d, &BTreeMap::new(), "done", true);
+        assert_eq!(code, 0);
+        assert!(stdout.contains("vizier-install 0 installed"), "{stdout}");
+        assert!(stdout.contains("CASTRA-n0nce apply 3"), "{stdout}");
+        assert!(
+            !stdout.contains("verify-path") && !stdout.contains(" done"),
+            "{stdout}"
+        );
+
+        std::fs::write(d.join("run.sh"), "echo fine\n").unwrap();
+        let (stdout, _, _) = run_driver(d, &BTreeMap::new(), "missing", false);
+        // What came on stdin was installed byte for byte: the argument matches it.
+        assert!(stdout.contains("vizier-install 0 present"), "{stdout}");
+        assert!(stdout.contains("CASTRA-n0nce verify-path 1"), "{stdout}");
+        assert!(!stdout.contains(" done"), "{stdout}");
+    }
+
+    /// Dropbear closes the connection on a command over 9000 bytes: with short user inputs,
+    /// the whole guest side, agent included, stays well under COMMAND_LIMIT.
+    #[test]
+    fn the_session_command_fits_dropbear() {
+        let words = [
+            "sh".to_owned(),
+            "-c".into(),
+            compact(DRIVER),
+            "castra".into(),
+            "0123456789abcdef".into(),
+            "/data/castra/web-0".into(),
+            "run.sh".into(),
+            "test -f /etc/app.conf".into(),
+            "out".into(),
+            String::new(),
+            crate::vizier::VERSION.into(),
+            crate::vizier::agent_script(),
+            "2".into(),
+            "./run.sh".into(),
+        ];
+        let len = command_line(&words).len();
+        assert!(len < COMMAND_LIMIT - 1000, "{len} bytes");
+        assert!(!compact(DRIVER).contains("\n#"));
+    }
+
+    #[test]
+    fn program_uses_the_shebang_only_when_executable() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let s = dir.path().join("run.sh");
+        std::fs::write(&s, "#!/bin/sh\n").unwrap();
+        assert_eq!(program(&s).unwrap(), ["sh", "./run.sh"]);
+        std::fs::set_permissions(&s, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(program(&s).unwrap(), ["./run.sh"]);
+        std::fs::write(&s, "echo no shebang\n").unwrap();
+        assert_eq!(program(&s).unwrap(), ["sh", "./run.sh"]);
+    }
+
+    #[test]
+    fn markers_parse_into_their_variants() {
+        let cases = [
+            (
+                "vizier-install 0 installed /opt/v.sh",
+                Some(Marker::VizierInstall {
+                    ok: true,
+                    detail: "installed /opt/v.sh".into(),
+                }),
+            ),
+            (
+                "vizier-install 1 cannot write /x",
+                Some(Marker::VizierInstall {
+                    ok: false,
+                    detail: "cannot write /x".into(),
+                }),
+            ),
+            (
+                "vizier-enable 0 started (respawn loop)",
+                Some(Marker::VizierEnable {
+                    ok: true,
+                    detail: "started (respawn loop)".into(),
+                }),
+            ),
+            (
+                "vizier-log /var/log/castra/vizier/service.log",
+                Some(Marker::VizierLog),
+            ),
+            ("vizier-log-end", Some(Marker::VizierLogEnd)),
+            (
+                "vizier-handshake 0",
+                Some(Marker::VizierHandshake {
+                    ok: true,
+                    detail: String::new(),
+                }),
+            ),
+            (
+                "vizier-handshake 1 no banner within 2 s",
+                Some(Marker::VizierHandshake {
+                    ok: false,
+                    detail: "no banner within 2 s".into(),
+                }),
+            ),
+            ("connect", Some(Marker::Connect)),
+            ("transfer", Some(Marker::Transfer)),
+            ("apply 0", Some(Marker::Apply { status: 0 })),
+            ("apply -3", Some(Marker::Apply { status: -3 })),
+            ("apply", None),
+            ("apply x", None),
+            (
+                "verify-command 7",
+                Some(Marker::VerifyCommand { status: 7 }),
+            ),
+            ("verify-path 0", Some(Marker::VerifyPath { found: true })),
+            ("verify-path 1", Some(Marker::VerifyPath { found: false })),
+            ("verify-path 2", None),
+            ("done", Some(Marker::Done)),
+            ("dance 0", None),
+            ("", None),
+        ];
+        for (text, want) in cases {
+            assert_eq!(Marker::parse(text), want, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_long_command_sends_the_agent_on_stdin() {
+        let env = BTreeMap::new();
+        let program = vec!["./run.sh".to_owned()];
+        let long = "x".repeat(COMMAND_LIMIT);
+        let session = |verify: &'static str| Session {
+            remote_dir: "/var/tmp/castra/web",
+            script: Path::new("/p/run.sh"),
+            payload: None,
+            program: program.clone(),
+            env: &env,
+            verify_command: Some(verify),
+            verify_path: None,
+            vizier_dir: None,
+        };
+        let short = invocation(
+            &session("true"),
+            "run.sh",
+            "n0nce",
+            std::time::Duration::from_secs(2),
+        );
+        assert!(short.agent_block.is_empty());
+        assert!(short.command.contains("VIZIER_VERSION="));
+        let verify: &'static str = Box::leak(long.into_boxed_str());
+        let long = invocation(
+            &session(verify),
+            "run.sh",
+            "n0nce",
+            std::time::Duration::from_secs(2),
+        );
+        assert!(
+            !long.command.contains("VIZIER_VERSION="),
+            "the agent left the command line"
+        );
+        let (count, agent) = long.agent_block.split_once('\n').unwrap();
+        assert_eq!(agent, crate::vizier::agent_script());
+        assert_eq!(count.parse::<usize>().unwrap(), agent.matches('\n').count());
+    }
+}

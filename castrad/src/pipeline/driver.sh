@@ -1,0 +1,85 @@
+# The guest side of a run, one shell session (sent compacted: comment lines, indentation and
+# blank lines are dropped, see ssh::compact). In order: install the Vizier agent if this
+# version is not there yet, make sure exactly one instance runs under the guest's supervisor,
+# read its banner, mirror its log; then open the bootstrap session in remote_dir (read the env
+# block), unpack the archive, run the script, verify.
+#
+# Progress goes to stdout as marker lines `CASTRA-<nonce> <step> [code] [detail]`, each after
+# a newline in case the script's last line had none; pipeline/driver.rs parses them
+# (`Marker`). Arguments: nonce, remote_dir, script file name, verify command ("" = none),
+# verify path ("" = none), Vizier directory ("" = /opt/castra/vizier for root,
+# <remote_dir>/.vizier otherwise), the agent's version and text (an argument, because the
+# shell's `read` takes a pipe one byte per system call; "-" when it comes first on stdin
+# instead, past ssh::COMMAND_LIMIT), the health check's interval in seconds ("" = end the
+# session at `done`), then the program to run. Stdin: [the agent block,] the env block (a
+# line count, then quoted assignments), the tar archive.
+#
+# After `done` the session becomes the agent's `watch` (the Vizier health check's reports),
+# so a run and the watching that follows it cost the guest one session start, not two.
+#
+# Every process this starts costs the guest a fork and an exec (about a millisecond of CPU
+# each; more under emulation), so files are read with `read`, not `cat`, the uid is asked
+# for only when needed, and a rerun skips what is already in place.
+set -e
+nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; vver=$7; agent=$8; every=$9; shift 9
+m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
+block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
+"; n=$((n-1)); done; }
+if [ "$agent" = - ]; then block; agent=$out; fi
+uid=
+root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
+if [ -n "$vdir" ]; then vlog=$vdir/service.log
+elif root; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
+else vdir=$dir/.vizier; vlog=$vdir/service.log; fi
+vbin=$vdir/$vver/vizier.sh; vstate=$vdir/state
+if [ -f "$vbin" ] && printf '%s' "$agent" | cmp -s - "$vbin"; then m vizier-install 0 present "$vbin"
+elif { mkdir -p "$vdir/$vver" "${vlog%/*}" "$vstate" && printf '%s' "$agent" >"$vbin.tmp" && mv -f "$vbin.tmp" "$vbin"; } 2>/dev/null
+then m vizier-install 0 installed "$vbin"
+else m vizier-install 1 "cannot write $vbin"; exit 0; fi
+held=; hver=
+{ read -r held <"$vstate/lock/pid"; } 2>/dev/null || true
+{ read -r hver <"$vstate/lock/version"; } 2>/dev/null || true
+if [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "$hver" = "$vver" ]; then how=running
+else
+  how=started
+  if [ -n "$held" ] && kill -0 "$held" 2>/dev/null; then sh "$vbin" stop "$vstate" || true; how="restarted (was $hver)"; fi
+  printf "" 2>/dev/null >"$vstate/agent.pid" || true # not the new agent's: wait for it below
+  if root && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+    printf '[Unit]\nDescription=Castra Vizier agent\n[Service]\nExecStart=/bin/sh %s supervise %s %s\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n' "$vbin" "$vstate" "$vlog" >/etc/systemd/system/castra-vizier.service
+    systemctl daemon-reload && systemctl enable castra-vizier >/dev/null 2>&1 && systemctl restart castra-vizier; how="$how under systemd"
+  elif root && command -v openrc-run >/dev/null && [ -d /etc/init.d ]; then
+    printf '#!/sbin/openrc-run\ncommand=/bin/sh\ncommand_args="%s supervise %s %s"\ncommand_background=yes\npidfile=/run/castra-vizier.pid\n' "$vbin" "$vstate" "$vlog" >/etc/init.d/castra-vizier
+    chmod 755 /etc/init.d/castra-vizier; rc-update add castra-vizier default >/dev/null 2>&1 || true
+    rc-service castra-vizier restart >/dev/null 2>&1; how="$how under OpenRC"
+  else
+    if command -v setsid >/dev/null; then setsid sh "$vbin" supervise "$vstate" "$vlog" </dev/null >/dev/null 2>&1 &
+    else nohup sh "$vbin" supervise "$vstate" "$vlog" </dev/null >/dev/null 2>&1 & fi
+    how="$how (respawn loop)"
+  fi
+fi
+m vizier-enable 0 "$how"
+i=0; banner=; limit=20
+if [ "$how" != running ]; then
+  limit=50 # a just-started agent gets 5 s, first to name itself (cheap to check), then to answer
+  while [ ! -s "$vstate/agent.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; i=$((i/2))
+fi
+while [ $i -lt $limit ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) && break; banner=; i=$((i+1)); sleep 0.1; done
+m vizier-log "$vlog"; tail -c 16384 "$vlog" 2>/dev/null || true; m vizier-log-end
+if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within $((limit / 10)) s"; exit 0; fi
+m vizier-handshake 0; printf '%s\n' "$banner"
+[ -d "$dir" ] || (umask 077 && mkdir -p -- "$dir")
+cd -- "$dir"
+block; envs=$out
+m connect
+if [ -e payload ] || [ -e "$script" ]; then rm -rf -- payload "$script"; fi
+tar -x -f -
+m transfer
+set +e
+(eval "$envs"; exec "$@") </dev/null
+rc=$?
+m apply $rc
+[ $rc -eq 0 ] || exit 0
+if [ -n "$vcmd" ]; then (eval "$envs"; exec sh -c "$vcmd") </dev/null; rc=$?; m verify-command $rc; [ $rc -eq 0 ] || exit 0; fi
+if [ -n "$vpath" ]; then if [ -e "$vpath" ]; then m verify-path 0; else m verify-path 1; exit 0; fi; fi
+m done
+[ -z "$every" ] || exec sh "$vbin" watch "$vstate" "$every" </dev/null

@@ -1,0 +1,442 @@
+//! What an executing run writes, and only that: its durable log (`runlog::Recorder`), its
+//! events, the status snapshot's step, the guest output file, and the stamp after a success.
+//! Everything that leaves here is redacted of env values first.
+//!
+//! Invariants: a run ends through [`Record::succeed`] or [`Record::fail`], which write its one
+//! log; the stamp is written after the log and only by `succeed` of a run that changed the
+//! guest.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use castra_api::{
+    BootstrapStatus, BootstrapStepKind as Step, BootstrapStepStatus as StepStatus,
+    BootstrapTrigger, Event, OutcomeStatus, OutputStream, RunStatus, VmOutcome,
+};
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::events::EventBus;
+use crate::planner::VmPlan;
+use crate::runlog::{self, Recorder};
+use crate::stamps::{self, Stamp};
+use crate::state_root::StateRoot;
+use crate::vm::state::VmSnapshot;
+
+/// Why a run failed. Its `Display` is what the log's `error` record, `BootstrapFailed` and the
+/// outcome say.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RunError {
+    /// A step failed; it is already recorded as failed with `detail`.
+    #[error("{}: {detail}", step.as_str())]
+    Step { step: Step, detail: String },
+    /// The VM has no script (planning should have made this a Skip).
+    #[error("no script configured")]
+    NoScript,
+    #[error(transparent)]
+    ScriptName(#[from] super::driver::BadScriptName),
+    /// castrad does not know where the guest's SSH server is.
+    #[error(
+        "wait-handshake: no SSH port: the VM is not running under castrad; start it with \
+         `castractl up` or set [vms.ssh] port to reach a guest you started"
+    )]
+    NoPort,
+}
+
+/// The log, events and snapshot of one executing run.
+pub struct Record {
+    bus: EventBus,
+    operation: String,
+    vm: String,
+    root: StateRoot,
+    snapshot: Arc<watch::Sender<VmSnapshot>>,
+    pub run_id: String,
+    pub started: Instant,
+    recorder: Recorder,
+    redactions: Vec<(String, String)>,
+    output: Option<std::fs::File>,
+}
+
+/// Who a record is for.
+pub struct Subject<'a> {
+    pub bus: &'a EventBus,
+    pub root: &'a StateRoot,
+    pub snapshot: &'a Arc<watch::Sender<VmSnapshot>>,
+    pub vm: &'a str,
+    pub operation: &'a str,
+}
+
+impl Record {
+    /// Starts recording a run of `plan`; `env` is what may be secret in the guest's output.
+    pub fn new(
+        who: Subject<'_>,
+        plan: &VmPlan,
+        env: &BTreeMap<String, String>,
+        started: Instant,
+    ) -> Record {
+        let run_id = runlog::new_run_id();
+        let recorder = Recorder::new(
+            who.root,
+            who.vm,
+            &run_id,
+            &plan.base_hash,
+            plan.artifact_hash.as_deref().unwrap_or_default(),
+            trigger(plan),
+            Some(who.operation),
+        );
+        Record {
+            bus: who.bus.clone(),
+            operation: who.operation.to_owned(),
+            vm: who.vm.to_owned(),
+            root: who.root.clone(),
+            snapshot: who.snapshot.clone(),
+            run_id,
+            started,
+            recorder,
+            redactions: redactions(env),
+            output: None,
+        }
+    }
+
+    pub fn publish(&self, event: Event) {
+        self.bus.publish(Some(&self.operation), event);
+    }
+
+    /// What `status` shows as the run's step and what it waits on.
+    pub fn set_step(&self, step: Option<Step>, waiting_on: Option<String>) {
+        self.snapshot.send_modify(|s| {
+            s.current_step = step;
+            s.waiting_on = waiting_on;
+        });
+    }
+
+    /// Records and publishes a finished step.
+    pub fn step_done(
+        &mut self,
+        step: Step,
+        status: StepStatus,
+        since: Instant,
+        detail: Option<String>,
+    ) {
+        self.step_done_ms(step, status, since.elapsed().as_millis() as u64, detail);
+    }
+
+    pub fn step_done_ms(
+        &mut self,
+        step: Step,
+        status: StepStatus,
+        duration_ms: u64,
+        detail: Option<String>,
+    ) {
+        self.recorder
+            .step(step, status, duration_ms, detail.clone());
+        self.publish(Event::BootstrapStep {
+            vm: self.vm.clone(),
+            step,
+            status,
+            duration_ms,
+            detail,
+        });
+    }
+
+    /// Records a step's result; on error the step is failed with the (redacted) reason.
+    pub fn checked<T>(
+        &mut self,
+        step: Step,
+        since: Instant,
+        result: Result<(T, Option<String>), String>,
+    ) -> Result<T, RunError> {
+        match result {
+            Ok((value, detail)) => {
+                self.step_done(step, StepStatus::Success, since, detail);
+                Ok(value)
+            }
+            Err(e) => Err(self.step_failed_ms(step, since.elapsed().as_millis() as u64, &e)),
+        }
+    }
+
+    /// Records `step` as failed with the (redacted) `detail`; returns the run's error.
+    pub fn step_failed_ms(&mut self, step: Step, duration_ms: u64, detail: &str) -> RunError {
+        let detail = self.redact(detail);
+        self.step_done_ms(step, StepStatus::Failed, duration_ms, Some(detail.clone()));
+        RunError::Step { step, detail }
+    }
+
+    /// `line` with every env value masked.
+    pub fn redact(&self, line: &str) -> String {
+        let mut out = line.to_owned();
+        for (value, mask) in &self.redactions {
+            if out.contains(value.as_str()) {
+                out = out.replace(value.as_str(), mask);
+            }
+        }
+        out
+    }
+
+    /// One line of guest output: redacted, published, appended to the run's output file.
+    pub fn output_line(&mut self, step: Step, stream: OutputStream, line: &str) {
+        let line = self.redact(line);
+        if self.output.is_none()
+            && let Some(path) = self.recorder.output_path()
+        {
+            let _ = crate::state_root::ensure_dir(path.parent().expect("log dir"));
+            self.output = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok();
+        }
+        if let Some(file) = &mut self.output {
+            let tag = match stream {
+                OutputStream::Stdout => "out",
+                OutputStream::Stderr => "err",
+            };
+            let _ = writeln!(file, "{} {tag} {line}", step.as_str());
+        }
+        self.publish(Event::BootstrapOutput {
+            vm: self.vm.clone(),
+            step,
+            stream,
+            line,
+        });
+    }
+
+    /// Keeps the last of the agent's guest log in the state root (`vizier/<vm>/service.log`).
+    pub fn mirror_vizier_log(&self, text: &str) {
+        if text.is_empty() {
+            return;
+        }
+        let path = self.root.vizier_log(&self.vm);
+        let written = crate::state_root::ensure_dir(path.parent().expect("vizier dir"))
+            .and_then(|()| crate::fsutil::write_atomic(&path, text.as_bytes()));
+        if let Err(e) = written {
+            tracing::warn!(vm = self.vm, error = %e, "cannot mirror the Vizier log");
+        }
+    }
+
+    /// Where the agent's guest log is mirrored, for messages.
+    pub fn vizier_log_path(&self) -> PathBuf {
+        self.root.vizier_log(&self.vm)
+    }
+
+    /// Flushes the guest output file to disk.
+    fn close_output(&mut self) {
+        if let Some(mut file) = self.output.take() {
+            let _ = file.flush();
+            let _ = file.sync_all();
+        }
+    }
+
+    /// Ends a run that succeeded: its log, then (unless the script said nothing changed) its
+    /// stamp, then `BootstrapCompleted`.
+    pub fn succeed(mut self, plan: &VmPlan, runner_noop: bool) -> VmOutcome {
+        self.close_output();
+        let status = if runner_noop {
+            RunStatus::Noop
+        } else {
+            RunStatus::Success
+        };
+        let log_path = match self.recorder.finish(status, None) {
+            Ok((path, _)) => path,
+            Err(e) => {
+                let error = format!("cannot write the run log: {e}");
+                return failed(
+                    &self.bus,
+                    &self.operation,
+                    &self.vm,
+                    self.started,
+                    self.run_id,
+                    None,
+                    error,
+                );
+            }
+        };
+        let mut stamp_path = None;
+        if !runner_noop {
+            match write_stamp(&self.root, &self.vm, plan, &self.run_id, &log_path) {
+                Ok(path) => stamp_path = Some(path),
+                Err(e) => {
+                    tracing::warn!(vm = self.vm, error = %e, "bootstrap succeeded but no stamp was written")
+                }
+            }
+        }
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        let (event_status, outcome_status) = if runner_noop {
+            (BootstrapStatus::NoOp, OutcomeStatus::NoOp)
+        } else {
+            (BootstrapStatus::Success, OutcomeStatus::Success)
+        };
+        self.bus.publish(
+            Some(&self.operation),
+            Event::BootstrapCompleted {
+                vm: self.vm.clone(),
+                status: event_status,
+                duration_ms,
+                stamp: stamp_path.as_ref().map(|p| p.display().to_string()),
+            },
+        );
+        VmOutcome {
+            run_id: Some(self.run_id),
+            log_path: Some(log_path),
+            stamp: stamp_path,
+            ..super::outcome(&self.vm, outcome_status, duration_ms)
+        }
+    }
+
+    /// Ends a run that failed: its log (ending with the `error` record), `BootstrapFailed`.
+    pub fn fail(mut self, error: &RunError) -> VmOutcome {
+        self.close_output();
+        let error = error.to_string();
+        let log_path = match self.recorder.finish(RunStatus::Failed, Some(&error)) {
+            Ok((path, _)) => Some(path),
+            Err(e) => {
+                tracing::error!(vm = self.vm, error = %e, "cannot write the failure log");
+                None
+            }
+        };
+        failed(
+            &self.bus,
+            &self.operation,
+            &self.vm,
+            self.started,
+            self.run_id,
+            log_path,
+            error,
+        )
+    }
+}
+
+fn trigger(plan: &VmPlan) -> BootstrapTrigger {
+    match plan.trigger {
+        Some(crate::planner::Trigger::Always) => BootstrapTrigger::Always,
+        _ => BootstrapTrigger::Auto,
+    }
+}
+
+/// Publishes `BootstrapFailed` (its log is already written) and returns the `Failed` outcome.
+pub fn failed(
+    bus: &EventBus,
+    operation: &str,
+    vm: &str,
+    started: Instant,
+    run_id: String,
+    log_path: Option<PathBuf>,
+    error: String,
+) -> VmOutcome {
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let event = Event::BootstrapFailed {
+        vm: vm.to_owned(),
+        duration_ms,
+        error: error.clone(),
+    };
+    bus.publish(Some(operation), event);
+    VmOutcome {
+        run_id: Some(run_id),
+        log_path,
+        error: Some(error),
+        ..super::outcome(vm, OutcomeStatus::Failed, duration_ms)
+    }
+}
+
+/// A run that failed before its steps began: one failure log, one `BootstrapFailed`.
+pub fn failure_outside_steps(who: Subject<'_>, started: Instant, error: String) -> VmOutcome {
+    let run_id = runlog::new_run_id();
+    let recorder = Recorder::new(
+        who.root,
+        who.vm,
+        &run_id,
+        "",
+        "",
+        BootstrapTrigger::Auto,
+        Some(who.operation),
+    );
+    let log_path = recorder
+        .finish(RunStatus::Failed, Some(&error))
+        .ok()
+        .map(|(p, _)| p);
+    failed(
+        who.bus,
+        who.operation,
+        who.vm,
+        started,
+        run_id,
+        log_path,
+        error,
+    )
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StampError {
+    #[error("the VM has no disk identity (no pinned host key)")]
+    NoDiskId,
+    #[error(transparent)]
+    Write(#[from] std::io::Error),
+}
+
+fn write_stamp(
+    root: &StateRoot,
+    vm: &str,
+    plan: &VmPlan,
+    run_id: &str,
+    log_path: &Path,
+) -> Result<PathBuf, StampError> {
+    let disk_id = stamps::disk_id(root, vm).ok_or(StampError::NoDiskId)?;
+    let stamp = Stamp {
+        vm: vm.to_owned(),
+        base_hash: plan.base_hash.clone(),
+        artifact_hash: plan.artifact_hash.clone().unwrap_or_default(),
+        disk_id,
+        run_id: run_id.to_owned(),
+        log_path: log_path.to_owned(),
+        completed_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+    };
+    Ok(stamps::write(root, &stamp)?)
+}
+
+/// What to mask in guest output: every env value, and each line of a multi-line value (output
+/// is handled line by line). Short values (< 4 bytes) would mask innocent text and are left.
+fn redactions(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for (k, v) in env {
+        for piece in std::iter::once(v.as_str()).chain(v.lines()) {
+            let piece = piece.trim();
+            if piece.len() >= 4 && !out.iter().any(|(p, _)| p == piece) {
+                out.push((piece.to_owned(), format!("[{k} redacted]")));
+            }
+        }
+    }
+    out.sort_by_key(|(v, _)| std::cmp::Reverse(v.len()));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redaction_covers_whole_values_and_each_line_of_multiline_ones() {
+        let env = BTreeMap::from([
+            ("TOKEN".to_owned(), "s3cr3t-value".to_owned()),
+            ("MULTI".to_owned(), "first line\nsecond".to_owned()),
+            ("TINY".to_owned(), "on".to_owned()),
+        ]);
+        let r = redactions(&env);
+        let apply = |line: &str| {
+            let mut out = line.to_owned();
+            for (v, mask) in &r {
+                out = out.replace(v.as_str(), mask);
+            }
+            out
+        };
+        assert_eq!(apply("token=s3cr3t-value!"), "token=[TOKEN redacted]!");
+        assert_eq!(apply("got first line"), "got [MULTI redacted]");
+        assert_eq!(apply("and second"), "and [MULTI redacted]");
+        assert_eq!(
+            apply("turn it on"),
+            "turn it on",
+            "short values are not masked"
+        );
+    }
+}

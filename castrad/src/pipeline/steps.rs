@@ -1,0 +1,545 @@
+//! The step machine of an executing run: `wait-handshake` (probe the banner of a VM that is
+//! booting, otherwise ssh at once), then everything else in that connection's one session,
+//! advanced by the driver's [`Marker`]s: the Vizier steps, connect, transfer, apply, verify.
+//!
+//! It decides each step's outcome from what the session reports, in the order reported; what
+//! a step failed on is recorded once (the first failure wins, later markers are ignored).
+
+use std::collections::BTreeMap;
+
+use castra_api::{
+    BootstrapStepKind as Step, BootstrapStepStatus as StepStatus, BootstrapTrigger, Event,
+    OutputStream,
+};
+use tokio::time::{Duration, Instant};
+
+use super::driver::{self, ERROR_MARKER, Marker, NOOP_MARKER, Session};
+use super::record::{Record, RunError, Subject};
+use super::remote::{Ended, Note};
+use super::{Ctx, Finished, Job};
+use crate::planner::VmPlan;
+use crate::ssh::{self, Target};
+use crate::vm::state::{self, State};
+
+/// How long the first ssh attempt on a VM that is not booting may take to reach the server
+/// before `wait-handshake` falls back to probing for its banner.
+const DIRECT_ATTEMPT: Duration = Duration::from_secs(3);
+
+/// A guest session that ended before ssh authenticated: why (its retry may help).
+struct Unreached(ssh::SshError);
+
+/// What `apply` observed.
+#[derive(Default)]
+struct Applied {
+    /// The script printed `CASTRA_NOOP`.
+    noop: bool,
+    /// The session, gone on as the agent's watch after `done`.
+    watch: Option<ssh::Tail>,
+}
+
+/// Where the guest session is: the step running and what has been seen.
+#[derive(Debug)]
+struct Steps {
+    step: Step,
+    since: Instant,
+    noop: bool,
+    error_marker: Option<String>,
+    last_stderr: String,
+    /// The first failure, already recorded.
+    failure: Option<RunError>,
+    /// The script exited non-zero: (status, duration); recorded once the session drained.
+    apply_exit: Option<(i32, u64)>,
+    /// Lines of the agent's guest log are arriving (between the vizier-log markers).
+    in_vizier_log: bool,
+    vizier_log: String,
+    /// The banner lines after `vizier-handshake 0` (Some while collecting).
+    banner: Option<Vec<String>>,
+    /// wait-handshake's detail, for when ssh has authenticated.
+    handshake_detail: String,
+    done: bool,
+}
+
+impl Steps {
+    fn new(since: Instant, handshake_detail: String) -> Steps {
+        Steps {
+            step: Step::WaitHandshake,
+            since,
+            noop: false,
+            error_marker: None,
+            last_stderr: String::new(),
+            failure: None,
+            apply_exit: None,
+            in_vizier_log: false,
+            vizier_log: String::new(),
+            banner: None,
+            handshake_detail,
+            done: false,
+        }
+    }
+}
+
+/// `: <line>`, or nothing for an empty line.
+fn tail(stderr: &str) -> String {
+    match stderr.trim() {
+        "" => String::new(),
+        line => format!(": {line}"),
+    }
+}
+
+/// An executing run.
+pub struct Run {
+    ctx: Ctx,
+    job: Job,
+    plan: VmPlan,
+    record: Record,
+    /// The script's environment: the configured env and castrad's `CASTRA_*`.
+    env: BTreeMap<String, String>,
+}
+
+impl Run {
+    pub fn new(ctx: Ctx, job: Job, plan: VmPlan, started: Instant) -> Run {
+        let b = &job.vm.bootstrap;
+        // Values that may be secrets; CASTRA_* below are not.
+        let mut env = b.env.clone();
+        let record = Record::new(
+            Subject {
+                bus: &ctx.bus,
+                root: &ctx.root,
+                snapshot: &ctx.snapshot,
+                vm: &job.vm.name,
+                operation: &job.operation,
+            },
+            &plan,
+            &env,
+            started,
+        );
+        let payload_dir = format!("{}/payload", b.remote_dir.trim_end_matches('/'));
+        env.insert("CASTRA_VM".into(), job.vm.name.clone());
+        env.insert("CASTRA_RUN_ID".into(), record.run_id.clone());
+        env.insert("CASTRA_PAYLOAD_DIR".into(), payload_dir);
+        env.insert("CASTRA_BASE_HASH".into(), plan.base_hash.clone());
+        env.insert(
+            "CASTRA_ARTIFACT_HASH".into(),
+            plan.artifact_hash.clone().unwrap_or_default(),
+        );
+        Run {
+            ctx,
+            job,
+            plan,
+            record,
+            env,
+        }
+    }
+
+    fn vm(&self) -> &str {
+        &self.job.vm.name
+    }
+
+    pub async fn execute(mut self) -> Finished {
+        state::move_to(&self.ctx.snapshot, self.vm(), State::Bootstrapping);
+        self.record.publish(Event::BootstrapStarted {
+            vm: self.vm().to_owned(),
+            base_hash: self.plan.base_hash.clone(),
+            artifact_hash: self.plan.artifact_hash.clone().unwrap_or_default(),
+            trigger: match self.plan.trigger {
+                Some(crate::planner::Trigger::Always) => BootstrapTrigger::Always,
+                _ => BootstrapTrigger::Auto,
+            },
+        });
+        let result = self.steps().await;
+        self.record.set_step(None, None);
+        let after = if result.is_ok() {
+            State::Running
+        } else {
+            State::Failed
+        };
+        state::move_to(&self.ctx.snapshot, self.vm(), after);
+        match result {
+            Ok(applied) => Finished {
+                outcome: self.record.succeed(&self.plan, applied.noop),
+                handover: applied.watch,
+            },
+            Err(error) => self.record.fail(&error).into(),
+        }
+    }
+
+    /// The port the guest's SSH server answers on.
+    fn port(&self) -> Result<u16, RunError> {
+        self.job
+            .ssh_port
+            .or(self.job.vm.ssh.port)
+            .ok_or(RunError::NoPort)
+    }
+
+    /// wait-handshake (the guest's SSH server accepts us), then everything else in that
+    /// connection's one session. A VM this job has just started is first probed for an SSH
+    /// banner (it cannot answer yet, and each probe says what is missing); any other VM gets
+    /// ssh at once, and the probes only if that attempt cannot reach the server. A probe costs
+    /// the guest's sshd a fork and re-exec, about what a key exchange costs.
+    async fn steps(&mut self) -> Result<Applied, RunError> {
+        let vm = self.job.vm.clone();
+        let b = &vm.bootstrap;
+        let port = self.port()?;
+
+        let t = Instant::now();
+        self.record.set_step(Some(Step::WaitHandshake), None);
+        let timeout = Duration::from_secs(b.handshake_timeout_secs);
+        let deadline = t + timeout;
+        let (bus, op, name, snapshot) = (
+            self.ctx.bus.clone(),
+            self.job.operation.clone(),
+            vm.name.clone(),
+            self.ctx.snapshot.clone(),
+        );
+        let progress = move |waiting_on: &str| {
+            snapshot.send_modify(|s| s.waiting_on = Some(waiting_on.to_owned()));
+            bus.publish(
+                Some(&op),
+                Event::BootstrapProgress {
+                    vm: name.clone(),
+                    step: Step::WaitHandshake,
+                    waiting_on: waiting_on.to_owned(),
+                    elapsed_ms: t.elapsed().as_millis() as u64,
+                },
+            );
+        };
+        let mut target = Target::for_vm(
+            &vm,
+            port,
+            self.ctx.root.vm(&vm.name).known_hosts,
+            ssh::control_path(&self.ctx.control_dir, &self.record.run_id),
+            DIRECT_ATTEMPT.min(timeout),
+        );
+        let (mut probe, mut banner) = (self.job.booting, None);
+        loop {
+            if probe {
+                let mut report = progress.clone();
+                let left = deadline.saturating_duration_since(Instant::now());
+                let remote = self.ctx.remote.clone();
+                match remote.probe(&target.host, port, left, &mut report).await {
+                    Ok(line) => banner = Some(line),
+                    Err(e) => return self.record.checked(Step::WaitHandshake, t, Err(e)),
+                }
+                target.connect_timeout = Duration::from_secs(b.handshake_timeout_secs.clamp(1, 30));
+            }
+            progress(&format!("authentication as {}", target.display()));
+            match self.session(target.clone(), t, banner.as_deref()).await {
+                Err(Unreached(e)) if !probe && e.unreached() && Instant::now() < deadline => {
+                    progress(&e.to_string());
+                    probe = true; // then try again
+                }
+                Err(Unreached(e)) => {
+                    return self
+                        .record
+                        .checked(Step::WaitHandshake, t, Err(e.to_string()));
+                }
+                Ok(result) => return result,
+            }
+        }
+    }
+
+    /// The guest session: ssh authenticates (the end of wait-handshake, begun at `since`),
+    /// then the Vizier steps, connect, transfer, apply and verify, each ended by a marker.
+    /// `Err` when ssh ended without authenticating (nothing was recorded yet).
+    async fn session(
+        &mut self,
+        target: Target,
+        since: Instant,
+        banner: Option<&str>,
+    ) -> Result<Result<Applied, RunError>, Unreached> {
+        let vm = self.job.vm.clone();
+        let b = &vm.bootstrap;
+        let who = target.display();
+        let Some(script) = b.script.clone() else {
+            return Ok(Err(RunError::NoScript));
+        };
+        let program = match driver::program(&script) {
+            Ok(program) => program,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let env = self.env.clone();
+        let session = Session {
+            remote_dir: &b.remote_dir,
+            script: &script,
+            payload: b.payload.as_deref(),
+            program: program.clone(),
+            env: &env,
+            verify_command: b.verify_command.as_deref(),
+            verify_path: b.verify_path.as_deref(),
+            vizier_dir: b.vizier_dir.as_deref(),
+        };
+        let handshake_detail = match banner {
+            Some(line) => format!("{line}; authenticated as {who}"),
+            None => format!("authenticated as {who}"),
+        };
+        let mut st = Steps::new(since, handshake_detail);
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let remote = self.ctx.remote.clone();
+        let ended = {
+            let run = remote.session(target.clone(), &session, tx);
+            tokio::pin!(run);
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(note) = rx.recv() => self.on_note(note, &mut st),
+                    ended = &mut run => break ended,
+                }
+            }
+        };
+        while let Ok(note) = rx.try_recv() {
+            self.on_note(note, &mut st);
+        }
+        if st.step == Step::WaitHandshake {
+            return match ended {
+                Ok(Ended {
+                    unauthenticated: Some(stderr),
+                    ..
+                }) => Err(Unreached(ssh::classify(&target, &stderr))),
+                Ok(_) => Ok(self.record.checked(
+                    Step::WaitHandshake,
+                    since,
+                    Err("ssh ended without a word".into()),
+                )),
+                Err(e) => Ok(self.record.checked(Step::WaitHandshake, since, Err(e))),
+            };
+        }
+        self.record.mirror_vizier_log(&st.vizier_log);
+        if let Some((rc, duration_ms)) = st.apply_exit {
+            let e = format!(
+                "{} exited with status {rc}{}",
+                program.join(" "),
+                tail(&st.last_stderr)
+            );
+            return Ok(Err(self.record.step_failed_ms(
+                Step::Apply,
+                duration_ms,
+                &e,
+            )));
+        }
+        if let Some(failure) = st.failure {
+            return Ok(Err(failure));
+        }
+        let ended = match ended {
+            Ok(ended) => ended,
+            Err(e) => return Ok(self.record.checked(st.step, st.since, Err(e))),
+        };
+        if !st.done {
+            let why = if let Some(e) = ended.send_error {
+                e
+            } else if ended.status.and_then(|s| s.code()) == Some(255) {
+                format!("the SSH connection failed{}", tail(&ended.last_stderr))
+            } else {
+                let how = ended.status.map(ssh::exit).unwrap_or_default();
+                format!("the guest session {how}{}", tail(&ended.last_stderr))
+            };
+            return Ok(self.record.checked(st.step, st.since, Err(why)));
+        }
+        if b.verify_command.is_none() && b.verify_path.is_none() {
+            let t = Instant::now();
+            self.record.step_done(
+                Step::Verify,
+                StepStatus::Skipped,
+                t,
+                Some("nothing to verify".into()),
+            );
+        } else {
+            self.record
+                .step_done(Step::Verify, StepStatus::Success, st.since, None);
+        }
+        Ok(Ok(Applied {
+            noop: st.noop,
+            watch: ended.tail,
+        }))
+    }
+
+    /// Advances the step machine on one note from the guest session.
+    fn on_note(&mut self, note: Note, st: &mut Steps) {
+        match note {
+            Note::Authenticated => {
+                let detail = std::mem::take(&mut st.handshake_detail);
+                self.advance(st, Step::WaitHandshake, Some(detail), Step::VizierInstall);
+            }
+            Note::Line {
+                stream: OutputStream::Stdout,
+                line,
+            } if st.in_vizier_log => {
+                st.vizier_log.push_str(&line);
+                st.vizier_log.push('\n');
+            }
+            Note::Line {
+                stream: OutputStream::Stdout,
+                line,
+            } if st.banner.is_some() => self.on_banner_line(line, st),
+            Note::Line { stream, line } => self.on_output(stream, &line, st),
+            Note::Marker(_) if st.failure.is_some() => {}
+            Note::Marker(marker) => self.on_marker(marker, st),
+        }
+    }
+
+    /// A line of the script's (or the session's) output.
+    fn on_output(&mut self, stream: OutputStream, line: &str, st: &mut Steps) {
+        let trimmed = line.trim();
+        if stream == OutputStream::Stderr && !trimmed.is_empty() {
+            st.last_stderr = self.record.redact(trimmed);
+        }
+        if st.step == Step::Apply {
+            if trimmed == NOOP_MARKER {
+                st.noop = true;
+            } else if let Some(reason) = trimmed.strip_prefix(ERROR_MARKER) {
+                st.error_marker
+                    .get_or_insert_with(|| reason.trim().to_owned());
+            }
+        }
+        self.record.output_line(st.step, stream, line);
+    }
+
+    /// One of the two banner lines that follow `vizier-handshake 0`.
+    fn on_banner_line(&mut self, line: String, st: &mut Steps) {
+        let banner = st.banner.as_mut().expect("collecting the banner");
+        banner.push(line);
+        if banner.len() < 2 {
+            return;
+        }
+        let lines = st.banner.take().unwrap_or_default();
+        let result = crate::vizier::parse_banner(&lines[0], &lines[1]).and_then(|b| {
+            if b.version == crate::vizier::VERSION {
+                Ok(b)
+            } else {
+                Err(format!(
+                    "the agent answering is version {}, not {}",
+                    b.version,
+                    crate::vizier::VERSION
+                ))
+            }
+        });
+        match result {
+            Ok(banner) => {
+                let detail = format!("vizier {} (pid {})", banner.version, banner.pid);
+                self.ctx.snapshot.send_modify(|s| {
+                    s.vizier = Some(crate::vizier::VizierSeen {
+                        version: banner.version.clone(),
+                        pid: banner.pid,
+                        healthy: true,
+                    });
+                });
+                self.advance(st, Step::VizierHandshake, Some(detail), Step::Connect);
+            }
+            Err(e) => {
+                let e = format!(
+                    "{e}; see the guest log {} (mirrored to {})",
+                    self.vizier_log_hint(),
+                    self.record.vizier_log_path().display()
+                );
+                self.fail_step(st, Step::VizierHandshake, e);
+            }
+        }
+    }
+
+    fn on_marker(&mut self, marker: Marker, st: &mut Steps) {
+        let b = self.job.vm.bootstrap.clone();
+        match marker {
+            Marker::VizierInstall { ok: true, detail } => {
+                self.advance(st, Step::VizierInstall, Some(detail), Step::VizierEnable);
+            }
+            Marker::VizierInstall { ok: false, detail } => {
+                let dir = crate::vizier::guest_dir_hint(b.vizier_dir.as_deref());
+                let e = format!(
+                    "{detail}: bootstrap as a user who can write {dir} (root), or set \
+                     [vms.bootstrap] vizier_dir to a writable directory"
+                );
+                self.fail_step(st, Step::VizierInstall, e);
+            }
+            Marker::VizierEnable { ok: true, detail } => {
+                self.advance(st, Step::VizierEnable, Some(detail), Step::VizierHandshake);
+            }
+            Marker::VizierEnable { ok: false, detail } => {
+                self.fail_step(st, Step::VizierEnable, detail);
+            }
+            Marker::VizierLog => st.in_vizier_log = true,
+            Marker::VizierLogEnd => st.in_vizier_log = false,
+            Marker::VizierHandshake { ok: true, .. } => st.banner = Some(Vec::new()),
+            Marker::VizierHandshake { ok: false, detail } => {
+                let e = format!(
+                    "{detail}: the agent did not start; see the guest log {} (mirrored to {})",
+                    self.vizier_log_hint(),
+                    self.record.vizier_log_path().display()
+                );
+                self.fail_step(st, Step::VizierHandshake, e);
+            }
+            Marker::Connect => {
+                let detail = format!("bootstrap session in {}", b.remote_dir);
+                self.advance(st, Step::Connect, Some(detail), Step::Transfer);
+            }
+            Marker::Transfer => {
+                let bytes = self.plan.payload_bytes.unwrap_or(0);
+                let detail = format!("script and {bytes} payload bytes to {}", b.remote_dir);
+                self.advance(st, Step::Transfer, Some(detail), Step::Apply);
+            }
+            Marker::Apply { status } => self.on_apply(status, st),
+            Marker::VerifyCommand { status } if status != 0 => {
+                let e = format!("verify_command exited with status {status}");
+                self.fail_step(st, Step::Verify, e);
+            }
+            Marker::VerifyCommand { .. } => {}
+            Marker::VerifyPath { found: false } => {
+                let path = b.verify_path.clone().unwrap_or_default();
+                let e = format!("verify_path {path} does not exist in {}", b.remote_dir);
+                self.fail_step(st, Step::Verify, e);
+            }
+            Marker::VerifyPath { found: true } => {}
+            Marker::Done => st.done = true,
+        }
+    }
+
+    /// The script's exit status. A zero status with `CASTRA_ERROR:` printed fails apply
+    /// with the script's reason; a non-zero one is decided once the session has drained
+    /// (its last stderr line may still be in the other pipe), with the duration measured now.
+    fn on_apply(&mut self, status: i32, st: &mut Steps) {
+        if status != 0 && st.error_marker.is_none() {
+            st.apply_exit = Some((status, st.since.elapsed().as_millis() as u64));
+            st.failure = Some(RunError::Step {
+                step: Step::Apply,
+                detail: String::new(),
+            });
+            return;
+        }
+        match st.error_marker.clone() {
+            Some(reason) => {
+                let e = format!("the script reported {ERROR_MARKER} {reason}");
+                self.fail_step(st, Step::Apply, e);
+            }
+            None => {
+                let detail = st.noop.then(|| format!("the script printed {NOOP_MARKER}"));
+                self.record
+                    .step_done(Step::Apply, StepStatus::Success, st.since, detail);
+                self.enter(st, Step::Verify);
+            }
+        }
+    }
+
+    /// Records `step` as failed with `detail` (the run's first failure).
+    fn fail_step(&mut self, st: &mut Steps, step: Step, detail: String) {
+        let since = st.since;
+        let duration_ms = since.elapsed().as_millis() as u64;
+        st.failure = Some(self.record.step_failed_ms(step, duration_ms, &detail));
+    }
+
+    /// Records `done` as a success and starts `next`.
+    fn advance(&mut self, st: &mut Steps, done: Step, detail: Option<String>, next: Step) {
+        self.record
+            .step_done(done, StepStatus::Success, st.since, detail);
+        self.enter(st, next);
+    }
+
+    /// Starts `step`: its clock, and the snapshot `status` reads.
+    fn enter(&self, st: &mut Steps, step: Step) {
+        st.step = step;
+        st.since = Instant::now();
+        self.record.set_step(Some(step), None);
+    }
+
+    /// Where the guest keeps the agent's log, for messages.
+    fn vizier_log_hint(&self) -> String {
+        crate::vizier::guest_log_hint(self.job.vm.bootstrap.vizier_dir.as_deref())
+    }
+}

@@ -1,0 +1,568 @@
+//! The pipeline with a scripted remote, in paused time: every terminal outcome of a run, what
+//! its log, events and stamp say, the fallback from ssh to banner probes, and the handshake
+//! timeout. The planner, recorder and stamps are real (files in a temp state root); only the
+//! guest is scripted: the notes a session sends, and when.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use castra_api::{Event, OutcomeStatus, OutputStream};
+use tokio::time::Instant;
+
+use super::remote::{BoxFuture, Ended, Note};
+use super::*;
+use crate::config::BootstrapMode;
+use crate::overrides::ModeSource;
+use crate::pipeline::driver::{Marker, Session};
+use crate::ssh::Target;
+
+/// One scripted session: the notes it sends (each after its delay), then how it ends.
+#[derive(Debug, Clone, Default)]
+struct Script {
+    notes: Vec<(Duration, Note)>,
+    /// The exit status of ssh (None: the session went on as the watch after `done`).
+    status: Option<i32>,
+    /// ssh's stderr when it ends before authenticating.
+    unauthenticated: Option<String>,
+    last_stderr: String,
+}
+
+/// A probe's answer: the banner after a delay, or nothing before the deadline.
+#[derive(Debug, Clone)]
+enum Probe {
+    After(Duration),
+    Never,
+}
+
+#[derive(Debug, Default)]
+struct Fake {
+    sessions: Mutex<VecDeque<Script>>,
+    probes: Mutex<VecDeque<Probe>>,
+    /// What was called, in order: `probe` or `session <port>`.
+    calls: Mutex<Vec<String>>,
+}
+
+impl Fake {
+    fn new(sessions: Vec<Script>, probes: Vec<Probe>) -> Arc<Fake> {
+        Arc::new(Fake {
+            sessions: Mutex::new(sessions.into()),
+            probes: Mutex::new(probes.into()),
+            calls: Mutex::default(),
+        })
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Remote for Fake {
+    fn probe<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+        timeout: Duration,
+        progress: &'a mut (dyn FnMut(&str) + Send),
+    ) -> BoxFuture<'a, Result<String, String>> {
+        self.calls.lock().unwrap().push("probe".into());
+        let probe = self
+            .probes
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Probe::Never);
+        Box::pin(async move {
+            progress("tcp 127.0.0.1:2222: connection refused");
+            match probe {
+                Probe::After(d) if d < timeout => {
+                    tokio::time::sleep(d).await;
+                    Ok("SSH-2.0-Fake".to_owned())
+                }
+                _ => {
+                    tokio::time::sleep(timeout).await;
+                    Err(format!("timed out after {}s", timeout.as_secs()))
+                }
+            }
+        })
+    }
+
+    fn session<'a>(
+        &'a self,
+        target: Target,
+        _session: &'a Session<'a>,
+        notes: tokio::sync::mpsc::UnboundedSender<Note>,
+    ) -> BoxFuture<'a, Result<Ended, String>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("session {}", target.port));
+        let script = self
+            .sessions
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_default();
+        Box::pin(async move {
+            for (delay, note) in script.notes {
+                tokio::time::sleep(delay).await;
+                let _ = notes.send(note);
+            }
+            use std::os::unix::process::ExitStatusExt;
+            Ok(Ended {
+                status: script
+                    .status
+                    .map(|code| std::process::ExitStatus::from_raw(code << 8)),
+                unauthenticated: script.unauthenticated,
+                last_stderr: script.last_stderr,
+                send_error: None,
+                tail: None,
+            })
+        })
+    }
+}
+
+fn marker(m: Marker) -> (Duration, Note) {
+    (Duration::from_millis(10), Note::Marker(m))
+}
+
+fn out(line: &str) -> (Duration, Note) {
+    line_on(OutputStream::Stdout, line)
+}
+
+fn line_on(stream: OutputStream, line: &str) -> (Duration, Note) {
+    (
+        Duration::from_millis(1),
+        Note::Line {
+            stream,
+            line: line.into(),
+        },
+    )
+}
+
+/// Everything up to `transfer` of a run whose agent answers.
+fn up_to_transfer() -> Vec<(Duration, Note)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let banner = format!(
+        r#"{{"version":"{}","pid":42,"started_at":{now},"heartbeat":{now},"now":{now}}}"#,
+        crate::vizier::VERSION
+    );
+    vec![
+        (Duration::from_millis(300), Note::Authenticated),
+        marker(Marker::VizierInstall {
+            ok: true,
+            detail: "installed /opt/castra/vizier/v/vizier.sh".into(),
+        }),
+        marker(Marker::VizierEnable {
+            ok: true,
+            detail: "started (respawn loop)".into(),
+        }),
+        marker(Marker::VizierLog),
+        out("agent started"),
+        marker(Marker::VizierLogEnd),
+        marker(Marker::VizierHandshake {
+            ok: true,
+            detail: String::new(),
+        }),
+        out("VIZIER/1"),
+        out(&banner),
+        marker(Marker::Connect),
+        marker(Marker::Transfer),
+    ]
+}
+
+fn successful_session(apply: Vec<(Duration, Note)>) -> Script {
+    let mut notes = up_to_transfer();
+    notes.extend(apply);
+    notes.push(marker(Marker::Apply { status: 0 }));
+    notes.push(marker(Marker::VerifyCommand { status: 0 }));
+    notes.push(marker(Marker::VerifyPath { found: true }));
+    notes.push(marker(Marker::Done));
+    Script {
+        notes,
+        ..Script::default()
+    }
+}
+
+/// A project directory, a state root with a disk identity for `web`, and a context.
+struct Bench {
+    _dir: tempfile::TempDir,
+    ctx: Ctx,
+    job: Job,
+    fake: Arc<Fake>,
+}
+
+impl Bench {
+    fn new(fake: Arc<Fake>, booting: bool) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::write(d.join("base.img"), b"base").unwrap();
+        std::fs::write(d.join("run.sh"), "echo hello\n").unwrap();
+        std::fs::create_dir_all(d.join("payload")).unwrap();
+        std::fs::write(d.join("payload/p.txt"), "payload").unwrap();
+        let root = StateRoot::for_project(&d.join("state"), "p", &d.join("castra.toml"));
+        let paths = root.vm("web");
+        crate::state_root::ensure_dir(&paths.dir).unwrap();
+        std::fs::write(&paths.disk_id, "d1\n").unwrap();
+        let mut vm = crate::testutil::sample_vm(d);
+        vm.bootstrap
+            .env
+            .insert("TOKEN".into(), "hunter2-secret".into());
+        let ctx = Ctx {
+            bus: EventBus::default(),
+            root,
+            control_dir: d.join("ssh"),
+            snapshot: Arc::new(tokio::sync::watch::channel(VmSnapshot::default()).0),
+            remote: fake.clone(),
+        };
+        // A booting VM is Starting → Running before the run; others are Running already.
+        ctx.snapshot
+            .send_modify(|s| s.state = crate::vm::state::State::Running);
+        let job = Job {
+            vm: Arc::new(vm),
+            mode: (BootstrapMode::Auto, ModeSource::File),
+            extra_warnings: Vec::new(),
+            operation: "op-test".into(),
+            config: d.join("castra.toml"),
+            ssh_port: Some(2222),
+            booting,
+        };
+        Bench {
+            _dir: dir,
+            ctx,
+            job,
+            fake,
+        }
+    }
+
+    async fn run(&self) -> Finished {
+        run(self.ctx.clone(), self.job.clone()).await
+    }
+
+    /// Every event published so far, in order.
+    fn events(&self) -> Vec<Event> {
+        self.ctx
+            .bus
+            .history()
+            .into_iter()
+            .map(|e| e.event.clone())
+            .collect()
+    }
+
+    /// `kind step status` for each step event, e.g. `apply failed`.
+    fn steps(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::BootstrapStep { step, status, .. } => Some(format!(
+                    "{} {}",
+                    step.as_str(),
+                    serde_json::to_value(status).unwrap().as_str().unwrap()
+                )),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn log(&self, outcome: &castra_api::VmOutcome) -> serde_json::Value {
+        let path = outcome.log_path.as_ref().expect("a run log");
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn stamp_exists(&self) -> bool {
+        self.ctx.root.stamp("web").exists()
+    }
+}
+
+const ALL_STEPS_OK: [&str; 8] = [
+    "wait-handshake success",
+    "vizier-install success",
+    "vizier-enable success",
+    "vizier-handshake success",
+    "connect success",
+    "transfer success",
+    "apply success",
+    "verify success",
+];
+
+#[tokio::test(start_paused = true)]
+async fn a_run_that_succeeds_logs_every_step_writes_a_stamp_and_hands_nothing_over() {
+    let fake = Fake::new(vec![successful_session(vec![out("hello")])], vec![]);
+    let bench = Bench::new(fake, false);
+    let finished = bench.run().await;
+    let outcome = &finished.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Success, "{outcome:?}");
+    assert_eq!(bench.steps(), ALL_STEPS_OK);
+    assert!(bench.stamp_exists());
+    assert_eq!(
+        outcome.stamp.as_deref(),
+        Some(bench.ctx.root.stamp("web").as_path())
+    );
+    let log = bench.log(outcome);
+    assert_eq!(log["status"], "success");
+    assert_eq!(log["steps"].as_array().unwrap().len(), 8);
+    assert_eq!(
+        bench.fake.calls(),
+        ["session 2222"],
+        "no probe for a running VM"
+    );
+    // The agent's log was mirrored, and the snapshot knows the agent.
+    let mirrored = std::fs::read_to_string(bench.ctx.root.vizier_log("web")).unwrap();
+    assert_eq!(mirrored, "agent started\n");
+    let snap = bench.ctx.snapshot.borrow().clone();
+    assert_eq!(snap.vizier.map(|v| v.pid), Some(42));
+    assert_eq!(snap.current_step, None);
+    assert_eq!(snap.state, crate::vm::state::State::Running);
+    let kinds: Vec<&str> = bench
+        .events()
+        .iter()
+        .map(|e| match e {
+            Event::BootstrapPlanned(_) => "planned",
+            Event::BootstrapStarted { .. } => "started",
+            Event::BootstrapCompleted { .. } => "completed",
+            Event::BootstrapFailed { .. } => "failed",
+            _ => "",
+        })
+        .filter(|k| !k.is_empty())
+        .collect();
+    assert_eq!(kinds, ["planned", "started", "completed"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_script_fails_apply_with_its_status_and_last_stderr_line() {
+    let mut notes = up_to_transfer();
+    notes.push(line_on(OutputStream::Stderr, "boom: disk full"));
+    notes.push(marker(Marker::Apply { status: 3 }));
+    let script = Script {
+        notes,
+        status: Some(0),
+        last_stderr: "boom: disk full".into(),
+        ..Script::default()
+    };
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Failed);
+    let error = outcome.error.clone().unwrap();
+    assert_eq!(
+        error,
+        "apply: sh ./run.sh exited with status 3: boom: disk full"
+    );
+    assert_eq!(bench.steps().last().unwrap(), "apply failed");
+    assert!(!bench.stamp_exists());
+    let log = bench.log(&outcome);
+    assert_eq!(log["status"], "failed");
+    let steps = log["steps"].as_array().unwrap();
+    assert_eq!(steps.last().unwrap()["step"], "error");
+    assert_eq!(steps.last().unwrap()["detail"], error.as_str());
+    assert_eq!(
+        bench.ctx.snapshot.borrow().state,
+        crate::vm::state::State::Failed
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn castra_error_fails_apply_even_when_the_script_exits_zero() {
+    let mut notes = up_to_transfer();
+    notes.push(out("CASTRA_ERROR: the database is not there"));
+    notes.push(marker(Marker::Apply { status: 0 }));
+    notes.push(marker(Marker::Done));
+    let bench = Bench::new(
+        Fake::new(
+            vec![Script {
+                notes,
+                ..Script::default()
+            }],
+            vec![],
+        ),
+        false,
+    );
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Failed);
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("apply: the script reported CASTRA_ERROR: the database is not there")
+    );
+    assert!(!bench.stamp_exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn castra_noop_completes_as_noop_with_a_log_and_no_stamp() {
+    let script = successful_session(vec![out("CASTRA_NOOP")]);
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::NoOp);
+    assert_eq!(bench.log(&outcome)["status"], "noop");
+    assert!(!bench.stamp_exists());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_missing_verify_path_fails_verify() {
+    let mut notes = up_to_transfer();
+    notes.push(marker(Marker::Apply { status: 0 }));
+    notes.push(marker(Marker::VerifyCommand { status: 0 }));
+    notes.push(marker(Marker::VerifyPath { found: false }));
+    let script = Script {
+        notes,
+        status: Some(0),
+        ..Script::default()
+    };
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("verify: verify_path done does not exist in /var/tmp/castra/web")
+    );
+    assert_eq!(bench.steps().last().unwrap(), "verify failed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_unwritable_agent_directory_fails_vizier_install_and_later_markers_are_ignored() {
+    let script = Script {
+        notes: vec![
+            (Duration::from_millis(5), Note::Authenticated),
+            marker(Marker::VizierInstall {
+                ok: false,
+                detail: "cannot write /opt/castra/vizier/v/vizier.sh".into(),
+            }),
+            // A confused guest goes on: nothing after the first failure counts.
+            marker(Marker::Connect),
+            marker(Marker::Apply { status: 0 }),
+        ],
+        status: Some(0),
+        ..Script::default()
+    };
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(
+        bench.steps(),
+        ["wait-handshake success", "vizier-install failed"]
+    );
+    let error = outcome.error.unwrap();
+    assert!(error.starts_with("vizier-install: cannot write"), "{error}");
+    assert!(error.contains("vizier_dir"), "{error}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_that_dies_mid_run_fails_the_step_it_was_in() {
+    let mut notes = up_to_transfer();
+    notes.truncate(notes.len() - 1); // ends after `connect`
+    let script = Script {
+        notes,
+        status: Some(255),
+        last_stderr: "Connection to 127.0.0.1 closed by remote host.".into(),
+        ..Script::default()
+    };
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("transfer: the SSH connection failed: Connection to 127.0.0.1 closed by remote host.")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_guest_that_never_answers_fails_wait_handshake_at_its_timeout() {
+    let bench = Bench::new(Fake::new(vec![], vec![Probe::Never]), true);
+    let t = Instant::now();
+    let outcome = bench.run().await.outcome;
+    let waited = t.elapsed();
+    assert_eq!(outcome.status, OutcomeStatus::Failed);
+    assert!(
+        waited >= Duration::from_secs(120) && waited < Duration::from_secs(121),
+        "{waited:?}"
+    );
+    assert_eq!(bench.steps(), ["wait-handshake failed"]);
+    assert!(
+        outcome
+            .error
+            .unwrap()
+            .starts_with("wait-handshake: timed out"),
+        "the probe's reason"
+    );
+    assert_eq!(bench.fake.calls(), ["probe"], "no ssh before a banner");
+    let progress = bench
+        .events()
+        .into_iter()
+        .filter(|e| matches!(e, Event::BootstrapProgress { .. }))
+        .count();
+    assert!(progress >= 1, "the wait said what it waits on");
+}
+
+#[tokio::test(start_paused = true)]
+async fn ssh_that_cannot_reach_a_running_vm_falls_back_to_probing_then_succeeds() {
+    let refused = Script {
+        status: Some(255),
+        unauthenticated: Some(
+            "ssh: connect to host 127.0.0.1 port 2222: Connection refused".into(),
+        ),
+        ..Script::default()
+    };
+    let fake = Fake::new(
+        vec![refused, successful_session(vec![])],
+        vec![Probe::After(Duration::from_secs(4))],
+    );
+    let bench = Bench::new(fake, false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Success, "{outcome:?}");
+    assert_eq!(
+        bench.fake.calls(),
+        ["session 2222", "probe", "session 2222"]
+    );
+    // One wait-handshake step, however many attempts it took.
+    assert_eq!(bench.steps(), ALL_STEPS_OK);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_key_fails_at_once_without_probing() {
+    let denied = Script {
+        status: Some(255),
+        unauthenticated: Some("root@127.0.0.1: Permission denied (publickey).".into()),
+        ..Script::default()
+    };
+    let bench = Bench::new(Fake::new(vec![denied], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(bench.fake.calls(), ["session 2222"]);
+    assert!(
+        outcome
+            .error
+            .unwrap()
+            .contains("Permission denied (publickey)"),
+        "ssh's reason"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn env_values_are_redacted_from_events_and_the_output_file() {
+    let script = successful_session(vec![out("token is hunter2-secret, ok")]);
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Success);
+    let lines: Vec<String> = bench
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BootstrapOutput { line, .. } => Some(line),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(lines, ["token is [TOKEN redacted], ok"]);
+    let log = bench.log(&outcome);
+    let output = std::fs::read_to_string(log["output_path"].as_str().unwrap()).unwrap();
+    assert_eq!(output, "apply out token is [TOKEN redacted], ok\n");
+    let everything = serde_json::to_string(&bench.events()).unwrap()
+        + &std::fs::read_to_string(outcome.log_path.unwrap()).unwrap();
+    assert!(!everything.contains("hunter2"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rerun_after_success_is_a_noop_without_touching_the_guest() {
+    let fake = Fake::new(vec![successful_session(vec![])], vec![]);
+    let bench = Bench::new(fake, false);
+    assert_eq!(bench.run().await.outcome.status, OutcomeStatus::Success);
+    let again = bench.run().await.outcome;
+    assert_eq!(again.status, OutcomeStatus::NoOp);
+    assert_eq!(bench.fake.calls(), ["session 2222"], "one session in all");
+}
