@@ -436,7 +436,7 @@ pub fn down(d: &api::DownResult) -> String {
         let disk = if v.discarded { "discarded" } else { "kept" };
         rows.push(vec![
             v.vm.clone(),
-            v.outcome.clone(),
+            v.outcome.as_str().to_owned(),
             duration(v.total_ms),
             disk.to_owned(),
         ]);

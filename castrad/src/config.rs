@@ -99,19 +99,19 @@ impl Default for BootstrapDefaults {
 
 /// How a VM is provided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Backend {
+pub enum BackendKind {
     /// castrad boots and owns the VM.
     Qemu,
     /// An already-running host reached only by SSH; no lifecycle.
     External,
 }
 
-impl Backend {
+impl BackendKind {
     /// Parses `qemu` or `external` (exact lowercase).
-    pub fn parse(s: &str) -> Option<Backend> {
+    pub fn parse(s: &str) -> Option<BackendKind> {
         match s {
-            "qemu" => Some(Backend::Qemu),
-            "external" => Some(Backend::External),
+            "qemu" => Some(BackendKind::Qemu),
+            "external" => Some(BackendKind::External),
             _ => None,
         }
     }
@@ -119,9 +119,15 @@ impl Backend {
     /// `"qemu"` or `"external"`.
     pub fn as_str(self) -> &'static str {
         match self {
-            Backend::Qemu => "qemu",
-            Backend::External => "external",
+            BackendKind::Qemu => "qemu",
+            BackendKind::External => "external",
         }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -259,7 +265,7 @@ pub struct Vm {
     /// Some(i) when expanded from replicas > 1.
     pub replica: Option<u32>,
     pub description: Option<String>,
-    pub backend: Backend,
+    pub backend: BackendKind,
     /// Required for qemu; rejected for external.
     pub base_image: Option<PathBuf>,
     pub kernel: Option<PathBuf>,
@@ -917,18 +923,18 @@ fn validate_vm(
     };
     check_expanded_name_length(src, &raw.name, &k("name"), replicas)?;
     let backend = match &raw.backend {
-        Some(b) => Backend::parse(b.get_ref()).ok_or_else(|| {
+        Some(b) => BackendKind::parse(b.get_ref()).ok_or_else(|| {
             let message = format!(
                 "unknown backend {:?}; expected \"qemu\" or \"external\"",
                 b.get_ref()
             );
             src.at(b, &k("backend"), message)
         })?,
-        None => Backend::Qemu,
+        None => BackendKind::Qemu,
     };
     match backend {
-        Backend::External => check_external(src, raw, &key)?,
-        Backend::Qemu => check_qemu(src, raw, &key)?,
+        BackendKind::External => check_external(src, raw, &key)?,
+        BackendKind::Qemu => check_qemu(src, raw, &key)?,
     }
     let mut files = Vec::new();
     let base_image = file_path(
@@ -1056,13 +1062,13 @@ fn check_qemu(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(), ConfigErro
     Ok(())
 }
 
-fn apply_ssh_defaults(ssh: &mut Ssh, backend: Backend) {
+fn apply_ssh_defaults(ssh: &mut Ssh, backend: BackendKind) {
     match backend {
-        Backend::Qemu => {
+        BackendKind::Qemu => {
             ssh.host
                 .get_or_insert_with(|| DEFAULT_QEMU_SSH_HOST.to_owned());
         }
-        Backend::External => {
+        BackendKind::External => {
             ssh.port.get_or_insert(DEFAULT_EXTERNAL_SSH_PORT);
         }
     }

@@ -12,16 +12,17 @@ use std::time::{Duration, Instant};
 
 use tokio_util::task::TaskTracker;
 
+use crate::backend::{Backend, Backends, Machine, PreflightError};
+use crate::config::BackendKind;
 use crate::config::{self, ConfigError, Project};
-use crate::config::{Backend, Protocol};
 use crate::events::EventBus;
 use crate::operations::{Operation, Operations};
 use crate::overrides::OverrideError;
 use crate::pipeline;
 use crate::planner::{self, PlanError, VmPlan};
-use crate::qemu::process::QemuProcess;
 use crate::state_root::StateRoot;
-use crate::vm::{ActorCtx, DownRequest, State, StopReport, VmHandle, VmSnapshot};
+use crate::vm::state::VmSnapshot;
+use crate::vm::{ActorCtx, DownRequest, StopReport, VmHandle};
 
 /// Everything castrad needs to start.
 #[derive(Debug, Clone)]
@@ -36,20 +37,38 @@ pub struct Settings {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
+    /// The params did not have the documented shape (jsonrpsee's message).
     #[error("invalid params: {0}")]
     InvalidParams(String),
+    #[error("invalid params: config must be an absolute path, got {}", .0.display())]
+    RelativeConfig(PathBuf),
+    #[error("invalid params: run id prefix {0} is ambiguous")]
+    AmbiguousRun(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
     Overrides(#[from] OverrideError),
-    #[error("{0}")]
-    Preflight(String),
+    #[error(transparent)]
+    Preflight(#[from] PreflightError),
+    #[error("unknown VM {vm:?}; known VMs: {}", known.join(", "))]
+    UnknownVm { vm: String, known: Vec<String> },
     #[error(transparent)]
     Plan(#[from] PlanError),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Internal(String),
+    #[error("no operation {0} (it may have been forgotten)")]
+    NoOperation(String),
+    #[error("no VM {vm} in project {project}; known VMs: {}", known.join(", "))]
+    NoSuchVm {
+        vm: String,
+        project: String,
+        known: Vec<String>,
+    },
+    #[error("no run {run} for VM {vm}")]
+    NoSuchRun { vm: String, run: String },
+    #[error("cannot read the logs of {vm}: {source}")]
+    Logs { vm: String, source: std::io::Error },
+    /// A task castrad ran on the blocking pool panicked (a bug).
+    #[error("{what} panicked: {detail}")]
+    Panicked { what: &'static str, detail: String },
 }
 
 /// A project the daemon has loaded.
@@ -67,6 +86,8 @@ pub struct Daemon {
     pub operations: Operations,
     /// Tasks that must finish (or be cancelled) before the process exits: VM actors.
     pub tasks: TaskTracker,
+    /// One backend of each kind.
+    backends: Backends,
     projects: Mutex<BTreeMap<PathBuf, ProjectEntry>>,
     /// VM actors by (state root, VM name).
     vms: Mutex<BTreeMap<(PathBuf, String), VmHandle>>,
@@ -75,12 +96,14 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(settings: Settings) -> Arc<Daemon> {
+        let backends = Backends::new(settings.accel_override);
         Arc::new(Daemon {
             settings,
             started: Instant::now(),
             bus: EventBus::default(),
             operations: Operations::default(),
             tasks: TaskTracker::new(),
+            backends,
             projects: Mutex::new(BTreeMap::new()),
             vms: Mutex::new(BTreeMap::new()),
             base_bytes_hashed: AtomicU64::new(0),
@@ -96,29 +119,30 @@ impl Daemon {
             .join("ssh")
     }
 
+    /// The backend of VMs of `kind`.
+    pub fn backend(&self, kind: BackendKind) -> Arc<dyn Backend> {
+        self.backends.get(kind)
+    }
+
     /// The actor of `vm` in the project at `root`, spawned on first use.
-    pub fn vm_handle(&self, root: &StateRoot, vm: &str, backend: Backend) -> VmHandle {
-        self.spawn_handle(root, vm, backend, None)
+    pub fn vm_handle(&self, root: &StateRoot, vm: &str, kind: BackendKind) -> VmHandle {
+        self.spawn_handle(root, vm, kind, None)
     }
 
     fn spawn_handle(
         &self,
         root: &StateRoot,
         vm: &str,
-        backend: Backend,
-        adopted: Option<QemuProcess>,
+        kind: BackendKind,
+        adopted: Option<Box<dyn Machine>>,
     ) -> VmHandle {
         let key = (root.path().to_owned(), vm.to_owned());
         let mut vms = self.vms.lock().unwrap_or_else(|p| p.into_inner());
         vms.entry(key)
             .or_insert_with(|| {
-                // External hosts are taken to be up: castrad only ever bootstraps them.
-                let state = match backend {
-                    Backend::External => State::Running,
-                    Backend::Qemu => State::Stopped,
-                };
+                let backend = self.backend(kind);
                 let snapshot = VmSnapshot {
-                    state,
+                    state: backend.resting_state(),
                     ..VmSnapshot::default()
                 };
                 let ctx = ActorCtx {
@@ -129,9 +153,9 @@ impl Daemon {
                         snapshot: Arc::new(tokio::sync::watch::channel(snapshot).0),
                         remote: Arc::new(pipeline::OpenSsh),
                     },
-                    accel_override: self.settings.accel_override,
+                    backend,
                 };
-                VmHandle::spawn(vm, ctx, adopted, &self.tasks)
+                crate::vm::spawn(vm, ctx, adopted, &self.tasks)
             })
             .clone()
     }
@@ -146,32 +170,31 @@ impl Daemon {
     /// A VM whose QEMU died meanwhile has its launch record removed: it is reported stopped.
     pub async fn adopt_running_vms(&self) {
         for root in crate::state_root::all_projects(&self.settings.state_base) {
-            for vm in root.vm_names() {
-                let paths = root.vm(&vm);
-                let Some(record) = crate::qemu::process::read_record(&paths) else {
-                    continue;
-                };
-                let entry = match self.load_project(&record.config).await {
-                    Ok(entry) => entry,
-                    Err(e) => {
-                        tracing::warn!(vm, error = %e, "a VM is running but its project does not load");
-                        continue;
+            for backend in self.backends.all() {
+                for (vm, config) in backend.running_records(&root) {
+                    let entry = match self.load_project(&config).await {
+                        Ok(entry) => entry,
+                        Err(e) => {
+                            tracing::warn!(vm, error = %e, "a VM is running but its project does not load");
+                            continue;
+                        }
+                    };
+                    match backend.adopt(&entry.root, &vm).await {
+                        Some(machine) => {
+                            let info = machine.info();
+                            tracing::info!(vm, pid = info.pid, "re-adopted a running VM");
+                            self.bus.publish(
+                                None,
+                                castra_api::Event::VmAdopted {
+                                    vm: vm.clone(),
+                                    pid: info.pid,
+                                    ssh_port: info.ssh_port,
+                                },
+                            );
+                            self.spawn_handle(&entry.root, &vm, backend.kind(), Some(machine));
+                        }
+                        None => tracing::info!(vm, "VM stopped while castrad was away"),
                     }
-                };
-                match crate::qemu::process::adopt(&entry.root.vm(&vm)).await {
-                    Some(q) => {
-                        tracing::info!(vm, pid = q.pid(), "re-adopted a running VM");
-                        self.bus.publish(
-                            None,
-                            castra_api::Event::VmAdopted {
-                                vm: vm.clone(),
-                                pid: q.pid(),
-                                ssh_port: q.record.ssh_port,
-                            },
-                        );
-                        self.spawn_handle(&entry.root, &vm, Backend::Qemu, Some(q));
-                    }
-                    None => tracing::info!(vm, "VM stopped while castrad was away"),
                 }
             }
         }
@@ -187,7 +210,7 @@ impl Daemon {
     ) -> Result<castra_api::UpResult, DaemonError> {
         let entry = self.load_project(config_path).await?;
         let overrides = planner::preflight(&entry.project, overrides)?;
-        self.preflight_qemu(&entry)?;
+        self.preflight_starts(&entry)?;
         let mut cross = planner::cross_vm_warnings(&entry.project);
         let operation = crate::ids::operation_id();
         let mut receivers = Vec::with_capacity(entry.project.vms.len());
@@ -199,7 +222,7 @@ impl Daemon {
                 extra_warnings: cross.remove(&vm.name).unwrap_or_default(),
                 operation: operation.clone(),
                 config: entry.project.config_path.clone(),
-                ssh_port: None,
+                endpoint: None,
                 booting: false,
             };
             let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
@@ -223,52 +246,25 @@ impl Daemon {
         })
     }
 
-    /// QEMU VMs that would start: QEMU must be installed and every host port they forward
-    /// must be free now. Nothing is started when this fails.
-    fn preflight_qemu(&self, entry: &ProjectEntry) -> Result<(), DaemonError> {
-        let starting: Vec<&crate::config::Vm> = entry
-            .project
-            .vms
-            .iter()
-            .filter(|vm| vm.backend == Backend::Qemu)
-            .filter(|vm| {
-                self.existing_vm_handle(&entry.root, &vm.name)
-                    .is_none_or(|h| h.snapshot().qemu.is_none())
-            })
-            .collect();
-        if starting.is_empty() {
-            return Ok(());
-        }
-        if which(crate::qemu::argv::QEMU).is_none() {
-            return Err(DaemonError::Preflight(format!(
-                "{} is not installed (Debian: apt-get install qemu-system-x86 qemu-utils)",
-                crate::qemu::argv::QEMU
-            )));
-        }
-        for vm in starting {
-            let ports = vm
-                .ssh
-                .port
-                .iter()
-                .map(|p| (*p, "ssh.port", Protocol::Tcp))
-                .chain(
-                    vm.port_forwards
-                        .iter()
-                        .map(|f| (f.host, "port_forwards", f.protocol)),
-                );
-            for (port, key, protocol) in ports {
-                let free = match protocol {
-                    Protocol::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-                    Protocol::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
-                };
-                if !free {
-                    return Err(DaemonError::Preflight(format!(
-                        "vm {}: host port {port} ({key}) is already in use on 127.0.0.1; \
-                         free it or change the port in castra.toml",
-                        vm.name
-                    )));
-                }
+    /// The VMs that would start (their backend starts them and none runs now) must be able
+    /// to: each backend checks its own. Nothing is started when this fails.
+    fn preflight_starts(&self, entry: &ProjectEntry) -> Result<(), DaemonError> {
+        for kind in [BackendKind::Qemu, BackendKind::External] {
+            let backend = self.backend(kind);
+            if !backend.owns_lifecycle() {
+                continue;
             }
+            let starting: Vec<&crate::config::Vm> = entry
+                .project
+                .vms
+                .iter()
+                .filter(|vm| vm.backend == kind)
+                .filter(|vm| {
+                    self.existing_vm_handle(&entry.root, &vm.name)
+                        .is_none_or(|h| h.snapshot().machine.is_none())
+                })
+                .collect();
+            backend.preflight(&starting)?;
         }
         Ok(())
     }
@@ -284,10 +280,10 @@ impl Daemon {
         let entry = self.load_project(config_path).await?;
         let known = entry.project.vm_names();
         if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
-            return Err(DaemonError::Preflight(format!(
-                "unknown VM {unknown:?}; known VMs: {}",
-                known.join(", ")
-            )));
+            return Err(DaemonError::UnknownVm {
+                vm: unknown.clone(),
+                known: known.iter().map(|s| (*s).to_owned()).collect(),
+            });
         }
         let operation = crate::ids::operation_id();
         let selected = entry
@@ -303,13 +299,13 @@ impl Daemon {
                 graceful,
                 term: Duration::from_secs(10),
             };
-            let (name, backend) = (vm.name.clone(), vm.backend);
+            let name = vm.name.clone();
             async move {
-                match handle.down(&name, backend, request).await {
+                match handle.down(&name, request).await {
                     Ok(report) => report,
                     Err(busy) => StopReport {
                         vm: name,
-                        outcome: "rejected".into(),
+                        outcome: castra_api::StopOutcome::Rejected,
                         total_ms: 0,
                         discarded: false,
                         error: Some(busy.to_string()),
@@ -317,7 +313,7 @@ impl Daemon {
                 }
             }
         });
-        let reports = futures_join_all(stops).await;
+        let reports = futures::future::join_all(stops).await;
         Ok(castra_api::DownResult {
             operation,
             project: entry.project.name.clone(),
@@ -356,15 +352,15 @@ impl Daemon {
     /// Loads (or reloads) the project at `config_path` and registers it.
     pub async fn load_project(&self, config_path: &Path) -> Result<ProjectEntry, DaemonError> {
         if !config_path.is_absolute() {
-            return Err(DaemonError::InvalidParams(format!(
-                "config must be an absolute path, got {}",
-                config_path.display()
-            )));
+            return Err(DaemonError::RelativeConfig(config_path.to_owned()));
         }
         let path = config_path.to_owned();
         let project = tokio::task::spawn_blocking(move || config::load(&path))
             .await
-            .map_err(|e| DaemonError::Internal(format!("config loader panicked: {e}")))??;
+            .map_err(|e| DaemonError::Panicked {
+                what: "config loader",
+                detail: e.to_string(),
+            })??;
         let root = StateRoot::for_project(
             &self.settings.state_base,
             &project.name,
@@ -430,33 +426,11 @@ impl Daemon {
             planner::plan_project(&project, &root, &overrides, &vizier)
         })
         .await
-        .map_err(|e| DaemonError::Internal(format!("planner panicked: {e}")))??;
+        .map_err(|e| DaemonError::Panicked {
+            what: "planner",
+            detail: e.to_string(),
+        })??;
         self.base_bytes_hashed.fetch_add(bytes, Ordering::Relaxed);
         Ok((entry, plans))
     }
-}
-
-/// Runs the futures concurrently and returns their outputs in order.
-async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output>
-where
-    F: std::future::Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
-    let mut out = Vec::with_capacity(handles.len());
-    for h in handles {
-        match h.await {
-            Ok(v) => out.push(v),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        }
-    }
-    out
-}
-
-/// The path of `program` in $PATH, if it is there.
-fn which(program: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
 }

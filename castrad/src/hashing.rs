@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::config::{Backend, Vm};
+use crate::config::{BackendKind, Vm};
 use crate::fsutil::write_atomic;
 use crate::ids::hex;
 use crate::state_root::{StateRoot, ensure_dir};
@@ -322,7 +322,7 @@ pub struct BaseHash {
 /// part's sha256. External VMs have no base image: their hash is a fixed marker, and the disk
 /// identity (pinned host key) is what ties a stamp to a machine.
 pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
-    if vm.backend == Backend::External {
+    if vm.backend == BackendKind::External {
         let e = Encoder::new("castra-base-external-v1");
         return Ok(BaseHash {
             hash: e.finish(),

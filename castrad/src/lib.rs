@@ -11,6 +11,7 @@
 //! - `fsutil`: atomic writes.
 //! - `vizier`: the in-guest agent.
 
+pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;
@@ -23,7 +24,6 @@ pub mod operations;
 pub mod overrides;
 pub mod pipeline;
 pub mod planner;
-pub mod qemu;
 pub mod rpc;
 pub mod runlog;
 pub mod ssh;

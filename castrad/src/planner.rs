@@ -10,7 +10,7 @@ use std::path::PathBuf;
 
 use castra_api as api;
 
-use crate::config::{Backend, BootstrapMode, Project, Vm};
+use crate::config::{BackendKind, BootstrapMode, Project, Vm};
 use crate::hashing::{self, HashError};
 use crate::overrides::{ModeSource, OverrideError, Overrides};
 use crate::stamps::{self, Stamp, StampRead};
@@ -341,8 +341,8 @@ fn stale_reason(stamp: &Stamp, facts: &Facts, artifact: &str) -> String {
 pub fn cross_vm_warnings(project: &Project) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let endpoint = |vm: &Vm| match vm.backend {
-        Backend::External => Some((vm.ssh.host.clone(), vm.ssh.port.unwrap_or(22))),
-        Backend::Qemu => None,
+        BackendKind::External => Some((vm.ssh.host.clone(), vm.ssh.port)),
+        BackendKind::Qemu => None,
     };
     for (i, a) in project.vms.iter().enumerate() {
         for b in &project.vms[i + 1..] {
@@ -376,11 +376,8 @@ fn mode(m: BootstrapMode) -> api::BootstrapMode {
 pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
     let b = &vm.bootstrap;
     let runs = plan.action != Action::Skip;
-    let ssh = vm
-        .ssh
-        .host
-        .clone()
-        .or_else(|| (vm.backend == Backend::Qemu).then(|| "127.0.0.1".to_owned()));
+    // config filled in each backend's defaults (QEMU: 127.0.0.1; external: port 22).
+    let ssh = vm.ssh.host.clone();
     api::BootstrapPlanned {
         vm: plan.vm,
         mode: mode(plan.mode),
@@ -402,10 +399,7 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         ssh: ssh.map(|host| api::BootstrapPlanSsh {
             user: vm.ssh.user.clone(),
             host,
-            port: vm
-                .ssh
-                .port
-                .or((vm.backend == Backend::External).then_some(22)),
+            port: vm.ssh.port,
             identity: vm.ssh.identity.clone(),
             options: vm.ssh.options.clone(),
         }),

@@ -1,9 +1,21 @@
-//! Shared fixtures for unit tests.
+//! Shared fixtures for unit tests: a sample VM, and a scripted remote (the guest side of a
+//! run as a list of notes, for the step machine and the actor).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use crate::config::{Backend, Bootstrap, BootstrapMode, Ssh, Vm};
+use futures::future::BoxFuture;
+
+use crate::config::{BackendKind, Bootstrap, BootstrapMode, Ssh, Vm};
+use crate::pipeline::Remote;
+use crate::pipeline::driver::Session;
+use castra_api::OutputStream;
+
+use crate::pipeline::driver::Marker;
+use crate::pipeline::remote::{Ended, Note};
+use crate::ssh::Target;
 
 /// A QEMU VM named `web` whose files (base.img, run.sh, payload/) live in `dir`.
 pub fn sample_vm(dir: &Path) -> Vm {
@@ -12,7 +24,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         declared_name: "web".into(),
         replica: None,
         description: None,
-        backend: Backend::Qemu,
+        backend: BackendKind::Qemu,
         base_image: Some(dir.join("base.img")),
         kernel: None,
         initrd: None,
@@ -35,5 +47,175 @@ pub fn sample_vm(dir: &Path) -> Vm {
             metadata_path: None,
             vizier_dir: None,
         },
+    }
+}
+
+/// One scripted session: the notes it sends (each after its delay), then how it ends.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    pub notes: Vec<(Duration, Note)>,
+    /// The exit status of ssh (None: the session went on as the watch after `done`).
+    pub status: Option<i32>,
+    /// ssh's stderr when it ends before authenticating.
+    pub unauthenticated: Option<String>,
+    pub last_stderr: String,
+}
+
+/// A probe's answer: the banner after a delay, or nothing before the deadline.
+#[derive(Debug, Clone)]
+pub enum Probe {
+    After(Duration),
+    Never,
+}
+
+#[derive(Debug, Default)]
+pub struct Fake {
+    sessions: Mutex<VecDeque<Script>>,
+    probes: Mutex<VecDeque<Probe>>,
+    /// What was called, in order: `probe` or `session <port>`.
+    calls: Mutex<Vec<String>>,
+}
+
+impl Fake {
+    pub fn new(sessions: Vec<Script>, probes: Vec<Probe>) -> Arc<Fake> {
+        Arc::new(Fake {
+            sessions: Mutex::new(sessions.into()),
+            probes: Mutex::new(probes.into()),
+            calls: Mutex::default(),
+        })
+    }
+
+    pub fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+impl Remote for Fake {
+    fn probe<'a>(
+        &'a self,
+        _host: &'a str,
+        _port: u16,
+        timeout: Duration,
+        progress: &'a mut (dyn FnMut(&str) + Send),
+    ) -> BoxFuture<'a, Result<String, String>> {
+        self.calls.lock().unwrap().push("probe".into());
+        let probe = self
+            .probes
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or(Probe::Never);
+        Box::pin(async move {
+            progress("tcp 127.0.0.1:2222: connection refused");
+            match probe {
+                Probe::After(d) if d < timeout => {
+                    tokio::time::sleep(d).await;
+                    Ok("SSH-2.0-Fake".to_owned())
+                }
+                _ => {
+                    tokio::time::sleep(timeout).await;
+                    Err(format!("timed out after {}s", timeout.as_secs()))
+                }
+            }
+        })
+    }
+
+    fn session<'a>(
+        &'a self,
+        target: Target,
+        _session: &'a Session<'a>,
+        notes: tokio::sync::mpsc::UnboundedSender<Note>,
+    ) -> BoxFuture<'a, Result<Ended, String>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("session {}", target.port));
+        let script = self
+            .sessions
+            .lock()
+            .unwrap()
+            .pop_front()
+            .unwrap_or_default();
+        Box::pin(async move {
+            for (delay, note) in script.notes {
+                tokio::time::sleep(delay).await;
+                let _ = notes.send(note);
+            }
+            use std::os::unix::process::ExitStatusExt;
+            Ok(Ended {
+                status: script
+                    .status
+                    .map(|code| std::process::ExitStatus::from_raw(code << 8)),
+                unauthenticated: script.unauthenticated,
+                last_stderr: script.last_stderr,
+                send_error: None,
+                tail: None,
+            })
+        })
+    }
+}
+
+pub fn marker(m: Marker) -> (Duration, Note) {
+    (Duration::from_millis(10), Note::Marker(m))
+}
+
+pub fn out(line: &str) -> (Duration, Note) {
+    line_on(OutputStream::Stdout, line)
+}
+
+pub fn line_on(stream: OutputStream, line: &str) -> (Duration, Note) {
+    (
+        Duration::from_millis(1),
+        Note::Line {
+            stream,
+            line: line.into(),
+        },
+    )
+}
+
+/// Everything up to `transfer` of a run whose agent answers.
+pub fn up_to_transfer() -> Vec<(Duration, Note)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let banner = format!(
+        r#"{{"version":"{}","pid":42,"started_at":{now},"heartbeat":{now},"now":{now}}}"#,
+        crate::vizier::VERSION
+    );
+    vec![
+        (Duration::from_millis(300), Note::Authenticated),
+        marker(Marker::VizierInstall {
+            ok: true,
+            detail: "installed /opt/castra/vizier/v/vizier.sh".into(),
+        }),
+        marker(Marker::VizierEnable {
+            ok: true,
+            detail: "started (respawn loop)".into(),
+        }),
+        marker(Marker::VizierLog),
+        out("agent started"),
+        marker(Marker::VizierLogEnd),
+        marker(Marker::VizierHandshake {
+            ok: true,
+            detail: String::new(),
+        }),
+        out("VIZIER/1"),
+        out(&banner),
+        marker(Marker::Connect),
+        marker(Marker::Transfer),
+    ]
+}
+
+pub fn successful_session(apply: Vec<(Duration, Note)>) -> Script {
+    let mut notes = up_to_transfer();
+    notes.extend(apply);
+    notes.push(marker(Marker::Apply { status: 0 }));
+    notes.push(marker(Marker::VerifyCommand { status: 0 }));
+    notes.push(marker(Marker::VerifyPath { found: true }));
+    notes.push(marker(Marker::Done));
+    Script {
+        notes,
+        ..Script::default()
     }
 }

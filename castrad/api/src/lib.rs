@@ -302,13 +302,50 @@ pub struct DownResult {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmDown {
     pub vm: String,
-    /// `graceful`, `terminated`, `killed`, `not-running`, `external` (nothing to stop) or
-    /// `rejected` (busy).
-    pub outcome: String,
+    pub outcome: StopOutcome,
     pub total_ms: u64,
     /// The disk was deleted.
     pub discarded: bool,
     pub error: Option<String>,
+}
+
+/// How a VM's stop went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StopOutcome {
+    /// The guest powered off after the ACPI power button.
+    Graceful,
+    /// QEMU exited on SIGTERM.
+    Terminated,
+    /// QEMU had to be killed.
+    Killed,
+    /// Nothing was running.
+    NotRunning,
+    /// An external VM: castrad does not stop it.
+    External,
+    /// The VM was busy with another operation (`castra.down` only).
+    Rejected,
+}
+
+impl StopOutcome {
+    /// The wire spelling: `graceful`, `terminated`, `killed`, `not-running`, `external`,
+    /// `rejected`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopOutcome::Graceful => "graceful",
+            StopOutcome::Terminated => "terminated",
+            StopOutcome::Killed => "killed",
+            StopOutcome::NotRunning => "not-running",
+            StopOutcome::External => "external",
+            StopOutcome::Rejected => "rejected",
+        }
+    }
+}
+
+impl std::fmt::Display for StopOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -487,7 +524,7 @@ pub enum Event {
     ShutdownComplete {
         vm: String,
         /// `graceful`, `terminated`, `killed` or `not-running`.
-        outcome: String,
+        outcome: StopOutcome,
         total_ms: u64,
         /// False when the VM was not running (nothing changed).
         changed: bool,

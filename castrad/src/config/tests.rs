@@ -893,7 +893,7 @@ fn defaults_for_a_minimal_qemu_vm() {
         declared_name: "web".into(),
         replica: None,
         description: None,
-        backend: Backend::Qemu,
+        backend: BackendKind::Qemu,
         base_image: Some(PathBuf::from("/p/img.qcow2")),
         kernel: None,
         initrd: None,
@@ -976,7 +976,7 @@ fn external_vm_defaults() {
         "[vms.ssh]\nhost = \"db.example\"\nuser = \"ops\"\n"
     ));
     let vm = &p.vms[0];
-    assert_eq!(vm.backend, Backend::External);
+    assert_eq!(vm.backend, BackendKind::External);
     assert_eq!(vm.base_image, None);
     assert_eq!(vm.ssh.host.as_deref(), Some("db.example"));
     assert_eq!(vm.ssh.port, Some(22));
@@ -1060,7 +1060,7 @@ fn modes_and_disabled_alias() {
     ] {
         assert_eq!(BootstrapMode::parse(mode.as_str()), Some(mode));
     }
-    assert_eq!(Backend::parse("external"), Some(Backend::External));
+    assert_eq!(BackendKind::parse("external"), Some(BackendKind::External));
     assert_eq!(Protocol::parse("udp").map(Protocol::as_str), Some("udp"));
 }
 

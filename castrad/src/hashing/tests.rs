@@ -208,7 +208,7 @@ fn kernel_initrd_and_cmdline_are_part_of_the_base_hash() {
 fn external_vms_have_a_fixed_base_hash_and_read_nothing() {
     let (dir, mut vm) = fixture();
     let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
-    vm.backend = Backend::External;
+    vm.backend = BackendKind::External;
     let h = base_hash(&root, &vm).unwrap();
     assert_eq!(h.bytes_read, 0);
     assert_eq!(h, base_hash(&root, &vm).unwrap());

@@ -50,8 +50,8 @@ pub struct Job {
     pub operation: String,
     /// The castra.toml the VM comes from (recorded with a launched QEMU).
     pub config: PathBuf,
-    /// Where the guest's SSH server answers, once known (a QEMU VM's forwarded port).
-    pub ssh_port: Option<u16>,
+    /// Where the guest's SSH server answers, once known (for a QEMU VM, once it runs).
+    pub endpoint: Option<ssh::Endpoint>,
     /// The VM was started by this job: its SSH server is not up yet, so `wait-handshake`
     /// probes for its banner before running ssh (otherwise it tries ssh at once).
     pub booting: bool,

@@ -11,14 +11,13 @@
 //! archive. The guest shell's `read` consumes the env lines byte by byte, so `tar` sees
 //! exactly the archive. Env values therefore never touch a command line (no `ps` shows them).
 
-use std::future::Future;
 use std::io::Write;
 use std::path::Path;
-use std::pin::Pin;
 use std::process::Stdio;
 use std::time::Duration;
 
 use castra_api::OutputStream;
+use futures::future::BoxFuture;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
@@ -26,9 +25,6 @@ use super::archive::write_archive;
 use super::driver::{self, Marker, Session};
 use super::handshake;
 use crate::ssh::{Connection, Tail, Target, lines};
-
-/// A boxed future, for the seam's methods (called a few times per run).
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// How the pipeline reaches a guest. Object-safe, so a run holds `Arc<dyn Remote>`.
 pub trait Remote: Send + Sync + std::fmt::Debug {

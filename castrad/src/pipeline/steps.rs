@@ -163,12 +163,9 @@ impl Run {
         }
     }
 
-    /// The port the guest's SSH server answers on.
-    fn port(&self) -> Result<u16, RunError> {
-        self.job
-            .ssh_port
-            .or(self.job.vm.ssh.port)
-            .ok_or(RunError::NoPort)
+    /// Where the guest's SSH server answers.
+    fn endpoint(&self) -> Result<ssh::Endpoint, RunError> {
+        self.job.endpoint.clone().ok_or(RunError::NoPort)
     }
 
     /// wait-handshake (the guest's SSH server accepts us), then everything else in that
@@ -179,7 +176,7 @@ impl Run {
     async fn steps(&mut self) -> Result<Applied, RunError> {
         let vm = self.job.vm.clone();
         let b = &vm.bootstrap;
-        let port = self.port()?;
+        let endpoint = self.endpoint()?;
 
         let t = Instant::now();
         self.record.set_step(Some(Step::WaitHandshake), None);
@@ -205,7 +202,7 @@ impl Run {
         };
         let mut target = Target::for_vm(
             &vm,
-            port,
+            &endpoint,
             self.ctx.root.vm(&vm.name).known_hosts,
             ssh::control_path(&self.ctx.control_dir, &self.record.run_id),
             DIRECT_ATTEMPT.min(timeout),
@@ -216,6 +213,7 @@ impl Run {
                 let mut report = progress.clone();
                 let left = deadline.saturating_duration_since(Instant::now());
                 let remote = self.ctx.remote.clone();
+                let port = target.port;
                 match remote.probe(&target.host, port, left, &mut report).await {
                     Ok(line) => banner = Some(line),
                     Err(e) => return self.record.checked(Step::WaitHandshake, t, Err(e)),

@@ -3,189 +3,20 @@
 //! timeout. The planner, recorder and stamps are real (files in a temp state root); only the
 //! guest is scripted: the notes a session sends, and when.
 
-use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use castra_api::{Event, OutcomeStatus, OutputStream};
 use tokio::time::Instant;
 
-use super::remote::{BoxFuture, Ended, Note};
+use super::remote::Note;
 use super::*;
 use crate::config::BootstrapMode;
 use crate::overrides::ModeSource;
-use crate::pipeline::driver::{Marker, Session};
-use crate::ssh::Target;
-
-/// One scripted session: the notes it sends (each after its delay), then how it ends.
-#[derive(Debug, Clone, Default)]
-struct Script {
-    notes: Vec<(Duration, Note)>,
-    /// The exit status of ssh (None: the session went on as the watch after `done`).
-    status: Option<i32>,
-    /// ssh's stderr when it ends before authenticating.
-    unauthenticated: Option<String>,
-    last_stderr: String,
-}
-
-/// A probe's answer: the banner after a delay, or nothing before the deadline.
-#[derive(Debug, Clone)]
-enum Probe {
-    After(Duration),
-    Never,
-}
-
-#[derive(Debug, Default)]
-struct Fake {
-    sessions: Mutex<VecDeque<Script>>,
-    probes: Mutex<VecDeque<Probe>>,
-    /// What was called, in order: `probe` or `session <port>`.
-    calls: Mutex<Vec<String>>,
-}
-
-impl Fake {
-    fn new(sessions: Vec<Script>, probes: Vec<Probe>) -> Arc<Fake> {
-        Arc::new(Fake {
-            sessions: Mutex::new(sessions.into()),
-            probes: Mutex::new(probes.into()),
-            calls: Mutex::default(),
-        })
-    }
-
-    fn calls(&self) -> Vec<String> {
-        self.calls.lock().unwrap().clone()
-    }
-}
-
-impl Remote for Fake {
-    fn probe<'a>(
-        &'a self,
-        _host: &'a str,
-        _port: u16,
-        timeout: Duration,
-        progress: &'a mut (dyn FnMut(&str) + Send),
-    ) -> BoxFuture<'a, Result<String, String>> {
-        self.calls.lock().unwrap().push("probe".into());
-        let probe = self
-            .probes
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or(Probe::Never);
-        Box::pin(async move {
-            progress("tcp 127.0.0.1:2222: connection refused");
-            match probe {
-                Probe::After(d) if d < timeout => {
-                    tokio::time::sleep(d).await;
-                    Ok("SSH-2.0-Fake".to_owned())
-                }
-                _ => {
-                    tokio::time::sleep(timeout).await;
-                    Err(format!("timed out after {}s", timeout.as_secs()))
-                }
-            }
-        })
-    }
-
-    fn session<'a>(
-        &'a self,
-        target: Target,
-        _session: &'a Session<'a>,
-        notes: tokio::sync::mpsc::UnboundedSender<Note>,
-    ) -> BoxFuture<'a, Result<Ended, String>> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(format!("session {}", target.port));
-        let script = self
-            .sessions
-            .lock()
-            .unwrap()
-            .pop_front()
-            .unwrap_or_default();
-        Box::pin(async move {
-            for (delay, note) in script.notes {
-                tokio::time::sleep(delay).await;
-                let _ = notes.send(note);
-            }
-            use std::os::unix::process::ExitStatusExt;
-            Ok(Ended {
-                status: script
-                    .status
-                    .map(|code| std::process::ExitStatus::from_raw(code << 8)),
-                unauthenticated: script.unauthenticated,
-                last_stderr: script.last_stderr,
-                send_error: None,
-                tail: None,
-            })
-        })
-    }
-}
-
-fn marker(m: Marker) -> (Duration, Note) {
-    (Duration::from_millis(10), Note::Marker(m))
-}
-
-fn out(line: &str) -> (Duration, Note) {
-    line_on(OutputStream::Stdout, line)
-}
-
-fn line_on(stream: OutputStream, line: &str) -> (Duration, Note) {
-    (
-        Duration::from_millis(1),
-        Note::Line {
-            stream,
-            line: line.into(),
-        },
-    )
-}
-
-/// Everything up to `transfer` of a run whose agent answers.
-fn up_to_transfer() -> Vec<(Duration, Note)> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let banner = format!(
-        r#"{{"version":"{}","pid":42,"started_at":{now},"heartbeat":{now},"now":{now}}}"#,
-        crate::vizier::VERSION
-    );
-    vec![
-        (Duration::from_millis(300), Note::Authenticated),
-        marker(Marker::VizierInstall {
-            ok: true,
-            detail: "installed /opt/castra/vizier/v/vizier.sh".into(),
-        }),
-        marker(Marker::VizierEnable {
-            ok: true,
-            detail: "started (respawn loop)".into(),
-        }),
-        marker(Marker::VizierLog),
-        out("agent started"),
-        marker(Marker::VizierLogEnd),
-        marker(Marker::VizierHandshake {
-            ok: true,
-            detail: String::new(),
-        }),
-        out("VIZIER/1"),
-        out(&banner),
-        marker(Marker::Connect),
-        marker(Marker::Transfer),
-    ]
-}
-
-fn successful_session(apply: Vec<(Duration, Note)>) -> Script {
-    let mut notes = up_to_transfer();
-    notes.extend(apply);
-    notes.push(marker(Marker::Apply { status: 0 }));
-    notes.push(marker(Marker::VerifyCommand { status: 0 }));
-    notes.push(marker(Marker::VerifyPath { found: true }));
-    notes.push(marker(Marker::Done));
-    Script {
-        notes,
-        ..Script::default()
-    }
-}
+use crate::pipeline::driver::Marker;
+use crate::testutil::{
+    Fake, Probe, Script, line_on, marker, out, successful_session, up_to_transfer,
+};
 
 /// A project directory, a state root with a disk identity for `web`, and a context.
 struct Bench {
@@ -227,7 +58,10 @@ impl Bench {
             extra_warnings: Vec::new(),
             operation: "op-test".into(),
             config: d.join("castra.toml"),
-            ssh_port: Some(2222),
+            endpoint: Some(crate::ssh::Endpoint {
+                host: "127.0.0.1".into(),
+                port: 2222,
+            }),
             booting,
         };
         Bench {

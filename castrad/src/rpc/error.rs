@@ -12,11 +12,19 @@ use crate::daemon::DaemonError;
 impl From<DaemonError> for ErrorObjectOwned {
     fn from(err: DaemonError) -> Self {
         let (code, kind) = match &err {
-            DaemonError::InvalidParams(_) => (code::INVALID_PARAMS, "invalid-params"),
+            DaemonError::InvalidParams(_)
+            | DaemonError::RelativeConfig(_)
+            | DaemonError::AmbiguousRun(_) => (code::INVALID_PARAMS, "invalid-params"),
             DaemonError::Config(_) => (code::CONFIG, "config"),
-            DaemonError::Preflight(_) | DaemonError::Overrides(_) => (code::PREFLIGHT, "preflight"),
-            DaemonError::NotFound(_) => (code::NOT_FOUND, "not-found"),
-            DaemonError::Plan(_) | DaemonError::Internal(_) => (code::OPERATION, "operation"),
+            DaemonError::Preflight(_)
+            | DaemonError::Overrides(_)
+            | DaemonError::UnknownVm { .. } => (code::PREFLIGHT, "preflight"),
+            DaemonError::NoOperation(_)
+            | DaemonError::NoSuchVm { .. }
+            | DaemonError::NoSuchRun { .. } => (code::NOT_FOUND, "not-found"),
+            DaemonError::Plan(_) | DaemonError::Logs { .. } | DaemonError::Panicked { .. } => {
+                (code::OPERATION, "operation")
+            }
         };
         let location = match &err {
             DaemonError::Config(e) => e.location().map(|(file, line, column)| ErrorLocation {

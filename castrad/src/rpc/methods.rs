@@ -6,10 +6,11 @@ use castra_api as api;
 use jsonrpsee::RpcModule;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 
-use crate::config::Backend;
+use crate::config::BackendKind;
+use crate::daemon::ProjectEntry;
 use crate::daemon::{Daemon, DaemonError};
 use crate::events::Filter;
-use crate::vm::State;
+use crate::vm::state::{State, VmSnapshot};
 
 pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
     let mut m = RpcModule::from_arc(daemon);
@@ -109,12 +110,10 @@ async fn outcome(
     daemon: &Daemon,
 ) -> Result<api::OutcomeResult, DaemonError> {
     let p: api::OutcomeParams = parse(params)?;
-    let op = daemon.operations.get(&p.operation).ok_or_else(|| {
-        DaemonError::NotFound(format!(
-            "no operation {} (it may have been forgotten)",
-            p.operation
-        ))
-    })?;
+    let op = daemon
+        .operations
+        .get(&p.operation)
+        .ok_or_else(|| DaemonError::NoOperation(p.operation.clone()))?;
     let outcomes = op.wait().await;
     Ok(api::OutcomeResult {
         operation: op.id.clone(),
@@ -128,18 +127,23 @@ async fn logs(params: Params<'static>, daemon: &Daemon) -> Result<api::LogsResul
     let entry = daemon.load_project(&p.config).await?;
     if !entry.project.vms.iter().any(|vm| vm.name == p.vm) {
         let known = entry.project.vm_names();
-        return Err(DaemonError::NotFound(format!(
-            "no VM {} in project {}; known VMs: {}",
-            p.vm,
-            entry.project.name,
-            known.join(", ")
-        )));
+        return Err(DaemonError::NoSuchVm {
+            vm: p.vm.clone(),
+            project: entry.project.name.clone(),
+            known: known.iter().map(|s| (*s).to_owned()).collect(),
+        });
     }
     let (root, vm) = (entry.root.clone(), p.vm.clone());
     let runs = tokio::task::spawn_blocking(move || crate::runlog::list(&root, &vm))
         .await
-        .map_err(|e| DaemonError::Internal(e.to_string()))?
-        .map_err(|e| DaemonError::Internal(format!("cannot read the logs of {}: {e}", p.vm)))?;
+        .map_err(|e| DaemonError::Panicked {
+            what: "log reader",
+            detail: e.to_string(),
+        })?
+        .map_err(|source| DaemonError::Logs {
+            vm: p.vm.clone(),
+            source,
+        })?;
     let selected = match &p.run {
         None => runs.last(),
         Some(id) => {
@@ -150,16 +154,12 @@ async fn logs(params: Params<'static>, daemon: &Daemon) -> Result<api::LogsResul
             match matching.as_slice() {
                 [one] => Some(*one),
                 [] => {
-                    return Err(DaemonError::NotFound(format!(
-                        "no run {id} for VM {}",
-                        p.vm
-                    )));
+                    return Err(DaemonError::NoSuchRun {
+                        vm: p.vm.clone(),
+                        run: id.clone(),
+                    });
                 }
-                _ => {
-                    return Err(DaemonError::InvalidParams(format!(
-                        "run id prefix {id} is ambiguous"
-                    )));
-                }
+                _ => return Err(DaemonError::AmbiguousRun(id.clone())),
             }
         }
     };
@@ -228,63 +228,7 @@ async fn status(
                 .project
                 .vms
                 .iter()
-                .map(|vm| {
-                    let stamp = entry.root.stamp(&vm.name);
-                    let snap = daemon
-                        .existing_vm_handle(&entry.root, &vm.name)
-                        .map(|h| h.snapshot())
-                        .unwrap_or_else(|| crate::vm::VmSnapshot {
-                            state: match vm.backend {
-                                Backend::External => State::Running,
-                                Backend::Qemu => State::Stopped,
-                            },
-                            ..Default::default()
-                        });
-                    let state = match (snap.state, vm.backend) {
-                        (State::Running, Backend::External) => api::VmState::External,
-                        (State::Stopped, _) => api::VmState::Stopped,
-                        (State::Starting, _) => api::VmState::Starting,
-                        (State::Running, _) => api::VmState::Running,
-                        (State::Bootstrapping, _) => api::VmState::Bootstrapping,
-                        (State::Failed, _) => api::VmState::Failed,
-                        (State::Stopping, _) => api::VmState::Stopping,
-                    };
-                    let now_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .unwrap_or_default()
-                        .as_millis() as u64;
-                    let ssh_endpoint = match (&snap.qemu, vm.backend) {
-                        (Some(q), _) => Some(format!("127.0.0.1:{}", q.ssh_port)),
-                        (None, Backend::External) => vm
-                            .ssh
-                            .host
-                            .as_ref()
-                            .map(|h| format!("{h}:{}", vm.ssh.port.unwrap_or(22))),
-                        (None, Backend::Qemu) => None,
-                    };
-                    api::VmStatus {
-                        name: vm.name.clone(),
-                        backend: backend(vm.backend),
-                        state,
-                        stamp_path: stamp.exists().then_some(stamp),
-                        operation: snap.operation,
-                        current_step: snap.current_step,
-                        waiting_on: snap.waiting_on,
-                        pid: snap.qemu.as_ref().map(|q| q.pid),
-                        uptime_ms: snap
-                            .qemu
-                            .as_ref()
-                            .map(|q| now_ms.saturating_sub(q.launched_unix_ms)),
-                        accel: snap.qemu.as_ref().map(|q| q.accel.clone()),
-                        ssh_endpoint,
-                        vizier: snap.vizier.as_ref().map(|v| api::VizierStatus {
-                            version: v.version.clone(),
-                            pid: v.pid,
-                            healthy: v.healthy,
-                        }),
-                        last_bootstrap: snap.last,
-                    }
-                })
+                .map(|vm| vm_status(daemon, entry, vm))
                 .collect(),
         })
         .collect();
@@ -301,9 +245,56 @@ async fn status(
     })
 }
 
-fn backend(b: Backend) -> api::Backend {
+/// One VM's line of `castra.status`: from its actor's snapshot (never waiting on the actor),
+/// or, for a VM no actor has touched yet, its backend's resting state.
+fn vm_status(daemon: &Daemon, entry: &ProjectEntry, vm: &crate::config::Vm) -> api::VmStatus {
+    let stamp = entry.root.stamp(&vm.name);
+    let backend_of = daemon.backend(vm.backend);
+    let snap = daemon
+        .existing_vm_handle(&entry.root, &vm.name)
+        .map(|h| h.snapshot())
+        .unwrap_or_else(|| VmSnapshot {
+            state: backend_of.resting_state(),
+            ..Default::default()
+        });
+    let state = match snap.state {
+        State::Running if !backend_of.owns_lifecycle() => api::VmState::External,
+        State::Stopped => api::VmState::Stopped,
+        State::Starting => api::VmState::Starting,
+        State::Running => api::VmState::Running,
+        State::Bootstrapping => api::VmState::Bootstrapping,
+        State::Failed => api::VmState::Failed,
+        State::Stopping => api::VmState::Stopping,
+    };
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as u64;
+    let machine = snap.machine.as_ref();
+    api::VmStatus {
+        name: vm.name.clone(),
+        backend: backend(vm.backend),
+        state,
+        stamp_path: stamp.exists().then_some(stamp),
+        operation: snap.operation,
+        current_step: snap.current_step,
+        waiting_on: snap.waiting_on,
+        pid: machine.map(|m| m.pid),
+        uptime_ms: machine.map(|m| now_ms.saturating_sub(m.launched_unix_ms)),
+        accel: machine.map(|m| m.accel.clone()),
+        ssh_endpoint: backend_of.ssh_endpoint(vm, machine).map(|e| e.to_string()),
+        vizier: snap.vizier.as_ref().map(|v| api::VizierStatus {
+            version: v.version.clone(),
+            pid: v.pid,
+            healthy: v.healthy,
+        }),
+        last_bootstrap: snap.last,
+    }
+}
+
+fn backend(b: BackendKind) -> api::Backend {
     match b {
-        Backend::Qemu => api::Backend::Qemu,
-        Backend::External => api::Backend::External,
+        BackendKind::Qemu => api::Backend::Qemu,
+        BackendKind::External => api::Backend::External,
     }
 }

@@ -24,6 +24,19 @@ mod connection;
 
 pub use connection::{Connection, Tail, exit, lines};
 
+/// Where a guest's SSH server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
 /// Everything needed to reach one guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
@@ -50,18 +63,18 @@ impl Target {
         }
     }
 
-    /// The target of `vm` on `port` (its host, or this machine), pinned in `known_hosts`.
+    /// The target of `vm` at `endpoint`, pinned in `known_hosts`.
     pub fn for_vm(
         vm: &crate::config::Vm,
-        port: u16,
+        endpoint: &Endpoint,
         known_hosts: PathBuf,
         control_path: PathBuf,
         connect_timeout: Duration,
     ) -> Target {
         Target {
             vm: vm.name.clone(),
-            host: vm.ssh.host.clone().unwrap_or_else(|| "127.0.0.1".into()),
-            port,
+            host: endpoint.host.clone(),
+            port: endpoint.port,
             user: vm.ssh.user.clone(),
             identity: vm.ssh.identity.clone(),
             options: vm.ssh.options.clone(),

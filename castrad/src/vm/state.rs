@@ -38,9 +38,11 @@ pub fn transition(from: State, to: State) -> Result<State, InvalidTransition> {
     use State::*;
     let ok = matches!(
         (from, to),
-        (Stopped, Starting)
+        // Stopped → Running: a machine found running (re-adopted after a castrad restart).
+        (Stopped, Starting | Running)
             | (Starting, Running | Failed | Stopped)
-            | (Running, Bootstrapping | Stopping | Stopped)
+            // Running → Failed: a run failed before its steps began (planning, a crash).
+            | (Running, Bootstrapping | Stopping | Stopped | Failed)
             | (Bootstrapping, Running | Failed | Stopped)
             | (Failed, Starting | Bootstrapping | Stopping | Stopped)
             | (Stopping, Stopped | Failed)
@@ -61,16 +63,20 @@ pub struct VmSnapshot {
     pub current_step: Option<BootstrapStepKind>,
     pub waiting_on: Option<String>,
     pub last: Option<VmOutcome>,
-    /// The QEMU process, while there is one.
-    pub qemu: Option<QemuInfo>,
+    /// The running machine, while there is one (never for an external VM).
+    pub machine: Option<MachineInfo>,
     /// The Vizier agent as last seen (by a run's handshake or the health check).
     pub vizier: Option<VizierSeen>,
 }
 
+/// What castrad knows of a running machine (from its backend).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QemuInfo {
+pub struct MachineInfo {
     pub pid: u32,
+    /// `kvm` or `tcg`, and why that one.
     pub accel: String,
+    pub accel_reason: String,
+    /// The host port forwarded to the guest's SSH port.
     pub ssh_port: u16,
     pub launched_unix_ms: u64,
 }
@@ -99,12 +105,14 @@ mod tests {
     fn every_pair_is_decided_as_documented() {
         let allowed: &[(State, State)] = &[
             (Stopped, Starting),
+            (Stopped, Running),
             (Starting, Running),
             (Starting, Failed),
             (Starting, Stopped),
             (Running, Bootstrapping),
             (Running, Stopping),
             (Running, Stopped),
+            (Running, Failed),
             (Bootstrapping, Running),
             (Bootstrapping, Failed),
             (Bootstrapping, Stopped),

@@ -18,10 +18,14 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 
+use futures::future::BoxFuture;
+
 use super::argv::{self, LaunchSpec};
 use super::qmp::Qmp;
+use crate::backend::{Machine, StopPlan, StopStep, Stopped};
 use crate::fsutil::write_atomic;
 use crate::state_root::{VmPaths, ensure_dir};
+use crate::vm::state::MachineInfo;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessError {
@@ -284,6 +288,34 @@ pub fn forget(paths: &VmPaths) {
     }
 }
 
+impl Machine for QemuProcess {
+    fn info(&self) -> MachineInfo {
+        MachineInfo {
+            pid: self.record.pid,
+            accel: self.record.accel.clone(),
+            accel_reason: self.record.accel_reason.clone(),
+            ssh_port: self.record.ssh_port,
+            launched_unix_ms: self.record.launched_unix_ms,
+        }
+    }
+
+    fn alive(&mut self) -> bool {
+        QemuProcess::alive(self)
+    }
+
+    fn exited(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(QemuProcess::exited(self))
+    }
+
+    fn stop<'a>(
+        self: Box<Self>,
+        plan: StopPlan,
+        report: &'a mut (dyn FnMut(StopStep) + Send),
+    ) -> BoxFuture<'a, Stopped> {
+        Box::pin(stop(*self, plan.graceful, plan.term, report))
+    }
+}
+
 impl QemuProcess {
     pub fn pid(&self) -> u32 {
         self.record.pid
@@ -320,49 +352,12 @@ impl QemuProcess {
     }
 }
 
-/// How a stop ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
-    Graceful,
-    Terminated,
-    Killed,
-}
-
-impl Stopped {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stopped::Graceful => "graceful",
-            Stopped::Terminated => "terminated",
-            Stopped::Killed => "killed",
-        }
-    }
-}
-
-/// A step of the stop sequence, for events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StopStep {
-    CooperativeAttempted {
-        timeout: Duration,
-    },
-    CooperativeSucceeded {
-        elapsed: Duration,
-    },
-    CooperativeTimedOut {
-        waited: Duration,
-        reason: String,
-    },
-    Escalated {
-        signal: &'static str,
-        timeout: Duration,
-    },
-}
-
 /// ACPI power button, then SIGTERM, then SIGKILL, each waited for; `report` sees each step.
 pub async fn stop(
     mut process: QemuProcess,
     graceful: Duration,
     term: Duration,
-    mut report: impl FnMut(StopStep),
+    report: &mut (dyn FnMut(StopStep) + Send),
 ) -> Stopped {
     let started = Instant::now();
     report(StopStep::CooperativeAttempted { timeout: graceful });

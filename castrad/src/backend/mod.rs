@@ -1,0 +1,210 @@
+//! The backend seam: how a VM is provided. The VM actor owns a VM's life and asks its
+//! [`Backend`] for each piece of it: preparing the disk, launching, re-adopting what a previous
+//! castrad left running, where its SSH server answers, stopping, discarding, and the identity
+//! of the disk that stamps are bound to. [`qemu::Qemu`] boots VMs itself; [`External`] stands
+//! for a host castrad only reaches over SSH and never starts or stops.
+//!
+//! A trait, not an enum: the set of backends is open (a libvirt backend is designed in
+//! docs/design/remote-backends.md), each is a file of its own with no `match` on the others,
+//! and the actor's unit tests plug a fake one in. A running machine is a [`Machine`] the actor
+//! holds; its end is noticed through [`Machine::exited`]. Calls are few per VM lifecycle, so
+//! the boxed futures that keep the trait object-safe cost nothing measurable. Stopping is the
+//! machine's own method ([`Machine::stop`]): only the backend that made it knows how.
+
+mod external;
+pub mod qemu;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use external::External;
+
+use crate::config::{BackendKind, Vm};
+use futures::future::BoxFuture;
+
+use crate::ssh::Endpoint;
+use crate::state_root::StateRoot;
+use crate::vm::state::{MachineInfo, State};
+
+/// How one VM is provided.
+pub trait Backend: Send + Sync + std::fmt::Debug {
+    fn kind(&self) -> BackendKind;
+
+    /// Whether castrad starts and stops VMs of this backend. Those it does not are taken to
+    /// be running ([`Backend::resting_state`]) and are only ever bootstrapped.
+    fn owns_lifecycle(&self) -> bool;
+
+    /// The state of a VM castrad has no running machine for.
+    fn resting_state(&self) -> State {
+        if self.owns_lifecycle() {
+            State::Stopped
+        } else {
+            State::Running
+        }
+    }
+
+    /// Where the guest's SSH server answers: on the running machine, or where the config says.
+    /// None: nowhere yet (a VM castrad has not started).
+    fn ssh_endpoint(&self, vm: &Vm, machine: Option<&MachineInfo>) -> Option<Endpoint>;
+
+    /// The identity of the disk the VM has now, if castrad has seen one: a stamp proves
+    /// something only about this disk.
+    fn disk_id(&self, root: &StateRoot, vm: &str) -> Option<String> {
+        crate::stamps::disk_id(root, vm)
+    }
+
+    /// Checks, before anything starts, that `vms` (which would be started) can be: what they
+    /// need is installed, the host ports they forward are free.
+    fn preflight(&self, vms: &[&Vm]) -> Result<(), PreflightError>;
+
+    /// Makes sure the VM has a disk; returns its path when it was just made (a new disk: what
+    /// was proven about the old one is gone with it).
+    fn prepare_disk<'a>(
+        &'a self,
+        root: &'a StateRoot,
+        vm: &'a Vm,
+    ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>>;
+
+    /// Starts the VM on its disk; `config` is the castra.toml it comes from (recorded, so a
+    /// restarted castrad can find its project again).
+    fn launch<'a>(
+        &'a self,
+        root: &'a StateRoot,
+        vm: &'a Vm,
+        config: &'a Path,
+    ) -> BoxFuture<'a, Result<Box<dyn Machine>, BackendError>>;
+
+    /// The VMs under `root` this backend may have left running, with the castra.toml each
+    /// came from: what a starting castrad tries to adopt.
+    fn running_records(&self, root: &StateRoot) -> Vec<(String, PathBuf)>;
+
+    /// Finds the VM's machine a previous castrad (or a crashed actor) left running. A record
+    /// of a machine that is gone is forgotten.
+    fn adopt<'a>(
+        &'a self,
+        root: &'a StateRoot,
+        vm: &'a str,
+    ) -> BoxFuture<'a, Option<Box<dyn Machine>>>;
+
+    /// Forgets a machine that is no longer running (its runtime files).
+    fn forget(&self, root: &StateRoot, vm: &str);
+
+    /// Deletes the VM's disk and what was proven about it; the disk's path and the bytes
+    /// reclaimed, or None when there was no disk.
+    fn discard(&self, root: &StateRoot, vm: &str) -> Result<Option<(PathBuf, u64)>, BackendError>;
+}
+
+/// A running VM as its backend knows it.
+pub trait Machine: Send + Sync + std::fmt::Debug {
+    fn info(&self) -> MachineInfo;
+
+    /// True while it is the machine that was launched (or adopted) and has not exited.
+    fn alive(&mut self) -> bool;
+
+    /// Resolves when the machine has exited.
+    fn exited(&mut self) -> BoxFuture<'_, ()>;
+
+    /// Stops it: cooperatively first, then by force; `report` sees each step.
+    fn stop<'a>(
+        self: Box<Self>,
+        plan: StopPlan,
+        report: &'a mut (dyn FnMut(StopStep) + Send),
+    ) -> BoxFuture<'a, Stopped>;
+}
+
+/// How long each stage of a stop may take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopPlan {
+    /// For the guest to power off after the cooperative request (ACPI power button).
+    pub graceful: Duration,
+    /// For the machine to exit after the first forceful step (SIGTERM).
+    pub term: Duration,
+}
+
+/// How a stop ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    Graceful,
+    Terminated,
+    Killed,
+}
+
+/// A step of the stop sequence, for events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopStep {
+    CooperativeAttempted {
+        timeout: Duration,
+    },
+    CooperativeSucceeded {
+        elapsed: Duration,
+    },
+    CooperativeTimedOut {
+        waited: Duration,
+        reason: String,
+    },
+    Escalated {
+        signal: &'static str,
+        timeout: Duration,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error(transparent)]
+    Qemu(#[from] qemu::process::ProcessError),
+    #[error("a QEMU VM needs base_image")]
+    NoBaseImage,
+    #[error("{0}")]
+    Accelerator(String),
+    #[error("no free loopback port for SSH")]
+    NoFreePort(#[source] std::io::Error),
+    #[error("castrad does not start or stop {0} VMs")]
+    NotOwned(BackendKind),
+}
+
+/// Why VMs cannot start; nothing was started.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PreflightError {
+    #[error("{program} is not installed (Debian: apt-get install {packages})")]
+    NotInstalled {
+        program: &'static str,
+        packages: &'static str,
+    },
+    #[error(
+        "vm {vm}: host port {port} ({key}) is already in use on 127.0.0.1; free it or change \
+         the port in castra.toml"
+    )]
+    PortInUse {
+        vm: String,
+        port: u16,
+        key: &'static str,
+    },
+}
+
+/// The backends of one castrad, one of each kind.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub qemu: std::sync::Arc<qemu::Qemu>,
+    pub external: std::sync::Arc<External>,
+}
+
+impl Backends {
+    pub fn new(accel_override: Option<crate::config::AccelSetting>) -> Backends {
+        Backends {
+            qemu: std::sync::Arc::new(qemu::Qemu { accel_override }),
+            external: std::sync::Arc::new(External),
+        }
+    }
+
+    pub fn get(&self, kind: BackendKind) -> std::sync::Arc<dyn Backend> {
+        match kind {
+            BackendKind::Qemu => self.qemu.clone(),
+            BackendKind::External => self.external.clone(),
+        }
+    }
+
+    /// Every backend, for what concerns them all (re-adoption at start).
+    pub fn all(&self) -> [std::sync::Arc<dyn Backend>; 2] {
+        [self.qemu.clone(), self.external.clone()]
+    }
+}

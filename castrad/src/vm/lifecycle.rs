@@ -1,0 +1,138 @@
+//! Starting and stopping a VM's machine through its backend, with the events a user sees:
+//! `OverlayPrepared`, `VmLaunched`; `ShutdownRequested`, the cooperative attempt and each
+//! escalation, `ShutdownComplete`, `EphemeralLayerDiscarded`. Runs in the actor's tasks.
+
+use std::time::Duration;
+
+use castra_api::{Event, StopOutcome};
+use tokio::time::Instant;
+
+use super::ActorCtx;
+use super::handle::{DownRequest, StopReport};
+use super::state::{State, move_to};
+use crate::backend::{BackendError, Machine, StopPlan, StopStep, Stopped};
+use crate::pipeline::Job;
+
+/// Prepares the disk and launches the machine; publishes `OverlayPrepared` and `VmLaunched`.
+pub async fn start(ctx: &ActorCtx, job: &Job) -> Result<Box<dyn Machine>, BackendError> {
+    let vm = &job.vm;
+    let root = &ctx.pipeline.root;
+    let publish = |e: Event| {
+        ctx.pipeline.bus.publish(Some(&job.operation), e);
+    };
+    move_to(&ctx.pipeline.snapshot, &vm.name, State::Starting);
+    if let Some(overlay_path) = ctx.backend.prepare_disk(root, vm).await? {
+        publish(Event::OverlayPrepared {
+            vm: vm.name.clone(),
+            overlay_path,
+        });
+    }
+    let machine = ctx.backend.launch(root, vm, &job.config).await?;
+    let info = machine.info();
+    publish(Event::VmLaunched {
+        vm: vm.name.clone(),
+        pid: info.pid,
+        accel: info.accel,
+        accel_reason: info.accel_reason,
+        ssh_port: info.ssh_port,
+    });
+    move_to(&ctx.pipeline.snapshot, &vm.name, State::Running);
+    Ok(machine)
+}
+
+/// The stop sequence of one VM, with its events; discards the disk when asked. An external
+/// VM (whose backend does not own its lifecycle) is left alone.
+pub async fn stop(
+    ctx: &ActorCtx,
+    vm: &str,
+    machine: Option<Box<dyn Machine>>,
+    request: &DownRequest,
+) -> StopReport {
+    let started = Instant::now();
+    let bus = &ctx.pipeline.bus;
+    let op = Some(request.operation.as_str());
+    let ms = |d: Duration| d.as_millis() as u64;
+    let mut report = StopReport {
+        vm: vm.to_owned(),
+        outcome: StopOutcome::External,
+        total_ms: 0,
+        discarded: false,
+        error: None,
+    };
+    if !ctx.backend.owns_lifecycle() {
+        return report;
+    }
+    let root = &ctx.pipeline.root;
+    let changed = machine.is_some();
+    report.outcome = match machine {
+        None => StopOutcome::NotRunning,
+        Some(machine) => {
+            bus.publish(op, Event::ShutdownRequested { vm: vm.to_owned() });
+            let plan = StopPlan {
+                graceful: request.graceful,
+                term: request.term,
+            };
+            let mut events = |step: StopStep| {
+                let event = match step {
+                    StopStep::CooperativeAttempted { timeout } => Event::CooperativeAttempted {
+                        vm: vm.to_owned(),
+                        method: "acpi-powerdown".into(),
+                        timeout_ms: ms(timeout),
+                    },
+                    StopStep::CooperativeSucceeded { elapsed } => Event::CooperativeSucceeded {
+                        vm: vm.to_owned(),
+                        elapsed_ms: ms(elapsed),
+                    },
+                    StopStep::CooperativeTimedOut { waited, reason } => {
+                        Event::CooperativeTimedOut {
+                            vm: vm.to_owned(),
+                            waited_ms: ms(waited),
+                            reason,
+                        }
+                    }
+                    StopStep::Escalated { signal, timeout } => Event::ShutdownEscalated {
+                        vm: vm.to_owned(),
+                        signal: signal.to_owned(),
+                        timeout_ms: ms(timeout),
+                    },
+                };
+                bus.publish(op, event);
+            };
+            let stopped = machine.stop(plan, &mut events).await;
+            ctx.backend.forget(root, vm);
+            match stopped {
+                Stopped::Graceful => StopOutcome::Graceful,
+                Stopped::Terminated => StopOutcome::Terminated,
+                Stopped::Killed => StopOutcome::Killed,
+            }
+        }
+    };
+    report.total_ms = ms(started.elapsed());
+    bus.publish(
+        op,
+        Event::ShutdownComplete {
+            vm: vm.to_owned(),
+            outcome: report.outcome,
+            total_ms: report.total_ms,
+            changed,
+        },
+    );
+    if request.discard {
+        match ctx.backend.discard(root, vm) {
+            Ok(Some((overlay_path, reclaimed_bytes))) => {
+                report.discarded = true;
+                bus.publish(
+                    op,
+                    Event::EphemeralLayerDiscarded {
+                        vm: vm.to_owned(),
+                        overlay_path,
+                        reclaimed_bytes,
+                    },
+                );
+            }
+            Ok(None) => {}
+            Err(e) => report.error = Some(e.to_string()),
+        }
+    }
+    report
+}
