@@ -4,6 +4,7 @@
 mod architecture;
 mod bootstrap;
 mod daemon;
+mod fleet;
 mod plan;
 mod protocol_docs;
 mod qemu;

@@ -99,18 +99,20 @@ impl Lab {
 
     /// The events of `operation`, replayed from the daemon's buffer.
     fn events_of(&self, operation: &str) -> Vec<Value> {
-        self.replay(&["--operation", operation])
+        self.replay(|e| e["operation"] == operation)
     }
 
     /// Every buffered event about `vm`.
     fn events_of_vm(&self, vm: &str) -> Vec<Value> {
-        self.replay(&["--vm", vm])
+        self.replay(|e| e["event"][crate::support::event_kind(e)]["vm"] == vm)
     }
 
-    fn replay(&self, filter: &[&str]) -> Vec<Value> {
+    /// Every event published so far that `keep` selects. The replay of `castractl events
+    /// --since 0` is followed by a sentinel: a Skip of a VM of another project, published
+    /// after the subscription began, so when its last event arrives everything before it has.
+    fn replay(&self, keep: impl Fn(&Value) -> bool) -> Vec<Value> {
         let mut child = Command::new(crate::support::CASTRACTL)
             .args(["events", "--json", "--since", "0"])
-            .args(filter)
             .env("CASTRA_SOCKET", self.env.socket())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -125,13 +127,55 @@ impl Lab {
                 }
             }
         });
+        // The subscription is live once the first replayed event arrives (the daemon has
+        // published events before any replay is asked for).
+        let first: Value =
+            serde_json::from_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+        let sentinel = self.sentinel();
         let mut events = Vec::new();
-        while let Ok(line) = rx.recv_timeout(Duration::from_millis(700)) {
-            events.push(serde_json::from_str(&line).unwrap());
+        let mut next = Some(first);
+        loop {
+            let event = match next.take() {
+                Some(e) => e,
+                None => serde_json::from_str(
+                    &rx.recv_timeout(Duration::from_secs(30))
+                        .expect("the sentinel's events (castrad publishes them at once)"),
+                )
+                .unwrap(),
+            };
+            if event["operation"] == sentinel.as_str() {
+                if crate::support::event_kind(&event) == "BootstrapCompleted" {
+                    break;
+                }
+                continue;
+            }
+            if keep(&event) {
+                events.push(event);
+            }
         }
         child.kill().unwrap();
         child.wait().unwrap();
         events
+    }
+
+    /// Starts an operation that publishes two events and touches nothing: `up` with
+    /// `--bootstrap skip` of an external VM in a project of its own. Returns its id.
+    fn sentinel(&self) -> String {
+        self.env.write(&[(
+            "sentinel/castra.toml",
+            "[project]\nname = \"sentinel\"\n\n[[vms]]\nname = \"sentinel\"\nbackend = \"external\"\n\
+             [vms.ssh]\nhost = \"127.0.0.1\"\nport = 9\n",
+        )]);
+        let out = self
+            .env
+            .ctl(
+                &self.env.path("sentinel"),
+                &["up", "--bootstrap", "skip", "--json"],
+            )
+            .ok();
+        let first = out.stdout.lines().next().expect("the sentinel's events");
+        let envelope: Value = serde_json::from_str(first).unwrap();
+        envelope["operation"].as_str().unwrap().to_owned()
     }
 
     fn status_vm(&self, vm: &str) -> Value {
@@ -391,7 +435,17 @@ fn vms_outlive_castrad_and_are_adopted_again() {
         Path::new(&format!("/proc/{box_pid}")).exists(),
         "the VM outlived castrad"
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until(
+        Duration::from_secs(10),
+        "the killed QEMU to be gone",
+        || {
+            // Gone, or a zombie not yet reaped: either way no longer the VM's process.
+            match std::fs::read_to_string(format!("/proc/{gone_pid}/stat")) {
+                Err(_) => Some(()),
+                Ok(stat) => stat[stat.rfind(')')? + 2..].starts_with('Z').then_some(()),
+            }
+        },
+    );
     lab.restart_daemon();
 
     let status = lab.status_vm("box");
@@ -437,8 +491,9 @@ fn a_guest_that_ignores_acpi_is_escalated_to_sigterm() {
     let waited = events[2]["event"]["CooperativeTimedOut"]["waited_ms"]
         .as_u64()
         .unwrap();
+    // The whole 3 s, and not the 30 s default: room for a loaded machine in between.
     assert!(
-        (3000..4500).contains(&waited),
+        (3000..10_000).contains(&waited),
         "waited {waited} ms for a 3 s timeout"
     );
 }
@@ -451,15 +506,14 @@ fn two_vms_boot_and_bootstrap_concurrently_while_status_stays_fast() {
     let up = lab.env.http_rpc("castra.up", json!({"config": config}));
     let operation = up["result"]["operation"].as_str().unwrap().to_owned();
     let started = Instant::now();
-    let mut slowest = Duration::ZERO;
     let mut calls = 0;
+    let mut mid_work = 0;
     loop {
-        let (status, took) = crate::support::raw_rpc(
+        let (status, _) = crate::support::raw_rpc(
             &lab.env.socket(),
             "castra.status",
             json!({"config": config}),
         );
-        slowest = slowest.max(took);
         calls += 1;
         let states: Vec<&str> = status["result"]["projects"][0]["vms"]
             .as_array()
@@ -467,6 +521,12 @@ fn two_vms_boot_and_bootstrap_concurrently_while_status_stays_fast() {
             .iter()
             .map(|v| v["state"].as_str().unwrap())
             .collect();
+        if states
+            .iter()
+            .any(|s| *s == "starting" || *s == "bootstrapping")
+        {
+            mid_work += 1;
+        }
         if states.iter().all(|s| *s == "running") && calls > 10 {
             break;
         }
@@ -476,12 +536,12 @@ fn two_vms_boot_and_bootstrap_concurrently_while_status_stays_fast() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    // A status that waited on a booting VM would take seconds (a boot is about 6 s). The bound
-    // leaves room for two TCG guests and the rest of the suite saturating both cores of a CI
-    // machine; status latency itself is measured by scripts/bench (P2).
+    // A status that waited on a VM's work would only ever see it done: answers that show
+    // VMs still starting or bootstrapping prove it does not wait. Its latency is measured by
+    // scripts/bench (P2), not bounded here.
     assert!(
-        slowest < Duration::from_millis(250),
-        "slowest of {calls} status calls: {slowest:?}"
+        mid_work >= 3,
+        "only {mid_work} of {calls} status calls were answered while the VMs worked"
     );
     let outcome = lab
         .env

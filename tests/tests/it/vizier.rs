@@ -99,13 +99,14 @@ fn a_killed_agent_is_respawned_and_the_loss_reported() {
         "the health check to see the agent",
         || fleet.status_vm("box")["vizier"]["pid"].as_u64(),
     );
+    // `--since 0`: whenever the subscription starts, it sees what the kill causes (the replay
+    // covers any gap), so no pause is needed before the kill.
     let mut follow = Command::new(CASTRACTL)
-        .args(["events", "--json", "--vm", "box"])
+        .args(["events", "--json", "--vm", "box", "--since", "0"])
         .env("CASTRA_SOCKET", fleet.env.socket())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,

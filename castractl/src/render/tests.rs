@@ -1,0 +1,386 @@
+//! Each rendering against the exact text a user sees.
+
+use super::*;
+
+#[test]
+fn table_aligns_columns_and_trims_the_last() {
+    let rows = vec![
+        vec!["VM".to_owned(), "MODE".to_owned(), "REASON".to_owned()],
+        vec!["web-0".to_owned(), "always".to_owned(), "forced".to_owned()],
+    ];
+    assert_eq!(
+        table(&rows),
+        "VM     MODE    REASON\nweb-0  always  forced\n"
+    );
+}
+
+fn step(
+    step: api::BootstrapStepKind,
+    status: api::BootstrapStepStatus,
+    duration_ms: u64,
+    detail: Option<&str>,
+) -> api::Event {
+    api::Event::BootstrapStep {
+        vm: "web-0".into(),
+        step,
+        status,
+        duration_ms,
+        detail: detail.map(str::to_owned),
+    }
+}
+
+fn planned() -> api::BootstrapPlanned {
+    api::BootstrapPlanned {
+        vm: "web-0".into(),
+        mode: api::BootstrapMode::Auto,
+        action: api::BootstrapPlanAction::Run,
+        reason: "not bootstrapped yet (no stamp)".into(),
+        trigger: Some(api::BootstrapTrigger::Auto),
+        script_path: None,
+        payload_path: None,
+        payload_bytes: None,
+        handshake_timeout_secs: None,
+        remote_dir: None,
+        ssh: None,
+        env_keys: vec![],
+        verify: None,
+        artifact_hash: None,
+        metadata_path: None,
+        warnings: vec![],
+        vizier_status: None,
+        vizier_log_path: None,
+        vizier_remediation: None,
+    }
+}
+
+fn outcome(
+    vm: &str,
+    status: api::OutcomeStatus,
+    duration_ms: u64,
+    log: Option<&str>,
+    error: Option<&str>,
+) -> api::VmOutcome {
+    api::VmOutcome {
+        vm: vm.into(),
+        status,
+        duration_ms,
+        run_id: None,
+        log_path: log.map(Into::into),
+        stamp: None,
+        error: error.map(str::to_owned),
+    }
+}
+
+#[test]
+fn durations_are_humanised_and_never_round_up() {
+    let cases = [
+        (0, "0ms"),
+        (85, "85ms"),
+        (999, "999ms"),
+        (1_000, "1.00s"),
+        (1_240, "1.24s"),
+        (9_999, "9.99s"),
+        (12_345, "12.3s"),
+        (59_999, "59.9s"),
+        (60_000, "1m00s"),
+        (123_000, "2m03s"),
+        (3_599_999, "59m59s"),
+        (3_600_000, "1h00m"),
+        (3_900_000, "1h05m"),
+    ];
+    for (ms, want) in cases {
+        assert_eq!(duration(ms), want, "{ms} ms");
+    }
+}
+
+#[test]
+fn every_event_kind_has_its_plain_line() {
+    use api::BootstrapStepKind as K;
+    use api::BootstrapStepStatus as S;
+    let cases = [
+        (
+            api::Event::BootstrapPlanned(planned()),
+            "web-0  planned  run (not bootstrapped yet (no stamp))",
+        ),
+        (
+            api::Event::BootstrapStarted {
+                vm: "web-0".into(),
+                base_hash: "b".repeat(64),
+                artifact_hash: "9c1185a5c5e9d00d9c1185a5c5e9d00d".into(),
+                trigger: api::BootstrapTrigger::Auto,
+            },
+            "web-0  started  trigger=auto artifact=9c1185a5c5e9",
+        ),
+        (
+            api::Event::BootstrapProgress {
+                vm: "web-0".into(),
+                step: K::WaitHandshake,
+                waiting_on: "tcp 127.0.0.1:2222: connection refused".into(),
+                elapsed_ms: 4_000,
+            },
+            "web-0  wait-handshake  waiting: tcp 127.0.0.1:2222: connection refused",
+        ),
+        (
+            api::Event::BootstrapOutput {
+                vm: "web-0".into(),
+                step: K::Apply,
+                stream: api::OutputStream::Stdout,
+                line: "installing nginx".into(),
+            },
+            "web-0  apply  | installing nginx",
+        ),
+        (
+            api::Event::BootstrapOutput {
+                vm: "web-0".into(),
+                step: K::Verify,
+                stream: api::OutputStream::Stderr,
+                line: "\u{1b}[31mwarn\r".into(),
+            },
+            "web-0  verify  !  [31mwarn ",
+        ),
+        (
+            step(K::Connect, S::Success, 120, None),
+            "web-0  connect  success  120ms",
+        ),
+        (
+            step(
+                K::WaitHandshake,
+                S::Failed,
+                30_000,
+                Some("timed out after 30s"),
+            ),
+            "web-0  wait-handshake  failed  30.0s  timed out after 30s",
+        ),
+        (
+            api::Event::BootstrapCompleted {
+                vm: "web-0".into(),
+                status: api::BootstrapStatus::NoOp,
+                duration_ms: 1_240,
+                stamp: None,
+            },
+            "web-0  completed  NoOp  1.24s",
+        ),
+        (
+            api::Event::BootstrapFailed {
+                vm: "web-0".into(),
+                duration_ms: 5,
+                error: "apply: exit status 3".into(),
+            },
+            "web-0  FAILED  apply: exit status 3",
+        ),
+    ];
+    for (event, want) in cases {
+        assert_eq!(event_line(&event, 0), want);
+    }
+}
+
+#[test]
+fn event_lines_pad_the_vm_column() {
+    let event = step(
+        api::BootstrapStepKind::Transfer,
+        api::BootstrapStepStatus::Skipped,
+        0,
+        None,
+    );
+    assert_eq!(event_line(&event, 8), "web-0     transfer  skipped  0ms");
+}
+
+#[test]
+fn finish_lines_mark_success_and_failure() {
+    assert_eq!(
+        finish_line(true, "web-0", 5, "Success", Some(1_240), None),
+        "✓ web-0  Success  1.24s"
+    );
+    assert_eq!(
+        finish_line(
+            false,
+            "db",
+            5,
+            "Failed",
+            Some(30_000),
+            Some("wait-handshake: timed out")
+        ),
+        "✗ db     Failed  30.0s  wait-handshake: timed out"
+    );
+    assert_eq!(
+        finish_line(false, "db", 2, "Rejected", None, Some("busy")),
+        "✗ db  Rejected  busy"
+    );
+}
+
+#[test]
+fn summary_lists_vms_in_order_then_errors() {
+    use api::OutcomeStatus as O;
+    let o = api::OutcomeResult {
+        operation: "op-1".into(),
+        project: "demo".into(),
+        outcomes: vec![
+            outcome("web-0", O::Success, 1_240, Some("/s/logs/web-0.json"), None),
+            outcome("web-1", O::NoOp, 85, Some("/s/logs/web-1.json"), None),
+            outcome(
+                "web-2",
+                O::Failed,
+                123_000,
+                None,
+                Some("apply: exit status 3"),
+            ),
+            outcome(
+                "db",
+                O::Rejected,
+                0,
+                None,
+                Some("operation op-0 is bootstrapping it"),
+            ),
+            outcome("cache", O::Skipped, 0, None, None),
+        ],
+    };
+    assert_eq!(
+        summary(&o),
+        "\
+VM     STATUS    DURATION  LOG
+web-0  Success   1.24s     /s/logs/web-0.json
+web-1  NoOp      85ms      /s/logs/web-1.json
+web-2  Failed    2m03s     -
+db     Rejected  -         -
+cache  Skipped   0ms       -
+
+web-2: apply: exit status 3
+db: operation op-0 is bootstrapping it
+"
+    );
+}
+
+#[test]
+fn logs_show_runs_then_the_selected_run() {
+    let run = api::RunLog {
+        vm: "web-0".into(),
+        run_id: "r2".into(),
+        artifact_hash: "a".repeat(64),
+        base_hash: "b".repeat(64),
+        status: api::RunStatus::Failed,
+        duration_ms: 31_000,
+        steps: vec![
+            api::StepRecord {
+                step: api::BootstrapStepKind::Connect,
+                status: api::BootstrapStepStatus::Success,
+                duration_ms: 120,
+                detail: None,
+            },
+            api::StepRecord {
+                step: api::BootstrapStepKind::Apply,
+                status: api::BootstrapStepStatus::Failed,
+                duration_ms: 30_880,
+                detail: Some("exit status 3".into()),
+            },
+        ],
+        trigger: api::BootstrapTrigger::Always,
+        operation: Some("op-2".into()),
+        started_at: "2025-01-02T03:04:05.000Z".into(),
+        output_path: Some("/s/logs/r2.out".into()),
+    };
+    let l = api::LogsResult {
+        vm: "web-0".into(),
+        runs: vec![
+            api::RunSummary {
+                run_id: "r1".into(),
+                path: "/s/logs/r1.json".into(),
+                status: api::RunStatus::Success,
+                duration_ms: 1_240,
+                started_at: "2025-01-01T03:04:05.000Z".into(),
+            },
+            api::RunSummary {
+                run_id: "r2".into(),
+                path: "/s/logs/r2.json".into(),
+                status: api::RunStatus::Failed,
+                duration_ms: 31_000,
+                started_at: "2025-01-02T03:04:05.000Z".into(),
+            },
+        ],
+        log: Some(run),
+        log_path: Some("/s/logs/r2.json".into()),
+    };
+    assert_eq!(
+        logs(&l),
+        "\
+vm web-0
+
+RUN  STATUS   DURATION  STARTED
+r1   success  1.24s     2025-01-01T03:04:05.000Z
+r2   failed   31.0s     2025-01-02T03:04:05.000Z
+
+run r2  failed  31.0s  trigger always  started 2025-01-02T03:04:05.000Z
+artifact aaaaaaaaaaaa  base bbbbbbbbbbbb  operation op-2
+
+STEP     STATUS   DURATION  DETAIL
+connect  success  120ms     -
+apply    failed   30.8s     exit status 3
+
+log     /s/logs/r2.json
+output  /s/logs/r2.out
+"
+    );
+}
+
+#[test]
+fn logs_without_runs_say_so() {
+    let l = api::LogsResult {
+        vm: "db".into(),
+        runs: vec![],
+        log: None,
+        log_path: None,
+    };
+    assert_eq!(logs(&l), "no bootstrap runs recorded for db\n");
+}
+
+#[test]
+fn short_hash_is_twelve_chars_or_dash() {
+    assert_eq!(short(&Some("0123456789abcdef".into())), "0123456789ab");
+    assert_eq!(short(&None), "-");
+}
+
+#[test]
+fn status_rows_show_what_a_vm_is_doing() {
+    let s = api::StatusResult {
+        daemon: api::DaemonStatus {
+            version: "0.1.0".into(),
+            pid: 1,
+            uptime_ms: 61_000,
+            socket: "/run/c.sock".into(),
+            state_dir: "/s".into(),
+            base_bytes_hashed: 0,
+        },
+        projects: vec![api::ProjectStatus {
+            name: "lab".into(),
+            config: "/p/castra.toml".into(),
+            state_root: "/s/p".into(),
+            vms: vec![api::VmStatus {
+                name: "box".into(),
+                backend: api::Backend::Qemu,
+                state: api::VmState::Bootstrapping,
+                stamp_path: None,
+                operation: Some("op-1".into()),
+                current_step: Some(api::BootstrapStepKind::WaitHandshake),
+                waiting_on: Some("ssh banner from 127.0.0.1:4022: none yet".into()),
+                last_bootstrap: None,
+                pid: Some(4242),
+                uptime_ms: Some(5_000),
+                accel: Some("tcg".into()),
+                ssh_endpoint: Some("127.0.0.1:4022".into()),
+                vizier: None,
+            }],
+        }],
+    };
+    let out = status(&s);
+    let row = out.lines().find(|l| l.starts_with("box")).unwrap();
+    for part in [
+        "qemu",
+        "bootstrapping",
+        "4242",
+        "tcg",
+        "127.0.0.1:4022",
+        "5s",
+        "wait-handshake: ssh banner",
+    ] {
+        assert!(row.contains(part), "{part} missing from {row:?}");
+    }
+}

@@ -1,0 +1,497 @@
+//! Loading and validation of the project file `castra.toml`.
+//!
+//! This module owns everything between the bytes of `castra.toml` (plus any `bootstrap.toml`
+//! beside a bootstrap script) and a fully validated [`Project`]: TOML parsing, typed
+//! deserialization into private `Raw*` mirror structs (which keep byte spans via
+//! [`toml::Spanned`]), semantic validation, defaulting, replica expansion, `{vm}` substitution,
+//! path resolution and, in [`load`] only, stat-ing referenced files and merging `bootstrap.toml`.
+//!
+//! Invariants of a returned [`Project`]: every path is absolute (resolved against the directory
+//! of the file that named it); VM names are unique, file-name safe (`[a-z0-9-]`, 1..=63 chars,
+//! not starting with `-`) and listed in file order after replica expansion; every `remote_dir`
+//! is absolute with `{vm}` substituted; no two port forwards share a (host port, protocol).
+//! Every failure is a [`ConfigError`] naming the file, a 1-based line and column, the key path
+//! and what was expected. [`parse`] performs no file IO; [`load`] reads files and stats paths.
+
+mod diagnostics;
+mod raw;
+mod validate;
+mod values;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use diagnostics::{Source, deserialize};
+use raw::RawMetadata;
+use validate::{DeclInfo, Parsed, parse_source};
+use values::{validate_env, validate_ssh};
+
+pub use values::{is_valid_name, parse_memory_mib};
+
+/// The file name [`discover`] looks for.
+pub const CONFIG_FILE_NAME: &str = "castra.toml";
+/// The optional per-script metadata file merged by [`load`].
+pub const METADATA_FILE_NAME: &str = "bootstrap.toml";
+/// Default for `handshake_timeout_secs`.
+pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 120;
+/// Default for `remote_dir`; `{vm}` is replaced by the expanded VM name.
+pub const DEFAULT_REMOTE_DIR: &str = "/var/tmp/castra/{vm}";
+/// Default VM memory in MiB (2 GiB).
+pub const DEFAULT_MEMORY_MIB: u64 = 2048;
+/// Default number of virtual CPUs.
+pub const DEFAULT_CPUS: u32 = 2;
+/// Default ssh host for qemu VMs (castrad forwards a loopback port to guest port 22).
+pub const DEFAULT_QEMU_SSH_HOST: &str = "127.0.0.1";
+/// Default ssh port for external hosts.
+pub const DEFAULT_EXTERNAL_SSH_PORT: u16 = 22;
+/// Longest allowed VM or project name (after replica expansion).
+pub const MAX_NAME_LEN: usize = 63;
+/// Upper bound on `replicas`, so a typo cannot make castrad plan millions of VMs.
+pub const MAX_REPLICAS: u32 = 1000;
+
+const NAME_RULES: &str = "names may contain only lowercase ASCII letters (a-z), digits (0-9) \
+                          and '-', must not start with '-', and must be 1 to 63 characters long";
+const MODE_EXPECTED: &str = "expected one of auto, skip, always (or disabled)";
+const MEMORY_EXPECTED: &str = "expected an integer number of MiB (e.g. 2048) or a size \
+                               like \"512 MiB\", \"2 GiB\", \"2GiB\" or \"2G\"";
+
+// ---------------------------------------------------------------------------------------------
+// Public types
+// ---------------------------------------------------------------------------------------------
+
+/// A loaded, validated project: `castra.toml` plus every `bootstrap.toml` it pulls in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Project {
+    /// Absolute, canonicalized path of castra.toml.
+    pub config_path: PathBuf,
+    /// `version` key, if present.
+    pub version: Option<String>,
+    /// `[project] name` (required; same naming rules as VM names).
+    pub name: String,
+    /// Global `[bootstrap]` defaults after defaulting (kept for display).
+    pub bootstrap_defaults: BootstrapDefaults,
+    /// VMs after replica expansion, in file order (`web` with replicas = 2 → `web-0`, `web-1`).
+    pub vms: Vec<Vm>,
+}
+
+/// The global `[bootstrap]` table after defaulting.
+impl Project {
+    /// The expanded VM names, in file order.
+    pub fn vm_names(&self) -> Vec<&str> {
+        self.vms.iter().map(|vm| vm.name.as_str()).collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BootstrapDefaults {
+    /// Default 120.
+    pub handshake_timeout_secs: u64,
+    /// Default `"/var/tmp/castra/{vm}"` (unsubstituted template).
+    pub remote_dir: String,
+    /// `[bootstrap.env]`.
+    pub env: BTreeMap<String, String>,
+}
+
+impl Default for BootstrapDefaults {
+    fn default() -> Self {
+        BootstrapDefaults {
+            handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+            remote_dir: DEFAULT_REMOTE_DIR.to_owned(),
+            env: BTreeMap::new(),
+        }
+    }
+}
+
+/// How a VM is provided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BackendKind {
+    /// castrad boots and owns the VM.
+    Qemu,
+    /// An already-running host reached only by SSH; no lifecycle.
+    External,
+}
+
+impl BackendKind {
+    /// Parses `qemu` or `external` (exact lowercase).
+    pub fn parse(s: &str) -> Option<BackendKind> {
+        match s {
+            "qemu" => Some(BackendKind::Qemu),
+            "external" => Some(BackendKind::External),
+            _ => None,
+        }
+    }
+
+    /// `"qemu"` or `"external"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackendKind::Qemu => "qemu",
+            BackendKind::External => "external",
+        }
+    }
+}
+
+impl std::fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When the bootstrap script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BootstrapMode {
+    Auto,
+    Skip,
+    Always,
+}
+
+impl BootstrapMode {
+    /// Parses `auto`, `skip`, `always` and the alias `disabled` (= Skip). Exact lowercase.
+    pub fn parse(s: &str) -> Option<BootstrapMode> {
+        match s {
+            "auto" => Some(BootstrapMode::Auto),
+            "skip" | "disabled" => Some(BootstrapMode::Skip),
+            "always" => Some(BootstrapMode::Always),
+            _ => None,
+        }
+    }
+
+    /// `"auto"`, `"skip"` or `"always"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootstrapMode::Auto => "auto",
+            BootstrapMode::Skip => "skip",
+            BootstrapMode::Always => "always",
+        }
+    }
+}
+
+/// Transport protocol of a port forward.
+/// `accel` of a QEMU VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AccelSetting {
+    /// KVM when it can run a stock guest, else TCG (see `qemu::accel`).
+    #[default]
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+impl AccelSetting {
+    pub fn parse(s: &str) -> Option<AccelSetting> {
+        match s {
+            "auto" => Some(AccelSetting::Auto),
+            "kvm" => Some(AccelSetting::Kvm),
+            "tcg" => Some(AccelSetting::Tcg),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// Parses `tcp` or `udp` (exact lowercase).
+    pub fn parse(s: &str) -> Option<Protocol> {
+        match s {
+            "tcp" => Some(Protocol::Tcp),
+            "udp" => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    /// `"tcp"` or `"udp"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// A host → guest port forward of a qemu VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortForward {
+    pub host: u16,
+    pub guest: u16,
+    /// Default tcp.
+    pub protocol: Protocol,
+}
+
+/// How castrad reaches a VM over SSH.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Ssh {
+    /// qemu: default "127.0.0.1"; external: required.
+    pub host: Option<String>,
+    /// qemu: optional (None = castrad picks a free loopback port for guest port 22); external: default 22.
+    pub port: Option<u16>,
+    /// None = let ssh decide (~/.ssh/config, then the local user name).
+    pub user: Option<String>,
+    pub identity: Option<PathBuf>,
+    /// Extra `-o` options, each "Key=Value" (validated: has '=', key is alphanumeric, no newline/NUL).
+    pub options: Vec<String>,
+}
+
+/// The effective bootstrap settings of one (expanded) VM.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bootstrap {
+    /// Default Auto.
+    pub mode: BootstrapMode,
+    pub script: Option<PathBuf>,
+    pub payload: Option<PathBuf>,
+    pub verify_command: Option<String>,
+    /// Relative to remote_dir (validated: relative, no `..` component, not empty).
+    pub verify_path: Option<String>,
+    /// per-VM, else global, else 120. Must be >= 1.
+    pub handshake_timeout_secs: u64,
+    /// per-VM, else global, else "/var/tmp/castra/{vm}"; `{vm}` is replaced by the expanded VM
+    /// name. Must be absolute after substitution, no NUL/newline.
+    pub remote_dir: String,
+    /// global [bootstrap.env], overlaid by [vms.bootstrap.env], overlaid by bootstrap.toml [env].
+    /// Keys must be valid env names ([A-Za-z_][A-Za-z0-9_]*); values any string without NUL.
+    pub env: BTreeMap<String, String>,
+    /// The bootstrap.toml beside the script, when it exists.
+    pub metadata_path: Option<PathBuf>,
+    /// Where Vizier lives in the guest (`{vm}` substituted); None: `/opt/castra/vizier` for
+    /// root, `<remote_dir>/.vizier` for other users.
+    pub vizier_dir: Option<String>,
+}
+
+/// One VM after replica expansion.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vm {
+    /// Expanded name (`web-0`), or the declared name when replicas = 1.
+    pub name: String,
+    /// The `name` as written in [[vms]].
+    pub declared_name: String,
+    /// Some(i) when expanded from replicas > 1.
+    pub replica: Option<u32>,
+    pub description: Option<String>,
+    pub backend: BackendKind,
+    /// Required for qemu; rejected for external.
+    pub base_image: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: Option<String>,
+    /// Default 2, >= 1.
+    pub cpus: u32,
+    /// Default 2048.
+    pub memory_mib: u64,
+    /// Default false.
+    pub ephemeral: bool,
+    /// Which accelerator QEMU should use (default auto: KVM when it can run a stock guest).
+    pub accel: AccelSetting,
+    pub port_forwards: Vec<PortForward>,
+    /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
+    pub ssh: Ssh,
+    pub bootstrap: Bootstrap,
+}
+
+/// Errors. Display is a complete sentence naming file, line and column (1-based), the key path
+/// (e.g. `vms[1].bootstrap.mode`) and what was expected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// File could not be read (missing, permission).
+    #[error("{}: cannot read file: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Anything wrong with the contents, with a precise location. `key` is empty for errors
+    /// that concern the document as a whole (syntax errors, unknown top-level keys).
+    #[error("{}:{line}:{column}: {}{message}", path.display(), key_prefix(key))]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// (path, line, column) when known — castrad puts it in JSON-RPC error.data.
+    pub fn location(&self) -> Option<(&Path, usize, usize)> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid {
+                path, line, column, ..
+            } => Some((path.as_path(), *line, *column)),
+        }
+    }
+
+    /// The key path (`vms[0].bootstrap.mode`) of an `Invalid` error.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Read { .. } => None,
+            ConfigError::Invalid { key, .. } => Some(key),
+        }
+    }
+
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ConfigError::Read { path, .. } | ConfigError::Invalid { path, .. } => path,
+        }
+    }
+}
+
+fn key_prefix(key: &str) -> String {
+    if key.is_empty() {
+        String::new()
+    } else {
+        format!("{key}: ")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+// ---------------------------------------------------------------------------------------------
+
+/// Reads and validates castra.toml at `path` (and each bootstrap.toml beside a script).
+/// Does not touch anything but reading those files and stat-ing referenced paths.
+pub fn load(path: &Path) -> Result<Project, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let canonical = std::fs::canonicalize(path).map_err(read_error)?;
+    let text = std::fs::read_to_string(&canonical).map_err(|source| ConfigError::Read {
+        path: canonical.clone(),
+        source,
+    })?;
+    let src = Source {
+        path: &canonical,
+        text: &text,
+    };
+    let mut parsed = parse_source(&src)?;
+    check_files(&src, &parsed.decls)?;
+    apply_metadata(&mut parsed)?;
+    Ok(parsed.project)
+}
+
+/// Pure: parse + validate from text, resolving relative paths against `path.parent()`.
+/// Does not read bootstrap.toml files or check that referenced files exist (load does that).
+pub fn parse(path: &Path, text: &str) -> Result<Project, ConfigError> {
+    let config_path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let src = Source {
+        path: &config_path,
+        text,
+    };
+    parse_source(&src).map(|parsed| parsed.project)
+}
+
+/// Walks up from `start` looking for castra.toml; returns the first found.
+pub fn discover(start: &Path) -> Option<PathBuf> {
+    let start = std::path::absolute(start).unwrap_or_else(|_| start.to_path_buf());
+    start
+        .ancestors()
+        .map(|dir| dir.join(CONFIG_FILE_NAME))
+        .find(|candidate| candidate.is_file())
+}
+
+// ---------------------------------------------------------------------------------------------
+// load-only steps: stat referenced files, merge bootstrap.toml
+// ---------------------------------------------------------------------------------------------
+
+fn check_files(src: &Source<'_>, decls: &[DeclInfo]) -> Result<(), ConfigError> {
+    for check in decls.iter().flat_map(|d| &d.files) {
+        let problem = match std::fs::metadata(&check.path) {
+            Ok(meta) if meta.is_file() => None,
+            Ok(meta) if meta.is_dir() && check.directory_ok => None,
+            Ok(meta) if meta.is_dir() => Some("is a directory; expected a regular file".to_owned()),
+            Ok(_) => Some("is not a regular file".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".to_owned()),
+            Err(e) => Some(format!("cannot be accessed: {e}")),
+        };
+        if let Some(problem) = problem {
+            let message = format!("path {} {problem}", check.path.display());
+            return Err(src.error(Some(check.span.clone()), &check.key, message));
+        }
+    }
+    Ok(())
+}
+
+/// A validated bootstrap.toml.
+struct Metadata {
+    path: PathBuf,
+    ssh: Ssh,
+    env: BTreeMap<String, String>,
+}
+
+fn apply_metadata(parsed: &mut Parsed) -> Result<(), ConfigError> {
+    let mut cache: HashMap<PathBuf, Option<Metadata>> = HashMap::new();
+    for decl in &parsed.decls {
+        let first = &parsed.project.vms[decl.vms.start..decl.vms.end];
+        let Some(script) = first.first().and_then(|vm| vm.bootstrap.script.clone()) else {
+            continue;
+        };
+        let dir = script.parent().unwrap_or_else(|| Path::new("/"));
+        let path = dir.join(METADATA_FILE_NAME);
+        if !cache.contains_key(&path) {
+            let loaded = load_metadata(&path)?;
+            cache.insert(path.clone(), loaded);
+        }
+        let Some(Some(metadata)) = cache.get(&path) else {
+            continue;
+        };
+        for vm in &mut parsed.project.vms[decl.vms.clone()] {
+            merge_metadata(vm, metadata);
+        }
+    }
+    Ok(())
+}
+
+fn load_metadata(path: &Path) -> Result<Option<Metadata>, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::metadata(path) {
+        Ok(meta) if meta.is_file() => {}
+        Ok(_) => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(read_error(e)),
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    let src = Source { path, text: &text };
+    let raw: RawMetadata = deserialize(&src)?;
+    let ssh = match &raw.ssh {
+        Some(s) => validate_ssh(&src, s, "ssh")?,
+        None => Ssh::default(),
+    };
+    let env = validate_env(&src, raw.env.as_ref(), "env")?;
+    Ok(Some(Metadata {
+        path: path.to_path_buf(),
+        ssh,
+        env,
+    }))
+}
+
+fn merge_metadata(vm: &mut Vm, metadata: &Metadata) {
+    let over = &metadata.ssh;
+    let ssh = &mut vm.ssh;
+    if over.host.is_some() {
+        ssh.host.clone_from(&over.host);
+    }
+    if over.port.is_some() {
+        ssh.port = over.port;
+    }
+    if over.user.is_some() {
+        ssh.user.clone_from(&over.user);
+    }
+    if over.identity.is_some() {
+        ssh.identity.clone_from(&over.identity);
+    }
+    ssh.options.extend(over.options.iter().cloned());
+    vm.bootstrap
+        .env
+        .extend(metadata.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    vm.bootstrap.metadata_path = Some(metadata.path.clone());
+}
+
+#[cfg(test)]
+mod tests;
