@@ -1,15 +1,22 @@
-//! castrad: the Castra daemon library. The binary (`main.rs`) only parses flags and calls
-//! [`daemon::run`]; everything else lives here so tests can drive it directly.
+//! castrad: the Castra daemon library. The binary (`main.rs`) calls [`cli::main`], which parses
+//! flags and runs [`rpc::server::run`]; everything else lives here so tests can drive it.
 //!
-//! Modules, from the edge inwards:
-//! - `rpc`: JSON-RPC 2.0 over the Unix socket; the only code that knows the wire types.
-//! - `daemon`: wiring and shutdown order; the in-memory registry of projects.
-//! - `planner`: turns a project + overrides into one plan per VM (does IO: hashes, stamps).
-//! - `config`, `overrides`: pure parsing and validation of castra.toml and `--bootstrap`.
-//! - `hashing`: artifact and base hashes, with the base-image hash cache.
+//! Modules, from the edge inwards (ARCHITECTURE.md has the layers and what each may use):
+//! - `cli`: flags, tracing, signals, exit codes.
+//! - `rpc`: JSON-RPC 2.0 over the Unix socket: the serve loop, the method table, error codes.
+//! - `daemon`: the registry of projects and VM actors; `castra.up`/`down`/`plan`.
+//! - `operations`: one `castra.up` and its per-VM outcomes.
+//! - `vm`: one actor per VM, its supervisor, its state machine and snapshot.
+//! - `backend`: how a VM is provided (QEMU, external): disk, launch, adopt, stop, discard.
+//! - `pipeline`: one bootstrap run: the step machine, the guest-side driver, the run's record.
+//! - `planner`: what a run will do and why (hashes, stamp, disk identity).
+//! - `vizier`: the in-guest agent and its health check.
+//! - `events`: the event bus with its replay ring.
+//! - `hashing`, `stamps`, `runlog`: artifact and base hashes, idempotence stamps, run logs.
+//! - `ssh`: the OpenSSH client: argv, one connection per session, quoting.
+//! - `config`, `overrides`: castra.toml and `--bootstrap`, parsed and validated.
 //! - `state_root`: the only code that builds paths under the state directory.
-//! - `fsutil`: atomic writes.
-//! - `vizier`: the in-guest agent.
+//! - `fsutil`, `ids`, `error`: atomic writes, random ids, error chains.
 
 pub mod backend;
 pub mod cli;

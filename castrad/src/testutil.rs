@@ -14,7 +14,8 @@ use crate::pipeline::driver::Session;
 use castra_api::OutputStream;
 
 use crate::pipeline::driver::Marker;
-use crate::pipeline::remote::{Ended, Note};
+use crate::pipeline::handshake::NoBanner;
+use crate::pipeline::remote::{Ended, Note, SessionError};
 use crate::ssh::Target;
 
 /// A QEMU VM named `web` whose files (base.img, run.sh, payload/) live in `dir`.
@@ -97,7 +98,7 @@ impl Remote for Fake {
         _port: u16,
         timeout: Duration,
         progress: &'a mut (dyn FnMut(&str) + Send),
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, NoBanner>> {
         self.calls.lock().unwrap().push("probe".into());
         let probe = self
             .probes
@@ -114,7 +115,12 @@ impl Remote for Fake {
                 }
                 _ => {
                     tokio::time::sleep(timeout).await;
-                    Err(format!("timed out after {}s", timeout.as_secs()))
+                    Err(NoBanner {
+                        host: "127.0.0.1".into(),
+                        port: 2222,
+                        waited: timeout.as_secs_f64(),
+                        last: "tcp 127.0.0.1:2222: connection refused".into(),
+                    })
                 }
             }
         })
@@ -125,7 +131,7 @@ impl Remote for Fake {
         target: Target,
         _session: &'a Session<'a>,
         notes: tokio::sync::mpsc::UnboundedSender<Note>,
-    ) -> BoxFuture<'a, Result<Ended, String>> {
+    ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         self.calls
             .lock()
             .unwrap()

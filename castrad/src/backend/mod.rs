@@ -154,8 +154,8 @@ pub enum BackendError {
     Qemu(#[from] qemu::process::ProcessError),
     #[error("a QEMU VM needs base_image")]
     NoBaseImage,
-    #[error("{0}")]
-    Accelerator(String),
+    #[error(transparent)]
+    Accelerator(#[from] qemu::accel::KvmUnusable),
     #[error("no free loopback port for SSH")]
     NoFreePort(#[source] std::io::Error),
     #[error("castrad does not start or stop {0} VMs")]

@@ -22,14 +22,25 @@ const ATTEMPT: Duration = Duration::from_millis(1500);
 /// waits its ATTEMPT behind QEMU's user networking).
 const OUTSTANDING: usize = 16;
 
+/// No SSH banner before the deadline.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("timed out after {waited:.1}s waiting for SSH on {host}:{port} (last: {last})")]
+pub struct NoBanner {
+    pub host: String,
+    pub port: u16,
+    pub waited: f64,
+    /// The last obstacle seen ("tcp 127.0.0.1:2222: connection refused", ...).
+    pub last: String,
+}
+
 /// Waits until `host:port` answers with an SSH banner. `progress` is called with a description
-/// of what is being waited on. Errors describe the last obstacle.
+/// of what is being waited on. The error says what was last in the way.
 pub async fn wait(
     host: &str,
     port: u16,
     timeout: Duration,
     mut progress: impl FnMut(&str),
-) -> Result<String, String> {
+) -> Result<String, NoBanner> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut last_reported: Option<(String, Instant)> = None;
@@ -39,11 +50,12 @@ pub async fn wait(
     loop {
         let now = Instant::now();
         if now >= deadline {
-            let last = last_obstacle.unwrap_or_else(|| "no attempt finished".to_owned());
-            return Err(format!(
-                "timed out after {:.1}s waiting for SSH on {host}:{port} (last: {last})",
-                start.elapsed().as_secs_f64()
-            ));
+            return Err(NoBanner {
+                host: host.to_owned(),
+                port,
+                waited: start.elapsed().as_secs_f64(),
+                last: last_obstacle.unwrap_or_else(|| "no attempt finished".to_owned()),
+            });
         }
         if now >= next_attempt && attempts.len() < OUTSTANDING {
             let limit = ATTEMPT.min(deadline - now);
@@ -185,10 +197,12 @@ mod tests {
             seen.push(w.to_owned())
         })
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         let took = start.elapsed();
+        // Not before the deadline, and not an attempt's 1.5 s after it (room for load between).
         assert!(
-            took >= Duration::from_millis(700) && took < Duration::from_millis(1000),
+            took >= Duration::from_millis(700) && took < Duration::from_millis(2000),
             "{took:?}"
         );
         assert!(err.contains("connection refused"), "{err}");
@@ -213,7 +227,8 @@ mod tests {
             seen.push(w.to_owned())
         })
         .await
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("not an SSH server"), "{err}");
     }
 }

@@ -18,7 +18,7 @@
 
 mod archive;
 pub mod driver;
-mod handshake;
+pub mod handshake;
 mod record;
 pub mod remote;
 mod steps;

@@ -23,7 +23,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 
 use super::archive::write_archive;
 use super::driver::{self, Marker, Session};
-use super::handshake;
+use super::handshake::{self, NoBanner};
 use crate::ssh::{Connection, Tail, Target, lines};
 
 /// How the pipeline reaches a guest. Object-safe, so a run holds `Arc<dyn Remote>`.
@@ -36,7 +36,7 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         port: u16,
         timeout: Duration,
         progress: &'a mut (dyn FnMut(&str) + Send),
-    ) -> BoxFuture<'a, Result<String, String>>;
+    ) -> BoxFuture<'a, Result<String, NoBanner>>;
 
     /// Connects to `target` and runs the driver for `session`, sending [`Note`]s:
     /// [`Note::Authenticated`] first (once the guest has accepted us), then what the driver
@@ -46,7 +46,20 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         target: Target,
         session: &'a Session<'a>,
         notes: UnboundedSender<Note>,
-    ) -> BoxFuture<'a, Result<Ended, String>>;
+    ) -> BoxFuture<'a, Result<Ended, SessionError>>;
+}
+
+/// Why a guest session could not run at all (nothing reached the guest).
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    ScriptName(#[from] driver::BadScriptName),
+    #[error("cannot create a pipe for the session's input")]
+    Pipe(#[source] std::io::Error),
+    #[error(transparent)]
+    Ssh(#[from] crate::ssh::SshError),
+    #[error("ssh: cannot wait for it to end")]
+    Wait(#[source] std::io::Error),
 }
 
 /// The user's OpenSSH client.
@@ -60,7 +73,7 @@ impl Remote for OpenSsh {
         port: u16,
         timeout: Duration,
         progress: &'a mut (dyn FnMut(&str) + Send),
-    ) -> BoxFuture<'a, Result<String, String>> {
+    ) -> BoxFuture<'a, Result<String, NoBanner>> {
         Box::pin(handshake::wait(host, port, timeout, progress))
     }
 
@@ -69,7 +82,7 @@ impl Remote for OpenSsh {
         target: Target,
         session: &'a Session<'a>,
         notes: UnboundedSender<Note>,
-    ) -> BoxFuture<'a, Result<Ended, String>> {
+    ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         Box::pin(self::session(target, session, notes))
     }
 }
@@ -114,25 +127,24 @@ async fn session(
     target: Target,
     s: &Session<'_>,
     notes: UnboundedSender<Note>,
-) -> Result<Ended, String> {
+) -> Result<Ended, SessionError> {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
     let nonce = crate::ids::random_hex(8);
-    let script_name = driver::script_name(s.script).map_err(|e| e.to_string())?;
+    let script_name = driver::script_name(s.script)?;
     let driver::Invocation {
         command,
         agent_block,
     } = driver::invocation(s, &script_name, &nonce, crate::vizier::health::INTERVAL);
-    let (reader, writer) = std::io::pipe().map_err(|e| format!("cannot create a pipe: {e}"))?;
+    let (reader, writer) = std::io::pipe().map_err(SessionError::Pipe)?;
     let mut conn = Connection::spawn(
         target,
         &command,
         reader.into(),
         Stdio::piped(),
         Stdio::piped(),
-    )
-    .map_err(|e| format!("{e}"))?;
+    )?;
     let env_block = driver::env_block(s.env);
     let (script, payload) = (s.script.to_owned(), s.payload.map(Path::to_owned));
     let feeder = tokio::task::spawn_blocking(move || {
@@ -230,7 +242,7 @@ async fn session(
             (Some(Tail::new(conn, lines)), None)
         }
         None => {
-            let status = conn.child().wait().await.map_err(|e| format!("ssh: {e}"))?;
+            let status = conn.child().wait().await.map_err(SessionError::Wait)?;
             (None, Some(status))
         }
     };

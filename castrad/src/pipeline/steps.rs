@@ -216,7 +216,10 @@ impl Run {
                 let port = target.port;
                 match remote.probe(&target.host, port, left, &mut report).await {
                     Ok(line) => banner = Some(line),
-                    Err(e) => return self.record.checked(Step::WaitHandshake, t, Err(e)),
+                    Err(e) => {
+                        let e = e.to_string();
+                        return self.record.checked(Step::WaitHandshake, t, Err(e));
+                    }
                 }
                 target.connect_timeout = Duration::from_secs(b.handshake_timeout_secs.clamp(1, 30));
             }
@@ -279,13 +282,13 @@ impl Run {
             loop {
                 tokio::select! {
                     biased;
-                    Some(note) = rx.recv() => self.on_note(note, &mut st),
+                    Some(note) = rx.recv() => self.feed(note, &mut st),
                     ended = &mut run => break ended,
                 }
             }
         };
         while let Ok(note) = rx.try_recv() {
-            self.on_note(note, &mut st);
+            self.feed(note, &mut st);
         }
         if st.step == Step::WaitHandshake {
             return match ended {
@@ -298,7 +301,10 @@ impl Run {
                     since,
                     Err("ssh ended without a word".into()),
                 )),
-                Err(e) => Ok(self.record.checked(Step::WaitHandshake, since, Err(e))),
+                Err(e) => {
+                    let e = crate::error::one_line(&e);
+                    Ok(self.record.checked(Step::WaitHandshake, since, Err(e)))
+                }
             };
         }
         self.record.mirror_vizier_log(&st.vizier_log);
@@ -319,7 +325,10 @@ impl Run {
         }
         let ended = match ended {
             Ok(ended) => ended,
-            Err(e) => return Ok(self.record.checked(st.step, st.since, Err(e))),
+            Err(e) => {
+                let e = crate::error::one_line(&e);
+                return Ok(self.record.checked(st.step, st.since, Err(e)));
+            }
         };
         if !st.done {
             let why = if let Some(e) = ended.send_error {
@@ -351,7 +360,7 @@ impl Run {
     }
 
     /// Advances the step machine on one note from the guest session.
-    fn on_note(&mut self, note: Note, st: &mut Steps) {
+    fn feed(&mut self, note: Note, st: &mut Steps) {
         match note {
             Note::Authenticated => {
                 let detail = std::mem::take(&mut st.handshake_detail);
@@ -399,18 +408,7 @@ impl Run {
             return;
         }
         let lines = st.banner.take().unwrap_or_default();
-        let result = crate::vizier::parse_banner(&lines[0], &lines[1]).and_then(|b| {
-            if b.version == crate::vizier::VERSION {
-                Ok(b)
-            } else {
-                Err(format!(
-                    "the agent answering is version {}, not {}",
-                    b.version,
-                    crate::vizier::VERSION
-                ))
-            }
-        });
-        match result {
+        match crate::vizier::parse_own_banner(&lines[0], &lines[1]) {
             Ok(banner) => {
                 let detail = format!("vizier {} (pid {})", banner.version, banner.pid);
                 self.ctx.snapshot.send_modify(|s| {

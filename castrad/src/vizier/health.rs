@@ -84,7 +84,7 @@ pub fn parse_report(first: &str, next: Option<&str>) -> Option<Seen> {
     }
     Some(match parse_banner(first, next.unwrap_or("")) {
         Ok(banner) => Seen::Alive(banner),
-        Err(e) => Seen::Gone(e),
+        Err(e) => Seen::Gone(e.to_string()),
     })
 }
 

@@ -4,7 +4,7 @@
 //! This module owns what castrad knows about the agent: its version (part of every artifact
 //! hash, so a new agent re-runs bootstrap), the script text, where it lives in a guest, and
 //! how to read its banner. The guest-side steps themselves run in the pipeline's session
-//! driver (`pipeline/remote.rs`); the health check, one long-lived `watch` session per VM, in
+//! driver (`pipeline/driver.sh`); the health check, one long-lived `watch` session per VM, in
 //! `health.rs`.
 
 pub mod health;
@@ -44,22 +44,44 @@ pub struct Banner {
     pub now: i64,
 }
 
+/// Why a banner is not one castrad accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum BannerError {
+    #[error("expected the banner VIZIER/{PROTOCOL}, got {0:?}")]
+    Protocol(String),
+    #[error("unreadable banner {json:?}: {source}")]
+    Unreadable {
+        json: String,
+        source: serde_json::Error,
+    },
+    #[error("the agent's last heartbeat is {0} s old: it is hung")]
+    Hung(i64),
+    #[error("the agent answering is version {0}, not {VERSION}")]
+    Version(String),
+}
+
 /// Parses the two banner lines; checks the protocol and that the heartbeat is fresh.
-pub fn parse_banner(first: &str, json: &str) -> Result<Banner, String> {
-    let expected = format!("VIZIER/{PROTOCOL}");
-    if first.trim() != expected {
-        return Err(format!(
-            "expected the banner {expected}, got {:?}",
-            first.trim()
-        ));
+pub fn parse_banner(first: &str, json: &str) -> Result<Banner, BannerError> {
+    if first.trim() != format!("VIZIER/{PROTOCOL}") {
+        return Err(BannerError::Protocol(first.trim().to_owned()));
     }
-    let banner: Banner = serde_json::from_str(json.trim())
-        .map_err(|e| format!("unreadable banner {json:?}: {e}"))?;
-    let age = banner.now - banner.heartbeat;
+    let banner: Banner =
+        serde_json::from_str(json.trim()).map_err(|source| BannerError::Unreadable {
+            json: json.to_owned(),
+            source,
+        })?;
+    let age = banner.now.saturating_sub(banner.heartbeat);
     if age > HEARTBEAT_STALE_SECS {
-        return Err(format!(
-            "the agent's last heartbeat is {age} s old: it is hung"
-        ));
+        return Err(BannerError::Hung(age));
+    }
+    Ok(banner)
+}
+
+/// [`parse_banner`], and the agent must be this castrad's version.
+pub fn parse_own_banner(first: &str, json: &str) -> Result<Banner, BannerError> {
+    let banner = parse_banner(first, json)?;
+    if banner.version != VERSION {
+        return Err(BannerError::Version(banner.version));
     }
     Ok(banner)
 }
@@ -96,14 +118,24 @@ mod tests {
         )
         .unwrap();
         assert_eq!((ok.version.as_str(), ok.pid), ("0.1.0", 42));
-        let err = parse_banner("VIZIER/2", "{}").unwrap_err();
+        let err = parse_banner("VIZIER/2", "{}").unwrap_err().to_string();
         assert!(err.contains("expected the banner VIZIER/1"), "{err}");
         let hung = parse_banner(
             "VIZIER/1",
             r#"{"version":"0.1.0","pid":42,"started_at":100,"heartbeat":100,"now":200}"#,
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(hung.contains("100 s old"), "{hung}");
+        let old = parse_own_banner(
+            "VIZIER/1",
+            r#"{"version":"0.0.9","pid":42,"started_at":100,"heartbeat":120,"now":121}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            old.to_string(),
+            format!("the agent answering is version 0.0.9, not {VERSION}")
+        );
     }
 
     #[test]

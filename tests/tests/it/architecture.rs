@@ -1,6 +1,7 @@
 //! ARCHITECTURE.md's claims, checked against the code: the layers of castrad's modules (no
 //! import cycles, no upward import but the ones the document names), which modules use the
-//! wire types, and that only `state_root` builds paths under the state directory.
+//! wire types and `anyhow`, that only `state_root` builds paths under the state directory,
+//! that every file the document names exists, and that no source file grows past 800 lines.
 //!
 //! The import graph is read from the source text (`crate::`, `super::`, `self::` paths and
 //! `use` of child modules), outside `#[cfg(test)] mod tests`. It is a reading, not a compiler:
@@ -536,4 +537,76 @@ fn only_state_root_builds_paths_under_the_state_directory() {
             "{module} builds a StateRoot by hand"
         );
     }
+}
+
+#[test]
+fn anyhow_stays_at_the_binary_edge() {
+    let users: BTreeSet<String> = castrad_modules()
+        .into_iter()
+        .filter(|(_, (_, text))| text.contains("anyhow"))
+        .map(|(m, _)| m)
+        .collect();
+    let edge: BTreeSet<String> = ["cli", "rpc::server"].map(str::to_owned).into();
+    assert!(
+        users.is_subset(&edge),
+        "anyhow outside cli.rs and rpc/server.rs: {:?}",
+        users.difference(&edge).collect::<Vec<_>>()
+    );
+    assert!(architecture_md().contains("`anyhow` is used only at the binary edge"));
+}
+
+#[test]
+fn every_file_architecture_md_names_exists() {
+    let doc = architecture_md();
+    let root = workspace();
+    let mut checked = 0;
+    // A file named under a `### `folder/`` heading may be relative to that folder (or its
+    // `src/`, or `tests/it/` for the tests crate).
+    let mut bases: Vec<PathBuf> = Vec::new();
+    for line in doc.lines() {
+        if line.starts_with("### ") {
+            bases = backticked(line)
+                .iter()
+                .flat_map(|w| {
+                    let p = root.join(w.trim_end_matches('/'));
+                    [
+                        p.clone(),
+                        p.join("src"),
+                        p.join("tests/it"),
+                        p.parent().unwrap().to_owned(),
+                    ]
+                })
+                .collect();
+        }
+        for word in backticked(line) {
+            let looks_like_file = [".rs", ".sh", ".md"].iter().any(|ext| word.ends_with(ext))
+                && !word.contains(' ')
+                && !word.contains('<');
+            if !looks_like_file {
+                continue;
+            }
+            let found = [root.clone(), root.join("castrad/src")]
+                .iter()
+                .chain(&bases)
+                .any(|base| base.join(&word).exists());
+            assert!(found, "ARCHITECTURE.md names {word}, which does not exist");
+            checked += 1;
+        }
+    }
+    assert!(checked > 40, "only {checked} file names found");
+}
+
+#[test]
+fn no_source_file_reaches_800_lines() {
+    let root = workspace();
+    let mut too_long = Vec::new();
+    for dir in ["castrad", "castractl", "tests"] {
+        for file in rust_files(&root.join(dir)) {
+            let lines = std::fs::read_to_string(&file).unwrap().lines().count();
+            if lines >= 800 {
+                too_long.push(format!("{} ({lines})", file.display()));
+            }
+        }
+    }
+    assert!(too_long.is_empty(), "split these files: {too_long:?}");
 }

@@ -40,8 +40,15 @@ pub struct Choice {
 
 const PVM: &str = "/dev/kvm is backed by kvm_pvm, which hangs stock guest kernels";
 
+/// `accel = "kvm"` on a host where KVM cannot run the guest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("accel = \"kvm\" is not usable here: {why}; use accel = \"tcg\" or \"auto\"")]
+pub struct KvmUnusable {
+    pub why: String,
+}
+
 /// Pure: the choice for `setting` on a host described by `probe`.
-pub fn choose(setting: AccelSetting, probe: &KvmProbe) -> Result<Choice, String> {
+pub fn choose(setting: AccelSetting, probe: &KvmProbe) -> Result<Choice, KvmUnusable> {
     let kvm_ok = match (&probe.device, probe.pvm) {
         (Err(e), _) => Err(e.clone()),
         (Ok(()), true) => Err(PVM.to_owned()),
@@ -56,9 +63,7 @@ pub fn choose(setting: AccelSetting, probe: &KvmProbe) -> Result<Choice, String>
             accel: Accel::Kvm,
             reason: "kvm requested".into(),
         }),
-        (AccelSetting::Kvm, Err(why)) => Err(format!(
-            "accel = \"kvm\" is not usable here: {why}; use accel = \"tcg\" or \"auto\""
-        )),
+        (AccelSetting::Kvm, Err(why)) => Err(KvmUnusable { why }),
         (AccelSetting::Auto, Ok(())) => Ok(Choice {
             accel: Accel::Kvm,
             reason: "auto: /dev/kvm is usable".into(),
@@ -116,7 +121,9 @@ mod tests {
                 .accel,
             Accel::Kvm
         );
-        let err = choose(AccelSetting::Kvm, &host(Ok(()), true)).unwrap_err();
+        let err = choose(AccelSetting::Kvm, &host(Ok(()), true))
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("kvm_pvm") && err.contains("use accel = \"tcg\""),
             "{err}"

@@ -99,8 +99,7 @@ impl Backend for Qemu {
         Box::pin(async move {
             let paths = root.vm(&vm.name);
             let setting = self.accel_override.unwrap_or(vm.accel);
-            let choice =
-                accel::choose(setting, &accel::probe()).map_err(BackendError::Accelerator)?;
+            let choice = accel::choose(setting, &accel::probe())?;
             let ssh_port = match vm.ssh.port {
                 Some(port) => port,
                 None => process::free_port().map_err(BackendError::NoFreePort)?,
