@@ -8,6 +8,7 @@ mod fleet;
 mod plan;
 mod protocol_docs;
 mod qemu;
+mod scripts;
 mod sshd;
 mod support;
 mod vizier;
