@@ -112,11 +112,7 @@ impl Daemon {
 
     /// Where ControlMaster sockets live: beside castrad's socket (short, private paths).
     pub fn control_dir(&self) -> PathBuf {
-        self.settings
-            .socket
-            .parent()
-            .unwrap_or(Path::new("/tmp"))
-            .join("ssh")
+        crate::state_root::control_dir(&self.settings.socket)
     }
 
     /// The backend of VMs of `kind`.

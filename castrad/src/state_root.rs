@@ -10,6 +10,7 @@
 //!     vizier/<vm>/service.log                                 mirrored guest agent log
 //!     vms/<vm>/                                               per-VM files (VmPaths)
 //!     hash-cache/<sha256 of image path>.json                  base image hash cache
+//!     ssh/id_ed25519{,.pub}                                   the project's client key
 //! ```
 //!
 //! Invariant: VM names reaching this module were validated by `config` (file-name safe), so
@@ -103,6 +104,9 @@ impl StateRoot {
         VmPaths {
             overlay: dir.join("overlay.qcow2"),
             overlay_tmp: dir.join(".overlay.qcow2.tmp"),
+            seed: dir.join("seed.img"),
+            host_key_tmp: dir.join(".host-key.tmp"),
+            efi_vars: dir.join("efi-vars.fd"),
             disk_id: dir.join("disk-id"),
             known_hosts: dir.join("known_hosts"),
             qmp: dir.join("qmp.sock"),
@@ -126,6 +130,12 @@ impl StateRoot {
         )
     }
 
+    /// The project's SSH client key (private; `.pub` beside it), made once by castrad and put
+    /// into every cloud-init guest's authorized_keys.
+    pub fn project_key(&self) -> PathBuf {
+        self.root.join("ssh").join("id_ed25519")
+    }
+
     pub fn hash_cache_dir(&self) -> PathBuf {
         self.root.join("hash-cache")
     }
@@ -147,6 +157,12 @@ pub struct VmPaths {
     pub overlay: PathBuf,
     /// Where a new overlay is made before it is renamed into place.
     pub overlay_tmp: PathBuf,
+    /// The NoCloud seed (a FAT volume labelled cidata) of this disk.
+    pub seed: PathBuf,
+    /// Where ssh-keygen writes a new host key before castrad reads and removes it.
+    pub host_key_tmp: PathBuf,
+    /// The VM's UEFI variables (a copy of OVMF's template), discarded with the disk.
+    pub efi_vars: PathBuf,
     /// A random id given to each new overlay: the disk identity stamps are bound to.
     pub disk_id: PathBuf,
     /// The pinned SSH host key of the guest on this disk.
@@ -159,6 +175,12 @@ pub struct VmPaths {
     /// What castrad launched (pid, start time, ports): what re-adoption checks.
     pub launch: PathBuf,
     pub stamp: PathBuf,
+}
+
+/// Where ssh's control sockets go: beside castrad's socket, in its private runtime directory
+/// (Unix socket paths are limited to 108 bytes, so they must stay short).
+pub fn control_dir(socket: &Path) -> PathBuf {
+    socket.parent().unwrap_or(Path::new("/tmp")).join("ssh")
 }
 
 /// The state roots of every project under `base` that castrad has kept state for.

@@ -35,6 +35,9 @@ pub fn sample_vm(dir: &Path) -> Vm {
         ephemeral: false,
         accel: crate::config::AccelSetting::Auto,
         port_forwards: vec![],
+        disk_mib: None,
+        firmware: crate::config::Firmware::Bios,
+        cloud_init: crate::config::CloudInit::default(),
         ssh: Ssh::default(),
         bootstrap: Bootstrap {
             mode: BootstrapMode::Auto,
@@ -73,8 +76,10 @@ pub enum Probe {
 pub struct Fake {
     sessions: Mutex<VecDeque<Script>>,
     probes: Mutex<VecDeque<Probe>>,
-    /// What was called, in order: `probe` or `session <port>`.
+    /// What was called, in order: `probe`, `session <port>` or `login <port>`.
     calls: Mutex<Vec<String>>,
+    /// ssh's stderr for the next login, which then fails.
+    pub denied: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -83,6 +88,7 @@ impl Fake {
             sessions: Mutex::new(sessions.into()),
             probes: Mutex::new(probes.into()),
             calls: Mutex::default(),
+            denied: Mutex::default(),
         })
     }
 
@@ -92,6 +98,22 @@ impl Fake {
 }
 
 impl Remote for Fake {
+    /// A login succeeds unless `denied` says otherwise.
+    fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("login {}", target.port));
+        let denied = self.denied.lock().unwrap().take();
+        Box::pin(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            match denied {
+                Some(stderr) => Err(crate::ssh::classify(&target, &stderr)),
+                None => Ok(()),
+            }
+        })
+    }
+
     fn probe<'a>(
         &'a self,
         _host: &'a str,

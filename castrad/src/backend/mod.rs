@@ -160,6 +160,13 @@ pub enum BackendError {
     NoFreePort(#[source] std::io::Error),
     #[error("castrad does not start or stop {0} VMs")]
     NotOwned(BackendKind),
+    #[error(transparent)]
+    Key(#[from] crate::ssh::keys::KeyError),
+    #[error("firmware = \"uefi\" needs OVMF ({code}, {vars}): apt-get install ovmf")]
+    NoFirmware {
+        code: &'static str,
+        vars: &'static str,
+    },
 }
 
 /// Why VMs cannot start; nothing was started.

@@ -221,6 +221,44 @@ pub struct PortForward {
     pub protocol: Protocol,
 }
 
+/// The firmware a QEMU VM boots with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Firmware {
+    /// SeaBIOS, QEMU's default.
+    #[default]
+    Bios,
+    /// OVMF (the distribution's), with per-VM NVRAM variables.
+    Uefi,
+}
+
+impl Firmware {
+    pub fn parse(s: &str) -> Option<Firmware> {
+        match s {
+            "bios" => Some(Firmware::Bios),
+            "uefi" => Some(Firmware::Uefi),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+        }
+    }
+}
+
+/// `[vms.cloud_init]`: what castrad's NoCloud seed gives a QEMU VM.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct CloudInit {
+    /// Attach a seed (default true for QEMU VMs; the busybox test guest turns it off).
+    pub enabled: bool,
+    /// Public key files whose keys join castrad's own in the user's authorized_keys.
+    pub authorized_keys: Vec<PathBuf>,
+    /// The user's own cloud-config, merged with castrad's part.
+    pub user_data: Option<PathBuf>,
+}
+
 /// How castrad reaches a VM over SSH.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ssh {
@@ -285,6 +323,10 @@ pub struct Vm {
     /// Which accelerator QEMU should use (default auto: KVM when it can run a stock guest).
     pub accel: AccelSetting,
     pub port_forwards: Vec<PortForward>,
+    /// The disk's virtual size in MiB (None: the base image's).
+    pub disk_mib: Option<u64>,
+    pub firmware: Firmware,
+    pub cloud_init: CloudInit,
     /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
     pub ssh: Ssh,
     pub bootstrap: Bootstrap,

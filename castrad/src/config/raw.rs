@@ -51,8 +51,19 @@ pub(super) struct RawVm {
     pub(super) ephemeral: Option<Spanned<bool>>,
     pub(super) accel: Option<Spanned<String>>,
     pub(super) port_forwards: Option<Spanned<Vec<RawPortForward>>>,
+    pub(super) disk: Option<Spanned<RawMemory>>,
+    pub(super) firmware: Option<Spanned<String>>,
     pub(super) ssh: Option<RawSsh>,
+    pub(super) cloud_init: Option<Spanned<RawCloudInit>>,
     pub(super) bootstrap: Option<RawVmBootstrap>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCloudInit {
+    pub(super) enabled: Option<bool>,
+    pub(super) authorized_keys: Option<Vec<Spanned<String>>>,
+    pub(super) user_data: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -196,6 +196,22 @@ pub(super) fn validate_vm(
     apply_ssh_defaults(&mut ssh, backend);
     let (bootstrap, remote_dir_origin) =
         validate_vm_bootstrap(src, defaults, raw.bootstrap.as_ref(), &key, &mut files)?;
+    let disk_mib = raw
+        .disk
+        .as_ref()
+        .map(|d| disk_mib(src, d, &k("disk")))
+        .transpose()?;
+    let firmware = match &raw.firmware {
+        None => Firmware::Bios,
+        Some(f) => Firmware::parse(f.get_ref()).ok_or_else(|| {
+            let message = format!(
+                "unknown firmware {:?}; expected \"bios\" or \"uefi\"",
+                f.get_ref()
+            );
+            src.at(f, &k("firmware"), message)
+        })?,
+    };
+    let cloud_init = validate_cloud_init(src, raw.cloud_init.as_ref(), &key, backend, &mut files)?;
     let template = Vm {
         name: declared_name.clone(),
         declared_name,
@@ -211,6 +227,9 @@ pub(super) fn validate_vm(
         ephemeral: raw.ephemeral.as_ref().is_some_and(|e| *e.get_ref()),
         accel,
         port_forwards,
+        disk_mib,
+        firmware,
+        cloud_init,
         ssh,
         bootstrap,
     };
@@ -245,6 +264,9 @@ pub(super) fn check_external(src: &Source<'_>, raw: &RawVm, key: &str) -> Result
         ("accel", raw.accel.as_ref().map(Spanned::span)),
         ("cpus", raw.cpus.as_ref().map(Spanned::span)),
         ("memory", raw.memory.as_ref().map(Spanned::span)),
+        ("disk", raw.disk.as_ref().map(Spanned::span)),
+        ("firmware", raw.firmware.as_ref().map(Spanned::span)),
+        ("cloud_init", raw.cloud_init.as_ref().map(Spanned::span)),
     ];
     for (name, span) in forbidden {
         if let Some(span) = span {
@@ -262,6 +284,48 @@ pub(super) fn check_external(src: &Source<'_>, raw: &RawVm, key: &str) -> Result
         return Err(src.at(&raw.name, &join_key(key, "ssh.host"), message));
     }
     Ok(())
+}
+
+/// `[vms.cloud_init]`: on by default for QEMU VMs (a stock cloud image needs it to let anyone
+/// in); extra authorized keys (`~/` expands) and the user's cloud-config must exist.
+fn validate_cloud_init(
+    src: &Source<'_>,
+    raw: Option<&Spanned<RawCloudInit>>,
+    vm_key: &str,
+    backend: BackendKind,
+    files: &mut Vec<FileCheck>,
+) -> Result<CloudInit, ConfigError> {
+    let key = join_key(vm_key, "cloud_init");
+    let mut cloud_init = CloudInit {
+        enabled: backend == BackendKind::Qemu,
+        authorized_keys: Vec::new(),
+        user_data: None,
+    };
+    let Some(raw) = raw.map(Spanned::get_ref) else {
+        return Ok(cloud_init);
+    };
+    if let Some(enabled) = raw.enabled {
+        cloud_init.enabled = enabled;
+    }
+    for (i, path) in raw.authorized_keys.iter().flatten().enumerate() {
+        let k = format!("{key}.authorized_keys[{i}]");
+        let resolved = identity_path(src, path, &k)?;
+        files.push(FileCheck {
+            key: k,
+            span: path.span(),
+            path: resolved.clone(),
+            directory_ok: false,
+        });
+        cloud_init.authorized_keys.push(resolved);
+    }
+    cloud_init.user_data = file_path(
+        src,
+        raw.user_data.as_ref(),
+        &join_key(&key, "user_data"),
+        false,
+        files,
+    )?;
+    Ok(cloud_init)
 }
 
 pub(super) fn check_qemu(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(), ConfigError> {

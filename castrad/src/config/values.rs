@@ -113,6 +113,23 @@ pub(super) fn memory_mib(
     parsed.map_err(|message| src.at(value, key, message))
 }
 
+/// `disk`: a size like `"20 GiB"` (or an integer number of MiB), at least 1 MiB.
+pub(super) fn disk_mib(
+    src: &Source<'_>,
+    value: &Spanned<RawMemory>,
+    key: &str,
+) -> Result<u64, ConfigError> {
+    let expected = "expected a size like \"20 GiB\", \"512 MiB\" or an integer number of MiB";
+    let parsed = match value.get_ref() {
+        RawMemory::Int(n) if *n >= 1 => Ok(*n as u64),
+        RawMemory::Int(n) => Err(format!("disk must be at least 1 MiB, got {n}; {expected}")),
+        RawMemory::Text(text) => {
+            parse_memory_mib(text).map_err(|_| format!("invalid disk size {text:?}; {expected}"))
+        }
+    };
+    parsed.map_err(|message| src.at(value, key, message))
+}
+
 /// Parses `"2 GiB"`, `"512 MiB"`, `"2GiB"`, `"2G"`, `"1024"` (MiB) into MiB.
 pub fn parse_memory_mib(text: &str) -> Result<u64, String> {
     let invalid = || format!("invalid memory size {text:?}; {MEMORY_EXPECTED}");

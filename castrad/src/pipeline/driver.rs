@@ -25,6 +25,12 @@ pub const ERROR_MARKER: &str = "CASTRA_ERROR:";
 /// the driver prints them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Marker {
+    /// `cloud-init <0|1|127> <detail>`: cloud-init has finished (`done`), failed (its own
+    /// words), or is not installed. First, and only when the session asked to wait for it.
+    CloudInit {
+        ok: bool,
+        detail: String,
+    },
     /// `vizier-install <0|1> <detail>`: the agent's file is in place, or cannot be written.
     VizierInstall {
         ok: bool,
@@ -76,6 +82,7 @@ impl Marker {
         let detail = detail.trim().to_owned();
         let ok = code == Some(0);
         Some(match name {
+            "cloud-init" => Marker::CloudInit { ok, detail },
             "vizier-install" => Marker::VizierInstall { ok, detail },
             "vizier-enable" => Marker::VizierEnable { ok, detail },
             "vizier-log" => Marker::VizierLog,
@@ -107,6 +114,8 @@ pub struct Session<'a> {
     pub verify_command: Option<&'a str>,
     pub verify_path: Option<&'a str>,
     pub vizier_dir: Option<&'a str>,
+    /// Wait for cloud-init to finish before anything else.
+    pub cloud_init_wait: bool,
 }
 
 /// The driver's remote command line, and what goes on stdin before the env block: the
@@ -142,6 +151,7 @@ pub fn invocation(
     let agent_word = words.len();
     words.push(agent.clone());
     words.push(watch_every.as_secs().to_string());
+    words.push(if session.cloud_init_wait { "1" } else { "" }.into());
     words.extend(session.program.iter().cloned());
     let command = command_line(&words);
     if command.len() <= COMMAND_LIMIT {
@@ -225,6 +235,7 @@ mod tests {
             .arg(crate::vizier::VERSION)
             .arg(if agent_on_stdin { "-" } else { &agent })
             .arg("") // no watch after `done`: the session ends
+            .arg("") // no cloud-init to wait for
             .args(["sh", "./run.sh"])
             .stdin(reader)
             .stdout(Stdio::piped())
@@ -391,6 +402,7 @@ mod tests {
             crate::vizier::VERSION.into(),
             crate::vizier::agent_script(),
             "2".into(),
+            "1".into(),
             "./run.sh".into(),
         ];
         let len = command_line(&words).len();
@@ -414,6 +426,20 @@ mod tests {
     #[test]
     fn markers_parse_into_their_variants() {
         let cases = [
+            (
+                "cloud-init 0 done",
+                Some(Marker::CloudInit {
+                    ok: true,
+                    detail: "done".into(),
+                }),
+            ),
+            (
+                "cloud-init 1 status: error",
+                Some(Marker::CloudInit {
+                    ok: false,
+                    detail: "status: error".into(),
+                }),
+            ),
             (
                 "vizier-install 0 installed /opt/v.sh",
                 Some(Marker::VizierInstall {
@@ -490,6 +516,7 @@ mod tests {
             verify_command: Some(verify),
             verify_path: None,
             vizier_dir: None,
+            cloud_init_wait: false,
         };
         let short = invocation(
             &session("true"),

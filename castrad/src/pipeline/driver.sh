@@ -11,7 +11,7 @@
 # <remote_dir>/.vizier otherwise), the agent's version and text (an argument, because the
 # shell's `read` takes a pipe one byte per system call; "-" when it comes first on stdin
 # instead, past ssh::COMMAND_LIMIT), the health check's interval in seconds ("" = end the
-# session at `done`), then the program to run. Stdin: [the agent block,] the env block (a
+# session at `done`), whether to wait for cloud-init first ("" = no), then the program. Stdin: [the agent block,] the env block (a
 # line count, then quoted assignments), the tar archive.
 #
 # After `done` the session becomes the agent's `watch` (the Vizier health check's reports),
@@ -22,10 +22,24 @@
 # for only when needed, and a rerun skips what is already in place.
 set -e
 nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; vver=$7; agent=$8; every=$9; shift 9
+ciwait=$1; shift
 m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
 if [ "$agent" = - ]; then block; agent=$out; fi
+# A cloud-init guest is bootstrapped only once cloud-init has finished: its result file says so
+# at once (no Python start-up); otherwise `cloud-init status --wait` waits, and on errors its
+# own words are reported.
+if [ -n "$ciwait" ]; then
+  cires=/run/cloud-init/result.json
+  if [ -e "$cires" ] && tr -d ' \n' <"$cires" | grep -q '"errors":\[\]'; then m cloud-init 0 done
+  elif ! command -v cloud-init >/dev/null; then m cloud-init 127 "cloud-init is not installed in the guest"; exit 0
+  else
+    cistatus=$(cloud-init status --wait --long 2>&1 | tr -s '\n' ' ' | cut -c1-600)
+    if [ -e "$cires" ] && tr -d ' \n' <"$cires" | grep -q '"errors":\[\]'; then m cloud-init 0 done
+    else m cloud-init 1 "$cistatus"; exit 0; fi
+  fi
+fi
 uid=
 root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
 if [ -n "$vdir" ]; then vlog=$vdir/service.log

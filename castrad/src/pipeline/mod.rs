@@ -116,6 +116,13 @@ pub async fn run(ctx: Ctx, job: Job) -> Finished {
         }
     };
     publish(Event::BootstrapPlanned(planner::planned(&vm, plan.clone())));
+    // A VM this job booted is usable when `up` returns, whatever its bootstrap does.
+    if job.booting
+        && plan.action != Action::Run
+        && let Err(error) = steps::wait_ready(&ctx, &job).await
+    {
+        return record_failure(&ctx, &job, started, error).into();
+    }
 
     let ms = |since: Instant| since.elapsed().as_millis() as u64;
     match plan.action {

@@ -47,6 +47,10 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
         session: &'a Session<'a>,
         notes: UnboundedSender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>>;
+
+    /// Logs in to `target` and runs nothing but `true`: the guest accepts us. Err says why
+    /// not (as ssh said it).
+    fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>>;
 }
 
 /// Why a guest session could not run at all (nothing reached the guest).
@@ -84,6 +88,28 @@ impl Remote for OpenSsh {
         notes: UnboundedSender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         Box::pin(self::session(target, session, notes))
+    }
+
+    fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
+        Box::pin(async move {
+            let mut conn =
+                Connection::spawn(target, "true", Stdio::null(), Stdio::null(), Stdio::piped())?;
+            let mut stderr = String::new();
+            if let Some(mut e) = conn.child().stderr.take() {
+                use tokio::io::AsyncReadExt;
+                // ssh's own words, a line or two; bounded all the same.
+                let _ = (&mut e).take(16 << 10).read_to_string(&mut stderr).await;
+            }
+            let status = conn
+                .child()
+                .wait()
+                .await
+                .map_err(crate::ssh::SshError::Spawn)?;
+            if status.success() {
+                return Ok(());
+            }
+            Err(crate::ssh::classify(conn.target(), &stderr))
+        })
     }
 }
 

@@ -25,6 +25,9 @@ use crate::vm::state::{self, State};
 /// before `wait-handshake` falls back to probing for its banner.
 const DIRECT_ATTEMPT: Duration = Duration::from_secs(3);
 
+/// Where cloud-init writes what it did, in the guest.
+const CLOUD_INIT_LOGS: &str = "/var/log/cloud-init.log, /var/log/cloud-init-output.log";
+
 /// A guest session that ended before ssh authenticated: why (its retry may help).
 struct Unreached(ssh::SshError);
 
@@ -56,6 +59,10 @@ struct Steps {
     banner: Option<Vec<String>>,
     /// wait-handshake's detail, for when ssh has authenticated.
     handshake_detail: String,
+    /// ssh has authenticated (wait-handshake may still wait for cloud-init).
+    authenticated: bool,
+    /// wait-handshake ends only at the driver's `cloud-init` marker.
+    cloud_init_wait: bool,
     done: bool,
 }
 
@@ -73,6 +80,8 @@ impl Steps {
             vizier_log: String::new(),
             banner: None,
             handshake_detail,
+            authenticated: false,
+            cloud_init_wait: false,
             done: false,
         }
     }
@@ -84,6 +93,68 @@ fn tail(stderr: &str) -> String {
         "" => String::new(),
         line => format!(": {line}"),
     }
+}
+
+/// For a VM this job has just booted whose bootstrap is a NoOp or a Skip: waits until the
+/// guest accepts us (its SSH banner, then a login that runs nothing), saying what it waits on
+/// as `wait-handshake` does, so `up` never returns a VM that cannot be used yet. Nothing is
+/// run in the guest and nothing is written. Err: why the guest did not become reachable.
+pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
+    let vm = &job.vm;
+    let endpoint = job
+        .endpoint
+        .clone()
+        .ok_or_else(|| RunError::NoPort.to_string())?;
+    let t = Instant::now();
+    let timeout = Duration::from_secs(vm.bootstrap.handshake_timeout_secs);
+    let deadline = t + timeout;
+    let progress = |waiting_on: &str| {
+        ctx.snapshot.send_modify(|s| {
+            s.current_step = Some(Step::WaitHandshake);
+            s.waiting_on = Some(waiting_on.to_owned());
+        });
+        ctx.bus.publish(
+            Some(&job.operation),
+            Event::BootstrapProgress {
+                vm: vm.name.clone(),
+                step: Step::WaitHandshake,
+                waiting_on: waiting_on.to_owned(),
+                elapsed_ms: t.elapsed().as_millis() as u64,
+            },
+        );
+    };
+    let target = Target::for_vm(
+        vm,
+        &endpoint,
+        &ctx.root,
+        ssh::control_path(
+            &ctx.control_dir,
+            &format!("ready-{}", crate::ids::random_hex(6)),
+        ),
+        Duration::from_secs(vm.bootstrap.handshake_timeout_secs.clamp(1, 30)),
+    );
+    let result = loop {
+        let mut report = progress;
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(e) = ctx
+            .remote
+            .probe(&target.host, target.port, left, &mut report)
+            .await
+        {
+            break Err(e.to_string());
+        }
+        progress(&format!("authentication as {}", target.display()));
+        match ctx.remote.login(target.clone()).await {
+            Ok(()) => break Ok(()),
+            Err(e) if e.unreached() && Instant::now() < deadline => progress(&e.to_string()),
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    ctx.snapshot.send_modify(|s| {
+        s.current_step = None;
+        s.waiting_on = None;
+    });
+    result.map_err(|e| format!("wait-handshake: {e}"))
 }
 
 /// An executing run.
@@ -203,7 +274,7 @@ impl Run {
         let mut target = Target::for_vm(
             &vm,
             &endpoint,
-            self.ctx.root.vm(&vm.name).known_hosts,
+            &self.ctx.root,
             ssh::control_path(&self.ctx.control_dir, &self.record.run_id),
             DIRECT_ATTEMPT.min(timeout),
         );
@@ -224,7 +295,10 @@ impl Run {
                 target.connect_timeout = Duration::from_secs(b.handshake_timeout_secs.clamp(1, 30));
             }
             progress(&format!("authentication as {}", target.display()));
-            match self.session(target.clone(), t, banner.as_deref()).await {
+            match self
+                .session(target.clone(), t, deadline, banner.as_deref())
+                .await
+            {
                 Err(Unreached(e)) if !probe && e.unreached() && Instant::now() < deadline => {
                     progress(&e.to_string());
                     probe = true; // then try again
@@ -246,6 +320,7 @@ impl Run {
         &mut self,
         target: Target,
         since: Instant,
+        deadline: Instant,
         banner: Option<&str>,
     ) -> Result<Result<Applied, RunError>, Unreached> {
         let vm = self.job.vm.clone();
@@ -268,29 +343,45 @@ impl Run {
             verify_command: b.verify_command.as_deref(),
             verify_path: b.verify_path.as_deref(),
             vizier_dir: b.vizier_dir.as_deref(),
+            cloud_init_wait: vm.cloud_init.enabled,
         };
         let handshake_detail = match banner {
             Some(line) => format!("{line}; authenticated as {who}"),
             None => format!("authenticated as {who}"),
         };
         let mut st = Steps::new(since, handshake_detail);
+        st.cloud_init_wait = session.cloud_init_wait;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let remote = self.ctx.remote.clone();
         let ended = {
             let run = remote.session(target.clone(), &session, tx);
             tokio::pin!(run);
             loop {
+                // The handshake's deadline also covers cloud-init, once ssh got in.
+                let waiting = st.authenticated && st.step == Step::WaitHandshake;
                 tokio::select! {
                     biased;
                     Some(note) = rx.recv() => self.feed(note, &mut st),
-                    ended = &mut run => break ended,
+                    ended = &mut run => break Some(ended),
+                    _ = tokio::time::sleep_until(deadline), if waiting && st.failure.is_none() => {
+                        let secs = vm.bootstrap.handshake_timeout_secs;
+                        let e = format!(
+                            "timed out after {secs}s waiting for cloud-init to finish in the guest \
+                             (its logs there: {CLOUD_INIT_LOGS})"
+                        );
+                        self.fail_step(&mut st, Step::WaitHandshake, e);
+                        break None; // dropping the session ends it
+                    }
                 }
             }
         };
         while let Ok(note) = rx.try_recv() {
             self.feed(note, &mut st);
         }
-        if st.step == Step::WaitHandshake {
+        let Some(ended) = ended else {
+            return Ok(Err(st.failure.expect("the timeout was recorded")));
+        };
+        if !st.authenticated {
             return match ended {
                 Ok(Ended {
                     unauthenticated: Some(stderr),
@@ -363,6 +454,19 @@ impl Run {
     fn feed(&mut self, note: Note, st: &mut Steps) {
         match note {
             Note::Authenticated => {
+                st.authenticated = true;
+                if st.cloud_init_wait {
+                    let waiting_on = "cloud-init to finish in the guest".to_owned();
+                    self.record
+                        .set_step(Some(Step::WaitHandshake), Some(waiting_on.clone()));
+                    self.record.publish(Event::BootstrapProgress {
+                        vm: self.vm().to_owned(),
+                        step: Step::WaitHandshake,
+                        waiting_on,
+                        elapsed_ms: st.since.elapsed().as_millis() as u64,
+                    });
+                    return;
+                }
                 let detail = std::mem::take(&mut st.handshake_detail);
                 self.advance(st, Step::WaitHandshake, Some(detail), Step::VizierInstall);
             }
@@ -434,6 +538,16 @@ impl Run {
     fn on_marker(&mut self, marker: Marker, st: &mut Steps) {
         let b = self.job.vm.bootstrap.clone();
         match marker {
+            Marker::CloudInit { ok: true, detail } => {
+                let detail = format!("{}; cloud-init: {detail}", st.handshake_detail);
+                self.advance(st, Step::WaitHandshake, Some(detail), Step::VizierInstall);
+            }
+            Marker::CloudInit { ok: false, detail } => {
+                let e = format!(
+                    "cloud-init failed in the guest: {detail} (its logs there: {CLOUD_INIT_LOGS})"
+                );
+                self.fail_step(st, Step::WaitHandshake, e);
+            }
             Marker::VizierInstall { ok: true, detail } => {
                 self.advance(st, Step::VizierInstall, Some(detail), Step::VizierEnable);
             }

@@ -400,3 +400,169 @@ async fn a_rerun_after_success_is_a_noop_without_touching_the_guest() {
     assert_eq!(again.status, OutcomeStatus::NoOp);
     assert_eq!(bench.fake.calls(), ["session 2222"], "one session in all");
 }
+
+/// `up_to_transfer`, with the driver's cloud-init marker right after authentication.
+fn with_cloud_init(marker_: Marker) -> Vec<(Duration, Note)> {
+    let mut notes = up_to_transfer();
+    notes.insert(1, (Duration::from_secs(20), Note::Marker(marker_)));
+    notes
+}
+
+fn cloud_init_bench(fake: Arc<Fake>) -> Bench {
+    let mut bench = Bench::new(fake, false);
+    Arc::make_mut(&mut bench.job.vm).cloud_init.enabled = true;
+    bench
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cloud_init_guest_is_bootstrapped_once_cloud_init_is_done() {
+    let mut notes = with_cloud_init(Marker::CloudInit {
+        ok: true,
+        detail: "done".into(),
+    });
+    notes.extend([
+        marker(Marker::Apply { status: 0 }),
+        marker(Marker::VerifyCommand { status: 0 }),
+        marker(Marker::VerifyPath { found: true }),
+        marker(Marker::Done),
+    ]);
+    let script = Script {
+        notes,
+        ..Script::default()
+    };
+    let bench = cloud_init_bench(Fake::new(vec![script], vec![]));
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Success, "{outcome:?}");
+    let handshake = bench
+        .events()
+        .into_iter()
+        .find_map(|e| match e {
+            Event::BootstrapStep {
+                step,
+                detail,
+                duration_ms,
+                ..
+            } if step.as_str() == "wait-handshake" => Some((detail.unwrap(), duration_ms)),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        handshake.0.ends_with("; cloud-init: done"),
+        "{}",
+        handshake.0
+    );
+    assert!(
+        handshake.1 >= 20_000,
+        "the wait for cloud-init is part of the step"
+    );
+    let waited_on: Vec<String> = bench
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BootstrapProgress { waiting_on, .. } => Some(waiting_on),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        waited_on.contains(&"cloud-init to finish in the guest".to_owned()),
+        "{waited_on:?}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cloud_init_error_fails_wait_handshake_with_its_words_and_logs() {
+    let script = Script {
+        notes: with_cloud_init(Marker::CloudInit {
+            ok: false,
+            detail:
+                "status: error detail: DataSourceNoCloud errors: ('users-groups', KeyError('x'))"
+                    .into(),
+        }),
+        status: Some(0),
+        ..Script::default()
+    };
+    let bench = cloud_init_bench(Fake::new(vec![script], vec![]));
+    let outcome = bench.run().await.outcome;
+    let error = outcome.error.unwrap();
+    assert!(
+        error.starts_with("wait-handshake: cloud-init failed in the guest: status: error"),
+        "{error}"
+    );
+    assert!(error.contains("users-groups") && error.contains("/var/log/cloud-init.log"));
+    assert_eq!(
+        bench.steps(),
+        ["wait-handshake failed"],
+        "nothing after it ran"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn cloud_init_that_never_finishes_times_out_with_the_handshake() {
+    let script = Script {
+        notes: vec![
+            (Duration::from_secs(1), Note::Authenticated),
+            (Duration::from_secs(3600), Note::Marker(Marker::Done)),
+        ],
+        ..Script::default()
+    };
+    let bench = cloud_init_bench(Fake::new(vec![script], vec![]));
+    let t = Instant::now();
+    let outcome = bench.run().await.outcome;
+    assert!(t.elapsed() < Duration::from_secs(121), "{:?}", t.elapsed());
+    let error = outcome.error.unwrap();
+    assert!(
+        error.starts_with("wait-handshake: timed out after 120s waiting for cloud-init"),
+        "{error}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_noop_on_a_vm_this_job_booted_waits_until_the_guest_lets_us_in() {
+    let fake = Fake::new(
+        vec![successful_session(vec![])],
+        vec![Probe::After(Duration::from_secs(9))],
+    );
+    let mut bench = Bench::new(fake, false);
+    assert_eq!(bench.run().await.outcome.status, OutcomeStatus::Success);
+    let logs_after_the_run = std::fs::read_dir(bench.ctx.root.bootstrap_logs_dir())
+        .unwrap()
+        .count();
+    // The VM was stopped and started again by this job: the stamp still matches.
+    bench.job.booting = true;
+    let t = Instant::now();
+    let again = bench.run().await.outcome;
+    assert_eq!(again.status, OutcomeStatus::NoOp);
+    assert!(
+        t.elapsed() >= Duration::from_secs(9),
+        "waited for the banner"
+    );
+    assert_eq!(
+        bench.fake.calls(),
+        ["session 2222", "probe", "login 2222"],
+        "a banner, then a login that runs nothing"
+    );
+    let logs = std::fs::read_dir(bench.ctx.root.bootstrap_logs_dir())
+        .unwrap()
+        .count();
+    assert_eq!(logs, logs_after_the_run, "a NoOp writes no log");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_booted_vm_that_refuses_us_fails_even_when_its_bootstrap_is_a_noop() {
+    let fake = Fake::new(
+        vec![successful_session(vec![])],
+        vec![Probe::After(Duration::from_secs(1))],
+    );
+    let mut bench = Bench::new(fake, false);
+    assert_eq!(bench.run().await.outcome.status, OutcomeStatus::Success);
+    *bench.fake.denied.lock().unwrap() =
+        Some("dev@127.0.0.1: Permission denied (publickey).".into());
+    bench.job.booting = true;
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.starts_with("wait-handshake: ") && error.contains("Permission denied"),
+        "{error}"
+    );
+}

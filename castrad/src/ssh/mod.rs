@@ -21,8 +21,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod connection;
+pub mod keys;
 
 pub use connection::{Connection, Tail, exit, lines};
+
+/// The name a VM's host key is pinned under (`HostKeyAlias`), whatever port it answers on.
+pub fn host_key_alias(vm: &str) -> String {
+    format!("castra-{vm}")
+}
 
 /// Where a guest's SSH server answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,22 +69,29 @@ impl Target {
         }
     }
 
-    /// The target of `vm` at `endpoint`, pinned in `known_hosts`.
+    /// The target of `vm` at `endpoint`, its host key pinned in the project's state root.
+    /// The identity is `[vms.ssh] identity`, else, for a VM whose cloud-init seed carries it,
+    /// the project's client key.
     pub fn for_vm(
         vm: &crate::config::Vm,
         endpoint: &Endpoint,
-        known_hosts: PathBuf,
+        root: &crate::state_root::StateRoot,
         control_path: PathBuf,
         connect_timeout: Duration,
     ) -> Target {
+        let identity = vm
+            .ssh
+            .identity
+            .clone()
+            .or_else(|| vm.cloud_init.enabled.then(|| root.project_key()));
         Target {
             vm: vm.name.clone(),
             host: endpoint.host.clone(),
             port: endpoint.port,
             user: vm.ssh.user.clone(),
-            identity: vm.ssh.identity.clone(),
+            identity,
             options: vm.ssh.options.clone(),
-            known_hosts,
+            known_hosts: root.vm(&vm.name).known_hosts,
             control_path,
             connect_timeout,
         }
@@ -99,7 +112,7 @@ impl Target {
             "ConnectTimeout",
             &self.connect_timeout.as_secs().max(1).to_string(),
         );
-        opt("HostKeyAlias", &format!("castra-{}", self.vm));
+        opt("HostKeyAlias", &host_key_alias(&self.vm));
         opt(
             "StrictHostKeyChecking",
             if pinned { "yes" } else { "accept-new" },

@@ -342,7 +342,7 @@ impl Actor {
         let target = crate::ssh::Target::for_vm(
             vm,
             &endpoint,
-            self.ctx.pipeline.root.vm(&vm.name).known_hosts,
+            &self.ctx.pipeline.root,
             crate::ssh::control_path(
                 &self.ctx.pipeline.control_dir,
                 &format!("health-{}", crate::ids::random_hex(6)),

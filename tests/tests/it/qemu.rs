@@ -60,7 +60,8 @@ impl Lab {
             config.push_str(&format!(
                 "\n[[vms]]\nname = \"{name}\"\nbase_image = \"{g}/base.img\"\nkernel = \"{g}/vmlinuz\"\n\
                  initrd = \"{g}/initrd.img\"\ncmdline = \"console=ttyS0 quiet\"\ncpus = 1\nmemory = \"512 MiB\"\n\
-                 {extra}\n[vms.ssh]\nuser = \"root\"\nidentity = \"{g}/id_ed25519\"\n\
+                 {extra}\n[vms.cloud_init]\nenabled = false\n\
+                 [vms.ssh]\nuser = \"root\"\nidentity = \"{g}/id_ed25519\"\n\
                  [vms.bootstrap]\nscript = \"mark.sh\"\nremote_dir = \"/data/castra/{{vm}}\"\n\
                  verify_path = \"castra-mark\"\nhandshake_timeout_secs = 180\n",
                 g = g.display()

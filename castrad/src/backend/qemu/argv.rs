@@ -42,6 +42,17 @@ pub struct LaunchSpec {
     pub qmp_socket: PathBuf,
     pub serial_log: PathBuf,
     pub pidfile: PathBuf,
+    /// The NoCloud seed, attached read-only as a second disk.
+    pub seed: Option<PathBuf>,
+    /// UEFI firmware (read-only code, the VM's own variables); None: QEMU's BIOS.
+    pub uefi: Option<Uefi>,
+}
+
+/// OVMF's code and the VM's copy of its variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uefi {
+    pub code: PathBuf,
+    pub vars: PathBuf,
 }
 
 /// The QEMU binary for the host architecture.
@@ -99,11 +110,26 @@ pub fn argv(spec: &LaunchSpec) -> Vec<OsString> {
         );
     }
 
+    if let Some(uefi) = &spec.uefi {
+        let mut code = OsString::from("if=pflash,format=raw,unit=0,readonly=on,file=");
+        code.push(escape_commas(&uefi.code));
+        let mut vars = OsString::from("if=pflash,format=raw,unit=1,file=");
+        vars.push(escape_commas(&uefi.vars));
+        a.extend(["-drive".into(), code, "-drive".into(), vars]);
+    }
+
     let mut drive = OsString::from("file=");
     drive.push(escape_commas(&spec.overlay));
     drive.push(",if=virtio,format=qcow2,cache=writeback,discard=unmap");
     a.push("-drive".into());
     a.push(drive);
+    if let Some(seed) = &spec.seed {
+        let mut drive = OsString::from("file=");
+        drive.push(escape_commas(seed));
+        drive.push(",if=virtio,format=raw,readonly=on");
+        a.push("-drive".into());
+        a.push(drive);
+    }
 
     let mut netdev = format!("user,id=net0,hostfwd=tcp:127.0.0.1:{}-:22", spec.ssh_port);
     for f in &spec.port_forwards {
@@ -161,6 +187,8 @@ mod tests {
             qmp_socket: "/s/vms/web-0/qmp.sock".into(),
             serial_log: "/s/vms/web-0/serial.log".into(),
             pidfile: "/s/vms/web-0/qemu.pid".into(),
+            seed: None,
+            uefi: None,
         }
     }
 
@@ -195,6 +223,27 @@ mod tests {
         assert!(j.contains("-machine q35,accel=kvm -cpu host"), "{j}");
         assert!(
             !j.contains("-kernel") && !j.contains("-initrd") && !j.contains("-append"),
+            "{j}"
+        );
+    }
+
+    #[test]
+    fn a_cloud_image_boots_from_its_disk_with_the_seed_and_uefi() {
+        let mut s = spec();
+        s.kernel = None;
+        s.seed = Some("/s/vms/web-0/seed.img".into());
+        s.uefi = Some(Uefi {
+            code: "/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+            vars: "/s/vms/web-0/efi-vars.fd".into(),
+        });
+        let j = joined(&s);
+        assert!(
+            j.contains(
+                "-drive if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd \
+                 -drive if=pflash,format=raw,unit=1,file=/s/vms/web-0/efi-vars.fd \
+                 -drive file=/s/vms/web-0/overlay.qcow2,if=virtio,format=qcow2,cache=writeback,discard=unmap \
+                 -drive file=/s/vms/web-0/seed.img,if=virtio,format=raw,readonly=on"
+            ),
             "{j}"
         );
     }

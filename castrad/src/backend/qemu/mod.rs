@@ -7,14 +7,15 @@ pub mod accel;
 pub mod argv;
 pub mod process;
 pub mod qmp;
+pub mod seed;
 
 use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 
 use super::{Backend, BackendError, Machine, PreflightError};
-use crate::config::{AccelSetting, BackendKind, Protocol, Vm};
-use crate::ssh::Endpoint;
+use crate::config::{AccelSetting, BackendKind, Firmware, Protocol, Vm};
+use crate::ssh::{Endpoint, keys};
 use crate::state_root::StateRoot;
 use crate::vm::state::MachineInfo;
 
@@ -86,7 +87,12 @@ impl Backend for Qemu {
     ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>> {
         Box::pin(async move {
             let base = vm.base_image.as_deref().ok_or(BackendError::NoBaseImage)?;
-            Ok(process::prepare_overlay(&root.vm(&vm.name), base).await?)
+            let paths = root.vm(&vm.name);
+            let new = process::prepare_overlay(&paths, base, vm.disk_mib).await?;
+            if vm.cloud_init.enabled && !paths.seed.exists() {
+                make_seed(root, vm)?;
+            }
+            Ok(new)
         })
     }
 
@@ -118,6 +124,11 @@ impl Backend for Qemu {
                 qmp_socket: paths.qmp.clone(),
                 serial_log: paths.serial_log.clone(),
                 pidfile: paths.pidfile.clone(),
+                seed: vm.cloud_init.enabled.then(|| paths.seed.clone()),
+                uefi: match vm.firmware {
+                    Firmware::Bios => None,
+                    Firmware::Uefi => Some(uefi(&paths)?),
+                },
             };
             let q = process::launch(&spec, &paths, &choice.reason, config).await?;
             Ok(Box::new(q) as Box<dyn Machine>)
@@ -162,6 +173,97 @@ impl Backend for Qemu {
             })
             .map_err(BackendError::from)
     }
+}
+
+/// OVMF as Debian installs it (package ovmf): the code, and the template of the variables.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// UEFI for the VM: OVMF's code, and the VM's own variables (copied from OVMF's template on
+/// first use; they live with the disk and are discarded with it).
+fn uefi(paths: &crate::state_root::VmPaths) -> Result<argv::Uefi, BackendError> {
+    if !Path::new(OVMF_CODE).exists() || !Path::new(OVMF_VARS).exists() {
+        return Err(BackendError::NoFirmware {
+            code: OVMF_CODE,
+            vars: OVMF_VARS,
+        });
+    }
+    if !paths.efi_vars.exists() {
+        let template = std::fs::read(OVMF_VARS).map_err(|source| process::ProcessError::Io {
+            what: format!("reading {OVMF_VARS}"),
+            source,
+        })?;
+        crate::fsutil::write_atomic(&paths.efi_vars, &template).map_err(|source| {
+            process::ProcessError::Io {
+                what: format!("writing {}", paths.efi_vars.display()),
+                source,
+            }
+        })?;
+    }
+    Ok(argv::Uefi {
+        code: OVMF_CODE.into(),
+        vars: paths.efi_vars.clone(),
+    })
+}
+
+/// The account castrad logs in as: `[vms.ssh] user`, else (as ssh itself would) the local
+/// user's name.
+pub fn login_user(vm: &Vm) -> String {
+    vm.ssh.user.clone().unwrap_or_else(|| {
+        nix::unistd::User::from_uid(nix::unistd::geteuid())
+            .ok()
+            .flatten()
+            .map(|u| u.name)
+            .unwrap_or_else(|| "root".to_owned())
+    })
+}
+
+/// The seed of the VM's current disk: the project's client key (made once), a new host key
+/// for the guest, pinned as the only key this VM may present, and the seed volume itself.
+fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
+    let paths = root.vm(&vm.name);
+    let disk_id =
+        std::fs::read_to_string(&paths.disk_id).map_err(|source| process::ProcessError::Io {
+            what: format!("reading {}", paths.disk_id.display()),
+            source,
+        })?;
+    let mut authorized_keys = vec![keys::ensure_project_key(&root.project_key())?];
+    for file in &vm.cloud_init.authorized_keys {
+        let text = read(file)?;
+        authorized_keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    let user_data = vm.cloud_init.user_data.as_deref().map(read).transpose()?;
+    let alias = crate::ssh::host_key_alias(&vm.name);
+    let host_key = keys::generate(&paths.host_key_tmp, &alias)?;
+    let user = login_user(vm);
+    let seed = seed::Seed {
+        vm: &vm.name,
+        instance_id: format!("castra-{}", disk_id.trim()),
+        user: &user,
+        authorized_keys,
+        host_key: &host_key,
+        user_data: user_data.as_deref(),
+    };
+    keys::pin(&paths.known_hosts, &alias, &host_key.public)?;
+    seed::write(&paths.seed, &seed).map_err(|source| process::ProcessError::Io {
+        what: format!("writing {}", paths.seed.display()),
+        source,
+    })?;
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<String, BackendError> {
+    std::fs::read_to_string(path).map_err(|source| {
+        BackendError::from(process::ProcessError::Io {
+            what: format!("reading {}", path.display()),
+            source,
+        })
+    })
 }
 
 /// The path of `program` in $PATH, if it is there.

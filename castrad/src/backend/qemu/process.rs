@@ -43,36 +43,78 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcessError {
     move |source| ProcessError::Io { what, source }
 }
 
-/// Creates the overlay if the VM has none. Returns its path when it is new.
+/// Makes sure the VM has an overlay on `base_image` of at least `size_mib` (None: the base's
+/// size). A new overlay is a new disk: it gets a new disk id, and what was proven about or
+/// handed to the previous one (stamp, pinned host key, seed, UEFI variables) is removed.
+/// An existing overlay smaller than `size_mib` is grown (the VM is stopped: this runs before
+/// a launch); asking for less than the base or the overlay has is an error, nothing changes.
+/// Returns the overlay's path when it is new.
 pub async fn prepare_overlay(
     paths: &VmPaths,
     base_image: &Path,
+    size_mib: Option<u64>,
 ) -> Result<Option<PathBuf>, ProcessError> {
+    let want = size_mib.map(|m| m.saturating_mul(1 << 20));
     if paths.overlay.exists() {
+        if let Some(want) = want {
+            let have = image_info(&paths.overlay).await?.virtual_size;
+            if want < have {
+                return Err(ProcessError::Failed(format!(
+                    "disk = {} MiB is smaller than the VM's disk ({} MiB): a disk cannot shrink; \
+                     set disk to at least that, or discard the disk (`castractl down --discard`)",
+                    want >> 20,
+                    have >> 20
+                )));
+            }
+            if want > have {
+                let overlay = paths.overlay.as_os_str();
+                qemu_img(
+                    &[
+                        "resize".as_ref(),
+                        "-q".as_ref(),
+                        "-f".as_ref(),
+                        "qcow2".as_ref(),
+                        overlay,
+                        want.to_string().as_ref(),
+                    ],
+                    &paths.overlay,
+                )
+                .await?;
+            }
+        }
         return Ok(None);
     }
     ensure_dir(&paths.dir).map_err(io(format!("creating {}", paths.dir.display())))?;
-    let format = image_format(base_image).await?;
-    let tmp = &paths.overlay_tmp;
-    let _ = std::fs::remove_file(tmp);
-    let out = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", &format, "-b"])
-        .arg(base_image)
-        .arg(tmp)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(io("running qemu-img (package qemu-utils)"))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(tmp);
+    let base = image_info(base_image).await?;
+    if let Some(want) = want
+        && want < base.virtual_size
+    {
         return Err(ProcessError::Failed(format!(
-            "qemu-img create on {} failed: {}",
+            "disk = {} MiB is smaller than the base image {} ({} MiB); set disk to at least that",
+            want >> 20,
             base_image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
+            base.virtual_size >> 20
         )));
     }
-    // A new disk: nothing proven about the previous one (stamp, pinned host key) holds.
-    for stale in [&paths.stamp, &paths.known_hosts] {
+    let tmp = &paths.overlay_tmp;
+    let _ = std::fs::remove_file(tmp);
+    let size = want.map(|w| w.to_string());
+    let words = ["create", "-q", "-f", "qcow2", "-F", &base.format, "-b"];
+    let mut args: Vec<&std::ffi::OsStr> = words.iter().map(|a| a.as_ref()).collect();
+    args.extend([base_image.as_os_str(), tmp.as_os_str()]);
+    args.extend(size.as_deref().map(std::ffi::OsStr::new));
+    let created = qemu_img(&args, base_image).await;
+    if let Err(e) = created {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
+    // A new disk: nothing proven about or given to the previous one holds.
+    for stale in [
+        &paths.stamp,
+        &paths.known_hosts,
+        &paths.seed,
+        &paths.efi_vars,
+    ] {
         match std::fs::remove_file(stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(io(format!("removing {}", stale.display()))(e));
@@ -88,8 +130,37 @@ pub async fn prepare_overlay(
     Ok(Some(paths.overlay.clone()))
 }
 
-/// The format of a base image as qemu-img detects it (`raw`, `qcow2`, ...).
-async fn image_format(image: &Path) -> Result<String, ProcessError> {
+/// Runs `qemu-img ARGS...` on `image` (named in the error).
+async fn qemu_img(args: &[&std::ffi::OsStr], image: &Path) -> Result<(), ProcessError> {
+    let out = Command::new("qemu-img")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(io("running qemu-img (package qemu-utils)"))?;
+    if out.status.success() {
+        return Ok(());
+    }
+    Err(ProcessError::Failed(format!(
+        "qemu-img {} on {} failed: {}",
+        args.first()
+            .map(|a| a.to_string_lossy())
+            .unwrap_or_default(),
+        image.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )))
+}
+
+/// What `qemu-img info` says of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// `raw`, `qcow2`, ...: passed explicitly wherever the image is opened.
+    pub format: String,
+    pub virtual_size: u64,
+}
+
+/// The format and virtual size of an image as qemu-img detects them.
+pub async fn image_info(image: &Path) -> Result<ImageInfo, ProcessError> {
     let out = Command::new("qemu-img")
         .args(["info", "--output=json"])
         .arg(image)
@@ -106,12 +177,18 @@ async fn image_format(image: &Path) -> Result<String, ProcessError> {
     }
     let info: serde_json::Value = serde_json::from_slice(&out.stdout)
         .map_err(|e| ProcessError::Failed(format!("qemu-img info: {e}")))?;
-    info["format"].as_str().map(str::to_owned).ok_or_else(|| {
-        ProcessError::Failed(format!(
-            "qemu-img info gave no format for {}",
+    let format = info["format"].as_str().map(str::to_owned);
+    let virtual_size = info["virtual-size"].as_u64();
+    match (format, virtual_size) {
+        (Some(format), Some(virtual_size)) => Ok(ImageInfo {
+            format,
+            virtual_size,
+        }),
+        _ => Err(ProcessError::Failed(format!(
+            "qemu-img info gave no format or size for {}",
             image.display()
-        ))
-    })
+        ))),
+    }
 }
 
 /// A loopback TCP port that is free right now.
@@ -410,6 +487,8 @@ pub fn discard(paths: &VmPaths) -> std::io::Result<u64> {
         &paths.disk_id,
         &paths.stamp,
         &paths.known_hosts,
+        &paths.seed,
+        &paths.efi_vars,
     ] {
         match std::fs::remove_file(f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -440,10 +519,14 @@ mod tests {
         let paths = root.vm("vm");
         let base = dir.path().join("base.img");
         std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
-        let first = prepare_overlay(&paths, &base).await.unwrap();
+        let first = prepare_overlay(&paths, &base, None).await.unwrap();
         assert_eq!(first.as_deref(), Some(paths.overlay.as_path()));
         let id1 = std::fs::read_to_string(&paths.disk_id).unwrap();
-        assert_eq!(prepare_overlay(&paths, &base).await.unwrap(), None, "kept");
+        assert_eq!(
+            prepare_overlay(&paths, &base, None).await.unwrap(),
+            None,
+            "kept"
+        );
 
         // Proofs about this disk, then the disk goes away.
         crate::state_root::ensure_dir(&root.stamps_dir()).unwrap();
@@ -452,7 +535,7 @@ mod tests {
         assert!(discard(&paths).unwrap() > 0);
         assert!(!paths.stamp.exists() && !paths.known_hosts.exists() && !paths.overlay.exists());
 
-        prepare_overlay(&paths, &base).await.unwrap();
+        prepare_overlay(&paths, &base, None).await.unwrap();
         let id2 = std::fs::read_to_string(&paths.disk_id).unwrap();
         assert_ne!(id1, id2);
         let info = std::process::Command::new("qemu-img")

@@ -129,6 +129,12 @@ fn defaults_for_a_minimal_qemu_vm() {
         ephemeral: false,
         accel: crate::config::AccelSetting::Auto,
         port_forwards: vec![],
+        disk_mib: None,
+        firmware: crate::config::Firmware::Bios,
+        cloud_init: crate::config::CloudInit {
+            enabled: true,
+            ..Default::default()
+        },
         ssh: Ssh {
             host: Some("127.0.0.1".into()),
             ..Ssh::default()
@@ -414,4 +420,70 @@ fn parse_does_no_io() {
     let p = parse(&config, &text).expect("parse neither stats nor reads bootstrap.toml");
     assert_eq!(p.vms[0].bootstrap.metadata_path, None);
     assert_eq!(p.vms[0].bootstrap.script, Some(dir.path().join("run.sh")));
+}
+
+#[test]
+fn disk_firmware_and_cloud_init_are_read_and_checked() {
+    let text = format!(
+        "{}disk = \"20 GiB\"\nfirmware = \"uefi\"\n[vms.cloud_init]\nenabled = true\n\
+         authorized_keys = [\"keys/me.pub\", \"~/.ssh/id_ed25519.pub\"]\n\
+         user_data = \"cloud/user-data.yaml\"\n",
+        head!()
+    );
+    let vm = &ok(&text).vms[0];
+    assert_eq!(vm.disk_mib, Some(20 * 1024));
+    assert_eq!(vm.firmware, crate::config::Firmware::Uefi);
+    assert!(vm.cloud_init.enabled);
+    let home = std::env::var("HOME").unwrap();
+    assert_eq!(
+        vm.cloud_init.authorized_keys,
+        [
+            PathBuf::from("/p/keys/me.pub"),
+            PathBuf::from(format!("{home}/.ssh/id_ed25519.pub"))
+        ]
+    );
+    assert_eq!(
+        vm.cloud_init.user_data.as_deref(),
+        Some(Path::new("/p/cloud/user-data.yaml"))
+    );
+    let off = format!("{}[vms.cloud_init]\nenabled = false\n", head!());
+    assert!(!ok(&off).vms[0].cloud_init.enabled);
+
+    assert_parse_error(
+        &format!("{}disk = \"lots\"\n", head!()),
+        "vms[0].disk",
+        "invalid disk size \"lots\"; expected a size like \"20 GiB\"",
+        7,
+        8,
+    );
+    assert_parse_error(
+        &format!("{}firmware = \"coreboot\"\n", head!()),
+        "vms[0].firmware",
+        "unknown firmware \"coreboot\"; expected \"bios\" or \"uefi\"",
+        7,
+        12,
+    );
+    assert_parse_error(
+        &format!("{}[vms.cloud_init]\nenable = true\n", head!()),
+        "vms[0].cloud_init",
+        "unknown key `enable`; did you mean `enabled`?",
+        8,
+        1,
+    );
+    let external = format!(
+        "{}[vms.ssh]\nhost = \"h\"\n[vms.cloud_init]\nenabled = true\n",
+        ext!()
+    );
+    assert_parse_error(
+        &external,
+        "vms[0].cloud_init",
+        "`cloud_init` does not apply",
+        9,
+        1,
+    );
+    assert!(
+        !ok(&format!("{}[vms.ssh]\nhost = \"h\"\n", ext!())).vms[0]
+            .cloud_init
+            .enabled
+    );
 }
