@@ -23,6 +23,8 @@ Commands at a glance:
   logs     the durable logs of a VM's bootstrap runs
   events   follow castrad's event feed (`--json`: one event per line)
   status   the daemon, its projects and their VMs
+  ssh      a shell (or one command) in a VM, as castrad reaches it: its key, its pinned host key
+  ssh-config  OpenSSH config blocks for the VMs (`ssh -F`, `scp -F`, VS Code Remote-SSH)
 
 Exit codes:
   0  success
@@ -118,6 +120,23 @@ enum Command {
     },
     /// Show the daemon and the projects and VMs it knows (this project's, given one).
     Status,
+    /// Open a shell in a VM, or run one command there (its exit status is castractl's), with
+    /// the VM's user, castrad's key for it and its pinned host key.
+    #[command(after_help = "Example: castractl ssh web-0 -- sudo systemctl status nginx")]
+    Ssh {
+        /// The VM, as `castractl plan` names it (replicas: `web-0`).
+        vm: String,
+        /// The command to run instead of a shell (after `--`).
+        #[arg(last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Print an OpenSSH config block per VM (the running ones, or those named), for `ssh -F`,
+    /// `scp -F` and editors' remote windows.
+    #[command(name = "ssh-config")]
+    SshConfig {
+        /// VMs to describe [default: every VM that can be reached now].
+        vms: Vec<String>,
+    },
 }
 
 pub fn main() -> ExitCode {
@@ -247,6 +266,34 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             };
             return events(&daemon, &params, cli.json).await;
         }
+        Command::Ssh { vm, command } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            let params = api::SshConfigParams {
+                config,
+                vms: vec![vm],
+            };
+            let result: api::SshConfigResult =
+                daemon.call(api::method::SSH_CONFIG, &params).await?;
+            let host =
+                result.hosts.into_iter().next().ok_or_else(|| {
+                    Failure::new(Exit::Failed, "internal", "castrad described no VM")
+                })?;
+            return Err(exec_ssh(&host, &command));
+        }
+        Command::SshConfig { vms } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            let params = api::SshConfigParams { config, vms };
+            let result: api::SshConfigResult =
+                daemon.call(api::method::SSH_CONFIG, &params).await?;
+            if cli.json {
+                print_json(&result);
+            } else {
+                let blocks: Vec<&str> = result.hosts.iter().map(|h| h.config.as_str()).collect();
+                print!("{}", blocks.join("\n"));
+            }
+        }
         Command::Status => {
             // Status works outside a project: then it lists everything the daemon knows.
             let config = match &cli.config {
@@ -265,6 +312,39 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
         }
     }
     Ok(Exit::Ok)
+}
+
+/// Replaces castractl with `ssh` to `host` (a shell, or `command`); returns only if it could
+/// not be started. Our options come first: ssh keeps the first value of each, so the user's
+/// ~/.ssh/config cannot undo the pinning, while the rest of it still applies.
+fn exec_ssh(host: &api::SshHost, command: &[String]) -> Failure {
+    use std::os::unix::process::CommandExt;
+    let mut ssh = std::process::Command::new("ssh");
+    let mut opt = |k: &str, v: &std::ffi::OsStr| {
+        let mut o = std::ffi::OsString::from(format!("{k}="));
+        o.push(v);
+        ssh.arg("-o").arg(o);
+    };
+    opt("HostKeyAlias", host.host_key_alias.as_ref());
+    opt("UserKnownHostsFile", host.known_hosts.as_os_str());
+    opt("GlobalKnownHostsFile", "/dev/null".as_ref());
+    opt("StrictHostKeyChecking", "yes".as_ref());
+    opt("UpdateHostKeys", "no".as_ref());
+    if let Some(identity) = &host.identity_file {
+        opt("IdentityFile", identity.as_os_str());
+        opt("IdentitiesOnly", "yes".as_ref());
+    }
+    if let Some(user) = &host.user {
+        opt("User", user.as_ref());
+    }
+    opt("Port", host.port.to_string().as_ref());
+    for option in &host.options {
+        ssh.arg("-o").arg(option);
+    }
+    ssh.arg("--").arg(&host.host_name);
+    ssh.args(command);
+    let e = ssh.exec();
+    Failure::new(Exit::Failed, "internal", format!("cannot run ssh: {e}"))
 }
 
 /// How long to keep reading events already on their way once the outcome is known.

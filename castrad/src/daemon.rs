@@ -64,6 +64,8 @@ pub enum DaemonError {
     },
     #[error("no run {run} for VM {vm}")]
     NoSuchRun { vm: String, run: String },
+    #[error("vm {0} is not running, so it has no SSH endpoint; start it with `castractl up`")]
+    NotRunning(String),
     #[error("cannot read the logs of {vm}: {source}")]
     Logs { vm: String, source: std::io::Error },
     /// A task castrad ran on the blocking pool panicked (a bug).
@@ -339,6 +341,64 @@ impl Daemon {
         {
             tracing::warn!("bootstrap runs still in progress at shutdown were abandoned");
         }
+    }
+
+    /// How to reach the named VMs (all reachable ones by default) with OpenSSH as castrad
+    /// does. A named VM that castrad cannot reach now (a QEMU VM that is not running) is an
+    /// error; unnamed ones are left out.
+    pub async fn ssh_config(
+        &self,
+        config_path: &Path,
+        names: &[String],
+    ) -> Result<castra_api::SshConfigResult, DaemonError> {
+        let entry = self.project(config_path).await?;
+        let known = entry.project.vm_names();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(DaemonError::UnknownVm {
+                vm: unknown.clone(),
+                known: known.iter().map(|s| (*s).to_owned()).collect(),
+            });
+        }
+        let mut hosts = Vec::new();
+        for vm in &entry.project.vms {
+            let named = names.contains(&vm.name);
+            if !names.is_empty() && !named {
+                continue;
+            }
+            let machine = self
+                .existing_vm_handle(&entry.root, &vm.name)
+                .and_then(|h| h.snapshot().machine);
+            let Some(endpoint) = self.backend(vm.backend).ssh_endpoint(vm, machine.as_ref()) else {
+                if named {
+                    return Err(DaemonError::NotRunning(vm.name.clone()));
+                }
+                continue;
+            };
+            let target = crate::ssh::Target::for_vm(
+                vm,
+                &endpoint,
+                &entry.root,
+                PathBuf::new(),
+                Duration::from_secs(10),
+            );
+            let alias = format!("castra-{}-{}", entry.project.name, vm.name);
+            hosts.push(castra_api::SshHost {
+                vm: vm.name.clone(),
+                config: target.config_block(&alias),
+                alias,
+                host_name: target.host.clone(),
+                port: target.port,
+                user: target.user.clone(),
+                identity_file: target.identity.clone(),
+                known_hosts: target.known_hosts.clone(),
+                host_key_alias: crate::ssh::host_key_alias(&vm.name),
+                options: target.options.clone(),
+            });
+        }
+        Ok(castra_api::SshConfigResult {
+            project: entry.project.name.clone(),
+            hosts,
+        })
     }
 
     pub fn base_bytes_hashed(&self) -> u64 {

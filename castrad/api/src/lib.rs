@@ -27,6 +27,7 @@ pub mod method {
     pub const OUTCOME: &str = "castra.outcome";
     pub const LOGS: &str = "castra.logs";
     pub const DOWN: &str = "castra.down";
+    pub const SSH_CONFIG: &str = "castra.sshConfig";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
     /// Notification method of event subscriptions.
@@ -713,6 +714,44 @@ pub struct RunSummary {
     pub status: RunStatus,
     pub duration_ms: u64,
     pub started_at: String,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.sshConfig
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshConfigParams {
+    pub config: PathBuf,
+    /// The VMs to describe [default: every VM that can be reached now].
+    #[serde(default)]
+    pub vms: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshConfigResult {
+    pub project: String,
+    pub hosts: Vec<SshHost>,
+}
+
+/// How to reach one VM with OpenSSH exactly as castrad does: its pinned host key, castrad's
+/// identity for it, no trust on first use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SshHost {
+    pub vm: String,
+    /// The `Host` name of its block: `castra-<project>-<vm>`.
+    pub alias: String,
+    pub host_name: String,
+    pub port: u16,
+    /// Null: ssh's own default (the local user name).
+    pub user: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    /// The file its host key is pinned in, under `host_key_alias`.
+    pub known_hosts: PathBuf,
+    pub host_key_alias: String,
+    /// `[vms.ssh] options`, as `Key=Value`.
+    pub options: Vec<String>,
+    /// The OpenSSH config block (for `ssh -F`, `scp -F`, VS Code Remote-SSH).
+    pub config: String,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,9 +22,10 @@ impl From<DaemonError> for ErrorObjectOwned {
             DaemonError::NoOperation(_)
             | DaemonError::NoSuchVm { .. }
             | DaemonError::NoSuchRun { .. } => (code::NOT_FOUND, "not-found"),
-            DaemonError::Plan(_) | DaemonError::Logs { .. } | DaemonError::Panicked { .. } => {
-                (code::OPERATION, "operation")
-            }
+            DaemonError::Plan(_)
+            | DaemonError::Logs { .. }
+            | DaemonError::Panicked { .. }
+            | DaemonError::NotRunning(_) => (code::OPERATION, "operation"),
         };
         let location = match &err {
             DaemonError::Config(e) => e.location().map(|(file, line, column)| ErrorLocation {

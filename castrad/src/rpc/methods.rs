@@ -48,6 +48,14 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
+    m.register_async_method(api::method::SSH_CONFIG, |params, daemon, _| async move {
+        let p: api::SshConfigParams = parse(params)?;
+        daemon
+            .ssh_config(&p.config, &p.vms)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
     m.register_async_method(api::method::OUTCOME, |params, daemon, _| async move {
         outcome(params, &daemon)
             .await

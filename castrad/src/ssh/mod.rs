@@ -97,6 +97,33 @@ impl Target {
         }
     }
 
+    /// An OpenSSH config block `Host <alias>` that reaches this target as castrad does: the
+    /// pinned host key under its alias, castrad's identity, the user's options.
+    pub fn config_block(&self, alias: &str) -> String {
+        let mut out = format!("Host {alias}\n");
+        let mut line = |k: &str, v: &str| out.push_str(&format!("  {k} {}\n", config_word(v)));
+        line("HostName", &self.host);
+        line("Port", &self.port.to_string());
+        if let Some(user) = &self.user {
+            line("User", user);
+        }
+        if let Some(identity) = &self.identity {
+            line("IdentityFile", &identity.to_string_lossy());
+            line("IdentitiesOnly", "yes");
+        }
+        line("HostKeyAlias", &host_key_alias(&self.vm));
+        line("UserKnownHostsFile", &self.known_hosts.to_string_lossy());
+        line("GlobalKnownHostsFile", "/dev/null");
+        line("StrictHostKeyChecking", "yes");
+        line("UpdateHostKeys", "no");
+        for option in &self.options {
+            if let Some((k, v)) = option.split_once('=') {
+                line(k.trim(), v.trim());
+            }
+        }
+        out
+    }
+
     /// argv (after `ssh`): a ControlMaster that authenticates, then runs `remote_command` as
     /// its own session. Ours come first: ssh keeps the first value it sees for an option, so
     /// users cannot accidentally disable pinning through `options`, while the rest of their
@@ -188,6 +215,15 @@ fn is_loopback(host: &str) -> bool {
         || bare
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A value in an OpenSSH config file: double-quoted when it has blanks or quotes.
+fn config_word(v: &str) -> String {
+    if v.is_empty() || v.contains([' ', '\t', '"', '#']) {
+        format!("\"{}\"", v.replace('"', "\\\""))
+    } else {
+        v.to_owned()
+    }
 }
 
 /// Quotes `s` for a POSIX shell: one single-quoted word, byte-exact for any content.
@@ -342,6 +378,42 @@ mod tests {
         assert!(ours < theirs);
         let pinned = joined(target().args(true, "true"));
         assert!(pinned.contains("StrictHostKeyChecking=yes"));
+    }
+
+    #[test]
+    fn a_config_block_is_what_ssh_reads_back() {
+        let mut t = target();
+        t.known_hosts = "/s/with space/known_hosts".into();
+        t.options = vec!["ServerAliveInterval=5".into()];
+        let block = t.config_block("castra-shop-web-0");
+        assert!(block.starts_with("Host castra-shop-web-0\n  HostName 127.0.0.1\n  Port 2222\n"));
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config");
+        std::fs::write(&file, &block).unwrap();
+        let out = std::process::Command::new("ssh")
+            .args(["-G", "-F"])
+            .arg(&file)
+            .arg("castra-shop-web-0")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = String::from_utf8(out.stdout).unwrap();
+        for want in [
+            "hostname 127.0.0.1",
+            "port 2222",
+            "user deploy",
+            "identityfile /k/id_ed25519",
+            "hostkeyalias castra-web-0",
+            "userknownhostsfile /s/with space/known_hosts",
+            "stricthostkeychecking true",
+            "serveraliveinterval 5",
+        ] {
+            assert!(seen.lines().any(|l| l == want), "{want:?} not in\n{seen}");
+        }
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod architecture;
 mod bootstrap;
+mod cloud;
 mod daemon;
 mod fleet;
 mod plan;

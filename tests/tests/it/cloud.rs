@@ -1,0 +1,268 @@
+//! A stock cloud image end to end: the Debian cloud-style disk of scripts/build-cloud-guest
+//! (no user, no key: only a cloud-init seed lets anyone in), booted by castrad under TCG.
+//! castrad's seed creates the user with sudo and castrad's key, gives the guest a host key
+//! castrad pinned before the boot, and the bootstrap starts once cloud-init is done.
+//!
+//! Boots are shared: each test walks a VM through several stages. They take the QEMU tests'
+//! lock: one guest test at a time on a 2-core machine.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::bootstrap::Up;
+use crate::support::{Ctl, Daemon, Env, wait_until};
+
+/// The built image (scripts/build-cloud-guest, cached in target/cloud-guest).
+fn image() -> &'static Path {
+    static IMAGE: OnceLock<PathBuf> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let out = repo.join("target/cloud-guest");
+        let status = Command::new(repo.join("scripts/build-cloud-guest"))
+            .arg(&out)
+            .status()
+            .expect("run scripts/build-cloud-guest");
+        assert!(status.success(), "scripts/build-cloud-guest failed");
+        out.join("base.qcow2")
+    })
+}
+
+const SCRIPT: &str = r#"#!/bin/sh
+set -eu
+sudo -n true
+echo "bootstrapped as $(id -un) on $(hostname)"
+id -un > whoami
+"#;
+
+struct Cloud {
+    env: Env,
+    _daemon: Daemon,
+}
+
+impl Cloud {
+    /// One VM `box` on the cloud image, logging in as `user`.
+    fn new(user: &str) -> Cloud {
+        let env = Env::new();
+        let config = format!(
+            "[project]\nname = \"cloudy\"\n\n[[vms]]\nname = \"box\"\nbase_image = \"{}\"\n\
+             cpus = 2\nmemory = \"1 GiB\"\ndisk = \"3 GiB\"\n\n[vms.ssh]\nuser = \"{user}\"\n\n\
+             [vms.bootstrap]\nscript = \"run.sh\"\nverify_path = \"whoami\"\n\
+             handshake_timeout_secs = 240\n",
+            image().display()
+        );
+        env.write(&[("p/castra.toml", &config), ("p/run.sh", SCRIPT)]);
+        let daemon = env.start_daemon();
+        Cloud {
+            env,
+            _daemon: daemon,
+        }
+    }
+
+    fn project(&self) -> PathBuf {
+        self.env.path("p")
+    }
+
+    fn ctl(&self, args: &[&str]) -> Ctl {
+        self.env.ctl(&self.project(), args)
+    }
+
+    fn up(&self) -> Up {
+        let out = self.ctl(&["up", "--json"]);
+        Up::parse(out.code, &out.stdout, &out.stderr)
+    }
+
+    /// `castractl ssh box -- COMMAND`: its stdout; the command must succeed.
+    fn sh(&self, command: &str) -> String {
+        let out = self.ctl(&["ssh", "box", "--", command]);
+        assert_eq!(out.code, 0, "{command}: {out:?}");
+        out.stdout
+    }
+
+    fn state_root(&self) -> PathBuf {
+        let projects = self.env.state().join("projects");
+        std::fs::read_dir(projects)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path()
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        // Never leave a guest behind.
+        let _ = self.ctl(&["down", "--timeout", "5"]);
+    }
+}
+
+/// The detail of the first step `step` of `vm` in an `up`.
+fn step_detail(up: &Up, vm: &str, step: &str) -> String {
+    up.event(vm, "BootstrapStep")
+        .into_iter()
+        .find(|s| s["step"] == step)
+        .and_then(|s| s["detail"].as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_stock_cloud_image_from_first_up_to_discard() {
+    let _lock = crate::qemu::one_at_a_time();
+    let cloud = Cloud::new("dev");
+
+    // First up: cloud-init creates the user; the bootstrap runs as that user, with sudo.
+    let first = cloud.up();
+    assert_eq!(first.statuses(), ["Success"], "{}", first.stderr);
+    let handshake = step_detail(&first, "box", "wait-handshake");
+    assert!(handshake.ends_with("cloud-init: done"), "{handshake}");
+    assert_eq!(cloud.sh("cat /var/tmp/castra/box/whoami").trim(), "dev");
+    assert_eq!(
+        cloud.ctl(&["ssh", "box", "--", "sudo", "-n", "true"]).code,
+        0
+    );
+    assert_eq!(
+        cloud.ctl(&["ssh", "box", "--", "exit 7"]).code,
+        7,
+        "the command's exit status is castractl's"
+    );
+
+    // The host key castrad pinned before the boot is the guest's own.
+    let pinned = std::fs::read_to_string(cloud.state_root().join("vms/box/known_hosts")).unwrap();
+    let guest_key = cloud.sh("sudo cat /etc/ssh/ssh_host_ed25519_key.pub");
+    let key = |line: &str| line.split_whitespace().nth(2).map(str::to_owned);
+    assert_eq!(
+        key(&format!("x {}", guest_key.trim())),
+        key(pinned.trim()),
+        "pinned {pinned:?}, guest {guest_key:?}"
+    );
+    // The disk has the configured size, and cloud-init grew the root file system onto it.
+    assert_eq!(cloud.sh("lsblk -bdno SIZE /dev/vda").trim(), "3221225472");
+    let root_kib: u64 = cloud
+        .sh("df -k --output=size / | tail -n 1")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(root_kib > 2_500_000, "root is {root_kib} KiB");
+
+    // ssh-config: a block OpenSSH takes as it is.
+    let config = cloud.ctl(&["ssh-config"]).ok().stdout;
+    assert!(config.starts_with("Host castra-cloudy-box\n"), "{config}");
+    assert!(config.contains("StrictHostKeyChecking yes"), "{config}");
+    let file = cloud.env.path("ssh_config");
+    std::fs::write(&file, &config).unwrap();
+    let direct = Command::new("ssh")
+        .arg("-F")
+        .arg(&file)
+        .args(["-o", "BatchMode=yes", "castra-cloudy-box", "hostname"])
+        .output()
+        .unwrap();
+    assert!(
+        direct.status.success(),
+        "{}",
+        String::from_utf8_lossy(&direct.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&direct.stdout).trim(), "box");
+    let instance = cloud.sh("cat /var/lib/cloud/data/instance-id");
+
+    // Unchanged: a NoOp.
+    assert_eq!(cloud.up().statuses(), ["NoOp"]);
+
+    // Down and up: a NoOp again, and the VM is usable the moment `up` returns.
+    cloud.ctl(&["down"]).ok();
+    let again = cloud.up();
+    assert_eq!(again.statuses(), ["NoOp"], "{}", again.stderr);
+    assert_eq!(cloud.ctl(&["ssh", "box", "--", "true"]).code, 0);
+    assert_eq!(
+        cloud.sh("cat /var/lib/cloud/data/instance-id"),
+        instance,
+        "same disk"
+    );
+
+    // Discard: a new disk, a new instance, cloud-init and the bootstrap run again.
+    cloud.ctl(&["down", "--discard"]).ok();
+    let fresh = cloud.up();
+    assert_eq!(fresh.statuses(), ["Success"], "{}", fresh.stderr);
+    assert_ne!(cloud.sh("cat /var/lib/cloud/data/instance-id"), instance);
+    assert_eq!(cloud.sh("cat /var/tmp/castra/box/whoami").trim(), "dev");
+}
+
+#[test]
+fn vizier_runs_under_systemd_on_a_cloud_guest_and_comes_back_after_a_reboot() {
+    let _lock = crate::qemu::one_at_a_time();
+    let cloud = Cloud::new("root");
+    let up = cloud.up();
+    assert_eq!(up.statuses(), ["Success"], "{}", up.stderr);
+    let enabled = step_detail(&up, "box", "vizier-enable");
+    assert!(enabled.contains("under systemd"), "{enabled}");
+    assert_eq!(
+        cloud.sh("systemctl is-active castra-vizier").trim(),
+        "active"
+    );
+
+    let status = |cloud: &Cloud| -> Value {
+        let s = cloud.ctl(&["status", "--json"]).ok().json();
+        crate::support::vm_of(&s, "box")
+    };
+    let pid = wait_until(Duration::from_secs(30), "the health check", || {
+        status(&cloud)["vizier"]["pid"].as_u64()
+    });
+    // Killed: systemd starts it again, and castrad says so.
+    let mut follow = Command::new(crate::support::CASTRACTL)
+        .args(["events", "--json", "--vm", "box", "--since", "0"])
+        .env("CASTRA_SOCKET", cloud.env.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    cloud.sh(&format!("kill -9 {pid}"));
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut kinds = Vec::new();
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
+        let v: Value = serde_json::from_str(&line).unwrap();
+        kinds.push(crate::support::event_kind(&v));
+        if kinds.ends_with(&["VizierLost".into(), "VizierConnected".into()]) {
+            break;
+        }
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert!(
+        kinds.ends_with(&["VizierLost".into(), "VizierConnected".into()]),
+        "{kinds:?}"
+    );
+    let restarted = status(&cloud)["vizier"]["pid"].as_u64().unwrap();
+    assert_ne!(restarted, pid);
+
+    // A reboot: the agent is back by itself (systemd), without a bootstrap run.
+    let logs_before = std::fs::read_dir(cloud.state_root().join("logs/bootstrap"))
+        .unwrap()
+        .count();
+    let _ = cloud.ctl(&["ssh", "box", "--", "systemctl reboot"]);
+    let after_reboot = wait_until(
+        Duration::from_secs(180),
+        "the agent after the reboot",
+        || {
+            let v = status(&cloud)["vizier"].clone();
+            let pid = v["pid"].as_u64()?;
+            (v["healthy"] == true && pid != restarted).then_some(pid)
+        },
+    );
+    assert_ne!(after_reboot, restarted);
+    assert_eq!(
+        cloud.sh("systemctl is-active castra-vizier").trim(),
+        "active"
+    );
+    let logs_after = std::fs::read_dir(cloud.state_root().join("logs/bootstrap"))
+        .unwrap()
+        .count();
+    assert_eq!(logs_after, logs_before, "no bootstrap run");
+}
