@@ -98,6 +98,36 @@ impl Fake {
 }
 
 impl Remote for Fake {
+    /// The agent's watch: a fresh banner of pid 42 every interval, as long as it is read.
+    fn tail(
+        &self,
+        target: Target,
+        _command: &str,
+    ) -> Result<crate::ssh::Tail, crate::ssh::SshError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("tail {}", target.port));
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_secs();
+                let banner = format!(
+                    r#"{{"version":"{}","pid":42,"started_at":{now},"heartbeat":{now},"now":{now}}}"#,
+                    crate::vizier::VERSION
+                );
+                if tx.send("VIZIER/1".to_owned()).is_err() || tx.send(banner).is_err() {
+                    return;
+                }
+                tokio::time::sleep(crate::vizier::WATCH_INTERVAL).await;
+            }
+        });
+        Ok(crate::ssh::Tail::from_lines(rx))
+    }
+
     /// A login succeeds unless `denied` says otherwise.
     fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
         self.calls

@@ -405,7 +405,7 @@ pub(super) fn ssh_option(
     if !valid {
         let message = format!(
             "invalid ssh option {v:?}; expected \"Key=Value\" with an alphanumeric key and a \
-             non-empty value, e.g. \"StrictHostKeyChecking=no\""
+             non-empty value, e.g. \"ServerAliveInterval=15\""
         );
         return Err(src.at(value, key, message));
     }

@@ -35,7 +35,7 @@ if [ -n "$ciwait" ]; then
   if [ -e "$cires" ] && tr -d ' \n' <"$cires" | grep -q '"errors":\[\]'; then m cloud-init 0 done
   elif ! command -v cloud-init >/dev/null; then m cloud-init 127 "cloud-init is not installed in the guest"; exit 0
   else
-    cistatus=$(cloud-init status --wait --long 2>&1 | tr -s '\n' ' ' | cut -c1-600)
+    cistatus=$(cloud-init status --wait --long 2>&1 | sed 's/^\.*//' | tr -s '\n' ' ' | cut -c1-600)
     if [ -e "$cires" ] && tr -d ' \n' <"$cires" | grep -q '"errors":\[\]'; then m cloud-init 0 done
     else m cloud-init 1 "$cistatus"; exit 0; fi
   fi

@@ -51,6 +51,9 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// Logs in to `target` and runs nothing but `true`: the guest accepts us. Err says why
     /// not (as ssh said it).
     fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>>;
+
+    /// Starts `remote_command` on `target`, its stdout read line by line (the Vizier watch).
+    fn tail(&self, target: Target, remote_command: &str) -> Result<Tail, crate::ssh::SshError>;
 }
 
 /// Why a guest session could not run at all (nothing reached the guest).
@@ -88,6 +91,10 @@ impl Remote for OpenSsh {
         notes: UnboundedSender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         Box::pin(self::session(target, session, notes))
+    }
+
+    fn tail(&self, target: Target, remote_command: &str) -> Result<Tail, crate::ssh::SshError> {
+        Tail::spawn(target, remote_command)
     }
 
     fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
@@ -162,7 +169,7 @@ async fn session(
     let driver::Invocation {
         command,
         agent_block,
-    } = driver::invocation(s, &script_name, &nonce, crate::vizier::health::INTERVAL);
+    } = driver::invocation(s, &script_name, &nonce, crate::vizier::WATCH_INTERVAL);
     let (reader, writer) = std::io::pipe().map_err(SessionError::Pipe)?;
     let mut conn = Connection::spawn(
         target,

@@ -80,14 +80,23 @@ impl Drop for Connection {
 /// Dropping it ends the session and the connection.
 #[derive(Debug)]
 pub struct Tail {
-    conn: Connection,
+    /// None for lines that come from elsewhere (a test's script).
+    conn: Option<Connection>,
     lines: UnboundedReceiver<String>,
 }
 
 impl Tail {
     /// A session already running whose stdout lines arrive on `lines`.
     pub fn new(conn: Connection, lines: UnboundedReceiver<String>) -> Tail {
-        Tail { conn, lines }
+        Tail {
+            conn: Some(conn),
+            lines,
+        }
+    }
+
+    /// Lines from `lines`, with no connection behind them.
+    pub fn from_lines(lines: UnboundedReceiver<String>) -> Tail {
+        Tail { conn: None, lines }
     }
 
     /// Connects to `target` and runs `remote_command` with its stdout read line by line.
@@ -103,7 +112,7 @@ impl Tail {
         if let Some(out) = conn.child().stdout.take() {
             tokio::spawn(self::lines(out, tx));
         }
-        Ok(Tail { conn, lines })
+        Ok(Tail::new(conn, lines))
     }
 
     /// The next line; None once the session has ended.
@@ -113,7 +122,9 @@ impl Tail {
 
     /// Ends the session and the connection.
     pub async fn close(self) {
-        self.conn.close().await;
+        if let Some(conn) = self.conn {
+            conn.close().await;
+        }
     }
 }
 

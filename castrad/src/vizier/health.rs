@@ -19,11 +19,12 @@ use tokio::sync::watch;
 use super::VizierSeen;
 use super::{Banner, VERSION, parse_banner};
 use crate::events::EventBus;
+use crate::pipeline::Remote;
 use crate::ssh::{Tail, Target, command_line};
 use crate::vm::state::VmSnapshot;
 
 /// How often the agent reports.
-pub const INTERVAL: Duration = Duration::from_secs(2);
+const INTERVAL: Duration = super::WATCH_INTERVAL;
 /// How long past [`INTERVAL`] a report may be late before the agent counts as not answering.
 const GRACE: Duration = Duration::from_secs(8);
 
@@ -97,10 +98,12 @@ pub async fn watch(
     remote_dir: String,
     bus: EventBus,
     snapshot: std::sync::Arc<watch::Sender<VmSnapshot>>,
+    remote: std::sync::Arc<dyn Remote>,
 ) {
     let vm = target.vm.clone();
     let every = INTERVAL.as_secs().to_string();
-    let remote = command_line(&[
+    let remote_side = remote;
+    let command = command_line(&[
         "sh",
         "-c",
         WATCH,
@@ -135,7 +138,7 @@ pub async fn watch(
     loop {
         let session = match handover.take() {
             Some(tail) => Ok(tail),
-            None => Tail::spawn(target.clone(), &remote),
+            None => remote_side.tail(target.clone(), &command),
         };
         match session {
             Err(e) => report(&Seen::Gone(format!("cannot run ssh: {e}"))),

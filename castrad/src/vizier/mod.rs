@@ -15,6 +15,8 @@ use serde::Deserialize;
 pub const VERSION: &str = "0.1.0";
 /// The banner protocol: the first line of `vizier.sh banner` is `VIZIER/<PROTOCOL>`.
 pub const PROTOCOL: u32 = 1;
+/// How often the agent's `watch` reports (the health check's period).
+pub const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
 /// How stale a heartbeat may be before the agent counts as hung.
 pub const HEARTBEAT_STALE_SECS: i64 = 10;
 

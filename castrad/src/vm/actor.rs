@@ -356,6 +356,7 @@ impl Actor {
             vm.bootstrap.remote_dir.clone(),
             self.ctx.pipeline.bus.clone(),
             self.ctx.pipeline.snapshot.clone(),
+            self.ctx.pipeline.remote.clone(),
         )));
     }
 

@@ -336,7 +336,7 @@ async fn success_then_noop_then_skip_each_reach_the_operation() {
     let first = outcome_of(bench.up("op-1").await).await;
     assert_eq!(first.status, OutcomeStatus::Success);
     let second = outcome_of(bench.up("op-2").await).await;
-    assert_eq!(second.status, OutcomeStatus::NoOp);
+    assert_eq!(second.status, OutcomeStatus::NoOp, "{second:?}");
     assert_eq!(second.run_id, first.run_id, "the stamp's run");
     let third = bench.up_with("op-3", BootstrapMode::Skip).await.unwrap();
     assert_eq!(outcome_of(third).await.status, OutcomeStatus::Skipped);

@@ -266,3 +266,69 @@ fn vizier_runs_under_systemd_on_a_cloud_guest_and_comes_back_after_a_reboot() {
         .count();
     assert_eq!(logs_after, logs_before, "no bootstrap run");
 }
+
+/// examples/cloud as a user would run it, with the test image standing for the downloaded one:
+/// their cloud-config (user-data.yaml) is merged with castrad's, and the bootstrap finds it done.
+#[test]
+fn the_cloud_example_boots_with_the_users_own_cloud_config() {
+    let _lock = crate::qemu::one_at_a_time();
+    let env = Env::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let example = env.path("cloud");
+    std::fs::create_dir_all(&example).unwrap();
+    for file in ["castra.toml", "user-data.yaml", "bootstrap.sh"] {
+        std::fs::copy(repo.join("examples/cloud").join(file), example.join(file)).unwrap();
+    }
+    std::os::unix::fs::symlink(image(), example.join("debian-12-genericcloud-amd64.qcow2"))
+        .unwrap();
+    let _daemon = env.start_daemon();
+    let up = env.ctl(&example, &["up", "--json"]);
+    let up = Up::parse(up.code, &up.stdout, &up.stderr);
+    let down = || env.ctl(&example, &["down", "--discard", "--timeout", "5"]);
+    if up.statuses() != ["Success"] {
+        down();
+        panic!("{:?}: {}", up.statuses(), up.stderr);
+    }
+    let motd = env.ctl(&example, &["ssh", "dev", "--", "cat /etc/motd"]);
+    let ready = env.ctl(
+        &example,
+        &["ssh", "dev", "--", "test -f ~/.castra-ready && id -un"],
+    );
+    assert!(
+        motd.stdout.contains("A Castra VM."),
+        "user-data.yaml applied: {motd:?}"
+    );
+    assert_eq!(ready.stdout.trim(), "dev", "{ready:?}");
+
+    // A cloud-config that cloud-init fails on, on a fresh disk: wait-handshake fails with
+    // cloud-init's own words and where its logs are; nothing else runs.
+    std::fs::write(
+        example.join("user-data.yaml"),
+        "#cloud-config\ntimezone: Nowhere/Atlantis\n",
+    )
+    .unwrap();
+    down().ok();
+    let failed = env.ctl(&example, &["up", "--json"]);
+    let failed = Up::parse(failed.code, &failed.stdout, &failed.stderr);
+    down().ok();
+    assert_eq!(failed.statuses(), ["Failed"]);
+    let error = failed.outcome_of("dev")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        error.starts_with("wait-handshake: cloud-init failed in the guest: status: error"),
+        "{error}"
+    );
+    assert!(
+        error.contains("Nowhere/Atlantis"),
+        "cloud-init's words: {error}"
+    );
+    assert!(error.contains("/var/log/cloud-init.log"), "{error}");
+    let steps: Vec<String> = failed
+        .event("dev", "BootstrapStep")
+        .iter()
+        .map(|s| s["step"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(steps, ["wait-handshake"], "nothing after it ran");
+}

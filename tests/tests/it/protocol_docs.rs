@@ -141,6 +141,14 @@ fn protocol_examples_match_real_responses() {
             .http_rpc("castra.status", json!({"config": config}))["result"]
             .clone(),
     );
+    real.insert(
+        "ssh-config-result",
+        fleet.env.http_rpc(
+            "castra.sshConfig",
+            json!({"config": config, "vms": ["web"]}),
+        )["result"]
+            .clone(),
+    );
     let events = fleet.up(&["--bootstrap", "always"]).events;
     let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
     for e in events {

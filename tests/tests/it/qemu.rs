@@ -187,42 +187,12 @@ impl Lab {
         crate::support::vm_of(&status["result"], vm)
     }
 
-    /// Runs `command` in the guest of `vm` over SSH (as a user would, with the guest's key).
+    /// Runs `command` in the guest of `vm` as a user would: `castractl ssh VM -- COMMAND`
+    /// (castrad's identity for the VM, its pinned host key).
     fn guest_sh(&self, vm: &str, command: &str) -> String {
-        let port = self.status_vm(vm)["ssh_endpoint"]
-            .as_str()
-            .unwrap()
-            .rsplit(':')
-            .next()
-            .unwrap()
-            .to_owned();
-        let out = Command::new("ssh")
-            .args(["-i"])
-            .arg(guest().join("id_ed25519"))
-            .args([
-                "-p",
-                &port,
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-            ])
-            .args([
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "LogLevel=ERROR",
-                "root@127.0.0.1",
-                command,
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "guest command {command:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let out = self.env.ctl(&self.project(), &["ssh", vm, "--", command]);
+        assert_eq!(out.code, 0, "guest command {command:?}: {out:?}");
+        out.stdout
     }
 
     fn state_root(&self) -> PathBuf {
