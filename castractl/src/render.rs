@@ -46,6 +46,15 @@ fn path_or_dash(path: Option<&std::path::Path>) -> String {
     path.map_or_else(|| "-".to_owned(), |p| p.display().to_string())
 }
 
+/// A configured disk size for people: `20 GiB`, `512 MiB`, `-` for the base image's.
+fn disk(mib: Option<u64>) -> String {
+    match mib {
+        None => "-".into(),
+        Some(m) if m % 1024 == 0 => format!("{} GiB", m / 1024),
+        Some(m) => format!("{m} MiB"),
+    }
+}
+
 /// A duration for people: `85ms`, `1.24s`, `12.3s`, `2m03s`, `1h05m` (truncated, never rounded
 /// up into the next unit).
 pub fn duration(ms: u64) -> String {
@@ -331,6 +340,7 @@ pub fn plan(p: &api::PlanResult) -> String {
         "MODE".into(),
         "ACTION".into(),
         "ARTIFACT".into(),
+        "DISK".into(),
         "REASON".into(),
     ]];
     for vm in &p.vms {
@@ -339,6 +349,7 @@ pub fn plan(p: &api::PlanResult) -> String {
             lower(&vm.mode),
             lower(&vm.action),
             short(&vm.artifact_hash),
+            disk(vm.disk_mib),
             vm.reason.clone(),
         ]);
     }
@@ -383,6 +394,7 @@ pub fn status(s: &api::StatusResult) -> String {
                 "PID",
                 "ACCEL",
                 "SSH",
+                "DISK",
                 "UP",
                 "NOW",
                 "LAST BOOTSTRAP",
@@ -412,6 +424,7 @@ pub fn status(s: &api::StatusResult) -> String {
                 vm.pid.map_or_else(dash, |p| p.to_string()),
                 vm.accel.clone().unwrap_or_else(dash),
                 vm.ssh_endpoint.clone().unwrap_or_else(dash),
+                disk(vm.disk_mib),
                 vm.uptime_ms.map_or_else(dash, |ms| {
                     humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
                 }),

@@ -310,6 +310,30 @@ fn collect(
     Ok(())
 }
 
+/// What the user puts into a VM's cloud-init seed: `[vms.cloud_init] user_data` and the
+/// `authorized_keys` files (contents), and the login user. cloud-init applies a seed on a
+/// disk's first boot only, so a change matters for the next new disk, and `plan` says so.
+pub fn seed_inputs(vm: &Vm) -> Result<String, HashError> {
+    let c = &vm.cloud_init;
+    let mut e = Encoder::new("castra-seed-inputs-v1");
+    e.opt("user", vm.ssh.user.as_deref().map(str::as_bytes));
+    let read = |p: &PathBuf| {
+        fs::read(p).map_err(|source| HashError::Read {
+            path: p.clone(),
+            source,
+        })
+    };
+    e.opt(
+        "user_data",
+        c.user_data.as_ref().map(read).transpose()?.as_deref(),
+    );
+    e.len(c.authorized_keys.len() as u64);
+    for key in &c.authorized_keys {
+        e.bytes(&read(key)?);
+    }
+    Ok(e.finish())
+}
+
 /// The base hash of a VM and how many image bytes were read to get it (0 on cache hits).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseHash {

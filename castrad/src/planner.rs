@@ -78,6 +78,8 @@ pub struct Facts {
     pub vizier: Option<VizierSeen>,
     /// The configured ssh identity file, when it does not exist.
     pub missing_identity: Option<PathBuf>,
+    /// The VM's disk got a seed from other `[vms.cloud_init]` inputs than today's.
+    pub seed_changed: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -177,7 +179,20 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
         disk_id: stamps::disk_id(root, &vm.name),
         vizier: None,
         missing_identity: vm.ssh.identity.clone().filter(|i| !i.exists()),
+        seed_changed: seed_changed(root, vm).map_err(hash_err)?,
     })
+}
+
+/// Whether the seed on the VM's disk was made from other `[vms.cloud_init]` inputs than the
+/// configured ones (false when it has no seed yet).
+fn seed_changed(root: &StateRoot, vm: &Vm) -> Result<bool, HashError> {
+    if !vm.cloud_init.enabled {
+        return Ok(false);
+    }
+    let Ok(recorded) = std::fs::read_to_string(root.vm(&vm.name).seed_inputs) else {
+        return Ok(false);
+    };
+    Ok(recorded.trim() != hashing::seed_inputs(vm)?)
 }
 
 /// Pure: the plan of `vm` from its effective mode and the gathered facts.
@@ -265,6 +280,14 @@ pub fn decide(
     {
         warnings.push(
             "no verify_command or verify_path: success rests on the script's exit status alone"
+                .into(),
+        );
+    }
+    if facts.seed_changed {
+        warnings.push(
+            "[vms.cloud_init] (user_data, authorized_keys or the user) changed since this \
+             disk's first boot: cloud-init applies it to a fresh disk only \
+             (castractl down --discard, then up)"
                 .into(),
         );
     }
@@ -421,6 +444,7 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         }),
         vizier_log_path: Some(plan.vizier_log_path),
         vizier_remediation: plan.vizier_remediation,
+        disk_mib: vm.disk_mib,
     }
 }
 

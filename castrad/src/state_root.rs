@@ -105,6 +105,7 @@ impl StateRoot {
             overlay: dir.join("overlay.qcow2"),
             overlay_tmp: dir.join(".overlay.qcow2.tmp"),
             seed: dir.join("seed.img"),
+            seed_inputs: dir.join("seed-inputs"),
             host_key_tmp: dir.join(".host-key.tmp"),
             efi_vars: dir.join("efi-vars.fd"),
             disk_id: dir.join("disk-id"),
@@ -159,6 +160,9 @@ pub struct VmPaths {
     pub overlay_tmp: PathBuf,
     /// The NoCloud seed (a FAT volume labelled cidata) of this disk.
     pub seed: PathBuf,
+    /// The hash of what the user gave that seed (`hashing::seed_inputs`), to tell when it
+    /// changes: cloud-init reads a seed on a disk's first boot only.
+    pub seed_inputs: PathBuf,
     /// Where ssh-keygen writes a new host key before castrad reads and removes it.
     pub host_key_tmp: PathBuf,
     /// The VM's UEFI variables (a copy of OVMF's template), discarded with the disk.

@@ -50,6 +50,7 @@ fn planned() -> api::BootstrapPlanned {
         vizier_status: None,
         vizier_log_path: None,
         vizier_remediation: None,
+        disk_mib: None,
     }
 }
 
@@ -366,6 +367,7 @@ fn status_rows_show_what_a_vm_is_doing() {
                 uptime_ms: Some(5_000),
                 accel: Some("tcg".into()),
                 ssh_endpoint: Some("127.0.0.1:4022".into()),
+                disk_mib: Some(20 * 1024),
                 vizier: None,
             }],
         }],
@@ -378,6 +380,7 @@ fn status_rows_show_what_a_vm_is_doing() {
         "4242",
         "tcg",
         "127.0.0.1:4022",
+        "20 GiB",
         "5s",
         "wait-handshake: ssh banner",
     ] {

@@ -182,6 +182,9 @@ pub struct BootstrapPlanned {
     pub vizier_status: Option<VizierPlanStatus>,
     pub vizier_log_path: Option<PathBuf>,
     pub vizier_remediation: Option<String>,
+    /// The VM's disk size in MiB (`disk` in castra.toml); null: the base image's size, or a
+    /// VM whose disk castrad does not make (external).
+    pub disk_mib: Option<u64>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -264,6 +267,8 @@ pub struct VmStatus {
     pub accel: Option<String>,
     /// Where castrad reaches the guest's SSH: `127.0.0.1:40022` (QEMU) or the external host.
     pub ssh_endpoint: Option<String>,
+    /// As in the plan: the configured disk size in MiB, null for the base image's.
+    pub disk_mib: Option<u64>,
     /// The in-guest agent as castrad last saw it.
     pub vizier: Option<VizierStatus>,
 }

@@ -34,6 +34,7 @@ fn facts(stamp: StampRead, disk: Option<&str>) -> Facts {
         disk_id: disk.map(str::to_owned),
         vizier: None,
         missing_identity: None,
+        seed_changed: false,
     }
 }
 

@@ -3,7 +3,8 @@
 //! castrad's seed creates the user with sudo and castrad's key, gives the guest a host key
 //! castrad pinned before the boot, and the bootstrap starts once cloud-init is done.
 //!
-//! Boots are shared: each test walks a VM through several stages. They take the QEMU tests'
+//! Boots are shared: each test walks a VM through several stages. The Vizier test boots with
+//! UEFI firmware, the others with BIOS. They take the QEMU tests'
 //! lock: one guest test at a time on a 2-core machine.
 
 use std::path::{Path, PathBuf};
@@ -44,12 +45,13 @@ struct Cloud {
 }
 
 impl Cloud {
-    /// One VM `box` on the cloud image, logging in as `user`.
-    fn new(user: &str) -> Cloud {
+    /// One VM `box` on the cloud image, logging in as `user`, with `firmware`.
+    fn new(user: &str, firmware: &str) -> Cloud {
         let env = Env::new();
         let config = format!(
             "[project]\nname = \"cloudy\"\n\n[[vms]]\nname = \"box\"\nbase_image = \"{}\"\n\
-             cpus = 2\nmemory = \"1 GiB\"\ndisk = \"3 GiB\"\n\n[vms.ssh]\nuser = \"{user}\"\n\n\
+             cpus = 2\nmemory = \"1 GiB\"\ndisk = \"3 GiB\"\nfirmware = \"{firmware}\"\n\n\
+             [vms.ssh]\nuser = \"{user}\"\n\n\
              [vms.bootstrap]\nscript = \"run.sh\"\nverify_path = \"whoami\"\n\
              handshake_timeout_secs = 240\n",
             image().display()
@@ -112,7 +114,7 @@ fn step_detail(up: &Up, vm: &str, step: &str) -> String {
 #[test]
 fn a_stock_cloud_image_from_first_up_to_discard() {
     let _lock = crate::qemu::one_at_a_time();
-    let cloud = Cloud::new("dev");
+    let cloud = Cloud::new("dev", "bios");
 
     // First up: cloud-init creates the user; the bootstrap runs as that user, with sudo.
     let first = cloud.up();
@@ -193,9 +195,23 @@ fn a_stock_cloud_image_from_first_up_to_discard() {
 #[test]
 fn vizier_runs_under_systemd_on_a_cloud_guest_and_comes_back_after_a_reboot() {
     let _lock = crate::qemu::one_at_a_time();
-    let cloud = Cloud::new("root");
+    // UEFI this time: the image boots either way, as distributions' images do.
+    let cloud = Cloud::new("root", "uefi");
     let up = cloud.up();
     assert_eq!(up.statuses(), ["Success"], "{}", up.stderr);
+    assert!(
+        cloud
+            .sh("test -d /sys/firmware/efi && echo uefi")
+            .contains("uefi")
+    );
+    let vars = cloud.state_root().join("vms/box/efi-vars.fd");
+    assert_eq!(
+        std::fs::metadata(&vars).map(|m| m.len()).unwrap_or(0),
+        std::fs::metadata("/usr/share/OVMF/OVMF_VARS_4M.fd")
+            .unwrap()
+            .len(),
+        "the VM's own UEFI variables"
+    );
     let enabled = step_detail(&up, "box", "vizier-enable");
     assert!(enabled.contains("under systemd"), "{enabled}");
     assert_eq!(
@@ -307,6 +323,14 @@ fn the_cloud_example_boots_with_the_users_own_cloud_config() {
         "#cloud-config\ntimezone: Nowhere/Atlantis\n",
     )
     .unwrap();
+    // Until the disk is discarded, plan says the change needs a fresh disk.
+    let plan = env.ctl(&example, &["plan", "--json"]).ok().json();
+    let warnings = plan["vms"][0]["warnings"].to_string();
+    assert!(
+        warnings.contains("changed since this disk's first boot"),
+        "{warnings}"
+    );
+    assert_eq!(plan["vms"][0]["disk_mib"], 20 * 1024);
     down().ok();
     let failed = env.ctl(&example, &["up", "--json"]);
     let failed = Up::parse(failed.code, &failed.stdout, &failed.stderr);

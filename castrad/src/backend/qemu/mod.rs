@@ -249,11 +249,19 @@ fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
         host_key: &host_key,
         user_data: user_data.as_deref(),
     };
+    let inputs = crate::hashing::seed_inputs(vm)
+        .map_err(|e| process::ProcessError::Failed(e.to_string()))?;
     keys::pin(&paths.known_hosts, &alias, &host_key.public)?;
     seed::write(&paths.seed, &seed).map_err(|source| process::ProcessError::Io {
         what: format!("writing {}", paths.seed.display()),
         source,
     })?;
+    crate::fsutil::write_atomic(&paths.seed_inputs, format!("{inputs}\n").as_bytes()).map_err(
+        |source| process::ProcessError::Io {
+            what: format!("writing {}", paths.seed_inputs.display()),
+            source,
+        },
+    )?;
     Ok(())
 }
 

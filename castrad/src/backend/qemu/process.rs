@@ -113,6 +113,7 @@ pub async fn prepare_overlay(
         &paths.stamp,
         &paths.known_hosts,
         &paths.seed,
+        &paths.seed_inputs,
         &paths.efi_vars,
     ] {
         match std::fs::remove_file(stale) {
@@ -488,6 +489,7 @@ pub fn discard(paths: &VmPaths) -> std::io::Result<u64> {
         &paths.stamp,
         &paths.known_hosts,
         &paths.seed,
+        &paths.seed_inputs,
         &paths.efi_vars,
     ] {
         match std::fs::remove_file(f) {
@@ -528,12 +530,26 @@ mod tests {
             "kept"
         );
 
-        // Proofs about this disk, then the disk goes away.
+        // Proofs about this disk and what was given to it, then the disk goes away.
         crate::state_root::ensure_dir(&root.stamps_dir()).unwrap();
-        std::fs::write(&paths.stamp, "{}").unwrap();
-        std::fs::write(&paths.known_hosts, "key").unwrap();
+        for f in [
+            &paths.stamp,
+            &paths.known_hosts,
+            &paths.seed,
+            &paths.efi_vars,
+        ] {
+            std::fs::write(f, "x").unwrap();
+        }
         assert!(discard(&paths).unwrap() > 0);
-        assert!(!paths.stamp.exists() && !paths.known_hosts.exists() && !paths.overlay.exists());
+        for f in [
+            &paths.stamp,
+            &paths.known_hosts,
+            &paths.seed,
+            &paths.efi_vars,
+            &paths.overlay,
+        ] {
+            assert!(!f.exists(), "{} is left", f.display());
+        }
 
         prepare_overlay(&paths, &base, None).await.unwrap();
         let id2 = std::fs::read_to_string(&paths.disk_id).unwrap();
@@ -546,5 +562,43 @@ mod tests {
         let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
         assert_eq!(info["format"], "qcow2");
         assert_eq!(info["backing-filename-format"], "raw");
+    }
+
+    #[tokio::test]
+    async fn a_disk_is_made_at_its_size_grown_when_asked_and_never_shrunk() {
+        let dir = tempfile::tempdir().unwrap();
+        let root =
+            crate::state_root::StateRoot::for_project(dir.path(), "p", Path::new("/p/castra.toml"));
+        let paths = root.vm("vm");
+        let base = dir.path().join("base.img");
+        std::fs::write(&base, vec![0u8; 4 << 20]).unwrap();
+
+        let small = prepare_overlay(&paths, &base, Some(2)).await.unwrap_err();
+        assert!(
+            small.to_string().contains("smaller than the base image"),
+            "{small}"
+        );
+        assert!(!paths.overlay.exists(), "nothing made");
+        prepare_overlay(&paths, &base, Some(16)).await.unwrap();
+        assert_eq!(mib(&paths.overlay).await, 16);
+        let id = std::fs::read_to_string(&paths.disk_id).unwrap();
+        assert_eq!(
+            prepare_overlay(&paths, &base, Some(32)).await.unwrap(),
+            None
+        );
+        assert_eq!(mib(&paths.overlay).await, 32, "grown");
+        assert_eq!(
+            std::fs::read_to_string(&paths.disk_id).unwrap(),
+            id,
+            "the same disk"
+        );
+        let shrink = prepare_overlay(&paths, &base, Some(8)).await.unwrap_err();
+        assert!(shrink.to_string().contains("cannot shrink"), "{shrink}");
+        assert_eq!(mib(&paths.overlay).await, 32, "unchanged");
+        assert_eq!(prepare_overlay(&paths, &base, None).await.unwrap(), None);
+    }
+
+    async fn mib(path: &Path) -> u64 {
+        image_info(path).await.unwrap().virtual_size >> 20
     }
 }
