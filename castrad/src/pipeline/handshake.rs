@@ -1,12 +1,28 @@
 //! `wait-handshake`: poll the guest's SSH port until it accepts TCP and sends an SSH banner.
 //!
-//! Starts an attempt every [`POLL`] whether or not earlier ones have given up: behind QEMU's
-//! user networking a TCP connect succeeds at once even while the guest cannot answer, and the
-//! banner wait of such an attempt must not hold back the next one (a guest whose SSH server
-//! comes up is seen within one `POLL`, not one banner timeout). At most [`OUTSTANDING`]
-//! attempts wait at once; a slow server still gets [`ATTEMPT`] to send its banner. Never waits
-//! past the deadline (sub-second precision), and reports what it is waiting on whenever that
-//! changes and every [`HEARTBEAT`], so a watcher always knows why nothing is happening yet.
+//! Starts attempts on a schedule whether or not earlier ones have given up: behind QEMU's user
+//! networking a TCP connect succeeds at once even while the guest cannot answer, and the banner
+//! wait of such an attempt must not hold back the next one. At most [`OUTSTANDING`] attempts
+//! wait at once; a slow server still gets [`ATTEMPT`] to send its banner.
+//!
+//! The schedule is paced by what the far end says, because every attempt costs the guest:
+//! - While attempts go unanswered (the guest's network is not up yet), they start every
+//!   [`POLL`] at first, then less often as the wait goes on: a quarter of the time waited so
+//!   far, at most every [`QUIET_POLL`]. QEMU's user networking keeps retrying each of these
+//!   connections into the guest long after we gave up on it, and those that land once the SSH
+//!   server listens each cost a booting guest a forked and re-executed `sshd` (under TCG, a
+//!   quarter of a second of its CPU). Probing every 100 ms for the 15 s a cloud image takes
+//!   to bring up its network made its first boot 3–5 s slower (docs/PERFORMANCE.md, P8); a
+//!   small guest that boots in 2–3 s is still seen within a few hundred milliseconds.
+//! - While attempts end at once (refused, or closed before any banner: behind QEMU, the
+//!   guest's network is up, its SSH server not yet), they start every `POLL`: they cost
+//!   nothing once ended, and a server that comes up is seen within one `POLL`.
+//! - Once the guest has answered that way, a connection that stays silent is most likely its
+//!   SSH server starting, slowly: at most [`OUTSTANDING_ANSWERED`] attempts wait on it.
+//!
+//! Never waits past the deadline (sub-second precision), and reports what it is waiting on
+//! whenever that changes and every [`HEARTBEAT`], so a watcher always knows why nothing is
+//! happening yet.
 
 use std::time::{Duration, Instant};
 
@@ -15,12 +31,16 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 
 pub const POLL: Duration = Duration::from_millis(100);
+/// The longest pause between attempts while nothing answers.
+const QUIET_POLL: Duration = Duration::from_secs(1);
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long one TCP connect or banner read may take before that attempt gives up.
 const ATTEMPT: Duration = Duration::from_millis(1500);
 /// How many attempts may be waiting at once (enough to keep probing every POLL while each
 /// waits its ATTEMPT behind QEMU's user networking).
 const OUTSTANDING: usize = 16;
+/// The same once the far end has answered (see the module's documentation).
+const OUTSTANDING_ANSWERED: usize = 2;
 
 /// No SSH banner before the deadline.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -47,6 +67,9 @@ pub async fn wait(
     let mut last_obstacle = None;
     let mut attempts = JoinSet::new();
     let mut next_attempt = start;
+    let mut answered = false;
+    // Whether the last attempt to finish ended at once, without waiting.
+    let mut last_quick = false;
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -57,13 +80,18 @@ pub async fn wait(
                 last: last_obstacle.unwrap_or_else(|| "no attempt finished".to_owned()),
             });
         }
-        if now >= next_attempt && attempts.len() < OUTSTANDING {
+        let outstanding = if answered {
+            OUTSTANDING_ANSWERED
+        } else {
+            OUTSTANDING
+        };
+        if now >= next_attempt && attempts.len() < outstanding {
             let limit = ATTEMPT.min(deadline - now);
             attempts.spawn(attempt(host.to_owned(), port, limit));
-            next_attempt = now + POLL;
+            next_attempt = now + pause(now - start, last_quick);
         }
         // At capacity, only a finished attempt (or the deadline) makes room for the next.
-        let wake = if attempts.len() < OUTSTANDING {
+        let wake = if attempts.len() < outstanding {
             next_attempt.max(now).min(deadline)
         } else {
             deadline
@@ -72,7 +100,14 @@ pub async fn wait(
         let waiting_on = tokio::select! {
             Some(done) = attempts.join_next() => match done {
                 Ok(Ok(banner)) => return Ok(banner),
-                Ok(Err(why)) => why,
+                Ok(Err(obstacle)) => {
+                    answered |= obstacle.answered;
+                    last_quick = obstacle.quick;
+                    if last_quick {
+                        next_attempt = next_attempt.min(Instant::now() + POLL);
+                    }
+                    obstacle.why
+                }
                 Err(e) => format!("probe task failed: {e}"),
             },
             _ = tokio::time::sleep_until(wake) => continue,
@@ -90,13 +125,56 @@ pub async fn wait(
     }
 }
 
-/// One try: connect, read the banner line. Err is a short description of the obstacle.
-async fn attempt(host: String, port: u16, limit: Duration) -> Result<String, String> {
+/// How long after an attempt the next one starts (see the module's documentation).
+fn pause(waited: Duration, last_quick: bool) -> Duration {
+    if last_quick {
+        POLL
+    } else {
+        (waited / 4).clamp(POLL, QUIET_POLL)
+    }
+}
+
+/// Why one attempt saw no banner.
+struct Obstacle {
+    /// A short description ("tcp 127.0.0.1:2222: connection refused", ...).
+    why: String,
+    /// Connected, then closed before any banner: the far end answers, its SSH server is not
+    /// up (behind QEMU's user networking: the guest's network is up and refused us).
+    answered: bool,
+    /// Ended at once (refused, reset, closed), rather than by running out of time.
+    quick: bool,
+}
+
+impl Obstacle {
+    fn quick(why: String) -> Self {
+        Obstacle {
+            why,
+            answered: false,
+            quick: true,
+        }
+    }
+
+    fn silent(why: String) -> Self {
+        Obstacle {
+            why,
+            answered: false,
+            quick: false,
+        }
+    }
+}
+
+/// One try: connect, read the banner line.
+async fn attempt(host: String, port: u16, limit: Duration) -> Result<String, Obstacle> {
     let started = Instant::now();
     let connect = tokio::time::timeout(limit, TcpStream::connect((host.as_str(), port))).await;
     let mut stream = match connect {
-        Err(_) => return Err(format!("tcp {host}:{port}: no answer")),
-        Ok(Err(e)) => return Err(format!("tcp {host}:{port}: {}", short_io(&e))),
+        Err(_) => return Err(Obstacle::silent(format!("tcp {host}:{port}: no answer"))),
+        Ok(Err(e)) => {
+            return Err(Obstacle::quick(format!(
+                "tcp {host}:{port}: {}",
+                short_io(&e)
+            )));
+        }
         Ok(Ok(s)) => s,
     };
     let mut buf = Vec::with_capacity(256);
@@ -117,14 +195,19 @@ async fn attempt(host: String, port: u16, limit: Duration) -> Result<String, Str
         .lines()
         .find(|l| l.starts_with("SSH-"))
         .map(str::trim);
+    let banner_from = format!("ssh banner from {host}:{port}");
     match (read, first) {
         (_, Some(line)) => Ok(line.to_owned()),
-        (Err(_), None) => Err(format!("ssh banner from {host}:{port}: none yet")),
-        (Ok(Err(e)), None) => Err(format!("ssh banner from {host}:{port}: {}", short_io(&e))),
-        (Ok(Ok(())), None) if buf.is_empty() => {
-            Err(format!("ssh banner from {host}:{port}: connection closed"))
-        }
-        (Ok(Ok(())), None) => Err(format!("ssh banner from {host}:{port}: not an SSH server")),
+        (Err(_), None) => Err(Obstacle::silent(format!("{banner_from}: none yet"))),
+        (Ok(Err(e)), None) => Err(Obstacle {
+            answered: buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset,
+            ..Obstacle::quick(format!("{banner_from}: {}", short_io(&e)))
+        }),
+        (Ok(Ok(())), None) if buf.is_empty() => Err(Obstacle {
+            answered: true,
+            ..Obstacle::quick(format!("{banner_from}: connection closed"))
+        }),
+        (Ok(Ok(())), None) => Err(Obstacle::quick(format!("{banner_from}: not an SSH server"))),
     }
 }
 
@@ -181,6 +264,69 @@ mod tests {
         assert_eq!(banner, "SSH-2.0-late");
         let took = start.elapsed();
         assert!(took < Duration::from_millis(900), "{took:?}");
+    }
+
+    /// Once the far end has refused us (the guest's network is up), a silent connection is its
+    /// SSH server starting: no more than two attempts wait on it, each of which would cost a
+    /// starting OpenSSH a forked `sshd`.
+    #[tokio::test]
+    async fn a_starting_server_is_not_flooded_once_the_guest_has_answered() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = held.clone();
+        tokio::spawn(async move {
+            let mut silent = Vec::new();
+            let (first, _) = listener.accept().await.unwrap();
+            drop(first); // closed before a banner: nothing listens in the guest yet
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                silent.push(s); // the SSH server is starting: accepted, no banner yet
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let err = wait("127.0.0.1", port, Duration::from_millis(1200), |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.last.contains("connection closed"), "{err}");
+        let held = held.load(std::sync::atomic::Ordering::SeqCst);
+        // Probing at full rate would have held about ten.
+        assert!((1..=3).contains(&held), "{held} connections held");
+    }
+
+    #[test]
+    fn unanswered_attempts_slow_down_and_quick_ones_do_not() {
+        let ms = Duration::from_millis;
+        assert_eq!(pause(ms(0), false), POLL);
+        assert_eq!(pause(ms(2000), false), ms(500));
+        assert_eq!(pause(ms(60_000), false), QUIET_POLL);
+        assert_eq!(pause(ms(60_000), true), POLL);
+    }
+
+    /// A guest whose network is not up yet: every connection is accepted (by QEMU) and stays
+    /// silent. Attempts thin out as the wait goes on (each would later cost the guest an
+    /// `sshd` if its SSH server comes up while QEMU still retries it).
+    #[tokio::test]
+    async fn a_guest_that_never_answers_is_probed_less_and_less_often() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            let mut silent = Vec::new();
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                silent.push(s);
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let err = wait("127.0.0.1", port, Duration::from_secs(2), |_| {})
+            .await
+            .unwrap_err();
+        assert!(err.last.contains("none yet"), "{err}");
+        // Every POLL for 2 s would be 20; paced, 0.1 s apart at first and 0.5 s at the end.
+        let accepted = accepted.load(std::sync::atomic::Ordering::SeqCst);
+        assert!((6..=13).contains(&accepted), "{accepted} attempts");
     }
 
     #[tokio::test]

@@ -28,6 +28,9 @@ const DIRECT_ATTEMPT: Duration = Duration::from_secs(3);
 /// Where cloud-init writes what it did, in the guest.
 const CLOUD_INIT_LOGS: &str = "/var/log/cloud-init.log, /var/log/cloud-init-output.log";
 
+/// How long to wait before probing again after ssh failed to get in past a banner.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
+
 /// A guest session that ended before ssh authenticated: why (its retry may help).
 struct Unreached(ssh::SshError);
 
@@ -146,7 +149,10 @@ pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
         progress(&format!("authentication as {}", target.display()));
         match ctx.remote.login(target.clone()).await {
             Ok(()) => break Ok(()),
-            Err(e) if e.unreached() && Instant::now() < deadline => progress(&e.to_string()),
+            Err(e) if e.unreached() && Instant::now() < deadline => {
+                progress(&e.to_string());
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
             Err(e) => break Err(e.to_string()),
         }
     };
@@ -299,8 +305,16 @@ impl Run {
                 .session(target.clone(), t, deadline, banner.as_deref())
                 .await
             {
-                Err(Unreached(e)) if !probe && e.unreached() && Instant::now() < deadline => {
+                // Not in yet, and not refused: the server is not (or no longer) up. A booting
+                // guest's sshd can close connections after its banner (cloud-init restarts it
+                // with the host keys it was given): probe for it again, a moment later.
+                Err(Unreached(e)) if e.unreached() && Instant::now() < deadline => {
                     progress(&e.to_string());
+                    if probe {
+                        let pause =
+                            RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
+                        tokio::time::sleep(pause).await;
+                    }
                     probe = true; // then try again
                 }
                 Err(Unreached(e)) => {

@@ -566,3 +566,35 @@ async fn a_booted_vm_that_refuses_us_fails_even_when_its_bootstrap_is_a_noop() {
         "{error}"
     );
 }
+
+/// A booting guest's sshd may close a connection after its banner (cloud-init restarts it):
+/// the handshake probes again and retries until the deadline, not just once.
+#[tokio::test(start_paused = true)]
+async fn a_booting_guest_that_drops_the_first_connection_is_tried_again() {
+    let dropped = || Script {
+        status: Some(255),
+        unauthenticated: Some(
+            "kex_exchange_identification: Connection closed by remote host".into(),
+        ),
+        ..Script::default()
+    };
+    let fake = Fake::new(
+        vec![dropped(), dropped(), successful_session(vec![])],
+        vec![Probe::After(Duration::from_secs(20)); 3],
+    );
+    let bench = Bench::new(fake, true);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Success, "{outcome:?}");
+    assert_eq!(
+        bench.fake.calls(),
+        [
+            "probe",
+            "session 2222",
+            "probe",
+            "session 2222",
+            "probe",
+            "session 2222"
+        ]
+    );
+    assert_eq!(bench.steps(), ALL_STEPS_OK, "one wait-handshake step");
+}

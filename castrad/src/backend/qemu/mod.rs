@@ -90,7 +90,10 @@ impl Backend for Qemu {
             let paths = root.vm(&vm.name);
             let new = process::prepare_overlay(&paths, base, vm.disk_mib).await?;
             if vm.cloud_init.enabled && !paths.seed.exists() {
+                let t = std::time::Instant::now();
                 make_seed(root, vm)?;
+                let seed_ms = t.elapsed().as_secs_f64() * 1000.0;
+                tracing::info!(vm = vm.name, seed_ms, "cloud-init seed and host key made");
             }
             Ok(new)
         })

@@ -63,7 +63,8 @@ pub fn castra_config(seed: &Seed<'_>) -> String {
         "users": [user],
         // Root keeps its keys usable (cloud-init otherwise prefixes them with a refusal).
         "disable_root": seed.user != "root",
-        "ssh_pwauth": false,
+        // No ssh_pwauth: setting it makes cloud-init restart sshd mid-boot (dropping the
+        // first connection); the login user's password is locked anyway.
         "ssh_deletekeys": true,
         "ssh_genkeytypes": [],
         "ssh_keys": {
@@ -212,7 +213,10 @@ mod tests {
                 .unwrap()
                 .contains("OPENSSH PRIVATE KEY")
         );
-        assert_eq!(c["ssh_pwauth"], false);
+        assert!(
+            c.get("ssh_pwauth").is_none(),
+            "sshd is not restarted mid-boot"
+        );
         assert_eq!(c["ssh_genkeytypes"], serde_json::json!([]));
         let root = config(&user_data(&seed(&key, "root", None)));
         assert_eq!(root["users"][0]["name"], "root");
