@@ -79,19 +79,11 @@ impl Cloud {
 
     /// `castractl ssh box -- COMMAND`: its stdout; the command must succeed.
     fn sh(&self, command: &str) -> String {
-        let out = self.ctl(&["ssh", "box", "--", command]);
-        assert_eq!(out.code, 0, "{command}: {out:?}");
-        out.stdout
+        self.env.guest_sh(&self.project(), "box", command)
     }
 
     fn state_root(&self) -> PathBuf {
-        let projects = self.env.state().join("projects");
-        std::fs::read_dir(projects)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path()
+        self.env.project_state()
     }
 }
 
@@ -227,33 +219,13 @@ fn vizier_runs_under_systemd_on_a_cloud_guest_and_comes_back_after_a_reboot() {
         status(&cloud)["vizier"]["pid"].as_u64()
     });
     // Killed: systemd starts it again, and castrad says so.
-    let mut follow = Command::new(crate::support::CASTRACTL)
-        .args(["events", "--json", "--vm", "box", "--since", "0"])
-        .env("CASTRA_SOCKET", cloud.env.socket())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    cloud.sh(&format!("kill -9 {pid}"));
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut kinds = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(60)) {
-        let v: Value = serde_json::from_str(&line).unwrap();
-        kinds.push(crate::support::event_kind(&v));
-        if kinds.ends_with(&["VizierLost".into(), "VizierConnected".into()]) {
-            break;
-        }
-    }
-    follow.kill().unwrap();
-    follow.wait().unwrap();
-    assert!(
-        kinds.ends_with(&["VizierLost".into(), "VizierConnected".into()]),
-        "{kinds:?}"
+    crate::support::agent_lost_and_back(
+        &cloud.env.socket(),
+        "box",
+        Duration::from_secs(60),
+        || {
+            cloud.sh(&format!("kill -9 {pid}"));
+        },
     );
     let restarted = status(&cloud)["vizier"]["pid"].as_u64().unwrap();
     assert_ne!(restarted, pid);

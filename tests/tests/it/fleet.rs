@@ -86,13 +86,7 @@ impl Fleet {
     }
 
     pub fn state_root(&self) -> PathBuf {
-        let projects = self.env.state().join("projects");
-        let entry = std::fs::read_dir(&projects)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap();
-        entry.path()
+        self.env.project_state()
     }
 
     pub fn stamp(&self, vm: &str) -> Option<Value> {

@@ -190,19 +190,11 @@ impl Lab {
     /// Runs `command` in the guest of `vm` as a user would: `castractl ssh VM -- COMMAND`
     /// (castrad's identity for the VM, its pinned host key).
     fn guest_sh(&self, vm: &str, command: &str) -> String {
-        let out = self.env.ctl(&self.project(), &["ssh", vm, "--", command]);
-        assert_eq!(out.code, 0, "guest command {command:?}: {out:?}");
-        out.stdout
+        self.env.guest_sh(&self.project(), vm, command)
     }
 
     fn state_root(&self) -> PathBuf {
-        let projects = self.env.state().join("projects");
-        std::fs::read_dir(projects)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path()
+        self.env.project_state()
     }
 
     fn disk_id(&self, vm: &str) -> Option<String> {

@@ -49,6 +49,26 @@ impl Env {
         self.dir.path().join("state")
     }
 
+    /// The state root of the (only) project this env's daemon has seen.
+    pub fn project_state(&self) -> PathBuf {
+        let projects = self.state().join("projects");
+        let entry = std::fs::read_dir(&projects)
+            .unwrap_or_else(|e| panic!("{}: {e}", projects.display()))
+            .next()
+            .expect("a project's state root")
+            .unwrap();
+        entry.path()
+    }
+
+    /// Runs `command` in the guest of `vm` as a user would: `castractl ssh VM -- COMMAND` in
+    /// `project` (castrad's identity for the VM, its pinned host key). Its stdout; the command
+    /// must succeed.
+    pub fn guest_sh(&self, project: &Path, vm: &str, command: &str) -> String {
+        let out = self.ctl(project, &["ssh", vm, "--", command]);
+        assert_eq!(out.code, 0, "guest command {command:?}: {out:?}");
+        out.stdout
+    }
+
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
@@ -270,6 +290,45 @@ pub fn read_tree_text(root: &Path) -> String {
 pub fn event_kind(envelope: &serde_json::Value) -> String {
     let event = envelope["event"].as_object().expect("an event envelope");
     event.keys().next().expect("a tagged event").clone()
+}
+
+/// Follows `castractl events --json --vm VM --since 0` on `socket` while `act` runs (the
+/// replay covers whatever `act` causes before the subscription starts), until the events end
+/// with `VizierLost` then `VizierConnected`, or nothing comes for `quiet`. Returns the kinds
+/// seen; asserts that they end that way.
+pub fn agent_lost_and_back(
+    socket: &std::path::Path,
+    vm: &str,
+    quiet: std::time::Duration,
+    act: impl FnOnce(),
+) -> Vec<String> {
+    let mut follow = std::process::Command::new(CASTRACTL)
+        .args(["events", "--json", "--vm", vm, "--since", "0"])
+        .env("CASTRA_SOCKET", socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    act();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let back = ["VizierLost".to_owned(), "VizierConnected".to_owned()];
+    let mut kinds = Vec::new();
+    while let Ok(line) = rx.recv_timeout(quiet) {
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        kinds.push(event_kind(&v));
+        if kinds.ends_with(&back) {
+            break;
+        }
+    }
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    assert!(kinds.ends_with(&back), "{kinds:?}");
+    kinds
 }
 
 /// The entry of `vm` in a `castra.status` result (first project).

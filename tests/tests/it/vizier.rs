@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::bootstrap::Fleet;
-use crate::support::{CASTRACTL, wait_until};
+use crate::support::wait_until;
 
 const BOX: &str = "[[vms]]\nname = \"box\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\nscript = \"scripts/db.sh\"\n";
 const VERSION: &str = "0.1.0";
@@ -101,38 +101,17 @@ fn a_killed_agent_is_respawned_and_the_loss_reported() {
     );
     // `--since 0`: whenever the subscription starts, it sees what the kill causes (the replay
     // covers any gap), so no pause is needed before the kill.
-    let mut follow = Command::new(CASTRACTL)
-        .args(["events", "--json", "--vm", "box", "--since", "0"])
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-
-    let stdout = follow.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let mut kinds = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_secs(10)) {
-        let v: Value = serde_json::from_str(&line).unwrap();
-        kinds.push(crate::support::event_kind(&v));
-        if kinds.ends_with(&["VizierLost".into(), "VizierConnected".into()]) {
-            break;
-        }
-    }
-    follow.kill().unwrap();
-    follow.wait().unwrap();
-    assert!(
-        kinds.ends_with(&["VizierLost".into(), "VizierConnected".into()]),
-        "{kinds:?}"
+    crate::support::agent_lost_and_back(
+        &fleet.env.socket(),
+        "box",
+        Duration::from_secs(10),
+        || {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            )
+            .unwrap();
+        },
     );
     let new_pid = fleet.status_vm("box")["vizier"]["pid"].as_u64().unwrap();
     assert_ne!(new_pid, pid, "a new agent process");
