@@ -235,7 +235,8 @@ pub fn artifact_hash(vm: &Vm, vizier_version: &str) -> Result<Artifact, HashErro
 /// Encodes the payload (a file or a directory tree) and returns its total file size.
 ///
 /// Entries are sorted by relative path bytes; each carries its type, permission bits and
-/// contents (a symlink: its target, not followed). Devices, FIFOs and sockets are refused.
+/// contents (a symlink: its target, not followed; the root itself is followed). Devices, FIFOs
+/// and sockets are refused.
 fn hash_tree(e: &mut Encoder, root: &Path) -> Result<u64, HashError> {
     let mut entries = BTreeMap::new();
     collect(root, root, &mut entries)?;
@@ -277,7 +278,14 @@ fn collect(
         path: path.to_owned(),
         source,
     };
-    let meta = fs::symlink_metadata(path).map_err(read_err)?;
+    // The root is followed when it is a symlink (and sent so, see pipeline/archive.rs); what
+    // is inside is taken as it is.
+    let meta = if path == root {
+        fs::metadata(path)
+    } else {
+        fs::symlink_metadata(path)
+    }
+    .map_err(read_err)?;
     let rel = path.strip_prefix(root).unwrap_or(path).to_owned();
     let ft = meta.file_type();
     let kind = if ft.is_file() || ft.is_symlink() || ft.is_dir() {

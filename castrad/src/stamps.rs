@@ -2,7 +2,7 @@
 //! (base_hash, artifact_hash, disk identity).
 //!
 //! A stamp is `stamps/<vm>.json` in the project's state root, written atomically after a
-//! `Success` and never otherwise. Reading is side-effect free. A stamp only proves something
+//! `Success` and never otherwise; a run removes it ([`invalidate`]) before it touches the guest. Reading is side-effect free. A stamp only proves something
 //! about the disk it names: the disk identity is the overlay's id for QEMU VMs and the pinned
 //! host key for external ones, so a recreated disk or a reinstalled host never gets a false NoOp.
 
@@ -67,6 +67,17 @@ pub fn write(root: &StateRoot, stamp: &Stamp) -> io::Result<PathBuf> {
     let json = serde_json::to_vec_pretty(stamp).map_err(io::Error::other)?;
     crate::fsutil::write_atomic(&path, &json)?;
     Ok(path)
+}
+
+/// Removes `vm`'s stamp, durably (the stamps directory is fsynced), before a run touches its
+/// guest: a run that fails or is cut short part-way must not leave a stamp that proves the
+/// state before it. No stamp is not an error.
+pub fn invalidate(root: &StateRoot, vm: &str) -> io::Result<()> {
+    match std::fs::remove_file(root.stamp(vm)) {
+        Ok(()) => std::fs::File::open(root.stamps_dir())?.sync_all(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 /// The identity of the disk a VM currently has, if castrad has seen one: the overlay id

@@ -1,7 +1,8 @@
 //! The archive a run sends: the script and the payload as one tar stream on the session's
 //! stdin, after the env block. Entries keep their permission bits and are owned by root (a
 //! non-root user unpacking gets them as its own); symlinks inside the payload are sent as
-//! symlinks, as they are hashed (see `hashing`).
+//! symlinks, as they are hashed (see `hashing`). The script and the payload root are followed
+//! when they are symlinks: what is sent is what they point to, which is what was hashed.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -15,26 +16,36 @@ pub fn write_archive(
     payload: Option<&Path>,
 ) -> std::io::Result<u64> {
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 16, writer));
-    let mut bytes = append(&mut tar, script, Path::new(script_name))?;
+    let mut bytes = append(&mut tar, script, Path::new(script_name), Follow::Yes)?;
     if let Some(payload) = payload {
-        let meta = std::fs::symlink_metadata(payload)?;
+        let meta = std::fs::metadata(payload)?;
         if meta.is_dir() {
-            bytes += append_tree(&mut tar, payload, Path::new("payload"))?;
+            bytes += append_tree(&mut tar, payload, Path::new("payload"), Follow::Yes)?;
         } else {
             let name = payload.file_name().unwrap_or_default();
-            bytes += append(&mut tar, payload, &Path::new("payload").join(name))?;
+            let name = Path::new("payload").join(name);
+            bytes += append(&mut tar, payload, &name, Follow::Yes)?;
         }
     }
     tar.into_inner()?.flush()?;
     Ok(bytes)
 }
 
+/// Whether an entry that is a symlink is sent as what it points to (the script and the
+/// payload root) or as a symlink (everything inside the payload).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    Yes,
+    No,
+}
+
 fn append_tree<W: Write>(
     tar: &mut tar::Builder<W>,
     dir: &Path,
     name: &Path,
+    follow: Follow,
 ) -> std::io::Result<u64> {
-    let mut bytes = append(tar, dir, name)?;
+    let mut bytes = append(tar, dir, name, follow)?;
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
         .map(|e| e.map(|e| e.path()))
         .collect::<Result<_, _>>()?;
@@ -42,18 +53,26 @@ fn append_tree<W: Write>(
     for path in entries {
         let child = name.join(path.file_name().unwrap_or_default());
         if std::fs::symlink_metadata(&path)?.is_dir() {
-            bytes += append_tree(tar, &path, &child)?;
+            bytes += append_tree(tar, &path, &child, Follow::No)?;
         } else {
-            bytes += append(tar, &path, &child)?;
+            bytes += append(tar, &path, &child, Follow::No)?;
         }
     }
     Ok(bytes)
 }
 
 /// One entry with its permission bits, owned by root (ignored when a non-root user unpacks).
-fn append<W: Write>(tar: &mut tar::Builder<W>, path: &Path, name: &Path) -> std::io::Result<u64> {
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    path: &Path,
+    name: &Path,
+    follow: Follow,
+) -> std::io::Result<u64> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let meta = std::fs::symlink_metadata(path)?;
+    let meta = match follow {
+        Follow::Yes => std::fs::metadata(path)?,
+        Follow::No => std::fs::symlink_metadata(path)?,
+    };
     let mut header = tar::Header::new_gnu();
     header.set_mode(meta.permissions().mode() & 0o7777);
     header.set_uid(0);

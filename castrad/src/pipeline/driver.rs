@@ -53,6 +53,13 @@ pub enum Marker {
     Connect,
     /// The archive is unpacked.
     Transfer,
+    /// On stderr: the script starts; what follows on stderr is the script's, until
+    /// [`Marker::ScriptEnds`].
+    ScriptStarts,
+    /// On stderr: the script has exited; everything it wrote to stderr is before this line
+    /// (which may be glued to the script's last line when that had no newline). `apply` is
+    /// decided only once this has been read: the two streams travel apart.
+    ScriptEnds,
     /// `apply <status>`: the script's exit status.
     Apply {
         status: i32,
@@ -90,6 +97,8 @@ impl Marker {
             "vizier-handshake" => Marker::VizierHandshake { ok, detail },
             "connect" => Marker::Connect,
             "transfer" => Marker::Transfer,
+            "script" => Marker::ScriptStarts,
+            "script-end" => Marker::ScriptEnds,
             "apply" => Marker::Apply { status: code? },
             "verify-command" => Marker::VerifyCommand { status: code? },
             "verify-path" => match code? {
@@ -116,6 +125,10 @@ pub struct Session<'a> {
     pub vizier_dir: Option<&'a str>,
     /// Wait for cloud-init to finish before anything else.
     pub cloud_init_wait: bool,
+    /// Becomes true once castrad lets the run change the guest (the VM's stamp is gone): the
+    /// env block and the archive, which the driver reads before it touches remote_dir, are
+    /// sent only then.
+    pub may_touch: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The driver's remote command line, and what goes on stdin before the env block: the
@@ -517,6 +530,7 @@ mod tests {
             verify_path: None,
             vizier_dir: None,
             cloud_init_wait: false,
+            may_touch: tokio::sync::watch::channel(true).1,
         };
         let short = invocation(
             &session("true"),

@@ -5,8 +5,8 @@
 # block), unpack the archive, run the script, verify.
 #
 # Progress goes to stdout as marker lines `CASTRA-<nonce> <step> [code] [detail]`, each after
-# a newline in case the script's last line had none; pipeline/driver.rs parses them
-# (`Marker`). Arguments: nonce, remote_dir, script file name, verify command ("" = none),
+# a newline in case the script's last line had none (and two on stderr around the script);
+# pipeline/driver.rs parses them (`Marker`). Arguments: nonce, remote_dir, script file name, verify command ("" = none),
 # verify path ("" = none), Vizier directory ("" = /opt/castra/vizier for root,
 # <remote_dir>/.vizier otherwise), the agent's version and text (an argument, because the
 # shell's `read` takes a pipe one byte per system call; "-" when it comes first on stdin
@@ -31,12 +31,12 @@ if [ "$agent" = - ]; then block; agent=$out; fi
 # at once (no Python start-up); otherwise `cloud-init status --wait` waits, and on errors its
 # own words are reported.
 if [ -n "$ciwait" ]; then
-  cires=/run/cloud-init/result.json
-  if [ -e "$cires" ] && tr -d ' \n' <"$cires" | grep -q '"errors":\[\]'; then m cloud-init 0 done
+  ciok() { [ -e /run/cloud-init/result.json ] && tr -d ' \n' </run/cloud-init/result.json | grep -q '"errors":\[\]'; }
+  if ciok; then m cloud-init 0 done
   elif ! command -v cloud-init >/dev/null; then m cloud-init 127 "cloud-init is not installed in the guest"; exit 0
   else
     cistatus=$(cloud-init status --wait --long 2>&1 | sed 's/^\.*//' | tr -s '\n' ' ' | cut -c1-600)
-    if [ -e "$cires" ] && tr -d ' \n' <"$cires" | grep -q '"errors":\[\]'; then m cloud-init 0 done
+    if ciok; then m cloud-init 0 done
     else m cloud-init 1 "$cistatus"; exit 0; fi
   fi
 fi
@@ -89,8 +89,13 @@ if [ -e payload ] || [ -e "$script" ]; then rm -rf -- payload "$script"; fi
 tar -x -f -
 m transfer
 set +e
+# The script's stderr is bracketed on stderr, so castrad reads all of it before it decides
+# apply from the marker on stdout (the two streams reach it independently).
+e() { printf 'CASTRA-%s %s\n' "$nonce" "$1" >&2; }
+e script
 (eval "$envs"; exec "$@") </dev/null
 rc=$?
+e script-end
 m apply $rc
 [ $rc -eq 0 ] || exit 0
 if [ -n "$vcmd" ]; then (eval "$envs"; exec sh -c "$vcmd") </dev/null; rc=$?; m verify-command $rc; [ $rc -eq 0 ] || exit 0; fi

@@ -20,6 +20,7 @@ use castra_api::OutputStream;
 use futures::future::BoxFuture;
 use tokio::io::AsyncRead;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::watch;
 
 use super::archive::write_archive;
 use super::driver::{self, Marker, Session};
@@ -180,9 +181,22 @@ async fn session(
     )?;
     let env_block = driver::env_block(s.env);
     let (script, payload) = (s.script.to_owned(), s.payload.map(Path::to_owned));
+    // The env block and the archive wait until the run may change the guest, or the session
+    // has ended without it.
+    let (mut may_touch, (session_over, mut over)) = (s.may_touch.clone(), watch::channel(false));
+    let runtime = tokio::runtime::Handle::current();
     let feeder = tokio::task::spawn_blocking(move || {
         let mut writer = writer;
         writer.write_all(agent_block.as_bytes())?;
+        let go = runtime.block_on(async {
+            tokio::select! {
+                go = may_touch.wait_for(|go| *go) => go.is_ok(),
+                _ = over.wait_for(|over| *over) => false,
+            }
+        });
+        if !go {
+            return Err(std::io::Error::from(std::io::ErrorKind::Interrupted));
+        }
         writer.write_all(env_block.as_bytes())?;
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
@@ -199,11 +213,18 @@ async fn session(
         }
     };
     let marker = format!("CASTRA-{nonce} ");
-    let mut stdout = conn
-        .child()
-        .stdout
-        .take()
-        .map(|o| tokio::spawn(read_stdout(o, marker, notes.clone(), authenticate.clone())));
+    // Set once stderr has been read up to the script's end (or has ended): `apply` waits.
+    let (stderr_drained, drained) = watch::channel(false);
+    let mut stdout = conn.child().stdout.take().map(|o| {
+        let notes = notes.clone();
+        tokio::spawn(read_stdout(
+            o,
+            marker.clone(),
+            notes,
+            authenticate.clone(),
+            drained,
+        ))
+    });
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut stderr_open = match conn.child().stderr.take() {
         Some(e) => {
@@ -217,13 +238,23 @@ async fn session(
     let mut held: Vec<String> = Vec::new();
     let mut last_stderr = String::new();
     let mut on_stderr = |line: String| {
-        if !line.trim().is_empty() {
-            last_stderr = line.trim().to_owned();
+        let (line, found) = split_marker(line, &marker);
+        if let Some(line) = line {
+            if !line.trim().is_empty() {
+                last_stderr = line.trim().to_owned();
+            }
+            let _ = notes.send(Note::Line {
+                stream: OutputStream::Stderr,
+                line,
+            });
         }
-        let _ = notes.send(Note::Line {
-            stream: OutputStream::Stderr,
-            line,
-        });
+        if let Some(found) = found {
+            let ends = found == Marker::ScriptEnds;
+            let _ = notes.send(Note::Marker(found));
+            if ends {
+                stderr_drained.send_replace(true);
+            }
+        }
     };
     let mut poll = tokio::time::interval(AUTH_POLL);
     // ssh's ConnectTimeout covers the TCP connect and the banner, not what follows.
@@ -247,12 +278,19 @@ async fn session(
                 }
             }
             line = rx.recv(), if stderr_open => match line {
-                Some(line) if !authenticated.load(Ordering::SeqCst) => held.push(line),
+                // A marker proves the driver runs, so ssh has authenticated.
+                Some(line) if !authenticated.load(Ordering::SeqCst)
+                    && !line.contains(marker.as_str()) => held.push(line),
                 Some(line) => {
+                    authenticate();
                     held.drain(..).for_each(&mut on_stderr);
                     on_stderr(line);
                 }
-                None => stderr_open = false,
+                None => {
+                    stderr_open = false;
+                    // No more of the script's stderr can come: apply need not wait.
+                    stderr_drained.send_replace(true);
+                }
             },
             out = async { stdout.as_mut().expect("guarded").await }, if stdout.is_some() => {
                 stdout = None;
@@ -286,9 +324,12 @@ async fn session(
         Some(held.join("\n"))
     };
     // The guest may stop reading early (a failed unpack); a broken pipe is then expected.
+    // Interrupted: the run was never let change the guest (the session ended before).
+    session_over.send_replace(true);
     let send_error = match feeder.await {
         Ok(Ok(_)) => None,
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => None,
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => None,
         Ok(Err(e)) => Some(format!("cannot send the payload: {e}")),
         Err(e) => Some(format!("the archive writer panicked: {e}")),
     };
@@ -301,6 +342,20 @@ async fn session(
     })
 }
 
+/// Splits a stderr line that holds one of the driver's markers (`prefix` = `CASTRA-<nonce> `)
+/// into the output before it (the script's last line, when that had no newline) and the
+/// marker. A line without a marker castrad knows is output, as it is.
+fn split_marker(line: String, prefix: &str) -> (Option<String>, Option<Marker>) {
+    let Some(at) = line.find(prefix) else {
+        return (Some(line), None);
+    };
+    let Some(found) = Marker::parse(&line[at + prefix.len()..]) else {
+        return (Some(line), None);
+    };
+    let before = (at > 0).then(|| line[..at].to_owned());
+    (before, Some(found))
+}
+
 /// Turns the session's stdout into notes. Returns the rest of the stream once the `done`
 /// marker has passed (the session goes on as the agent's watch), None when it ended first.
 async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
@@ -308,6 +363,7 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
     marker: String,
     notes: UnboundedSender<Note>,
     authenticated: impl Fn(),
+    mut stderr_drained: watch::Receiver<bool>,
 ) -> Option<UnboundedReceiver<String>> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(lines(reader, tx));
@@ -323,6 +379,11 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
                 continue;
             };
             let done = marker == Marker::Done;
+            if let Marker::Apply { .. } = marker {
+                // Everything the script wrote to stderr is noted first. Err: the session
+                // is over; all there was of stderr has been noted.
+                let _ = stderr_drained.wait_for(|drained| *drained).await;
+            }
             let _ = notes.send(Note::Marker(marker));
             if done {
                 return Some(rx);

@@ -11,6 +11,7 @@ use castra_api::{
     BootstrapStepKind as Step, BootstrapStepStatus as StepStatus, BootstrapTrigger, Event,
     OutputStream,
 };
+use tokio::sync::watch;
 use tokio::time::{Duration, Instant};
 
 use super::driver::{self, ERROR_MARKER, Marker, NOOP_MARKER, Session};
@@ -53,8 +54,13 @@ struct Steps {
     last_stderr: String,
     /// The first failure, already recorded.
     failure: Option<RunError>,
-    /// The script exited non-zero: (status, duration); recorded once the session drained.
-    apply_exit: Option<(i32, u64)>,
+    /// Opened (set true) once the stamp is gone: the driver may then change the guest.
+    may_touch: Option<watch::Sender<bool>>,
+    /// How the script was started, for messages.
+    program: String,
+    /// Lines on stderr are the script's (between the driver's stderr markers), whichever
+    /// step stdout has reached.
+    script_stderr: bool,
     /// Lines of the agent's guest log are arriving (between the vizier-log markers).
     in_vizier_log: bool,
     vizier_log: String,
@@ -78,7 +84,9 @@ impl Steps {
             error_marker: None,
             last_stderr: String::new(),
             failure: None,
-            apply_exit: None,
+            may_touch: None,
+            program: String::new(),
+            script_stderr: false,
             in_vizier_log: false,
             vizier_log: String::new(),
             banner: None,
@@ -348,6 +356,7 @@ impl Run {
             Err(e) => return Ok(Err(e.into())),
         };
         let env = self.env.clone();
+        let st_touch = watch::Sender::new(false);
         let session = Session {
             remote_dir: &b.remote_dir,
             script: &script,
@@ -358,6 +367,7 @@ impl Run {
             verify_path: b.verify_path.as_deref(),
             vizier_dir: b.vizier_dir.as_deref(),
             cloud_init_wait: vm.cloud_init.enabled,
+            may_touch: st_touch.subscribe(),
         };
         let handshake_detail = match banner {
             Some(line) => format!("{line}; authenticated as {who}"),
@@ -365,6 +375,8 @@ impl Run {
         };
         let mut st = Steps::new(since, handshake_detail);
         st.cloud_init_wait = session.cloud_init_wait;
+        st.may_touch = Some(st_touch);
+        st.program = program.join(" ");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let remote = self.ctx.remote.clone();
         let ended = {
@@ -375,7 +387,12 @@ impl Run {
                 let waiting = st.authenticated && st.step == Step::WaitHandshake;
                 tokio::select! {
                     biased;
-                    Some(note) = rx.recv() => self.feed(note, &mut st),
+                    Some(note) = rx.recv() => {
+                        self.feed(note, &mut st);
+                        if st.failure.is_some() && st.may_touch.as_ref().is_some_and(|t| !*t.borrow()) {
+                            break None; // never let in: dropping the session ends it
+                        }
+                    }
                     ended = &mut run => break Some(ended),
                     _ = tokio::time::sleep_until(deadline), if waiting && st.failure.is_none() => {
                         let secs = vm.bootstrap.handshake_timeout_secs;
@@ -393,7 +410,7 @@ impl Run {
             self.feed(note, &mut st);
         }
         let Some(ended) = ended else {
-            return Ok(Err(st.failure.expect("the timeout was recorded")));
+            return Ok(Err(st.failure.expect("the failure was recorded")));
         };
         if !st.authenticated {
             return match ended {
@@ -413,18 +430,6 @@ impl Run {
             };
         }
         self.record.mirror_vizier_log(&st.vizier_log);
-        if let Some((rc, duration_ms)) = st.apply_exit {
-            let e = format!(
-                "{} exited with status {rc}{}",
-                program.join(" "),
-                tail(&st.last_stderr)
-            );
-            return Ok(Err(self.record.step_failed_ms(
-                Step::Apply,
-                duration_ms,
-                &e,
-            )));
-        }
         if let Some(failure) = st.failure {
             return Ok(Err(failure));
         }
@@ -469,6 +474,19 @@ impl Run {
         match note {
             Note::Authenticated => {
                 st.authenticated = true;
+                // From here the guest may change: the stamp no longer proves its state.
+                if let Err(e) = crate::stamps::invalidate(&self.ctx.root, self.vm()) {
+                    let path = self.ctx.root.stamp(self.vm());
+                    let e = format!(
+                        "cannot remove the stamp {} before the run: {e}",
+                        path.display()
+                    );
+                    self.fail_step(st, Step::WaitHandshake, e);
+                    return;
+                }
+                if let Some(touch) = &st.may_touch {
+                    touch.send_replace(true);
+                }
                 if st.cloud_init_wait {
                     let waiting_on = "cloud-init to finish in the guest".to_owned();
                     self.record
@@ -496,18 +514,26 @@ impl Run {
                 line,
             } if st.banner.is_some() => self.on_banner_line(line, st),
             Note::Line { stream, line } => self.on_output(stream, &line, st),
+            Note::Marker(Marker::ScriptStarts) => st.script_stderr = true,
+            Note::Marker(Marker::ScriptEnds) => st.script_stderr = false,
             Note::Marker(_) if st.failure.is_some() => {}
             Note::Marker(marker) => self.on_marker(marker, st),
         }
     }
 
-    /// A line of the script's (or the session's) output.
+    /// A line of the script's (or the session's) output. The script's own lines are those on
+    /// stdout while apply runs, and those on stderr between the driver's stderr markers: the
+    /// streams arrive independently, so stderr cannot go by stdout's step.
     fn on_output(&mut self, stream: OutputStream, line: &str, st: &mut Steps) {
         let trimmed = line.trim();
+        let from_script = match stream {
+            OutputStream::Stdout => st.step == Step::Apply,
+            OutputStream::Stderr => st.script_stderr,
+        };
         if stream == OutputStream::Stderr && !trimmed.is_empty() {
             st.last_stderr = self.record.redact(trimmed);
         }
-        if st.step == Step::Apply {
+        if from_script {
             if trimmed == NOOP_MARKER {
                 st.noop = true;
             } else if let Some(reason) = trimmed.strip_prefix(ERROR_MARKER) {
@@ -515,7 +541,8 @@ impl Run {
                     .get_or_insert_with(|| reason.trim().to_owned());
             }
         }
-        self.record.output_line(st.step, stream, line);
+        let step = if from_script { Step::Apply } else { st.step };
+        self.record.output_line(step, stream, line);
     }
 
     /// One of the two banner lines that follow `vizier-handshake 0`.
@@ -599,6 +626,7 @@ impl Run {
                 let detail = format!("script and {bytes} payload bytes to {}", b.remote_dir);
                 self.advance(st, Step::Transfer, Some(detail), Step::Apply);
             }
+            Marker::ScriptStarts | Marker::ScriptEnds => {} // in feed
             Marker::Apply { status } => self.on_apply(status, st),
             Marker::VerifyCommand { status } if status != 0 => {
                 let e = format!("verify_command exited with status {status}");
@@ -615,16 +643,17 @@ impl Run {
         }
     }
 
-    /// The script's exit status. A zero status with `CASTRA_ERROR:` printed fails apply
-    /// with the script's reason; a non-zero one is decided once the session has drained
-    /// (its last stderr line may still be in the other pipe), with the duration measured now.
+    /// The script's exit status, noted only once its stderr has been read (see
+    /// `Marker::ScriptEnds`): a non-zero status fails apply with the script's last stderr
+    /// line; a zero one with `CASTRA_ERROR:` printed fails it with the script's reason.
     fn on_apply(&mut self, status: i32, st: &mut Steps) {
-        if status != 0 && st.error_marker.is_none() {
-            st.apply_exit = Some((status, st.since.elapsed().as_millis() as u64));
-            st.failure = Some(RunError::Step {
-                step: Step::Apply,
-                detail: String::new(),
-            });
+        if status != 0 {
+            let e = format!(
+                "{} exited with status {status}{}",
+                st.program,
+                tail(&st.last_stderr)
+            );
+            self.fail_step(st, Step::Apply, e);
             return;
         }
         match st.error_marker.clone() {

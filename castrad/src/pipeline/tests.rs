@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use castra_api::{Event, OutcomeStatus, OutputStream};
+use castra_api::{BootstrapStepKind as Step, Event, OutcomeStatus, OutputStream};
 use tokio::time::Instant;
 
 use super::remote::Note;
@@ -220,6 +220,86 @@ async fn castra_error_fails_apply_even_when_the_script_exits_zero() {
         Some("apply: the script reported CASTRA_ERROR: the database is not there")
     );
     assert!(!bench.stamp_exists());
+}
+
+/// The two streams reach castrad apart: the script's stderr may be read before stdout's
+/// `transfer` marker. Its lines are the script's by the driver's stderr markers, not by step.
+#[tokio::test(start_paused = true)]
+async fn castra_error_on_stderr_fails_apply_even_when_it_overtakes_stdout() {
+    let mut notes = up_to_transfer();
+    let transfer = notes.pop().expect("the transfer marker");
+    notes.push(marker(Marker::ScriptStarts));
+    notes.push(line_on(
+        OutputStream::Stderr,
+        "CASTRA_ERROR: simulated failure",
+    ));
+    notes.push(marker(Marker::ScriptEnds));
+    notes.push(transfer);
+    notes.push(marker(Marker::Apply { status: 0 }));
+    notes.push(marker(Marker::Done));
+    let script = Script {
+        notes,
+        ..Script::default()
+    };
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Failed);
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("apply: the script reported CASTRA_ERROR: simulated failure")
+    );
+    assert!(!bench.stamp_exists());
+    let steps_of_the_line: Vec<Step> = bench
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BootstrapOutput { step, line, .. } if line.contains("simulated") => Some(step),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(steps_of_the_line, [Step::Apply], "the line is the script's");
+}
+
+/// A forced run that fails after it got in leaves no stamp: the guest may be half-changed.
+/// One that never got in leaves the stamp as it was.
+#[tokio::test(start_paused = true)]
+async fn a_run_removes_the_stamp_once_it_gets_in_and_only_then() {
+    let failing = |notes| Script {
+        notes,
+        status: Some(255),
+        last_stderr: "Connection closed".into(),
+        ..Script::default()
+    };
+    let unreached = Script {
+        notes: vec![],
+        status: Some(255),
+        unauthenticated: Some("root@127.0.0.1: Permission denied (publickey).".into()),
+        ..Script::default()
+    };
+    let mut half = up_to_transfer();
+    half.truncate(half.len() - 1);
+    let fake = Fake::new(
+        vec![successful_session(vec![]), unreached, failing(half)],
+        vec![],
+    );
+    let mut bench = Bench::new(fake, false);
+    assert_eq!(bench.run().await.outcome.status, OutcomeStatus::Success);
+    let stamp = std::fs::read(bench.ctx.root.stamp("web")).unwrap();
+    bench.job.mode = (BootstrapMode::Always, ModeSource::File);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Failed, "{outcome:?}");
+    assert_eq!(
+        std::fs::read(bench.ctx.root.stamp("web")).unwrap(),
+        stamp,
+        "never in: the stamp stands"
+    );
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Failed, "{outcome:?}");
+    assert!(!bench.stamp_exists(), "in, then failed: no stamp");
+    bench.job.mode = (BootstrapMode::Auto, ModeSource::File);
+    let plan =
+        crate::planner::plan_vm(&bench.ctx.root, &bench.job.vm, bench.job.mode, None, &[]).unwrap();
+    assert_eq!(plan.action, crate::planner::Action::Run, "{plan:?}");
 }
 
 #[tokio::test(start_paused = true)]

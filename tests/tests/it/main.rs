@@ -11,5 +11,6 @@ mod protocol_docs;
 mod qemu;
 mod scripts;
 mod sshd;
+mod stamps;
 mod support;
 mod vizier;
