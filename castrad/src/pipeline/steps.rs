@@ -147,11 +147,12 @@ pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
     let result = loop {
         let mut report = progress;
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(e) = ctx
+        if let Err(mut e) = ctx
             .remote
             .probe(&target.host, target.port, left, &mut report)
             .await
         {
+            e.waited = t.elapsed().as_secs_f64();
             break Err(e.to_string());
         }
         progress(&format!("authentication as {}", target.display()));
@@ -301,7 +302,9 @@ impl Run {
                 let port = target.port;
                 match remote.probe(&target.host, port, left, &mut report).await {
                     Ok(line) => banner = Some(line),
-                    Err(e) => {
+                    Err(mut e) => {
+                        // The whole wait, not only this probe's part of it.
+                        e.waited = t.elapsed().as_secs_f64();
                         let e = e.to_string();
                         return self.record.checked(Step::WaitHandshake, t, Err(e));
                     }
