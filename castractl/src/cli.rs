@@ -40,7 +40,8 @@ Output:
 
 Exit codes: 0 every VM ended Success, NoOp or Skipped; 1 any VM Failed or was Rejected (another
 operation was bootstrapping it); 2 invalid castra.toml or overrides; 3 castrad not reachable.
-Ctrl-C stops following (exit 1); it does not tell castrad to stop.";
+Ctrl-C stops following (exit 1); it does not tell castrad to stop: `castractl cancel [VM...]`
+stops the runs.";
 
 const EVENTS_HELP: &str = "\
 Prints events until Ctrl-C (exit 0) or until castrad closes the connection (exit 1).
@@ -96,6 +97,12 @@ enum Command {
         /// Seconds the guest gets to power off after the power button before SIGTERM.
         #[arg(long, value_name = "SECS", default_value_t = 30)]
         timeout: u64,
+    },
+    /// Stop the bootstrap runs in flight on the project's VMs (all, or those named): the
+    /// script's processes in the guest are stopped and each run ends failed, "cancelled".
+    Cancel {
+        /// VMs whose run to stop, by expanded name [default: all of the project].
+        vms: Vec<String>,
     },
     /// Show a VM's bootstrap runs and the steps of one (the latest by default).
     Logs {
@@ -242,6 +249,17 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 ));
             }
         }
+        Command::Cancel { vms } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            let params = api::CancelParams { config, vms };
+            let cancel: api::CancelResult = daemon.call(api::method::CANCEL, &params).await?;
+            if cli.json {
+                print_json(&cancel);
+            } else {
+                print!("{}", render::cancel(&cancel));
+            }
+        }
         Command::Logs { vm, run } => {
             let config = find_config(cli.config.as_deref(), &cwd)?;
             let daemon = Daemon::connect(&socket).await?;
@@ -363,7 +381,8 @@ async fn up(daemon: &Daemon, params: api::UpParams, json: bool) -> Result<Exit, 
             format!("interrupted: stopped following operation {}", up.operation),
         )
         .detail(format!(
-            "castrad was not asked to stop it; follow it with `castractl events --operation {} --since 0`",
+            "castrad was not asked to stop it; follow it with `castractl events --operation {} \
+             --since 0`, or stop its runs with `castractl cancel`",
             up.operation
         ))
     };

@@ -438,6 +438,17 @@ pub fn status(s: &api::StatusResult) -> String {
 }
 
 /// The result of `down`: one row per VM, then the errors.
+pub fn cancel(c: &api::CancelResult) -> String {
+    let mut out = String::new();
+    for v in &c.vms {
+        let _ = match &v.operation {
+            Some(op) => writeln!(out, "{}: cancelling the run of operation {op}", v.vm),
+            None => writeln!(out, "{}: no run in flight", v.vm),
+        };
+    }
+    out
+}
+
 pub fn down(d: &api::DownResult) -> String {
     let mut rows = vec![vec![
         "VM".to_owned(),

@@ -222,6 +222,7 @@ impl Daemon {
                 config: entry.project.config_path.clone(),
                 endpoint: None,
                 booting: false,
+                cancel: pipeline::Cancel::none(),
             };
             let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
             if let Err(busy) = handle.up(job, tx.clone()).await {
@@ -325,6 +326,41 @@ impl Daemon {
                     error: r.error,
                 })
                 .collect(),
+        })
+    }
+
+    /// Asks the runs in flight on the named VMs (all by default) to stop. Answers at once;
+    /// each run then ends `Failed` ("cancelled"), as `castra.outcome` and the events say.
+    pub async fn cancel(
+        &self,
+        config_path: &Path,
+        names: &[String],
+    ) -> Result<castra_api::CancelResult, DaemonError> {
+        let entry = self.load_project(config_path).await?;
+        let known = entry.project.vm_names();
+        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+            return Err(DaemonError::UnknownVm {
+                vm: unknown.clone(),
+                known: known.iter().map(|s| (*s).to_owned()).collect(),
+            });
+        }
+        let mut vms = Vec::new();
+        for vm in &entry.project.vms {
+            if !(names.is_empty() || names.contains(&vm.name)) {
+                continue;
+            }
+            let operation = match self.existing_vm_handle(&entry.root, &vm.name) {
+                Some(handle) => handle.cancel("cancelled".to_owned()).await,
+                None => None,
+            };
+            vms.push(castra_api::VmCancel {
+                vm: vm.name.clone(),
+                operation,
+            });
+        }
+        Ok(castra_api::CancelResult {
+            project: entry.project.name.clone(),
+            vms,
         })
     }
 

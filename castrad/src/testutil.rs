@@ -46,6 +46,8 @@ pub fn sample_vm(dir: &Path) -> Vm {
             verify_command: Some("test -f done".into()),
             verify_path: Some("done".into()),
             handshake_timeout_secs: 120,
+            apply_timeout_secs: 3600,
+            verify_timeout_secs: 60,
             remote_dir: "/var/tmp/castra/web".into(),
             env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
             metadata_path: None,
@@ -142,6 +144,14 @@ impl Remote for Fake {
                 None => Ok(()),
             }
         })
+    }
+
+    fn stop(&self, target: Target, pid: u32) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("stop {} {pid}", target.port));
+        Box::pin(async { Ok(()) })
     }
 
     fn probe<'a>(
@@ -243,6 +253,7 @@ pub fn up_to_transfer() -> Vec<(Duration, Note)> {
     );
     vec![
         (Duration::from_millis(300), Note::Authenticated),
+        marker(Marker::Pid(77)),
         marker(Marker::VizierInstall {
             ok: true,
             detail: "installed /opt/castra/vizier/v/vizier.sh".into(),
@@ -260,7 +271,10 @@ pub fn up_to_transfer() -> Vec<(Duration, Note)> {
         }),
         out("VIZIER/1"),
         out(&banner),
-        marker(Marker::Connect),
+        marker(Marker::Connect {
+            ok: true,
+            detail: String::new(),
+        }),
         marker(Marker::Transfer),
     ]
 }

@@ -27,6 +27,7 @@ pub mod method {
     pub const OUTCOME: &str = "castra.outcome";
     pub const LOGS: &str = "castra.logs";
     pub const DOWN: &str = "castra.down";
+    pub const CANCEL: &str = "castra.cancel";
     pub const SSH_CONFIG: &str = "castra.sshConfig";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
@@ -279,6 +280,31 @@ pub struct VizierStatus {
     pub pid: u32,
     /// False when the last health check got no answer.
     pub healthy: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.cancel
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelParams {
+    pub config: PathBuf,
+    /// VMs whose run to stop (expanded names); empty or absent: all of the project.
+    #[serde(default)]
+    pub vms: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelResult {
+    pub project: String,
+    pub vms: Vec<VmCancel>,
+}
+
+/// One VM's answer to `castra.cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmCancel {
+    pub vm: String,
+    /// The operation whose run was asked to stop; None: no run was in flight.
+    pub operation: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -34,6 +34,12 @@ pub const CONFIG_FILE_NAME: &str = "castra.toml";
 pub const METADATA_FILE_NAME: &str = "bootstrap.toml";
 /// Default for `handshake_timeout_secs`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 120;
+/// Default for `apply_timeout_secs`: an hour.
+pub const DEFAULT_APPLY_TIMEOUT_SECS: u64 = 3600;
+/// Default for `verify_timeout_secs`.
+pub const DEFAULT_VERIFY_TIMEOUT_SECS: u64 = 60;
+/// The longest `apply_timeout_secs` or `verify_timeout_secs`: a week.
+pub const MAX_STEP_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Default for `remote_dir`; `{vm}` is replaced by the expanded VM name.
 pub const DEFAULT_REMOTE_DIR: &str = "/var/tmp/castra/{vm}";
 /// Default VM memory in MiB (2 GiB).
@@ -86,6 +92,10 @@ impl Project {
 pub struct BootstrapDefaults {
     /// Default 120.
     pub handshake_timeout_secs: u64,
+    /// Default 3600.
+    pub apply_timeout_secs: u64,
+    /// Default 60.
+    pub verify_timeout_secs: u64,
     /// Default `"/var/tmp/castra/{vm}"` (unsubstituted template).
     pub remote_dir: String,
     /// `[bootstrap.env]`.
@@ -96,6 +106,8 @@ impl Default for BootstrapDefaults {
     fn default() -> Self {
         BootstrapDefaults {
             handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
+            apply_timeout_secs: DEFAULT_APPLY_TIMEOUT_SECS,
+            verify_timeout_secs: DEFAULT_VERIFY_TIMEOUT_SECS,
             remote_dir: DEFAULT_REMOTE_DIR.to_owned(),
             env: BTreeMap::new(),
         }
@@ -285,6 +297,10 @@ pub struct Bootstrap {
     pub verify_path: Option<String>,
     /// per-VM, else global, else 120. Must be >= 1.
     pub handshake_timeout_secs: u64,
+    /// How long the script may run: per-VM, else global, else 3600; 1 to a week.
+    pub apply_timeout_secs: u64,
+    /// How long verify_command may run: per-VM, else global, else 60; 1 to a week.
+    pub verify_timeout_secs: u64,
     /// per-VM, else global, else "/var/tmp/castra/{vm}"; `{vm}` is replaced by the expanded VM
     /// name. Must be absolute after substitution, no NUL/newline.
     pub remote_dir: String,

@@ -31,6 +31,8 @@ pub(super) struct RawProject {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawGlobalBootstrap {
     pub(super) handshake_timeout_secs: Option<Spanned<i64>>,
+    pub(super) apply_timeout_secs: Option<Spanned<i64>>,
+    pub(super) verify_timeout_secs: Option<Spanned<i64>>,
     pub(super) remote_dir: Option<Spanned<String>>,
     pub(super) env: Option<RawEnv>,
 }
@@ -93,6 +95,8 @@ pub(super) struct RawVmBootstrap {
     pub(super) verify_command: Option<String>,
     pub(super) verify_path: Option<Spanned<String>>,
     pub(super) handshake_timeout_secs: Option<Spanned<i64>>,
+    pub(super) apply_timeout_secs: Option<Spanned<i64>>,
+    pub(super) verify_timeout_secs: Option<Spanned<i64>>,
     pub(super) remote_dir: Option<Spanned<String>>,
     pub(super) vizier_dir: Option<Spanned<String>>,
     pub(super) env: Option<RawEnv>,

@@ -111,6 +111,22 @@ pub(super) fn validate_defaults(
         defaults.public.handshake_timeout_secs =
             positive_u64(src, timeout, "bootstrap.handshake_timeout_secs")?;
     }
+    if let Some(timeout) = &raw.apply_timeout_secs {
+        defaults.public.apply_timeout_secs = step_timeout(
+            src,
+            timeout,
+            "bootstrap.apply_timeout_secs",
+            "apply_timeout_secs",
+        )?;
+    }
+    if let Some(timeout) = &raw.verify_timeout_secs {
+        defaults.public.verify_timeout_secs = step_timeout(
+            src,
+            timeout,
+            "bootstrap.verify_timeout_secs",
+            "verify_timeout_secs",
+        )?;
+    }
     if let Some(dir) = &raw.remote_dir {
         check_remote_dir(src, dir.get_ref(), dir.span(), "bootstrap.remote_dir", None)?;
         defaults.public.remote_dir = dir.get_ref().clone();
@@ -406,6 +422,8 @@ pub(super) fn validate_vm_bootstrap(
         verify_command: None,
         verify_path: None,
         handshake_timeout_secs: defaults.public.handshake_timeout_secs,
+        apply_timeout_secs: defaults.public.apply_timeout_secs,
+        verify_timeout_secs: defaults.public.verify_timeout_secs,
         remote_dir: defaults.public.remote_dir.clone(),
         env: defaults.public.env.clone(),
         metadata_path: None,
@@ -429,6 +447,18 @@ pub(super) fn validate_vm_bootstrap(
     if let Some(timeout) = &raw.handshake_timeout_secs {
         bootstrap.handshake_timeout_secs =
             positive_u64(src, timeout, &k("handshake_timeout_secs"))?;
+    }
+    if let Some(timeout) = &raw.apply_timeout_secs {
+        bootstrap.apply_timeout_secs =
+            step_timeout(src, timeout, &k("apply_timeout_secs"), "apply_timeout_secs")?;
+    }
+    if let Some(timeout) = &raw.verify_timeout_secs {
+        bootstrap.verify_timeout_secs = step_timeout(
+            src,
+            timeout,
+            &k("verify_timeout_secs"),
+            "verify_timeout_secs",
+        )?;
     }
     if let Some(dir) = &raw.vizier_dir {
         check_remote_dir(src, dir.get_ref(), dir.span(), &k("vizier_dir"), None)?;

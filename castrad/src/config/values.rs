@@ -86,6 +86,17 @@ pub(super) fn bounded(
     Err(src.at(value, key, message))
 }
 
+/// `apply_timeout_secs` or `verify_timeout_secs` (`name`): 1 second to a week.
+pub(super) fn step_timeout(
+    src: &Source<'_>,
+    value: &Spanned<i64>,
+    key: &str,
+    name: &str,
+) -> Result<u64, ConfigError> {
+    let max = super::MAX_STEP_TIMEOUT_SECS as i64;
+    Ok(bounded(src, value, key, 1, max, name)? as u64)
+}
+
 pub(super) fn positive_u64(
     src: &Source<'_>,
     value: &Spanned<i64>,

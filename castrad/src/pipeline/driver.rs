@@ -26,7 +26,7 @@ pub const ERROR_MARKER: &str = "CASTRA_ERROR:";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Marker {
     /// `cloud-init <0|1|127> <detail>`: cloud-init has finished (`done`), failed (its own
-    /// words), or is not installed. First, and only when the session asked to wait for it.
+    /// words), or is not installed (127, no detail: the words are castrad's). First, and only when the session asked to wait for it.
     CloudInit {
         ok: bool,
         detail: String,
@@ -49,8 +49,20 @@ pub enum Marker {
         ok: bool,
         detail: String,
     },
-    /// The bootstrap session is open in remote_dir (the env block is read).
-    Connect,
+    /// `pid <n>`: the driver's process id, first thing. sshd makes it a process group
+    /// leader, so castrad can stop the guest side of a run (timeout, cancel) by group.
+    Pid(u32),
+    /// `unsafe <why>`: remote_dir or the Vizier directory could be changed by another
+    /// account of the guest (see `safe` in driver.sh); nothing was run.
+    Unsafe {
+        detail: String,
+    },
+    /// `connect 0`: the bootstrap session is open in remote_dir (the env block is read, the
+    /// run lock taken); `connect 1 <pid>`: another run (that pid) holds remote_dir.
+    Connect {
+        ok: bool,
+        detail: String,
+    },
     /// The archive is unpacked.
     Transfer,
     /// On stderr: the script starts; what follows on stderr is the script's, until
@@ -89,13 +101,23 @@ impl Marker {
         let detail = detail.trim().to_owned();
         let ok = code == Some(0);
         Some(match name {
+            "cloud-init" if code == Some(127) => Marker::CloudInit {
+                ok,
+                detail: "cloud-init is not installed in the guest".into(),
+            },
             "cloud-init" => Marker::CloudInit { ok, detail },
             "vizier-install" => Marker::VizierInstall { ok, detail },
             "vizier-enable" => Marker::VizierEnable { ok, detail },
             "vizier-log" => Marker::VizierLog,
             "vizier-log-end" => Marker::VizierLogEnd,
             "vizier-handshake" => Marker::VizierHandshake { ok, detail },
-            "connect" => Marker::Connect,
+            // 0 and 1 are no process a run could stop by group (1 would mean all).
+            "pid" => match code? {
+                pid @ 2.. => Marker::Pid(pid as u32),
+                _ => return None,
+            },
+            "unsafe" => Marker::Unsafe { detail },
+            "connect" => Marker::Connect { ok, detail },
             "transfer" => Marker::Transfer,
             "script" => Marker::ScriptStarts,
             "script-end" => Marker::ScriptEnds,
@@ -178,6 +200,17 @@ pub fn invocation(
         command: command_line(&words),
         agent_block: format!("{}\n{agent}", agent.matches('\n').count()),
     }
+}
+
+/// The command that stops the guest side of a run whose driver is `pid` (see `Marker::Pid`):
+/// TERM to its process group (the script, verify_command and whatever they started), KILL
+/// to what is left after 5 s. A driver that is no group leader gets the TERM alone.
+pub fn stop_command(pid: u32) -> String {
+    format!(
+        "p={pid}; kill -TERM -- -$p 2>/dev/null || kill -TERM $p 2>/dev/null; i=0; \
+         while kill -0 -- -$p 2>/dev/null && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; \
+         kill -KILL -- -$p 2>/dev/null; true"
+    )
 }
 
 /// The env block: a line count, then shell assignments (`K='value'; export K`), one per
@@ -328,6 +361,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "pid",
                 "vizier-install",
                 "vizier-enable",
                 "vizier-log",
@@ -342,16 +376,16 @@ mod tests {
             "{stdout}"
         );
         assert!(
-            markers[0].starts_with("vizier-install 0 installed "),
-            "{}",
-            markers[0]
-        );
-        assert!(
-            markers[1].starts_with("vizier-enable 0 started"),
+            markers[1].starts_with("vizier-install 0 installed "),
             "{}",
             markers[1]
         );
-        assert_eq!(markers[4], "vizier-handshake 0");
+        assert!(
+            markers[2].starts_with("vizier-enable 0 started"),
+            "{}",
+            markers[2]
+        );
+        assert_eq!(markers[5], "vizier-handshake 0");
         let after = stdout
             .split("CASTRA-n0nce vizier-handshake 0\n")
             .nth(1)
@@ -493,7 +527,33 @@ mod tests {
                     detail: "no banner within 2 s".into(),
                 }),
             ),
-            ("connect", Some(Marker::Connect)),
+            (
+                "connect 0",
+                Some(Marker::Connect {
+                    ok: true,
+                    detail: String::new(),
+                }),
+            ),
+            (
+                "connect 1 7",
+                Some(Marker::Connect {
+                    ok: false,
+                    detail: "7".into(),
+                }),
+            ),
+            ("pid 4242", Some(Marker::Pid(4242))),
+            ("pid 1", None),
+            ("pid -5", None),
+            ("pid", None),
+            (
+                "unsafe /var/tmp/castra is owned by uid 1001 (mode 755), not by uid 0 or root",
+                Some(Marker::Unsafe {
+                    detail: "/var/tmp/castra is owned by uid 1001 (mode 755), not by uid 0 or root"
+                        .into(),
+                }),
+            ),
+            ("script", Some(Marker::ScriptStarts)),
+            ("script-end", Some(Marker::ScriptEnds)),
             ("transfer", Some(Marker::Transfer)),
             ("apply 0", Some(Marker::Apply { status: 0 })),
             ("apply -3", Some(Marker::Apply { status: -3 })),

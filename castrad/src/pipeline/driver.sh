@@ -23,7 +23,7 @@
 set -e
 nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; vver=$7; agent=$8; every=$9; shift 9
 ciwait=$1; shift
-m() { printf '\nCASTRA-%s %s\n' "$nonce" "$*"; }
+m() { printf "\nCASTRA-%s %s\n" "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
 if [ "$agent" = - ]; then block; agent=$out; fi
@@ -31,23 +31,43 @@ if [ "$agent" = - ]; then block; agent=$out; fi
 # at once (no Python start-up); otherwise `cloud-init status --wait` waits, and on errors its
 # own words are reported.
 if [ -n "$ciwait" ]; then
-  ciok() { [ -e /run/cloud-init/result.json ] && tr -d ' \n' </run/cloud-init/result.json | grep -q '"errors":\[\]'; }
+  ciok() { [ -e /run/cloud-init/result.json ] && tr -d " \n" </run/cloud-init/result.json | grep -q '"errors":\[\]'; }
   if ciok; then m cloud-init 0 done
-  elif ! command -v cloud-init >/dev/null; then m cloud-init 127 "cloud-init is not installed in the guest"; exit 0
+  elif ! command -v cloud-init >/dev/null; then m cloud-init 127; exit 0
   else
-    cistatus=$(cloud-init status --wait --long 2>&1 | sed 's/^\.*//' | tr -s '\n' ' ' | cut -c1-600)
+    cistatus=$(cloud-init status --wait --long 2>&1 | sed "s/^\.*//" | tr -s "\n" " " | cut -c1-600)
     if ciok; then m cloud-init 0 done
     else m cloud-init 1 "$cistatus"; exit 0; fi
   fi
 fi
+m pid $$
 uid=
 root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
+# safe DIR: DIR and its parents up to a root-owned one nobody else can write are owned by us
+# or root, are not symlinks, and cannot be written by others (a root-owned sticky parent
+# such as /var/tmp excepted; DIR itself never): otherwise another account could swap what
+# runs. Prints why not. One stat for the whole chain.
+safe() {
+  d=$1; p=$1; set --
+  while :; do
+    [ ! -L "$p" ] || { echo "$p is a symbolic link"; return 1; }
+    set -- "$@" "$p"; case $p in /) break ;; */*) p=${p%/*}; p=${p:-/} ;; *) break ;; esac
+  done
+  root; stat -c "%u %a %n" -- "$@" | { while read -r u a n; do
+    w=$((0$a & 022)); s="$n is owned by uid $u, mode $a"
+    [ "$u" = 0 ] || [ "$u" = "$uid" ] || { echo "$s"; exit 1; }
+    [ $w = 0 ] || { [ "$n" != "$d" ] && [ "$u" = 0 ] && [ $((0$a & 01000)) != 0 ]; } || { echo "$s: others can write to it"; exit 1; }
+    [ "$u" != 0 ] || [ $w != 0 ] || exit 0
+  done; }
+}
 if [ -n "$vdir" ]; then vlog=$vdir/service.log
 elif root; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
 else vdir=$dir/.vizier; vlog=$vdir/service.log; fi
 vbin=$vdir/$vver/vizier.sh; vstate=$vdir/state
-if [ -f "$vbin" ] && printf '%s' "$agent" | cmp -s - "$vbin"; then m vizier-install 0 present "$vbin"
-elif { mkdir -p "$vdir/$vver" "${vlog%/*}" "$vstate" && printf '%s' "$agent" >"$vbin.tmp" && mv -f "$vbin.tmp" "$vbin"; } 2>/dev/null
+mkdir -p "$vdir/$vver" "${vlog%/*}" "$vstate" 2>/dev/null || true
+if [ -d "$vdir" ] && ! why=$(safe "$vdir"); then m unsafe "$why"; exit 0; fi
+if [ -f "$vbin" ] && printf %s "$agent" | cmp -s - "$vbin"; then m vizier-install 0 present "$vbin"
+elif { printf %s "$agent" >"$vbin.tmp" && mv -f "$vbin.tmp" "$vbin"; } 2>/dev/null
 then m vizier-install 0 installed "$vbin"
 else m vizier-install 1 "cannot write $vbin"; exit 0; fi
 held=; hver=
@@ -57,9 +77,10 @@ if [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "$hver" = "$vver" ]; then 
 else
   how=started
   if [ -n "$held" ] && kill -0 "$held" 2>/dev/null; then sh "$vbin" stop "$vstate" || true; how="restarted (was $hver)"; fi
-  printf "" 2>/dev/null >"$vstate/agent.pid" || true # not the new agent's: wait for it below
+  # Not the new agent's pid: wait for it below.
+  printf "" 2>/dev/null >"$vstate/agent.pid" || true
   if root && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-    printf '[Unit]\nDescription=Castra Vizier agent\n[Service]\nExecStart=/bin/sh %s supervise %s %s\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n' "$vbin" "$vstate" "$vlog" >/etc/systemd/system/castra-vizier.service
+    printf "[Unit]\nDescription=Castra Vizier\n[Service]\nExecStart=/bin/sh %s supervise %s %s\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n" "$vbin" "$vstate" "$vlog" >/etc/systemd/system/castra-vizier.service
     systemctl daemon-reload && systemctl enable castra-vizier >/dev/null 2>&1 && systemctl restart castra-vizier; how="$how under systemd"
   elif root && command -v openrc-run >/dev/null && [ -d /etc/init.d ]; then
     printf '#!/sbin/openrc-run\ncommand=/bin/sh\ncommand_args="%s supervise %s %s"\ncommand_background=yes\npidfile=/run/castra-vizier.pid\n' "$vbin" "$vstate" "$vlog" >/etc/init.d/castra-vizier
@@ -74,24 +95,36 @@ fi
 m vizier-enable 0 "$how"
 i=0; banner=; limit=20
 if [ "$how" != running ]; then
-  limit=50 # a just-started agent gets 5 s, first to name itself (cheap to check), then to answer
+  # A just-started agent gets 5 s, first to name itself (cheap to check), then to answer.
+  limit=50
   while [ ! -s "$vstate/agent.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; i=$((i/2))
 fi
 while [ $i -lt $limit ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) && break; banner=; i=$((i+1)); sleep 0.1; done
 m vizier-log "$vlog"; tail -c 16384 "$vlog" 2>/dev/null || true; m vizier-log-end
 if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within $((limit / 10)) s"; exit 0; fi
-m vizier-handshake 0; printf '%s\n' "$banner"
+m vizier-handshake 0; printf "%s\n" "$banner"
 [ -d "$dir" ] || (umask 077 && mkdir -p -- "$dir")
+if ! why=$(safe "$dir"); then m unsafe "$why"; exit 0; fi
 cd -- "$dir"
 block; envs=$out
-m connect
+# One run at a time in remote_dir: one that castrad lost (it was killed) may still be going.
+# Its lock names its pid; a dead holder's lock is taken over, a live one waited for 10 s.
+i=0
+until mkdir .castra-run 2>/dev/null; do
+  o=$(cat .castra-run/pid 2>/dev/null)
+  if [ -n "$o" ] && ! kill -0 "$o" 2>/dev/null; then rm -rf .castra-run; continue; fi
+  if [ $i -ge 100 ]; then m connect 1 "${o:-?}"; exit 0; fi
+  i=$((i+1)); sleep 0.1
+done
+echo $$ >.castra-run/pid; trap "rm -rf .castra-run" EXIT
+m connect 0
 if [ -e payload ] || [ -e "$script" ]; then rm -rf -- payload "$script"; fi
 tar -x -f -
 m transfer
 set +e
 # The script's stderr is bracketed on stderr, so castrad reads all of it before it decides
 # apply from the marker on stdout (the two streams reach it independently).
-e() { printf 'CASTRA-%s %s\n' "$nonce" "$1" >&2; }
+e() { printf "CASTRA-%s %s\n" "$nonce" "$1" >&2; }
 e script
 (eval "$envs"; exec "$@") </dev/null
 rc=$?
@@ -100,5 +133,6 @@ m apply $rc
 [ $rc -eq 0 ] || exit 0
 if [ -n "$vcmd" ]; then (eval "$envs"; exec sh -c "$vcmd") </dev/null; rc=$?; m verify-command $rc; [ $rc -eq 0 ] || exit 0; fi
 if [ -n "$vpath" ]; then if [ -e "$vpath" ]; then m verify-path 0; else m verify-path 1; exit 0; fi; fi
+rm -rf .castra-run; trap - EXIT
 m done
 [ -z "$every" ] || exec sh "$vbin" watch "$vstate" "$every" </dev/null

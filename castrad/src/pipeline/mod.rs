@@ -55,6 +55,44 @@ pub struct Job {
     /// The VM was started by this job: its SSH server is not up yet, so `wait-handshake`
     /// probes for its banner before running ssh (otherwise it tries ssh at once).
     pub booting: bool,
+    /// Says when the run is to stop (`castra.cancel`, or `down` of the VM mid-run).
+    pub cancel: Cancel,
+}
+
+/// The receiving end of a run's cancellation: the reason, once someone has asked. Cheap to
+/// clone; [`Cancel::none`] is never cancelled.
+#[derive(Debug, Clone)]
+pub struct Cancel(tokio::sync::watch::Receiver<Option<String>>);
+
+impl Cancel {
+    /// A token and the sender that cancels it (with a reason).
+    pub fn new() -> (tokio::sync::watch::Sender<Option<String>>, Cancel) {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        (tx, Cancel(rx))
+    }
+
+    /// A token nobody can cancel.
+    pub fn none() -> Cancel {
+        Cancel::new().1
+    }
+
+    /// The reason, if the run has been asked to stop.
+    pub fn reason(&self) -> Option<String> {
+        self.0.borrow().clone()
+    }
+
+    /// Resolves with the reason once the run is asked to stop; never if it cannot be.
+    pub async fn cancelled(&self) -> String {
+        let mut rx = self.0.clone();
+        let reason = rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|reason| reason.clone().unwrap_or_default());
+        match reason {
+            Ok(reason) => reason,
+            Err(_) => std::future::pending().await,
+        }
+    }
 }
 
 /// What the pipeline needs from the daemon.
@@ -116,6 +154,9 @@ pub async fn run(ctx: Ctx, job: Job) -> Finished {
         }
     };
     publish(Event::BootstrapPlanned(planner::planned(&vm, plan.clone())));
+    if let Some(reason) = job.cancel.reason() {
+        return record_failure(&ctx, &job, started, reason).into();
+    }
     // A VM this job booted is usable when `up` returns, whatever its bootstrap does.
     if job.booting
         && plan.action != Action::Run

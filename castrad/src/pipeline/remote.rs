@@ -53,6 +53,11 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// not (as ssh said it).
     fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>>;
 
+    /// Stops the guest side of a run: the process group that `pid` (the driver) leads, TERM
+    /// then KILL after 5 s, over a connection of its own (see `driver::stop_command`). Err
+    /// says why it could not.
+    fn stop(&self, target: Target, pid: u32) -> BoxFuture<'_, Result<(), crate::ssh::SshError>>;
+
     /// Starts `remote_command` on `target`, its stdout read line by line (the Vizier watch).
     fn tail(&self, target: Target, remote_command: &str) -> Result<Tail, crate::ssh::SshError>;
 }
@@ -99,26 +104,39 @@ impl Remote for OpenSsh {
     }
 
     fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
-        Box::pin(async move {
-            let mut conn =
-                Connection::spawn(target, "true", Stdio::null(), Stdio::null(), Stdio::piped())?;
-            let mut stderr = String::new();
-            if let Some(mut e) = conn.child().stderr.take() {
-                use tokio::io::AsyncReadExt;
-                // ssh's own words, a line or two; bounded all the same.
-                let _ = (&mut e).take(16 << 10).read_to_string(&mut stderr).await;
-            }
-            let status = conn
-                .child()
-                .wait()
-                .await
-                .map_err(crate::ssh::SshError::Spawn)?;
-            if status.success() {
-                return Ok(());
-            }
-            Err(crate::ssh::classify(conn.target(), &stderr))
-        })
+        Box::pin(run(target, "true".to_owned()))
     }
+
+    fn stop(&self, target: Target, pid: u32) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
+        Box::pin(run(target, driver::stop_command(pid)))
+    }
+}
+
+/// Runs `command` on `target` with nothing on stdin or stdout; Err says why it failed, as ssh
+/// said it.
+async fn run(target: Target, command: String) -> Result<(), crate::ssh::SshError> {
+    let mut conn = Connection::spawn(
+        target,
+        &command,
+        Stdio::null(),
+        Stdio::null(),
+        Stdio::piped(),
+    )?;
+    let mut stderr = String::new();
+    if let Some(mut e) = conn.child().stderr.take() {
+        use tokio::io::AsyncReadExt;
+        // ssh's own words, a line or two; bounded all the same.
+        let _ = (&mut e).take(16 << 10).read_to_string(&mut stderr).await;
+    }
+    let status = conn
+        .child()
+        .wait()
+        .await
+        .map_err(crate::ssh::SshError::Spawn)?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(crate::ssh::classify(conn.target(), &stderr))
 }
 
 /// What the guest session reports, in order (stderr lines may interleave loosely).

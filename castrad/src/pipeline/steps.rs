@@ -54,6 +54,8 @@ struct Steps {
     last_stderr: String,
     /// The first failure, already recorded.
     failure: Option<RunError>,
+    /// The driver's pid (it leads the guest side's process group), once it said.
+    guest_pid: Option<u32>,
     /// Opened (set true) once the stamp is gone: the driver may then change the guest.
     may_touch: Option<watch::Sender<bool>>,
     /// How the script was started, for messages.
@@ -84,6 +86,7 @@ impl Steps {
             error_marker: None,
             last_stderr: String::new(),
             failure: None,
+            guest_pid: None,
             may_touch: None,
             program: String::new(),
             script_stderr: false,
@@ -147,11 +150,14 @@ pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
     let result = loop {
         let mut report = progress;
         let left = deadline.saturating_duration_since(Instant::now());
-        if let Err(mut e) = ctx
+        let probe = ctx
             .remote
-            .probe(&target.host, target.port, left, &mut report)
-            .await
-        {
+            .probe(&target.host, target.port, left, &mut report);
+        let probed = tokio::select! {
+            probed = probe => probed,
+            reason = job.cancel.cancelled() => break Err(reason),
+        };
+        if let Err(mut e) = probed {
             e.waited = t.elapsed().as_secs_f64();
             break Err(e.to_string());
         }
@@ -300,7 +306,15 @@ impl Run {
                 let left = deadline.saturating_duration_since(Instant::now());
                 let remote = self.ctx.remote.clone();
                 let port = target.port;
-                match remote.probe(&target.host, port, left, &mut report).await {
+                let probe = remote.probe(&target.host, port, left, &mut report);
+                let cancel = self.job.cancel.clone();
+                let probed = tokio::select! {
+                    probed = probe => probed,
+                    reason = cancel.cancelled() => {
+                        return self.record.checked(Step::WaitHandshake, t, Err(reason));
+                    }
+                };
+                match probed {
                     Ok(line) => banner = Some(line),
                     Err(mut e) => {
                         // The whole wait, not only this probe's part of it.
@@ -382,14 +396,30 @@ impl Run {
         st.program = program.join(" ");
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let remote = self.ctx.remote.clone();
+        // A cancel or a step's timeout: the step it cut short and why.
+        let mut abort: Option<(Step, String)> = None;
+        let cancel = self.job.cancel.clone();
         let ended = {
             let run = remote.session(target.clone(), &session, tx);
             tokio::pin!(run);
             loop {
                 // The handshake's deadline also covers cloud-init, once ssh got in.
                 let waiting = st.authenticated && st.step == Step::WaitHandshake;
+                let limit = self.step_limit(st.step);
+                let step_deadline = limit.map(|secs| st.since + Duration::from_secs(secs));
                 tokio::select! {
                     biased;
+                    reason = cancel.cancelled() => {
+                        abort = Some((st.step, reason));
+                        break None;
+                    }
+                    _ = sleep_until_some(step_deadline), if st.failure.is_none() => {
+                        let key = if st.step == Step::Apply { "apply" } else { "verify" };
+                        let secs = limit.unwrap_or_default();
+                        let e = format!("timed out after {secs}s ({key}_timeout_secs)");
+                        abort = Some((st.step, e));
+                        break None;
+                    }
                     Some(note) = rx.recv() => {
                         self.feed(note, &mut st);
                         if st.failure.is_some() && st.may_touch.as_ref().is_some_and(|t| !*t.borrow()) {
@@ -411,6 +441,18 @@ impl Run {
         };
         while let Ok(note) = rx.try_recv() {
             self.feed(note, &mut st);
+        }
+        if let Some((step, why)) = abort {
+            let stopped = match st.guest_pid {
+                None => String::new(),
+                Some(pid) => match self.ctx.remote.stop(target.clone(), pid).await {
+                    Ok(()) => format!("; its processes in the guest were stopped (group {pid})"),
+                    Err(e) => format!("; stopping its processes in the guest failed: {e}"),
+                },
+            };
+            if st.failure.is_none() {
+                self.fail_step(&mut st, step, format!("{why}{stopped}"));
+            }
         }
         let Some(ended) = ended else {
             return Ok(Err(st.failure.expect("the failure was recorded")));
@@ -620,9 +662,28 @@ impl Run {
                 );
                 self.fail_step(st, Step::VizierHandshake, e);
             }
-            Marker::Connect => {
+            Marker::Pid(pid) => st.guest_pid = Some(pid),
+            Marker::Unsafe { detail } => {
+                let e = format!(
+                    "{detail}: another account of the guest could change what runs there; it \
+                     and its parents must be owned by the bootstrap user or root, not be \
+                     symlinks, and not be writable by others (a root-owned sticky parent such \
+                     as /var/tmp aside); fix that, or choose another remote_dir or vizier_dir"
+                );
+                self.fail_step(st, st.step, e);
+            }
+            Marker::Connect { ok: true, .. } => {
                 let detail = format!("bootstrap session in {}", b.remote_dir);
                 self.advance(st, Step::Connect, Some(detail), Step::Transfer);
+            }
+            Marker::Connect { ok: false, detail } => {
+                let e = format!(
+                    "another run (pid {detail}) still holds {} after 10 s: a run castrad lost \
+                     track of (was castrad killed?) may still be going; wait for it, or stop it \
+                     in the guest",
+                    b.remote_dir
+                );
+                self.fail_step(st, Step::Connect, e);
             }
             Marker::Transfer => {
                 let bytes = self.plan.payload_bytes.unwrap_or(0);
@@ -694,8 +755,26 @@ impl Run {
         self.record.set_step(Some(step), None);
     }
 
+    /// How long `step` may take, in seconds, if it has a limit of its own.
+    fn step_limit(&self, step: Step) -> Option<u64> {
+        let b = &self.job.vm.bootstrap;
+        match step {
+            Step::Apply => Some(b.apply_timeout_secs),
+            Step::Verify => Some(b.verify_timeout_secs),
+            _ => None,
+        }
+    }
+
     /// Where the guest keeps the agent's log, for messages.
     fn vizier_log_hint(&self) -> String {
         crate::vizier::guest_log_hint(self.job.vm.bootstrap.vizier_dir.as_deref())
+    }
+}
+
+/// Sleeps until `deadline`; forever when there is none.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -63,6 +63,7 @@ impl Bench {
                 port: 2222,
             }),
             booting,
+            cancel: Cancel::none(),
         };
         Bench {
             _dir: dir,
@@ -342,7 +343,10 @@ async fn an_unwritable_agent_directory_fails_vizier_install_and_later_markers_ar
                 detail: "cannot write /opt/castra/vizier/v/vizier.sh".into(),
             }),
             // A confused guest goes on: nothing after the first failure counts.
-            marker(Marker::Connect),
+            marker(Marker::Connect {
+                ok: true,
+                detail: String::new(),
+            }),
             marker(Marker::Apply { status: 0 }),
         ],
         status: Some(0),

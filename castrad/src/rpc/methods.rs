@@ -48,6 +48,14 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
+    m.register_async_method(api::method::CANCEL, |params, daemon, _| async move {
+        let p: api::CancelParams = parse(params)?;
+        daemon
+            .cancel(&p.config, &p.vms)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
     m.register_async_method(api::method::SSH_CONFIG, |params, daemon, _| async move {
         let p: api::SshConfigParams = parse(params)?;
         daemon

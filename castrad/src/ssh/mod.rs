@@ -251,9 +251,10 @@ pub fn command_line<S: AsRef<str>>(words: &[S]) -> String {
 }
 
 /// The longest remote command castrad sends as it is. Dropbear refuses a command longer than
-/// 9000 bytes by closing the connection (its MAX_CMD_LEN); past this, the agent's text (the
-/// biggest word) goes on stdin instead, read slowly but only when it makes the difference.
-pub const COMMAND_LIMIT: usize = 8000;
+/// 9000 bytes by closing the connection (its MAX_CMD_LEN; the length checked is exactly that
+/// of the string ssh sends); past this, the agent's text (the biggest word) goes on stdin
+/// instead, read slowly but only when it makes the difference.
+pub const COMMAND_LIMIT: usize = 8800;
 
 /// A shell script as castrad sends it: without comment lines, indentation and blank lines
 /// (the text travels on a command line; see [`COMMAND_LIMIT`]). The scripts it is used on

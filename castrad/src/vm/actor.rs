@@ -29,6 +29,8 @@ pub enum InFlight {
         job: Job,
         outcome: watch::Sender<Option<VmOutcome>>,
         started: Instant,
+        /// Stops the run (see `pipeline::Cancel`).
+        cancel: watch::Sender<Option<String>>,
     },
     Stop {
         operation: String,
@@ -65,6 +67,9 @@ pub struct Actor {
     in_flight: Arc<std::sync::Mutex<Option<InFlight>>>,
     /// The Vizier health check, once a run has seen the agent.
     health: Option<tokio::task::JoinHandle<()>>,
+    /// A `down` that came while a run was in flight: the run was cancelled, the stop starts
+    /// once it has ended.
+    pending_down: Option<(DownRequest, oneshot::Sender<Result<StopReport, Busy>>)>,
 }
 
 impl Drop for Actor {
@@ -86,6 +91,7 @@ impl Actor {
             machine,
             in_flight,
             health: None,
+            pending_down: None,
         }
     }
 
@@ -134,18 +140,34 @@ impl Actor {
                     let _ = reply.send(Ok(()));
                 }
                 Wake::Command(Some(Command::Down { request, reply })) => {
+                    if self.pending_down.is_none()
+                        && self
+                            .cancel_run("cancelled: castractl down stops the VM")
+                            .is_some()
+                    {
+                        self.pending_down = Some((request, reply));
+                        continue;
+                    }
                     if let Some(busy) = self.busy() {
                         let _ = reply.send(Err(busy));
                         continue;
                     }
                     self.start_stop(&mut tasks, request, reply);
                 }
+                Wake::Command(Some(Command::Cancel { reason, reply })) => {
+                    let _ = reply.send(self.cancel_run(&reason));
+                }
                 Wake::Launched(machine) => {
                     let info = machine.info();
                     self.snapshot().send_modify(|s| s.machine = Some(info));
                     self.machine = Some(machine);
                 }
-                Wake::Done(done) => self.finish(done),
+                Wake::Done(done) => {
+                    self.finish(done);
+                    if let Some((request, reply)) = self.pending_down.take() {
+                        self.start_stop(&mut tasks, request, reply);
+                    }
+                }
                 Wake::Exited => self.machine_exited(),
             }
         }
@@ -184,6 +206,7 @@ impl Actor {
                         job,
                         outcome,
                         started,
+                        ..
                     }) = self.slot().take()
                     {
                         let error = "castrad stopped during the run; the guest was left as it was"
@@ -193,6 +216,17 @@ impl Actor {
                     }
                 }
             }
+        }
+    }
+
+    /// Asks the run in flight to stop; its operation, or None when no run is in flight.
+    fn cancel_run(&self, reason: &str) -> Option<String> {
+        match self.slot().as_ref()? {
+            InFlight::Run { job, cancel, .. } => {
+                cancel.send_replace(Some(reason.to_owned()));
+                Some(job.operation.clone())
+            }
+            InFlight::Stop { .. } => None,
         }
     }
 
@@ -213,10 +247,13 @@ impl Actor {
         let operation = job.operation.clone();
         self.snapshot()
             .send_modify(|s| s.operation = Some(operation));
+        let (cancel, token) = pipeline::Cancel::new();
+        job.cancel = token;
         *self.slot() = Some(InFlight::Run {
             job: job.clone(),
             outcome,
             started: Instant::now(),
+            cancel,
         });
         let ctx = self.ctx.clone();
         let running = self.machine.as_mut().is_some_and(|m| m.alive());
@@ -302,6 +339,7 @@ impl Actor {
                     job,
                     outcome,
                     started,
+                    ..
                 }),
             ) => {
                 tracing::error!(vm = self.name, error = %e, "bootstrap task panicked");

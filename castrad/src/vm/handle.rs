@@ -50,6 +50,11 @@ pub(super) enum Command {
         request: DownRequest,
         reply: oneshot::Sender<Result<StopReport, Busy>>,
     },
+    /// Stop the run in flight, if any; the reply names its operation.
+    Cancel {
+        reason: String,
+        reply: oneshot::Sender<Option<String>>,
+    },
 }
 
 impl std::fmt::Debug for Command {
@@ -57,6 +62,7 @@ impl std::fmt::Debug for Command {
         match self {
             Command::Up { job, .. } => write!(f, "Up({}, {})", job.vm.name, job.operation),
             Command::Down { request, .. } => write!(f, "Down({})", request.operation),
+            Command::Cancel { .. } => write!(f, "Cancel"),
         }
     }
 }
@@ -93,7 +99,8 @@ impl VmHandle {
         answer.await.unwrap_or_else(|_| Err(shutting_down(&vm)))
     }
 
-    /// Asks the actor to stop the VM; resolves when it has stopped (or at once with `Busy`).
+    /// Asks the actor to stop the VM; resolves when it has stopped (or at once with `Busy`). A
+    /// run in flight is cancelled first.
     pub async fn down(&self, vm: &str, request: DownRequest) -> Result<StopReport, Busy> {
         let (reply, answer) = oneshot::channel();
         if self
@@ -105,6 +112,15 @@ impl VmHandle {
             return Err(shutting_down(vm));
         }
         answer.await.unwrap_or_else(|_| Err(shutting_down(vm)))
+    }
+
+    /// Asks the actor to stop the VM's run in flight with `reason`. Some(operation): that
+    /// operation's run was asked to stop (its outcome says when it has); None: no run was
+    /// in flight. Answered at once.
+    pub async fn cancel(&self, reason: String) -> Option<String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx.send(Command::Cancel { reason, reply }).await.ok()?;
+        answer.await.ok().flatten()
     }
 
     /// The latest snapshot; never waits.

@@ -61,6 +61,7 @@ async fn supervise(
                         job,
                         outcome,
                         started,
+                        ..
                     }) => {
                         let error = "the VM actor crashed".to_owned();
                         let o = pipeline::record_failure(&ctx.pipeline, &job, started, error);

@@ -187,6 +187,7 @@ struct Bench {
     bus: EventBus,
     vm: Arc<Vm>,
     tracker: tokio_util::task::TaskTracker,
+    remote: Arc<Fake>,
 }
 
 impl Bench {
@@ -202,6 +203,7 @@ impl Bench {
         std::fs::write(&paths.disk_id, "d1\n").unwrap();
         let backend = Arc::new(backend);
         let bus = EventBus::default();
+        let remote = Fake::new(sessions, vec![Probe::After(Duration::from_secs(3)); 4]);
         let ctx = ActorCtx {
             pipeline: pipeline::Ctx {
                 bus: bus.clone(),
@@ -209,7 +211,7 @@ impl Bench {
                 control_dir: d.join("ssh"),
                 snapshot: Arc::new(watch::channel(VmSnapshot::default()).0),
                 // A booted guest answers a probe after 3 s.
-                remote: Fake::new(sessions, vec![Probe::After(Duration::from_secs(3)); 4]),
+                remote: remote.clone(),
             },
             backend: backend.clone(),
         };
@@ -222,6 +224,7 @@ impl Bench {
             backend,
             bus,
             tracker,
+            remote,
         }
     }
 
@@ -234,6 +237,7 @@ impl Bench {
             config: PathBuf::from("/p/castra.toml"),
             endpoint: None,
             booting: false,
+            cancel: crate::pipeline::Cancel::none(),
         }
     }
 
@@ -306,12 +310,6 @@ async fn a_busy_vm_answers_at_once_and_status_never_waits_on_it() {
         .await
         .unwrap_err();
     assert_eq!(second.operation, "op-1");
-    let down = bench
-        .handle
-        .down("web", bench.down_request(false))
-        .await
-        .unwrap_err();
-    assert_eq!(down.operation, "op-1");
     assert_eq!(t.elapsed(), Duration::ZERO, "busy replies do not wait");
     // Mid-run, the snapshot says what is going on.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -328,6 +326,47 @@ async fn a_busy_vm_answers_at_once_and_status_never_waits_on_it() {
         bench.kinds("op-1")[..3],
         ["OverlayPrepared", "VmLaunched", "BootstrapPlanned"]
     );
+}
+
+/// `down` mid-run cancels the run (its guest side stopped, one failure, no stamp), then stops
+/// the VM; `cancel` of an idle VM finds nothing to stop.
+#[tokio::test(start_paused = true)]
+async fn down_mid_run_cancels_the_run_then_stops_the_vm() {
+    let bench = Bench::new(FakeBackend::default(), vec![slow_session(60)]);
+    assert_eq!(bench.handle.cancel("cancelled".into()).await, None);
+    let first = bench.up("op-1").await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_eq!(
+        bench.handle.snapshot().current_step,
+        Some(castra_api::BootstrapStepKind::Apply)
+    );
+    let t = Instant::now();
+    let report = bench
+        .handle
+        .down("web", bench.down_request(false))
+        .await
+        .expect("down waits for the run to end, then stops");
+    assert!(
+        t.elapsed() < Duration::from_secs(50),
+        "the run was not waited out"
+    );
+    assert_eq!(report.outcome, castra_api::StopOutcome::Graceful);
+    let outcome = outcome_of(first).await;
+    assert_eq!(outcome.status, OutcomeStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(
+        error.starts_with(
+            "apply: cancelled: castractl down stops the VM; its processes in the \
+             guest were stopped (group 77)"
+        ),
+        "{error}"
+    );
+    assert!(
+        bench.remote.calls().contains(&"stop 2222 77".to_owned()),
+        "{:?}",
+        bench.remote.calls()
+    );
+    assert_eq!(bench.handle.snapshot().state, State::Stopped);
 }
 
 #[tokio::test(start_paused = true)]

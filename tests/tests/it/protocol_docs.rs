@@ -149,6 +149,13 @@ fn protocol_examples_match_real_responses() {
         )["result"]
             .clone(),
     );
+    real.insert(
+        "cancel-result",
+        fleet
+            .env
+            .http_rpc("castra.cancel", json!({"config": config}))["result"]
+            .clone(),
+    );
     let events = fleet.up(&["--bootstrap", "always"]).events;
     let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
     for e in events {

@@ -146,6 +146,8 @@ fn defaults_for_a_minimal_qemu_vm() {
             verify_command: None,
             verify_path: None,
             handshake_timeout_secs: 120,
+            apply_timeout_secs: 3600,
+            verify_timeout_secs: 60,
             remote_dir: "/var/tmp/castra/web".into(),
             env: BTreeMap::new(),
             metadata_path: None,
