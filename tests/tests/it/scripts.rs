@@ -2,6 +2,10 @@
 //! named like a command shadows that command for the rest of the script: `install()` (to run
 //! apt-get) once turned build-guest's later `install -d …` calls into apt-get on any machine
 //! where a package was missing, and only there.
+//!
+//! They must also never harm the host they run on (issue 14 item 16): scripts/setup once
+//! stopped the host's own ssh service whenever a package was missing, and installed a cloud
+//! kernel into the host's /boot for build-guest to copy.
 
 use std::path::{Path, PathBuf};
 
@@ -92,16 +96,31 @@ fn no_shell_function_is_named_like_a_command() {
 /// directory: the guest must come out complete. `cpio` is installed already; build-guest is
 /// told to take it as missing, so apt-get runs (a no-op) and the rest of the script runs
 /// after it, as on a fresh machine.
+///
+/// And the guest's kernel comes from the Debian .deb (downloaded into target/guest-cache and
+/// unpacked there), never from the host: build-guest runs in a mount
+/// namespace where /boot and /lib/modules are empty, the manifest names the .deb, the kernel
+/// is the one inside it, and the host's /boot and /lib/modules are the same afterwards.
 #[test]
 fn build_guest_completes_on_the_missing_package_path() {
     assert!(
         nix::unistd::geteuid().is_root(),
-        "this test needs root (build-guest installs missing packages): run the suite as root, \
-         as scripts/test and CI do"
+        "this test needs root (build-guest installs missing packages; unshare masks /boot): \
+         run the suite as root, as scripts/test and CI do"
     );
+    let host_boot = || boot_listing(&["/boot", "/lib/modules"]);
+    let boot_before = host_boot();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("guest");
-    let run = std::process::Command::new(workspace().join("scripts/build-guest"))
+    // The host's kernels are out of reach: empty tmpfs over /boot and /lib/modules, in a private
+    // mount namespace (unshare's default propagation is private: nothing leaks to the host).
+    let run = std::process::Command::new("unshare")
+        .args(["--mount", "--", "sh", "-c"])
+        .arg(
+            "mount -t tmpfs castra-test /boot && mount -t tmpfs castra-test /lib/modules && \
+             exec \"$0\" \"$1\"",
+        )
+        .arg(workspace().join("scripts/build-guest"))
         .arg(&out)
         .env("CASTRA_BUILD_GUEST_MISSING", "cpio")
         .output()
@@ -135,6 +154,13 @@ fn build_guest_completes_on_the_missing_package_path() {
         listing.lines().any(|l| l == "root/.ssh/authorized_keys"),
         "{listing}"
     );
+    // The drivers, from the .deb's module tree (depmod'ed in the build directory).
+    for ko in ["virtio_net.ko", "virtio_blk.ko", "evdev.ko"] {
+        assert!(
+            listing.lines().any(|l| l == format!("lib/modules/{ko}")),
+            "{ko} in the initramfs: {listing}"
+        );
+    }
     let etc = std::process::Command::new("debugfs")
         .args(["-R", "ls -l /etc"])
         .arg(out.join("base.img"))
@@ -145,5 +171,293 @@ fn build_guest_completes_on_the_missing_package_path() {
         etc.lines()
             .any(|l| l.contains("40700") && l.ends_with(" dropbear")),
         "/etc/dropbear (0700) on the data disk: {etc}"
+    );
+
+    // The manifest names the .deb: "kernel_deb=linux-image-<release> <version> sha256:<hex>".
+    let manifest = std::fs::read_to_string(out.join("manifest")).unwrap();
+    let field = |key: &str| {
+        manifest
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix('='))
+            .unwrap_or_else(|| panic!("no {key}= in the manifest:\n{manifest}"))
+            .to_owned()
+    };
+    let release = field("kernel");
+    let deb_line = field("kernel_deb");
+    let [package, version, sha] = deb_line.split(' ').collect::<Vec<_>>()[..] else {
+        panic!("kernel_deb is not 'package version sha256:hex': {deb_line}");
+    };
+    assert_eq!(package, format!("linux-image-{release}"), "{manifest}");
+    let sha = sha.strip_prefix("sha256:").unwrap();
+    // The cached .deb is the one named, and the guest's kernel is the one inside it.
+    let deb = workspace()
+        .join("target/guest-cache")
+        .join(format!("{package}_{}.deb", version.replace(':', "%3a")));
+    let check = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(
+            "sha256sum \"$1\" | cut -d' ' -f1 && \
+             dpkg-deb --fsys-tarfile \"$1\" | tar -xOf - --occurrence \"./boot/vmlinuz-$2\" | cmp - \"$3\" && \
+             echo same-kernel",
+        )
+        .arg("sh")
+        .arg(&deb)
+        .arg(&release)
+        .arg(out.join("vmlinuz"))
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(
+        check,
+        format!("{sha}\nsame-kernel\n"),
+        "{} is the .deb the manifest names, and holds the guest's vmlinuz",
+        deb.display()
+    );
+    assert_eq!(
+        host_boot(),
+        boot_before,
+        "the host's /boot and /lib/modules"
+    );
+}
+
+/// Names, sizes and modification times of everything under `dirs` (what installing a kernel
+/// changes).
+fn boot_listing(dirs: &[&str]) -> String {
+    let out = std::process::Command::new("find")
+        .args(dirs)
+        .args(["-printf", "%p %s %T@\n"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "find {dirs:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One run of scripts/setup against shims of the package and service tools, which log their
+/// argv (one line per call, `name arg…`) and touch nothing. `installed` are the packages the
+/// shims say are there; `uid` is what `id -u` says.
+struct SetupRun {
+    status: std::process::ExitStatus,
+    stderr: String,
+    calls: Vec<String>,
+    /// What `/usr/sbin/policy-rc.d` (here a file in the temp dir) said while apt-get installed.
+    policy_during_install: Option<String>,
+}
+
+fn run_setup(dir: &Path, installed: &[&str], uid: u32) -> SetupRun {
+    let bin = dir.join("bin");
+    let log = dir.join("calls.log");
+    let policy = dir.join("policy-rc.d");
+    let _ = std::fs::remove_file(&log);
+    std::fs::create_dir_all(&bin).unwrap();
+    // One shim for every tool; it acts on its own name. dpkg-query -L openssh-server lists what
+    // the real package ships (units, a template, an init script).
+    let shim = r#"#!/bin/bash
+name=${0##*/}
+echo "$name $*" >>"$SHIM_LOG"
+installed() { [[ " $SHIM_INSTALLED " == *" $1 "* ]]; }
+case $name in
+  id) [[ ${1:-} == -u ]] && echo "$SHIM_UID" || echo "uid=$SHIM_UID" ;;
+  dpkg-query)
+    case ${1:-} in
+      -W) if installed "${!#}"; then echo installed; else echo not-installed; fi ;;
+      -L) [[ ${2:-} == openssh-server ]] && printf '%s\n' /etc/init.d/ssh \
+            /lib/systemd/system/ssh.service /lib/systemd/system/ssh.socket \
+            /lib/systemd/system/ssh@.service /usr/sbin/sshd ;;
+    esac ;;
+  dpkg) [[ ${1:-} == -s ]] && installed "$2" ;;
+  apt-get)
+    if [[ ${1:-} == install ]]; then
+      if [[ -x $CASTRA_SETUP_POLICY_RC_D ]]; then
+        "$CASTRA_SETUP_POLICY_RC_D" ssh start; echo "exit $?" >"$SHIM_POLICY"
+      else
+        echo missing >"$SHIM_POLICY"
+      fi
+    fi ;;
+  curl) exit 1 ;;
+esac
+exit 0
+"#;
+    std::fs::write(bin.join("shim"), shim).unwrap();
+    let mut perms = std::fs::metadata(bin.join("shim")).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(bin.join("shim"), perms).unwrap();
+    for name in [
+        "id",
+        "dpkg-query",
+        "dpkg",
+        "apt-get",
+        "apt-cache",
+        "systemctl",
+        "update-rc.d",
+        "invoke-rc.d",
+        "service",
+        "deb-systemd-invoke",
+        "cargo",
+        "curl",
+    ] {
+        let link = bin.join(name);
+        if !link.exists() {
+            std::os::unix::fs::symlink("shim", link).unwrap();
+        }
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let policy_log = dir.join("policy.log");
+    let _ = std::fs::remove_file(&policy_log);
+    let out = std::process::Command::new(workspace().join("scripts/setup"))
+        .env("PATH", path)
+        .env("SHIM_LOG", &log)
+        .env("SHIM_INSTALLED", installed.join(" "))
+        .env("SHIM_UID", uid.to_string())
+        .env("SHIM_POLICY", &policy_log)
+        .env("CASTRA_SETUP_POLICY_RC_D", &policy)
+        .output()
+        .unwrap();
+    SetupRun {
+        status: out.status,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        calls: std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+        policy_during_install: std::fs::read_to_string(&policy_log).ok(),
+    }
+}
+
+/// scripts/setup on a machine missing packages must leave the host's services alone (issue 14
+/// item 16). It used to run `systemctl disable --now ssh` whenever any package was missing
+/// (stopping the host's own sshd, maybe the only way in) and to install linux-image-cloud-amd64
+/// (a kernel in the host's /boot, maybe its next default boot entry). Here every tool it would
+/// use to change the host is a logging shim:
+/// - fresh machine: openssh-server is installed with services held back (policy-rc.d says 101
+///   while apt-get runs, and is gone after), then only its own units are disabled, without
+///   `--now`; no kernel is installed;
+/// - openssh-server already there, another package missing: no systemctl call at all, and an
+///   existing policy-rc.d is left as it was;
+/// - not root: a clear error naming the packages, nothing run.
+#[test]
+fn setup_installs_packages_without_touching_the_hosts_services_or_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy-rc.d");
+    let apt_installs = |run: &SetupRun| -> Vec<String> {
+        run.calls
+            .iter()
+            .filter_map(|c| c.strip_prefix("apt-get install "))
+            .flat_map(|c| c.split(' ').map(str::to_owned))
+            .filter(|a| !a.starts_with('-'))
+            .collect()
+    };
+    let forbidden = |run: &SetupRun, allowed_units: &[&str]| {
+        for call in &run.calls {
+            let mut words = call.split(' ');
+            let name = words.next().unwrap();
+            let args: Vec<&str> = words.collect();
+            assert!(
+                !["invoke-rc.d", "service", "deb-systemd-invoke", "curl"].contains(&name),
+                "setup ran {call:?}"
+            );
+            if name == "systemctl" || name == "update-rc.d" {
+                for bad in [
+                    "stop", "--now", "restart", "mask", "kill", "start", "enable",
+                ] {
+                    assert!(!args.contains(&bad), "setup ran {call:?}: {:?}", run.calls);
+                }
+                for unit in args
+                    .iter()
+                    .filter(|a| !a.starts_with('-') && **a != "disable")
+                {
+                    assert!(
+                        allowed_units.contains(unit),
+                        "setup touched {unit}, a service it did not install: {call:?}"
+                    );
+                }
+            }
+        }
+    };
+
+    // A fresh machine: nothing installed.
+    let fresh = run_setup(dir.path(), &[], 0);
+    assert!(fresh.status.success(), "{}", fresh.stderr);
+    let installs = apt_installs(&fresh);
+    assert!(
+        installs.iter().any(|p| p == "openssh-server"),
+        "openssh-server is installed: {:?}",
+        fresh.calls
+    );
+    assert!(
+        !installs.iter().any(|p| p.starts_with("linux-image")),
+        "no kernel is installed on the host: {installs:?}"
+    );
+    assert_eq!(
+        fresh.policy_during_install.as_deref(),
+        Some("exit 101\n"),
+        "policy-rc.d forbids starting services while apt-get installs: {}",
+        fresh.stderr
+    );
+    assert!(
+        !policy.exists(),
+        "setup's own policy-rc.d is removed afterwards"
+    );
+    forbidden(&fresh, &["ssh.service", "ssh.socket"]);
+    let systemctl: Vec<&String> = fresh
+        .calls
+        .iter()
+        .filter(|c| c.starts_with("systemctl "))
+        .collect();
+    assert_eq!(
+        systemctl,
+        ["systemctl disable --quiet ssh.service ssh.socket"],
+        "openssh-server's units (no template), which setup just installed, are disabled \
+         (not stopped: they never started)"
+    );
+
+    // openssh-server there before (its service may be how the admin gets in), cpio missing;
+    // an admin's policy-rc.d in place.
+    let admins_policy = "#!/bin/sh\n# the admin's\nexit 0\n";
+    std::fs::write(&policy, admins_policy).unwrap();
+    let every: Vec<&str> = installs.iter().map(String::as_str).collect();
+    let all_but_cpio: Vec<&str> = every.iter().copied().filter(|p| *p != "cpio").collect();
+    let later = run_setup(dir.path(), &all_but_cpio, 0);
+    assert!(later.status.success(), "{}", later.stderr);
+    assert_eq!(apt_installs(&later), ["cpio"], "{:?}", later.calls);
+    forbidden(&later, &[]);
+    assert!(
+        !later
+            .calls
+            .iter()
+            .any(|c| c.starts_with("systemctl ") || c.starts_with("update-rc.d ")),
+        "no service is touched when setup installed none: {:?}",
+        later.calls
+    );
+    assert_eq!(
+        std::fs::read_to_string(&policy).unwrap(),
+        admins_policy,
+        "an existing policy-rc.d is left as it was"
+    );
+    std::fs::remove_file(&policy).unwrap();
+
+    // Everything there: nothing to do, nothing run but the queries.
+    let done = run_setup(dir.path(), &every, 0);
+    assert!(done.status.success(), "{}", done.stderr);
+    assert!(
+        done.calls.iter().all(|c| c.starts_with("dpkg-query ")),
+        "{:?}",
+        done.calls
+    );
+
+    // Not root, packages missing: a clear error, nothing installed.
+    let user = run_setup(dir.path(), &["curl"], 1000);
+    assert!(!user.status.success());
+    assert!(
+        user.stderr
+            .contains("missing packages: openssh-client openssh-server")
+            && user.stderr.contains("run as root"),
+        "{}",
+        user.stderr
+    );
+    assert!(
+        !user.calls.iter().any(|c| c.starts_with("apt-get")),
+        "{:?}",
+        user.calls
     );
 }
