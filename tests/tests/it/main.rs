@@ -10,6 +10,7 @@ mod plan;
 mod protocol_docs;
 mod qemu;
 mod scripts;
+mod ssh_options;
 mod sshd;
 mod support;
 mod vizier;
