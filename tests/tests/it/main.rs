@@ -13,4 +13,5 @@ mod scripts;
 mod ssh_options;
 mod sshd;
 mod support;
+mod terminal;
 mod vizier;
