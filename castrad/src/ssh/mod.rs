@@ -116,9 +116,12 @@ impl Target {
         line("GlobalKnownHostsFile", "/dev/null");
         line("StrictHostKeyChecking", "yes");
         line("UpdateHostKeys", "no");
+        // As ssh reads them after `-o` (the same parser): unquoted, so that a value of several
+        // words (`RekeyLimit=1G 1h`) stays several words. config::ssh_options allows no
+        // control character in them.
         for option in &self.options {
             if let Some((k, v)) = option.split_once('=') {
-                line(k.trim(), v.trim());
+                out.push_str(&format!("  {k} {v}\n"));
             }
         }
         out
@@ -464,7 +467,7 @@ mod tests {
     fn a_config_block_is_what_ssh_reads_back() {
         let mut t = target();
         t.known_hosts = "/s/with space/known_hosts".into();
-        t.options = vec!["ServerAliveInterval=5".into()];
+        t.options = vec!["ServerAliveInterval=5".into(), "RekeyLimit=1G 1h".into()];
         let block = t.config_block("castra-shop-web-0");
         assert!(block.starts_with("Host castra-shop-web-0\n  HostName 127.0.0.1\n  Port 2222\n"));
         let dir = tempfile::tempdir().unwrap();
@@ -491,6 +494,7 @@ mod tests {
             "userknownhostsfile /s/with space/known_hosts",
             "stricthostkeychecking true",
             "serveraliveinterval 5",
+            "rekeylimit 1073741824 3600",
         ] {
             assert!(seen.lines().any(|l| l == want), "{want:?} not in\n{seen}");
         }
