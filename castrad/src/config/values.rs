@@ -363,7 +363,27 @@ pub(super) fn ssh_word(
     Ok(v.clone())
 }
 
+/// `identity`: a path (`~/` expanded) without control characters, because it is also written
+/// into OpenSSH configuration (`castractl ssh-config`), where a newline would start a line
+/// of the project's choosing.
 pub(super) fn identity_path(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<PathBuf, ConfigError> {
+    let path = expand_identity(src, value, key)?;
+    if path.to_string_lossy().chars().any(char::is_control) {
+        let message = format!(
+            "identity path {:?} must not contain control characters (it is written into ssh \
+             configuration)",
+            path.display()
+        );
+        return Err(src.at(value, key, message));
+    }
+    Ok(path)
+}
+
+fn expand_identity(
     src: &Source<'_>,
     value: &Spanned<String>,
     key: &str,

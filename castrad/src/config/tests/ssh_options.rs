@@ -1,10 +1,22 @@
 //! `[vms.ssh] options`: the form of an option, and the allow-list (what is refused says why
-//! and what is allowed; what is allowed is kept as written).
+//! and what is allowed; what is allowed is kept as written); and the other value that reaches
+//! ssh's configuration unchecked otherwise, `identity`.
 
 use super::errors::run_cases;
 use super::*;
 
 const SSH_OPTION_ERRORS: &[Case] = &[
+    (
+        "identity with a newline (it is written into ssh-config's output)",
+        concat!(
+            head!(),
+            "[vms.ssh]\nidentity = \"k\\nProxyCommand touch /tmp/x\"\n"
+        ),
+        "vms[0].ssh.identity",
+        "identity path \"/p/k\\nProxyCommand touch /tmp/x\" must not contain control characters",
+        8,
+        12,
+    ),
     (
         "ssh option without =",
         concat!(
