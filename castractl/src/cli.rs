@@ -1,7 +1,6 @@
 //! Flags, subcommands and the top-level flow: parse, connect, call, render, exit.
 
 use std::collections::HashSet;
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -14,7 +13,7 @@ use serde_json::value::RawValue;
 use crate::Exit;
 use crate::client::{Daemon, Failure, find_config};
 use crate::progress::{self, PlainFeed, UpDisplay};
-use crate::render;
+use crate::{render, term};
 
 const AFTER_HELP: &str = "\
 Commands at a glance:
@@ -198,12 +197,14 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 .call(api::method::VERSION, &serde_json::json!({}))
                 .await?;
             if cli.json {
-                print_json(&serde_json::json!({ "castractl": client_version, "castrad": v }));
-            } else {
-                println!(
-                    "castractl {client_version}\ncastrad {} (protocol {})",
-                    v.version, v.protocol
+                term::json_pretty(
+                    &serde_json::json!({ "castractl": client_version, "castrad": v }),
                 );
+            } else {
+                term::text(&format!(
+                    "castractl {client_version}\ncastrad {} (protocol {})\n",
+                    v.version, v.protocol
+                ));
             }
         }
         Command::Plan { bootstrap } => {
@@ -212,9 +213,9 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             let params = api::PlanParams { config, bootstrap };
             let plan: api::PlanResult = daemon.call(api::method::PLAN, &params).await?;
             if cli.json {
-                print_json(&plan);
+                term::json_pretty(&plan);
             } else {
-                print!("{}", render::plan(&plan));
+                term::text(&render::plan(&plan));
             }
         }
         Command::Up { bootstrap } => {
@@ -237,9 +238,9 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             };
             let down: api::DownResult = daemon.call(api::method::DOWN, &params).await?;
             if cli.json {
-                print_json(&down);
+                term::json_pretty(&down);
             } else {
-                print!("{}", render::down(&down));
+                term::text(&render::down(&down));
             }
             if down.vms.iter().any(|v| v.error.is_some()) {
                 return Err(Failure::new(
@@ -266,9 +267,9 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             let params = api::LogsParams { config, vm, run };
             let logs: api::LogsResult = daemon.call(api::method::LOGS, &params).await?;
             if cli.json {
-                print_json(&logs);
+                term::json_pretty(&logs);
             } else {
-                print!("{}", render::logs(&logs));
+                term::text(&render::logs(&logs));
             }
         }
         Command::Events {
@@ -306,10 +307,10 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             let result: api::SshConfigResult =
                 daemon.call(api::method::SSH_CONFIG, &params).await?;
             if cli.json {
-                print_json(&result);
+                term::json_pretty(&result);
             } else {
                 let blocks: Vec<&str> = result.hosts.iter().map(|h| h.config.as_str()).collect();
-                print!("{}", blocks.join("\n"));
+                term::text(&blocks.join("\n"));
             }
         }
         Command::Status => {
@@ -323,9 +324,9 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 .call(api::method::STATUS, &api::StatusParams { config })
                 .await?;
             if cli.json {
-                print_json(&status);
+                term::json_pretty(&status);
             } else {
-                print!("{}", render::status(&status));
+                term::text(&render::status(&status));
             }
         }
     }
@@ -523,30 +524,23 @@ async fn events(
                 }
             },
         };
-        let line = if json {
-            Some(progress::json_line(&raw))
+        let written = if json {
+            term::json_line(&progress::json_line(&raw))
         } else {
             match progress::parse(&raw) {
-                Some(env) => feed
-                    .line(&env.event)
-                    .map(|line| format!("{:>6}  {line}", env.seq)),
-                // An event kind this castractl does not know: show it as it came.
-                None => Some(progress::json_line(&raw)),
+                Some(env) => match feed.line(&env.event) {
+                    Some(line) => term::line(&format!("{:>6}  {line}", env.seq)),
+                    None => Ok(()),
+                },
+                // An event kind this castractl does not know: show it as it came (escaped).
+                None => term::line(&progress::json_line(&raw)),
             }
         };
-        if let Some(line) = line
-            && progress::write_line(&line).is_err()
-        {
+        if written.is_err() {
             // Whoever read stdout is gone (`| head`): nothing left to do.
             return Ok(Exit::Ok);
         }
     }
-}
-
-fn print_json<T: serde::Serialize>(value: &T) {
-    let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, value);
-    let _ = writeln!(out);
 }
 
 /// Prints a failure (JSON on stdout with `--json`, one line of it after JSON lines, text on
@@ -563,15 +557,12 @@ fn report(f: &Failure, json: bool, one_line: bool) -> Exit {
             }
         });
         if one_line {
-            let _ = progress::write_line(&error.to_string());
+            let _ = term::json_line(&error.to_string());
         } else {
-            print_json(&error);
+            term::json_pretty(&error);
         }
     } else {
-        eprintln!("castractl: error: {}", f.message);
-        for d in &f.details {
-            eprintln!("  {d}");
-        }
+        term::error(&f.message, &f.details);
     }
     f.exit
 }

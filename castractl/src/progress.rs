@@ -2,24 +2,16 @@
 //! output) or a live board of spinners, one per VM (a terminal).
 //!
 //! The formatting itself is in [`crate::render`]; this module decides what to show when, and
-//! owns the terminal while the board is drawn.
+//! owns the terminal while the board is drawn (writing through [`crate::term`]).
 
 use std::collections::HashMap;
-use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
 use castra_api as api;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::value::RawValue;
 
-use crate::render;
-
-/// Writes one line to stdout and flushes it, so consumers of a pipe see each event at once.
-pub fn write_line(line: &str) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}")?;
-    out.flush()
-}
+use crate::{render, term};
 
 /// A notification as one compact JSON line: the daemon's own bytes when they are one line.
 pub fn json_line(raw: &RawValue) -> String {
@@ -103,9 +95,9 @@ impl UpDisplay {
             Kind::Json
         } else {
             let header = format!("project {}  operation {}", up.project, up.operation);
-            let _ = write_line(&header);
-            if std::io::stdout().is_terminal() {
-                Kind::Live(Board::new(&up.vms, ProgressDrawTarget::stdout()))
+            let _ = term::line(&header);
+            if term::stdout_is_terminal() {
+                Kind::Live(Board::new(&up.vms, term::board_target()))
             } else {
                 Kind::Plain(PlainFeed::new(width))
             }
@@ -118,11 +110,11 @@ impl UpDisplay {
         let envelope = parse(raw);
         match (&mut self.kind, &envelope) {
             (Kind::Json, _) => {
-                let _ = write_line(&json_line(raw));
+                let _ = term::json_line(&json_line(raw));
             }
             (Kind::Plain(feed), Some(env)) => {
                 if let Some(line) = feed.line(&env.event) {
-                    let _ = write_line(&line);
+                    let _ = term::line(&line);
                 }
             }
             (Kind::Live(board), Some(env)) => board.event(&env.event),
@@ -134,7 +126,7 @@ impl UpDisplay {
 
     /// A note for people, on stderr (above the board when there is one).
     pub fn warn(&self, message: &str) {
-        let print = || eprintln!("castractl: warning: {message}");
+        let print = || term::warn(message);
         match &self.kind {
             Kind::Live(board) => board.multi.suspend(print),
             Kind::Json | Kind::Plain(_) => print(),
@@ -158,18 +150,17 @@ impl UpDisplay {
                     outcome: &'a api::OutcomeResult,
                 }
                 if let Ok(line) = serde_json::to_string(&Last { outcome }) {
-                    let _ = write_line(&line);
+                    let _ = term::json_line(&line);
                 }
             }
             Kind::Plain(_) => {
-                print!("\n{}", render::summary(outcome));
+                term::text(&format!("\n{}", render::summary(outcome)));
             }
             Kind::Live(mut board) => {
                 board.finish(outcome);
-                print!("\n{}", render::summary(outcome));
+                term::text(&format!("\n{}", render::summary(outcome)));
             }
         }
-        let _ = std::io::stdout().flush();
     }
 }
 
@@ -199,7 +190,7 @@ impl Board {
             .map(|vm| {
                 let bar = multi.add(ProgressBar::new_spinner());
                 bar.set_style(spinner.clone());
-                bar.set_prefix(format!("{vm:<width$}"));
+                bar.set_prefix(format!("{:<width$}", render::escape_line(vm)));
                 bar.set_message("waiting for events");
                 bar.enable_steady_tick(Duration::from_millis(120));
                 (vm.clone(), bar, false)
@@ -398,6 +389,11 @@ mod tests {
         );
         board.event(&output("web-0", "step 1"));
         assert_eq!(board.bars[0].1.message(), "apply  | step 1");
+        board.event(&output("web-0", "\u{1b}]0;pwned\u{7}\u{9b}2J"));
+        assert_eq!(
+            board.bars[0].1.message(),
+            "apply  | \\x1b]0;pwned\\x07\\u{9b}2J"
+        );
         board.event(&api::Event::BootstrapCompleted {
             vm: "web-0".into(),
             status: api::BootstrapStatus::Success,

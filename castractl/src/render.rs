@@ -1,13 +1,26 @@
-//! Human-readable output: aligned tables, short hashes, durations, and the one-line form of
-//! events shared by `up` (piped and live) and `events`.
+//! Human-readable output: aligned tables, short hashes, durations, the one-line form of
+//! events shared by `up` (piped and live) and `events`, and [`escape`], which makes text
+//! from castrad safe for a terminal.
+//!
+//! Much of what castrad reports comes from the guest (script output, error details, the
+//! agent's words) and the guest is not trusted: a raw escape sequence could retitle, clear or
+//! rewrite the user's terminal. Everything this module renders passes through [`escape`]:
+//! one-line forms (events, table cells, error lines) escape newlines too, so a value cannot
+//! forge a line of its own; `term` escapes whole texts again on their way out.
 
+use std::borrow::Cow;
 use std::fmt::Write;
 use std::time::Duration;
 
 use castra_api as api;
 
-/// Left-aligned columns separated by two spaces; the last column is not padded.
+/// Left-aligned columns separated by two spaces; the last column is not padded. Each cell is
+/// one line, escaped.
 fn table(rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<Cow<'_, str>>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape_line(cell)).collect())
+        .collect();
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {
@@ -67,17 +80,54 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
-/// Guest output is untrusted: control characters (escape sequences, carriage returns) would
-/// redraw the terminal, so they become spaces.
-fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+/// `text` as a terminal may show it: control characters (C0 but tab and, with
+/// `keep_newlines`, newline; DEL; C1) and the bidirectional overrides and isolates (U+202A-U+202E,
+/// U+2066-U+2069, which reorder what follows) become visible escapes: `\x1b`, `\r`, `\n`,
+/// `\u{9b}`, `\u{202e}`. Backslashes are left alone, so this is idempotent; the exact bytes
+/// are in `--json` output and in the logs.
+fn escape_with(text: &str, keep_newlines: bool) -> Cow<'_, str> {
+    let unsafe_char = |c: char| {
+        (c.is_control() && c != '\t' && !(keep_newlines && c == '\n'))
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    if !text.contains(unsafe_char) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            _ if !unsafe_char(c) => out.push(c),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0'..='\x1f' | '\x7f' => {
+                let _ = write!(out, "\\x{:02x}", u32::from(c));
+            }
+            _ => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A text of several lines for a terminal: see [`escape_with`]; newlines and tabs stay.
+pub fn escape(text: &str) -> Cow<'_, str> {
+    escape_with(text, true)
+}
+
+/// One line for a terminal: like [`escape`], and a newline becomes `\n`.
+pub fn escape_line(text: &str) -> Cow<'_, str> {
+    escape_with(text, false)
 }
 
 /// An event without its VM: `apply  | line`, `wait-handshake  waiting: ...`, `FAILED  error`.
-/// This is also the live display's status text.
+/// This is also the live display's status text. One line, escaped.
 pub fn event_tail(event: &api::Event) -> String {
+    escape_line(&describe(event)).into_owned()
+}
+
+/// [`event_tail`] before escaping.
+fn describe(event: &api::Event) -> String {
     use api::Event;
     match event {
         Event::BootstrapPlanned(p) => format!("planned  {} ({})", lower(&p.action), p.reason),
@@ -104,13 +154,13 @@ pub fn event_tail(event: &api::Event) -> String {
                 duration(*duration_ms)
             );
             if let Some(detail) = detail {
-                let _ = write!(line, "  {}", clean(detail));
+                let _ = write!(line, "  {}", detail);
             }
             line
         }
         Event::BootstrapProgress {
             step, waiting_on, ..
-        } => format!("{}  waiting: {}", step.as_str(), clean(waiting_on)),
+        } => format!("{}  waiting: {}", step.as_str(), waiting_on),
         Event::BootstrapOutput {
             step, stream, line, ..
         } => {
@@ -118,14 +168,14 @@ pub fn event_tail(event: &api::Event) -> String {
                 api::OutputStream::Stdout => '|',
                 api::OutputStream::Stderr => '!',
             };
-            format!("{}  {mark} {}", step.as_str(), clean(line))
+            format!("{}  {mark} {}", step.as_str(), line)
         }
         Event::BootstrapCompleted {
             status,
             duration_ms,
             ..
         } => format!("completed  {}  {}", lower(status), duration(*duration_ms)),
-        Event::BootstrapFailed { error, .. } => format!("FAILED  {}", clean(error)),
+        Event::BootstrapFailed { error, .. } => format!("FAILED  {}", error),
         Event::OverlayPrepared { overlay_path, .. } => {
             format!("disk  new overlay {}", overlay_path.display())
         }
@@ -141,7 +191,7 @@ pub fn event_tail(event: &api::Event) -> String {
         Event::VmAdopted { pid, ssh_port, .. } => {
             format!("adopted  pid {pid} still running, ssh on 127.0.0.1:{ssh_port}")
         }
-        Event::VmExited { reason, .. } => format!("exited  {}", clean(reason)),
+        Event::VmExited { reason, .. } => format!("exited  {}", reason),
         Event::ShutdownRequested { .. } => "shutdown  requested".to_owned(),
         Event::CooperativeAttempted {
             method, timeout_ms, ..
@@ -163,7 +213,7 @@ pub fn event_tail(event: &api::Event) -> String {
             format!(
                 "shutdown  no power-off after {}: {}",
                 duration(*waited_ms),
-                clean(reason)
+                reason
             )
         }
         Event::ShutdownEscalated {
@@ -180,7 +230,7 @@ pub fn event_tail(event: &api::Event) -> String {
             format!("stopped  {outcome}  {}", duration(*total_ms))
         }
         Event::VizierConnected { version, .. } => format!("vizier  connected, version {version}"),
-        Event::VizierLost { reason, .. } => format!("vizier  LOST: {}", clean(reason)),
+        Event::VizierLost { reason, .. } => format!("vizier  LOST: {}", reason),
         Event::EphemeralLayerDiscarded {
             overlay_path,
             reclaimed_bytes,
@@ -196,7 +246,7 @@ pub fn event_tail(event: &api::Event) -> String {
 
 /// One event as a line: the VM (padded to `width`) then [`event_tail`].
 pub fn event_line(event: &api::Event, width: usize) -> String {
-    format!("{:<width$}  {}", event.vm(), event_tail(event))
+    format!("{:<width$}  {}", escape_line(event.vm()), event_tail(event))
 }
 
 /// The live display's last line for a VM: `✓ web-0  Success  1.24s`, `✗ db  Failed  30.0s  why`.
@@ -214,9 +264,9 @@ pub fn finish_line(
         let _ = write!(line, "  {}", duration(ms));
     }
     if let Some(error) = error {
-        let _ = write!(line, "  {}", clean(error));
+        let _ = write!(line, "  {}", error);
     }
-    line
+    escape_line(&line).into_owned()
 }
 
 /// The end of `up`: one row per VM in operation order, then the errors.
@@ -249,7 +299,7 @@ pub fn summary(o: &api::OutcomeResult) -> String {
     if !errors.is_empty() {
         out.push('\n');
         for (vm, error) in errors {
-            let _ = writeln!(out, "{vm}: {error}");
+            let _ = writeln!(out, "{}", escape_line(&format!("{vm}: {error}")));
         }
     }
     out
@@ -306,7 +356,7 @@ pub fn logs(l: &api::LogsResult) -> String {
             step.step.as_str().to_owned(),
             lower(&step.status),
             duration(step.duration_ms),
-            step.detail.as_deref().map_or_else(|| "-".to_owned(), clean),
+            step.detail.clone().unwrap_or_else(|| "-".to_owned()),
         ]);
     }
     out.push('\n');
@@ -357,7 +407,11 @@ pub fn plan(p: &api::PlanResult) -> String {
     let warnings: Vec<String> = p
         .vms
         .iter()
-        .flat_map(|vm| vm.warnings.iter().map(move |w| format!("  {}: {w}", vm.vm)))
+        .flat_map(|vm| {
+            vm.warnings
+                .iter()
+                .map(move |w| format!("  {}", escape_line(&format!("{}: {w}", vm.vm))))
+        })
         .collect();
     if !warnings.is_empty() {
         out.push_str("\nwarnings:\n");
@@ -406,14 +460,14 @@ pub fn status(s: &api::StatusResult) -> String {
         for vm in &p.vms {
             // What it is doing now: the step, and what that step waits on.
             let now = match (&vm.current_step, &vm.waiting_on) {
-                (Some(step), Some(w)) => format!("{}: {}", step.as_str(), clean(w)),
+                (Some(step), Some(w)) => format!("{}: {}", step.as_str(), w),
                 (Some(step), None) => step.as_str().to_owned(),
                 _ => dash(),
             };
             let last = vm.last_bootstrap.as_ref().map_or_else(dash, |o| {
                 let mut s = format!("{} {}", lower(&o.status), duration(o.duration_ms));
                 if let Some(e) = &o.error {
-                    let _ = write!(s, ": {}", clean(e));
+                    let _ = write!(s, ": {}", e);
                 }
                 s
             });
@@ -467,7 +521,8 @@ pub fn down(d: &api::DownResult) -> String {
     }
     let mut out = table(&rows);
     for v in d.vms.iter().filter(|v| v.error.is_some()) {
-        let _ = writeln!(out, "{}: {}", v.vm, v.error.as_deref().unwrap_or_default());
+        let error = v.error.as_deref().unwrap_or_default();
+        let _ = writeln!(out, "{}", escape_line(&format!("{}: {error}", v.vm)));
     }
     out
 }

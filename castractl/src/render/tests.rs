@@ -137,7 +137,7 @@ fn every_event_kind_has_its_plain_line() {
                 stream: api::OutputStream::Stderr,
                 line: "\u{1b}[31mwarn\r".into(),
             },
-            "web-0  verify  !  [31mwarn ",
+            "web-0  verify  ! \\x1b[31mwarn\\r",
         ),
         (
             step(K::Connect, S::Success, 120, None),
@@ -386,4 +386,191 @@ fn status_rows_show_what_a_vm_is_doing() {
     ] {
         assert!(row.contains(part), "{part} missing from {row:?}");
     }
+}
+
+#[test]
+fn escape_makes_control_characters_visible() {
+    let cases = [
+        ("plain text, é, 日本, ✓", "plain text, é, 日本, ✓"),
+        ("tab\tstays", "tab\tstays"),
+        ("\u{1b}]0;pwned\u{7}\u{1b}[2J", "\\x1b]0;pwned\\x07\\x1b[2J"),
+        ("cr\rback", "cr\\rback"),
+        ("nul\0 del\u{7f}", "nul\\x00 del\\x7f"),
+        (
+            "csi\u{9b}31m osc\u{9d}0;x\u{9c}",
+            "csi\\u{9b}31m osc\\u{9d}0;x\\u{9c}",
+        ),
+        ("\u{80}\u{9f}\u{a0}", "\\u{80}\\u{9f}\u{a0}"),
+        (
+            "abc\u{202e}fed\u{202c} \u{2066}x\u{2069}",
+            "abc\\u{202e}fed\\u{202c} \\u{2066}x\\u{2069}",
+        ),
+        ("a\\x1b b", "a\\x1b b"),
+    ];
+    for (raw, want) in cases {
+        assert_eq!(escape(raw), want, "{raw:?}");
+        assert_eq!(escape_line(raw), want, "{raw:?}");
+    }
+    assert_eq!(escape("two\nlines\n"), "two\nlines\n");
+    assert_eq!(escape_line("two\nlines\n"), "two\\nlines\\n");
+}
+
+#[test]
+fn escape_borrows_clean_text_and_is_idempotent() {
+    assert!(matches!(escape("fine\n"), Cow::Borrowed(_)));
+    assert!(matches!(escape_line("fine\tline"), Cow::Borrowed(_)));
+    let nasty = "\u{1b}[2J\u{9b}1m\u{202e}\r\n\u{7}";
+    let once = escape_line(nasty).into_owned();
+    assert_eq!(escape_line(&once), once);
+    assert_eq!(escape(&once), once);
+}
+
+/// What the guest can put in a string: an escape sequence, a bell, a C1 CSI, a bidi override,
+/// a carriage return and a newline.
+const HOSTILE: &str = "x\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}\r\ny";
+
+/// No control character (but newline and tab in a multi-line text) and no bidi override; and
+/// the hostile text is there, escaped.
+fn assert_tame(out: &str, one_line: bool) {
+    for c in out.chars() {
+        let ok = !c.is_control() || c == '\t' || (!one_line && c == '\n');
+        let bidi = matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        assert!(ok && !bidi, "{c:?} in {out:?}");
+    }
+    assert!(
+        out.contains("x\\x1b]0;pwned\\x07\\x1b[2J\\u{9b}31m\\u{202e}\\r"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn hostile_text_is_escaped_in_every_rendering() {
+    use api::BootstrapStepKind as K;
+    let h = || HOSTILE.to_owned();
+    let vm = || "web-0".to_owned();
+    let events = [
+        api::Event::BootstrapPlanned(api::BootstrapPlanned {
+            reason: h(),
+            ..planned()
+        }),
+        step(K::Apply, api::BootstrapStepStatus::Failed, 1, Some(HOSTILE)),
+        api::Event::BootstrapProgress {
+            vm: vm(),
+            step: K::WaitHandshake,
+            waiting_on: h(),
+            elapsed_ms: 0,
+        },
+        api::Event::BootstrapOutput {
+            vm: vm(),
+            step: K::Apply,
+            stream: api::OutputStream::Stderr,
+            line: h(),
+        },
+        api::Event::BootstrapFailed {
+            vm: vm(),
+            duration_ms: 1,
+            error: h(),
+        },
+        api::Event::VmLaunched {
+            vm: vm(),
+            pid: 1,
+            accel: "tcg".into(),
+            accel_reason: h(),
+            ssh_port: 22,
+        },
+        api::Event::VmExited {
+            vm: vm(),
+            reason: h(),
+        },
+        api::Event::CooperativeAttempted {
+            vm: vm(),
+            method: h(),
+            timeout_ms: 1,
+        },
+        api::Event::CooperativeTimedOut {
+            vm: vm(),
+            waited_ms: 1,
+            reason: h(),
+        },
+        api::Event::ShutdownEscalated {
+            vm: vm(),
+            signal: h(),
+            timeout_ms: 1,
+        },
+        api::Event::OverlayPrepared {
+            vm: vm(),
+            overlay_path: HOSTILE.into(),
+        },
+        api::Event::EphemeralLayerDiscarded {
+            vm: vm(),
+            overlay_path: HOSTILE.into(),
+            reclaimed_bytes: 1,
+        },
+        api::Event::VizierConnected {
+            vm: vm(),
+            version: h(),
+        },
+        api::Event::VizierLost {
+            vm: vm(),
+            reason: h(),
+        },
+        api::Event::BootstrapStarted {
+            vm: h(),
+            base_hash: String::new(),
+            artifact_hash: "a".into(),
+            trigger: api::BootstrapTrigger::Auto,
+        },
+    ];
+    for event in &events {
+        assert_tame(&event_line(event, 0), true);
+    }
+    assert_tame(
+        &finish_line(false, HOSTILE, 5, "Failed", Some(1), Some(HOSTILE)),
+        true,
+    );
+
+    // Tables and their notes: a value stays on its own line, in its own cell.
+    let o = api::OutcomeResult {
+        operation: "op-1".into(),
+        project: "demo".into(),
+        outcomes: vec![outcome(
+            "web-0",
+            api::OutcomeStatus::Failed,
+            1,
+            Some(HOSTILE),
+            Some(HOSTILE),
+        )],
+    };
+    let out = summary(&o);
+    assert_tame(&out, false);
+    assert_eq!(out.lines().count(), 4, "{out}");
+
+    let plan_result = api::PlanResult {
+        project: "demo".into(),
+        config: "/p/castra.toml".into(),
+        state_root: "/s".into(),
+        vms: vec![api::BootstrapPlanned {
+            reason: h(),
+            warnings: vec![h()],
+            ..planned()
+        }],
+    };
+    let out = plan(&plan_result);
+    assert_tame(&out, false);
+    assert_eq!(out.lines().count(), 8, "{out}");
+
+    let down_result = api::DownResult {
+        operation: "op-1".into(),
+        project: "demo".into(),
+        vms: vec![api::VmDown {
+            vm: vm(),
+            outcome: api::StopOutcome::Graceful,
+            total_ms: 1,
+            discarded: false,
+            error: Some(h()),
+        }],
+    };
+    let out = down(&down_result);
+    assert_tame(&out, false);
+    assert_eq!(out.lines().count(), 3, "{out}");
 }

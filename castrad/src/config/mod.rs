@@ -15,6 +15,7 @@
 
 mod diagnostics;
 mod raw;
+pub mod ssh_options;
 mod validate;
 mod values;
 
@@ -281,7 +282,8 @@ pub struct Ssh {
     /// None = let ssh decide (~/.ssh/config, then the local user name).
     pub user: Option<String>,
     pub identity: Option<PathBuf>,
-    /// Extra `-o` options, each "Key=Value" (validated: has '=', key is alphanumeric, no newline/NUL).
+    /// Extra `-o` options, each "Key=Value": the key on [`ssh_options::ALLOWED`] (any case), the
+    /// value non-empty without control characters.
     pub options: Vec<String>,
 }
 

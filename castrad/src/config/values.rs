@@ -374,7 +374,27 @@ pub(super) fn ssh_word(
     Ok(v.clone())
 }
 
+/// `identity`: a path (`~/` expanded) without control characters, because it is also written
+/// into OpenSSH configuration (`castractl ssh-config`), where a newline would start a line
+/// of the project's choosing.
 pub(super) fn identity_path(
+    src: &Source<'_>,
+    value: &Spanned<String>,
+    key: &str,
+) -> Result<PathBuf, ConfigError> {
+    let path = expand_identity(src, value, key)?;
+    if path.to_string_lossy().chars().any(char::is_control) {
+        let message = format!(
+            "identity path {:?} must not contain control characters (it is written into ssh \
+             configuration)",
+            path.display()
+        );
+        return Err(src.at(value, key, message));
+    }
+    Ok(path)
+}
+
+fn expand_identity(
     src: &Source<'_>,
     value: &Spanned<String>,
     key: &str,
@@ -398,25 +418,38 @@ pub(super) fn identity_path(
     resolve_path(src, Path::new(&home), &expanded, key)
 }
 
+/// One `-o` option: `Key=Value`, the key on the allow-list of [`super::ssh_options`] (any
+/// case, as ssh reads it), the value non-empty and free of control characters (a newline
+/// would start another option line).
 pub(super) fn ssh_option(
     src: &Source<'_>,
     value: &Spanned<String>,
     key: &str,
 ) -> Result<String, ConfigError> {
     let v = value.get_ref();
-    let valid = match v.split_once('=') {
+    let well_formed = match v.split_once('=') {
         Some((name, val)) => {
             !name.is_empty()
                 && name.chars().all(|c| c.is_ascii_alphanumeric())
                 && !val.is_empty()
-                && !v.contains(['\n', '\r', '\0'])
+                && !v.chars().any(char::is_control)
         }
         None => false,
     };
-    if !valid {
+    if !well_formed {
         let message = format!(
             "invalid ssh option {v:?}; expected \"Key=Value\" with an alphanumeric key and a \
-             non-empty value, e.g. \"ServerAliveInterval=15\""
+             non-empty value without control characters, e.g. \"ServerAliveInterval=15\""
+        );
+        return Err(src.at(value, key, message));
+    }
+    let name = v.split_once('=').map_or(v.as_str(), |(name, _)| name);
+    if super::ssh_options::allowed(name).is_none() {
+        let message = format!(
+            "ssh option `{name}` is not allowed in a project file: {}. Allowed (names ignore \
+             case): {}; anything else belongs in your own ~/.ssh/config",
+            super::ssh_options::why_not(name),
+            super::ssh_options::ALLOWED.join(", ")
         );
         return Err(src.at(value, key, message));
     }

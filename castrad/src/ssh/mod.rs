@@ -116,55 +116,62 @@ impl Target {
         line("GlobalKnownHostsFile", "/dev/null");
         line("StrictHostKeyChecking", "yes");
         line("UpdateHostKeys", "no");
+        // As ssh reads them after `-o` (the same parser): unquoted, so that a value of several
+        // words (`RekeyLimit=1G 1h`) stays several words. config::ssh_options allows no
+        // control character in them.
         for option in &self.options {
             if let Some((k, v)) = option.split_once('=') {
-                line(k.trim(), v.trim());
+                out.push_str(&format!("  {k} {v}\n"));
             }
         }
         out
     }
 
     /// argv (after `ssh`): a ControlMaster that authenticates, then runs `remote_command` as
-    /// its own session. Ours come first: ssh keeps the first value it sees for an option, so
-    /// users cannot accidentally disable pinning through `options`, while the rest of their
-    /// `-o` options and ~/.ssh/config still apply.
+    /// its own session.
+    ///
+    /// ssh keeps the first value it sees for an option, and command-line options come before
+    /// any config file. So the options castrad depends on come first: the host key pinning,
+    /// no agent, X11 or port forwarding (whatever ~/.ssh/config says: the guest is not
+    /// trusted with this machine), batch mode, the control socket, a quiet log (ssh's stderr
+    /// is the script's). Then the project's options (config::ssh_options allows only ones
+    /// that tune the connection), then castrad's defaults for those, which the project's
+    /// replace.
     pub fn args(&self, pinned: bool, remote_command: &str) -> Vec<OsString> {
         let mut args: Vec<OsString> = Vec::new();
-        let mut opt = |k: &str, v: &str| {
+        let opt = |args: &mut Vec<OsString>, k: &str, v: &std::ffi::OsStr| {
+            let mut o = OsString::from(format!("{k}="));
+            o.push(v);
             args.push("-o".into());
-            args.push(format!("{k}={v}").into());
+            args.push(o);
         };
-        opt("BatchMode", "yes");
-        opt(
-            "ConnectTimeout",
-            &self.connect_timeout.as_secs().max(1).to_string(),
-        );
-        opt("HostKeyAlias", &host_key_alias(&self.vm));
-        opt(
-            "StrictHostKeyChecking",
-            if pinned { "yes" } else { "accept-new" },
-        );
-        opt("UpdateHostKeys", "no");
-        opt("GlobalKnownHostsFile", "/dev/null");
-        opt("LogLevel", "ERROR");
-        opt("ServerAliveInterval", "10");
-        opt("ServerAliveCountMax", "3");
-        let user_kex = self.options.iter().any(|o| {
-            o.trim_start()
-                .get(..13)
-                .is_some_and(|k| k.eq_ignore_ascii_case("KexAlgorithms"))
-        });
-        if is_loopback(&self.host) && !user_kex {
-            opt("KexAlgorithms", LOOPBACK_KEX);
+        let alias = host_key_alias(&self.vm);
+        let timeout = self.connect_timeout.as_secs().max(1).to_string();
+        for (k, v) in [
+            ("BatchMode", "yes"),
+            ("ConnectTimeout", timeout.as_str()),
+            ("HostKeyAlias", alias.as_str()),
+            (
+                "StrictHostKeyChecking",
+                if pinned { "yes" } else { "accept-new" },
+            ),
+            ("UpdateHostKeys", "no"),
+            ("GlobalKnownHostsFile", "/dev/null"),
+        ] {
+            opt(&mut args, k, v.as_ref());
         }
-        args.push("-o".into());
-        let mut known = OsString::from("UserKnownHostsFile=");
-        known.push(&self.known_hosts);
-        args.push(known);
-        args.push("-o".into());
-        let mut control = OsString::from("ControlPath=");
-        control.push(&self.control_path);
-        args.push(control);
+        opt(
+            &mut args,
+            "UserKnownHostsFile",
+            self.known_hosts.as_os_str(),
+        );
+        for (k, v) in FORCED {
+            opt(&mut args, k, v.as_ref());
+        }
+        opt(&mut args, "LogLevel", "ERROR".as_ref());
+        opt(&mut args, "ControlPath", self.control_path.as_os_str());
+        opt(&mut args, "ControlMaster", "yes".as_ref());
+        opt(&mut args, "ControlPersist", "no".as_ref());
         args.push("-p".into());
         args.push(self.port.to_string().into());
         if let Some(user) = &self.user {
@@ -174,36 +181,38 @@ impl Target {
         if let Some(identity) = &self.identity {
             args.push("-i".into());
             args.push(identity.into());
-            args.push("-o".into());
-            args.push("IdentitiesOnly=yes".into());
+            opt(&mut args, "IdentitiesOnly", "yes".as_ref());
         }
         for o in &self.options {
             args.push("-o".into());
             args.push(o.into());
         }
-        args.extend(
-            [
-                "-o",
-                "ControlMaster=yes",
-                "-o",
-                "ControlPersist=no",
-                "-T",
-                "--",
-            ]
-            .map(OsString::from),
-        );
+        opt(&mut args, "ServerAliveInterval", "10".as_ref());
+        opt(&mut args, "ServerAliveCountMax", "3".as_ref());
+        if is_loopback(&self.host) {
+            opt(&mut args, "KexAlgorithms", LOOPBACK_KEX.as_ref());
+        }
+        args.extend(["-T", "--"].map(OsString::from));
         args.push(self.host.clone().into());
         args.push(remote_command.into());
         args
     }
 }
 
+/// What every session castrad opens passes, ahead of ~/.ssh/config and the project's
+/// options: the guest gets no agent, no X11 display and no port forwarded from this machine.
+pub const FORCED: [(&str, &str); 3] = [
+    ("ForwardAgent", "no"),
+    ("ForwardX11", "no"),
+    ("ClearAllForwardings", "yes"),
+];
+
 /// Key exchange for guests on this machine (every QEMU VM; external VMs on 127.0.0.1 or ::1):
 /// OpenSSH's defaults without the post-quantum hybrid, whose key generation costs the client
 /// about 140 ms of CPU per connection on the machines we measured (curve25519: about 15 ms).
 /// Its protection, against traffic recorded now and decrypted later, is moot for traffic
 /// that never leaves the machine. Every algorithm here is known to OpenSSH since 7.4. A
-/// `KexAlgorithms` in a VM's `ssh.options` replaces this.
+/// `KexAlgorithms` in a VM's `ssh.options` comes first, so it wins.
 const LOOPBACK_KEX: &str = "curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,\
 ecdh-sha2-nistp384,ecdh-sha2-nistp521,diffie-hellman-group-exchange-sha256,\
 diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,diffie-hellman-group14-sha256";
@@ -367,25 +376,99 @@ mod tests {
         let first = joined(target().args(false, "true"));
         assert!(first.starts_with("-o BatchMode=yes -o ConnectTimeout=7 -o HostKeyAlias=castra-web-0 -o StrictHostKeyChecking=accept-new"), "{first}");
         assert!(first.contains("-o UserKnownHostsFile=/s/vms/web-0/known_hosts"));
-        assert!(first.contains("-o ControlPath=/run/c/abc.sock"));
-        assert!(first.contains("-p 2222 -l deploy -i /k/id_ed25519 -o IdentitiesOnly=yes"));
+        assert!(first.contains(
+            "-o ForwardAgent=no -o ForwardX11=no -o ClearAllForwardings=yes -o LogLevel=ERROR"
+        ));
         assert!(
-            first.ends_with("-o ControlMaster=yes -o ControlPersist=no -T -- 127.0.0.1 true"),
-            "{first}"
+            first.contains(
+                "-o ControlPath=/run/c/abc.sock -o ControlMaster=yes -o ControlPersist=no"
+            )
         );
-        // Ours precede the user's, so the user's StrictHostKeyChecking=no cannot win.
-        let ours = first.find("StrictHostKeyChecking=accept-new").unwrap();
-        let theirs = first.find("StrictHostKeyChecking=no").unwrap();
-        assert!(ours < theirs);
+        assert!(first.contains("-p 2222 -l deploy -i /k/id_ed25519 -o IdentitiesOnly=yes"));
+        assert!(first.ends_with("-T -- 127.0.0.1 true"), "{first}");
+        // Ours precede the user's, so the user's StrictHostKeyChecking=no cannot win; the
+        // user's ServerAliveInterval precedes castrad's default, so it does.
+        let at = |needle: &str| first.find(needle).unwrap();
+        assert!(at("StrictHostKeyChecking=accept-new") < at("StrictHostKeyChecking=no"));
+        assert!(at("ServerAliveInterval=5") < at("ServerAliveInterval=10"));
         let pinned = joined(target().args(true, "true"));
         assert!(pinned.contains("StrictHostKeyChecking=yes"));
+    }
+
+    /// What ssh itself makes of castrad's argv, with `config` as the user's ~/.ssh/config.
+    fn effective(t: &Target, config: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config");
+        std::fs::write(&file, config).unwrap();
+        let out = std::process::Command::new("ssh")
+            .arg("-G")
+            .arg("-F")
+            .arg(&file)
+            .args(t.args(true, "true"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[test]
+    fn no_config_file_forwards_anything_or_undoes_the_pin() {
+        let hostile = "Host *\n  ForwardAgent yes\n  ForwardX11 yes\n  LocalForward 1234 localhost:22\n  \
+                       RemoteForward 2345 localhost:22\n  DynamicForward 3456\n  \
+                       StrictHostKeyChecking no\n  UserKnownHostsFile /tmp/theirs\n  \
+                       ServerAliveInterval 99\n  KexAlgorithms curve25519-sha256\n";
+        let mut t = target();
+        t.options = vec![
+            "ServerAliveInterval=5".into(),
+            "kexalgorithms=ecdh-sha2-nistp256".into(),
+        ];
+        let seen = effective(&t, hostile);
+        for want in [
+            "forwardagent no",
+            "forwardx11 no",
+            "clearallforwardings yes",
+            "stricthostkeychecking true",
+            "userknownhostsfile /s/vms/web-0/known_hosts",
+            "batchmode yes",
+            // The project's options beat both the config file and castrad's defaults.
+            "serveraliveinterval 5",
+            "kexalgorithms ecdh-sha2-nistp256",
+        ] {
+            assert!(seen.lines().any(|l| l == want), "{want:?} not in\n{seen}");
+        }
+        for forward in ["localforward", "remoteforward", "dynamicforward"] {
+            assert!(
+                !seen.lines().any(|l| l.starts_with(forward)),
+                "{forward} in\n{seen}"
+            );
+        }
+        // Without the project's options, castrad's defaults still beat the config file.
+        let seen = effective(
+            &Target {
+                options: vec![],
+                ..target()
+            },
+            hostile,
+        );
+        assert!(
+            seen.lines().any(|l| l == "serveraliveinterval 10"),
+            "{seen}"
+        );
+        assert!(
+            seen.contains(&format!("kexalgorithms {LOOPBACK_KEX}")),
+            "{seen}"
+        );
     }
 
     #[test]
     fn a_config_block_is_what_ssh_reads_back() {
         let mut t = target();
         t.known_hosts = "/s/with space/known_hosts".into();
-        t.options = vec!["ServerAliveInterval=5".into()];
+        t.options = vec!["ServerAliveInterval=5".into(), "RekeyLimit=1G 1h".into()];
         let block = t.config_block("castra-shop-web-0");
         assert!(block.starts_with("Host castra-shop-web-0\n  HostName 127.0.0.1\n  Port 2222\n"));
         let dir = tempfile::tempdir().unwrap();
@@ -412,6 +495,7 @@ mod tests {
             "userknownhostsfile /s/with space/known_hosts",
             "stricthostkeychecking true",
             "serveraliveinterval 5",
+            "rekeylimit 1073741824 3600",
         ] {
             assert!(seen.lines().any(|l| l == want), "{want:?} not in\n{seen}");
         }
@@ -422,7 +506,7 @@ mod tests {
         let kex = |t: &Target| {
             joined(t.args(true, "true"))
                 .split(' ')
-                .filter(|a| a.starts_with("KexAlgorithms="))
+                .filter(|a| a.to_ascii_lowercase().starts_with("kexalgorithms="))
                 .map(str::to_owned)
                 .collect::<Vec<_>>()
         };
@@ -441,7 +525,14 @@ mod tests {
             options: vec!["kexalgorithms=sntrup761x25519-sha512@openssh.com".into()],
             ..target()
         };
-        assert!(kex(&told).is_empty(), "the user's choice is the only one");
+        assert_eq!(
+            kex(&told),
+            [
+                "kexalgorithms=sntrup761x25519-sha512@openssh.com".to_owned(),
+                format!("KexAlgorithms={LOOPBACK_KEX}")
+            ],
+            "the user's comes first: ssh keeps it"
+        );
         for (host, local) in [
             ("::1", true),
             ("[::1]", true),

@@ -34,6 +34,11 @@ pub struct Fleet {
 impl Fleet {
     /// `vms` is the `[[vms]]` part of castra.toml with `SSH` standing for the ssh table.
     pub fn new(vms: &str) -> Fleet {
+        Fleet::new_with(vms, |_| {})
+    }
+
+    /// [`Fleet::new`] with castrad's command adjusted by `configure`.
+    pub fn new_with(vms: &str, configure: impl FnOnce(&mut std::process::Command)) -> Fleet {
         let env = Env::new();
         let sshd = Sshd::start(&env.path("sshd"));
         let guest = env.path("guest");
@@ -58,7 +63,7 @@ impl Fleet {
             ("p/scripts/db.sh", DB_SCRIPT),
             ("p/payload/index.html", "<h1>castra</h1>\n"),
         ]);
-        let daemon = env.start_daemon();
+        let daemon = env.start_daemon_with(configure);
         Fleet {
             env,
             sshd,

@@ -97,8 +97,15 @@ impl Env {
 
     /// Starts castrad and waits until its socket answers.
     pub fn start_daemon(&self) -> Daemon {
-        let child = self
-            .castrad_command()
+        self.start_daemon_with(|_| {})
+    }
+
+    /// Starts castrad with its command adjusted by `configure` (its environment, say) and
+    /// waits until its socket answers.
+    pub fn start_daemon_with(&self, configure: impl FnOnce(&mut Command)) -> Daemon {
+        let mut command = self.castrad_command();
+        configure(&mut command);
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::from(
                 std::fs::File::create(self.path("castrad.log")).unwrap(),

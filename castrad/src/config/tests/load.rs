@@ -23,7 +23,7 @@ const LOAD_CONFIG: &str = concat!(
     "[bootstrap.env]\nA = \"global\"\nB = \"global\"\nC = \"global\"\n",
     "[[vms]]\nname = \"web\"\nbase_image = \"images/base.qcow2\"\nreplicas = 2\n",
     "[vms.ssh]\nuser = \"castra\"\nidentity = \"keys/castra_id\"\n",
-    "options = [\"StrictHostKeyChecking=no\"]\n",
+    "options = [\"Compression=yes\"]\n",
     "[vms.bootstrap]\nscript = \"bootstrap/run.sh\"\npayload = \"payload\"\n",
     "[vms.bootstrap.env]\nB = \"vm\"\nC = \"vm\"\n",
     "[[vms]]\nname = \"plain\"\nbase_image = \"images/base.qcow2\"\n",
@@ -61,10 +61,7 @@ fn load_merges_bootstrap_toml() {
             port: Some(2222),
             user: Some("castra".into()),
             identity: Some(root.join("bootstrap/meta_key")),
-            options: vec![
-                "StrictHostKeyChecking=no".into(),
-                "ServerAliveInterval=5".into(),
-            ],
+            options: vec!["Compression=yes".into(), "ServerAliveInterval=5".into()],
         };
         assert_eq!(vm.ssh, want, "{}", vm.name);
         assert_eq!(
@@ -150,6 +147,13 @@ fn bootstrap_toml_errors_name_that_file() {
             "invalid ssh option",
             2,
             12,
+        ),
+        (
+            "[ssh]\noptions = [\"Compression=yes\", \"ProxyCommand=touch /tmp/x\"]\n",
+            "ssh.options[1]",
+            "ssh option `ProxyCommand` is not allowed in a project file",
+            2,
+            31,
         ),
         ("[ssh\n", "", "TOML syntax error", 1, 5),
     ];

@@ -1,6 +1,6 @@
-//! Tests of the config loader: located errors for every kind of mistake (`errors.rs`), what
-//! a valid castra.toml becomes (`projects.rs`), and `load`'s file checks and bootstrap.toml
-//! merge (`load.rs`).
+//! Tests of the config loader: located errors for every kind of mistake (`errors.rs`; ssh
+//! options and their allow-list in `ssh_options.rs`), what a valid castra.toml becomes
+//! (`projects.rs`), and `load`'s file checks and bootstrap.toml merge (`load.rs`).
 
 use super::*;
 use std::fs;
@@ -86,3 +86,4 @@ pub(super) type Case = (
 mod errors;
 mod load;
 mod projects;
+mod ssh_options;

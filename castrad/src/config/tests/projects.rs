@@ -171,7 +171,7 @@ fn full_qemu_vm_is_read_verbatim() {
         "description = \"Web tier\"\nkernel = \"boot/vmlinuz\"\ninitrd = \"boot/initrd\"\n",
         "cmdline = \"console=ttyS0\"\ncpus = 4\nephemeral = true\n",
         "port_forwards = [{ host = 8080, guest = 80 }, { host = 8080, guest = 80, protocol = \"udp\" }]\n",
-        "[vms.ssh]\nport = 2200\nuser = \"castra\"\noptions = [\"StrictHostKeyChecking=no\"]\n",
+        "[vms.ssh]\nport = 2200\nuser = \"castra\"\noptions = [\"ConnectionAttempts=3\"]\n",
         "[vms.bootstrap]\nmode = \"always\"\nscript = \"scripts/up.sh\"\npayload = \"payload\"\n",
         "verify_command = \"test -f done\"\nverify_path = \"state/./done\"\n",
     );
@@ -195,7 +195,7 @@ fn full_qemu_vm_is_read_verbatim() {
     assert_eq!(vm.ssh.host.as_deref(), Some("127.0.0.1"));
     assert_eq!(vm.ssh.port, Some(2200));
     assert_eq!(vm.ssh.user.as_deref(), Some("castra"));
-    assert_eq!(vm.ssh.options, vec!["StrictHostKeyChecking=no".to_owned()]);
+    assert_eq!(vm.ssh.options, vec!["ConnectionAttempts=3".to_owned()]);
     assert_eq!(vm.bootstrap.mode, BootstrapMode::Always);
     assert_eq!(vm.bootstrap.script, Some(PathBuf::from("/p/scripts/up.sh")));
     assert_eq!(vm.bootstrap.payload, Some(PathBuf::from("/p/payload")));

@@ -1,0 +1,110 @@
+//! The only code that writes to castractl's stdout and stderr (a test checks that no other
+//! module does). Text for people leaves through [`text`], [`line`], [`warn`] and [`error`],
+//! which escape control characters on the way out ([`render::escape`]): whatever castrad
+//! sends, and the guest behind it, cannot drive the terminal. JSON leaves through
+//! [`json_line`] and [`json_pretty`] byte for byte. The live board (indicatif) draws on
+//! [`board_target`] with text made by `render`, which escapes it.
+
+use std::io::{IsTerminal, Write};
+
+use indicatif::ProgressDrawTarget;
+
+use crate::render;
+
+/// Prints `text` (any number of lines, escaped, newlines kept) to stdout.
+pub fn text(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(render::escape(text).as_bytes());
+    let _ = out.flush();
+}
+
+/// Writes one line of text (escaped, a newline in it too) to stdout and flushes it, so that
+/// consumers of a pipe see each event at once.
+pub fn line(line: &str) -> std::io::Result<()> {
+    write_flushed(&render::escape_line(line))
+}
+
+/// Writes one line of JSON to stdout, as it is, and flushes it.
+pub fn json_line(line: &str) -> std::io::Result<()> {
+    write_flushed(line)
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn json_pretty<T: serde::Serialize>(value: &T) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+fn write_flushed(line: &str) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{line}")?;
+    out.flush()
+}
+
+/// `castractl: warning: MESSAGE` on stderr.
+pub fn warn(message: &str) {
+    eprintln!("castractl: warning: {}", render::escape_line(message));
+}
+
+/// `castractl: error: MESSAGE` on stderr, then each detail indented on a line of its own.
+pub fn error(message: &str, details: &[String]) {
+    eprintln!("castractl: error: {}", render::escape_line(message));
+    for d in details {
+        eprintln!("  {}", render::escape_line(d));
+    }
+}
+
+/// Whether stdout is a terminal (then `up` draws the live board).
+pub fn stdout_is_terminal() -> bool {
+    std::io::stdout().is_terminal()
+}
+
+/// Where the live board draws.
+pub fn board_target() -> ProgressDrawTarget {
+    ProgressDrawTarget::stdout()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every other module of castractl, as compiled.
+    const OTHERS: &[(&str, &str)] = &[
+        ("cli.rs", include_str!("cli.rs")),
+        ("client.rs", include_str!("client.rs")),
+        ("lib.rs", include_str!("lib.rs")),
+        ("main.rs", include_str!("main.rs")),
+        ("progress.rs", include_str!("progress.rs")),
+        ("render.rs", include_str!("render.rs")),
+    ];
+
+    #[test]
+    fn no_other_module_writes_to_the_terminal() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut files: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.ends_with(".rs") && n != "term.rs")
+            .collect();
+        files.sort();
+        let listed: Vec<&str> = OTHERS.iter().map(|(name, _)| *name).collect();
+        assert_eq!(files, listed, "a new module: add it to OTHERS");
+        for (name, text) in OTHERS {
+            for writer in [
+                "print!(",
+                "println!(",
+                "eprint!(",
+                "eprintln!(",
+                "io::stdout",
+                "io::stderr",
+                "io::{",
+                "Target::stdout",
+                "Target::stderr",
+            ] {
+                assert!(
+                    !text.contains(writer),
+                    "{name} uses {writer}: write through term, which escapes text"
+                );
+            }
+        }
+    }
+}
