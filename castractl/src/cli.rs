@@ -256,9 +256,9 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             let params = api::CancelParams { config, vms };
             let cancel: api::CancelResult = daemon.call(api::method::CANCEL, &params).await?;
             if cli.json {
-                print_json(&cancel);
+                term::json_pretty(&cancel);
             } else {
-                print!("{}", render::cancel(&cancel));
+                term::text(&render::cancel(&cancel));
             }
         }
         Command::Logs { vm, run } => {
