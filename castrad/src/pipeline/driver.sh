@@ -43,10 +43,10 @@ fi
 m pid $$
 uid=
 root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
-# safe DIR: DIR and its parents up to a root-owned one nobody else can write are owned by us
-# or root, are not symlinks, and cannot be written by others (a root-owned sticky parent
-# such as /var/tmp excepted; DIR itself never): otherwise another account could swap what
-# runs. Prints why not. One stat for the whole chain.
+# safe DIR: DIR and each of its parents up to / are owned by us or root, are not symlinks,
+# and cannot be written by others (a root-owned sticky parent such as /var/tmp excepted;
+# DIR itself never): otherwise another account could swap what runs (the owner of any
+# parent can rename what is in it). Prints why not. One stat for the whole chain.
 safe() {
   d=$1; p=$1; set --
   while :; do
@@ -57,7 +57,6 @@ safe() {
     w=$((0$a & 022)); s="$n is owned by uid $u, mode $a"
     [ "$u" = 0 ] || [ "$u" = "$uid" ] || { echo "$s"; exit 1; }
     [ $w = 0 ] || { [ "$n" != "$d" ] && [ "$u" = 0 ] && [ $((0$a & 01000)) != 0 ]; } || { echo "$s: others can write to it"; exit 1; }
-    [ "$u" != 0 ] || [ $w != 0 ] || exit 0
   done; }
 }
 if [ -n "$vdir" ]; then vlog=$vdir/service.log
