@@ -327,7 +327,7 @@ fn a_run_left_going_by_a_killed_castrad_is_never_doubled() {
     let second = fleet.up(&["--bootstrap", "always"]);
     let e = error_of(&second.outcome, "box");
     assert!(
-        e.starts_with(&format!("connect: another run (pid ")) && e.contains("still holds"),
+        e.starts_with("connect: another run (pid ") && e.contains("still holds"),
         "{e}"
     );
     assert_eq!(
