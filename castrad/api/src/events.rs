@@ -4,7 +4,6 @@ use serde::{Deserialize, Serialize};
 
 use super::*;
 
-
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubscribeParams {
     /// Only events of this operation.
