@@ -12,7 +12,8 @@ use crate::rpc::server::{self, Listener};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  clean shutdown (SIGTERM or SIGINT)
-  1  failed to start or failed while running (the message says why)
+  1  failed to start (e.g. another castrad holds the state directory's lock) or failed
+     while running (the message says why)
   2  usage error";
 
 /// The Castra daemon: owns VMs and runs their bootstrap pipeline, driven over JSON-RPC 2.0 on a
@@ -82,6 +83,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })?,
     };
     let socket = args.socket.unwrap_or_else(castra_api::default_socket_path);
+    // First of all, before the socket (bound or passed by systemd) and before anything in
+    // the state directory: a second castrad on it must leave both as they are. Held until
+    // this function returns, after the daemon has shut down.
+    let lock = crate::instance::acquire(&state_base).inspect_err(|e| {
+        // Under socket activation, `systemctl --user status castrad` shows why.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&e.to_string())]);
+    })?;
+    tracing::debug!(lock = %lock.path.display(), "holding the state directory's lock");
     let listener = match Listener::from_systemd()? {
         Some(listener) => {
             tracing::info!("using the socket passed by systemd");
@@ -96,7 +105,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(10),
         accel_override: args.accel,
     };
-    server::run(settings, listener, shutdown_signal()).await
+    let result = server::run(settings, listener, shutdown_signal()).await;
+    drop(lock);
+    result
 }
 
 fn parse_accel(s: &str) -> Result<crate::config::AccelSetting, String> {
