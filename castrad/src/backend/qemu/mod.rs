@@ -170,10 +170,6 @@ impl Backend for Qemu {
         }
         process::discard(&paths)
             .map(|bytes| Some((paths.overlay.clone(), bytes)))
-            .map_err(|source| process::ProcessError::Io {
-                what: format!("cannot discard {}", paths.overlay.display()),
-                source,
-            })
             .map_err(BackendError::from)
     }
 }
