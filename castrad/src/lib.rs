@@ -17,6 +17,7 @@
 //! - `config`, `overrides`: castra.toml and `--bootstrap`, parsed and validated.
 //! - `state_root`: the only code that builds paths under the state directory.
 //! - `instance`: the lock that keeps castrad one per state directory.
+//! - `image`: disk images as qemu-img sees them; what a base image may be.
 //! - `fsutil`, `ids`, `error`: atomic writes, random ids, error chains.
 
 pub mod backend;
@@ -28,6 +29,7 @@ pub mod events;
 pub mod fsutil;
 pub mod hashing;
 pub mod ids;
+pub mod image;
 pub mod instance;
 pub mod operations;
 pub mod overrides;

@@ -176,6 +176,8 @@ pub enum BackendError {
 /// Why VMs cannot start; nothing was started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreflightError {
+    #[error(transparent)]
+    BaseImage(#[from] crate::image::ImageError),
     #[error("{program} is not installed (Debian: apt-get install {packages})")]
     NotInstalled {
         program: &'static str,

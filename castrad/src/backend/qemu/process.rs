@@ -11,6 +11,10 @@
 //! answer (stopped, hung, its QMP socket gone) is adopted *unresponsive* with the reason, so
 //! nothing can start a second QEMU on its disk, and `down` can still stop it by signal.
 //!
+//! The base image is checked at every start (`crate::image::base`: self-contained raw or
+//! qcow2, no backing file) and its detected format is passed to `qemu-img create -F`, which
+//! records it in the overlay, so QEMU never probes the base's format.
+//!
 //! Invariants: a new overlay always gets a new disk id, and the stamp and pinned host key of
 //! the previous disk are removed with it, so nothing proven about an old disk is believed
 //! about a new one. A VM's records (`launch.json`, the QMP socket, the pidfile) are removed
@@ -31,6 +35,7 @@ use super::argv::{self, LaunchSpec};
 use super::qmp::Qmp;
 use crate::backend::{Machine, StopPlan, StopStep, Stopped};
 use crate::fsutil::write_atomic;
+use crate::image::ImageInfo;
 use crate::state_root::{VmPaths, ensure_dir};
 use crate::vm::state::MachineInfo;
 
@@ -43,6 +48,8 @@ pub enum ProcessError {
     },
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
     #[error(
         "vm {vm}: QEMU (pid {pid}) still runs on this VM's disk; castrad neither starts a \
          second one on it nor deletes it: `castractl down {vm}` stops it first"
@@ -78,6 +85,9 @@ pub async fn prepare_overlay(
     size_mib: Option<u64>,
 ) -> Result<Option<PathBuf>, ProcessError> {
     ensure_not_running(paths)?;
+    // Checked at every start, not only for a new overlay: an existing overlay reads the base
+    // (and would read whatever chain it has grown since) each time QEMU opens it.
+    let base = checked_base(base_image).await?;
     let want = size_mib.map(|m| m.saturating_mul(1 << 20));
     if paths.overlay.exists() {
         if let Some(want) = want {
@@ -109,7 +119,6 @@ pub async fn prepare_overlay(
         return Ok(None);
     }
     ensure_dir(&paths.dir).map_err(io(format!("creating {}", paths.dir.display())))?;
-    let base = image_info(base_image).await?;
     if let Some(want) = want
         && want < base.virtual_size
     {
@@ -176,44 +185,25 @@ async fn qemu_img(args: &[&std::ffi::OsStr], image: &Path) -> Result<(), Process
     )))
 }
 
-/// What `qemu-img info` says of an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// `raw`, `qcow2`, ...: passed explicitly wherever the image is opened.
-    pub format: String,
-    pub virtual_size: u64,
+/// The format and virtual size of an image as qemu-img reads them (blocking qemu-img, on
+/// the blocking pool).
+pub async fn image_info(image: &Path) -> Result<ImageInfo, ProcessError> {
+    let image = image.to_owned();
+    Ok(
+        tokio::task::spawn_blocking(move || crate::image::info(&image))
+            .await
+            .map_err(|e| ProcessError::Failed(format!("qemu-img info panicked: {e}")))??,
+    )
 }
 
-/// The format and virtual size of an image as qemu-img detects them.
-pub async fn image_info(image: &Path) -> Result<ImageInfo, ProcessError> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(image)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(io("running qemu-img (package qemu-utils)"))?;
-    if !out.status.success() {
-        return Err(ProcessError::Failed(format!(
-            "qemu-img cannot read {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| ProcessError::Failed(format!("qemu-img info: {e}")))?;
-    let format = info["format"].as_str().map(str::to_owned);
-    let virtual_size = info["virtual-size"].as_u64();
-    match (format, virtual_size) {
-        (Some(format), Some(virtual_size)) => Ok(ImageInfo {
-            format,
-            virtual_size,
-        }),
-        _ => Err(ProcessError::Failed(format!(
-            "qemu-img info gave no format or size for {}",
-            image.display()
-        ))),
-    }
+/// The base image at `image`, checked (`crate::image::base`): its format, to pass explicitly.
+async fn checked_base(image: &Path) -> Result<ImageInfo, ProcessError> {
+    let image = image.to_owned();
+    Ok(
+        tokio::task::spawn_blocking(move || crate::image::base(&image))
+            .await
+            .map_err(|e| ProcessError::Failed(format!("qemu-img info panicked: {e}")))??,
+    )
 }
 
 /// A loopback TCP port that is free right now.
