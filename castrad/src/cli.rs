@@ -12,9 +12,13 @@ use crate::rpc::server::{self, Listener};
 const EXIT_CODES: &str = "\
 Exit codes:
   0  clean shutdown (SIGTERM or SIGINT)
-  1  failed to start (e.g. another castrad holds the state directory's lock) or failed
-     while running (the message says why)
-  2  usage error";
+  1  failed to start or failed while running (the message says why)
+  2  usage error
+  3  another castrad holds the state directory's lock (the message names its pid); the
+     systemd unit does not restart castrad on this one (RestartPreventExitStatus=3)";
+
+/// The exit code when another castrad holds the state directory.
+const EXIT_LOCKED: u8 = 3;
 
 /// The Castra daemon: owns VMs and runs their bootstrap pipeline, driven over JSON-RPC 2.0 on a
 /// Unix socket (HTTP POST and WebSocket).
@@ -60,7 +64,10 @@ pub fn main() -> ExitCode {
 
 fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("castrad: {e:#}");
-    ExitCode::from(1)
+    match e.downcast_ref::<crate::instance::LockError>() {
+        Some(crate::instance::LockError::Held { .. }) => ExitCode::from(EXIT_LOCKED),
+        _ => ExitCode::from(1),
+    }
 }
 
 fn init_tracing(filter: &str) {

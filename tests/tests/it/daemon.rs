@@ -96,7 +96,7 @@ fn a_second_daemon_on_the_same_state_dir_names_the_first_and_touches_nothing() {
         .env_remove("LISTEN_PID")
         .output()
         .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     expect_refusal(&String::from_utf8_lossy(&out.stderr));
     assert!(
         !env.path("other").exists(),
@@ -119,7 +119,7 @@ fn a_second_daemon_on_the_same_state_dir_names_the_first_and_touches_nothing() {
     });
     let _trigger = std::os::unix::net::UnixStream::connect(&activated).unwrap();
     let out = activator.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
     expect_refusal(&String::from_utf8_lossy(&out.stderr));
     assert!(activated.exists(), "the activated socket was removed");
 

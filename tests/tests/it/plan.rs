@@ -264,7 +264,7 @@ fn preflight_errors_exit_2_name_the_problem_and_write_nothing() {
     write_project(&env);
     let _daemon = env.start_daemon();
     let shop = env.path("shop");
-    // Once on a state dir that does not exist yet, once after a plan populated it.
+    // Once on a fresh state dir (only castrad's lock in it), once after a plan populated it.
     for round in 0..2 {
         if round == 1 {
             plan_json(&env, &[]);
