@@ -38,7 +38,8 @@ Output:
   --json         every event envelope as one JSON line, then {\"outcome\": ...} as the last line
 
 Exit codes: 0 every VM ended Success, NoOp or Skipped; 1 any VM Failed or was Rejected (another
-operation was bootstrapping it); 2 invalid castra.toml or overrides; 3 castrad not reachable.
+operation was bootstrapping it, or its QEMU is unresponsive: `castractl down VM` stops it);
+2 invalid castra.toml or overrides; 3 castrad not reachable.
 Ctrl-C stops following (exit 1); it does not tell castrad to stop: `castractl cancel [VM...]`
 stops the runs.";
 

@@ -191,6 +191,9 @@ fn describe(event: &api::Event) -> String {
         Event::VmAdopted { pid, ssh_port, .. } => {
             format!("adopted  pid {pid} still running, ssh on 127.0.0.1:{ssh_port}")
         }
+        Event::VmUnresponsive { pid, reason, .. } => {
+            format!("UNRESPONSIVE  pid {pid} kept: {reason}")
+        }
         Event::VmExited { reason, .. } => format!("exited  {}", reason),
         Event::ShutdownRequested { .. } => "shutdown  requested".to_owned(),
         Event::CooperativeAttempted {
@@ -459,9 +462,11 @@ pub fn status(s: &api::StatusResult) -> String {
         let dash = || "-".to_owned();
         for vm in &p.vms {
             // What it is doing now: the step, and what that step waits on.
-            let now = match (&vm.current_step, &vm.waiting_on) {
-                (Some(step), Some(w)) => format!("{}: {}", step.as_str(), w),
-                (Some(step), None) => step.as_str().to_owned(),
+            // Or why it is in its state (an unresponsive QEMU).
+            let now = match (&vm.current_step, &vm.waiting_on, &vm.state_reason) {
+                (Some(step), Some(w), _) => format!("{}: {}", step.as_str(), w),
+                (Some(step), None, _) => step.as_str().to_owned(),
+                (None, _, Some(reason)) => reason.clone(),
                 _ => dash(),
             };
             let last = vm.last_bootstrap.as_ref().map_or_else(dash, |o| {

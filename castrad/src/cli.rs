@@ -13,7 +13,12 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  clean shutdown (SIGTERM or SIGINT)
   1  failed to start or failed while running (the message says why)
-  2  usage error";
+  2  usage error
+  3  another castrad holds the state directory's lock (the message names its pid); the
+     systemd unit does not restart castrad on this one (RestartPreventExitStatus=3)";
+
+/// The exit code when another castrad holds the state directory.
+const EXIT_LOCKED: u8 = 3;
 
 /// The Castra daemon: owns VMs and runs their bootstrap pipeline, driven over JSON-RPC 2.0 on a
 /// Unix socket (HTTP POST and WebSocket).
@@ -59,7 +64,10 @@ pub fn main() -> ExitCode {
 
 fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("castrad: {e:#}");
-    ExitCode::from(1)
+    match e.downcast_ref::<crate::instance::LockError>() {
+        Some(crate::instance::LockError::Held { .. }) => ExitCode::from(EXIT_LOCKED),
+        _ => ExitCode::from(1),
+    }
 }
 
 fn init_tracing(filter: &str) {
@@ -82,6 +90,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         })?,
     };
     let socket = args.socket.unwrap_or_else(castra_api::default_socket_path);
+    // First of all, before the socket (bound or passed by systemd) and before anything in
+    // the state directory: a second castrad on it must leave both as they are. Held until
+    // this function returns, after the daemon has shut down.
+    let lock = crate::instance::acquire(&state_base).inspect_err(|e| {
+        // Under socket activation, `systemctl --user status castrad` shows why.
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&e.to_string())]);
+    })?;
+    tracing::debug!(lock = %lock.path.display(), "holding the state directory's lock");
     let listener = match Listener::from_systemd()? {
         Some(listener) => {
             tracing::info!("using the socket passed by systemd");
@@ -96,7 +112,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(10),
         accel_override: args.accel,
     };
-    server::run(settings, listener, shutdown_signal()).await
+    let result = server::run(settings, listener, shutdown_signal()).await;
+    drop(lock);
+    result
 }
 
 fn parse_accel(s: &str) -> Result<crate::config::AccelSetting, String> {

@@ -164,8 +164,9 @@ impl Daemon {
         vms.get(&(root.path().to_owned(), vm.to_owned())).cloned()
     }
 
-    /// Finds QEMU VMs left running by a previous castrad and gives each an actor again.
-    /// A VM whose QEMU died meanwhile has its launch record removed: it is reported stopped.
+    /// Finds QEMU VMs left running by a previous castrad and gives each an actor again, also
+    /// one whose QEMU does not answer (reported `unresponsive`). A VM whose QEMU died
+    /// meanwhile has its launch record removed: it is reported stopped.
     pub async fn adopt_running_vms(&self) {
         for root in crate::state_root::all_projects(&self.settings.state_base) {
             for backend in self.backends.all() {
@@ -177,18 +178,10 @@ impl Daemon {
                             continue;
                         }
                     };
+                    // Adopted whether it answers or not (the actor announces which); only a
+                    // machine that is gone has its records forgotten.
                     match backend.adopt(&entry.root, &vm).await {
                         Some(machine) => {
-                            let info = machine.info();
-                            tracing::info!(vm, pid = info.pid, "re-adopted a running VM");
-                            self.bus.publish(
-                                None,
-                                castra_api::Event::VmAdopted {
-                                    vm: vm.clone(),
-                                    pid: info.pid,
-                                    ssh_port: info.ssh_port,
-                                },
-                            );
                             self.spawn_handle(&entry.root, &vm, backend.kind(), Some(machine));
                         }
                         None => tracing::info!(vm, "VM stopped while castrad was away"),

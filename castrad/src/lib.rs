@@ -16,6 +16,8 @@
 //! - `ssh`: the OpenSSH client: argv, one connection per session, quoting.
 //! - `config`, `overrides`: castra.toml and `--bootstrap`, parsed and validated.
 //! - `state_root`: the only code that builds paths under the state directory.
+//! - `instance`: the lock that keeps castrad one per state directory.
+//! - `image`: disk images as qemu-img sees them; what a base image may be.
 //! - `fsutil`, `ids`, `error`: atomic writes, random ids, error chains.
 
 pub mod backend;
@@ -27,6 +29,8 @@ pub mod events;
 pub mod fsutil;
 pub mod hashing;
 pub mod ids;
+pub mod image;
+pub mod instance;
 pub mod operations;
 pub mod overrides;
 pub mod pipeline;

@@ -1,7 +1,8 @@
 //! Bootstrap planning: what will happen to each VM of a project, and why.
 //!
 //! Split in two: [`gather`] does the IO (artifact and base hashes, stamp and disk identity
-//! reads) and [`decide`] is a pure function from those facts to a [`VmPlan`]. Planning never
+//! reads, and the base image's check: `crate::image::base`) and [`decide`] is a pure function
+//! from those facts to a [`VmPlan`]. Planning never
 //! writes anything except base-image hash cache entries, and preflight checks (override
 //! grammar, unknown VM names) run before any IO at all.
 
@@ -88,6 +89,11 @@ pub enum PlanError {
     Preflight(#[from] OverrideError),
     #[error("vm {vm}: cannot hash its bootstrap inputs")]
     Hash { vm: String, source: HashError },
+    #[error("vm {vm}: its base image cannot be used")]
+    BaseImage {
+        vm: String,
+        source: crate::image::ImageError,
+    },
 }
 
 /// Parses and checks overrides against the project. Pure: run it before anything else.
@@ -121,6 +127,10 @@ pub fn plan_project(
     overrides: &Overrides,
     vizier: &BTreeMap<String, VizierSeen>,
 ) -> Result<(Vec<VmPlan>, u64), PlanError> {
+    // Bases are checked before any is hashed: a refused one leaves no cache entry behind.
+    for vm in &project.vms {
+        check_base(vm)?;
+    }
     let mut bytes = warm_hash_cache(project, root);
     let mut cross = cross_vm_warnings(project);
     let mut plans = Vec::with_capacity(project.vms.len());
@@ -171,6 +181,7 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
         Some(_) => Some(hashing::artifact_hash(vm, crate::vizier::VERSION).map_err(hash_err)?),
         None => None,
     };
+    check_base(vm)?;
     let base = hashing::base_hash(root, vm).map_err(hash_err)?;
     Ok(Facts {
         artifact,
@@ -181,6 +192,22 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
         missing_identity: vm.ssh.identity.clone().filter(|i| !i.exists()),
         seed_changed: seed_changed(root, vm).map_err(hash_err)?,
     })
+}
+
+/// A QEMU VM's base image must be self-contained (`crate::image::base`) before its hash can
+/// stand for what the guest reads.
+fn check_base(vm: &Vm) -> Result<(), PlanError> {
+    match (&vm.backend, &vm.base_image) {
+        (BackendKind::Qemu, Some(image)) => {
+            crate::image::base(image)
+                .map(|_| ())
+                .map_err(|source| PlanError::BaseImage {
+                    vm: vm.name.clone(),
+                    source,
+                })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Whether the seed on the VM's disk was made from other `[vms.cloud_init]` inputs than the

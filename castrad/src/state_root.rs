@@ -3,6 +3,7 @@
 //! Layout (base = `$XDG_STATE_HOME/castra`, or `CASTRA_STATE_DIR` / `castrad --state-dir`):
 //!
 //! ```text
+//! <base>/castrad.lock                                         held by the one castrad (instance)
 //! <base>/projects/<project>-<8 hex of sha256(config path)>/   one StateRoot per project
 //!     logs/bootstrap/<vm>-<UTC timestamp>-<run id>.json       durable run logs
 //!     logs/bootstrap/<same stem>.output.log                   the run's guest output
@@ -34,6 +35,11 @@ pub fn default_base() -> Option<PathBuf> {
     directories::BaseDirs::new()?
         .state_dir()
         .map(|d| d.join("castra"))
+}
+
+/// The lock file that makes castrad one per state directory (see `instance`).
+pub fn daemon_lock(base: &Path) -> PathBuf {
+    base.join("castrad.lock")
 }
 
 /// The per-project state root.

@@ -358,6 +358,7 @@ fn status_rows_show_what_a_vm_is_doing() {
                 name: "box".into(),
                 backend: api::Backend::Qemu,
                 state: api::VmState::Bootstrapping,
+                state_reason: None,
                 stamp_path: None,
                 operation: Some("op-1".into()),
                 current_step: Some(api::BootstrapStepKind::WaitHandshake),
@@ -386,6 +387,18 @@ fn status_rows_show_what_a_vm_is_doing() {
     ] {
         assert!(row.contains(part), "{part} missing from {row:?}");
     }
+
+    let mut s = s;
+    let vm = &mut s.projects[0].vms[0];
+    vm.state = api::VmState::Unresponsive;
+    vm.state_reason = Some("QMP: no answer within 2s".into());
+    (vm.operation, vm.current_step, vm.waiting_on) = (None, None, None);
+    let out = status(&s);
+    let row = out.lines().find(|l| l.starts_with("box")).unwrap();
+    assert!(
+        row.contains("unresponsive") && row.contains("QMP: no answer within 2s"),
+        "{row:?}"
+    );
 }
 
 #[test]

@@ -94,6 +94,12 @@ pub enum Event {
         pid: u32,
         ssh_port: u16,
     },
+    /// A VM found running whose QEMU does not answer QMP (state `unresponsive`).
+    VmUnresponsive {
+        vm: String,
+        pid: u32,
+        reason: String,
+    },
     /// QEMU exited without castrad asking (the guest powered off, or QEMU crashed).
     VmExited {
         vm: String,
@@ -162,6 +168,7 @@ impl Event {
             | Event::OverlayPrepared { vm, .. }
             | Event::VmLaunched { vm, .. }
             | Event::VmAdopted { vm, .. }
+            | Event::VmUnresponsive { vm, .. }
             | Event::VmExited { vm, .. }
             | Event::ShutdownRequested { vm }
             | Event::CooperativeAttempted { vm, .. }

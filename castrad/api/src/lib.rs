@@ -15,6 +15,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+mod socket;
+pub use socket::{CONFIG_FILE_NAME, SOCKET_ENV, default_socket_path, runtime_dir};
+
 /// Protocol revision, bumped on any incompatible change to a method or event.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -241,6 +244,8 @@ pub enum VmState {
     Bootstrapping,
     Failed,
     Stopping,
+    /// QEMU runs but did not answer QMP when found: only `castra.down` acts on it.
+    Unresponsive,
     /// An external host: castrad does not own its lifecycle.
     External,
 }
@@ -250,6 +255,8 @@ pub struct VmStatus {
     pub name: String,
     pub backend: Backend,
     pub state: VmState,
+    /// Why the VM is `unresponsive`; null in other states.
+    pub state_reason: Option<String>,
     /// The stamp of the last successful bootstrap, if any.
     pub stamp_path: Option<PathBuf>,
     /// The operation whose pipeline is running on this VM now.
@@ -357,11 +364,13 @@ pub enum StopOutcome {
     External,
     /// The VM was busy with another operation (`castra.down` only).
     Rejected,
+    /// QEMU outlived SIGKILL: kept with its records and disk; the VM is `unresponsive`.
+    StillRunning,
 }
 
 impl StopOutcome {
     /// The wire spelling: `graceful`, `terminated`, `killed`, `not-running`, `external`,
-    /// `rejected`.
+    /// `rejected`, `still-running`.
     pub fn as_str(self) -> &'static str {
         match self {
             StopOutcome::Graceful => "graceful",
@@ -370,6 +379,7 @@ impl StopOutcome {
             StopOutcome::NotRunning => "not-running",
             StopOutcome::External => "external",
             StopOutcome::Rejected => "rejected",
+            StopOutcome::StillRunning => "still-running",
         }
     }
 }
@@ -542,34 +552,3 @@ pub struct SshHost {
     /// The OpenSSH config block (for `ssh -F`, `scp -F`, VS Code Remote-SSH).
     pub config: String,
 }
-
-// ---------------------------------------------------------------------------------------------
-// Where the daemon listens
-
-/// Environment variable naming the socket, honoured by castrad and castractl alike.
-pub const SOCKET_ENV: &str = "CASTRA_SOCKET";
-
-/// The default socket path: `$XDG_RUNTIME_DIR/castra/castrad.sock`.
-///
-/// Without `XDG_RUNTIME_DIR` (a root shell outside a login session, CI), falls back to
-/// `/run/user/<uid>/castra/castrad.sock` when that runtime directory exists, else to
-/// `$TMPDIR/castra-<uid>/castrad.sock`. Both binaries use this one function, so they always agree.
-pub fn default_socket_path() -> PathBuf {
-    runtime_dir().join("castrad.sock")
-}
-
-/// The per-user runtime directory castrad keeps its socket (and, later, SSH control sockets) in.
-pub fn runtime_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
-        return PathBuf::from(dir).join("castra");
-    }
-    let uid = nix::unistd::geteuid().as_raw();
-    let run_user = PathBuf::from(format!("/run/user/{uid}"));
-    if run_user.is_dir() {
-        return run_user.join("castra");
-    }
-    std::env::temp_dir().join(format!("castra-{uid}"))
-}
-
-/// The project file name castractl looks for, walking up from the current directory.
-pub const CONFIG_FILE_NAME: &str = "castra.toml";

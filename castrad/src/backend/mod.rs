@@ -78,8 +78,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// came from: what a starting castrad tries to adopt.
     fn running_records(&self, root: &StateRoot) -> Vec<(String, PathBuf)>;
 
-    /// Finds the VM's machine a previous castrad (or a crashed actor) left running. A record
-    /// of a machine that is gone is forgotten.
+    /// Finds the VM's machine a previous castrad (or a crashed actor) left running, also one
+    /// that does not answer (its [`MachineInfo::unresponsive`] says why). Only a record of a
+    /// machine that is gone is forgotten.
     fn adopt<'a>(
         &'a self,
         root: &'a StateRoot,
@@ -90,7 +91,7 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     fn forget(&self, root: &StateRoot, vm: &str);
 
     /// Deletes the VM's disk and what was proven about it; the disk's path and the bytes
-    /// reclaimed, or None when there was no disk.
+    /// reclaimed, or None when there was no disk. Refused while a machine still runs on it.
     fn discard(&self, root: &StateRoot, vm: &str) -> Result<Option<(PathBuf, u64)>, BackendError>;
 }
 
@@ -127,6 +128,9 @@ pub enum Stopped {
     Graceful,
     Terminated,
     Killed,
+    /// Still running after the last signal (e.g. stuck in the kernel): nothing about it may
+    /// be forgotten or deleted yet.
+    Survived,
 }
 
 /// A step of the stop sequence, for events.
@@ -172,6 +176,8 @@ pub enum BackendError {
 /// Why VMs cannot start; nothing was started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreflightError {
+    #[error(transparent)]
+    BaseImage(#[from] crate::image::ImageError),
     #[error("{program} is not installed (Debian: apt-get install {packages})")]
     NotInstalled {
         program: &'static str,

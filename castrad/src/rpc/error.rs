@@ -18,7 +18,10 @@ impl From<DaemonError> for ErrorObjectOwned {
             DaemonError::Config(_) => (code::CONFIG, "config"),
             DaemonError::Preflight(_)
             | DaemonError::Overrides(_)
-            | DaemonError::UnknownVm { .. } => (code::PREFLIGHT, "preflight"),
+            | DaemonError::UnknownVm { .. }
+            | DaemonError::Plan(crate::planner::PlanError::BaseImage { .. }) => {
+                (code::PREFLIGHT, "preflight")
+            }
             DaemonError::NoOperation(_)
             | DaemonError::NoSuchVm { .. }
             | DaemonError::NoSuchRun { .. } => (code::NOT_FOUND, "not-found"),

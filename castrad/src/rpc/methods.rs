@@ -281,6 +281,7 @@ fn vm_status(daemon: &Daemon, entry: &ProjectEntry, vm: &crate::config::Vm) -> a
         State::Bootstrapping => api::VmState::Bootstrapping,
         State::Failed => api::VmState::Failed,
         State::Stopping => api::VmState::Stopping,
+        State::Unresponsive => api::VmState::Unresponsive,
     };
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -291,6 +292,7 @@ fn vm_status(daemon: &Daemon, entry: &ProjectEntry, vm: &crate::config::Vm) -> a
         name: vm.name.clone(),
         backend: backend(vm.backend),
         state,
+        state_reason: machine.and_then(|m| m.unresponsive.clone()),
         stamp_path: stamp.exists().then_some(stamp),
         operation: snap.operation,
         current_step: snap.current_step,

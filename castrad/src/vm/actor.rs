@@ -49,7 +49,12 @@ impl InFlight {
 /// What a task reports when it ends.
 enum Done {
     Run(Box<pipeline::Finished>),
-    Stop(StopReport, oneshot::Sender<Result<StopReport, Busy>>),
+    /// The report, the machine if it survived the stop, and who asked.
+    Stop(
+        StopReport,
+        Option<Box<dyn Machine>>,
+        oneshot::Sender<Result<StopReport, Busy>>,
+    ),
 }
 
 /// What woke the actor.
@@ -108,12 +113,8 @@ impl Actor {
         let mut tasks: JoinSet<Done> = JoinSet::new();
         let (launched_tx, mut launched_rx) = mpsc::unbounded_channel::<Box<dyn Machine>>();
         if let Some(machine) = &self.machine {
-            // A machine found running (re-adopted): the VM is up.
-            let info = machine.info();
-            self.snapshot().send_modify(|s| s.machine = Some(info));
-            if self.snapshot().borrow().state == State::Stopped {
-                move_to(self.snapshot(), &self.name, State::Running);
-            }
+            // A machine found running (re-adopted, maybe after a crash of this loop).
+            super::state::found(self.snapshot(), &self.name, machine.info());
         }
         loop {
             let wake = tokio::select! {
@@ -134,6 +135,11 @@ impl Actor {
                 })) => {
                     if let Some(busy) = self.busy() {
                         let _ = reply.send(Err(busy));
+                        continue;
+                    }
+                    if let Some(refused) = self.unresponsive(&job) {
+                        let _ = outcome.send(Some(refused));
+                        let _ = reply.send(Ok(()));
                         continue;
                     }
                     self.start_run(&mut tasks, job, outcome, launched_tx.clone());
@@ -230,6 +236,35 @@ impl Actor {
         }
     }
 
+    /// The outcome of an `up` of a VM whose machine runs but does not answer: nothing is
+    /// started (that would be a second machine on its disk) and nothing is run.
+    fn unresponsive(&self, job: &Job) -> Option<VmOutcome> {
+        self.machine.as_ref()?;
+        // What status shows is what decides.
+        let reason = self
+            .snapshot()
+            .borrow()
+            .machine
+            .as_ref()?
+            .unresponsive
+            .clone()?;
+        let vm = &self.name;
+        Some(VmOutcome {
+            vm: vm.clone(),
+            status: castra_api::OutcomeStatus::Rejected,
+            duration_ms: 0,
+            run_id: None,
+            log_path: None,
+            stamp: None,
+            error: Some(format!(
+                "vm {vm} is unresponsive: {reason}; castrad will not start or bootstrap it \
+                 (operation {}). Stop it with `castractl down {vm}` (by signal if QMP still \
+                 does not answer), then `castractl up` again",
+                job.operation
+            )),
+        })
+    }
+
     fn busy(&self) -> Option<Busy> {
         self.slot().as_ref().map(|f| Busy {
             vm: self.name.clone(),
@@ -303,8 +338,8 @@ impl Actor {
             move_to(self.snapshot(), &vm, State::Stopping);
         }
         tasks.spawn(async move {
-            let report = lifecycle::stop(&ctx, &vm, machine, &request).await;
-            Done::Stop(report, reply)
+            let (report, kept) = lifecycle::stop(&ctx, &vm, machine, &request).await;
+            Done::Stop(report, kept, reply)
         });
     }
 
@@ -323,7 +358,18 @@ impl Actor {
                 let _ = outcome.send(Some(result));
                 self.start_health(&job, finished.handover);
             }
-            (Ok(Done::Stop(report, reply)), _) => {
+            (Ok(Done::Stop(report, Some(kept), reply)), _) => {
+                // Still running after the last signal: kept, and only `down` acts on it.
+                let mut info = kept.info();
+                info.unresponsive.get_or_insert_with(|| {
+                    "it was still running after SIGKILL (stuck in the kernel?)".to_owned()
+                });
+                self.snapshot().send_modify(|s| s.machine = Some(info));
+                self.machine = Some(kept);
+                move_to(self.snapshot(), &self.name, State::Unresponsive);
+                let _ = reply.send(Ok(report));
+            }
+            (Ok(Done::Stop(report, None, reply)), _) => {
                 if report.error.is_none() && self.ctx.backend.owns_lifecycle() {
                     self.snapshot().send_modify(|s| s.machine = None);
                     let state = self.snapshot().borrow().state;

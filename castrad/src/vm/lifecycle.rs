@@ -41,13 +41,15 @@ pub async fn start(ctx: &ActorCtx, job: &Job) -> Result<Box<dyn Machine>, Backen
 }
 
 /// The stop sequence of one VM, with its events; discards the disk when asked. An external
-/// VM (whose backend does not own its lifecycle) is left alone.
+/// VM (whose backend does not own its lifecycle) is left alone. A machine still running after
+/// the last signal is found again through the backend and returned: the actor keeps it, its
+/// records and its disk (nothing is forgotten or discarded under a running machine).
 pub async fn stop(
     ctx: &ActorCtx,
     vm: &str,
     machine: Option<Box<dyn Machine>>,
     request: &DownRequest,
-) -> StopReport {
+) -> (StopReport, Option<Box<dyn Machine>>) {
     let started = Instant::now();
     let bus = &ctx.pipeline.bus;
     let op = Some(request.operation.as_str());
@@ -60,10 +62,11 @@ pub async fn stop(
         error: None,
     };
     if !ctx.backend.owns_lifecycle() {
-        return report;
+        return (report, None);
     }
     let root = &ctx.pipeline.root;
     let changed = machine.is_some();
+    let mut kept = None;
     report.outcome = match machine {
         None => StopOutcome::NotRunning,
         Some(machine) => {
@@ -98,15 +101,30 @@ pub async fn stop(
                 };
                 bus.publish(op, event);
             };
-            let stopped = machine.stop(plan, &mut events).await;
-            ctx.backend.forget(root, vm);
-            match stopped {
+            match machine.stop(plan, &mut events).await {
                 Stopped::Graceful => StopOutcome::Graceful,
                 Stopped::Terminated => StopOutcome::Terminated,
                 Stopped::Killed => StopOutcome::Killed,
+                // Found again only if it still runs (adopting forgets a machine that is gone).
+                Stopped::Survived => match ctx.backend.adopt(root, vm).await {
+                    None => StopOutcome::Killed,
+                    Some(machine) => {
+                        report.error = Some(format!(
+                            "vm {vm}: pid {} is still running after SIGKILL (stuck in the \
+                             kernel?); castrad keeps it, with its records and its disk; try \
+                             `castractl down {vm}` again later",
+                            machine.info().pid
+                        ));
+                        kept = Some(machine);
+                        StopOutcome::StillRunning
+                    }
+                },
             }
         }
     };
+    if changed && kept.is_none() {
+        ctx.backend.forget(root, vm);
+    }
     report.total_ms = ms(started.elapsed());
     bus.publish(
         op,
@@ -117,7 +135,7 @@ pub async fn stop(
             changed,
         },
     );
-    if request.discard {
+    if request.discard && kept.is_none() {
         match ctx.backend.discard(root, vm) {
             Ok(Some((overlay_path, reclaimed_bytes))) => {
                 report.discarded = true;
@@ -134,5 +152,5 @@ pub async fn stop(
             Err(e) => report.error = Some(e.to_string()),
         }
     }
-    report
+    (report, kept)
 }

@@ -23,6 +23,9 @@ pub enum State {
     /// Failed to start, or the last bootstrap failed (the VM is left running for inspection).
     Failed,
     Stopping,
+    /// The machine runs but does not answer (found so at re-adoption, or still running after
+    /// a stop's last signal): kept, never started again or bootstrapped; only stopped.
+    Unresponsive,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -38,14 +41,19 @@ pub fn transition(from: State, to: State) -> Result<State, InvalidTransition> {
     use State::*;
     let ok = matches!(
         (from, to),
-        // Stopped → Running: a machine found running (re-adopted after a castrad restart).
-        (Stopped, Starting | Running)
+        // Stopped → Running: a machine found running (re-adopted after a castrad restart);
+        // → Unresponsive: found running but not answering.
+        (Stopped, Starting | Running | Unresponsive)
             | (Starting, Running | Failed | Stopped)
-            // Running → Failed: a run failed before its steps began (planning, a crash).
-            | (Running, Bootstrapping | Stopping | Stopped | Failed)
+            // Running → Failed: a run failed before its steps began (planning, a crash);
+            // → Unresponsive: re-adopted so after the actor crashed.
+            | (Running, Bootstrapping | Stopping | Stopped | Failed | Unresponsive)
             | (Bootstrapping, Running | Failed | Stopped)
-            | (Failed, Starting | Bootstrapping | Stopping | Stopped)
-            | (Stopping, Stopped | Failed)
+            // Failed → Unresponsive: re-adopted so after the actor crashed.
+            | (Failed, Starting | Bootstrapping | Stopping | Stopped | Unresponsive)
+            // Stopping → Unresponsive: still running after the last signal.
+            | (Stopping, Stopped | Failed | Unresponsive)
+            | (Unresponsive, Stopping | Stopped)
     );
     if ok {
         Ok(to)
@@ -79,6 +87,9 @@ pub struct MachineInfo {
     /// The host port forwarded to the guest's SSH port.
     pub ssh_port: u16,
     pub launched_unix_ms: u64,
+    /// Set when the machine runs but does not answer its control channel (QEMU's QMP), with
+    /// the reason: adopted as it is, it can only be stopped.
+    pub unresponsive: Option<String>,
 }
 
 /// Moves the VM to `to` through [`transition`]; an invalid move is logged and refused.
@@ -94,18 +105,40 @@ pub fn move_to(snapshot: &watch::Sender<VmSnapshot>, vm: &str, to: State) -> boo
     moved
 }
 
+/// Shows a machine found running (re-adopted): the VM is up, or there but not answering.
+pub fn found(snapshot: &watch::Sender<VmSnapshot>, vm: &str, info: MachineInfo) {
+    let state = snapshot.borrow().state;
+    let to = match info.unresponsive {
+        Some(_) => State::Unresponsive,
+        None => State::Running,
+    };
+    snapshot.send_modify(|s| s.machine = Some(info));
+    if state == State::Stopped || (to == State::Unresponsive && state != to) {
+        move_to(snapshot, vm, to);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use State::*;
 
-    const ALL: [State; 6] = [Stopped, Starting, Running, Bootstrapping, Failed, Stopping];
+    const ALL: [State; 7] = [
+        Stopped,
+        Starting,
+        Running,
+        Bootstrapping,
+        Failed,
+        Stopping,
+        Unresponsive,
+    ];
 
     #[test]
     fn every_pair_is_decided_as_documented() {
         let allowed: &[(State, State)] = &[
             (Stopped, Starting),
             (Stopped, Running),
+            (Stopped, Unresponsive),
             (Starting, Running),
             (Starting, Failed),
             (Starting, Stopped),
@@ -113,6 +146,7 @@ mod tests {
             (Running, Stopping),
             (Running, Stopped),
             (Running, Failed),
+            (Running, Unresponsive),
             (Bootstrapping, Running),
             (Bootstrapping, Failed),
             (Bootstrapping, Stopped),
@@ -120,8 +154,12 @@ mod tests {
             (Failed, Bootstrapping),
             (Failed, Stopping),
             (Failed, Stopped),
+            (Failed, Unresponsive),
             (Stopping, Stopped),
             (Stopping, Failed),
+            (Stopping, Unresponsive),
+            (Unresponsive, Stopping),
+            (Unresponsive, Stopped),
         ];
         for from in ALL {
             for to in ALL {

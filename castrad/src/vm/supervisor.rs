@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use castra_api::Event;
 use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -14,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use super::ActorCtx;
 use super::actor::{Actor, InFlight};
 use super::handle::{Command, VmHandle};
-use super::state::{State, move_to};
+use super::state::{MachineInfo, State, move_to};
 use crate::backend::Machine;
 use crate::pipeline;
 
@@ -25,7 +26,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const STABLE: Duration = Duration::from_secs(60);
 
 /// Spawns the actor of VM `name` under `tracker` and returns its handle. `adopted` is a
-/// machine left running by a previous castrad.
+/// machine left running by a previous castrad; without one, the actor first asks its backend
+/// whether one runs (castrad could not adopt it at start, e.g. its project did not load then),
+/// so it never starts a second machine on the same disk.
 pub fn spawn(
     name: &str,
     ctx: ActorCtx,
@@ -35,6 +38,10 @@ pub fn spawn(
     let (tx, rx) = mpsc::channel(16);
     let snapshot = ctx.pipeline.snapshot.subscribe();
     let mailbox = Arc::new(Mutex::new(rx));
+    // Shown at once, so a `status` right after castrad's start sees it.
+    if let Some(machine) = &adopted {
+        announce(&ctx, name, machine.info());
+    }
     tracker.spawn(supervise(name.to_owned(), ctx, mailbox, adopted));
     VmHandle::new(tx, snapshot)
 }
@@ -45,6 +52,12 @@ async fn supervise(
     mailbox: Arc<Mutex<mpsc::Receiver<Command>>>,
     mut adopted: Option<Box<dyn Machine>>,
 ) {
+    if adopted.is_none() && ctx.backend.owns_lifecycle() {
+        adopted = ctx.backend.adopt(&ctx.pipeline.root, &name).await;
+        if let Some(machine) = &adopted {
+            announce(&ctx, &name, machine.info());
+        }
+    }
     let mut backoff = FIRST_BACKOFF;
     loop {
         let started = Instant::now();
@@ -93,6 +106,36 @@ async fn supervise(
             Err(_) => return,
         }
     }
+}
+
+/// Shows the VM's machine found running in its snapshot, and says so: `VmAdopted`, or
+/// `VmUnresponsive` when it does not answer.
+fn announce(ctx: &ActorCtx, vm: &str, info: MachineInfo) {
+    super::state::found(&ctx.pipeline.snapshot, vm, info.clone());
+    let event = match info.unresponsive {
+        None => {
+            tracing::info!(vm, pid = info.pid, "re-adopted a running VM");
+            Event::VmAdopted {
+                vm: vm.to_owned(),
+                pid: info.pid,
+                ssh_port: info.ssh_port,
+            }
+        }
+        Some(reason) => {
+            tracing::warn!(
+                vm,
+                pid = info.pid,
+                reason,
+                "re-adopted a VM that does not answer"
+            );
+            Event::VmUnresponsive {
+                vm: vm.to_owned(),
+                pid: info.pid,
+                reason,
+            }
+        }
+    };
+    ctx.pipeline.bus.publish(None, event);
 }
 
 /// Moves the VM to `to` unless it is there already.

@@ -31,6 +31,9 @@ struct FakeMachine {
     /// Polling `exited` panics after this long (an actor loop that panics).
     panic_after: Option<Duration>,
     stop_takes: Duration,
+    unresponsive: Option<String>,
+    /// Still running after the stop's last signal.
+    survives: bool,
 }
 
 impl Machine for FakeMachine {
@@ -41,6 +44,7 @@ impl Machine for FakeMachine {
             accel_reason: "a fake".into(),
             ssh_port: 2222,
             launched_unix_ms: 1,
+            unresponsive: self.unresponsive.clone(),
         }
     }
 
@@ -69,6 +73,9 @@ impl Machine for FakeMachine {
                 timeout: plan.graceful,
             });
             tokio::time::sleep(self.stop_takes).await;
+            if self.survives {
+                return Stopped::Survived;
+            }
             report(StopStep::CooperativeSucceeded {
                 elapsed: self.stop_takes,
             });
@@ -89,6 +96,10 @@ struct FakeBackend {
     /// Ends every machine it made when set to true.
     gone: Mutex<Option<watch::Sender<bool>>>,
     disk: AtomicBool,
+    /// A machine already runs when the actor starts, not answering for this reason.
+    found_unresponsive: Option<String>,
+    /// Its machines survive being stopped.
+    survive_stops: bool,
 }
 
 impl FakeBackend {
@@ -99,6 +110,8 @@ impl FakeBackend {
             gone: rx,
             panic_after,
             stop_takes: Duration::from_secs(20),
+            unresponsive: self.found_unresponsive.clone(),
+            survives: self.survive_stops,
         })
     }
 
@@ -167,6 +180,15 @@ impl Backend for FakeBackend {
         _: &'a str,
     ) -> BoxFuture<'a, Option<Box<dyn Machine>>> {
         Box::pin(async move {
+            let running = self
+                .gone
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_some_and(|gone| !*gone.borrow());
+            if !running && self.found_unresponsive.is_none() {
+                return None;
+            }
             self.adoptions.fetch_add(1, Ordering::SeqCst);
             Some(self.machine(None))
         })
@@ -504,4 +526,73 @@ async fn a_panicking_actor_is_restarted_with_its_run_failed_and_its_machine_adop
     let snap = bench.handle.snapshot();
     assert_eq!(snap.state, State::Running);
     assert_eq!(snap.machine.map(|m| m.pid), Some(4242));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_machine_found_not_answering_is_kept_never_started_again_and_can_be_stopped() {
+    let backend = FakeBackend {
+        found_unresponsive: Some("QMP does not answer".into()),
+        ..FakeBackend::default()
+    };
+    let bench = Bench::new(backend, vec![]);
+    let refused = outcome_of(bench.up("op-1").await).await;
+    assert_eq!(refused.status, OutcomeStatus::Rejected);
+    let error = refused.error.unwrap();
+    assert!(
+        error.contains("QMP does not answer") && error.contains("`castractl down web`"),
+        "{error}"
+    );
+    assert_eq!(bench.backend.launches.load(Ordering::SeqCst), 0);
+    let snap = bench.handle.snapshot();
+    assert_eq!(snap.state, State::Unresponsive);
+    assert_eq!(
+        snap.machine.and_then(|m| m.unresponsive).as_deref(),
+        Some("QMP does not answer")
+    );
+    let found: Vec<_> = bench
+        .bus
+        .history()
+        .into_iter()
+        .filter(|e| matches!(e.event, castra_api::Event::VmUnresponsive { .. }))
+        .collect();
+    assert_eq!(found.len(), 1);
+
+    let report = bench
+        .handle
+        .down("web", bench.down_request(false))
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, StopOutcome::Graceful);
+    let snap = bench.handle.snapshot();
+    assert_eq!((snap.state, snap.machine), (State::Stopped, None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_machine_that_survives_its_stop_keeps_its_disk_and_is_never_started_twice() {
+    let backend = FakeBackend {
+        survive_stops: true,
+        ..FakeBackend::default()
+    };
+    let bench = Bench::new(backend, vec![successful_session(vec![])]);
+    outcome_of(bench.up("op-1").await).await;
+    let report = bench
+        .handle
+        .down("web", bench.down_request(true))
+        .await
+        .unwrap();
+    assert_eq!(report.outcome, StopOutcome::StillRunning);
+    assert!(!report.discarded, "a disk deleted under a running machine");
+    assert!(bench.backend.disk.load(Ordering::SeqCst));
+    assert!(
+        report
+            .error
+            .unwrap()
+            .contains("still running after SIGKILL")
+    );
+    let snap = bench.handle.snapshot();
+    assert_eq!(snap.state, State::Unresponsive);
+    assert_eq!(snap.machine.map(|m| m.pid), Some(4242));
+    let again = outcome_of(bench.up("op-2").await).await;
+    assert_eq!(again.status, OutcomeStatus::Rejected);
+    assert_eq!(bench.backend.launches.load(Ordering::SeqCst), 1);
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{CASTRAD, Env, wait_until};
+use crate::support::{CASTRAD, Env, snapshot, wait_until};
 
 fn mode(path: &std::path::Path) -> u32 {
     std::fs::metadata(path).unwrap().permissions().mode() & 0o777
@@ -37,7 +37,16 @@ fn socket_is_private_and_removed_on_sigterm() {
 fn a_second_daemon_on_the_same_socket_exits_with_a_clear_message() {
     let env = Env::new();
     let first = env.start_daemon();
-    let out = env.castrad_command().output().unwrap();
+    // Another state directory, so the state directory's lock does not stop it first.
+    let out = Command::new(CASTRAD)
+        .arg("--socket")
+        .arg(env.socket())
+        .arg("--state-dir")
+        .arg(env.path("other-state"))
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -49,6 +58,79 @@ fn a_second_daemon_on_the_same_socket_exits_with_a_clear_message() {
         env.http_rpc("castra.version", json!({}))["result"]["protocol"],
         1
     );
+    drop(first);
+}
+
+/// Issue 14 item 13: one castrad per state directory, whatever socket each is given, also
+/// when systemd starts the second one on an activated socket.
+#[test]
+fn a_second_daemon_on_the_same_state_dir_names_the_first_and_touches_nothing() {
+    let env = Env::new();
+    let first = env.start_daemon();
+    env.write(&[("state/projects/p-00000000/stamps/vm.json", "{}")]);
+    let lock = env.state().join("castrad.lock");
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap(),
+        format!("{}\n", first.child.id())
+    );
+    assert_eq!(mode(&lock), 0o600);
+    let before = snapshot(&env.state());
+    let first_socket = snapshot(env.socket().parent().unwrap());
+    let expect_refusal = |stderr: &str| {
+        assert!(
+            stderr.contains(&format!(
+                "another castrad (pid {}) is using the state directory",
+                first.child.id()
+            )) && stderr.contains(&*lock.to_string_lossy()),
+            "{stderr}"
+        );
+    };
+
+    let other = env.path("other/castrad.sock");
+    let out = Command::new(CASTRAD)
+        .arg("--socket")
+        .arg(&other)
+        .arg("--state-dir")
+        .arg(env.state())
+        .env_remove("LISTEN_FDS")
+        .env_remove("LISTEN_PID")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    expect_refusal(&String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !env.path("other").exists(),
+        "the second daemon made its socket"
+    );
+
+    // Activated by systemd: the second one exits at once and leaves systemd's socket alone.
+    let activated = env.path("activated.sock");
+    let activator = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(&activated)
+        .arg(CASTRAD)
+        .arg("--state-dir")
+        .arg(env.state())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd) must be installed");
+    wait_until(Duration::from_secs(10), "the activation socket", || {
+        activated.exists().then_some(())
+    });
+    let _trigger = std::os::unix::net::UnixStream::connect(&activated).unwrap();
+    let out = activator.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    expect_refusal(&String::from_utf8_lossy(&out.stderr));
+    assert!(activated.exists(), "the activated socket was removed");
+
+    assert_eq!(
+        snapshot(&env.state()),
+        before,
+        "the state directory changed"
+    );
+    assert_eq!(snapshot(env.socket().parent().unwrap()), first_socket);
+    let status = env.ctl(env.dir.path(), &["status", "--json"]).ok().json();
+    assert_eq!(status["daemon"]["pid"], first.child.id());
     drop(first);
 }
 

@@ -264,7 +264,7 @@ fn preflight_errors_exit_2_name_the_problem_and_write_nothing() {
     write_project(&env);
     let _daemon = env.start_daemon();
     let shop = env.path("shop");
-    // Once on a state dir that does not exist yet, once after a plan populated it.
+    // Once on a fresh state dir (only castrad's lock in it), once after a plan populated it.
     for round in 0..2 {
         if round == 1 {
             plan_json(&env, &[]);
@@ -393,4 +393,54 @@ fn artifact_hash_follows_content_not_key_order() {
         .len();
     assert_eq!(status["result"]["daemon"]["base_bytes_hashed"], size);
     drop(daemon);
+}
+
+/// Issue 14 item 6: a qcow2 base whose backing file is a file of the user's (here a stand-in
+/// for a private key) would hand that file to the guest. `plan` and `up` refuse it before
+/// anything is hashed or made, naming the image, its backing file and how to flatten it.
+#[test]
+fn a_base_image_with_a_backing_file_is_refused_and_nothing_is_made() {
+    let env = Env::new();
+    env.write(&[
+        (
+            "secret",
+            "-----BEGIN OPENSSH PRIVATE KEY----- not for the guest\n",
+        ),
+        (
+            "chain/castra.toml",
+            "[project]\nname = \"chain\"\n\n[[vms]]\nname = \"box\"\nbase_image = \"base.qcow2\"\n",
+        ),
+    ]);
+    let (secret, base) = (env.path("secret"), env.path("chain/base.qcow2"));
+    let made = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "raw", "-b"])
+        .arg(&secret)
+        .arg(&base)
+        .status()
+        .expect("qemu-img (package qemu-utils)");
+    assert!(made.success());
+    let _daemon = env.start_daemon();
+    let before = snapshot(&env.state());
+    for command in ["plan", "up"] {
+        let out = env.ctl(&env.path("chain"), &[command, "--json"]);
+        assert_eq!(out.code, 2, "{command}: {out:?}");
+        let error = &out.json()["error"];
+        assert_eq!(error["kind"], "preflight", "{command}: {error}");
+        let message = error["rpc"]["message"].as_str().unwrap();
+        for part in [
+            format!(
+                "base image {} has a backing file, {}",
+                base.display(),
+                secret.display()
+            ),
+            format!("qemu-img convert -O qcow2 {}", base.display()),
+        ] {
+            assert!(message.contains(&part), "{command}: {part:?} in {message}");
+        }
+    }
+    assert_eq!(snapshot(&env.state()), before, "something was written");
+    assert!(
+        !env.state().join("projects").exists(),
+        "no overlay, no hash"
+    );
 }

@@ -620,3 +620,85 @@ fn vizier_runs_once_and_is_watched_on_the_qemu_guest() {
     assert!(k[lost..].contains(&"VizierConnected".to_owned()), "{k:?}");
     lab.down(&[]);
 }
+
+/// How many live processes have `needle` on their command line (a zombie has none).
+fn processes_naming(needle: &Path) -> usize {
+    let needle = needle.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| String::from_utf8_lossy(c).contains(&needle))
+        .count()
+}
+
+/// Issue 14 item 14: a QEMU alive but not answering QMP when castrad starts is kept (its
+/// records, socket and disk), reported `unresponsive`, never doubled by `up`, adopted as
+/// running once it answers again, and stopped by `down` by signal before its disk goes.
+#[test]
+fn a_qemu_that_does_not_answer_is_kept_never_doubled_and_stopped_by_signal() {
+    use nix::sys::signal::{Signal, kill};
+    let _lock = one_at_a_time();
+    let mut lab = Lab::new(&[("box", "")]);
+    assert_eq!(lab.up(&[]).statuses(), ["Success"]);
+    let pid = lab.status_vm("box")["pid"].as_u64().unwrap();
+    let qemu = nix::unistd::Pid::from_raw(pid as i32);
+    let vm_dir = lab.state_root().join("vms/box");
+    let overlay = vm_dir.join("overlay.qcow2");
+    let records = ["qmp.sock", "launch.json", "qemu.pid", "overlay.qcow2"];
+    let restart_with_qemu_stopped = |lab: &mut Lab| {
+        lab.daemon = None; // SIGKILL
+        kill(qemu, Signal::SIGSTOP).unwrap();
+        lab.daemon = Some(lab.env.start_daemon());
+    };
+
+    restart_with_qemu_stopped(&mut lab);
+    let status = lab.status_vm("box");
+    assert_eq!(status["state"], "unresponsive", "{status}");
+    assert_eq!(status["pid"], pid);
+    assert!(
+        status["state_reason"].as_str().unwrap().contains("QMP"),
+        "{status}"
+    );
+    for f in records {
+        assert!(vm_dir.join(f).exists(), "{f} was removed under a live QEMU");
+    }
+    let text = lab.env.ctl(&lab.project(), &["status"]).ok().stdout;
+    assert!(text.contains("unresponsive"), "{text}");
+    let up = lab.up(&[]);
+    assert_eq!(up.statuses(), ["Rejected"]);
+    let error = up.outcome_of("box")["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("castractl down box"), "{error}");
+    assert_eq!(processes_naming(&overlay), 1, "a second QEMU on the disk");
+    assert!(vm_dir.join("launch.json").exists());
+
+    // Answering again, it is adopted as running by the next castrad.
+    kill(qemu, Signal::SIGCONT).unwrap();
+    lab.restart_daemon();
+    let status = lab.status_vm("box");
+    assert_eq!(
+        (&status["state"], &status["pid"]),
+        (&json!("running"), &json!(pid))
+    );
+
+    // Stopped again: `down --discard` gets no answer from QMP, so it signals the QEMU (still
+    // ours: same start time and command line), and only once it is gone removes anything.
+    restart_with_qemu_stopped(&mut lab);
+    assert_eq!(lab.status_vm("box")["state"], "unresponsive");
+    let (down, events) = lab.down(&["--discard"]);
+    assert_eq!(down["vms"][0]["outcome"], "terminated", "{down}");
+    assert_eq!(down["vms"][0]["discarded"], true, "{down}");
+    let k = kinds(&events);
+    assert!(k.contains(&"ShutdownEscalated".to_owned()), "{k:?}");
+    assert_eq!(processes_naming(&overlay), 0, "QEMU still runs");
+    for f in records {
+        assert!(!vm_dir.join(f).exists(), "{f} is left");
+    }
+    assert_eq!(lab.status_vm("box")["state"], "stopped");
+}

@@ -248,6 +248,29 @@ mod tests {
         );
     }
 
+    /// QEMU never guesses a format: every drive says its own (the overlay's backing format is
+    /// recorded in the overlay by `qemu-img create -F`).
+    #[test]
+    fn every_drive_names_its_format() {
+        let mut s = spec();
+        s.seed = Some("/s/vms/web-0/seed.img".into());
+        s.uefi = Some(Uefi {
+            code: "/c.fd".into(),
+            vars: "/v.fd".into(),
+        });
+        let a = argv(&s);
+        let drives: Vec<String> = a
+            .windows(2)
+            .filter(|w| w[0] == "-drive" || w[0] == "-blockdev")
+            .map(|w| w[1].to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(drives.len(), 4);
+        for d in drives {
+            assert!(d.split(',').any(|f| f.starts_with("format=")), "{d}");
+        }
+        assert!(!a.iter().any(|w| w == "-hda" || w == "-cdrom"), "{a:?}");
+    }
+
     #[test]
     fn commas_in_paths_are_escaped() {
         let mut s = spec();

@@ -52,6 +52,14 @@ impl Backend for Qemu {
                 packages: "qemu-system-x86 qemu-utils",
             });
         }
+        // Each distinct base image once: self-contained, raw or qcow2 (see `crate::image`).
+        let bases: std::collections::BTreeSet<&Path> = vms
+            .iter()
+            .filter_map(|vm| vm.base_image.as_deref())
+            .collect();
+        for base in bases {
+            crate::image::base(base)?;
+        }
         for vm in vms {
             let ports = vm
                 .ssh
@@ -170,10 +178,6 @@ impl Backend for Qemu {
         }
         process::discard(&paths)
             .map(|bytes| Some((paths.overlay.clone(), bytes)))
-            .map_err(|source| process::ProcessError::Io {
-                what: format!("cannot discard {}", paths.overlay.display()),
-                source,
-            })
             .map_err(BackendError::from)
     }
 }

@@ -3,13 +3,24 @@
 //!
 //! Files (see `state_root::VmPaths`): the overlay and its `disk-id`, QEMU's QMP socket,
 //! serial log, stderr log and pidfile, and `launch.json`: what castrad launched (pid, the
-//! process start time, ports). Re-adoption trusts a pid only when its start time still matches
-//! (against pid reuse), its command line names our QMP socket, and QMP answers.
+//! process start time, ports). A pid is taken for our QEMU only when its start time still
+//! matches (against pid reuse) and its command line names our QMP socket ([`ours`]); that is
+//! checked again right before every signal castrad sends it by pid.
+//!
+//! Re-adoption keeps every QEMU that is still ours, answering QMP or not: one that does not
+//! answer (stopped, hung, its QMP socket gone) is adopted *unresponsive* with the reason, so
+//! nothing can start a second QEMU on its disk, and `down` can still stop it by signal.
+//!
+//! The base image is checked at every start (`crate::image::base`: self-contained raw or
+//! qcow2, no backing file) and its detected format is passed to `qemu-img create -F`, which
+//! records it in the overlay, so QEMU never probes the base's format.
 //!
 //! Invariants: a new overlay always gets a new disk id, and the stamp and pinned host key of
 //! the previous disk are removed with it, so nothing proven about an old disk is believed
-//! about a new one. QEMU is never a child that dies with castrad: it runs under `setsid`, at a
-//! lower priority than castrad (`nice`).
+//! about a new one. A VM's records (`launch.json`, the QMP socket, the pidfile) are removed
+//! only once its QEMU is gone, and no disk is made, grown, launched on or deleted while a
+//! recorded QEMU of ours still runs ([`still_running`]). QEMU is never a child that dies with
+//! castrad: it runs under `setsid`, at a lower priority than castrad (`nice`).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -24,6 +35,7 @@ use super::argv::{self, LaunchSpec};
 use super::qmp::Qmp;
 use crate::backend::{Machine, StopPlan, StopStep, Stopped};
 use crate::fsutil::write_atomic;
+use crate::image::ImageInfo;
 use crate::state_root::{VmPaths, ensure_dir};
 use crate::vm::state::MachineInfo;
 
@@ -36,6 +48,24 @@ pub enum ProcessError {
     },
     #[error("{0}")]
     Failed(String),
+    #[error(transparent)]
+    Image(#[from] crate::image::ImageError),
+    #[error(
+        "vm {vm}: QEMU (pid {pid}) still runs on this VM's disk; castrad neither starts a \
+         second one on it nor deletes it: `castractl down {vm}` stops it first"
+    )]
+    StillRunning { vm: String, pid: u32 },
+}
+
+/// Refuses to touch a disk a recorded QEMU of ours still runs on.
+pub fn ensure_not_running(paths: &VmPaths) -> Result<(), ProcessError> {
+    match still_running(paths) {
+        Some(record) => Err(ProcessError::StillRunning {
+            vm: record.vm,
+            pid: record.pid,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcessError {
@@ -54,6 +84,10 @@ pub async fn prepare_overlay(
     base_image: &Path,
     size_mib: Option<u64>,
 ) -> Result<Option<PathBuf>, ProcessError> {
+    ensure_not_running(paths)?;
+    // Checked at every start, not only for a new overlay: an existing overlay reads the base
+    // (and would read whatever chain it has grown since) each time QEMU opens it.
+    let base = checked_base(base_image).await?;
     let want = size_mib.map(|m| m.saturating_mul(1 << 20));
     if paths.overlay.exists() {
         if let Some(want) = want {
@@ -85,7 +119,6 @@ pub async fn prepare_overlay(
         return Ok(None);
     }
     ensure_dir(&paths.dir).map_err(io(format!("creating {}", paths.dir.display())))?;
-    let base = image_info(base_image).await?;
     if let Some(want) = want
         && want < base.virtual_size
     {
@@ -152,44 +185,25 @@ async fn qemu_img(args: &[&std::ffi::OsStr], image: &Path) -> Result<(), Process
     )))
 }
 
-/// What `qemu-img info` says of an image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// `raw`, `qcow2`, ...: passed explicitly wherever the image is opened.
-    pub format: String,
-    pub virtual_size: u64,
+/// The format and virtual size of an image as qemu-img reads them (blocking qemu-img, on
+/// the blocking pool).
+pub async fn image_info(image: &Path) -> Result<ImageInfo, ProcessError> {
+    let image = image.to_owned();
+    Ok(
+        tokio::task::spawn_blocking(move || crate::image::info(&image))
+            .await
+            .map_err(|e| ProcessError::Failed(format!("qemu-img info panicked: {e}")))??,
+    )
 }
 
-/// The format and virtual size of an image as qemu-img detects them.
-pub async fn image_info(image: &Path) -> Result<ImageInfo, ProcessError> {
-    let out = Command::new("qemu-img")
-        .args(["info", "--output=json"])
-        .arg(image)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(io("running qemu-img (package qemu-utils)"))?;
-    if !out.status.success() {
-        return Err(ProcessError::Failed(format!(
-            "qemu-img cannot read {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
-    }
-    let info: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| ProcessError::Failed(format!("qemu-img info: {e}")))?;
-    let format = info["format"].as_str().map(str::to_owned);
-    let virtual_size = info["virtual-size"].as_u64();
-    match (format, virtual_size) {
-        (Some(format), Some(virtual_size)) => Ok(ImageInfo {
-            format,
-            virtual_size,
-        }),
-        _ => Err(ProcessError::Failed(format!(
-            "qemu-img info gave no format or size for {}",
-            image.display()
-        ))),
-    }
+/// The base image at `image`, checked (`crate::image::base`): its format, to pass explicitly.
+async fn checked_base(image: &Path) -> Result<ImageInfo, ProcessError> {
+    let image = image.to_owned();
+    Ok(
+        tokio::task::spawn_blocking(move || crate::image::base(&image))
+            .await
+            .map_err(|e| ProcessError::Failed(format!("qemu-img info panicked: {e}")))??,
+    )
 }
 
 /// A loopback TCP port that is free right now.
@@ -222,6 +236,8 @@ pub struct LaunchRecord {
 pub struct QemuProcess {
     pub record: LaunchRecord,
     child: Option<Child>,
+    /// Why an adopted QEMU is taken to be unresponsive (QMP did not answer at adoption).
+    pub unresponsive: Option<String>,
 }
 
 /// The niceness QEMU runs at (relative to castrad).
@@ -234,6 +250,7 @@ pub async fn launch(
     accel_reason: &str,
     config: &Path,
 ) -> Result<QemuProcess, ProcessError> {
+    ensure_not_running(paths)?;
     for stale in [&paths.qmp, &paths.pidfile, &paths.launch] {
         let _ = std::fs::remove_file(stale);
     }
@@ -318,6 +335,7 @@ pub async fn launch(
     Ok(QemuProcess {
         record,
         child: Some(child),
+        unresponsive: None,
     })
 }
 
@@ -339,28 +357,59 @@ pub fn read_record(paths: &VmPaths) -> Option<LaunchRecord> {
     serde_json::from_slice(&std::fs::read(&paths.launch).ok()?).ok()
 }
 
-/// Finds the VM's QEMU left running by a previous castrad: same pid *and* start time, a
-/// command line naming our QMP socket, and QMP answering `query-status`.
-pub async fn adopt(paths: &VmPaths) -> Option<QemuProcess> {
-    let record = read_record(paths)?;
-    let alive = start_time(record.pid) == Some(record.start_time)
+/// True when the record's pid is still the QEMU castrad launched: the same process start
+/// time (so not a reused pid) and a command line naming the record's QMP socket.
+pub fn ours(record: &LaunchRecord) -> bool {
+    start_time(record.pid) == Some(record.start_time)
         && std::fs::read(format!("/proc/{}/cmdline", record.pid))
-            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*record.qmp.to_string_lossy()));
-    if alive
-        && let Ok(mut qmp) = Qmp::connect(&record.qmp, Duration::from_secs(2)).await
-        && qmp.status().await.is_ok()
-    {
-        return Some(QemuProcess {
-            record,
-            child: None,
-        });
-    }
-    forget(paths);
-    None
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*record.qmp.to_string_lossy()))
 }
 
-/// Removes the traces of a QEMU that is no longer running.
+/// The record of the VM's QEMU if that QEMU still runs (whether castrad holds it or not).
+pub fn still_running(paths: &VmPaths) -> Option<LaunchRecord> {
+    read_record(paths).filter(ours)
+}
+
+/// How long QMP gets to answer a re-adopting castrad.
+const ADOPT_QMP: Duration = Duration::from_secs(2);
+
+/// Finds the VM's QEMU left running by a previous castrad ([`ours`]). It is adopted whether
+/// QMP answers `query-status` or not; when not, [`QemuProcess::unresponsive`] says why. Only
+/// a record whose QEMU is gone is forgotten.
+pub async fn adopt(paths: &VmPaths) -> Option<QemuProcess> {
+    let record = read_record(paths)?;
+    if !ours(&record) {
+        forget(paths);
+        return None;
+    }
+    let answer = match Qmp::connect(&record.qmp, ADOPT_QMP).await {
+        Ok(mut qmp) => qmp.status().await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    let unresponsive = answer.err().map(|e| {
+        format!(
+            "QEMU (pid {}) is running but its QMP socket does not answer ({e}); it may be \
+             stopped (SIGSTOP) or hung",
+            record.pid
+        )
+    });
+    Some(QemuProcess {
+        record,
+        child: None,
+        unresponsive,
+    })
+}
+
+/// Removes the traces of a QEMU that is no longer running; kept while it still runs.
 pub fn forget(paths: &VmPaths) {
+    if let Some(record) = still_running(paths) {
+        tracing::warn!(
+            vm = record.vm,
+            pid = record.pid,
+            "QEMU still runs; its records are kept"
+        );
+        return;
+    }
     for f in [&paths.launch, &paths.qmp, &paths.pidfile] {
         let _ = std::fs::remove_file(f);
     }
@@ -374,6 +423,7 @@ impl Machine for QemuProcess {
             accel_reason: self.record.accel_reason.clone(),
             ssh_port: self.record.ssh_port,
             launched_unix_ms: self.record.launched_unix_ms,
+            unresponsive: self.unresponsive.clone(),
         }
     }
 
@@ -425,8 +475,20 @@ impl QemuProcess {
         tokio::time::timeout(limit, self.exited()).await.is_ok()
     }
 
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.record.pid as i32), signal);
+    /// Sends `signal` to QEMU, by pid, only if that pid is still our QEMU: our unreaped child
+    /// (its pid cannot be reused), or for an adopted one, [`ours`] checked just before.
+    fn signal(&mut self, signal: nix::sys::signal::Signal) {
+        let still_ours = match &mut self.child {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => ours(&self.record),
+        };
+        if !still_ours {
+            return;
+        }
+        let Ok(pid) = i32::try_from(self.record.pid) else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
     }
 }
 
@@ -464,6 +526,8 @@ pub async fn stop(
         timeout: term,
     });
     process.signal(nix::sys::signal::Signal::SIGTERM);
+    // A stopped QEMU (SIGSTOP) would only see the SIGTERM once continued.
+    process.signal(nix::sys::signal::Signal::SIGCONT);
     if process.exited_within(term).await {
         return Stopped::Terminated;
     }
@@ -473,13 +537,18 @@ pub async fn stop(
         timeout: last,
     });
     process.signal(nix::sys::signal::Signal::SIGKILL);
-    process.exited_within(last).await;
-    Stopped::Killed
+    if process.exited_within(last).await {
+        Stopped::Killed
+    } else {
+        Stopped::Survived
+    }
 }
 
-/// Deletes the VM's disk and everything bound to it; returns the bytes reclaimed.
-pub fn discard(paths: &VmPaths) -> std::io::Result<u64> {
+/// Deletes the VM's disk and everything bound to it; returns the bytes reclaimed. Refused
+/// while a recorded QEMU of ours still runs on it.
+pub fn discard(paths: &VmPaths) -> Result<u64, ProcessError> {
     use std::os::unix::fs::MetadataExt;
+    ensure_not_running(paths)?;
     let reclaimed = std::fs::metadata(&paths.overlay)
         .map(|m| m.blocks() * 512)
         .unwrap_or(0);
@@ -493,7 +562,9 @@ pub fn discard(paths: &VmPaths) -> std::io::Result<u64> {
         &paths.efi_vars,
     ] {
         match std::fs::remove_file(f) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io(format!("cannot discard {}", f.display()))(e));
+            }
             _ => {}
         }
     }

@@ -1,0 +1,31 @@
+//! Where the daemon listens, and what castractl looks for: the paths both binaries agree on.
+
+use std::path::PathBuf;
+
+/// Environment variable naming the socket, honoured by castrad and castractl alike.
+pub const SOCKET_ENV: &str = "CASTRA_SOCKET";
+
+/// The default socket path: `$XDG_RUNTIME_DIR/castra/castrad.sock`.
+///
+/// Without `XDG_RUNTIME_DIR` (a root shell outside a login session, CI), falls back to
+/// `/run/user/<uid>/castra/castrad.sock` when that runtime directory exists, else to
+/// `$TMPDIR/castra-<uid>/castrad.sock`. Both binaries use this one function, so they always agree.
+pub fn default_socket_path() -> PathBuf {
+    runtime_dir().join("castrad.sock")
+}
+
+/// The per-user runtime directory castrad keeps its socket (and, later, SSH control sockets) in.
+pub fn runtime_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("castra");
+    }
+    let uid = nix::unistd::geteuid().as_raw();
+    let run_user = PathBuf::from(format!("/run/user/{uid}"));
+    if run_user.is_dir() {
+        return run_user.join("castra");
+    }
+    std::env::temp_dir().join(format!("castra-{uid}"))
+}
+
+/// The project file name castractl looks for, walking up from the current directory.
+pub const CONFIG_FILE_NAME: &str = "castra.toml";
