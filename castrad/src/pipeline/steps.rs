@@ -664,6 +664,10 @@ impl Run {
             }
             Marker::Pid(pid) => st.guest_pid = Some(pid),
             Marker::Unsafe { detail } => {
+                let detail = match detail.as_str() {
+                    "" => "a directory it would use failed the ownership check".to_owned(),
+                    _ => detail,
+                };
                 let e = format!(
                     "{detail}: another account of the guest could change what runs there; it \
                      and its parents must be owned by the bootstrap user or root, not be \
