@@ -34,6 +34,17 @@ struct Args {
     #[arg(long, env = "CASTRA_ACCEL", value_name = "ACCEL", value_parser = parse_accel)]
     accel: Option<crate::config::AccelSetting>,
 
+    /// How many VMs may start or bootstrap at once, across all projects: a VM holds a slot
+    /// from its launch (QEMU) or its plan until its run ends; the others wait, saying so.
+    #[arg(
+        long,
+        env = "CASTRA_MAX_PARALLEL",
+        default_value_t = crate::pipeline::slots::DEFAULT_LIMIT,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_parallel: u32,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `castrad=debug`.
     #[arg(
         long,
@@ -47,6 +58,7 @@ struct Args {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log);
+    raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::Error::from(e).context("starting the tokio runtime")),
@@ -95,8 +107,55 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state_base,
         shutdown_grace: Duration::from_secs(10),
         accel_override: args.accel,
+        max_parallel: args.max_parallel,
     };
+    tracing::info!(
+        max_parallel = settings.max_parallel,
+        "at most {} VMs start or bootstrap at once (--max-parallel)",
+        settings.max_parallel
+    );
     server::run(settings, listener, shutdown_signal()).await
+}
+
+/// Raises the soft limit on open files to the hard one: every VM's ssh session and Vizier
+/// watch costs castrad a few descriptors, and a soft limit of 1024 (the usual default) would
+/// run out a few hundred VMs in. Children (ssh, QEMU) inherit it; both use poll(), not
+/// select(), so descriptors past 1024 do not trouble them. A failure is logged, not fatal.
+fn raise_fd_limit() {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open file limit (RLIMIT_NOFILE)");
+            return;
+        }
+    };
+    // An unlimited hard limit still stops at the kernel's per-process ceiling.
+    let target = if hard == RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        hard
+    };
+    if soft >= target {
+        tracing::debug!(limit = soft, "open file limit already at its maximum");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => tracing::info!(
+            before = soft,
+            after = target,
+            "raised the open file limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Err(e) => tracing::warn!(
+            limit = soft,
+            hard,
+            error = %e,
+            "cannot raise the open file limit (RLIMIT_NOFILE); castrad keeps {soft}"
+        ),
+    }
 }
 
 fn parse_accel(s: &str) -> Result<crate::config::AccelSetting, String> {

@@ -212,6 +212,7 @@ impl Bench {
                 snapshot: Arc::new(watch::channel(VmSnapshot::default()).0),
                 // A booted guest answers a probe after 3 s.
                 remote: remote.clone(),
+                slots: pipeline::Slots::default(),
             },
             backend: backend.clone(),
         };

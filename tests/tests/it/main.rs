@@ -9,6 +9,7 @@ mod fleet;
 mod plan;
 mod protocol_docs;
 mod qemu;
+mod scale;
 mod scripts;
 mod ssh_options;
 mod sshd;
