@@ -58,12 +58,12 @@ struct Args {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log);
-    raise_fd_limit();
+    let fd_limit = raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::Error::from(e).context("starting the tokio runtime")),
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, fd_limit)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -86,7 +86,7 @@ fn init_tracing(filter: &str) {
         .init();
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
     let state_base = match args.state_dir {
         Some(dir) => dir,
         None => crate::state_root::default_base().ok_or_else(|| {
@@ -114,6 +114,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "at most {} VMs start or bootstrap at once (--max-parallel)",
         settings.max_parallel
     );
+    if let Some(limit) = fd_limit {
+        warn_if_few_fds(limit, settings.max_parallel);
+    }
     server::run(settings, listener, shutdown_signal()).await
 }
 
@@ -121,13 +124,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
 /// watch costs castrad a few descriptors, and a soft limit of 1024 (the usual default) would
 /// run out a few hundred VMs in. Children (ssh, QEMU) inherit it; both use poll(), not
 /// select(), so descriptors past 1024 do not trouble them. A failure is logged, not fatal.
-fn raise_fd_limit() {
+/// Returns the soft limit castrad runs with, when it could be read.
+fn raise_fd_limit() -> Option<u64> {
     use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
     let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
         Ok(limits) => limits,
         Err(e) => {
             tracing::warn!(error = %e, "cannot read the open file limit (RLIMIT_NOFILE)");
-            return;
+            return None;
         }
     };
     // An unlimited hard limit still stops at the kernel's per-process ceiling.
@@ -141,20 +145,44 @@ fn raise_fd_limit() {
     };
     if soft >= target {
         tracing::debug!(limit = soft, "open file limit already at its maximum");
-        return;
+        return Some(soft);
     }
     match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
-        Ok(()) => tracing::info!(
-            before = soft,
-            after = target,
-            "raised the open file limit (RLIMIT_NOFILE) to its hard limit"
-        ),
-        Err(e) => tracing::warn!(
-            limit = soft,
-            hard,
-            error = %e,
-            "cannot raise the open file limit (RLIMIT_NOFILE); castrad keeps {soft}"
-        ),
+        Ok(()) => {
+            tracing::info!(
+                before = soft,
+                after = target,
+                "raised the open file limit (RLIMIT_NOFILE) to its hard limit"
+            );
+            Some(target)
+        }
+        Err(e) => {
+            tracing::warn!(
+                limit = soft,
+                hard,
+                error = %e,
+                "cannot raise the open file limit (RLIMIT_NOFILE); castrad keeps {soft}"
+            );
+            Some(soft)
+        }
+    }
+}
+
+/// Says, once at start, when the open file limit leaves little room: every slot may need
+/// [`MOST_FDS_PER_SLOT`] at once, on top of what each VM keeps after its run.
+fn warn_if_few_fds(limit: u64, max_parallel: u32) {
+    use crate::pipeline::slots::{FDS_PER_VM, MOST_FDS_PER_SLOT};
+    let slots = u64::from(max_parallel) * MOST_FDS_PER_SLOT;
+    let vms = limit.saturating_sub(slots + 64) / FDS_PER_VM;
+    if vms < 256 {
+        tracing::warn!(
+            limit,
+            max_parallel,
+            "the open file limit ({limit}) is low for a fleet: {max_parallel} busy slots may \
+             take up to {MOST_FDS_PER_SLOT} files each, leaving room for about {vms} VMs at \
+             {FDS_PER_VM} each; raise the hard limit (LimitNOFILE= in castrad's unit, or \
+             ulimit -Hn) or lower --max-parallel"
+        );
     }
 }
 

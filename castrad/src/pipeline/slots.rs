@@ -30,6 +30,16 @@ pub const HEARTBEAT: Duration = Duration::from_secs(10);
 /// The default of `castrad --max-parallel` (docs/BOOTSTRAP.md, "Scale", says why).
 pub const DEFAULT_LIMIT: u32 = 32;
 
+/// The most descriptors castrad holds for one slot: the run's ssh (stdin, stdout and stderr
+/// pipes, a pidfd), its output log, a payload file being sent, up to 16 banner probes, a
+/// second ssh that stops the guest side (a pipe, a pidfd), and QEMU's launch (`qemu-img`'s
+/// pipes and pidfd, the QMP socket). A typical run on a host that answers holds about 6.
+pub const MOST_FDS_PER_SLOT: u64 = 28;
+
+/// What a VM keeps open once its run has ended: the Vizier watch's ssh (stdout and stderr
+/// pipes, a pidfd), and a QEMU VM's pidfd.
+pub const FDS_PER_VM: u64 = 4;
+
 /// The daemon's slots. Cheap to clone; clones share the permits.
 #[derive(Debug, Clone)]
 pub struct Slots {
@@ -62,6 +72,12 @@ impl Slots {
         self.limit - self.semaphore.available_permits() as u32
     }
 
+    /// A free slot, if there is one now.
+    pub fn try_take(&self) -> Option<Slot> {
+        let permit = self.semaphore.clone().try_acquire_owned().ok()?;
+        Some(Slot { _permit: permit })
+    }
+
     /// What a VM that waits for a slot is waiting on.
     pub fn waiting_on(&self) -> String {
         let n = self.limit;
@@ -80,8 +96,8 @@ impl Default for Slots {
 /// served. Err: the run was cancelled while it waited (the reason).
 pub async fn take(ctx: &Ctx, job: &Job) -> Result<Slot, String> {
     let slots = &ctx.slots;
-    if let Ok(permit) = slots.semaphore.clone().try_acquire_owned() {
-        return Ok(Slot { _permit: permit });
+    if let Some(slot) = slots.try_take() {
+        return Ok(slot);
     }
     let waiting_on = slots.waiting_on();
     let t = Instant::now();

@@ -276,8 +276,13 @@ fn a_vm_waiting_for_a_slot_can_be_cancelled_or_stopped() {
     let cancel = fleet
         .env
         .ctl(&project, &["cancel", "--json", cancelled])
-        .ok();
-    assert!(cancel.stdout.contains("op-"), "{}", cancel.stdout);
+        .ok()
+        .json();
+    assert_eq!(cancel["vms"][0]["vm"], **cancelled);
+    assert!(
+        cancel["vms"][0]["operation"].is_string(),
+        "its run was in flight: {cancel}"
+    );
     let down = fleet
         .env
         .ctl(&project, &["down", "--json", stopped])
@@ -285,6 +290,7 @@ fn a_vm_waiting_for_a_slot_can_be_cancelled_or_stopped() {
         .json();
     assert_eq!(down["vms"][0]["vm"], **stopped);
     assert!(down["vms"][0]["error"].is_null(), "{down}");
+    assert_eq!(down["vms"][0]["outcome"], "external", "{down}");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "cancel and down answer without waiting for the slot: {:?}",
