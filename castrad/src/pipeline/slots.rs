@@ -63,10 +63,6 @@ impl Slots {
         }
     }
 
-    pub fn limit(&self) -> u32 {
-        self.limit
-    }
-
     /// How many slots are held now.
     pub fn in_use(&self) -> u32 {
         self.limit - self.semaphore.available_permits() as u32
