@@ -39,6 +39,17 @@ struct Args {
     #[arg(long, env = "CASTRA_ACCEL", value_name = "ACCEL", value_parser = parse_accel)]
     accel: Option<crate::config::AccelSetting>,
 
+    /// How many VMs may start or bootstrap at once, across all projects: a VM holds a slot
+    /// from its launch (QEMU) or its plan until its run ends; the others wait, saying so.
+    #[arg(
+        long,
+        env = "CASTRA_MAX_PARALLEL",
+        default_value_t = crate::pipeline::slots::DEFAULT_LIMIT,
+        value_name = "N",
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    max_parallel: u32,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `castrad=debug`.
     #[arg(
         long,
@@ -52,11 +63,12 @@ struct Args {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log);
+    let fd_limit = raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(anyhow::Error::from(e).context("starting the tokio runtime")),
     };
-    match runtime.block_on(run(args)) {
+    match runtime.block_on(run(args, fd_limit)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
@@ -82,7 +94,7 @@ fn init_tracing(filter: &str) {
         .init();
 }
 
-async fn run(args: Args) -> anyhow::Result<()> {
+async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
     let state_base = match args.state_dir {
         Some(dir) => dir,
         None => crate::state_root::default_base().ok_or_else(|| {
@@ -111,10 +123,85 @@ async fn run(args: Args) -> anyhow::Result<()> {
         state_base,
         shutdown_grace: Duration::from_secs(10),
         accel_override: args.accel,
+        max_parallel: args.max_parallel,
     };
+    tracing::info!(
+        max_parallel = settings.max_parallel,
+        "at most {} VMs start or bootstrap at once (--max-parallel)",
+        settings.max_parallel
+    );
+    if let Some(limit) = fd_limit {
+        warn_if_few_fds(limit, settings.max_parallel);
+    }
     let result = server::run(settings, listener, shutdown_signal()).await;
     drop(lock);
     result
+}
+
+/// Raises the soft limit on open files to the hard one: every VM's ssh session and Vizier
+/// watch costs castrad a few descriptors, and a soft limit of 1024 (the usual default) would
+/// run out a few hundred VMs in. Children (ssh, QEMU) inherit it; both use poll(), not
+/// select(), so descriptors past 1024 do not trouble them. A failure is logged, not fatal.
+/// Returns the soft limit castrad runs with, when it could be read.
+fn raise_fd_limit() -> Option<u64> {
+    use nix::sys::resource::{RLIM_INFINITY, Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open file limit (RLIMIT_NOFILE)");
+            return None;
+        }
+    };
+    // An unlimited hard limit still stops at the kernel's per-process ceiling.
+    let target = if hard == RLIM_INFINITY {
+        std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20)
+    } else {
+        hard
+    };
+    if soft >= target {
+        tracing::debug!(limit = soft, "open file limit already at its maximum");
+        return Some(soft);
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, target, hard) {
+        Ok(()) => {
+            tracing::info!(
+                before = soft,
+                after = target,
+                "raised the open file limit (RLIMIT_NOFILE) to its hard limit"
+            );
+            Some(target)
+        }
+        Err(e) => {
+            tracing::warn!(
+                limit = soft,
+                hard,
+                error = %e,
+                "cannot raise the open file limit (RLIMIT_NOFILE); castrad keeps {soft}"
+            );
+            Some(soft)
+        }
+    }
+}
+
+/// Says, once at start, when the open file limit leaves little room: every slot may need
+/// [`MOST_FDS_PER_SLOT`] at once, on top of what each VM keeps after its run.
+fn warn_if_few_fds(limit: u64, max_parallel: u32) {
+    use crate::pipeline::slots::{FDS_PER_VM, MOST_FDS_PER_SLOT};
+    let slots = u64::from(max_parallel) * MOST_FDS_PER_SLOT;
+    let vms = limit.saturating_sub(slots + 64) / FDS_PER_VM;
+    if vms < 256 {
+        tracing::warn!(
+            limit,
+            max_parallel,
+            "the open file limit ({limit}) is low for a fleet: {max_parallel} busy slots may \
+             take up to {MOST_FDS_PER_SLOT} files each, leaving room for about {vms} VMs at \
+             {FDS_PER_VM} each; raise the hard limit (LimitNOFILE= in castrad's unit, or \
+             ulimit -Hn) or lower --max-parallel"
+        );
+    }
 }
 
 fn parse_accel(s: &str) -> Result<crate::config::AccelSetting, String> {

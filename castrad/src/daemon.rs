@@ -33,6 +33,8 @@ pub struct Settings {
     pub shutdown_grace: Duration,
     /// `--accel`: beats every VM's `accel` in castra.toml.
     pub accel_override: Option<crate::config::AccelSetting>,
+    /// `--max-parallel`: how many VMs may start or bootstrap at once (`pipeline::slots`).
+    pub max_parallel: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,12 +95,15 @@ pub struct Daemon {
     projects: Mutex<BTreeMap<PathBuf, ProjectEntry>>,
     /// VM actors by (state root, VM name).
     vms: Mutex<BTreeMap<(PathBuf, String), VmHandle>>,
+    /// How many VMs may start or bootstrap at once, shared by every VM's runs.
+    pub slots: pipeline::Slots,
     base_bytes_hashed: AtomicU64,
 }
 
 impl Daemon {
     pub fn new(settings: Settings) -> Arc<Daemon> {
         let backends = Backends::new(settings.accel_override);
+        let slots = pipeline::Slots::new(settings.max_parallel);
         Arc::new(Daemon {
             settings,
             started: Instant::now(),
@@ -108,6 +113,7 @@ impl Daemon {
             backends,
             projects: Mutex::new(BTreeMap::new()),
             vms: Mutex::new(BTreeMap::new()),
+            slots,
             base_bytes_hashed: AtomicU64::new(0),
         })
     }
@@ -150,6 +156,7 @@ impl Daemon {
                         control_dir: self.control_dir(),
                         snapshot: Arc::new(tokio::sync::watch::channel(snapshot).0),
                         remote: Arc::new(pipeline::OpenSsh),
+                        slots: self.slots.clone(),
                     },
                     backend,
                 };

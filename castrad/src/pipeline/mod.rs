@@ -8,7 +8,8 @@
 //! Files: `mod.rs` (this: `run`, `Job`, `Ctx`), `steps.rs` (the step machine, matching on the
 //! driver's markers), `record.rs` (the run's log, events, redaction, stamp), `driver.rs` +
 //! `driver.sh` (the guest side's shell and its markers), `remote.rs` (the [`Remote`] seam and
-//! OpenSSH), `handshake.rs` (banner probes), `archive.rs` (the tar stream).
+//! OpenSSH), `handshake.rs` (banner probes), `archive.rs` (the tar stream), `slots.rs` (how
+//! many VMs may start or bootstrap at once).
 //!
 //! Invariants:
 //! - An executed run writes exactly one durable log, success or failure.
@@ -21,6 +22,7 @@ pub mod driver;
 pub mod handshake;
 mod record;
 pub mod remote;
+pub mod slots;
 mod steps;
 
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ use crate::vm::state::VmSnapshot;
 
 pub use driver::{ERROR_MARKER, NOOP_MARKER};
 pub use remote::{OpenSsh, Remote};
+pub use slots::{Slot, Slots};
 
 /// One VM's part of an operation.
 #[derive(Debug, Clone)]
@@ -105,6 +108,8 @@ pub struct Ctx {
     pub snapshot: Arc<tokio::sync::watch::Sender<VmSnapshot>>,
     /// How the run reaches the guest: [`OpenSsh`], or a scripted fake in unit tests.
     pub remote: Arc<dyn Remote>,
+    /// The daemon's slots: how many VMs may start or bootstrap at once.
+    pub slots: Slots,
 }
 
 /// What a run leaves behind: its outcome and, after a successful run that reached the guest,
@@ -125,8 +130,9 @@ impl From<VmOutcome> for Finished {
 }
 
 /// Runs the whole pipeline for `job`; never panics on guest or IO errors (they become a
-/// `Failed` outcome with a log).
-pub async fn run(ctx: Ctx, job: Job) -> Finished {
+/// `Failed` outcome with a log). `slot`: the one the caller took to boot the VM; without it, a
+/// run that goes to the guest takes one after planning (see [`slots`]). Held to the end.
+pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
     let started = Instant::now();
     let vm = job.vm.clone();
     let name = vm.name.clone();
@@ -157,6 +163,14 @@ pub async fn run(ctx: Ctx, job: Job) -> Finished {
     if let Some(reason) = job.cancel.reason() {
         return record_failure(&ctx, &job, started, reason).into();
     }
+    let _slot = match slot {
+        Some(slot) => Some(slot),
+        None if plan.action == Action::Run || job.booting => match slots::take(&ctx, &job).await {
+            Ok(slot) => Some(slot),
+            Err(reason) => return record_failure(&ctx, &job, started, reason).into(),
+        },
+        None => None,
+    };
     // A VM this job booted is usable when `up` returns, whatever its bootstrap does.
     if job.booting
         && plan.action != Action::Run

@@ -48,6 +48,7 @@ impl Bench {
             control_dir: d.join("ssh"),
             snapshot: Arc::new(tokio::sync::watch::channel(VmSnapshot::default()).0),
             remote: fake.clone(),
+            slots: Slots::default(),
         };
         // A booting VM is Starting → Running before the run; others are Running already.
         ctx.snapshot
@@ -74,7 +75,7 @@ impl Bench {
     }
 
     async fn run(&self) -> Finished {
-        run(self.ctx.clone(), self.job.clone()).await
+        run(self.ctx.clone(), self.job.clone(), None).await
     }
 
     /// Every event published so far, in order.

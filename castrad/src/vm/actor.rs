@@ -297,7 +297,17 @@ impl Actor {
         let needs_start = ctx.backend.owns_lifecycle() && !running;
         tasks.spawn(async move {
             let started = Instant::now();
+            let mut slot = None;
             if needs_start {
+                // A boot holds a slot from before the launch to the run's end (the task's
+                // end, however it ends: the slot is dropped with it).
+                match pipeline::slots::take(&ctx.pipeline, &job).await {
+                    Ok(taken) => slot = Some(taken),
+                    Err(reason) => {
+                        let failed = pipeline::record_failure(&ctx.pipeline, &job, started, reason);
+                        return Done::Run(Box::new(failed.into()));
+                    }
+                }
                 match lifecycle::start(&ctx, &job).await {
                     Ok(machine) => {
                         job.endpoint = ctx.backend.ssh_endpoint(&job.vm, Some(&machine.info()));
@@ -312,7 +322,9 @@ impl Actor {
                     }
                 }
             }
-            Done::Run(Box::new(pipeline::run(ctx.pipeline.clone(), job).await))
+            Done::Run(Box::new(
+                pipeline::run(ctx.pipeline.clone(), job, slot).await,
+            ))
         });
     }
 

@@ -210,6 +210,8 @@ struct Bench {
     vm: Arc<Vm>,
     tracker: tokio_util::task::TaskTracker,
     remote: Arc<Fake>,
+    /// The daemon's slots (32), which the actor's runs share.
+    slots: pipeline::Slots,
 }
 
 impl Bench {
@@ -226,6 +228,7 @@ impl Bench {
         let backend = Arc::new(backend);
         let bus = EventBus::default();
         let remote = Fake::new(sessions, vec![Probe::After(Duration::from_secs(3)); 4]);
+        let slots = pipeline::Slots::default();
         let ctx = ActorCtx {
             pipeline: pipeline::Ctx {
                 bus: bus.clone(),
@@ -234,6 +237,7 @@ impl Bench {
                 snapshot: Arc::new(watch::channel(VmSnapshot::default()).0),
                 // A booted guest answers a probe after 3 s.
                 remote: remote.clone(),
+                slots: slots.clone(),
             },
             backend: backend.clone(),
         };
@@ -247,6 +251,7 @@ impl Bench {
             bus,
             tracker,
             remote,
+            slots,
         }
     }
 
@@ -389,6 +394,48 @@ async fn down_mid_run_cancels_the_run_then_stops_the_vm() {
         bench.remote.calls()
     );
     assert_eq!(bench.handle.snapshot().state, State::Stopped);
+}
+
+/// A VM to start waits for a free slot before its launch, saying so; `down` ends the wait
+/// (one failure, nothing launched); once a slot is free, the next `up` launches at once.
+#[tokio::test(start_paused = true)]
+async fn a_vm_waits_for_a_slot_before_its_launch_and_down_ends_the_wait() {
+    let bench = Bench::new(FakeBackend::default(), vec![successful_session(vec![])]);
+    let mut held: Vec<pipeline::Slot> = std::iter::from_fn(|| bench.slots.try_take()).collect();
+    assert_eq!(held.len(), 32, "other VMs start or bootstrap");
+    let first = bench.up("op-1").await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let snap = bench.handle.snapshot();
+    let waiting = "a free slot: 32 VMs are starting or bootstrapping (castrad --max-parallel 32)";
+    assert_eq!(snap.waiting_on.as_deref(), Some(waiting));
+    assert_eq!(snap.state, State::Stopped);
+    assert_eq!(bench.backend.launches.load(Ordering::SeqCst), 0);
+    let report = bench
+        .handle
+        .down("web", bench.down_request(false))
+        .await
+        .expect("down ends the wait, then stops");
+    assert_eq!(report.outcome, castra_api::StopOutcome::NotRunning);
+    let outcome = outcome_of(first).await;
+    assert_eq!(outcome.status, OutcomeStatus::Failed);
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("cancelled: castractl down stops the VM")
+    );
+    assert!(outcome.log_path.is_some(), "one failure log");
+    assert_eq!(bench.backend.launches.load(Ordering::SeqCst), 0);
+    assert_eq!(bench.handle.snapshot().waiting_on, None);
+    assert_eq!(bench.slots.in_use(), 32, "the wait took none");
+
+    held.pop();
+    let second = outcome_of(bench.up("op-2").await).await;
+    assert_eq!(second.status, OutcomeStatus::Success, "{second:?}");
+    assert_eq!(bench.backend.launches.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        bench.slots.in_use(),
+        31,
+        "the run's slot was freed at its end"
+    );
 }
 
 #[tokio::test(start_paused = true)]

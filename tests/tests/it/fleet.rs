@@ -39,8 +39,25 @@ impl Fleet {
 
     /// [`Fleet::new`] with castrad's command adjusted by `configure`.
     pub fn new_with(vms: &str, configure: impl FnOnce(&mut std::process::Command)) -> Fleet {
+        Fleet::new_from(
+            vms,
+            |mut command| {
+                configure(&mut command);
+                command
+            },
+            Sshd::start,
+        )
+    }
+
+    /// [`Fleet::new`] with castrad's command made by `command` from the usual one, and the
+    /// guests' sshd started by `sshd` (in the directory it is given).
+    pub fn new_from(
+        vms: &str,
+        command: impl FnOnce(std::process::Command) -> std::process::Command,
+        sshd: impl FnOnce(&std::path::Path) -> Sshd,
+    ) -> Fleet {
         let env = Env::new();
-        let sshd = Sshd::start(&env.path("sshd"));
+        let sshd = sshd(&env.path("sshd"));
         let guest = env.path("guest");
         std::fs::create_dir_all(&guest).unwrap();
         let mut vms = vms.replace("SSH", &sshd.ssh_table());
@@ -63,7 +80,7 @@ impl Fleet {
             ("p/scripts/db.sh", DB_SCRIPT),
             ("p/payload/index.html", "<h1>castra</h1>\n"),
         ]);
-        let daemon = env.start_daemon_with(configure);
+        let daemon = env.spawn_daemon(command(env.castrad_command()));
         Fleet {
             env,
             sshd,
@@ -123,6 +140,10 @@ impl Fleet {
     /// Takes the daemon out (to stop it).
     pub fn take_daemon(&mut self) -> Daemon {
         self.daemon.take().expect("the daemon runs")
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the daemon runs")
     }
 }
 

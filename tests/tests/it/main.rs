@@ -10,6 +10,7 @@ mod hostile;
 mod plan;
 mod protocol_docs;
 mod qemu;
+mod scale;
 mod scripts;
 mod ssh_options;
 mod sshd;

@@ -15,6 +15,8 @@ pub struct Sshd {
     /// Private key the client (castrad) logs in with.
     pub client_key: PathBuf,
     pub user: String,
+    /// sshd_config lines on connection limits.
+    limits: &'static str,
 }
 
 fn keygen(path: &Path) {
@@ -41,8 +43,19 @@ fn free_port() -> u16 {
 }
 
 impl Sshd {
-    /// Starts sshd with files under `dir`.
+    /// Starts sshd with files under `dir`, allowing 200 connections that have not yet
+    /// authenticated (many tests' VMs connect at once).
     pub fn start(dir: &Path) -> Sshd {
+        Sshd::start_limited(dir, "MaxStartups 200\nMaxSessions 200\n")
+    }
+
+    /// Starts sshd with OpenSSH's own limits: past 10 connections that have not yet
+    /// authenticated it drops new ones at random (`MaxStartups 10:30:100`), as a stock server.
+    pub fn start_stock_limits(dir: &Path) -> Sshd {
+        Sshd::start_limited(dir, "")
+    }
+
+    fn start_limited(dir: &Path, limits: &'static str) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "/usr/sbin/sshd missing: scripts/setup installs openssh-server"
@@ -68,6 +81,7 @@ impl Sshd {
             dir: dir.to_owned(),
             client_key,
             user,
+            limits,
         };
         sshd.spawn();
         sshd
@@ -79,9 +93,9 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\nMaxStartups 200\nMaxSessions 200\n\
-             LogLevel ERROR\nAcceptEnv none\n",
-            port = self.port
+             PermitRootLogin prohibit-password\n{limits}LogLevel ERROR\nAcceptEnv none\n",
+            port = self.port,
+            limits = self.limits,
         );
         std::fs::write(self.dir.join("sshd_config"), config).unwrap();
         let child = Command::new("/usr/sbin/sshd")

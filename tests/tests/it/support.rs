@@ -105,6 +105,12 @@ impl Env {
     pub fn start_daemon_with(&self, configure: impl FnOnce(&mut Command)) -> Daemon {
         let mut command = self.castrad_command();
         configure(&mut command);
+        self.spawn_daemon(command)
+    }
+
+    /// Starts castrad with `command` (built from [`Env::castrad_command`]) and waits until
+    /// its socket answers.
+    pub fn spawn_daemon(&self, mut command: Command) -> Daemon {
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::from(
@@ -192,6 +198,43 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `command` run under `prlimit --nofile=SOFT:HARD` (util-linux): the same program, arguments
+/// and environment, with that open file limit from its first instruction.
+pub fn under_nofile_limit(command: &Command, soft: u64, hard: u64) -> Command {
+    let mut wrapped = Command::new("prlimit");
+    wrapped
+        .arg(format!("--nofile={soft}:{hard}"))
+        .arg("--")
+        .arg(command.get_program())
+        .args(command.get_args());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => wrapped.env(key, value),
+            None => wrapped.env_remove(key),
+        };
+    }
+    wrapped
+}
+
+/// The number of open file descriptors of process `pid` (`ls /proc/PID/fd`).
+pub fn open_fds(pid: nix::unistd::Pid) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// The soft and hard `Max open files` of process `pid` (/proc/PID/limits).
+pub fn nofile_limits(pid: nix::unistd::Pid) -> (u64, u64) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let numbers: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (numbers[0], numbers[1])
 }
 
 /// castractl's result.
