@@ -277,3 +277,18 @@ pub fn successful_session(apply: Vec<(Duration, Note)>) -> Script {
         ..Script::default()
     }
 }
+
+/// Settings of the property tests (proptest): `PROPTEST_CASES` cases when set (`scripts/fuzz`
+/// sets 100 000), else `cases`; nothing written to the source tree (an input that found a bug
+/// becomes a plain regression test beside the property instead).
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    }
+}

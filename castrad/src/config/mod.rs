@@ -34,6 +34,9 @@ pub const CONFIG_FILE_NAME: &str = "castra.toml";
 pub const METADATA_FILE_NAME: &str = "bootstrap.toml";
 /// Default for `handshake_timeout_secs`.
 pub const DEFAULT_HANDSHAKE_TIMEOUT_SECS: u64 = 120;
+/// Upper bound on `handshake_timeout_secs` (one day): a longer wait is a typo, and deadlines
+/// computed from it must stay representable.
+pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 86_400;
 /// Default for `remote_dir`; `{vm}` is replaced by the expanded VM name.
 pub const DEFAULT_REMOTE_DIR: &str = "/var/tmp/castra/{vm}";
 /// Default VM memory in MiB (2 GiB).

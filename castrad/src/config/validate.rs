@@ -109,7 +109,7 @@ pub(super) fn validate_defaults(
     };
     if let Some(timeout) = &raw.handshake_timeout_secs {
         defaults.public.handshake_timeout_secs =
-            positive_u64(src, timeout, "bootstrap.handshake_timeout_secs")?;
+            handshake_timeout(src, timeout, "bootstrap.handshake_timeout_secs")?;
     }
     if let Some(dir) = &raw.remote_dir {
         check_remote_dir(src, dir.get_ref(), dir.span(), "bootstrap.remote_dir", None)?;
@@ -428,7 +428,7 @@ pub(super) fn validate_vm_bootstrap(
     }
     if let Some(timeout) = &raw.handshake_timeout_secs {
         bootstrap.handshake_timeout_secs =
-            positive_u64(src, timeout, &k("handshake_timeout_secs"))?;
+            handshake_timeout(src, timeout, &k("handshake_timeout_secs"))?;
     }
     if let Some(dir) = &raw.vizier_dir {
         check_remote_dir(src, dir.get_ref(), dir.span(), &k("vizier_dir"), None)?;

@@ -6,6 +6,7 @@ mod bootstrap;
 mod cloud;
 mod daemon;
 mod fleet;
+mod limits;
 mod plan;
 mod protocol_docs;
 mod qemu;

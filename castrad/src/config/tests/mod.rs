@@ -86,3 +86,4 @@ pub(super) type Case = (
 mod errors;
 mod load;
 mod projects;
+mod props;
