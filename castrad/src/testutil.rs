@@ -108,7 +108,7 @@ impl Remote for Fake {
             .lock()
             .unwrap()
             .push(format!("tail {}", target.port));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::ssh::LINES_BUFFER);
         tokio::spawn(async move {
             loop {
                 let now = std::time::SystemTime::now()
@@ -119,7 +119,7 @@ impl Remote for Fake {
                     r#"{{"version":"{}","pid":42,"started_at":{now},"heartbeat":{now},"now":{now}}}"#,
                     crate::vizier::VERSION
                 );
-                if tx.send("VIZIER/1".to_owned()).is_err() || tx.send(banner).is_err() {
+                if tx.send("VIZIER/1".to_owned()).await.is_err() || tx.send(banner).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(crate::vizier::WATCH_INTERVAL).await;
@@ -182,7 +182,7 @@ impl Remote for Fake {
         &'a self,
         target: Target,
         _session: &'a Session<'a>,
-        notes: tokio::sync::mpsc::UnboundedSender<Note>,
+        notes: tokio::sync::mpsc::Sender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         self.calls
             .lock()
@@ -197,7 +197,7 @@ impl Remote for Fake {
         Box::pin(async move {
             for (delay, note) in script.notes {
                 tokio::time::sleep(delay).await;
-                let _ = notes.send(note);
+                let _ = notes.send(note).await;
             }
             use std::os::unix::process::ExitStatusExt;
             Ok(Ended {

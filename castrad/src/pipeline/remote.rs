@@ -19,12 +19,12 @@ use std::time::Duration;
 use castra_api::OutputStream;
 use futures::future::BoxFuture;
 use tokio::io::AsyncRead;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{Receiver, Sender};
 
 use super::archive::write_archive;
 use super::driver::{self, Marker, Session};
 use super::handshake::{self, NoBanner};
-use crate::ssh::{Connection, Tail, Target, lines};
+use crate::ssh::{Connection, LINES_BUFFER, Tail, Target, lines};
 
 /// How the pipeline reaches a guest. Object-safe, so a run holds `Arc<dyn Remote>`.
 pub trait Remote: Send + Sync + std::fmt::Debug {
@@ -40,12 +40,12 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
 
     /// Connects to `target` and runs the driver for `session`, sending [`Note`]s:
     /// [`Note::Authenticated`] first (once the guest has accepted us), then what the driver
-    /// prints. Err: the session could not be started at all.
+    /// prints, waiting while `notes` is full. Err: the session could not be started at all.
     fn session<'a>(
         &'a self,
         target: Target,
         session: &'a Session<'a>,
-        notes: UnboundedSender<Note>,
+        notes: Sender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>>;
 
     /// Logs in to `target` and runs nothing but `true`: the guest accepts us. Err says why
@@ -88,7 +88,7 @@ impl Remote for OpenSsh {
         &'a self,
         target: Target,
         session: &'a Session<'a>,
-        notes: UnboundedSender<Note>,
+        notes: Sender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         Box::pin(self::session(target, session, notes))
     }
@@ -119,6 +119,11 @@ impl Remote for OpenSsh {
         })
     }
 }
+
+/// How many notes the channel from a session to its step machine holds: a session whose
+/// guest prints faster than the run records waits (and so does the guest), memory does not
+/// grow. Each note is at most one line piece (`ssh::LINE_CAP`).
+pub const NOTES_BUFFER: usize = 64;
 
 /// What the guest session reports, in order (stderr lines may interleave loosely).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,17 +158,37 @@ pub struct Ended {
 const AUTH_POLL: Duration = Duration::from_millis(5);
 /// How long key exchange and authentication may take once the server has answered.
 const AUTH_GRACE: Duration = Duration::from_secs(5);
+/// How many of ssh's stderr lines are held until authentication (the last ones are kept: they
+/// say why it failed); a guest's pre-login banner can be longer.
+const HELD_LINES: usize = 64;
+
+/// Notes [`Note::Authenticated`] once, before anything the session prints: whoever sees it
+/// first (the control socket's poll or the first line on stdout) sends it.
+#[derive(Clone)]
+struct Authenticate {
+    seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    notes: Sender<Note>,
+}
+
+impl Authenticate {
+    async fn now(&self) {
+        if !self.seen.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            let _ = self.notes.send(Note::Authenticated).await;
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// Connects to `target` and runs the whole guest side in that connection's session, sending
 /// notes to `notes`: [`Note::Authenticated`] first, then what the driver reports.
 async fn session(
     target: Target,
     s: &Session<'_>,
-    notes: UnboundedSender<Note>,
+    notes: Sender<Note>,
 ) -> Result<Ended, SessionError> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     let nonce = crate::ids::random_hex(8);
     let script_name = driver::script_name(s.script)?;
     let driver::Invocation {
@@ -187,16 +212,9 @@ async fn session(
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
 
-    // Authenticated is noted once, before anything the session prints: by whichever sees it
-    // first, the socket poll below or the first line on stdout.
-    let authenticated = Arc::new(AtomicBool::new(false));
-    let authenticate = {
-        let (flag, notes) = (authenticated.clone(), notes.clone());
-        move || {
-            if !flag.swap(true, Ordering::SeqCst) {
-                let _ = notes.send(Note::Authenticated);
-            }
-        }
+    let authenticate = Authenticate {
+        seen: Default::default(),
+        notes: notes.clone(),
     };
     let marker = format!("CASTRA-{nonce} ");
     let mut stdout = conn
@@ -204,7 +222,7 @@ async fn session(
         .stdout
         .take()
         .map(|o| tokio::spawn(read_stdout(o, marker, notes.clone(), authenticate.clone())));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(LINES_BUFFER);
     let mut stderr_open = match conn.child().stderr.take() {
         Some(e) => {
             tokio::spawn(lines(e, tx));
@@ -220,10 +238,10 @@ async fn session(
         if !line.trim().is_empty() {
             last_stderr = line.trim().to_owned();
         }
-        let _ = notes.send(Note::Line {
+        Note::Line {
             stream: OutputStream::Stderr,
             line,
-        });
+        }
     };
     let mut poll = tokio::time::interval(AUTH_POLL);
     // ssh's ConnectTimeout covers the TCP connect and the banner, not what follows.
@@ -232,11 +250,11 @@ async fn session(
     // Until stdout has seen `done` (the session goes on as the watch) or both streams ended.
     let mut tail_lines = None;
     while stdout.is_some() || stderr_open {
-        let waiting = !authenticated.load(Ordering::SeqCst) && !gave_up;
+        let waiting = !authenticate.seen() && !gave_up;
         tokio::select! {
             _ = poll.tick(), if waiting => {
                 if conn.authenticated() {
-                    authenticate();
+                    authenticate.now().await;
                 } else if tokio::time::Instant::now() > give_up {
                     let _ = conn.child().start_kill();
                     held.push(format!(
@@ -247,10 +265,16 @@ async fn session(
                 }
             }
             line = rx.recv(), if stderr_open => match line {
-                Some(line) if !authenticated.load(Ordering::SeqCst) => held.push(line),
+                Some(line) if !authenticate.seen() => {
+                    if held.len() == HELD_LINES {
+                        held.remove(0);
+                    }
+                    held.push(line);
+                }
                 Some(line) => {
-                    held.drain(..).for_each(&mut on_stderr);
-                    on_stderr(line);
+                    for line in held.drain(..).chain([line]) {
+                        let _ = notes.send(on_stderr(line)).await;
+                    }
                 }
                 None => stderr_open = false,
             },
@@ -263,12 +287,14 @@ async fn session(
             }
         }
     }
-    let authenticated = authenticated.load(Ordering::SeqCst);
+    let authenticated = authenticate.seen();
     let (tail, status) = match tail_lines {
         Some(lines) => {
-            held.drain(..).for_each(&mut on_stderr);
+            for line in held.drain(..) {
+                let _ = notes.send(on_stderr(line)).await;
+            }
             while let Ok(line) = rx.try_recv() {
-                on_stderr(line);
+                let _ = notes.send(on_stderr(line)).await;
             }
             // Keep draining stderr so that a chatty session never blocks on a full pipe.
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -280,7 +306,9 @@ async fn session(
         }
     };
     let unauthenticated = if authenticated {
-        held.drain(..).for_each(&mut on_stderr);
+        for line in held.drain(..) {
+            let _ = notes.send(on_stderr(line)).await;
+        }
         None
     } else {
         Some(held.join("\n"))
@@ -306,16 +334,16 @@ async fn session(
 async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
     reader: R,
     marker: String,
-    notes: UnboundedSender<Note>,
-    authenticated: impl Fn(),
-) -> Option<UnboundedReceiver<String>> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    notes: Sender<Note>,
+    authenticated: Authenticate,
+) -> Option<Receiver<String>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(LINES_BUFFER);
     tokio::spawn(lines(reader, tx));
     // A marker is preceded by a newline we printed; hold one empty line back to drop it.
     let mut held_empty = false;
     let stream = OutputStream::Stdout;
     while let Some(line) = rx.recv().await {
-        authenticated();
+        authenticated.now().await;
         if let Some(rest) = line.strip_prefix(marker.as_str()) {
             held_empty = false;
             // A marker castrad does not know is dropped, not shown as output.
@@ -323,7 +351,7 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
                 continue;
             };
             let done = marker == Marker::Done;
-            let _ = notes.send(Note::Marker(marker));
+            let _ = notes.send(Note::Marker(marker)).await;
             if done {
                 return Some(rx);
             }
@@ -332,14 +360,12 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
         // A script line that ends without a newline is glued to our marker's newline: the
         // marker then starts the next line, handled above. Empty lines are held one step.
         if held_empty {
-            let _ = notes.send(Note::Line {
-                stream,
-                line: String::new(),
-            });
+            let line = String::new();
+            let _ = notes.send(Note::Line { stream, line }).await;
         }
         held_empty = line.is_empty();
         if !held_empty {
-            let _ = notes.send(Note::Line { stream, line });
+            let _ = notes.send(Note::Line { stream, line }).await;
         }
     }
     None
