@@ -163,17 +163,24 @@ const AUTH_GRACE: Duration = Duration::from_secs(5);
 const HELD_LINES: usize = 64;
 
 /// Notes [`Note::Authenticated`] once, before anything the session prints: whoever sees it
-/// first (the control socket's poll or the first line on stdout) sends it.
+/// first (the control socket's poll or the first line on stdout) sends it, and the other
+/// waits until it is sent (so no line can overtake it).
 #[derive(Clone)]
 struct Authenticate {
+    sent: std::sync::Arc<tokio::sync::Mutex<()>>,
     seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
     notes: Sender<Note>,
 }
 
 impl Authenticate {
     async fn now(&self) {
-        if !self.seen.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        if self.seen() {
+            return;
+        }
+        let _sending = self.sent.lock().await;
+        if !self.seen() {
             let _ = self.notes.send(Note::Authenticated).await;
+            self.seen.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
@@ -213,6 +220,7 @@ async fn session(
     });
 
     let authenticate = Authenticate {
+        sent: Default::default(),
         seen: Default::default(),
         notes: notes.clone(),
     };
