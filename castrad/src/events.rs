@@ -1,38 +1,52 @@
 //! The daemon-wide event bus.
 //!
-//! Every event gets a strictly increasing `seq` and a timestamp, goes into a bounded ring
-//! buffer (so a client that subscribes late can replay what it missed) and to every live
-//! subscriber. Publishing never blocks: live delivery is a `broadcast` channel, and a
-//! subscriber that falls behind recovers the gap from the ring (or learns it was lost).
+//! Every event gets a strictly increasing `seq` and a timestamp and goes into a ring buffer
+//! bounded both by count ([`RING_CAPACITY`]) and by size ([`RING_BYTES`], what its events hold
+//! in memory, about), so that a client that subscribes late can replay what it missed and a
+//! guest that floods its output cannot grow castrad. The ring is the only place events are
+//! kept: a subscriber reads its next event from the ring, and a `watch` channel holding the
+//! newest seq wakes subscribers that are waiting. Publishing never blocks; a subscriber that
+//! falls behind further than the ring reaches learns which events it lost.
 //!
 //! Invariant: a subscription sees each matching event at most once and in `seq` order. The
-//! ring append and the broadcast send happen under one lock, and a subscription takes its
-//! replay snapshot and its broadcast receiver under the same lock, so nothing falls between
-//! replay and live delivery.
+//! ring is appended and read under one lock, and a subscriber remembers the last seq it
+//! passed, so nothing falls between replay and live delivery.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use castra_api::{Event, EventEnvelope};
 
-use tokio::sync::broadcast;
+use tokio::sync::watch;
 
-/// How many events the replay buffer keeps.
+/// How many events the replay buffer keeps at most.
 pub const RING_CAPACITY: usize = 16_384;
-/// How many events a live subscriber may lag before it falls back to the ring.
-const LIVE_CAPACITY: usize = 4_096;
+/// How many bytes the replay buffer's events may hold, about (8 MiB): as many as 128 lines of
+/// guest output at their longest (`ssh::LINE_CAP`), or the whole count of ordinary events.
+pub const RING_BYTES: usize = 8 << 20;
+/// What an event costs beyond the text it carries (the envelope, its time, the Arc), about.
+const EVENT_OVERHEAD: usize = 256;
 
 #[derive(Debug)]
 struct Inner {
     next_seq: u64,
     ring: VecDeque<Arc<EventEnvelope>>,
+    /// The sum of the ring's events' [`weight`]s.
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    inner: Mutex<Inner>,
+    /// The newest seq, for subscribers waiting on the next event.
+    newest: watch::Sender<u64>,
+    capacity: usize,
+    max_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
 pub struct EventBus {
-    inner: Arc<Mutex<Inner>>,
-    live: broadcast::Sender<Arc<EventEnvelope>>,
-    capacity: usize,
+    shared: Arc<Shared>,
 }
 
 /// Which events a subscriber wants.
@@ -53,32 +67,64 @@ impl Filter {
 
 impl Default for EventBus {
     fn default() -> Self {
-        EventBus::with_capacity(RING_CAPACITY)
+        EventBus::with_limits(RING_CAPACITY, RING_BYTES)
     }
 }
 
+/// About how many bytes `e` holds in memory: the text it carries and a fixed overhead.
+fn weight(e: &EventEnvelope) -> usize {
+    let text = match &e.event {
+        Event::BootstrapOutput { line, .. } => line.len(),
+        Event::BootstrapStep { detail, .. } => detail.as_ref().map_or(0, String::len),
+        Event::BootstrapProgress { waiting_on, .. } => waiting_on.len(),
+        Event::BootstrapFailed { error, .. } => error.len(),
+        Event::VizierLost { reason, .. }
+        | Event::VmExited { reason, .. }
+        | Event::CooperativeTimedOut { reason, .. } => reason.len(),
+        _ => 0,
+    };
+    let operation = e.operation.as_ref().map_or(0, String::len);
+    EVENT_OVERHEAD + e.event.vm().len() + operation + text
+}
+
 impl EventBus {
-    pub fn with_capacity(capacity: usize) -> EventBus {
-        let (live, _) = broadcast::channel(LIVE_CAPACITY);
+    /// A bus whose ring keeps at most `capacity` events and about `max_bytes` of them (always
+    /// the newest event, however large).
+    pub fn with_limits(capacity: usize, max_bytes: usize) -> EventBus {
+        let (newest, _) = watch::channel(0);
         EventBus {
-            inner: Arc::new(Mutex::new(Inner {
-                next_seq: 1,
-                ring: VecDeque::new(),
-            })),
-            live,
-            capacity,
+            shared: Arc::new(Shared {
+                inner: Mutex::new(Inner {
+                    next_seq: 1,
+                    ring: VecDeque::new(),
+                    bytes: 0,
+                }),
+                newest,
+                capacity: capacity.max(1),
+                max_bytes,
+            }),
         }
+    }
+
+    pub fn with_capacity(capacity: usize) -> EventBus {
+        EventBus::with_limits(capacity, RING_BYTES)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // Held only for push/pop/clone; a panic there cannot leave the ring inconsistent.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Every event still in the ring, oldest first (for tests that inspect what was said).
     #[cfg(test)]
     pub fn history(&self) -> Vec<Arc<EventEnvelope>> {
         self.lock().ring.iter().cloned().collect()
+    }
+
+    /// How many events the ring holds and about how many bytes they hold.
+    pub fn ring_size(&self) -> (usize, usize) {
+        let inner = self.lock();
+        (inner.ring.len(), inner.bytes)
     }
 
     /// Publishes `event`, returns its seq.
@@ -92,35 +138,37 @@ impl EventBus {
             operation: operation.map(str::to_owned),
             event,
         });
-        if inner.ring.len() == self.capacity {
-            inner.ring.pop_front();
+        inner.bytes += weight(&envelope);
+        inner.ring.push_back(envelope);
+        while inner.ring.len() > self.shared.capacity
+            || (inner.bytes > self.shared.max_bytes && inner.ring.len() > 1)
+        {
+            let Some(old) = inner.ring.pop_front() else {
+                break;
+            };
+            inner.bytes -= weight(&old);
         }
-        inner.ring.push_back(envelope.clone());
-        // No receivers is fine: nobody is listening.
-        let _ = self.live.send(envelope);
+        drop(inner);
+        // Stored even when nobody waits (a later subscriber reads the ring).
+        self.shared.newest.send_replace(seq);
         seq
     }
 
-    /// Subscribes; with `since`, first replays buffered events with a greater seq.
+    /// Subscribes; with `since`, first replays buffered events with a greater seq (those
+    /// still in the ring).
     pub fn subscribe(&self, filter: Filter, since: Option<u64>) -> Subscription {
         let inner = self.lock();
-        let backlog: VecDeque<_> = match since {
-            Some(since) => inner
-                .ring
-                .iter()
-                .filter(|e| e.seq > since && filter.matches(e))
-                .cloned()
-                .collect(),
-            None => VecDeque::new(),
+        let newest = inner.next_seq - 1;
+        let oldest = inner.ring.front().map_or(inner.next_seq, |e| e.seq);
+        let last_seq = match since {
+            Some(since) => since.min(newest).max(oldest - 1),
+            None => newest,
         };
-        let last_seq = inner.next_seq - 1;
-        let live = self.live.subscribe();
         drop(inner);
         Subscription {
             bus: self.clone(),
             filter,
-            backlog,
-            live,
+            newest: self.shared.newest.subscribe(),
             last_seq,
         }
     }
@@ -136,9 +184,8 @@ impl EventBus {
 pub struct Subscription {
     bus: EventBus,
     filter: Filter,
-    backlog: VecDeque<Arc<EventEnvelope>>,
-    live: broadcast::Receiver<Arc<EventEnvelope>>,
-    /// Highest seq already delivered or skipped (by the replay snapshot or live delivery).
+    newest: watch::Receiver<u64>,
+    /// Highest seq already delivered or passed over.
     last_seq: u64,
 }
 
@@ -151,48 +198,35 @@ pub struct Lost {
 }
 
 impl Subscription {
-    /// The next matching event; `Ok(None)` when the bus is gone.
+    /// The next matching event; `Ok(None)` when the bus is gone; `Err` once for each run of
+    /// events that left the ring before this subscriber got to them (delivery then goes on
+    /// from the oldest event the ring still has).
     pub async fn next(&mut self) -> Result<Option<Arc<EventEnvelope>>, Lost> {
-        if let Some(e) = self.backlog.pop_front() {
-            return Ok(Some(e));
-        }
         loop {
-            match self.live.recv().await {
-                Ok(e) => {
-                    if e.seq <= self.last_seq {
-                        continue;
-                    }
+            // Seen before looking, so a publish after the look wakes the wait below.
+            self.newest.borrow_and_update();
+            {
+                let inner = self.bus.lock();
+                let oldest = inner.ring.front().map_or(inner.next_seq, |e| e.seq);
+                if self.last_seq + 1 < oldest {
+                    let lost = Lost {
+                        from: self.last_seq + 1,
+                        to: oldest - 1,
+                    };
+                    self.last_seq = oldest - 1;
+                    return Err(lost);
+                }
+                // The ring holds consecutive seqs from `oldest`.
+                let start = (self.last_seq + 1 - oldest) as usize;
+                for e in inner.ring.range(start.min(inner.ring.len())..) {
                     self.last_seq = e.seq;
-                    if self.filter.matches(&e) {
-                        return Ok(Some(e));
+                    if self.filter.matches(e) {
+                        return Ok(Some(e.clone()));
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {
-                    // Refill from the ring what the live channel dropped.
-                    let inner = self.bus.lock();
-                    let oldest = inner.ring.front().map_or(inner.next_seq, |e| e.seq);
-                    let missed_from = self.last_seq + 1;
-                    self.backlog = inner
-                        .ring
-                        .iter()
-                        .filter(|e| e.seq > self.last_seq && self.filter.matches(e))
-                        .cloned()
-                        .collect();
-                    let newest = inner.next_seq - 1;
-                    drop(inner);
-                    // Live messages up to `newest` are now in the backlog; skip them later.
-                    self.last_seq = newest;
-                    if oldest > missed_from {
-                        return Err(Lost {
-                            from: missed_from,
-                            to: oldest - 1,
-                        });
-                    }
-                    if let Some(e) = self.backlog.pop_front() {
-                        return Ok(Some(e));
-                    }
-                }
-                Err(broadcast::error::RecvError::Closed) => return Ok(None),
+            }
+            if self.newest.changed().await.is_err() {
+                return Ok(None);
             }
         }
     }
@@ -201,13 +235,22 @@ impl Subscription {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use castra_api::Event;
+    use castra_api::{BootstrapStepKind, Event, OutputStream};
 
     fn failed(vm: &str) -> Event {
         Event::BootstrapFailed {
             vm: vm.into(),
             duration_ms: 1,
             error: "x".into(),
+        }
+    }
+
+    fn output(line: String) -> Event {
+        Event::BootstrapOutput {
+            vm: "v".into(),
+            step: BootstrapStepKind::Apply,
+            stream: OutputStream::Stdout,
+            line,
         }
     }
 
@@ -262,10 +305,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_lagging_subscriber_recovers_from_the_ring_without_duplicates() {
-        let bus = EventBus::with_capacity(LIVE_CAPACITY * 4);
+    async fn a_waiting_subscriber_wakes_for_the_next_event() {
+        let bus = EventBus::with_capacity(100);
         let mut sub = bus.subscribe(Filter::default(), None);
-        let n = LIVE_CAPACITY as u64 * 2;
+        let publisher = bus.clone();
+        let later = tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            publisher.publish(None, failed("late"))
+        });
+        let e = sub.next().await.unwrap().unwrap();
+        assert_eq!(e.seq, later.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_slow_subscriber_gets_everything_the_ring_still_holds_without_duplicates() {
+        let bus = EventBus::with_capacity(10_000);
+        let mut sub = bus.subscribe(Filter::default(), None);
+        let n = 8_000;
         for i in 0..n {
             bus.publish(None, failed(&format!("vm{i}")));
         }
@@ -283,13 +339,38 @@ mod tests {
     async fn losing_events_beyond_the_ring_is_reported() {
         let bus = EventBus::with_capacity(10);
         let mut sub = bus.subscribe(Filter::default(), None);
-        for i in 0..(LIVE_CAPACITY as u64 + 50) {
+        for i in 0..50 {
             bus.publish(None, failed(&format!("vm{i}")));
         }
         let err = sub.next().await.unwrap_err();
-        assert_eq!(err.from, 1);
-        assert!(err.to >= LIVE_CAPACITY as u64, "{err:?}");
+        assert_eq!((err.from, err.to), (1, 40));
         // After the report, delivery continues from what the ring still holds.
-        assert!(sub.next().await.unwrap().unwrap().seq > err.to);
+        assert_eq!(sub.next().await.unwrap().unwrap().seq, 41);
+    }
+
+    /// Issue 14 item 8: a flood of long output lines keeps the ring within its byte bound
+    /// (not 16 384 lines of 64 KiB = 1 GiB), and the newest events stay replayable.
+    #[tokio::test]
+    async fn the_ring_is_bounded_by_bytes_as_well_as_count() {
+        let bus = EventBus::with_limits(RING_CAPACITY, 1 << 20);
+        let line = "x".repeat(64 << 10);
+        let mut last = 0;
+        for _ in 0..100 {
+            last = bus.publish(Some("op"), output(line.clone()));
+        }
+        let (count, bytes) = bus.ring_size();
+        assert!(bytes <= 1 << 20, "{bytes} bytes");
+        assert_eq!(count, 15, "as many 64 KiB lines as fit in 1 MiB");
+        let mut sub = bus.subscribe(Filter::default(), Some(0));
+        let first = sub.next().await.unwrap().unwrap().seq;
+        assert_eq!(first, last - 14);
+        // A single event over the bound is kept (it is the newest).
+        let tiny = EventBus::with_limits(10, 100);
+        let only = tiny.publish(None, output(line));
+        assert_eq!(
+            tiny.history().iter().map(|e| e.seq).collect::<Vec<_>>(),
+            [only]
+        );
+        assert_eq!(tiny.ring_size().0, 1);
     }
 }

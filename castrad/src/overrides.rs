@@ -346,4 +346,103 @@ mod tests {
             "{err}"
         );
     }
+
+    mod props {
+        //! Property tests (issue 14 item 15): no input panics the grammar, and what is printed
+        //! from a set of overrides parses back to the same effective modes.
+
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testutil::proptest_config;
+
+        fn mode() -> impl Strategy<Value = BootstrapMode> {
+            prop_oneof![Just(Auto), Just(Skip), Just(Always)]
+        }
+
+        /// How a mode may be spelled: `skip` also as `disabled`.
+        fn spelling(mode: BootstrapMode, alias: bool) -> &'static str {
+            match (mode, alias) {
+                (Skip, true) => "disabled",
+                (mode, _) => mode.as_str(),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(3000))]
+
+            #[test]
+            fn any_values_parse_or_fail_with_a_reason(
+                values in proptest::collection::vec(
+                    prop_oneof![
+                        "[a-z0-9=:, -]{0,24}",
+                        "(auto|skip|always|disabled|[a-z]{1,3})([=:](auto|skip|é|))?(,[ =:a-z]{0,6}){0,3}",
+                        any::<String>(),
+                    ],
+                    0..4,
+                ),
+                known in proptest::collection::vec("[a-z0-9-]{1,8}", 0..4),
+            ) {
+                match Overrides::parse(&values) {
+                    Ok(o) => {
+                        let known: Vec<&str> = known.iter().map(String::as_str).collect();
+                        if let Err(e) = o.check_names(&known) {
+                            prop_assert!(!e.to_string().is_empty());
+                        }
+                        for vm in &known {
+                            let _ = o.resolve(vm, Auto);
+                        }
+                    }
+                    Err(e) => prop_assert!(e.to_string().starts_with("--bootstrap")),
+                }
+            }
+
+            /// Printed (in any order, split over flags, `=` or `:`, spaces, the `disabled`
+            /// alias, items repeated), parsed back: each VM resolves to its mode, others to
+            /// the global one, else the file's.
+            #[test]
+            fn printed_overrides_parse_back_to_the_same_modes(
+                global in proptest::option::of((mode(), any::<bool>())),
+                per_vm in proptest::collection::btree_map(
+                    "[a-z0-9][a-z0-9-]{0,10}",
+                    (mode(), any::<bool>(), any::<bool>(), any::<bool>()),
+                    0..6,
+                ),
+                order in any::<proptest::sample::Index>(),
+                flags in 1usize..4,
+                file in mode(),
+            ) {
+                let mut items: Vec<String> = per_vm
+                    .iter()
+                    .map(|(vm, (mode, alias, colon, spaced))| {
+                        let sep = if *colon { ":" } else { "=" };
+                        let pad = if *spaced { " " } else { "" };
+                        format!("{pad}{vm}{pad}{sep}{pad}{}{pad}", spelling(*mode, *alias))
+                    })
+                    .collect();
+                if let Some((mode, alias)) = global {
+                    items.push(spelling(mode, alias).to_owned());
+                    items.push(mode.as_str().to_owned()); // the same again: no conflict
+                }
+                if !items.is_empty() {
+                    let at = order.index(items.len());
+                    items.rotate_left(at);
+                }
+                let per_flag = items.len().div_ceil(flags).max(1);
+                let values: Vec<String> = items.chunks(per_flag).map(|c| c.join(",")).collect();
+                let parsed = Overrides::parse(&values).unwrap();
+                let names: Vec<&str> = per_vm.keys().map(String::as_str).collect();
+                parsed.check_names(&names).unwrap();
+                let expected: BTreeMap<&str, BootstrapMode> =
+                    per_vm.iter().map(|(vm, (m, ..))| (vm.as_str(), *m)).collect();
+                for (vm, want) in &expected {
+                    prop_assert_eq!(parsed.resolve(vm, file).0, *want);
+                }
+                let other = parsed.resolve("Not-listed", file).0;
+                prop_assert_eq!(other, global.map_or(file, |(m, _)| m));
+            }
+        }
+    }
 }

@@ -155,7 +155,9 @@ pub fn list(root: &StateRoot, vm: &str) -> std::io::Result<Vec<(PathBuf, RunLog)
 fn log_vm(name: &str) -> Option<&str> {
     let stem = name.strip_suffix(".json")?;
     let cut = 1 + STAMP_LEN + 1 + RUN_ID_LEN;
-    (stem.len() > cut).then(|| &stem[..stem.len() - cut])
+    // `get`: a stray file's name may put the cut inside a multi-byte character.
+    stem.get(..stem.len().checked_sub(cut)?)
+        .filter(|vm| !vm.is_empty())
 }
 
 pub fn summary(path: &Path, log: &RunLog) -> RunSummary {
@@ -242,6 +244,18 @@ mod tests {
             serde_json::json!({"step": "error", "status": "failed", "duration_ms": 0, "detail": "timed out"})
         );
         assert_eq!(log.output_path, None, "no output file was written");
+    }
+
+    /// Issue 14 item 15: a stray file in the log directory whose name puts the cut inside a
+    /// multi-byte character panicked `castra.logs`.
+    #[test]
+    fn stray_file_names_are_not_logs() {
+        let stray = format!("é{}.json", "x".repeat(1 + STAMP_LEN + 1 + RUN_ID_LEN - 1));
+        assert_eq!(log_vm(&stray), None);
+        let exact = format!("{}.json", "x".repeat(1 + STAMP_LEN + 1 + RUN_ID_LEN));
+        assert_eq!(log_vm(&exact), None);
+        assert_eq!(log_vm(".json"), None);
+        assert_eq!(log_vm("no-suffix"), None);
     }
 
     #[test]

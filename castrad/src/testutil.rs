@@ -110,7 +110,7 @@ impl Remote for Fake {
             .lock()
             .unwrap()
             .push(format!("tail {}", target.port));
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(crate::ssh::LINES_BUFFER);
         tokio::spawn(async move {
             loop {
                 let now = std::time::SystemTime::now()
@@ -121,7 +121,7 @@ impl Remote for Fake {
                     r#"{{"version":"{}","pid":42,"started_at":{now},"heartbeat":{now},"now":{now}}}"#,
                     crate::vizier::VERSION
                 );
-                if tx.send("VIZIER/1".to_owned()).is_err() || tx.send(banner).is_err() {
+                if tx.send("VIZIER/1".to_owned()).await.is_err() || tx.send(banner).await.is_err() {
                     return;
                 }
                 tokio::time::sleep(crate::vizier::WATCH_INTERVAL).await;
@@ -192,7 +192,7 @@ impl Remote for Fake {
         &'a self,
         target: Target,
         _session: &'a Session<'a>,
-        notes: tokio::sync::mpsc::UnboundedSender<Note>,
+        notes: tokio::sync::mpsc::Sender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         self.calls
             .lock()
@@ -207,7 +207,7 @@ impl Remote for Fake {
         Box::pin(async move {
             for (delay, note) in script.notes {
                 tokio::time::sleep(delay).await;
-                let _ = notes.send(note);
+                let _ = notes.send(note).await;
             }
             use std::os::unix::process::ExitStatusExt;
             Ok(Ended {
@@ -289,5 +289,20 @@ pub fn successful_session(apply: Vec<(Duration, Note)>) -> Script {
     Script {
         notes,
         ..Script::default()
+    }
+}
+
+/// Settings of the property tests (proptest): `PROPTEST_CASES` cases when set (`scripts/fuzz`
+/// sets 100 000), else `cases`; nothing written to the source tree (an input that found a bug
+/// becomes a plain regression test beside the property instead).
+pub fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(cases);
+    proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
     }
 }

@@ -232,6 +232,11 @@ pub(super) fn unknown_key_message(unknown: &str, expected: &[&str], top_level: b
 /// a third of its length in edits (at least one), or sharing most of its characters in order.
 pub(super) fn suggest<'a>(unknown: &str, candidates: &[&'a str]) -> Option<&'a str> {
     const JARO_WINKLER_THRESHOLD: f64 = 0.85;
+    // The edit distance takes a table of len × len: no key is this long, so no suggestion.
+    const LONGEST: usize = 256;
+    if unknown.len() > LONGEST {
+        return None;
+    }
     let unknown = unknown.to_ascii_lowercase();
     let max_edits = (unknown.chars().count() / 3).max(1);
     candidates

@@ -41,6 +41,9 @@ pub const DEFAULT_APPLY_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_VERIFY_TIMEOUT_SECS: u64 = 60;
 /// The longest `apply_timeout_secs` or `verify_timeout_secs`: a week.
 pub const MAX_STEP_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+/// Upper bound on `handshake_timeout_secs` (one day): a longer wait is a typo, and deadlines
+/// computed from it must stay representable.
+pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 86_400;
 /// Default for `remote_dir`; `{vm}` is replaced by the expanded VM name.
 pub const DEFAULT_REMOTE_DIR: &str = "/var/tmp/castra/{vm}";
 /// Default VM memory in MiB (2 GiB).

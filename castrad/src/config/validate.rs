@@ -109,7 +109,7 @@ pub(super) fn validate_defaults(
     };
     if let Some(timeout) = &raw.handshake_timeout_secs {
         defaults.public.handshake_timeout_secs =
-            positive_u64(src, timeout, "bootstrap.handshake_timeout_secs")?;
+            handshake_timeout(src, timeout, "bootstrap.handshake_timeout_secs")?;
     }
     if let Some(timeout) = &raw.apply_timeout_secs {
         defaults.public.apply_timeout_secs = step_timeout(
@@ -446,7 +446,7 @@ pub(super) fn validate_vm_bootstrap(
     }
     if let Some(timeout) = &raw.handshake_timeout_secs {
         bootstrap.handshake_timeout_secs =
-            positive_u64(src, timeout, &k("handshake_timeout_secs"))?;
+            handshake_timeout(src, timeout, &k("handshake_timeout_secs"))?;
     }
     if let Some(timeout) = &raw.apply_timeout_secs {
         bootstrap.apply_timeout_secs =

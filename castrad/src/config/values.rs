@@ -97,12 +97,14 @@ pub(super) fn step_timeout(
     Ok(bounded(src, value, key, 1, max, name)? as u64)
 }
 
-pub(super) fn positive_u64(
+/// `handshake_timeout_secs`: 1 to [`MAX_HANDSHAKE_TIMEOUT_SECS`].
+pub(super) fn handshake_timeout(
     src: &Source<'_>,
     value: &Spanned<i64>,
     key: &str,
 ) -> Result<u64, ConfigError> {
-    Ok(bounded(src, value, key, 1, i64::MAX, "handshake_timeout_secs")? as u64)
+    let max = MAX_HANDSHAKE_TIMEOUT_SECS as i64;
+    Ok(bounded(src, value, key, 1, max, "handshake_timeout_secs")? as u64)
 }
 
 pub(super) fn port(src: &Source<'_>, value: &Spanned<i64>, key: &str) -> Result<u16, ConfigError> {

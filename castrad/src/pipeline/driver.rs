@@ -615,4 +615,121 @@ mod tests {
         assert_eq!(agent, crate::vizier::agent_script());
         assert_eq!(count.parse::<usize>().unwrap(), agent.matches('\n').count());
     }
+
+    mod props {
+        //! Property tests (issue 14 item 15): no line panics the marker parser, and each marker
+        //! as `driver.sh` prints it parses back to itself.
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testutil::proptest_config;
+
+        /// A detail as the driver prints it: one line, no surrounding blanks.
+        fn detail() -> impl Strategy<Value = String> {
+            prop_oneof!["[ -~]{0,20}", "[0-9]{1,3}( [a-z]{0,3})?", any::<String>()]
+                .prop_map(|d| d.replace(['\n', '\r'], " ").trim().to_owned())
+        }
+
+        fn marker() -> impl Strategy<Value = Marker> {
+            prop_oneof![
+                (any::<bool>(), detail()).prop_map(|(ok, detail)| Marker::CloudInit { ok, detail }),
+                (any::<bool>(), detail())
+                    .prop_map(|(ok, detail)| Marker::VizierInstall { ok, detail }),
+                (any::<bool>(), detail())
+                    .prop_map(|(ok, detail)| Marker::VizierEnable { ok, detail }),
+                Just(Marker::VizierLog),
+                Just(Marker::VizierLogEnd),
+                (any::<bool>(), detail())
+                    .prop_map(|(ok, detail)| Marker::VizierHandshake { ok, detail }),
+                (2..=i32::MAX as u32).prop_map(Marker::Pid),
+                detail().prop_map(|d| Marker::Unsafe {
+                    detail: format!("/{d}")
+                }),
+                Just(Marker::Connect {
+                    ok: true,
+                    detail: String::new()
+                }),
+                (2..=i32::MAX as u32).prop_map(|pid| Marker::Connect {
+                    ok: false,
+                    detail: pid.to_string()
+                }),
+                Just(Marker::Transfer),
+                Just(Marker::ScriptStarts),
+                Just(Marker::ScriptEnds),
+                any::<i32>().prop_map(|status| Marker::Apply { status }),
+                any::<i32>().prop_map(|status| Marker::VerifyCommand { status }),
+                any::<bool>().prop_map(|found| Marker::VerifyPath { found }),
+                Just(Marker::Done),
+            ]
+        }
+
+        /// What follows `CASTRA-<nonce> ` when `driver.sh` reports `m` (`m name code detail`:
+        /// the shell joins its words with spaces); `failed` is the non-zero code it uses.
+        fn print(m: &Marker, failed: i32, path: &str) -> String {
+            let code = |ok: bool| if ok { 0 } else { failed };
+            match m {
+                // 127 is cloud-init missing, with castrad's words: the driver fails with 1.
+                Marker::CloudInit { ok, detail } => {
+                    let code = if *ok {
+                        0
+                    } else if failed == 127 {
+                        1
+                    } else {
+                        failed
+                    };
+                    format!("cloud-init {code} {detail}")
+                }
+                Marker::VizierInstall { ok, detail } => {
+                    format!("vizier-install {} {detail}", code(*ok))
+                }
+                Marker::VizierEnable { ok, detail } => {
+                    format!("vizier-enable {} {detail}", code(*ok))
+                }
+                Marker::VizierLog => format!("vizier-log {path}"),
+                Marker::VizierLogEnd => "vizier-log-end".into(),
+                Marker::VizierHandshake { ok: true, detail } if detail.is_empty() => {
+                    "vizier-handshake 0".into()
+                }
+                Marker::VizierHandshake { ok, detail } => {
+                    format!("vizier-handshake {} {detail}", code(*ok))
+                }
+                Marker::Pid(pid) => format!("pid {pid}"),
+                Marker::Unsafe { detail } => format!("unsafe {detail}"),
+                Marker::Connect { ok: true, .. } => "connect 0".into(),
+                Marker::Connect { ok: false, detail } => format!("connect 1 {detail}"),
+                Marker::Transfer => "transfer".into(),
+                Marker::ScriptStarts => "script".into(),
+                Marker::ScriptEnds => "script-end".into(),
+                Marker::Apply { status } => format!("apply {status}"),
+                Marker::VerifyCommand { status } => format!("verify-command {status}"),
+                Marker::VerifyPath { found } => format!("verify-path {}", u8::from(!found)),
+                Marker::Done => "done".into(),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(3000))]
+
+            #[test]
+            fn any_line_parses_or_is_dropped(
+                line in prop_oneof![
+                    any::<String>(),
+                    "(apply|verify-path|verify-command|cloud-init|vizier-[a-z]{0,9}|done) ?[-+0-9]{0,12} ?.{0,8}",
+                ],
+            ) {
+                let _ = Marker::parse(&line);
+            }
+
+            #[test]
+            fn printed_markers_parse_back(
+                m in marker(),
+                failed in prop_oneof![Just(1), Just(127), 1..i32::MAX, i32::MIN..0],
+                path in "[ -~]{0,30}",
+            ) {
+                let printed = print(&m, failed, &path);
+                prop_assert_eq!(Marker::parse(&printed), Some(m), "{:?}", printed);
+            }
+        }
+    }
 }

@@ -41,6 +41,10 @@ const ATTEMPT: Duration = Duration::from_millis(1500);
 const OUTSTANDING: usize = 16;
 /// The same once the far end has answered (see the module's documentation).
 const OUTSTANDING_ANSWERED: usize = 2;
+/// How much a server may send before its banner line (RFC 4253 allows other lines first).
+const BANNER_READ_LIMIT: usize = 4096;
+/// Stands in for a deadline too far away to compute (about 30 years).
+const NO_DEADLINE: Duration = Duration::from_secs(1 << 30);
 
 /// No SSH banner before the deadline.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -62,7 +66,10 @@ pub async fn wait(
     mut progress: impl FnMut(&str),
 ) -> Result<String, NoBanner> {
     let start = Instant::now();
-    let deadline = start + timeout;
+    // Checked: a deadline past what an Instant can hold is as good as none.
+    let deadline = start
+        .checked_add(timeout)
+        .unwrap_or_else(|| start + NO_DEADLINE);
     let mut last_reported: Option<(String, Instant)> = None;
     let mut last_obstacle = None;
     let mut attempts = JoinSet::new();
@@ -180,7 +187,7 @@ async fn attempt(host: String, port: u16, limit: Duration) -> Result<String, Obs
     let mut buf = Vec::with_capacity(256);
     let read = tokio::time::timeout(limit.saturating_sub(started.elapsed()), async {
         let mut chunk = [0u8; 256];
-        while !buf.contains(&b'\n') && buf.len() < 4096 {
+        while !buf.contains(&b'\n') && buf.len() < BANNER_READ_LIMIT {
             let n = stream.read(&mut chunk).await?;
             if n == 0 {
                 break;
@@ -190,14 +197,9 @@ async fn attempt(host: String, port: u16, limit: Duration) -> Result<String, Obs
         Ok::<_, std::io::Error>(())
     })
     .await;
-    let banner = String::from_utf8_lossy(&buf);
-    let first = banner
-        .lines()
-        .find(|l| l.starts_with("SSH-"))
-        .map(str::trim);
     let banner_from = format!("ssh banner from {host}:{port}");
-    match (read, first) {
-        (_, Some(line)) => Ok(line.to_owned()),
+    match (read, banner_line(&buf)) {
+        (_, Some(line)) => Ok(line),
         (Err(_), None) => Err(Obstacle::silent(format!("{banner_from}: none yet"))),
         (Ok(Err(e)), None) => Err(Obstacle {
             answered: buf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset,
@@ -209,6 +211,15 @@ async fn attempt(host: String, port: u16, limit: Duration) -> Result<String, Obs
         }),
         (Ok(Ok(())), None) => Err(Obstacle::quick(format!("{banner_from}: not an SSH server"))),
     }
+}
+
+/// The SSH banner in what a server sent first: its first line starting with `SSH-`, trimmed
+/// (invalid UTF-8 replaced). None when there is none.
+pub(crate) fn banner_line(received: &[u8]) -> Option<String> {
+    String::from_utf8_lossy(received)
+        .lines()
+        .find(|l| l.starts_with("SSH-"))
+        .map(|l| l.trim().to_owned())
 }
 
 fn short_io(e: &std::io::Error) -> String {
@@ -329,6 +340,19 @@ mod tests {
         assert!((6..=13).contains(&accepted), "{accepted} attempts");
     }
 
+    /// Issue 14 item 15: a timeout too long for an Instant panicked the deadline.
+    #[tokio::test]
+    async fn an_endless_timeout_does_not_overflow() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(b"SSH-2.0-OpenSSH_test\r\n").await.unwrap();
+        });
+        let banner = wait("127.0.0.1", port, Duration::MAX, |_| {}).await;
+        assert_eq!(banner.unwrap(), "SSH-2.0-OpenSSH_test");
+    }
+
     #[tokio::test]
     async fn times_out_on_time_and_says_what_it_waited_on() {
         // A port nobody listens on: bind, note, close.
@@ -376,5 +400,56 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("not an SSH server"), "{err}");
+    }
+
+    mod props {
+        //! Property tests (issue 14 item 15): whatever a server sends first, reading its
+        //! banner does not panic and finds the first `SSH-` line after any others.
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testutil::proptest_config;
+
+        proptest! {
+            #![proptest_config(proptest_config(3000))]
+
+            #[test]
+            fn any_bytes_give_an_ssh_line_or_none(
+                bytes in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..BANNER_READ_LIMIT + 300),
+                    "(SSH-|ssh|S|\r|\n|é|\x00){0,40}".prop_map(String::into_bytes),
+                ],
+            ) {
+                if let Some(line) = banner_line(&bytes) {
+                    prop_assert!(line.starts_with("SSH-"), "{:?}", line);
+                    prop_assert!(!line.contains('\n'));
+                    prop_assert_eq!(line.trim(), line.as_str());
+                }
+            }
+
+            /// Lines before the banner (RFC 4253 allows them) are skipped, whatever their bytes.
+            #[test]
+            fn the_banner_is_found_after_other_lines(
+                before in proptest::collection::vec(
+                    proptest::collection::vec(any::<u8>().prop_filter("one line", |b| *b != b'\n'), 0..40)
+                        .prop_filter("not a banner", |l| !String::from_utf8_lossy(l).starts_with("SSH-")),
+                    0..4,
+                ),
+                version in "SSH-2\\.0-[!-~]{1,40}",
+                crlf in any::<bool>(),
+                after in proptest::collection::vec(any::<u8>(), 0..40),
+            ) {
+                let mut bytes = Vec::new();
+                for line in &before {
+                    bytes.extend_from_slice(line);
+                    bytes.push(b'\n');
+                }
+                bytes.extend_from_slice(version.as_bytes());
+                bytes.extend_from_slice(if crlf { b"\r\n" } else { b"\n" });
+                bytes.extend_from_slice(&after);
+                prop_assert_eq!(banner_line(&bytes), Some(version));
+            }
+        }
     }
 }

@@ -21,9 +21,13 @@ use tokio::time::Instant;
 use crate::events::EventBus;
 use crate::planner::VmPlan;
 use crate::runlog::{self, Recorder};
+use crate::ssh::{CONTINUED_PREFIX, SPLIT_SUFFIX};
 use crate::stamps::{self, Stamp};
 use crate::state_root::StateRoot;
 use crate::vm::state::VmSnapshot;
+
+/// How much guest output is buffered before it is written to the run's output file.
+const OUTPUT_BUFFER: usize = 64 << 10;
 
 /// Why a run failed. Its `Display` is what the log's `error` record, `BootstrapFailed` and the
 /// outcome say.
@@ -56,7 +60,14 @@ pub struct Record {
     pub started: Instant,
     recorder: Recorder,
     redactions: Vec<(String, String)>,
-    output: Option<std::fs::File>,
+    /// How much of a split line's piece is held back for the next piece: one byte less than
+    /// the longest value to mask, so that a value the split cut in two is still masked.
+    hold: usize,
+    /// That held-back text (not yet redacted), with its step and stream.
+    carry: Option<(Step, OutputStream, String)>,
+    /// The guest output file, buffered: a flood of short lines is millions of lines. Flushed
+    /// when the run ends.
+    output: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 /// Who a record is for.
@@ -77,6 +88,7 @@ impl Record {
         started: Instant,
     ) -> Record {
         let run_id = runlog::new_run_id();
+        let redactions = redactions(env);
         let recorder = Recorder::new(
             who.root,
             who.vm,
@@ -95,7 +107,9 @@ impl Record {
             run_id,
             started,
             recorder,
-            redactions: redactions(env),
+            hold: redactions.first().map_or(0, |(v, _)| v.len() - 1),
+            redactions,
+            carry: None,
             output: None,
         }
     }
@@ -175,8 +189,67 @@ impl Record {
         out
     }
 
-    /// One line of guest output: redacted, published, appended to the run's output file.
+    /// One line of guest output: redacted, published, appended to the run's output file. The
+    /// pieces of a line split by the reader (`ssh::LINE_CAP`) are redacted across the split:
+    /// the end of a piece waits for the next one (see `hold`).
     pub fn output_line(&mut self, step: Step, stream: OutputStream, line: &str) {
+        let mut joined = None;
+        if let Some((held_step, held_stream, held)) = self.carry.take() {
+            if held_stream != stream {
+                self.carry = Some((held_step, held_stream, held));
+            } else if let Some(rest) = line.strip_prefix(CONTINUED_PREFIX) {
+                joined = Some(format!("{CONTINUED_PREFIX}{held}{rest}"));
+            } else {
+                // Not the continuation after all (the guest printed the marker itself).
+                self.emit(held_step, stream, &held);
+            }
+        }
+        let line = joined.as_deref().unwrap_or(line);
+        match line.strip_suffix(SPLIT_SUFFIX) {
+            Some(body) if self.hold > 0 => {
+                let start = if body.starts_with(CONTINUED_PREFIX) {
+                    CONTINUED_PREFIX.len()
+                } else {
+                    0
+                };
+                let cut = self.safe_cut(body, start);
+                if cut > start {
+                    self.emit(step, stream, &format!("{}{SPLIT_SUFFIX}", &body[..cut]));
+                    self.carry = Some((step, stream, body[cut..].to_owned()));
+                } else {
+                    // Too little to show yet: all of it goes on with the next piece.
+                    self.carry = Some((step, stream, body[start..].to_owned()));
+                }
+            }
+            _ => self.emit(step, stream, line),
+        }
+    }
+
+    /// Where to end what is shown of a split piece `body` (at or after `start`): `hold` bytes
+    /// before its end, or earlier so that no value to mask straddles the cut.
+    fn safe_cut(&self, body: &str, start: usize) -> usize {
+        let floor = |mut at: usize| {
+            while !body.is_char_boundary(at) {
+                at -= 1;
+            }
+            at
+        };
+        let mut cut = floor(body.len().saturating_sub(self.hold).max(start));
+        // Any occurrence that starts less than its length before the cut straddles it.
+        while let Some(at) = self.redactions.iter().find_map(|(value, _)| {
+            let from = floor(cut.saturating_sub(value.len() - 1));
+            body[from..]
+                .find(value.as_str())
+                .map(|i| from + i)
+                .filter(|&at| at < cut)
+        }) {
+            cut = at;
+        }
+        cut.max(start)
+    }
+
+    /// Redacts, appends to the output file and publishes one line.
+    fn emit(&mut self, step: Step, stream: OutputStream, line: &str) {
         let line = self.redact(line);
         if self.output.is_none()
             && let Some(path) = self.recorder.output_path()
@@ -186,7 +259,8 @@ impl Record {
                 .create(true)
                 .append(true)
                 .open(path)
-                .ok();
+                .ok()
+                .map(|file| std::io::BufWriter::with_capacity(OUTPUT_BUFFER, file));
         }
         if let Some(file) = &mut self.output {
             let tag = match stream {
@@ -221,11 +295,14 @@ impl Record {
         self.root.vizier_log(&self.vm)
     }
 
-    /// Flushes the guest output file to disk.
+    /// Shows what is still held back of a split line, and flushes the output file to disk.
     fn close_output(&mut self) {
+        if let Some((step, stream, held)) = self.carry.take() {
+            self.emit(step, stream, &held);
+        }
         if let Some(mut file) = self.output.take() {
             let _ = file.flush();
-            let _ = file.sync_all();
+            let _ = file.get_ref().sync_all();
         }
     }
 

@@ -19,13 +19,13 @@ use std::time::Duration;
 use castra_api::OutputStream;
 use futures::future::BoxFuture;
 use tokio::io::AsyncRead;
-use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
+use tokio::sync::mpsc::{Receiver, Sender};
 use tokio::sync::watch;
 
 use super::archive::write_archive;
 use super::driver::{self, Marker, Session};
 use super::handshake::{self, NoBanner};
-use crate::ssh::{Connection, Tail, Target, lines};
+use crate::ssh::{Connection, LINES_BUFFER, Tail, Target, lines};
 
 /// How the pipeline reaches a guest. Object-safe, so a run holds `Arc<dyn Remote>`.
 pub trait Remote: Send + Sync + std::fmt::Debug {
@@ -41,12 +41,12 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
 
     /// Connects to `target` and runs the driver for `session`, sending [`Note`]s:
     /// [`Note::Authenticated`] first (once the guest has accepted us), then what the driver
-    /// prints. Err: the session could not be started at all.
+    /// prints, waiting while `notes` is full. Err: the session could not be started at all.
     fn session<'a>(
         &'a self,
         target: Target,
         session: &'a Session<'a>,
-        notes: UnboundedSender<Note>,
+        notes: Sender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>>;
 
     /// Logs in to `target` and runs nothing but `true`: the guest accepts us. Err says why
@@ -94,7 +94,7 @@ impl Remote for OpenSsh {
         &'a self,
         target: Target,
         session: &'a Session<'a>,
-        notes: UnboundedSender<Note>,
+        notes: Sender<Note>,
     ) -> BoxFuture<'a, Result<Ended, SessionError>> {
         Box::pin(self::session(target, session, notes))
     }
@@ -139,6 +139,11 @@ async fn run(target: Target, command: String) -> Result<(), crate::ssh::SshError
     Err(crate::ssh::classify(conn.target(), &stderr))
 }
 
+/// How many notes the channel from a session to its step machine holds: a session whose
+/// guest prints faster than the run records waits (and so does the guest), memory does not
+/// grow. Each note is at most one line piece (`ssh::LINE_CAP`).
+pub const NOTES_BUFFER: usize = 64;
+
 /// What the guest session reports, in order (stderr lines may interleave loosely).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
@@ -172,17 +177,44 @@ pub struct Ended {
 const AUTH_POLL: Duration = Duration::from_millis(5);
 /// How long key exchange and authentication may take once the server has answered.
 const AUTH_GRACE: Duration = Duration::from_secs(5);
+/// How many of ssh's stderr lines are held until authentication (the last ones are kept: they
+/// say why it failed); a guest's pre-login banner can be longer.
+const HELD_LINES: usize = 64;
+
+/// Notes [`Note::Authenticated`] once, before anything the session prints: whoever sees it
+/// first (the control socket's poll or the first line on stdout) sends it, and the other
+/// waits until it is sent (so no line can overtake it).
+#[derive(Clone)]
+struct Authenticate {
+    sent: std::sync::Arc<tokio::sync::Mutex<()>>,
+    seen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    notes: Sender<Note>,
+}
+
+impl Authenticate {
+    async fn now(&self) {
+        if self.seen() {
+            return;
+        }
+        let _sending = self.sent.lock().await;
+        if !self.seen() {
+            let _ = self.notes.send(Note::Authenticated).await;
+            self.seen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
 
 /// Connects to `target` and runs the whole guest side in that connection's session, sending
 /// notes to `notes`: [`Note::Authenticated`] first, then what the driver reports.
 async fn session(
     target: Target,
     s: &Session<'_>,
-    notes: UnboundedSender<Note>,
+    notes: Sender<Note>,
 ) -> Result<Ended, SessionError> {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, Ordering};
-
     let nonce = crate::ids::random_hex(8);
     let script_name = driver::script_name(s.script)?;
     let driver::Invocation {
@@ -219,31 +251,19 @@ async fn session(
         write_archive(writer, &script, &script_name, payload.as_deref())
     });
 
-    // Authenticated is noted once, before anything the session prints: by whichever sees it
-    // first, the socket poll below or the first line on stdout.
-    let authenticated = Arc::new(AtomicBool::new(false));
-    let authenticate = {
-        let (flag, notes) = (authenticated.clone(), notes.clone());
-        move || {
-            if !flag.swap(true, Ordering::SeqCst) {
-                let _ = notes.send(Note::Authenticated);
-            }
-        }
+    let authenticate = Authenticate {
+        sent: Default::default(),
+        seen: Default::default(),
+        notes: notes.clone(),
     };
     let marker = format!("CASTRA-{nonce} ");
     // Set once stderr has been read up to the script's end (or has ended): `apply` waits.
     let (stderr_drained, drained) = watch::channel(false);
     let mut stdout = conn.child().stdout.take().map(|o| {
-        let notes = notes.clone();
-        tokio::spawn(read_stdout(
-            o,
-            marker.clone(),
-            notes,
-            authenticate.clone(),
-            drained,
-        ))
+        let (marker, notes) = (marker.clone(), notes.clone());
+        tokio::spawn(read_stdout(o, marker, notes, authenticate.clone(), drained))
     });
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(LINES_BUFFER);
     let mut stderr_open = match conn.child().stderr.take() {
         Some(e) => {
             tokio::spawn(lines(e, tx));
@@ -255,24 +275,21 @@ async fn session(
     // output only if the session starts after all.
     let mut held: Vec<String> = Vec::new();
     let mut last_stderr = String::new();
+    // A stderr line as notes: the line, and the driver's marker glued to its end if any.
     let mut on_stderr = |line: String| {
         let (line, found) = split_marker(line, &marker);
+        let mut out = Vec::with_capacity(2);
         if let Some(line) = line {
             if !line.trim().is_empty() {
                 last_stderr = line.trim().to_owned();
             }
-            let _ = notes.send(Note::Line {
+            out.push(Note::Line {
                 stream: OutputStream::Stderr,
                 line,
             });
         }
-        if let Some(found) = found {
-            let ends = found == Marker::ScriptEnds;
-            let _ = notes.send(Note::Marker(found));
-            if ends {
-                stderr_drained.send_replace(true);
-            }
-        }
+        out.extend(found.map(Note::Marker));
+        out
     };
     let mut poll = tokio::time::interval(AUTH_POLL);
     // ssh's ConnectTimeout covers the TCP connect and the banner, not what follows.
@@ -281,11 +298,11 @@ async fn session(
     // Until stdout has seen `done` (the session goes on as the watch) or both streams ended.
     let mut tail_lines = None;
     while stdout.is_some() || stderr_open {
-        let waiting = !authenticated.load(Ordering::SeqCst) && !gave_up;
+        let waiting = !authenticate.seen() && !gave_up;
         tokio::select! {
             _ = poll.tick(), if waiting => {
                 if conn.authenticated() {
-                    authenticate();
+                    authenticate.now().await;
                 } else if tokio::time::Instant::now() > give_up {
                     let _ = conn.child().start_kill();
                     held.push(format!(
@@ -297,12 +314,17 @@ async fn session(
             }
             line = rx.recv(), if stderr_open => match line {
                 // A marker proves the driver runs, so ssh has authenticated.
-                Some(line) if !authenticated.load(Ordering::SeqCst)
-                    && !line.contains(marker.as_str()) => held.push(line),
+                Some(line) if !authenticate.seen() && !line.contains(marker.as_str()) => {
+                    if held.len() == HELD_LINES {
+                        held.remove(0);
+                    }
+                    held.push(line);
+                }
                 Some(line) => {
-                    authenticate();
-                    held.drain(..).for_each(&mut on_stderr);
-                    on_stderr(line);
+                    authenticate.now().await;
+                    for line in held.drain(..).chain([line]) {
+                        forward(&notes, &stderr_drained, on_stderr(line)).await;
+                    }
                 }
                 None => {
                     stderr_open = false;
@@ -319,12 +341,14 @@ async fn session(
             }
         }
     }
-    let authenticated = authenticated.load(Ordering::SeqCst);
+    let authenticated = authenticate.seen();
     let (tail, status) = match tail_lines {
         Some(lines) => {
-            held.drain(..).for_each(&mut on_stderr);
+            for line in held.drain(..) {
+                forward(&notes, &stderr_drained, on_stderr(line)).await;
+            }
             while let Ok(line) = rx.try_recv() {
-                on_stderr(line);
+                forward(&notes, &stderr_drained, on_stderr(line)).await;
             }
             // Keep draining stderr so that a chatty session never blocks on a full pipe.
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -336,7 +360,9 @@ async fn session(
         }
     };
     let unauthenticated = if authenticated {
-        held.drain(..).for_each(&mut on_stderr);
+        for line in held.drain(..) {
+            forward(&notes, &stderr_drained, on_stderr(line)).await;
+        }
         None
     } else {
         Some(held.join("\n"))
@@ -360,6 +386,17 @@ async fn session(
     })
 }
 
+/// Sends stderr's notes in order; once the script's end has been sent, stdout's `apply` may go.
+async fn forward(notes: &Sender<Note>, stderr_drained: &watch::Sender<bool>, batch: Vec<Note>) {
+    for note in batch {
+        let ends = note == Note::Marker(Marker::ScriptEnds);
+        let _ = notes.send(note).await;
+        if ends {
+            stderr_drained.send_replace(true);
+        }
+    }
+}
+
 /// Splits a stderr line that holds one of the driver's markers (`prefix` = `CASTRA-<nonce> `)
 /// into the output before it (the script's last line, when that had no newline) and the
 /// marker. A line without a marker castrad knows is output, as it is.
@@ -379,17 +416,17 @@ fn split_marker(line: String, prefix: &str) -> (Option<String>, Option<Marker>) 
 async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
     reader: R,
     marker: String,
-    notes: UnboundedSender<Note>,
-    authenticated: impl Fn(),
+    notes: Sender<Note>,
+    authenticated: Authenticate,
     mut stderr_drained: watch::Receiver<bool>,
-) -> Option<UnboundedReceiver<String>> {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+) -> Option<Receiver<String>> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(LINES_BUFFER);
     tokio::spawn(lines(reader, tx));
     // A marker is preceded by a newline we printed; hold one empty line back to drop it.
     let mut held_empty = false;
     let stream = OutputStream::Stdout;
     while let Some(line) = rx.recv().await {
-        authenticated();
+        authenticated.now().await;
         if let Some(rest) = line.strip_prefix(marker.as_str()) {
             held_empty = false;
             // A marker castrad does not know is dropped, not shown as output.
@@ -402,7 +439,7 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
                 // is over; all there was of stderr has been noted.
                 let _ = stderr_drained.wait_for(|drained| *drained).await;
             }
-            let _ = notes.send(Note::Marker(marker));
+            let _ = notes.send(Note::Marker(marker)).await;
             if done {
                 return Some(rx);
             }
@@ -411,14 +448,12 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
         // A script line that ends without a newline is glued to our marker's newline: the
         // marker then starts the next line, handled above. Empty lines are held one step.
         if held_empty {
-            let _ = notes.send(Note::Line {
-                stream,
-                line: String::new(),
-            });
+            let line = String::new();
+            let _ = notes.send(Note::Line { stream, line }).await;
         }
         held_empty = line.is_empty();
         if !held_empty {
-            let _ = notes.send(Note::Line { stream, line });
+            let _ = notes.send(Note::Line { stream, line }).await;
         }
     }
     None

@@ -29,6 +29,9 @@ const DIRECT_ATTEMPT: Duration = Duration::from_secs(3);
 /// Where cloud-init writes what it did, in the guest.
 const CLOUD_INIT_LOGS: &str = "/var/log/cloud-init.log, /var/log/cloud-init-output.log";
 
+/// The most of the agent's guest log a run keeps (to mirror it in the state root).
+const VIZIER_LOG_CAP: usize = 64 << 10;
+
 /// How long to wait before probing again after ssh failed to get in past a banner.
 const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
@@ -394,7 +397,7 @@ impl Run {
         st.cloud_init_wait = session.cloud_init_wait;
         st.may_touch = Some(st_touch);
         st.program = program.join(" ");
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(super::remote::NOTES_BUFFER);
         let remote = self.ctx.remote.clone();
         // A cancel or a step's timeout: the step it cut short and why.
         let mut abort: Option<(Step, String)> = None;
@@ -551,8 +554,11 @@ impl Run {
                 stream: OutputStream::Stdout,
                 line,
             } if st.in_vizier_log => {
-                st.vizier_log.push_str(&line);
-                st.vizier_log.push('\n');
+                // The driver sends its last 16 KiB; a guest that sends more is cut short.
+                if st.vizier_log.len() < VIZIER_LOG_CAP {
+                    st.vizier_log.push_str(&line);
+                    st.vizier_log.push('\n');
+                }
             }
             Note::Line {
                 stream: OutputStream::Stdout,

@@ -683,3 +683,73 @@ async fn a_booting_guest_that_drops_the_first_connection_is_tried_again() {
     );
     assert_eq!(bench.steps(), ALL_STEPS_OK, "one wait-handshake step");
 }
+
+/// Issue 14 item 8: the reader splits a long line into pieces; an env value that a split cuts
+/// in two is masked all the same, wherever the cut falls, and no piece shows part of it.
+#[tokio::test(start_paused = true)]
+async fn env_values_are_redacted_across_a_split_line() {
+    use crate::ssh::{CONTINUED_PREFIX, SPLIT_SUFFIX};
+    let text = "token is hunter2-secret, ok";
+    for cut in 0..=text.len() {
+        let pieces = vec![
+            out(&format!("{}{SPLIT_SUFFIX}", &text[..cut])),
+            out(&format!("{CONTINUED_PREFIX}{}", &text[cut..])),
+        ];
+        let bench = Bench::new(Fake::new(vec![successful_session(pieces)], vec![]), false);
+        let outcome = bench.run().await.outcome;
+        assert_eq!(outcome.status, OutcomeStatus::Success);
+        let lines: Vec<String> = bench
+            .events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::BootstrapOutput { line, .. } => Some(line),
+                _ => None,
+            })
+            .collect();
+        let joined: String = lines
+            .iter()
+            .map(|l| {
+                let l = l.strip_prefix(CONTINUED_PREFIX).unwrap_or(l);
+                l.strip_suffix(SPLIT_SUFFIX).unwrap_or(l)
+            })
+            .collect();
+        assert_eq!(
+            joined, "token is [TOKEN redacted], ok",
+            "cut at {cut}: {lines:?}"
+        );
+        for part in ["hun", "2-s", "ret", "hunter2-secret"] {
+            assert!(
+                !lines.iter().any(|l| l.contains(part)),
+                "cut at {cut}: {part} in {lines:?}"
+            );
+        }
+        let log = bench.log(&outcome);
+        let output = std::fs::read_to_string(log["output_path"].as_str().unwrap()).unwrap();
+        assert!(
+            !output.contains("2-s") && !output.contains("hun"),
+            "{output}"
+        );
+    }
+}
+
+/// Issue 14 item 8: the session's notes travel on a bounded channel; a session that prints
+/// far more than it holds waits for the step machine, which keeps draining: the run ends, with
+/// every line recorded in order.
+#[tokio::test(start_paused = true)]
+async fn output_beyond_the_notes_buffer_is_all_recorded() {
+    let n = super::remote::NOTES_BUFFER * 20;
+    let lines: Vec<_> = (0..n).map(|i| out(&format!("line {i}"))).collect();
+    let bench = Bench::new(Fake::new(vec![successful_session(lines)], vec![]), false);
+    let outcome = bench.run().await.outcome;
+    assert_eq!(outcome.status, OutcomeStatus::Success);
+    let seen: Vec<String> = bench
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::BootstrapOutput { line, .. } => Some(line),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (0..n).map(|i| format!("line {i}")).collect();
+    assert_eq!(seen, want);
+}

@@ -135,6 +135,12 @@ fn adopt_fd(fd: std::os::fd::RawFd) -> std::os::unix::net::UnixListener {
     unsafe { std::os::unix::net::UnixListener::from_raw_fd(fd) }
 }
 
+/// How many messages (answers, events) wait for a slow client, per connection (jsonrpsee's
+/// default is 1024). An event of guest output is at most a 64 KiB line (`ssh::LINE_CAP`), so
+/// this bounds what one client can make castrad hold to a few MiB; a subscription that cannot
+/// send falls behind on the event ring, which is bounded too, and is told what it lost.
+const MESSAGE_BUFFER: u32 = 32;
+
 /// How often the server pings WebSocket clients. Pings keep quiet subscriptions (a long
 /// handshake wait) alive and detect vanished clients.
 const WS_PING: Duration = Duration::from_secs(15);
@@ -164,6 +170,7 @@ async fn serve(
     let grace = daemon.settings.shutdown_grace;
     let methods = super::methods::module(daemon);
     let config = ServerConfig::builder()
+        .set_message_buffer_capacity(MESSAGE_BUFFER)
         .enable_ws_ping(
             PingConfig::new()
                 .ping_interval(WS_PING)

@@ -23,7 +23,9 @@ use std::time::Duration;
 mod connection;
 pub mod keys;
 
-pub use connection::{Connection, Tail, exit, lines};
+pub use connection::{
+    CONTINUED_PREFIX, Connection, LINE_CAP, LINES_BUFFER, SPLIT_SUFFIX, Tail, exit, lines,
+};
 
 /// The name a VM's host key is pinned under (`HostKeyAlias`), whatever port it answers on.
 pub fn host_key_alias(vm: &str) -> String {

@@ -258,4 +258,74 @@ mod tests {
         assert!(sh(&["stop", state_s]).status.success());
         assert!(banner(&sh).is_err(), "stopped");
     }
+
+    mod props {
+        //! Property tests (issue 14 item 15): no banner panics the parser (the watch reads
+        //! one every 2 s from the guest), and a banner as the agent prints it reads back.
+
+        use proptest::prelude::*;
+
+        use super::*;
+        use crate::testutil::proptest_config;
+
+        fn wild_i64() -> impl Strategy<Value = i64> {
+            prop_oneof![
+                any::<i64>(),
+                Just(i64::MIN),
+                Just(i64::MAX),
+                0..2_000_000_000i64
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(proptest_config(3000))]
+
+            #[test]
+            fn any_lines_give_a_banner_or_a_reason(
+                first in prop_oneof![Just("VIZIER/1".to_owned()), "VIZIER/[0-9]{0,3}", "gone .{0,10}", any::<String>()],
+                json in prop_oneof![
+                    any::<String>(),
+                    "\\{(\"[a-z_]{1,10}\":(-?[0-9]{1,25}|\"[^\"]{0,5}\"|null|\\[\\]),?){0,6}\\}",
+                ],
+            ) {
+                if let Err(e) = parse_own_banner(&first, &json) {
+                    prop_assert!(!e.to_string().is_empty());
+                }
+                let _ = health::parse_report(&first, Some(&json));
+                let _ = health::parse_report(&json, None);
+            }
+
+            /// Whatever its numbers, a banner reads back as it was written; it is hung exactly
+            /// when its heartbeat is more than HEARTBEAT_STALE_SECS older than its clock.
+            #[test]
+            fn banners_read_back(
+                version in prop_oneof![Just(VERSION.to_owned()), any::<String>()],
+                pid in any::<u32>(),
+                started_at in wild_i64(),
+                heartbeat in wild_i64(),
+                now in prop_oneof![wild_i64(), (0..=HEARTBEAT_STALE_SECS + 1).prop_map(|d| d)],
+                relative in any::<bool>(),
+            ) {
+                // Half the time `now` is an offset from the heartbeat (a fresh or just stale one).
+                let now = if relative { heartbeat.saturating_add(now) } else { now };
+                let json = serde_json::json!({
+                    "version": version, "pid": pid, "started_at": started_at,
+                    "heartbeat": heartbeat, "now": now,
+                })
+                .to_string();
+                let want = Banner { version, pid, started_at, heartbeat, now };
+                match parse_banner("VIZIER/1", &json) {
+                    Ok(banner) => {
+                        prop_assert!(now.saturating_sub(heartbeat) <= HEARTBEAT_STALE_SECS);
+                        prop_assert_eq!(banner, want);
+                    }
+                    Err(BannerError::Hung(age)) => {
+                        prop_assert!(age > HEARTBEAT_STALE_SECS);
+                        prop_assert_eq!(age, now.saturating_sub(heartbeat));
+                    }
+                    Err(e) => prop_assert!(false, "{}", e),
+                }
+            }
+        }
+    }
 }

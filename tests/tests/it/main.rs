@@ -7,6 +7,7 @@ mod cloud;
 mod daemon;
 mod fleet;
 mod hostile;
+mod limits;
 mod plan;
 mod protocol_docs;
 mod qemu;

@@ -341,9 +341,13 @@ pub async fn launch(
 
 /// Field 22 (starttime, in clock ticks since boot) of /proc/<pid>/stat.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    start_time_in(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// [`start_time`] from the text of a stat file.
+fn start_time_in(stat: &str) -> Option<u64> {
     // The command name (field 2) may contain spaces; fields after it follow the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // `rest` starts at field 3 (state); starttime is field 22.
     if fields.first() == Some(&"Z") {
@@ -582,6 +586,9 @@ mod tests {
         assert!(t > 0);
         assert_eq!(start_time(me), Some(t), "stable");
         assert_eq!(start_time(u32::MAX - 1), None);
+        // Issue 14 item 15: a stat text that ends at its last ')' panicked the slice.
+        assert_eq!(start_time_in("1 (qemu)"), None);
+        assert_eq!(start_time_in("1 (a) b) S"), None);
     }
 
     #[tokio::test]

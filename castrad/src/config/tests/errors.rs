@@ -573,7 +573,7 @@ const SEMANTIC_ERRORS: &[Case] = &[
         "zero per-VM handshake timeout",
         concat!(head!(), "[vms.bootstrap]\nhandshake_timeout_secs = 0\n"),
         "vms[0].bootstrap.handshake_timeout_secs",
-        "handshake_timeout_secs must be at least 1, got 0",
+        "handshake_timeout_secs must be between 1 and 86400, got 0",
         8,
         26,
     ),
@@ -581,8 +581,20 @@ const SEMANTIC_ERRORS: &[Case] = &[
         "negative global handshake timeout",
         "[project]\nname = \"demo\"\n[bootstrap]\nhandshake_timeout_secs = -5\n",
         "bootstrap.handshake_timeout_secs",
-        "handshake_timeout_secs must be at least 1, got -5",
+        "handshake_timeout_secs must be between 1 and 86400, got -5",
         4,
+        26,
+    ),
+    (
+        // Issue 14 item 15: a timeout this long overflowed the deadline (a panic in the run).
+        "huge handshake timeout",
+        concat!(
+            head!(),
+            "[vms.bootstrap]\nhandshake_timeout_secs = 9223372036854775807\n"
+        ),
+        "vms[0].bootstrap.handshake_timeout_secs",
+        "handshake_timeout_secs must be between 1 and 86400, got 9223372036854775807",
+        8,
         26,
     ),
     (

@@ -86,4 +86,5 @@ pub(super) type Case = (
 mod errors;
 mod load;
 mod projects;
+mod props;
 mod ssh_options;
