@@ -97,6 +97,27 @@ pub(super) fn step_timeout(
     Ok(bounded(src, value, key, 1, max, name)? as u64)
 }
 
+/// `output_log_max_mib` or `serial_log_max_mib` (`name`): 1 MiB to 1 TiB.
+pub(super) fn log_mib(
+    src: &Source<'_>,
+    value: &Spanned<i64>,
+    key: &str,
+    name: &str,
+) -> Result<u64, ConfigError> {
+    let max = super::MAX_LOG_MIB as i64;
+    Ok(bounded(src, value, key, 1, max, name)? as u64)
+}
+
+/// `keep_run_logs`: at least 1 (the run just written is always kept).
+pub(super) fn keep_run_logs(
+    src: &Source<'_>,
+    value: &Spanned<i64>,
+    key: &str,
+) -> Result<u32, ConfigError> {
+    let max = i64::from(super::MAX_KEEP_RUN_LOGS);
+    Ok(bounded(src, value, key, 1, max, "keep_run_logs")? as u32)
+}
+
 pub(super) fn positive_u64(
     src: &Source<'_>,
     value: &Spanned<i64>,
