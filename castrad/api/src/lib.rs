@@ -700,6 +700,10 @@ pub struct RunLog {
     pub started_at: String,
     /// Everything the script and verify command printed, one line per record.
     pub output_path: Option<PathBuf>,
+    /// Bytes of output dropped after the output log reached its cap (`output_log_max_mib`);
+    /// 0 when nothing was cut.
+    #[serde(default)]
+    pub output_dropped_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

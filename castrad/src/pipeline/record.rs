@@ -2,11 +2,18 @@
 //! events, the status snapshot's step, the guest output file, and the stamp after a success.
 //! Everything that leaves here is redacted of env values first.
 //!
+//! The output file stops at `output_log_max_mib`: the line that would cross the cap is
+//! replaced by one saying so, later lines are counted (the log's `output_dropped_bytes`, a last
+//! line in the file) and neither written nor published. After the log is written, the VM's
+//! old logs are pruned (`runlog::prune`).
+//!
 //! Invariants: a run ends through [`Record::succeed`] or [`Record::fail`], which write its one
 //! log; the stamp is written after the log and only by `succeed` of a run that changed the
-//! guest.
+//! guest and whose log (JSON and output) was written whole: a run whose record cannot be
+//! written fails, saying why.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,10 +27,10 @@ use tokio::time::Instant;
 
 use crate::events::EventBus;
 use crate::planner::VmPlan;
-use crate::runlog::{self, Recorder};
+use crate::runlog::{self, Limits, Recorder};
 use crate::stamps::{self, Stamp};
 use crate::state_root::StateRoot;
-use crate::vm::state::VmSnapshot;
+use crate::vm::state::{self, State, VmSnapshot};
 
 /// Why a run failed. Its `Display` is what the log's `error` record, `BootstrapFailed` and the
 /// outcome say.
@@ -43,6 +50,9 @@ pub enum RunError {
          `castractl up` or set [vms.ssh] port to reach a guest you started"
     )]
     NoPort,
+    /// The run's record could not be written (a full disk, say).
+    #[error("{0}")]
+    Record(String),
 }
 
 /// The log, events and snapshot of one executing run.
@@ -56,7 +66,8 @@ pub struct Record {
     pub started: Instant,
     recorder: Recorder,
     redactions: Vec<(String, String)>,
-    output: Option<std::fs::File>,
+    output: Output,
+    keep: usize,
 }
 
 /// Who a record is for.
@@ -66,6 +77,8 @@ pub struct Subject<'a> {
     pub snapshot: &'a Arc<watch::Sender<VmSnapshot>>,
     pub vm: &'a str,
     pub operation: &'a str,
+    /// The VM's output cap and log retention.
+    pub limits: Limits,
 }
 
 impl Record {
@@ -86,6 +99,10 @@ impl Record {
             trigger(plan),
             Some(who.operation),
         );
+        let output = Output::new(
+            recorder.output_path().map(Path::to_owned),
+            who.limits.output_max_bytes,
+        );
         Record {
             bus: who.bus.clone(),
             operation: who.operation.to_owned(),
@@ -96,7 +113,8 @@ impl Record {
             started,
             recorder,
             redactions: redactions(env),
-            output: None,
+            output,
+            keep: who.limits.keep,
         }
     }
 
@@ -175,26 +193,29 @@ impl Record {
         out
     }
 
-    /// One line of guest output: redacted, published, appended to the run's output file.
+    /// One line of guest output: redacted, appended to the run's output file and published,
+    /// until the file reaches its cap; then one line says so, and the rest is only counted.
     pub fn output_line(&mut self, step: Step, stream: OutputStream, line: &str) {
-        let line = self.redact(line);
-        if self.output.is_none()
-            && let Some(path) = self.recorder.output_path()
-        {
-            let _ = crate::state_root::ensure_dir(path.parent().expect("log dir"));
-            self.output = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok();
-        }
-        if let Some(file) = &mut self.output {
-            let tag = match stream {
-                OutputStream::Stdout => "out",
-                OutputStream::Stderr => "err",
-            };
-            let _ = writeln!(file, "{} {tag} {line}", step.as_str());
-        }
+        let tag = match stream {
+            OutputStream::Stdout => "out",
+            OutputStream::Stderr => "err",
+        };
+        let prefix = format!("{} {tag} ", step.as_str());
+        // The line's size in the file, known before redaction: a cut line is never redacted.
+        let len = (prefix.len() + line.len() + 1) as u64;
+        let (stream, line) = match self.output.admit(len) {
+            Admit::Drop => return,
+            Admit::Write => {
+                let line = self.redact(line);
+                self.output.write(&format!("{prefix}{line}\n"));
+                (stream, line)
+            }
+            Admit::Cut(note) => {
+                self.output
+                    .write(&format!("{} castrad {note}\n", step.as_str()));
+                (OutputStream::Stderr, format!("castrad: {note}"))
+            }
+        };
         self.publish(Event::BootstrapOutput {
             vm: self.vm.clone(),
             step,
@@ -221,18 +242,15 @@ impl Record {
         self.root.vizier_log(&self.vm)
     }
 
-    /// Flushes the guest output file to disk.
-    fn close_output(&mut self) {
-        if let Some(mut file) = self.output.take() {
-            let _ = file.flush();
-            let _ = file.sync_all();
-        }
-    }
-
     /// Ends a run that succeeded: its log, then (unless the script said nothing changed) its
-    /// stamp, then `BootstrapCompleted`.
+    /// stamp, then `BootstrapCompleted`. A run whose output or log cannot be written fails
+    /// instead, without a stamp.
     pub fn succeed(mut self, plan: &VmPlan, runner_noop: bool) -> VmOutcome {
-        self.close_output();
+        if let Some(error) = self.output.close() {
+            state::move_to(&self.snapshot, &self.vm, State::Failed);
+            return self.fail(&RunError::Record(error));
+        }
+        self.recorder.output_dropped(self.output.dropped_bytes);
         let status = if runner_noop {
             RunStatus::Noop
         } else {
@@ -241,7 +259,13 @@ impl Record {
         let log_path = match self.recorder.finish(status, None) {
             Ok((path, _)) => path,
             Err(e) => {
-                let error = format!("cannot write the run log: {e}");
+                state::move_to(&self.snapshot, &self.vm, State::Failed);
+                let error = e.to_string();
+                tracing::error!(
+                    vm = self.vm,
+                    error,
+                    "the run succeeded but is recorded failed"
+                );
                 return failed(
                     &self.bus,
                     &self.operation,
@@ -262,6 +286,7 @@ impl Record {
                 }
             }
         }
+        prune(&self.root, &self.vm, self.keep);
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let (event_status, outcome_status) = if runner_noop {
             (BootstrapStatus::NoOp, OutcomeStatus::NoOp)
@@ -286,16 +311,26 @@ impl Record {
     }
 
     /// Ends a run that failed: its log (ending with the `error` record), `BootstrapFailed`.
+    /// When the log cannot be written either, the error says both.
     pub fn fail(mut self, error: &RunError) -> VmOutcome {
-        self.close_output();
-        let error = error.to_string();
+        let mut error = error.to_string();
+        if let Some(output) = self.output.close()
+            && !error.contains(&output)
+        {
+            error = format!("{error}; and {output}");
+        }
+        self.recorder.output_dropped(self.output.dropped_bytes);
         let log_path = match self.recorder.finish(RunStatus::Failed, Some(&error)) {
             Ok((path, _)) => Some(path),
             Err(e) => {
                 tracing::error!(vm = self.vm, error = %e, "cannot write the failure log");
+                error = format!("{error}; and {e}");
                 None
             }
         };
+        if log_path.is_some() {
+            prune(&self.root, &self.vm, self.keep);
+        }
         failed(
             &self.bus,
             &self.operation,
@@ -305,6 +340,132 @@ impl Record {
             log_path,
             error,
         )
+    }
+}
+
+/// Prunes the VM's old run logs; a failure is only worth a warning (the run is recorded).
+fn prune(root: &StateRoot, vm: &str, keep: usize) {
+    match runlog::prune(root, vm, keep) {
+        Ok(pruned) if pruned.removed.is_empty() && pruned.orphans.is_empty() => {}
+        Ok(pruned) => tracing::debug!(
+            vm,
+            removed = pruned.removed.len(),
+            orphans = pruned.orphans.len(),
+            "old run logs pruned"
+        ),
+        Err(e) => tracing::warn!(vm, error = %e, "cannot prune old run logs"),
+    }
+}
+
+/// What becomes of one line of output.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Write,
+    /// This line would cross the cap: the note that says so goes instead.
+    Cut(String),
+    Drop,
+}
+
+/// A run's output file (opened at the first line), its cap and what was dropped past it.
+struct Output {
+    path: Option<PathBuf>,
+    file: Option<File>,
+    cap: u64,
+    written: u64,
+    cut: bool,
+    dropped_bytes: u64,
+    dropped_lines: u64,
+    /// Why the file could not be written, once that happened: no more is written, and the
+    /// run fails.
+    error: Option<String>,
+}
+
+impl Output {
+    fn new(path: Option<PathBuf>, cap: u64) -> Output {
+        Output {
+            path,
+            file: None,
+            cap,
+            written: 0,
+            cut: false,
+            dropped_bytes: 0,
+            dropped_lines: 0,
+            error: None,
+        }
+    }
+
+    /// Accounts a line of `len` bytes (in the file): written while the file stays within its
+    /// cap, then cut (once), then dropped.
+    fn admit(&mut self, len: u64) -> Admit {
+        if !self.cut && self.written.saturating_add(len) <= self.cap {
+            self.written += len;
+            return Admit::Write;
+        }
+        self.dropped_bytes += len;
+        self.dropped_lines += 1;
+        if self.cut {
+            return Admit::Drop;
+        }
+        self.cut = true;
+        Admit::Cut(format!(
+            "output cut at {} bytes (output_log_max_mib = {}); further output is dropped",
+            self.cap,
+            self.cap.div_ceil(1 << 20)
+        ))
+    }
+
+    /// Appends `text` (whole lines) to the file, opening it first; the first failure is kept
+    /// and ends the writing.
+    fn write(&mut self, text: &str) {
+        let Some(path) = &self.path else { return };
+        if self.error.is_some() {
+            return;
+        }
+        if self.file.is_none() {
+            let opened =
+                crate::state_root::ensure_dir(path.parent().expect("log dir")).and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                });
+            match opened {
+                Ok(file) => self.file = Some(file),
+                Err(e) => return self.failed(e),
+            }
+        }
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.write_all(text.as_bytes())
+        {
+            self.failed(e);
+        }
+    }
+
+    fn failed(&mut self, e: std::io::Error) {
+        self.file = None;
+        let path = self.path.as_deref().unwrap_or(Path::new("?"));
+        self.error = Some(format!(
+            "cannot write the run's output log {}: {e}",
+            path.display()
+        ));
+    }
+
+    /// Says what was dropped (if anything), flushes the file to disk and closes it; returns
+    /// why the output could not be written, if it could not.
+    fn close(&mut self) -> Option<String> {
+        if self.cut && self.file.is_some() {
+            let note = format!(
+                "castrad dropped {} more bytes ({} lines) of output after the cut\n",
+                self.dropped_bytes, self.dropped_lines
+            );
+            self.write(&note);
+        }
+        if let Some(file) = self.file.take()
+            && let Err(e) = file.sync_all()
+        {
+            self.failed(e);
+        }
+        self.error.clone()
     }
 }
 
@@ -341,7 +502,7 @@ pub fn failed(
 }
 
 /// A run that failed before its steps began: one failure log, one `BootstrapFailed`.
-pub fn failure_outside_steps(who: Subject<'_>, started: Instant, error: String) -> VmOutcome {
+pub fn failure_outside_steps(who: Subject<'_>, started: Instant, mut error: String) -> VmOutcome {
     let run_id = runlog::new_run_id();
     let recorder = Recorder::new(
         who.root,
@@ -352,10 +513,16 @@ pub fn failure_outside_steps(who: Subject<'_>, started: Instant, error: String) 
         BootstrapTrigger::Auto,
         Some(who.operation),
     );
-    let log_path = recorder
-        .finish(RunStatus::Failed, Some(&error))
-        .ok()
-        .map(|(p, _)| p);
+    let log_path = match recorder.finish(RunStatus::Failed, Some(&error)) {
+        Ok((path, _)) => {
+            prune(who.root, who.vm, who.limits.keep);
+            Some(path)
+        }
+        Err(e) => {
+            error = format!("{error}; and {e}");
+            None
+        }
+    };
     failed(
         who.bus,
         who.operation,
@@ -414,6 +581,56 @@ fn redactions(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_written_up_to_its_cap_then_cut_once_then_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/run.output.log");
+        let mut out = Output::new(Some(path.clone()), 10);
+        assert_eq!(out.admit(4), Admit::Write);
+        out.write("abc\n");
+        assert_eq!(out.admit(6), Admit::Write, "exactly at the cap");
+        out.write("defgh\n");
+        let Admit::Cut(note) = out.admit(1) else {
+            panic!("no cut")
+        };
+        assert_eq!(
+            note,
+            "output cut at 10 bytes (output_log_max_mib = 1); further output is dropped"
+        );
+        out.write(&format!("apply castrad {note}\n"));
+        assert_eq!(out.admit(1), Admit::Drop);
+        assert_eq!(out.admit(5), Admit::Drop);
+        assert_eq!((out.dropped_bytes, out.dropped_lines), (7, 3));
+        assert_eq!(out.close(), None);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "abc\ndefgh\napply castrad {note}\n\
+                 castrad dropped 7 more bytes (3 lines) of output after the cut\n"
+            )
+        );
+    }
+
+    #[test]
+    fn an_output_file_that_cannot_be_written_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // The log directory's place is taken by a file: nothing can be created under it.
+        std::fs::write(dir.path().join("logs"), "").unwrap();
+        let path = dir.path().join("logs/run.output.log");
+        let mut out = Output::new(Some(path.clone()), 1 << 20);
+        assert_eq!(out.admit(4), Admit::Write);
+        out.write("abc\n");
+        let error = out.close().expect("an error");
+        assert!(
+            error.starts_with(&format!(
+                "cannot write the run's output log {}: ",
+                path.display()
+            )),
+            "{error}"
+        );
+    }
 
     #[test]
     fn redaction_covers_whole_values_and_each_line_of_multiline_ones() {

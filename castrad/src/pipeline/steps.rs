@@ -200,6 +200,7 @@ impl Run {
                 snapshot: &ctx.snapshot,
                 vm: &job.vm.name,
                 operation: &job.operation,
+                limits: crate::runlog::Limits::of(b),
             },
             &plan,
             &env,
