@@ -52,7 +52,7 @@ impl Limits {
     /// The limits `[bootstrap]`/`[vms.bootstrap]` set for a VM.
     pub fn of(b: &crate::config::Bootstrap) -> Limits {
         Limits {
-            output_max_bytes: b.output_log_max_mib.saturating_mul(1 << 20),
+            output_max_bytes: b.output_log_max_bytes,
             keep: b.keep_run_logs as usize,
         }
     }
@@ -61,7 +61,7 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Limits {
         Limits {
-            output_max_bytes: crate::config::DEFAULT_OUTPUT_LOG_MAX_MIB << 20,
+            output_max_bytes: crate::config::DEFAULT_OUTPUT_LOG_MAX_BYTES,
             keep: crate::config::DEFAULT_KEEP_RUN_LOGS as usize,
         }
     }

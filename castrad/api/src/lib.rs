@@ -700,7 +700,7 @@ pub struct RunLog {
     pub started_at: String,
     /// Everything the script and verify command printed, one line per record.
     pub output_path: Option<PathBuf>,
-    /// Bytes of output dropped after the output log reached its cap (`output_log_max_mib`);
+    /// Bytes of output dropped after the output log reached its cap (`output_log_max`);
     /// 0 when nothing was cut.
     #[serde(default)]
     pub output_dropped_bytes: u64,

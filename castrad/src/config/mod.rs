@@ -41,12 +41,14 @@ pub const DEFAULT_APPLY_TIMEOUT_SECS: u64 = 3600;
 pub const DEFAULT_VERIFY_TIMEOUT_SECS: u64 = 60;
 /// The longest `apply_timeout_secs` or `verify_timeout_secs`: a week.
 pub const MAX_STEP_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
-/// Default for `output_log_max_mib`: a run's output log stops growing at 64 MiB.
-pub const DEFAULT_OUTPUT_LOG_MAX_MIB: u64 = 64;
-/// Default for `serial_log_max_mib`: a QEMU VM's serial.log and qemu.log stop at 64 MiB each.
-pub const DEFAULT_SERIAL_LOG_MAX_MIB: u64 = 64;
-/// The largest `output_log_max_mib` or `serial_log_max_mib`: 1 TiB.
-pub const MAX_LOG_MIB: u64 = 1 << 20;
+/// Default for `output_log_max`: a run's output log stops growing at 64 MiB.
+pub const DEFAULT_OUTPUT_LOG_MAX_BYTES: u64 = 64 << 20;
+/// Default for `serial_log_max`: a QEMU VM's serial.log and qemu.log stop at 64 MiB each.
+pub const DEFAULT_SERIAL_LOG_MAX_BYTES: u64 = 64 << 20;
+/// The smallest `output_log_max` or `serial_log_max`: 1 KiB.
+pub const MIN_LOG_BYTES: u64 = 1 << 10;
+/// The largest `output_log_max` or `serial_log_max`: 1 TiB.
+pub const MAX_LOG_BYTES: u64 = 1 << 40;
 /// Default for `keep_run_logs`: the newest 50 run logs of each VM are kept.
 pub const DEFAULT_KEEP_RUN_LOGS: u32 = 50;
 /// The largest `keep_run_logs`.
@@ -107,8 +109,8 @@ pub struct BootstrapDefaults {
     pub apply_timeout_secs: u64,
     /// Default 60.
     pub verify_timeout_secs: u64,
-    /// Default 64.
-    pub output_log_max_mib: u64,
+    /// Default 64 MiB.
+    pub output_log_max_bytes: u64,
     /// Default 50.
     pub keep_run_logs: u32,
     /// Default `"/var/tmp/castra/{vm}"` (unsubstituted template).
@@ -123,7 +125,7 @@ impl Default for BootstrapDefaults {
             handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
             apply_timeout_secs: DEFAULT_APPLY_TIMEOUT_SECS,
             verify_timeout_secs: DEFAULT_VERIFY_TIMEOUT_SECS,
-            output_log_max_mib: DEFAULT_OUTPUT_LOG_MAX_MIB,
+            output_log_max_bytes: DEFAULT_OUTPUT_LOG_MAX_BYTES,
             keep_run_logs: DEFAULT_KEEP_RUN_LOGS,
             remote_dir: DEFAULT_REMOTE_DIR.to_owned(),
             env: BTreeMap::new(),
@@ -319,8 +321,9 @@ pub struct Bootstrap {
     pub apply_timeout_secs: u64,
     /// How long verify_command may run: per-VM, else global, else 60; 1 to a week.
     pub verify_timeout_secs: u64,
-    /// Where a run's output log stops growing (MiB): per-VM, else global, else 64; 1 to 1 TiB.
-    pub output_log_max_mib: u64,
+    /// Where a run's output log stops growing (`output_log_max`, in bytes): per-VM, else
+    /// global, else 64 MiB; 1 KiB to 1 TiB.
+    pub output_log_max_bytes: u64,
     /// How many run logs of the VM are kept (the newest; the latest success and the one its
     /// stamp names come on top): per-VM, else global, else 50; at least 1.
     pub keep_run_logs: u32,
@@ -365,8 +368,9 @@ pub struct Vm {
     /// The disk's virtual size in MiB (None: the base image's).
     pub disk_mib: Option<u64>,
     pub firmware: Firmware,
-    /// Where each of a QEMU VM's serial.log and qemu.log stops growing (MiB); default 64.
-    pub serial_log_max_mib: u64,
+    /// Where each of a QEMU VM's serial.log and qemu.log stops growing (`serial_log_max`, in
+    /// bytes); default 64 MiB, 1 KiB to 1 TiB.
+    pub serial_log_max_bytes: u64,
     pub cloud_init: CloudInit,
     /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
     pub ssh: Ssh,

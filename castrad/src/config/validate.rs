@@ -127,13 +127,9 @@ pub(super) fn validate_defaults(
             "verify_timeout_secs",
         )?;
     }
-    if let Some(mib) = &raw.output_log_max_mib {
-        defaults.public.output_log_max_mib = log_mib(
-            src,
-            mib,
-            "bootstrap.output_log_max_mib",
-            "output_log_max_mib",
-        )?;
+    if let Some(size) = &raw.output_log_max {
+        defaults.public.output_log_max_bytes =
+            log_size(src, size, "bootstrap.output_log_max", "output_log_max")?;
     }
     if let Some(keep) = &raw.keep_run_logs {
         defaults.public.keep_run_logs = keep_run_logs(src, keep, "bootstrap.keep_run_logs")?;
@@ -238,9 +234,9 @@ pub(super) fn validate_vm(
             src.at(f, &k("firmware"), message)
         })?,
     };
-    let serial_log_max_mib = match &raw.serial_log_max_mib {
-        Some(mib) => log_mib(src, mib, &k("serial_log_max_mib"), "serial_log_max_mib")?,
-        None => DEFAULT_SERIAL_LOG_MAX_MIB,
+    let serial_log_max_bytes = match &raw.serial_log_max {
+        Some(size) => log_size(src, size, &k("serial_log_max"), "serial_log_max")?,
+        None => DEFAULT_SERIAL_LOG_MAX_BYTES,
     };
     let cloud_init = validate_cloud_init(src, raw.cloud_init.as_ref(), &key, backend, &mut files)?;
     let template = Vm {
@@ -260,7 +256,7 @@ pub(super) fn validate_vm(
         port_forwards,
         disk_mib,
         firmware,
-        serial_log_max_mib,
+        serial_log_max_bytes,
         cloud_init,
         ssh,
         bootstrap,
@@ -299,8 +295,8 @@ pub(super) fn check_external(src: &Source<'_>, raw: &RawVm, key: &str) -> Result
         ("disk", raw.disk.as_ref().map(Spanned::span)),
         ("firmware", raw.firmware.as_ref().map(Spanned::span)),
         (
-            "serial_log_max_mib",
-            raw.serial_log_max_mib.as_ref().map(Spanned::span),
+            "serial_log_max",
+            raw.serial_log_max.as_ref().map(Spanned::span),
         ),
         ("cloud_init", raw.cloud_init.as_ref().map(Spanned::span)),
     ];
@@ -444,7 +440,7 @@ pub(super) fn validate_vm_bootstrap(
         handshake_timeout_secs: defaults.public.handshake_timeout_secs,
         apply_timeout_secs: defaults.public.apply_timeout_secs,
         verify_timeout_secs: defaults.public.verify_timeout_secs,
-        output_log_max_mib: defaults.public.output_log_max_mib,
+        output_log_max_bytes: defaults.public.output_log_max_bytes,
         keep_run_logs: defaults.public.keep_run_logs,
         remote_dir: defaults.public.remote_dir.clone(),
         env: defaults.public.env.clone(),
@@ -482,9 +478,9 @@ pub(super) fn validate_vm_bootstrap(
             "verify_timeout_secs",
         )?;
     }
-    if let Some(mib) = &raw.output_log_max_mib {
-        bootstrap.output_log_max_mib =
-            log_mib(src, mib, &k("output_log_max_mib"), "output_log_max_mib")?;
+    if let Some(size) = &raw.output_log_max {
+        bootstrap.output_log_max_bytes =
+            log_size(src, size, &k("output_log_max"), "output_log_max")?;
     }
     if let Some(keep) = &raw.keep_run_logs {
         bootstrap.keep_run_logs = keep_run_logs(src, keep, &k("keep_run_logs"))?;

@@ -2,7 +2,7 @@
 //! events, the status snapshot's step, the guest output file, and the stamp after a success.
 //! Everything that leaves here is redacted of env values first.
 //!
-//! The output file stops at `output_log_max_mib`: the line that would cross the cap is
+//! The output file stops at `output_log_max`: the line that would cross the cap is
 //! replaced by one saying so, later lines are counted (the log's `output_dropped_bytes`, a last
 //! line in the file) and neither written nor published. After the log is written, the VM's
 //! old logs are pruned (`runlog::prune`).
@@ -408,9 +408,8 @@ impl Output {
         }
         self.cut = true;
         Admit::Cut(format!(
-            "output cut at {} bytes (output_log_max_mib = {}); further output is dropped",
-            self.cap,
-            self.cap.div_ceil(1 << 20)
+            "output cut at {} bytes (output_log_max); further output is dropped",
+            self.cap
         ))
     }
 
@@ -596,7 +595,7 @@ mod tests {
         };
         assert_eq!(
             note,
-            "output cut at 10 bytes (output_log_max_mib = 1); further output is dropped"
+            "output cut at 10 bytes (output_log_max); further output is dropped"
         );
         out.write(&format!("apply castrad {note}\n"));
         assert_eq!(out.admit(1), Admit::Drop);
