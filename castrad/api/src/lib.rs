@@ -700,8 +700,7 @@ pub struct RunLog {
     pub started_at: String,
     /// Everything the script and verify command printed, one line per record.
     pub output_path: Option<PathBuf>,
-    /// Bytes of output dropped after the output log reached its cap (`output_log_max`);
-    /// 0 when nothing was cut.
+    /// Output bytes dropped past the output file's cap (`output_log_max`); 0 if none.
     #[serde(default)]
     pub output_dropped_bytes: u64,
 }

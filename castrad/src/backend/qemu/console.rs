@@ -6,9 +6,8 @@
 //! counted, and a last line says how much was dropped when QEMU closes the console. QEMU
 //! waits for castrad's connection before it starts the guest (nothing of the boot is lost);
 //! while no castrad is connected (between a castrad's death and the next one's re-adoption)
-//! QEMU drops what the guest writes, so the guest can never fill the disk unwatched, and a
-//! slow reader cannot stall it either (QEMU's serial device gives up on a byte after a few
-//! tries).
+//! QEMU drops what the guest writes, so the guest can never fill the disk unwatched. castrad
+//! reads on past the cap (it only stops writing), so the guest's console never waits on it.
 //!
 //! QEMU writes `qemu.log` itself (its stderr, opened for appending): once a second, and when
 //! the console closes, castrad cuts it back to the cap with a line saying so. It holds QEMU's
