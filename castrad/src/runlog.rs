@@ -7,8 +7,8 @@
 //!
 //! Retention ([`prune`]): after a run has written its log, only the newest `keep_run_logs` logs
 //! of its VM are kept, plus the latest `success` and the one the VM's stamp names. A log goes
-//! JSON first, then its output: a log that is listed always has its output, and an output left
-//! without its JSON (castrad stopped in between, or killed mid-run) goes at the next prune.
+//! JSON first, then its output: a log that is listed always has its output. An output without
+//! its JSON (castrad stopped in between, or killed mid-run) counts as a log of its own.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -236,9 +236,9 @@ pub struct Pruned {
 }
 
 /// Keeps the newest `keep` logs of `vm` and removes the others, except the latest `success`
-/// and the log the VM's stamp names. Each log goes JSON first, then its output file; output
-/// files without a JSON go too (call this only between runs of `vm`: a VM's actor runs one at
-/// a time). A file that cannot be removed is left for the next prune.
+/// and the log the VM's stamp names. Each log goes JSON first, then its output file. An output
+/// file without its JSON (a run cut short) counts as a log: it goes once `keep` newer ones
+/// exist. A file that cannot be removed is left for the next prune.
 pub fn prune(root: &StateRoot, vm: &str, keep: usize) -> io::Result<Pruned> {
     let dir = root.bootstrap_logs_dir();
     let entries = match std::fs::read_dir(&dir) {
@@ -268,12 +268,8 @@ pub fn prune(root: &StateRoot, vm: &str, keep: usize) -> io::Result<Pruned> {
         .filter(|(_, f)| f.0)
         .map(|(s, _)| s.as_str())
         .collect();
-    let mut protected: Vec<String> = logs
-        .iter()
-        .rev()
-        .take(keep)
-        .map(|s| s.to_string())
-        .collect();
+    // The newest `keep` runs, finished or not (a run cut short leaves its output alone).
+    let mut protected: Vec<String> = runs.keys().rev().take(keep).cloned().collect();
     if let crate::stamps::StampRead::Present(stamp) = crate::stamps::read(root, vm)
         && let Some(stem) = stamp
             .log_path
@@ -454,6 +450,9 @@ mod tests {
             failed.push(run(&root, "web", RunStatus::Failed));
         }
         let other = run(&root, "web-0", RunStatus::Failed);
+        // The newest "run" never finished: its output is kept like a log.
+        let (_, cut_short) = root.run_log("web", "29990101T000000.000Z", "0123456789ab");
+        std::fs::write(&cut_short, "x\n").unwrap();
         // A run that never finished: its output without a JSON.
         let (_, orphan) = root.run_log("web", "20000101T000000.000Z", "0123456789ab");
         std::fs::write(&orphan, "x\n").unwrap();
@@ -471,10 +470,10 @@ mod tests {
         )
         .unwrap();
 
-        let pruned = prune(&root, "web", 2).unwrap();
+        let pruned = prune(&root, "web", 3).unwrap();
         assert_eq!(pruned.removed, [failed[0].clone(), failed[1].clone()]);
         assert_eq!(pruned.orphans, [orphan]);
-        let mut kept = Vec::new();
+        let mut kept = vec![cut_short.file_name().unwrap().to_str().unwrap().to_owned()];
         for json in [&stamped, &success, &failed[2], &failed[3], &other] {
             kept.push(format!("{}.json", stem(json)));
             kept.push(format!("{}.output.log", stem(json)));
@@ -483,7 +482,7 @@ mod tests {
         assert_eq!(names(&root.bootstrap_logs_dir()), kept, "whole pairs");
         assert_eq!(list(&root, "web").unwrap().len(), 4);
         assert_eq!(
-            prune(&root, "web", 2).unwrap(),
+            prune(&root, "web", 3).unwrap(),
             Pruned::default(),
             "nothing more to do"
         );
