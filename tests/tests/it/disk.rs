@@ -221,7 +221,11 @@ fn a_full_disk_fails_the_run_clearly_and_tears_nothing() {
     );
     let disk = Tmpfs::mount(&fleet.env.state().join("projects"), "2m");
     fleet.env.write(&[
-        ("p/scripts/box.sh", "echo applying\n"),
+        // 64 KiB of output: more than a full disk's last free page could take.
+        (
+            "p/scripts/box.sh",
+            "head -c 65536 /dev/zero | tr '\\0' y | fold -w 63\n",
+        ),
         // A second project with a QEMU VM, only ever planned: its base image is hashed.
         (
             "q/castra.toml",
@@ -252,13 +256,19 @@ fn a_full_disk_fails_the_run_clearly_and_tears_nothing() {
     assert_eq!(up.code, 1, "{}", up.stderr);
     assert_eq!(up.statuses(), ["Failed"]);
     let error = up.outcome_of("box")["error"].as_str().unwrap();
-    assert!(
-        error.contains(&format!(
-            "cannot write the run log {}/box-",
-            logs_dir.display()
-        )) && error.contains(": No space left on device"),
-        "{error}"
-    );
+    let (output, log) = error
+        .split_once("; and ")
+        .unwrap_or_else(|| panic!("the output, then the log: {error}"));
+    let named = |what: &str, text: &str, suffix: &str| {
+        let start = format!("cannot write the {what} {}/box-", logs_dir.display());
+        assert!(
+            text.starts_with(&start)
+                && text.contains(&format!("{suffix}: No space left on device")),
+            "{text}"
+        );
+    };
+    named("run's output log", output, ".output.log");
+    named("run log", log, ".json");
     assert_eq!(up.outcome_of("box")["log_path"], Value::Null);
     assert!(fleet.stamp("box").is_none(), "a failed run left a stamp");
     assert_eq!(
