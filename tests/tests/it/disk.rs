@@ -271,6 +271,12 @@ fn a_full_disk_fails_the_run_clearly_and_tears_nothing() {
     named("run log", log, ".json");
     assert_eq!(up.outcome_of("box")["log_path"], Value::Null);
     assert!(fleet.stamp("box").is_none(), "a failed run left a stamp");
+    let config = fleet.project().join("castra.toml").canonicalize().unwrap();
+    let status = fleet
+        .env
+        .http_rpc("castra.status", serde_json::json!({"config": config}));
+    let vm = crate::support::vm_of(&status["result"], "box");
+    assert_eq!(vm["state"], "failed", "{vm}");
     assert_eq!(
         std::fs::read_dir(&logs_dir).unwrap().count(),
         log_before,
