@@ -58,15 +58,6 @@ impl Limits {
     }
 }
 
-impl Default for Limits {
-    fn default() -> Limits {
-        Limits {
-            output_max_bytes: crate::config::DEFAULT_OUTPUT_LOG_MAX_BYTES,
-            keep: crate::config::DEFAULT_KEEP_RUN_LOGS as usize,
-        }
-    }
-}
-
 /// A run log that could not be written (the disk is full, say): nothing was left half-written.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot write the run log {}: {source}", path.display())]

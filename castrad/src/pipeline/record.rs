@@ -201,12 +201,15 @@ impl Record {
             OutputStream::Stderr => "err",
         };
         let prefix = format!("{} {tag} ", step.as_str());
-        // The line's size in the file, known before redaction: a cut line is never redacted.
-        let len = (prefix.len() + line.len() + 1) as u64;
-        let (stream, line) = match self.output.admit(len) {
+        if self.output.cut {
+            // Counted as it came: a flood past the cap costs no redaction.
+            self.output.admit((prefix.len() + line.len() + 1) as u64);
+            return;
+        }
+        let line = self.redact(line);
+        let (stream, line) = match self.output.admit((prefix.len() + line.len() + 1) as u64) {
             Admit::Drop => return,
             Admit::Write => {
-                let line = self.redact(line);
                 self.output.write(&format!("{prefix}{line}\n"));
                 (stream, line)
             }
@@ -454,7 +457,7 @@ impl Output {
     fn close(&mut self) -> Option<String> {
         if self.cut && self.file.is_some() {
             let note = format!(
-                "castrad dropped {} more bytes ({} lines) of output after the cut\n",
+                "castrad dropped {} bytes ({} lines) of output past the cap\n",
                 self.dropped_bytes, self.dropped_lines
             );
             self.write(&note);
@@ -607,7 +610,7 @@ mod tests {
             text,
             format!(
                 "abc\ndefgh\napply castrad {note}\n\
-                 castrad dropped 7 more bytes (3 lines) of output after the cut\n"
+                 castrad dropped 7 bytes (3 lines) of output past the cap\n"
             )
         );
     }

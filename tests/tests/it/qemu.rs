@@ -663,7 +663,7 @@ fn a_guests_serial_console_is_cut_at_its_cap_across_a_castrad_restart() {
     let tail = &text[text.find(cut).unwrap() + cut.len()..];
     let dropped: u64 = tail
         .strip_prefix("[castrad: ")
-        .and_then(|t| t.strip_suffix(" more bytes dropped after the cut]\n"))
+        .and_then(|t| t.strip_suffix(" bytes dropped past the cap]\n"))
         .unwrap_or_else(|| panic!("no count of what was dropped: {tail:?}"))
         .parse()
         .unwrap();

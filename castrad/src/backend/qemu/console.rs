@@ -158,10 +158,7 @@ impl Capped {
     /// Says how much was dropped (when something was); the console has closed.
     fn finish(&mut self) {
         if self.dropped > 0 {
-            let note = format!(
-                "[castrad: {} more bytes dropped after the cut]\n",
-                self.dropped
-            );
+            let note = format!("[castrad: {} bytes dropped past the cap]\n", self.dropped);
             self.note(&note);
         }
     }
@@ -263,7 +260,7 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(&path).unwrap(),
             "abc\ndefghi\n[castrad: serial.log cut at 10 bytes (serial_log_max); what follows \
-             is dropped]\n[castrad: 14 more bytes dropped after the cut]\n"
+             is dropped]\n[castrad: 14 bytes dropped past the cap]\n"
         );
 
         // Re-adopted: appended to, and a log already cut stays cut.
@@ -275,7 +272,7 @@ mod tests {
         assert!(
             std::fs::read_to_string(&path)
                 .unwrap()
-                .ends_with("after the cut]\nappended\n")
+                .ends_with("past the cap]\nappended\n")
         );
     }
 
