@@ -3,8 +3,9 @@
 //!
 //! Files (see `state_root::VmPaths`): the overlay and its `disk-id`, QEMU's QMP and serial
 //! console sockets, the serial log and stderr log (both capped by `console`), the pidfile, and
-//! `launch.json`: what castrad launched (pid, the process start time, ports, the logs' cap). Re-adoption trusts a pid only when its start time still matches
-//! (against pid reuse), its command line names our QMP socket, and QMP answers.
+//! `launch.json`: what castrad launched (pid, the process start time, ports, the logs' cap).
+//! Re-adoption trusts a pid only when its start time still matches (against pid reuse), its
+//! command line names our QMP socket, and QMP answers.
 //!
 //! Invariants: a new overlay always gets a new disk id, and the stamp and pinned host key of
 //! the previous disk are removed with it, so nothing proven about an old disk is believed
@@ -322,9 +323,14 @@ pub async fn launch(
     };
     if !qmp_ok {
         let _ = child.start_kill();
-        return Err(ProcessError::Failed(
-            "QEMU started but its QMP socket never answered".into(),
-        ));
+        let what = match serial {
+            None => format!(
+                "castrad could not connect to its serial console {}",
+                paths.serial_socket.display()
+            ),
+            Some(_) => "its QMP socket never answered".to_owned(),
+        };
+        return Err(ProcessError::Failed(format!("QEMU started but {what}")));
     }
     let logs = Logs::spawn(
         serial,
