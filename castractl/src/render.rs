@@ -364,12 +364,20 @@ pub fn logs(l: &api::LogsResult) -> String {
     }
     out.push('\n');
     out.push_str(&table(&rows));
-    let _ = writeln!(
+    let _ = write!(
         out,
         "\nlog     {}\noutput  {}",
         path_or_dash(l.log_path.as_deref()),
         path_or_dash(log.output_path.as_deref())
     );
+    if log.output_dropped_bytes > 0 {
+        let _ = write!(
+            out,
+            " (cut at its cap: {} bytes dropped)",
+            log.output_dropped_bytes
+        );
+    }
+    out.push('\n');
     out
 }
 

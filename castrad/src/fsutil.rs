@@ -5,8 +5,9 @@
 //! temporary file in the target's directory, are fsynced, renamed over the target and the
 //! directory is fsynced. A reader (or a daemon restarted after SIGKILL) sees either the old
 //! file or the new one, never a prefix. Files that grow while something runs are not records
-//! and are appended to: a run's guest output (fsynced when the run ends), QEMU's serial and
-//! stderr logs; an overlay is made by `qemu-img` under a temporary name and renamed.
+//! and are appended to, each up to its cap: a run's guest output (fsynced when the run ends),
+//! QEMU's serial and stderr logs; an overlay is made by `qemu-img` under a temporary name and
+//! renamed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};

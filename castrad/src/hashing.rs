@@ -7,7 +7,9 @@
 //!
 //! Base images are large, so their digests are cached in the state root keyed by the file's
 //! (device, inode, size, mtime in ns): an unchanged multi-GB image is read once per state root,
-//! ever. Functions here do blocking IO; async callers run them on the blocking pool.
+//! ever. Writing the cache is best effort: when it fails (a full disk), castrad says so in its
+//! log and hashes the image again next time. Functions here do blocking IO; async callers run
+//! them on the blocking pool.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -37,8 +39,6 @@ pub enum HashError {
     },
     #[error("{} changed while it was being hashed; try again once it is no longer being written", path.display())]
     Changed { path: PathBuf },
-    #[error("cannot write the hash cache entry {}", path.display())]
-    Cache { path: PathBuf, source: io::Error },
 }
 
 /// Labelled, length-prefixed SHA-256 encoder.
@@ -457,13 +457,19 @@ pub fn cached_file_hash(root: &StateRoot, path: &Path) -> Result<(String, u64), 
         mtime_ns: after.mtime_ns,
         sha256: sha256.clone(),
     };
-    let cache_err = |source| HashError::Cache {
-        path: entry_path.clone(),
-        source,
-    };
-    ensure_dir(&root.hash_cache_dir()).map_err(cache_err)?;
-    let json = serde_json::to_vec_pretty(&entry).map_err(|e| cache_err(io::Error::other(e)))?;
-    write_atomic(&entry_path, &json).map_err(cache_err)?;
+    // The cache only saves reading the image again: a full disk must not stop planning.
+    let written = ensure_dir(&root.hash_cache_dir()).and_then(|()| {
+        let json = serde_json::to_vec_pretty(&entry).map_err(io::Error::other)?;
+        write_atomic(&entry_path, &json)
+    });
+    if let Err(e) = written {
+        tracing::warn!(
+            entry = %entry_path.display(),
+            image = %path.display(),
+            error = %e,
+            "cannot write the hash cache entry; the image will be read again next time"
+        );
+    }
     Ok((sha256, read))
 }
 

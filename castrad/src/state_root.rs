@@ -117,6 +117,7 @@ impl StateRoot {
             disk_id: dir.join("disk-id"),
             known_hosts: dir.join("known_hosts"),
             qmp: dir.join("qmp.sock"),
+            serial_socket: dir.join("serial.sock"),
             serial_log: dir.join("serial.log"),
             qemu_log: dir.join("qemu.log"),
             pidfile: dir.join("qemu.pid"),
@@ -178,6 +179,9 @@ pub struct VmPaths {
     /// The pinned SSH host key of the guest on this disk.
     pub known_hosts: PathBuf,
     pub qmp: PathBuf,
+    /// Where QEMU offers the serial console to castrad.
+    pub serial_socket: PathBuf,
+    /// The serial console as castrad writes it (capped).
     pub serial_log: PathBuf,
     /// QEMU's own stderr.
     pub qemu_log: PathBuf,

@@ -37,6 +37,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         port_forwards: vec![],
         disk_mib: None,
         firmware: crate::config::Firmware::Bios,
+        serial_log_max_bytes: 64 << 20,
         cloud_init: crate::config::CloudInit::default(),
         ssh: Ssh::default(),
         bootstrap: Bootstrap {
@@ -48,6 +49,8 @@ pub fn sample_vm(dir: &Path) -> Vm {
             handshake_timeout_secs: 120,
             apply_timeout_secs: 3600,
             verify_timeout_secs: 60,
+            output_log_max_bytes: 64 << 20,
+            keep_run_logs: 50,
             remote_dir: "/var/tmp/castra/web".into(),
             env: BTreeMap::from([("A".into(), "1".into()), ("B".into(), "2".into())]),
             metadata_path: None,

@@ -278,6 +278,7 @@ fn logs_show_runs_then_the_selected_run() {
         operation: Some("op-2".into()),
         started_at: "2025-01-02T03:04:05.000Z".into(),
         output_path: Some("/s/logs/r2.out".into()),
+        output_dropped_bytes: 2048,
     };
     let l = api::LogsResult {
         vm: "web-0".into(),
@@ -317,7 +318,7 @@ connect  success  120ms     -
 apply    failed   30.8s     exit status 3
 
 log     /s/logs/r2.json
-output  /s/logs/r2.out
+output  /s/logs/r2.out (cut at its cap: 2048 bytes dropped)
 "
     );
 }

@@ -468,6 +468,9 @@ pub struct RunLog {
     pub started_at: String,
     /// Everything the script and verify command printed, one line per record.
     pub output_path: Option<PathBuf>,
+    /// Output bytes dropped past the output file's cap (`output_log_max`); 0 if none.
+    #[serde(default)]
+    pub output_dropped_bytes: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

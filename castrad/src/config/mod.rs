@@ -44,6 +44,18 @@ pub const MAX_STEP_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
 /// Upper bound on `handshake_timeout_secs` (one day): a longer wait is a typo, and deadlines
 /// computed from it must stay representable.
 pub const MAX_HANDSHAKE_TIMEOUT_SECS: u64 = 86_400;
+/// Default for `output_log_max`: a run's output log stops growing at 64 MiB.
+pub const DEFAULT_OUTPUT_LOG_MAX_BYTES: u64 = 64 << 20;
+/// Default for `serial_log_max`: a QEMU VM's serial.log and qemu.log stop at 64 MiB each.
+pub const DEFAULT_SERIAL_LOG_MAX_BYTES: u64 = 64 << 20;
+/// The smallest `output_log_max` or `serial_log_max`: 1 KiB.
+pub const MIN_LOG_BYTES: u64 = 1 << 10;
+/// The largest `output_log_max` or `serial_log_max`: 1 TiB.
+pub const MAX_LOG_BYTES: u64 = 1 << 40;
+/// Default for `keep_run_logs`: the newest 50 run logs of each VM are kept.
+pub const DEFAULT_KEEP_RUN_LOGS: u32 = 50;
+/// The largest `keep_run_logs`.
+pub const MAX_KEEP_RUN_LOGS: u32 = 1_000_000;
 /// Default for `remote_dir`; `{vm}` is replaced by the expanded VM name.
 pub const DEFAULT_REMOTE_DIR: &str = "/var/tmp/castra/{vm}";
 /// Default VM memory in MiB (2 GiB).
@@ -100,6 +112,10 @@ pub struct BootstrapDefaults {
     pub apply_timeout_secs: u64,
     /// Default 60.
     pub verify_timeout_secs: u64,
+    /// Default 64 MiB.
+    pub output_log_max_bytes: u64,
+    /// Default 50.
+    pub keep_run_logs: u32,
     /// Default `"/var/tmp/castra/{vm}"` (unsubstituted template).
     pub remote_dir: String,
     /// `[bootstrap.env]`.
@@ -112,6 +128,8 @@ impl Default for BootstrapDefaults {
             handshake_timeout_secs: DEFAULT_HANDSHAKE_TIMEOUT_SECS,
             apply_timeout_secs: DEFAULT_APPLY_TIMEOUT_SECS,
             verify_timeout_secs: DEFAULT_VERIFY_TIMEOUT_SECS,
+            output_log_max_bytes: DEFAULT_OUTPUT_LOG_MAX_BYTES,
+            keep_run_logs: DEFAULT_KEEP_RUN_LOGS,
             remote_dir: DEFAULT_REMOTE_DIR.to_owned(),
             env: BTreeMap::new(),
         }
@@ -306,6 +324,12 @@ pub struct Bootstrap {
     pub apply_timeout_secs: u64,
     /// How long verify_command may run: per-VM, else global, else 60; 1 to a week.
     pub verify_timeout_secs: u64,
+    /// Where a run's output log stops growing (`output_log_max`, in bytes): per-VM, else
+    /// global, else 64 MiB; 1 KiB to 1 TiB.
+    pub output_log_max_bytes: u64,
+    /// How many run logs of the VM are kept (the newest; the latest success and the one its
+    /// stamp names come on top): per-VM, else global, else 50; at least 1.
+    pub keep_run_logs: u32,
     /// per-VM, else global, else "/var/tmp/castra/{vm}"; `{vm}` is replaced by the expanded VM
     /// name. Must be absolute after substitution, no NUL/newline.
     pub remote_dir: String,
@@ -347,6 +371,9 @@ pub struct Vm {
     /// The disk's virtual size in MiB (None: the base image's).
     pub disk_mib: Option<u64>,
     pub firmware: Firmware,
+    /// Where each of a QEMU VM's serial.log and qemu.log stops growing (`serial_log_max`, in
+    /// bytes); default 64 MiB, 1 KiB to 1 TiB.
+    pub serial_log_max_bytes: u64,
     pub cloud_init: CloudInit,
     /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
     pub ssh: Ssh,

@@ -127,6 +127,13 @@ pub(super) fn validate_defaults(
             "verify_timeout_secs",
         )?;
     }
+    if let Some(size) = &raw.output_log_max {
+        defaults.public.output_log_max_bytes =
+            log_size(src, size, "bootstrap.output_log_max", "output_log_max")?;
+    }
+    if let Some(keep) = &raw.keep_run_logs {
+        defaults.public.keep_run_logs = keep_run_logs(src, keep, "bootstrap.keep_run_logs")?;
+    }
     if let Some(dir) = &raw.remote_dir {
         check_remote_dir(src, dir.get_ref(), dir.span(), "bootstrap.remote_dir", None)?;
         defaults.public.remote_dir = dir.get_ref().clone();
@@ -227,6 +234,10 @@ pub(super) fn validate_vm(
             src.at(f, &k("firmware"), message)
         })?,
     };
+    let serial_log_max_bytes = match &raw.serial_log_max {
+        Some(size) => log_size(src, size, &k("serial_log_max"), "serial_log_max")?,
+        None => DEFAULT_SERIAL_LOG_MAX_BYTES,
+    };
     let cloud_init = validate_cloud_init(src, raw.cloud_init.as_ref(), &key, backend, &mut files)?;
     let template = Vm {
         name: declared_name.clone(),
@@ -245,6 +256,7 @@ pub(super) fn validate_vm(
         port_forwards,
         disk_mib,
         firmware,
+        serial_log_max_bytes,
         cloud_init,
         ssh,
         bootstrap,
@@ -282,6 +294,10 @@ pub(super) fn check_external(src: &Source<'_>, raw: &RawVm, key: &str) -> Result
         ("memory", raw.memory.as_ref().map(Spanned::span)),
         ("disk", raw.disk.as_ref().map(Spanned::span)),
         ("firmware", raw.firmware.as_ref().map(Spanned::span)),
+        (
+            "serial_log_max",
+            raw.serial_log_max.as_ref().map(Spanned::span),
+        ),
         ("cloud_init", raw.cloud_init.as_ref().map(Spanned::span)),
     ];
     for (name, span) in forbidden {
@@ -424,6 +440,8 @@ pub(super) fn validate_vm_bootstrap(
         handshake_timeout_secs: defaults.public.handshake_timeout_secs,
         apply_timeout_secs: defaults.public.apply_timeout_secs,
         verify_timeout_secs: defaults.public.verify_timeout_secs,
+        output_log_max_bytes: defaults.public.output_log_max_bytes,
+        keep_run_logs: defaults.public.keep_run_logs,
         remote_dir: defaults.public.remote_dir.clone(),
         env: defaults.public.env.clone(),
         metadata_path: None,
@@ -459,6 +477,13 @@ pub(super) fn validate_vm_bootstrap(
             &k("verify_timeout_secs"),
             "verify_timeout_secs",
         )?;
+    }
+    if let Some(size) = &raw.output_log_max {
+        bootstrap.output_log_max_bytes =
+            log_size(src, size, &k("output_log_max"), "output_log_max")?;
+    }
+    if let Some(keep) = &raw.keep_run_logs {
+        bootstrap.keep_run_logs = keep_run_logs(src, keep, &k("keep_run_logs"))?;
     }
     if let Some(dir) = &raw.vizier_dir {
         check_remote_dir(src, dir.get_ref(), dir.span(), &k("vizier_dir"), None)?;

@@ -97,6 +97,61 @@ pub(super) fn step_timeout(
     Ok(bounded(src, value, key, 1, max, name)? as u64)
 }
 
+/// `output_log_max` or `serial_log_max` (`name`): a size like `"64 MiB"` or `"256 KiB"` (or
+/// an integer number of MiB), 1 KiB to 1 TiB; in bytes.
+pub(super) fn log_size(
+    src: &Source<'_>,
+    value: &Spanned<RawMemory>,
+    key: &str,
+    name: &str,
+) -> Result<u64, ConfigError> {
+    let expected = "expected a size like \"64 MiB\" or \"256 KiB\", or an integer number of MiB";
+    let bytes = match value.get_ref() {
+        RawMemory::Int(n) => u64::try_from(*n).ok().and_then(|n| n.checked_mul(1 << 20)),
+        RawMemory::Text(text) => parse_size_bytes(text),
+    };
+    let shown = match value.get_ref() {
+        RawMemory::Int(n) => n.to_string(),
+        RawMemory::Text(text) => format!("{text:?}"),
+    };
+    match bytes {
+        Some(b) if (super::MIN_LOG_BYTES..=super::MAX_LOG_BYTES).contains(&b) => Ok(b),
+        Some(_) => Err(src.at(
+            value,
+            key,
+            format!("{name} must be between 1 KiB and 1 TiB, got {shown}; {expected}"),
+        )),
+        None => Err(src.at(value, key, format!("invalid {name} {shown}; {expected}"))),
+    }
+}
+
+/// `"256 KiB"`, `"64MiB"`, `"1 G"`... in bytes; None when it is not such a size or too large.
+fn parse_size_bytes(text: &str) -> Option<u64> {
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(digits_end);
+    let shift = match unit.trim_start().to_ascii_lowercase().as_str() {
+        "k" | "kib" => 10,
+        "" | "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        "t" | "tib" => 40,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(1 << shift)
+}
+
+/// `keep_run_logs`: at least 1 (the run just written is always kept).
+pub(super) fn keep_run_logs(
+    src: &Source<'_>,
+    value: &Spanned<i64>,
+    key: &str,
+) -> Result<u32, ConfigError> {
+    let max = i64::from(super::MAX_KEEP_RUN_LOGS);
+    Ok(bounded(src, value, key, 1, max, "keep_run_logs")? as u32)
+}
+
 /// `handshake_timeout_secs`: 1 to [`MAX_HANDSHAKE_TIMEOUT_SECS`].
 pub(super) fn handshake_timeout(
     src: &Source<'_>,

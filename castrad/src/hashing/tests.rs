@@ -189,6 +189,19 @@ fn base_hash_is_the_image_sha256_and_is_cached_by_file_identity() {
 }
 
 #[test]
+fn a_hash_cache_that_cannot_be_written_costs_a_reread_not_an_error() {
+    let (dir, vm) = fixture();
+    let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
+    // The cache directory's place is taken by a file: no entry can be written.
+    fs::create_dir_all(root.path()).unwrap();
+    fs::write(root.hash_cache_dir(), "").unwrap();
+    let first = base_hash(&root, &vm).unwrap();
+    assert_eq!(first.bytes_read, 3 << 20);
+    let again = base_hash(&root, &vm).unwrap();
+    assert_eq!(again, first, "hashed again, the same");
+}
+
+#[test]
 fn kernel_initrd_and_cmdline_are_part_of_the_base_hash() {
     let (dir, mut vm) = fixture();
     let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));

@@ -224,6 +224,7 @@ pub fn record_failure(ctx: &Ctx, job: &Job, started: Instant, error: String) -> 
         snapshot: &ctx.snapshot,
         vm: &job.vm.name,
         operation: &job.operation,
+        limits: crate::runlog::Limits::of(&job.vm.bootstrap),
     };
     record::failure_outside_steps(who, started, error)
 }

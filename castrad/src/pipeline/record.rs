@@ -2,11 +2,18 @@
 //! events, the status snapshot's step, the guest output file, and the stamp after a success.
 //! Everything that leaves here is redacted of env values first.
 //!
+//! The output file stops at `output_log_max`: the line that would cross the cap is
+//! replaced by one saying so, later lines are counted (the log's `output_dropped_bytes`, a last
+//! line in the file) and neither written nor published. After the log is written, the VM's
+//! old logs are pruned (`runlog::prune`).
+//!
 //! Invariants: a run ends through [`Record::succeed`] or [`Record::fail`], which write its one
 //! log; the stamp is written after the log and only by `succeed` of a run that changed the
-//! guest.
+//! guest and whose log (JSON and output) was written whole: a run whose record cannot be
+//! written fails, saying why.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -20,11 +27,11 @@ use tokio::time::Instant;
 
 use crate::events::EventBus;
 use crate::planner::VmPlan;
-use crate::runlog::{self, Recorder};
+use crate::runlog::{self, Limits, Recorder};
 use crate::ssh::{CONTINUED_PREFIX, SPLIT_SUFFIX};
 use crate::stamps::{self, Stamp};
 use crate::state_root::StateRoot;
-use crate::vm::state::VmSnapshot;
+use crate::vm::state::{self, State, VmSnapshot};
 
 /// How much guest output is buffered before it is written to the run's output file.
 const OUTPUT_BUFFER: usize = 64 << 10;
@@ -47,6 +54,9 @@ pub enum RunError {
          `castractl up` or set [vms.ssh] port to reach a guest you started"
     )]
     NoPort,
+    /// The run's record could not be written (a full disk, say).
+    #[error("{0}")]
+    Record(String),
 }
 
 /// The log, events and snapshot of one executing run.
@@ -65,9 +75,9 @@ pub struct Record {
     hold: usize,
     /// That held-back text (not yet redacted), with its step and stream.
     carry: Option<(Step, OutputStream, String)>,
-    /// The guest output file, buffered: a flood of short lines is millions of lines. Flushed
-    /// when the run ends.
-    output: Option<std::io::BufWriter<std::fs::File>>,
+    /// The guest output file, its cap and what was dropped past it.
+    output: Output,
+    keep: usize,
 }
 
 /// Who a record is for.
@@ -77,6 +87,8 @@ pub struct Subject<'a> {
     pub snapshot: &'a Arc<watch::Sender<VmSnapshot>>,
     pub vm: &'a str,
     pub operation: &'a str,
+    /// The VM's output cap and log retention.
+    pub limits: Limits,
 }
 
 impl Record {
@@ -98,6 +110,10 @@ impl Record {
             trigger(plan),
             Some(who.operation),
         );
+        let output = Output::new(
+            recorder.output_path().map(Path::to_owned),
+            who.limits.output_max_bytes,
+        );
         Record {
             bus: who.bus.clone(),
             operation: who.operation.to_owned(),
@@ -110,7 +126,8 @@ impl Record {
             hold: redactions.first().map_or(0, |(v, _)| v.len() - 1),
             redactions,
             carry: None,
-            output: None,
+            output,
+            keep: who.limits.keep,
         }
     }
 
@@ -248,27 +265,32 @@ impl Record {
         cut.max(start)
     }
 
-    /// Redacts, appends to the output file and publishes one line.
+    /// Redacts, appends to the output file and publishes one line, until the file reaches its
+    /// cap; then one line says so, and the rest is only counted.
     fn emit(&mut self, step: Step, stream: OutputStream, line: &str) {
+        let tag = match stream {
+            OutputStream::Stdout => "out",
+            OutputStream::Stderr => "err",
+        };
+        let prefix = format!("{} {tag} ", step.as_str());
+        if self.output.cut {
+            // Counted as it came: a flood past the cap costs no redaction.
+            self.output.admit((prefix.len() + line.len() + 1) as u64);
+            return;
+        }
         let line = self.redact(line);
-        if self.output.is_none()
-            && let Some(path) = self.recorder.output_path()
-        {
-            let _ = crate::state_root::ensure_dir(path.parent().expect("log dir"));
-            self.output = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .ok()
-                .map(|file| std::io::BufWriter::with_capacity(OUTPUT_BUFFER, file));
-        }
-        if let Some(file) = &mut self.output {
-            let tag = match stream {
-                OutputStream::Stdout => "out",
-                OutputStream::Stderr => "err",
-            };
-            let _ = writeln!(file, "{} {tag} {line}", step.as_str());
-        }
+        let (stream, line) = match self.output.admit((prefix.len() + line.len() + 1) as u64) {
+            Admit::Drop => return,
+            Admit::Write => {
+                self.output.write(&format!("{prefix}{line}\n"));
+                (stream, line)
+            }
+            Admit::Cut(note) => {
+                self.output
+                    .write(&format!("{} castrad {note}\n", step.as_str()));
+                (OutputStream::Stderr, format!("castrad: {note}"))
+            }
+        };
         self.publish(Event::BootstrapOutput {
             vm: self.vm.clone(),
             step,
@@ -295,21 +317,24 @@ impl Record {
         self.root.vizier_log(&self.vm)
     }
 
-    /// Shows what is still held back of a split line, and flushes the output file to disk.
-    fn close_output(&mut self) {
+    /// Shows what is still held back of a split line; then the output file is closed (see
+    /// `Output::close`).
+    fn flush_carry(&mut self) {
         if let Some((step, stream, held)) = self.carry.take() {
             self.emit(step, stream, &held);
-        }
-        if let Some(mut file) = self.output.take() {
-            let _ = file.flush();
-            let _ = file.get_ref().sync_all();
         }
     }
 
     /// Ends a run that succeeded: its log, then (unless the script said nothing changed) its
-    /// stamp, then `BootstrapCompleted`.
+    /// stamp, then `BootstrapCompleted`. A run whose output or log cannot be written fails
+    /// instead, without a stamp.
     pub fn succeed(mut self, plan: &VmPlan, runner_noop: bool) -> VmOutcome {
-        self.close_output();
+        self.flush_carry();
+        if let Some(error) = self.output.close() {
+            state::move_to(&self.snapshot, &self.vm, State::Failed);
+            return self.fail(&RunError::Record(error));
+        }
+        self.recorder.output_dropped(self.output.dropped_bytes);
         let status = if runner_noop {
             RunStatus::Noop
         } else {
@@ -318,7 +343,13 @@ impl Record {
         let log_path = match self.recorder.finish(status, None) {
             Ok((path, _)) => path,
             Err(e) => {
-                let error = format!("cannot write the run log: {e}");
+                state::move_to(&self.snapshot, &self.vm, State::Failed);
+                let error = e.to_string();
+                tracing::error!(
+                    vm = self.vm,
+                    error,
+                    "the run succeeded but is recorded failed"
+                );
                 return failed(
                     &self.bus,
                     &self.operation,
@@ -339,6 +370,7 @@ impl Record {
                 }
             }
         }
+        prune(&self.root, &self.vm, self.keep);
         let duration_ms = self.started.elapsed().as_millis() as u64;
         let (event_status, outcome_status) = if runner_noop {
             (BootstrapStatus::NoOp, OutcomeStatus::NoOp)
@@ -363,16 +395,27 @@ impl Record {
     }
 
     /// Ends a run that failed: its log (ending with the `error` record), `BootstrapFailed`.
+    /// When the log cannot be written either, the error says both.
     pub fn fail(mut self, error: &RunError) -> VmOutcome {
-        self.close_output();
-        let error = error.to_string();
+        let mut error = error.to_string();
+        self.flush_carry();
+        if let Some(output) = self.output.close()
+            && !error.contains(&output)
+        {
+            error = format!("{error}; and {output}");
+        }
+        self.recorder.output_dropped(self.output.dropped_bytes);
         let log_path = match self.recorder.finish(RunStatus::Failed, Some(&error)) {
             Ok((path, _)) => Some(path),
             Err(e) => {
                 tracing::error!(vm = self.vm, error = %e, "cannot write the failure log");
+                error = format!("{error}; and {e}");
                 None
             }
         };
+        if log_path.is_some() {
+            prune(&self.root, &self.vm, self.keep);
+        }
         failed(
             &self.bus,
             &self.operation,
@@ -382,6 +425,138 @@ impl Record {
             log_path,
             error,
         )
+    }
+}
+
+/// Prunes the VM's old run logs; a failure is only worth a warning (the run is recorded).
+fn prune(root: &StateRoot, vm: &str, keep: usize) {
+    match runlog::prune(root, vm, keep) {
+        Ok(pruned) if pruned.removed.is_empty() && pruned.orphans.is_empty() => {}
+        Ok(pruned) => tracing::debug!(
+            vm,
+            removed = pruned.removed.len(),
+            orphans = pruned.orphans.len(),
+            "old run logs pruned"
+        ),
+        Err(e) => tracing::warn!(vm, error = %e, "cannot prune old run logs"),
+    }
+}
+
+/// What becomes of one line of output.
+#[derive(Debug, PartialEq, Eq)]
+enum Admit {
+    Write,
+    /// This line would cross the cap: the note that says so goes instead.
+    Cut(String),
+    Drop,
+}
+
+/// A run's output file (opened at the first line), its cap and what was dropped past it.
+struct Output {
+    path: Option<PathBuf>,
+    /// Buffered: a flood of short lines is millions of lines. Flushed when the run ends.
+    file: Option<std::io::BufWriter<File>>,
+    cap: u64,
+    written: u64,
+    cut: bool,
+    dropped_bytes: u64,
+    dropped_lines: u64,
+    /// Why the file could not be written, once that happened: no more is written, and the
+    /// run fails.
+    error: Option<String>,
+}
+
+impl Output {
+    fn new(path: Option<PathBuf>, cap: u64) -> Output {
+        Output {
+            path,
+            file: None,
+            cap,
+            written: 0,
+            cut: false,
+            dropped_bytes: 0,
+            dropped_lines: 0,
+            error: None,
+        }
+    }
+
+    /// Accounts a line of `len` bytes (in the file): written while the file stays within its
+    /// cap, then cut (once), then dropped.
+    fn admit(&mut self, len: u64) -> Admit {
+        if !self.cut && self.written.saturating_add(len) <= self.cap {
+            self.written += len;
+            return Admit::Write;
+        }
+        self.dropped_bytes += len;
+        self.dropped_lines += 1;
+        if self.cut {
+            return Admit::Drop;
+        }
+        self.cut = true;
+        Admit::Cut(format!(
+            "output cut at {} bytes (output_log_max); further output is dropped",
+            self.cap
+        ))
+    }
+
+    /// Appends `text` (whole lines) to the file, opening it first; the first failure is kept
+    /// and ends the writing.
+    fn write(&mut self, text: &str) {
+        let Some(path) = &self.path else { return };
+        if self.error.is_some() {
+            return;
+        }
+        if self.file.is_none() {
+            let opened =
+                crate::state_root::ensure_dir(path.parent().expect("log dir")).and_then(|()| {
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                });
+            match opened {
+                Ok(file) => {
+                    self.file = Some(std::io::BufWriter::with_capacity(OUTPUT_BUFFER, file))
+                }
+                Err(e) => return self.failed(e),
+            }
+        }
+        if let Some(file) = &mut self.file
+            && let Err(e) = file.write_all(text.as_bytes())
+        {
+            self.failed(e);
+        }
+    }
+
+    fn failed(&mut self, e: std::io::Error) {
+        self.file = None;
+        let path = self.path.as_deref().unwrap_or(Path::new("?"));
+        self.error = Some(format!(
+            "cannot write the run's output log {}: {e}",
+            path.display()
+        ));
+    }
+
+    /// Says what was dropped (if anything), flushes the file to disk and closes it; returns
+    /// why the output could not be written, if it could not.
+    fn close(&mut self) -> Option<String> {
+        if self.cut && self.file.is_some() {
+            let note = format!(
+                "castrad dropped {} bytes ({} lines) of output past the cap\n",
+                self.dropped_bytes, self.dropped_lines
+            );
+            self.write(&note);
+        }
+        if let Some(file) = self.file.take() {
+            let synced = file
+                .into_inner()
+                .map_err(std::io::IntoInnerError::into_error)
+                .and_then(|file| file.sync_all());
+            if let Err(e) = synced {
+                self.failed(e);
+            }
+        }
+        self.error.clone()
     }
 }
 
@@ -418,7 +593,7 @@ pub fn failed(
 }
 
 /// A run that failed before its steps began: one failure log, one `BootstrapFailed`.
-pub fn failure_outside_steps(who: Subject<'_>, started: Instant, error: String) -> VmOutcome {
+pub fn failure_outside_steps(who: Subject<'_>, started: Instant, mut error: String) -> VmOutcome {
     let run_id = runlog::new_run_id();
     let recorder = Recorder::new(
         who.root,
@@ -429,10 +604,16 @@ pub fn failure_outside_steps(who: Subject<'_>, started: Instant, error: String) 
         BootstrapTrigger::Auto,
         Some(who.operation),
     );
-    let log_path = recorder
-        .finish(RunStatus::Failed, Some(&error))
-        .ok()
-        .map(|(p, _)| p);
+    let log_path = match recorder.finish(RunStatus::Failed, Some(&error)) {
+        Ok((path, _)) => {
+            prune(who.root, who.vm, who.limits.keep);
+            Some(path)
+        }
+        Err(e) => {
+            error = format!("{error}; and {e}");
+            None
+        }
+    };
     failed(
         who.bus,
         who.operation,
@@ -491,6 +672,56 @@ fn redactions(env: &BTreeMap<String, String>) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_is_written_up_to_its_cap_then_cut_once_then_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs/run.output.log");
+        let mut out = Output::new(Some(path.clone()), 10);
+        assert_eq!(out.admit(4), Admit::Write);
+        out.write("abc\n");
+        assert_eq!(out.admit(6), Admit::Write, "exactly at the cap");
+        out.write("defgh\n");
+        let Admit::Cut(note) = out.admit(1) else {
+            panic!("no cut")
+        };
+        assert_eq!(
+            note,
+            "output cut at 10 bytes (output_log_max); further output is dropped"
+        );
+        out.write(&format!("apply castrad {note}\n"));
+        assert_eq!(out.admit(1), Admit::Drop);
+        assert_eq!(out.admit(5), Admit::Drop);
+        assert_eq!((out.dropped_bytes, out.dropped_lines), (7, 3));
+        assert_eq!(out.close(), None);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "abc\ndefgh\napply castrad {note}\n\
+                 castrad dropped 7 bytes (3 lines) of output past the cap\n"
+            )
+        );
+    }
+
+    #[test]
+    fn an_output_file_that_cannot_be_written_is_an_error_that_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        // The log directory's place is taken by a file: nothing can be created under it.
+        std::fs::write(dir.path().join("logs"), "").unwrap();
+        let path = dir.path().join("logs/run.output.log");
+        let mut out = Output::new(Some(path.clone()), 1 << 20);
+        assert_eq!(out.admit(4), Admit::Write);
+        out.write("abc\n");
+        let error = out.close().expect("an error");
+        assert!(
+            error.starts_with(&format!(
+                "cannot write the run's output log {}: ",
+                path.display()
+            )),
+            "{error}"
+        );
+    }
 
     #[test]
     fn redaction_covers_whole_values_and_each_line_of_multiline_ones() {

@@ -203,6 +203,7 @@ impl Run {
                 snapshot: &ctx.snapshot,
                 vm: &job.vm.name,
                 operation: &job.operation,
+                limits: crate::runlog::Limits::of(b),
             },
             &plan,
             &env,

@@ -5,6 +5,7 @@ mod architecture;
 mod bootstrap;
 mod cloud;
 mod daemon;
+mod disk;
 mod fleet;
 mod hostile;
 mod limits;

@@ -702,3 +702,52 @@ fn a_qemu_that_does_not_answer_is_kept_never_doubled_and_stopped_by_signal() {
     }
     assert_eq!(lab.status_vm("box")["state"], "stopped");
 }
+
+/// The serial console is castrad's to write (issue 14, item 9): `serial.log` stops at
+/// `serial_log_max` with a line saying so, a castrad restarted mid-life connects to the
+/// console again and appends, and when the VM stops the log says how much was dropped.
+#[test]
+fn a_guests_serial_console_is_cut_at_its_cap_across_a_castrad_restart() {
+    let _lock = one_at_a_time();
+    let mut lab = Lab::new(&[("box", "serial_log_max = \"64 KiB\"\n")]);
+    let up = lab.up(&[]);
+    assert_eq!(up.statuses(), ["Success"], "{}", up.stderr);
+    let log = lab.state_root().join("vms/box/serial.log");
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        read().contains("castra-guest: ready"),
+        "the boot: {}",
+        read()
+    );
+
+    lab.restart_daemon();
+    assert_eq!(lab.status_vm("box")["state"], "running");
+    lab.guest_sh("box", "echo castra-after-restart > /dev/ttyS0");
+    wait_until(
+        Duration::from_secs(10),
+        "the console to be read again",
+        || read().contains("castra-after-restart").then_some(()),
+    );
+
+    // 96 KiB of x's and newlines on the console.
+    lab.guest_sh(
+        "box",
+        "head -c 98304 /dev/zero | tr '\\0' x | fold -w 99 > /dev/ttyS0",
+    );
+    let cut = "[castrad: serial.log cut at 65536 bytes (serial_log_max); what follows is \
+               dropped]\n";
+    wait_until(Duration::from_secs(30), "the cut", || {
+        read().contains(cut).then_some(())
+    });
+    lab.down(&["box"]);
+    let text = read();
+    assert!(text.len() < (64 << 10) + 200, "{} bytes", text.len());
+    let tail = &text[text.find(cut).unwrap() + cut.len()..];
+    let dropped: u64 = tail
+        .strip_prefix("[castrad: ")
+        .and_then(|t| t.strip_suffix(" bytes dropped past the cap]\n"))
+        .unwrap_or_else(|| panic!("no count of what was dropped: {tail:?}"))
+        .parse()
+        .unwrap();
+    assert!(dropped > 30_000, "{dropped}");
+}

@@ -2,7 +2,8 @@
 //!
 //! Choices: `q35` machine, `-nodefaults`/`-no-user-config` so nothing outside castra.toml
 //! changes the VM, virtio disk and network, user-mode networking with host forwards bound to
-//! 127.0.0.1 only, a QMP socket for control, the serial console into a file, a pidfile.
+//! 127.0.0.1 only, a QMP socket for control, the serial console on a socket castrad reads
+//! (`console`: QEMU waits for castrad before it starts the guest), a pidfile.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -40,7 +41,8 @@ pub struct LaunchSpec {
     pub ssh_port: u16,
     pub port_forwards: Vec<PortForward>,
     pub qmp_socket: PathBuf,
-    pub serial_log: PathBuf,
+    /// Where QEMU listens for castrad's connection to the serial console.
+    pub serial_socket: PathBuf,
     pub pidfile: PathBuf,
     /// The NoCloud seed, attached read-only as a second disk.
     pub seed: Option<PathBuf>,
@@ -89,10 +91,15 @@ pub fn argv(spec: &LaunchSpec) -> Vec<OsString> {
     ]);
     push(&["-nodefaults", "-no-user-config", "-display", "none"]);
 
-    let mut serial = OsString::from("file:");
-    serial.push(&spec.serial_log);
-    a.push("-serial".into());
-    a.push(serial);
+    let mut serial = OsString::from("socket,id=serial0,path=");
+    serial.push(escape_commas(&spec.serial_socket));
+    serial.push(",server=on,wait=on");
+    a.extend([
+        "-chardev".into(),
+        serial,
+        "-serial".into(),
+        "chardev:serial0".into(),
+    ]);
 
     if let Some(kernel) = &spec.kernel {
         a.push("-kernel".into());
@@ -185,7 +192,7 @@ mod tests {
                 },
             ],
             qmp_socket: "/s/vms/web-0/qmp.sock".into(),
-            serial_log: "/s/vms/web-0/serial.log".into(),
+            serial_socket: "/s/vms/web-0/serial.sock".into(),
             pidfile: "/s/vms/web-0/qemu.pid".into(),
             seed: None,
             uefi: None,
@@ -205,7 +212,8 @@ mod tests {
         assert_eq!(
             joined(&spec()),
             "-name castra-web-0,process=castra-web-0 -machine q35,accel=tcg -cpu max -smp 2 -m 512M \
-             -nodefaults -no-user-config -display none -serial file:/s/vms/web-0/serial.log \
+             -nodefaults -no-user-config -display none \
+             -chardev socket,id=serial0,path=/s/vms/web-0/serial.sock,server=on,wait=on -serial chardev:serial0 \
              -kernel /g/vmlinuz -initrd /g/initrd.img -append console=ttyS0 quiet \
              -drive file=/s/vms/web-0/overlay.qcow2,if=virtio,format=qcow2,cache=writeback,discard=unmap \
              -netdev user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53 \

@@ -1,10 +1,11 @@
 //! The QEMU backend: castrad boots the VM itself. The command line (`argv`), the accelerator
-//! choice (`accel`), the QMP client (`qmp`) and the process's life on the host: overlays,
-//! launch, re-adoption, cooperative shutdown (`process`). This file is the [`Backend`] face of
-//! those pieces.
+//! choice (`accel`), the QMP client (`qmp`), the VM's capped logs (`console`) and the
+//! process's life on the host: overlays, launch, re-adoption, cooperative shutdown
+//! (`process`). This file is the [`Backend`] face of those pieces.
 
 pub mod accel;
 pub mod argv;
+pub mod console;
 pub mod process;
 pub mod qmp;
 pub mod seed;
@@ -133,7 +134,7 @@ impl Backend for Qemu {
                 ssh_port,
                 port_forwards: vm.port_forwards.clone(),
                 qmp_socket: paths.qmp.clone(),
-                serial_log: paths.serial_log.clone(),
+                serial_socket: paths.serial_socket.clone(),
                 pidfile: paths.pidfile.clone(),
                 seed: vm.cloud_init.enabled.then(|| paths.seed.clone()),
                 uefi: match vm.firmware {
@@ -141,7 +142,8 @@ impl Backend for Qemu {
                     Firmware::Uefi => Some(uefi(&paths)?),
                 },
             };
-            let q = process::launch(&spec, &paths, &choice.reason, config).await?;
+            let log_cap = vm.serial_log_max_bytes;
+            let q = process::launch(&spec, &paths, &choice.reason, config, log_cap).await?;
             Ok(Box::new(q) as Box<dyn Machine>)
         })
     }

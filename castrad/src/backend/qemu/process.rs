@@ -1,11 +1,12 @@
 //! A QEMU VM's life on the host: its overlay (the VM's disk), launching QEMU in a session of
 //! its own, recognising it again after castrad restarts, and stopping it cooperatively.
 //!
-//! Files (see `state_root::VmPaths`): the overlay and its `disk-id`, QEMU's QMP socket,
-//! serial log, stderr log and pidfile, and `launch.json`: what castrad launched (pid, the
-//! process start time, ports). A pid is taken for our QEMU only when its start time still
-//! matches (against pid reuse) and its command line names our QMP socket ([`ours`]); that is
-//! checked again right before every signal castrad sends it by pid.
+//! Files (see `state_root::VmPaths`): the overlay and its `disk-id`, QEMU's QMP and serial
+//! console sockets, the serial log and stderr log (both capped by `console`), the pidfile, and
+//! `launch.json`: what castrad launched (pid, the process start time, ports, the logs' cap). A
+//! pid is taken for our QEMU only when its start time still matches (against pid reuse) and
+//! its command line names our QMP socket ([`ours`]); that is checked again right before every
+//! signal castrad sends it by pid.
 //!
 //! Re-adoption keeps every QEMU that is still ours, answering QMP or not: one that does not
 //! answer (stopped, hung, its QMP socket gone) is adopted *unresponsive* with the reason, so
@@ -32,6 +33,7 @@ use tokio::process::{Child, Command};
 use futures::future::BoxFuture;
 
 use super::argv::{self, LaunchSpec};
+use super::console::Logs;
 use super::qmp::Qmp;
 use crate::backend::{Machine, StopPlan, StopStep, Stopped};
 use crate::fsutil::write_atomic;
@@ -229,6 +231,13 @@ pub struct LaunchRecord {
     pub launched_unix_ms: u64,
     /// The castra.toml the VM belongs to, so a restarted castrad can load its project.
     pub config: PathBuf,
+    /// The cap of serial.log and qemu.log, in bytes (`serial_log_max`).
+    #[serde(default = "default_log_cap")]
+    pub log_max_bytes: u64,
+}
+
+fn default_log_cap() -> u64 {
+    crate::config::DEFAULT_SERIAL_LOG_MAX_BYTES
 }
 
 /// A running QEMU: our child, or one adopted from a previous castrad.
@@ -238,29 +247,45 @@ pub struct QemuProcess {
     child: Option<Child>,
     /// Why an adopted QEMU is taken to be unresponsive (QMP did not answer at adoption).
     pub unresponsive: Option<String>,
+    /// Keeps serial.log and qemu.log within their cap while QEMU runs.
+    logs: Option<Logs>,
 }
 
 /// The niceness QEMU runs at (relative to castrad).
 const QEMU_NICE: &str = "5";
 
-/// Starts QEMU for `spec` and waits until QMP answers.
+/// Starts QEMU for `spec`, connects to its serial console (QEMU waits for that before it
+/// starts the guest) and waits until QMP answers. `log_cap` bounds serial.log and qemu.log.
 pub async fn launch(
     spec: &LaunchSpec,
     paths: &VmPaths,
     accel_reason: &str,
     config: &Path,
+    log_cap: u64,
 ) -> Result<QemuProcess, ProcessError> {
     ensure_not_running(paths)?;
-    for stale in [&paths.qmp, &paths.pidfile, &paths.launch] {
+    for stale in [
+        &paths.qmp,
+        &paths.serial_socket,
+        &paths.pidfile,
+        &paths.launch,
+    ] {
         let _ = std::fs::remove_file(stale);
     }
-    if paths.qmp.as_os_str().len() > 100 {
-        return Err(ProcessError::Failed(format!(
-            "QMP socket path {} is too long for a Unix socket; use a shorter state directory",
-            paths.qmp.display()
-        )));
+    for socket in [&paths.qmp, &paths.serial_socket] {
+        if socket.as_os_str().len() > 100 {
+            return Err(ProcessError::Failed(format!(
+                "socket path {} is too long for a Unix socket; use a shorter state directory",
+                socket.display()
+            )));
+        }
     }
-    let log = std::fs::File::create(&paths.qemu_log)
+    // Appended to by QEMU, so that castrad can cut it back to its cap (`console`).
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.qemu_log)
+        .and_then(|f| f.set_len(0).map(|()| f))
         .map_err(io(format!("creating {}", paths.qemu_log.display())))?;
     // setsid: QEMU gets a session of its own, so it outlives castrad (and a terminal's ^C).
     // nice: under CPU contention (TCG guests keep cores busy) the VMs yield to castrad, so
@@ -283,6 +308,7 @@ pub async fn launch(
         .ok_or_else(|| ProcessError::Failed("QEMU exited at once".into()))?;
 
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut serial = None;
     let qmp_ok = loop {
         if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
             let log = std::fs::read_to_string(&paths.qemu_log).unwrap_or_default();
@@ -294,7 +320,13 @@ pub async fn launch(
                     .unwrap_or("no message")
             )));
         }
-        if paths.qmp.exists()
+        if serial.is_none() && paths.serial_socket.exists() {
+            serial = tokio::net::UnixStream::connect(&paths.serial_socket)
+                .await
+                .ok();
+        }
+        if serial.is_some()
+            && paths.qmp.exists()
             && Qmp::connect(&paths.qmp, Duration::from_secs(2))
                 .await
                 .is_ok()
@@ -308,10 +340,22 @@ pub async fn launch(
     };
     if !qmp_ok {
         let _ = child.start_kill();
-        return Err(ProcessError::Failed(
-            "QEMU started but its QMP socket never answered".into(),
-        ));
+        let what = match serial {
+            None => format!(
+                "castrad could not connect to its serial console {}",
+                paths.serial_socket.display()
+            ),
+            Some(_) => "its QMP socket never answered".to_owned(),
+        };
+        return Err(ProcessError::Failed(format!("QEMU started but {what}")));
     }
+    let logs = Logs::spawn(
+        serial,
+        paths.serial_log.clone(),
+        paths.qemu_log.clone(),
+        log_cap,
+        true,
+    );
     let now = std::time::SystemTime::now();
     let record = LaunchRecord {
         vm: spec.vm.clone(),
@@ -327,6 +371,7 @@ pub async fn launch(
             .unwrap_or_default()
             .as_millis() as u64,
         config: config.to_owned(),
+        log_max_bytes: log_cap,
     };
     let json =
         serde_json::to_vec_pretty(&record).map_err(|e| ProcessError::Failed(e.to_string()))?;
@@ -336,6 +381,7 @@ pub async fn launch(
         record,
         child: Some(child),
         unresponsive: None,
+        logs: Some(logs),
     })
 }
 
@@ -397,10 +443,26 @@ pub async fn adopt(paths: &VmPaths) -> Option<QemuProcess> {
             record.pid
         )
     });
+    // castrad connects to its serial console again (what the guest wrote in between was
+    // dropped by QEMU).
+    let serial = tokio::net::UnixStream::connect(&paths.serial_socket)
+        .await
+        .inspect_err(
+            |e| tracing::warn!(vm = record.vm, error = %e, "cannot reach the serial console again"),
+        )
+        .ok();
+    let logs = Logs::spawn(
+        serial,
+        paths.serial_log.clone(),
+        paths.qemu_log.clone(),
+        record.log_max_bytes,
+        false,
+    );
     Some(QemuProcess {
         record,
         child: None,
         unresponsive,
+        logs: Some(logs),
     })
 }
 
@@ -414,7 +476,12 @@ pub fn forget(paths: &VmPaths) {
         );
         return;
     }
-    for f in [&paths.launch, &paths.qmp, &paths.pidfile] {
+    for f in [
+        &paths.launch,
+        &paths.qmp,
+        &paths.serial_socket,
+        &paths.pidfile,
+    ] {
         let _ = std::fs::remove_file(f);
     }
 }
@@ -497,8 +564,22 @@ impl QemuProcess {
 }
 
 /// ACPI power button, then SIGTERM, then SIGKILL, each waited for; `report` sees each step.
+/// Then the serial log gets its last line.
 pub async fn stop(
     mut process: QemuProcess,
+    graceful: Duration,
+    term: Duration,
+    report: &mut (dyn FnMut(StopStep) + Send),
+) -> Stopped {
+    let stopped = escalate(&mut process, graceful, term, report).await;
+    if let Some(logs) = process.logs.take() {
+        logs.closed(Duration::from_secs(1)).await;
+    }
+    stopped
+}
+
+async fn escalate(
+    process: &mut QemuProcess,
     graceful: Duration,
     term: Duration,
     report: &mut (dyn FnMut(StopStep) + Send),

@@ -50,6 +50,7 @@ fn external_vms_reject_lifecycle_keys() {
         ("accel = \"tcg\"\n", "accel", 9),
         ("cpus = 4\n", "cpus", 8),
         ("memory = \"1 GiB\"\n", "memory", 10),
+        ("serial_log_max = 1\n", "serial_log_max", 18),
         (
             "[[vms.port_forwards]]\nhost = 1\nguest = 2\n",
             "port_forwards",
@@ -131,6 +132,7 @@ fn defaults_for_a_minimal_qemu_vm() {
         port_forwards: vec![],
         disk_mib: None,
         firmware: crate::config::Firmware::Bios,
+        serial_log_max_bytes: 64 << 20,
         cloud_init: crate::config::CloudInit {
             enabled: true,
             ..Default::default()
@@ -148,6 +150,8 @@ fn defaults_for_a_minimal_qemu_vm() {
             handshake_timeout_secs: 120,
             apply_timeout_secs: 3600,
             verify_timeout_secs: 60,
+            output_log_max_bytes: 64 << 20,
+            keep_run_logs: 50,
             remote_dir: "/var/tmp/castra/web".into(),
             env: BTreeMap::new(),
             metadata_path: None,
@@ -487,5 +491,89 @@ fn disk_firmware_and_cloud_init_are_read_and_checked() {
         !ok(&format!("{}[vms.ssh]\nhost = \"h\"\n", ext!())).vms[0]
             .cloud_init
             .enabled
+    );
+}
+
+#[test]
+fn log_caps_and_retention_default_inherit_and_are_bounded() {
+    let defaults = ok(head!());
+    let b = &defaults.vms[0].bootstrap;
+    assert_eq!((b.output_log_max_bytes, b.keep_run_logs), (64 << 20, 50));
+    assert_eq!(defaults.vms[0].serial_log_max_bytes, 64 << 20);
+
+    let text = concat!(
+        "[project]\nname = \"demo\"\n[bootstrap]\noutput_log_max = 8\nkeep_run_logs = 3\n",
+        "[[vms]]\nname = \"web\"\nbase_image = \"img.qcow2\"\nserial_log_max = \"2 GiB\"\n",
+        "[[vms]]\nname = \"db\"\nbase_image = \"img.qcow2\"\nserial_log_max = \"64KiB\"\n",
+        "[vms.bootstrap]\noutput_log_max = \"256 KiB\"\nkeep_run_logs = 100\n",
+    );
+    let p = ok(text);
+    assert_eq!(p.bootstrap_defaults.output_log_max_bytes, 8 << 20, "MiB");
+    assert_eq!(p.bootstrap_defaults.keep_run_logs, 3);
+    let (web, db) = (&p.vms[0], &p.vms[1]);
+    assert_eq!(web.serial_log_max_bytes, 2 << 30);
+    assert_eq!(
+        (
+            web.bootstrap.output_log_max_bytes,
+            web.bootstrap.keep_run_logs
+        ),
+        (8 << 20, 3),
+        "the global values"
+    );
+    assert_eq!(db.serial_log_max_bytes, 64 << 10);
+    assert_eq!(
+        (
+            db.bootstrap.output_log_max_bytes,
+            db.bootstrap.keep_run_logs
+        ),
+        (256 << 10, 100),
+        "the VM's own"
+    );
+
+    let expected = "expected a size like \"64 MiB\" or \"256 KiB\", or an integer number of MiB";
+    assert_parse_error(
+        &format!("{}serial_log_max = 0\n", head!()),
+        "vms[0].serial_log_max",
+        &format!("serial_log_max must be between 1 KiB and 1 TiB, got 0; {expected}"),
+        7,
+        18,
+    );
+    assert_parse_error(
+        &format!("{}[vms.bootstrap]\noutput_log_max = \"2 TiB\"\n", head!()),
+        "vms[0].bootstrap.output_log_max",
+        "output_log_max must be between 1 KiB and 1 TiB, got \"2 TiB\"",
+        8,
+        18,
+    );
+    assert_parse_error(
+        &format!("{}[vms.bootstrap]\noutput_log_max = \"lots\"\n", head!()),
+        "vms[0].bootstrap.output_log_max",
+        &format!("invalid output_log_max \"lots\"; {expected}"),
+        8,
+        18,
+    );
+    assert_parse_error(
+        &format!(
+            "{}output_log_max = \"99999999999999 TiB\"\n",
+            "[project]\nname = \"demo\"\n[bootstrap]\n"
+        ),
+        "bootstrap.output_log_max",
+        "invalid output_log_max",
+        4,
+        18,
+    );
+    assert_parse_error(
+        "[project]\nname = \"demo\"\n[bootstrap]\nkeep_run_logs = 0\n",
+        "bootstrap.keep_run_logs",
+        "keep_run_logs must be between 1 and 1000000, got 0",
+        4,
+        17,
+    );
+    assert_parse_error(
+        &format!("{}[vms.bootstrap]\nkeep_run_logs = \"all\"\n", head!()),
+        "vms[0].bootstrap.keep_run_logs",
+        "integer",
+        8,
+        17,
     );
 }
