@@ -277,20 +277,8 @@ impl Daemon {
         graceful: Duration,
     ) -> Result<castra_api::DownResult, DaemonError> {
         let entry = self.load_project(config_path).await?;
-        let known = entry.project.vm_names();
-        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
-            return Err(DaemonError::UnknownVm {
-                vm: unknown.clone(),
-                known: known.iter().map(|s| (*s).to_owned()).collect(),
-            });
-        }
         let operation = crate::ids::operation_id();
-        let selected = entry
-            .project
-            .vms
-            .iter()
-            .filter(|vm| names.is_empty() || names.contains(&vm.name));
-        let stops = selected.map(|vm| {
+        let stops = selected(&entry.project, names)?.into_iter().map(|vm| {
             let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
             let request = DownRequest {
                 operation: operation.clone(),
@@ -337,18 +325,8 @@ impl Daemon {
         names: &[String],
     ) -> Result<castra_api::CancelResult, DaemonError> {
         let entry = self.load_project(config_path).await?;
-        let known = entry.project.vm_names();
-        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
-            return Err(DaemonError::UnknownVm {
-                vm: unknown.clone(),
-                known: known.iter().map(|s| (*s).to_owned()).collect(),
-            });
-        }
         let mut vms = Vec::new();
-        for vm in &entry.project.vms {
-            if !(names.is_empty() || names.contains(&vm.name)) {
-                continue;
-            }
+        for vm in selected(&entry.project, names)? {
             let operation = match self.existing_vm_handle(&entry.root, &vm.name) {
                 Some(handle) => handle.cancel("cancelled".to_owned()).await,
                 None => None,
@@ -388,13 +366,7 @@ impl Daemon {
         names: &[String],
     ) -> Result<castra_api::SshConfigResult, DaemonError> {
         let entry = self.project(config_path).await?;
-        let known = entry.project.vm_names();
-        if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
-            return Err(DaemonError::UnknownVm {
-                vm: unknown.clone(),
-                known: known.iter().map(|s| (*s).to_owned()).collect(),
-            });
-        }
+        selected(&entry.project, names)?;
         let mut hosts = Vec::new();
         for vm in &entry.project.vms {
             let named = names.contains(&vm.name);
@@ -525,4 +497,23 @@ impl Daemon {
         self.base_bytes_hashed.fetch_add(bytes, Ordering::Relaxed);
         Ok((entry, plans))
     }
+}
+
+/// The VMs of `project` that `names` selects, in file order: all of them when `names` is
+/// empty. An unknown name is an error that lists the known ones.
+fn selected<'a>(
+    project: &'a crate::config::Project,
+    names: &[String],
+) -> Result<Vec<&'a crate::config::Vm>, DaemonError> {
+    let known = project.vm_names();
+    if let Some(unknown) = names.iter().find(|n| !known.contains(&n.as_str())) {
+        return Err(DaemonError::UnknownVm {
+            vm: unknown.clone(),
+            known: known.iter().map(|s| (*s).to_owned()).collect(),
+        });
+    }
+    let vms = project.vms.iter();
+    Ok(vms
+        .filter(|vm| names.is_empty() || names.contains(&vm.name))
+        .collect())
 }

@@ -112,9 +112,10 @@ fn cpu_secs(pid: nix::unistd::Pid) -> f64 {
 /// run's output log back. The state dir is the fixture's temp dir, deleted afterwards.
 pub fn flood(bytes: u64, short_lines: bool) -> Flood {
     use std::io::BufRead;
+    // No cap on the output log (disk.rs tests that): every line must be there.
     let mut fleet = crate::fleet::Fleet::new(
         "[[vms]]\nname = \"flood\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\n\
-         script = \"scripts/flood.sh\"\n",
+         script = \"scripts/flood.sh\"\noutput_log_max = \"1 TiB\"\n",
     );
     fleet
         .env
