@@ -108,6 +108,17 @@ impl Bench {
         serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
     }
 
+    /// The output lines published so far, in order.
+    fn output_lines(&self) -> Vec<String> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::BootstrapOutput { line, .. } => Some(line),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn stamp_exists(&self) -> bool {
         self.ctx.root.stamp("web").exists()
     }
@@ -698,14 +709,7 @@ async fn env_values_are_redacted_across_a_split_line() {
         let bench = Bench::new(Fake::new(vec![successful_session(pieces)], vec![]), false);
         let outcome = bench.run().await.outcome;
         assert_eq!(outcome.status, OutcomeStatus::Success);
-        let lines: Vec<String> = bench
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::BootstrapOutput { line, .. } => Some(line),
-                _ => None,
-            })
-            .collect();
+        let lines = bench.output_lines();
         let joined: String = lines
             .iter()
             .map(|l| {
@@ -742,14 +746,7 @@ async fn output_beyond_the_notes_buffer_is_all_recorded() {
     let bench = Bench::new(Fake::new(vec![successful_session(lines)], vec![]), false);
     let outcome = bench.run().await.outcome;
     assert_eq!(outcome.status, OutcomeStatus::Success);
-    let seen: Vec<String> = bench
-        .events()
-        .into_iter()
-        .filter_map(|e| match e {
-            Event::BootstrapOutput { line, .. } => Some(line),
-            _ => None,
-        })
-        .collect();
+    let seen = bench.output_lines();
     let want: Vec<String> = (0..n).map(|i| format!("line {i}")).collect();
     assert_eq!(seen, want);
 }

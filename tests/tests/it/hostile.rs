@@ -90,39 +90,34 @@ fn directories_another_account_could_change_are_refused() {
     let up = fleet.up(&[]);
     assert_eq!(up.code, 1, "{}", up.stderr);
     assert_eq!(up.statuses(), ["Failed"; 4]);
-    let e = error_of(&up.outcome, "foreign");
-    let theirs = guest.join("theirs");
-    assert!(
-        e.starts_with(&format!(
+    let fails_with = |vm: &str, start: String| {
+        let e = error_of(&up.outcome, vm);
+        assert!(e.starts_with(&start), "{vm}: {e}");
+    };
+    fails_with(
+        "foreign",
+        format!(
             "connect: {} is owned by uid 65534, mode 755: another account of the guest could \
              change what runs there",
-            theirs.display()
-        )),
-        "{e}"
+            guest.join("theirs").display()
+        ),
     );
-    let e = error_of(&up.outcome, "open");
-    assert!(
-        e.starts_with(&format!(
+    fails_with(
+        "open",
+        format!(
             "connect: {} is owned by uid 0, mode 777: others can write to it",
             guest.join("open").display()
-        )),
-        "{e}"
+        ),
     );
-    let e = error_of(&up.outcome, "link");
-    assert!(
-        e.starts_with(&format!(
-            "connect: {} is a symbolic link",
-            guest.join("link").display()
-        )),
-        "{e}"
+    let link = guest.join("link");
+    fails_with(
+        "link",
+        format!("connect: {} is a symbolic link", link.display()),
     );
-    let e = error_of(&up.outcome, "agent");
-    assert!(
-        e.starts_with(&format!(
-            "vizier-install: {} is owned by uid 65534",
-            guest.join("vizier-agent").display()
-        )),
-        "{e}"
+    let agent = guest.join("vizier-agent");
+    fails_with(
+        "agent",
+        format!("vizier-install: {} is owned by uid 65534", agent.display()),
     );
     assert!(!marker.exists(), "a script ran");
     assert!(!foreign.join("box.sh").exists(), "the script was sent");
