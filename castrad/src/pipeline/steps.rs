@@ -583,7 +583,14 @@ impl Run {
             OutputStream::Stderr => st.script_stderr,
         };
         if stream == OutputStream::Stderr && !trimmed.is_empty() {
-            st.last_stderr = self.record.redact(trimmed);
+            // A piece of a line split at the reader's cap is redacted only once joined (see
+            // `Record::output_line`): it never goes into a message.
+            let split = trimmed.ends_with(crate::ssh::SPLIT_SUFFIX.trim())
+                || trimmed.starts_with(crate::ssh::CONTINUED_PREFIX.trim());
+            st.last_stderr = match split {
+                false => self.record.redact(trimmed),
+                true => "(a line longer than the 64 KiB cap; see the output log)".to_owned(),
+            };
         }
         if from_script {
             if trimmed == NOOP_MARKER {

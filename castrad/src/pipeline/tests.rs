@@ -210,6 +210,35 @@ async fn a_failing_script_fails_apply_with_its_status_and_last_stderr_line() {
     );
 }
 
+/// The last stderr line goes into the failure's message: a piece of a split line (which
+/// may hold part of a secret, masked only once the pieces are joined) never does.
+#[tokio::test(start_paused = true)]
+async fn a_split_stderr_line_never_reaches_the_error_message() {
+    use crate::ssh::{CONTINUED_PREFIX, SPLIT_SUFFIX};
+    let mut notes = up_to_transfer();
+    notes.push(line_on(
+        OutputStream::Stderr,
+        &format!("x hunter2-se{SPLIT_SUFFIX}"),
+    ));
+    notes.push(line_on(
+        OutputStream::Stderr,
+        &format!("{CONTINUED_PREFIX}cret"),
+    ));
+    notes.push(marker(Marker::Apply { status: 1 }));
+    let script = Script {
+        notes,
+        status: Some(0),
+        ..Script::default()
+    };
+    let bench = Bench::new(Fake::new(vec![script], vec![]), false);
+    let error = bench.run().await.outcome.error.unwrap();
+    assert_eq!(
+        error,
+        "apply: sh ./run.sh exited with status 1: (a line longer than the 64 KiB cap; see the \
+         output log)"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn castra_error_fails_apply_even_when_the_script_exits_zero() {
     let mut notes = up_to_transfer();

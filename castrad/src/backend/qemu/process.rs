@@ -556,7 +556,8 @@ impl QemuProcess {
         if !still_ours {
             return;
         }
-        let Ok(pid) = i32::try_from(self.record.pid) else {
+        // 0 and -1 would be castrad's own process group and everything it may signal.
+        let Some(pid) = i32::try_from(self.record.pid).ok().filter(|&p| p > 1) else {
             return;
         };
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
