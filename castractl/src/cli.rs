@@ -69,8 +69,12 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Show castractl's and castrad's versions.
-    Version,
+    /// Show castractl's version and castrad's (when castrad is reachable; exits 0 either way).
+    Version {
+        /// castrad's version is required: exit 3 when castrad is not reachable.
+        #[arg(long)]
+        daemon: bool,
+    },
     /// Show what `up` would do for each VM, and why, without doing it.
     Plan {
         /// Override bootstrap modes: MODE (all VMs), VM=MODE or VM:MODE, comma-separated,
@@ -191,9 +195,28 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::new(Exit::Failed, "internal", format!("current directory: {e}")))?;
     match cli.command {
-        Command::Version => {
+        Command::Version { daemon: required } => {
             let client_version = env!("CARGO_PKG_VERSION");
-            let daemon = Daemon::connect(&socket).await?;
+            // castractl's own version needs no daemon; castrad's only with --daemon.
+            let daemon = match Daemon::connect(&socket).await {
+                Ok(daemon) => daemon,
+                Err(f) if !required && f.exit == Exit::Unreachable => {
+                    if cli.json {
+                        term::json_pretty(&serde_json::json!({
+                            "castractl": client_version,
+                            "castrad": null,
+                            "unreachable": f.message,
+                        }));
+                    } else {
+                        term::text(&format!(
+                            "castractl {client_version}\ncastrad not reachable: {}\n",
+                            f.message
+                        ));
+                    }
+                    return Ok(Exit::Ok);
+                }
+                Err(f) => return Err(f),
+            };
             let v: api::VersionResult = daemon
                 .call(api::method::VERSION, &serde_json::json!({}))
                 .await?;

@@ -58,12 +58,6 @@ pub enum DaemonError {
     Plan(#[from] PlanError),
     #[error("no operation {0} (it may have been forgotten)")]
     NoOperation(String),
-    #[error("no VM {vm} in project {project}; known VMs: {}", known.join(", "))]
-    NoSuchVm {
-        vm: String,
-        project: String,
-        known: Vec<String>,
-    },
     #[error("no run {run} for VM {vm}")]
     NoSuchRun { vm: String, run: String },
     #[error("vm {0} is not running, so it has no SSH endpoint; start it with `castractl up`")]
@@ -227,7 +221,11 @@ impl Daemon {
             let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
             if let Err(busy) = handle.up(job, tx.clone()).await {
                 tracing::info!(vm = vm.name, %busy, "rejected");
-                let _ = tx.send(Some(crate::vm::rejected(&busy)));
+                // Its terminal event first: whoever waits on the outcome may then rely on it.
+                let rejected = crate::vm::rejected(&busy);
+                self.bus
+                    .publish(Some(&operation), crate::vm::rejected_event(&rejected));
+                let _ = tx.send(Some(rejected));
             }
             receivers.push(rx);
         }

@@ -22,9 +22,9 @@ impl From<DaemonError> for ErrorObjectOwned {
             | DaemonError::Plan(crate::planner::PlanError::BaseImage { .. }) => {
                 (code::PREFLIGHT, "preflight")
             }
-            DaemonError::NoOperation(_)
-            | DaemonError::NoSuchVm { .. }
-            | DaemonError::NoSuchRun { .. } => (code::NOT_FOUND, "not-found"),
+            DaemonError::NoOperation(_) | DaemonError::NoSuchRun { .. } => {
+                (code::NOT_FOUND, "not-found")
+            }
             DaemonError::Plan(_)
             | DaemonError::Logs { .. }
             | DaemonError::Panicked { .. }

@@ -141,11 +141,11 @@ async fn outcome(
 async fn logs(params: Params<'static>, daemon: &Daemon) -> Result<api::LogsResult, DaemonError> {
     let p: api::LogsParams = parse(params)?;
     let entry = daemon.load_project(&p.config).await?;
+    // An unknown name is the same preflight error here as for down, cancel and sshConfig.
     if !entry.project.vms.iter().any(|vm| vm.name == p.vm) {
         let known = entry.project.vm_names();
-        return Err(DaemonError::NoSuchVm {
+        return Err(DaemonError::UnknownVm {
             vm: p.vm.clone(),
-            project: entry.project.name.clone(),
             known: known.iter().map(|s| (*s).to_owned()).collect(),
         });
     }

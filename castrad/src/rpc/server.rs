@@ -147,8 +147,8 @@ const WS_PING: Duration = Duration::from_secs(15);
 
 /// Runs castrad until `shutdown` resolves (mini-redis' `server::run`): builds the [`Daemon`],
 /// re-adopts the VMs a previous castrad left running, serves the socket, then stops accepting,
-/// lets in-flight requests finish within the grace period, removes the socket and stops the
-/// VM actors.
+/// removes the socket, stops the VM actors (runs in flight end failed, their events and
+/// outcomes still delivered) and lets in-flight requests finish within the grace period.
 pub async fn run(
     settings: Settings,
     listener: Listener,
@@ -156,19 +156,22 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let daemon = Daemon::new(settings);
     daemon.adopt_running_vms().await;
-    serve(daemon.clone(), listener, shutdown).await?;
-    daemon.shutdown().await;
-    Ok(())
+    serve(daemon, listener, shutdown).await
 }
 
-/// Serves until `shutdown` resolves, then drains connections and removes an owned socket.
+/// After the runs were abandoned at shutdown, how long subscribers get to receive their
+/// final `BootstrapFailed` events before the connections are closed.
+const FLUSH_EVENTS: Duration = Duration::from_millis(200);
+
+/// Serves until `shutdown` resolves, then removes an owned socket, stops the VM actors and
+/// drains connections.
 async fn serve(
     daemon: Arc<Daemon>,
     listener: Listener,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let grace = daemon.settings.shutdown_grace;
-    let methods = super::methods::module(daemon);
+    let methods = super::methods::module(daemon.clone());
     let config = ServerConfig::builder()
         .set_message_buffer_capacity(MESSAGE_BUFFER)
         .enable_ws_ping(
@@ -226,6 +229,10 @@ async fn serve(
     if let Some(path) = &listener.owned_path {
         let _ = std::fs::remove_file(path);
     }
+    // The runs end first, while the connections are still open: each VM's terminal event
+    // reaches its subscribers and a waiting `castra.outcome` gets its answer.
+    daemon.shutdown().await;
+    tokio::time::sleep(FLUSH_EVENTS).await;
     let _ = server_handle.stop();
     tracker.close();
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {

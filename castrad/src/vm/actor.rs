@@ -138,6 +138,10 @@ impl Actor {
                         continue;
                     }
                     if let Some(refused) = self.unresponsive(&job) {
+                        self.ctx.pipeline.bus.publish(
+                            Some(&job.operation),
+                            super::handle::rejected_event(&refused),
+                        );
                         let _ = outcome.send(Some(refused));
                         let _ = reply.send(Ok(()));
                         continue;

@@ -136,6 +136,20 @@ fn shutting_down(vm: &str) -> Busy {
     }
 }
 
+/// The terminal event of a VM that an `up` did not attempt (`Rejected`: busy, or its QEMU
+/// unresponsive): `BootstrapFailed` with the outcome's reason, so that every VM of an
+/// operation ends its events with exactly one terminal event. No run log goes with it.
+pub fn rejected_event(outcome: &VmOutcome) -> castra_api::Event {
+    castra_api::Event::BootstrapFailed {
+        vm: outcome.vm.clone(),
+        duration_ms: outcome.duration_ms,
+        error: outcome
+            .error
+            .clone()
+            .unwrap_or_else(|| "rejected".to_owned()),
+    }
+}
+
 /// A `Rejected` outcome for a VM that was busy.
 pub fn rejected(busy: &Busy) -> VmOutcome {
     VmOutcome {

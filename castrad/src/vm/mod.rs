@@ -15,7 +15,7 @@ mod supervisor;
 
 use std::sync::Arc;
 
-pub use handle::{Busy, DownRequest, StopReport, VmHandle, rejected};
+pub use handle::{Busy, DownRequest, StopReport, VmHandle, rejected, rejected_event};
 pub use supervisor::spawn;
 
 /// What a VM's actor needs beyond its mailbox.

@@ -305,6 +305,25 @@ impl Bench {
     }
 }
 
+/// The bootstrap events of `kinds` (progress and output left out), checked against the
+/// per-VM rule of PROTOCOL.md: exactly one terminal event, and it is the last; `Started` and
+/// steps only after `Planned`.
+fn bootstrap_story(kinds: &[String]) -> Vec<String> {
+    let story: Vec<String> = kinds
+        .iter()
+        .filter(|k| k.starts_with("Bootstrap"))
+        .filter(|k| *k != "BootstrapProgress" && *k != "BootstrapOutput")
+        .cloned()
+        .collect();
+    let terminal = |k: &String| k == "BootstrapCompleted" || k == "BootstrapFailed";
+    assert_eq!(story.iter().filter(|k| terminal(k)).count(), 1, "{story:?}");
+    assert!(story.last().is_some_and(terminal), "{story:?}");
+    if story.len() > 1 {
+        assert_eq!(story[0], "BootstrapPlanned", "{story:?}");
+    }
+    story
+}
+
 async fn outcome_of(mut rx: watch::Receiver<Option<VmOutcome>>) -> VmOutcome {
     rx.wait_for(Option::is_some).await.unwrap().clone().unwrap()
 }
@@ -474,7 +493,8 @@ async fn a_machine_that_cannot_start_fails_the_run_with_the_reason() {
     );
     assert!(outcome.log_path.is_some(), "a failure log");
     assert_eq!(bench.handle.snapshot().state, State::Failed);
-    assert_eq!(bench.kinds("op-1").last().unwrap(), "BootstrapFailed");
+    // No plan was made: the terminal event alone.
+    assert_eq!(bootstrap_story(&bench.kinds("op-1")), ["BootstrapFailed"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -560,7 +580,14 @@ async fn a_panicking_actor_is_restarted_with_its_run_failed_and_its_machine_adop
     assert_eq!(first.status, OutcomeStatus::Failed);
     assert_eq!(first.error.as_deref(), Some("the VM actor crashed"));
     assert!(first.log_path.is_some(), "the lost run has its log");
-    assert_eq!(bench.kinds("op-1").last().unwrap(), "BootstrapFailed");
+    // The run had got to its steps: they stay, then exactly one terminal event.
+    let story = bootstrap_story(&bench.kinds("op-1"));
+    assert_eq!(
+        story[..2],
+        ["BootstrapPlanned", "BootstrapStarted"],
+        "{story:?}"
+    );
+    assert_eq!(story.last().unwrap(), "BootstrapFailed");
     // The supervisor found the machine again and restarted the loop; the handle still works.
     let second = outcome_of(bench.up("op-2").await).await;
     assert_eq!(bench.backend.adoptions.load(Ordering::SeqCst), 1);
@@ -590,6 +617,17 @@ async fn a_machine_found_not_answering_is_kept_never_started_again_and_can_be_st
         "{error}"
     );
     assert_eq!(bench.backend.launches.load(Ordering::SeqCst), 0);
+    // Rejected, yet the VM's story in the operation still ends: one terminal event, its reason.
+    assert_eq!(bootstrap_story(&bench.kinds("op-1")), ["BootstrapFailed"]);
+    let failed = bench
+        .bus
+        .history()
+        .into_iter()
+        .find_map(|e| match &e.event {
+            castra_api::Event::BootstrapFailed { error, .. } => Some(error.clone()),
+            _ => None,
+        });
+    assert_eq!(failed.as_deref(), Some(error.as_str()));
     let snap = bench.handle.snapshot();
     assert_eq!(snap.state, State::Unresponsive);
     assert_eq!(

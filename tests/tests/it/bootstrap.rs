@@ -340,6 +340,11 @@ fn a_second_up_on_a_busy_vm_is_rejected_for_that_vm() {
     assert_eq!(second.code, 1);
     let slow = second.outcome_of("slow");
     assert_eq!(slow["status"], "Rejected");
+    // Rejected, its story in this operation still ends: one terminal event with the reason.
+    assert_eq!(crate::edges::story(&second, "slow"), ["BootstrapFailed"]);
+    let failed = second.event("slow", "BootstrapFailed")[0];
+    assert_eq!(failed["error"], slow["error"]);
+    assert_eq!(failed["duration_ms"], 0);
     assert!(
         slow["error"]
             .as_str()

@@ -6,6 +6,7 @@ mod bootstrap;
 mod cloud;
 mod daemon;
 mod disk;
+mod edges;
 mod fleet;
 mod hostile;
 mod limits;
