@@ -498,12 +498,22 @@ async fn up(daemon: &Daemon, params: api::UpParams, json: bool) -> Result<Exit, 
     Ok(if ok { Exit::Ok } else { Exit::Failed })
 }
 
-/// Shows an event of `up` and ticks its VM off once its pipeline has ended.
+/// Shows an event of `up` and ticks its VM off once its pipeline has ended. What this
+/// castractl cannot decode (a newer daemon's event kind, field or enum value) never stops it:
+/// a terminal event with a value it does not know still ends its VM.
 fn seen(display: &mut UpDisplay, raw: &RawValue, pending: &mut HashSet<String>) {
-    if let Some(envelope) = display.event(raw)
-        && envelope.event.is_terminal()
-    {
-        pending.remove(envelope.event.vm());
+    match display.event(raw) {
+        Some(envelope) if envelope.event.is_terminal() => {
+            pending.remove(envelope.event.vm());
+        }
+        Some(_) => {}
+        None => {
+            if let Some((kind, vm)) = progress::loose(raw)
+                && (kind == "BootstrapCompleted" || kind == "BootstrapFailed")
+            {
+                pending.remove(&vm);
+            }
+        }
     }
 }
 
@@ -589,4 +599,51 @@ fn report(f: &Failure, json: bool, one_line: bool) -> Exit {
         term::error(&f.message, &f.details);
     }
     f.exit
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(event: &str) -> Box<RawValue> {
+        let text = format!(r#"{{"seq":1,"time":"t","operation":"op","event":{event}}}"#);
+        RawValue::from_string(text).expect("valid JSON")
+    }
+
+    /// PROTOCOL.md's forward-compatibility rule: an event kind, a field and an enum value this
+    /// castractl does not know are passed over, and the feed goes on.
+    #[test]
+    fn up_keeps_going_past_kinds_fields_and_values_it_does_not_know() {
+        let up = api::UpResult {
+            operation: "op".into(),
+            project: "p".into(),
+            vms: vec!["a".into(), "b".into()],
+        };
+        let mut display = UpDisplay::new(false, &up);
+        let mut pending: HashSet<String> = up.vms.iter().cloned().collect();
+        let feed = [
+            // An unknown kind.
+            r#"{"VmTeleported":{"vm":"a","to":"elsewhere"}}"#,
+            // A known kind with an unknown field.
+            r#"{"BootstrapStep":{"vm":"a","step":"connect","status":"success","duration_ms":1,"detail":null,"retries":2}}"#,
+            // An unknown step name (enum value).
+            r#"{"BootstrapStep":{"vm":"a","step":"snapshot","status":"success","duration_ms":1,"detail":null}}"#,
+            // A terminal event with an unknown status (enum value) still ends its VM.
+            r#"{"BootstrapCompleted":{"vm":"b","status":"Partial","duration_ms":1,"stamp":null}}"#,
+        ];
+        for event in feed {
+            seen(&mut display, &raw(event), &mut pending);
+        }
+        assert_eq!(pending, HashSet::from(["a".to_owned()]));
+        // A known event after all that is still understood, unknown field and all.
+        let failed =
+            raw(r#"{"BootstrapFailed":{"vm":"a","duration_ms":1,"error":"x","hint":"y"}}"#);
+        assert!(progress::parse(&failed).is_some_and(|e| e.event.is_terminal()));
+        seen(&mut display, &failed, &mut pending);
+        assert!(pending.is_empty());
+        // An unknown field in the envelope is ignored too.
+        let envelope = r#"{"seq":2,"time":"t","operation":"op","trace":"z","event":{"BootstrapFailed":{"vm":"a","duration_ms":1,"error":"x"}}}"#;
+        let envelope = RawValue::from_string(envelope.to_owned()).unwrap();
+        assert!(progress::parse(&envelope).is_some());
+    }
 }

@@ -28,6 +28,14 @@ pub fn parse(raw: &RawValue) -> Option<api::EventEnvelope> {
     serde_json::from_str(raw.get()).ok()
 }
 
+/// What castractl can still tell of a notification it cannot decode (a newer daemon: an
+/// event kind, or an enum value, it does not know): the event's kind and its VM.
+pub fn loose(raw: &RawValue) -> Option<(String, String)> {
+    let value: serde_json::Value = serde_json::from_str(raw.get()).ok()?;
+    let (kind, body) = value.get("event")?.as_object()?.iter().next()?;
+    Some((kind.clone(), body.get("vm")?.as_str()?.to_owned()))
+}
+
 /// Turns events into plain lines, dropping progress reports that repeat what the last one
 /// said (castrad re-sends them every few seconds as a heartbeat).
 #[derive(Debug, Default)]
