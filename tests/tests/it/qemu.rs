@@ -751,3 +751,39 @@ fn a_guests_serial_console_is_cut_at_its_cap_across_a_castrad_restart() {
         .unwrap();
     assert!(dropped > 30_000, "{dropped}");
 }
+
+/// Issue 15 §3: a QEMU that cannot launch (its kernel is not a kernel) ends the VM's events
+/// with one `BootstrapFailed` saying so, and nothing else of the pipeline: no plan was made.
+#[test]
+fn a_qemu_that_fails_to_launch_ends_the_vm_with_one_failed_and_no_plan() {
+    let _lock = one_at_a_time();
+    let lab = Lab::new(&[("box", "")]);
+    lab.env
+        .write(&[("p/not-a-kernel", "this is not a kernel\n")]);
+    let config = lab.project().join("castra.toml");
+    let g = guest().display().to_string();
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("kernel = \"{g}/vmlinuz\""),
+        &format!(
+            "kernel = \"{}\"",
+            lab.project().join("not-a-kernel").display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let up = lab.up(&[]);
+    assert_eq!(up.code, 1, "{}", up.stderr);
+    assert_eq!(up.statuses(), ["Failed"]);
+    let error = up.outcome_of("box")["error"].as_str().unwrap().to_owned();
+    assert!(error.contains("starting the VM failed"), "{error}");
+    let story = crate::edges::story(&up, "box");
+    let bootstrap: Vec<&String> = story
+        .iter()
+        .filter(|k| k.starts_with("Bootstrap"))
+        .collect();
+    assert_eq!(bootstrap, ["BootstrapFailed"], "{story:?}");
+    assert_eq!(
+        up.event("box", "BootstrapFailed")[0]["error"],
+        error.as_str()
+    );
+    assert_eq!(lab.status_vm("box")["state"], "failed");
+}
