@@ -579,7 +579,10 @@ fn a_late_subscriber_replays_the_whole_operation_and_logs_are_listed() {
         human.stdout
     );
     let missing = fleet.env.ctl(&fleet.project(), &["logs", "nope"]);
-    assert_eq!(missing.code, 1);
+    assert_eq!(
+        missing.code, 2,
+        "an unknown VM is a usage error, as for down"
+    );
     assert!(
         missing
             .stderr
