@@ -28,8 +28,10 @@ Commands at a glance:
 Exit codes:
   0  success
   1  the operation ran and failed
-  2  usage error, invalid castra.toml, or a preflight rejection (conflicting or unknown overrides)
-  3  castrad is not reachable (start it with `systemctl --user start castrad`)";
+  2  usage error, invalid castra.toml, or a preflight rejection (conflicting or unknown overrides,
+     an unknown VM name given to any command)
+  3  castrad is not reachable (start it with `systemctl --user start castrad`); `version` needs
+     castrad only with --daemon";
 
 const UP_HELP: &str = "\
 Output:
