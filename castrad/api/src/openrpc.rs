@@ -55,6 +55,15 @@ const ERRORS: [(&str, i32, &str); 5] = [
     ),
 ];
 
+/// Every error of [`ERRORS`]: what a method that loads a project may answer.
+const ALL: &[&str] = &[
+    "InvalidParams",
+    "Config",
+    "Preflight",
+    "Operation",
+    "NotFound",
+];
+
 /// The whole OpenRPC document.
 pub fn document() -> Value {
     let mut results = SchemaSettings::draft07()
@@ -72,27 +81,27 @@ pub fn document() -> Value {
         .for_deserialize()
         .into_generator();
 
-    let mut methods = vec![
+    let methods = vec![
         call(
             method::VERSION,
             "castrad's version and the protocol revision",
             vec![],
             result::<VersionResult>(&mut results),
-            false,
+            &[],
         ),
         call(
             method::PLAN,
             "What castra.up would do for each VM, without doing it",
             by_name::<PlanParams>(&mut params),
             result::<PlanResult>(&mut results),
-            true,
+            ALL,
         ),
         call(
             method::STATUS,
             "The daemon and the VMs of its loaded projects (or of one project)",
             by_name::<StatusParams>(&mut params),
             result::<StatusResult>(&mut results),
-            true,
+            ALL,
         ),
         call(
             method::UP,
@@ -100,42 +109,42 @@ pub fn document() -> Value {
              the operation id (follow it with castra.subscribeEvents and castra.outcome)",
             by_name::<UpParams>(&mut params),
             result::<UpResult>(&mut results),
-            true,
+            ALL,
         ),
         call(
             method::OUTCOME,
             "Waits for an operation's VMs to finish and returns how each ended",
             by_name::<OutcomeParams>(&mut params),
             result::<OutcomeResult>(&mut results),
-            true,
+            &["InvalidParams", "NotFound"],
         ),
         call(
             method::LOGS,
             "A VM's durable run logs: the list, and one run's log",
             by_name::<LogsParams>(&mut params),
             result::<LogsResult>(&mut results),
-            true,
+            ALL,
         ),
         call(
             method::DOWN,
             "Stops the project's VMs (and with discard, deletes their disks)",
             by_name::<DownParams>(&mut params),
             result::<DownResult>(&mut results),
-            true,
+            ALL,
         ),
         call(
             method::CANCEL,
             "Stops the runs in flight on the project's VMs; the VMs keep running",
             by_name::<CancelParams>(&mut params),
             result::<CancelResult>(&mut results),
-            true,
+            ALL,
         ),
         call(
             method::SSH_CONFIG,
             "How to reach each VM with OpenSSH exactly as castrad does",
             by_name::<SshConfigParams>(&mut params),
             result::<SshConfigResult>(&mut results),
-            true,
+            ALL,
         ),
         call(
             method::SUBSCRIBE_EVENTS,
@@ -148,7 +157,7 @@ pub fn document() -> Value {
                                 notifications, and the param of castra.unsubscribeEvents",
                 "schema": { "type": "integer", "format": "uint64", "minimum": 0 },
             }),
-            true,
+            &["InvalidParams"],
         ),
         json!({
             "name": method::UNSUBSCRIBE_EVENTS,
@@ -202,17 +211,6 @@ pub fn document() -> Value {
             ((*name).to_owned(), error)
         })
         .collect();
-    for m in &mut methods {
-        if m.get("errors") == Some(&Value::Bool(true)) {
-            m["errors"] = ERRORS
-                .iter()
-                .map(|(name, ..)| json!({ "$ref": format!("#/components/errors/{name}") }))
-                .collect();
-        } else if let Some(m) = m.as_object_mut() {
-            m.remove("errors");
-        }
-    }
-
     json!({
         "openrpc": OPENRPC_VERSION,
         "info": {
@@ -253,17 +251,22 @@ pub fn document() -> Value {
     })
 }
 
-/// A method that is called. `errors`: whether castrad's error codes apply (replaced by
-/// references in [`document`]).
-fn call(name: &str, summary: &str, params: Vec<Value>, result: Value, errors: bool) -> Value {
-    json!({
+/// A method that is called; `errors`: the names (in [`ERRORS`]) of the errors it may answer.
+fn call(name: &str, summary: &str, params: Vec<Value>, result: Value, errors: &[&str]) -> Value {
+    let mut method = json!({
         "name": name,
         "summary": summary,
         "paramStructure": "by-name",
         "params": params,
         "result": result,
-        "errors": errors,
-    })
+    });
+    if !errors.is_empty() {
+        method["errors"] = errors
+            .iter()
+            .map(|name| json!({ "$ref": format!("#/components/errors/{name}") }))
+            .collect();
+    }
+    method
 }
 
 fn result<T: JsonSchema>(generator: &mut SchemaGenerator) -> Value {

@@ -167,3 +167,32 @@ fn nullability_and_absence_are_stated() {
         .unwrap();
     assert_eq!(bootstrap["required"], false);
 }
+
+#[test]
+fn errors_refer_to_the_error_components() {
+    let doc = document();
+    let components = doc["components"]["errors"].as_object().unwrap();
+    for (_, code, _) in ERRORS {
+        assert!(components.values().any(|e| e["code"] == code), "{code}");
+    }
+    assert!(ALL.iter().all(|name| components.contains_key(*name)));
+    for m in doc["methods"].as_array().unwrap() {
+        for e in m["errors"].as_array().into_iter().flatten() {
+            let name = e["$ref"].as_str().unwrap();
+            let name = name.strip_prefix("#/components/errors/").unwrap();
+            assert!(components.contains_key(name), "{}: {name}", m["name"]);
+        }
+    }
+    let data = &components["Config"]["x-data-schema"];
+    assert_eq!(data["$ref"], "#/components/schemas/ErrorData");
+    assert_eq!(
+        schema(&doc, "ErrorData")["properties"]["kind"]["enum"],
+        json!([
+            "invalid-params",
+            "config",
+            "preflight",
+            "operation",
+            "not-found"
+        ])
+    );
+}
