@@ -20,8 +20,8 @@ fn checked_in_document_is_current() {
     let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         on_disk == text,
-        "{} is stale; regenerate it with: CASTRA_BLESS=1 cargo test -p castra-api openrpc",
-        path.display()
+        "proto-docs/openrpc.json is stale; regenerate it with: \
+         CASTRA_BLESS=1 cargo test -p castra-api openrpc"
     );
 }
 
