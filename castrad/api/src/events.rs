@@ -1,10 +1,11 @@
 //! Events: what castrad publishes on its bus and `castra.subscribeEvents` streams.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::*;
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SubscribeParams {
     /// Only events of this operation.
     #[serde(default)]
@@ -19,7 +20,7 @@ pub struct SubscribeParams {
 }
 
 /// What a `castra.event` notification carries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventEnvelope {
     /// Daemon-wide, strictly increasing sequence number.
     pub seq: u64,
@@ -30,7 +31,7 @@ pub struct EventEnvelope {
 }
 
 /// Every event castrad publishes, externally tagged: `{"BootstrapStarted": {...}}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[allow(clippy::large_enum_variant)] // BootstrapPlanned is big and rare; boxing would change the Rust API only.
 pub enum Event {
     BootstrapPlanned(BootstrapPlanned),
@@ -191,7 +192,7 @@ impl Event {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootstrapStepKind {
     WaitHandshake,
@@ -234,7 +235,7 @@ impl BootstrapStepKind {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BootstrapStepStatus {
     Success,
@@ -242,14 +243,14 @@ pub enum BootstrapStepStatus {
     Failed,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum BootstrapStatus {
     Success,
     NoOp,
     Skipped,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OutputStream {
     Stdout,

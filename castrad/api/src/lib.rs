@@ -13,8 +13,10 @@
 
 use std::path::PathBuf;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod openrpc;
 mod socket;
 pub use socket::{CONFIG_FILE_NAME, SOCKET_ENV, default_socket_path, runtime_dir};
 
@@ -36,6 +38,8 @@ pub mod method {
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
     /// Notification method of event subscriptions.
     pub const EVENT: &str = "castra.event";
+    /// The OpenRPC document of this protocol ([`crate::openrpc::document`]).
+    pub const DISCOVER: &str = "rpc.discover";
 }
 
 /// JSON-RPC error codes used by castrad (in the implementation-defined server range).
@@ -57,9 +61,10 @@ pub mod code {
 
 /// `error.data` of every castrad error: a machine-readable kind and the full cause chain, outermost
 /// first, so a client can show the real reason.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorData {
-    /// `config`, `preflight`, `operation` or `invalid-params`.
+    /// `invalid-params`, `config`, `preflight`, `operation` or `not-found`: one per [`code`].
+    #[schemars(extend("enum" = ["invalid-params", "config", "preflight", "operation", "not-found"]))]
     pub kind: String,
     /// The error and each of its sources, outermost first.
     pub causes: Vec<String>,
@@ -67,7 +72,7 @@ pub struct ErrorData {
     pub location: Option<ErrorLocation>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorLocation {
     pub file: PathBuf,
     pub line: usize,
@@ -77,7 +82,7 @@ pub struct ErrorLocation {
 // ---------------------------------------------------------------------------------------------
 // castra.version
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VersionResult {
     /// castrad's crate version.
     pub version: String,
@@ -88,7 +93,7 @@ pub struct VersionResult {
 // castra.plan
 
 /// Params of `castra.plan` (and, later, `castra.up`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanParams {
     /// Absolute path of castra.toml.
     pub config: PathBuf,
@@ -97,7 +102,7 @@ pub struct PlanParams {
     pub bootstrap: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PlanResult {
     pub project: String,
     pub config: PathBuf,
@@ -107,7 +112,7 @@ pub struct PlanResult {
 }
 
 /// Effective bootstrap mode of a VM after overrides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BootstrapMode {
     Auto,
@@ -116,7 +121,7 @@ pub enum BootstrapMode {
 }
 
 /// What the pipeline will do for a VM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BootstrapPlanAction {
     /// The pipeline will execute.
@@ -128,7 +133,7 @@ pub enum BootstrapPlanAction {
 }
 
 /// Why the pipeline runs: resolved from the effective mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum BootstrapTrigger {
     Auto,
@@ -136,7 +141,7 @@ pub enum BootstrapTrigger {
 }
 
 /// The `ssh` invocation the pipeline will use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BootstrapPlanSsh {
     pub user: Option<String>,
     pub host: String,
@@ -146,14 +151,14 @@ pub struct BootstrapPlanSsh {
     pub options: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct BootstrapPlanVerify {
     pub command: Option<String>,
     pub path: Option<String>,
 }
 
 /// Expected state of the in-guest Vizier agent.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum VizierPlanStatus {
     Start,
     Restart,
@@ -163,7 +168,7 @@ pub enum VizierPlanStatus {
 
 /// The dry-run summary of one VM's bootstrap, emitted before execution and returned by
 /// `castra.plan`. Field names follow the bootstrap contract in docs/BOOTSTRAP.md.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct BootstrapPlanned {
     pub vm: String,
     pub mode: BootstrapMode,
@@ -194,20 +199,20 @@ pub struct BootstrapPlanned {
 // ---------------------------------------------------------------------------------------------
 // castra.status
 
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StatusParams {
     /// Restrict the answer to this project (loading it if the daemon does not know it yet).
     #[serde(default)]
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct StatusResult {
     pub daemon: DaemonStatus,
     pub projects: Vec<ProjectStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DaemonStatus {
     pub version: String,
     pub pid: u32,
@@ -218,7 +223,7 @@ pub struct DaemonStatus {
     pub base_bytes_hashed: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ProjectStatus {
     pub name: String,
     pub config: PathBuf,
@@ -226,7 +231,7 @@ pub struct ProjectStatus {
     pub vms: Vec<VmStatus>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Backend {
     Qemu,
@@ -234,7 +239,7 @@ pub enum Backend {
 }
 
 /// Lifecycle state of a VM as castrad sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VmState {
     /// Not running (QEMU), or an external host castrad is not currently working on.
@@ -250,7 +255,7 @@ pub enum VmState {
     External,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VmStatus {
     pub name: String,
     pub backend: Backend,
@@ -281,7 +286,7 @@ pub struct VmStatus {
     pub vizier: Option<VizierStatus>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VizierStatus {
     pub version: String,
     pub pid: u32,
@@ -292,7 +297,7 @@ pub struct VizierStatus {
 // ---------------------------------------------------------------------------------------------
 // castra.cancel
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelParams {
     pub config: PathBuf,
     /// VMs whose run to stop (expanded names); empty or absent: all of the project.
@@ -300,14 +305,14 @@ pub struct CancelParams {
     pub vms: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct CancelResult {
     pub project: String,
     pub vms: Vec<VmCancel>,
 }
 
 /// One VM's answer to `castra.cancel`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmCancel {
     pub vm: String,
     /// The operation whose run was asked to stop; None: no run was in flight.
@@ -317,7 +322,7 @@ pub struct VmCancel {
 // ---------------------------------------------------------------------------------------------
 // castra.down
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DownParams {
     pub config: PathBuf,
     /// VMs to stop (expanded names); empty or absent: all of the project.
@@ -331,14 +336,14 @@ pub struct DownParams {
     pub graceful_timeout_secs: Option<u64>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DownResult {
     pub operation: String,
     pub project: String,
     pub vms: Vec<VmDown>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct VmDown {
     pub vm: String,
     pub outcome: StopOutcome,
@@ -349,7 +354,7 @@ pub struct VmDown {
 }
 
 /// How a VM's stop went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum StopOutcome {
     /// The guest powered off after the ACPI power button.
@@ -396,7 +401,7 @@ impl std::fmt::Display for StopOutcome {
 /// Params of `castra.up`: the same as `castra.plan`.
 pub type UpParams = PlanParams;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UpResult {
     /// Identifies this request in events and in `castra.outcome`.
     pub operation: String,
@@ -405,12 +410,12 @@ pub struct UpResult {
     pub vms: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OutcomeParams {
     pub operation: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct OutcomeResult {
     pub operation: String,
     pub project: String,
@@ -419,7 +424,7 @@ pub struct OutcomeResult {
 }
 
 /// How one VM's part of an operation ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum OutcomeStatus {
     Success,
     NoOp,
@@ -429,7 +434,7 @@ pub enum OutcomeStatus {
     Rejected,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct VmOutcome {
     pub vm: String,
     pub status: OutcomeStatus,
@@ -452,7 +457,7 @@ pub use events::*;
 
 /// The durable log of one executed bootstrap run:
 /// `logs/bootstrap/<vm>-<UTC timestamp>-<run id>.json` in the project's state root.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunLog {
     pub vm: String,
     pub run_id: String,
@@ -473,7 +478,7 @@ pub struct RunLog {
     pub output_dropped_bytes: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RunStatus {
     Success,
@@ -481,7 +486,7 @@ pub enum RunStatus {
     Failed,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct StepRecord {
     pub step: BootstrapStepKind,
     pub status: BootstrapStepStatus,
@@ -490,7 +495,7 @@ pub struct StepRecord {
     pub detail: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct LogsParams {
     pub config: PathBuf,
     pub vm: String,
@@ -499,7 +504,7 @@ pub struct LogsParams {
     pub run: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct LogsResult {
     pub vm: String,
     /// Every durable log of the VM, oldest first.
@@ -509,7 +514,7 @@ pub struct LogsResult {
     pub log_path: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RunSummary {
     pub run_id: String,
     pub path: PathBuf,
@@ -521,7 +526,7 @@ pub struct RunSummary {
 // ---------------------------------------------------------------------------------------------
 // castra.sshConfig
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SshConfigParams {
     pub config: PathBuf,
     /// The VMs to describe [default: every VM that can be reached now].
@@ -529,7 +534,7 @@ pub struct SshConfigParams {
     pub vms: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SshConfigResult {
     pub project: String,
     pub hosts: Vec<SshHost>,
@@ -537,7 +542,7 @@ pub struct SshConfigResult {
 
 /// How to reach one VM with OpenSSH exactly as castrad does: its pinned host key, castrad's
 /// identity for it, no trust on first use.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct SshHost {
     pub vm: String,
     /// The `Host` name of its block: `castra-<project>-<vm>`.

@@ -1,6 +1,7 @@
 //! The method table: decodes params, calls into the daemon, encodes results as wire types.
+//! `rpc.discover` answers with the protocol's OpenRPC document (`castra_api::openrpc`).
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use castra_api as api;
 use jsonrpsee::RpcModule;
@@ -19,6 +20,12 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             protocol: api::PROTOCOL_VERSION,
         })
+    })
+    .expect("unique method name");
+    m.register_method(api::method::DISCOVER, |_, _, _| {
+        // Built once: it is a pure function of castra-api's types.
+        static DOCUMENT: LazyLock<serde_json::Value> = LazyLock::new(api::openrpc::document);
+        Ok::<_, ErrorObjectOwned>(&*DOCUMENT)
     })
     .expect("unique method name");
     m.register_async_method(api::method::PLAN, |params, daemon, _| async move {

@@ -182,3 +182,42 @@ fn protocol_examples_match_real_responses() {
         "PROTOCOL.md checks no test produces: {extra:?}"
     );
 }
+
+/// castrad's `rpc.discover` serves exactly the checked-in proto-docs/openrpc.json (which
+/// castra-api's test keeps equal to the generated document, and scripts/test validates with
+/// the OpenRPC project's validator), and every method it lists that is called over HTTP exists.
+#[test]
+fn rpc_discover_serves_the_checked_in_openrpc_document() {
+    let env = Env::new();
+    let _daemon = env.start_daemon();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let file: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo.join("proto-docs/openrpc.json")).unwrap(),
+    )
+    .unwrap();
+    let served = env.http_rpc("rpc.discover", json!([]));
+    assert!(
+        served["result"] == file,
+        "rpc.discover differs from proto-docs/openrpc.json: {served}"
+    );
+    assert_eq!(served["result"]["info"]["version"], "1");
+
+    let methods = file["methods"].as_array().unwrap();
+    let mut called = 0;
+    for m in methods {
+        let name = m["name"].as_str().unwrap();
+        // Notifications are sent, not called; subscriptions need a WebSocket.
+        if m.get("x-notification").is_some() || name.contains("subscribeEvents") {
+            continue;
+        }
+        let answer = env.http_rpc(name, json!({}));
+        assert_ne!(
+            answer["error"]["code"], -32601,
+            "{name} is in the OpenRPC document but castrad does not know it: {answer}"
+        );
+        called += 1;
+    }
+    assert_eq!(called, 9, "the nine methods called over HTTP");
+}
