@@ -486,7 +486,9 @@ pub struct StepRecord {
     pub step: BootstrapStepKind,
     pub status: BootstrapStepStatus,
     pub duration_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What the step found or why it failed; `null` when it has nothing to say (never
+    /// omitted; logs written before it was always present still read).
+    #[serde(default)]
     pub detail: Option<String>,
 }
 

@@ -127,13 +127,12 @@ fn protocol_examples_match_real_responses() {
             .http_rpc("castra.outcome", json!({"operation": operation}))["result"]
             .clone(),
     );
-    real.insert(
-        "logs-result",
-        fleet
-            .env
-            .http_rpc("castra.logs", json!({"config": config, "vm": "web"}))["result"]
-            .clone(),
-    );
+    let logs = fleet
+        .env
+        .http_rpc("castra.logs", json!({"config": config, "vm": "web"}))["result"]
+        .clone();
+    assert_detail_always_present(&logs);
+    real.insert("logs-result", logs);
     real.insert(
         "status-result",
         fleet
@@ -181,4 +180,26 @@ fn protocol_examples_match_real_responses() {
         extra.is_empty(),
         "PROTOCOL.md checks no test produces: {extra:?}"
     );
+}
+
+/// Issue 15: a step record without a detail (`apply` that printed no `CASTRA_NOOP`) omitted
+/// `detail` instead of carrying `null`, in `castra.logs` and in the file on disk.
+fn assert_detail_always_present(logs: &Value) {
+    let on_disk: Value = serde_json::from_slice(
+        &std::fs::read(logs["log_path"].as_str().expect("a log path")).unwrap(),
+    )
+    .unwrap();
+    for (from, log) in [("castra.logs", &logs["log"]), ("the log file", &on_disk)] {
+        let steps = log["steps"].as_array().expect("steps");
+        assert!(
+            steps.iter().any(|s| s["step"] == "apply"),
+            "{from}: the run applied: {log}"
+        );
+        for step in steps {
+            assert!(
+                step.as_object().unwrap().contains_key("detail"),
+                "{from}: a step record lacks `detail` (it must be null): {step}"
+            );
+        }
+    }
 }
