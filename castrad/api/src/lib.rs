@@ -55,11 +55,12 @@ pub mod code {
     pub const NOT_FOUND: i32 = -32004;
 }
 
-/// `error.data` of every castrad error: a machine-readable kind and the full cause chain, outermost
-/// first, so a client can show the real reason.
+/// `error.data` of every error a castrad method returns: a machine-readable kind and the full
+/// cause chain, outermost first, so a client can show the real reason. (Errors the JSON-RPC
+/// library answers itself, before a method runs, carry no `data`: see PROTOCOL.md.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorData {
-    /// `config`, `preflight`, `operation` or `invalid-params`.
+    /// `config`, `preflight`, `operation`, `not-found` or `invalid-params`.
     pub kind: String,
     /// The error and each of its sources, outermost first.
     pub causes: Vec<String>,
@@ -140,7 +141,8 @@ pub enum BootstrapTrigger {
 pub struct BootstrapPlanSsh {
     pub user: Option<String>,
     pub host: String,
-    /// `null` for a QEMU VM whose forwarded port is chosen when it starts.
+    /// In `castra.plan`: `null` for a QEMU VM whose forwarded port is chosen when it starts.
+    /// In the `BootstrapPlanned` event of a run: the host and port that run uses.
     pub port: Option<u16>,
     pub identity: Option<PathBuf>,
     pub options: Vec<String>,
