@@ -129,7 +129,12 @@ fn a_killed_agent_is_respawned_and_the_loss_reported() {
             crate::protocol_docs::assert_same_shape(kind, "$", doc, &real);
         }
     }
-    assert!(documented.contains_key("event-VizierConnected"));
+    for name in crate::protocol_docs::CHECKED_BY_VIZIER_TESTS {
+        assert!(
+            documented.contains_key(*name),
+            "PROTOCOL.md lacks check {name}"
+        );
+    }
 }
 
 #[test]
