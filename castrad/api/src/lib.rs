@@ -59,8 +59,9 @@ pub mod code {
     pub const NOT_FOUND: i32 = -32004;
 }
 
-/// `error.data` of every castrad error: a machine-readable kind and the full cause chain, outermost
-/// first, so a client can show the real reason.
+/// `error.data` of every error a castrad method returns: a machine-readable kind and the full
+/// cause chain, outermost first, so a client can show the real reason. (Errors the JSON-RPC
+/// library answers itself, before a method runs, carry no `data`: see PROTOCOL.md.)
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ErrorData {
     /// `invalid-params`, `config`, `preflight`, `operation` or `not-found`: one per [`code`].
@@ -145,7 +146,8 @@ pub enum BootstrapTrigger {
 pub struct BootstrapPlanSsh {
     pub user: Option<String>,
     pub host: String,
-    /// `null` for a QEMU VM whose forwarded port is chosen when it starts.
+    /// In `castra.plan`: `null` for a QEMU VM whose forwarded port is chosen when it starts.
+    /// In the `BootstrapPlanned` event of a run: the host and port that run uses.
     pub port: Option<u16>,
     pub identity: Option<PathBuf>,
     pub options: Vec<String>,
@@ -491,7 +493,9 @@ pub struct StepRecord {
     pub step: BootstrapStepKind,
     pub status: BootstrapStepStatus,
     pub duration_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// What the step found or why it failed; `null` when it has nothing to say (never
+    /// omitted; logs written before it was always present still read).
+    #[serde(default)]
     pub detail: Option<String>,
 }
 

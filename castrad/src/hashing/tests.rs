@@ -252,3 +252,45 @@ fn big_and_small_files_hash_like_one_sha256_of_their_bytes() {
         );
     }
 }
+
+/// Issue 15: `vizier_dir` fed the artifact hash but BOOTSTRAP.md's list of its inputs and
+/// CONFIGURATION.md did not name it. Every labelled input of `artifact_hash` (read from this
+/// module's source, so a new one cannot be missed) is in the list, and every one that is a
+/// `[vms.bootstrap]` key has a row in the configuration reference.
+#[test]
+fn docs_name_every_labelled_input_of_the_artifact_hash() {
+    let source = include_str!("../hashing.rs");
+    let body = &source[source.find("pub fn artifact_hash").unwrap()..];
+    let body = &body[..body.find("\n}\n").unwrap()];
+    let bootstrap = include_str!("../../../docs/BOOTSTRAP.md");
+    let at = bootstrap
+        .find("- `artifact_hash`: sha256 of everything")
+        .unwrap();
+    let list = &bootstrap[at..at + bootstrap[at..].find("\n- ").unwrap()];
+    let configuration = include_str!("../../../docs/CONFIGURATION.md");
+    let mut labels = Vec::new();
+    for call in ["e.opt(", "e.field("] {
+        let mut rest = body;
+        while let Some(i) = rest.find(call) {
+            rest = &rest[i + call.len()..];
+            let rest_trimmed = rest.trim_start();
+            let label = &rest_trimmed[1..rest_trimmed[1..].find('"').unwrap() + 1];
+            labels.push(label.to_owned());
+        }
+    }
+    assert!(labels.contains(&"remote_dir".to_owned()), "{labels:?}");
+    for label in &labels {
+        if label == "vizier_version" {
+            assert!(list.contains("Vizier agent version"), "{list}");
+            continue;
+        }
+        assert!(
+            list.contains(&format!("`{label}`")),
+            "BOOTSTRAP.md's artifact hash inputs lack `{label}`: {list}"
+        );
+        assert!(
+            configuration.contains(&format!("| `{label}` ")),
+            "CONFIGURATION.md has no row for `{label}`"
+        );
+    }
+}

@@ -159,7 +159,13 @@ pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
             return record_failure(&ctx, &job, started, error).into();
         }
     };
-    publish(Event::BootstrapPlanned(planner::planned(&vm, plan.clone())));
+    let mut planned = planner::planned(&vm, plan.clone());
+    // `castra.plan` cannot know an auto-chosen port; this run does (its QEMU runs by now).
+    if let (Some(ssh), Some(at)) = (planned.ssh.as_mut(), &job.endpoint) {
+        ssh.host.clone_from(&at.host);
+        ssh.port = Some(at.port);
+    }
+    publish(Event::BootstrapPlanned(planned));
     if let Some(reason) = job.cancel.reason() {
         return record_failure(&ctx, &job, started, reason).into();
     }

@@ -1,7 +1,9 @@
 //! The one place that maps castrad errors to JSON-RPC error objects.
 //!
-//! Every error carries `error.data` ([`castra_api::ErrorData`]): a kind, the full cause chain
-//! and, for file problems, the location. Clients show the chain, so a user sees the real reason
+//! Every error a castrad method returns carries `error.data` ([`castra_api::ErrorData`]): a
+//! kind, the full cause chain and, for file problems, the location. (Errors jsonrpsee answers
+//! before a method runs, such as parse errors and unknown methods, have no `data`; PROTOCOL.md
+//! lists them.) Clients show the chain, so a user sees the real reason
 //! (a missing file, a bad key) instead of a generic "request failed".
 
 use castra_api::{ErrorData, ErrorLocation, code};

@@ -397,6 +397,40 @@ mod tests {
         assert!(pinned.contains("StrictHostKeyChecking=yes"));
     }
 
+    /// Issue 15: `BootstrapPlanned.ssh.options` lists only the project's options; PROTOCOL.md
+    /// must name every option castrad adds on its own, so a reader knows what really runs.
+    #[test]
+    fn protocol_md_names_every_option_castrad_adds() {
+        let doc = include_str!("../../../proto-docs/PROTOCOL.md");
+        let at = doc
+            .find("`ssh.options` is exactly")
+            .expect("the ssh.options paragraph");
+        let paragraph = &doc[at..at + doc[at..].find("\n\n").unwrap()];
+        let t = target();
+        let args: Vec<String> = t
+            .args(false, "true")
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let mut named = 0;
+        for pair in args.windows(2).filter(|w| w[0] == "-o") {
+            if t.options.contains(&pair[1]) {
+                continue;
+            }
+            let key = &pair[1][..pair[1].find('=').unwrap() + 1];
+            assert!(
+                paragraph.contains(&format!("`{key}")),
+                "PROTOCOL.md does not say castrad passes {key}: {paragraph}"
+            );
+            named += 1;
+        }
+        assert!(named > 10, "{args:?}");
+        for flag in ["-p", "-l", "-i"] {
+            assert!(args.iter().any(|a| a == flag));
+            assert!(paragraph.contains(&format!("`{flag} ")), "{flag}");
+        }
+    }
+
     /// What ssh itself makes of castrad's argv, with `config` as the user's ~/.ssh/config.
     fn effective(t: &Target, config: &str) -> String {
         let dir = tempfile::tempdir().unwrap();

@@ -16,6 +16,9 @@ pub const CHECKED_BY_QEMU_TESTS: &[&str] = &[
     "event-EphemeralLayerDiscarded",
 ];
 
+/// Examples of an agent that is lost and comes back: `vizier.rs` checks them.
+pub const CHECKED_BY_VIZIER_TESTS: &[&str] = &["event-VizierConnected"];
+
 /// The JSON blocks of the protocol document, by check name.
 pub fn documented_examples() -> BTreeMap<String, Value> {
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -127,13 +130,35 @@ fn protocol_examples_match_real_responses() {
             .http_rpc("castra.outcome", json!({"operation": operation}))["result"]
             .clone(),
     );
-    real.insert(
-        "logs-result",
-        fleet
-            .env
-            .http_rpc("castra.logs", json!({"config": config, "vm": "web"}))["result"]
-            .clone(),
-    );
+    let logs = fleet
+        .env
+        .http_rpc("castra.logs", json!({"config": config, "vm": "web"}))["result"]
+        .clone();
+    assert_detail_always_present(&logs);
+    // Issue 15: an external VM's base_hash is a constant; the docs say which.
+    let base = logs["log"]["base_hash"].as_str().unwrap().to_owned();
+    for doc in ["proto-docs/PROTOCOL.md", "docs/BOOTSTRAP.md"] {
+        let text = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .parent()
+                .unwrap()
+                .join(doc),
+        )
+        .unwrap();
+        let text = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let at = text
+            .find("the same for every external VM")
+            .unwrap_or_else(|| panic!("{doc} does not say external VMs' base_hash is constant"));
+        assert!(
+            text[at..]
+                .chars()
+                .take(160)
+                .collect::<String>()
+                .contains(&base),
+            "{doc} does not give external VMs' constant base_hash {base}"
+        );
+    }
+    real.insert("logs-result", logs);
     real.insert(
         "status-result",
         fleet
@@ -166,6 +191,32 @@ fn protocol_examples_match_real_responses() {
         real.insert(name.as_str(), value.clone());
     }
 
+    // Issue 15: a NoOp has a trigger and a handshake timeout; PROTOCOL.md said null "when
+    // nothing runs". Only a skip has neither, and that is what the table says now.
+    let plan = fleet.env.http_rpc("castra.plan", json!({"config": config}))["result"].clone();
+    let web = &plan["vms"][0];
+    assert_eq!(
+        (&web["vm"], &web["action"]),
+        (&json!("web"), &json!("noop")),
+        "{web}"
+    );
+    assert_eq!(web["trigger"], "auto", "{web}");
+    assert!(web["handshake_timeout_secs"].as_u64().is_some(), "{web}");
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let text = std::fs::read_to_string(repo.join("proto-docs/PROTOCOL.md")).unwrap();
+    for field in ["trigger", "handshake_timeout_secs"] {
+        let row = text
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{field}` |")))
+            .unwrap();
+        assert!(
+            row.contains("null when the action is `skip`") && !row.contains("nothing runs"),
+            "PROTOCOL.md: {row}"
+        );
+    }
+
     let documented = documented_examples();
     for (name, value) in &real {
         let doc = documented
@@ -175,7 +226,11 @@ fn protocol_examples_match_real_responses() {
     }
     let extra: Vec<_> = documented
         .keys()
-        .filter(|k| !real.contains_key(k.as_str()) && !CHECKED_BY_QEMU_TESTS.contains(&k.as_str()))
+        .filter(|k| {
+            !real.contains_key(k.as_str())
+                && !CHECKED_BY_QEMU_TESTS.contains(&k.as_str())
+                && !CHECKED_BY_VIZIER_TESTS.contains(&k.as_str())
+        })
         .collect();
     assert!(
         extra.is_empty(),
@@ -220,4 +275,178 @@ fn rpc_discover_serves_the_checked_in_openrpc_document() {
         called += 1;
     }
     assert_eq!(called, 9, "the nine methods called over HTTP");
+}
+
+/// Issue 15: a step record without a detail (`apply` that printed no `CASTRA_NOOP`) omitted
+/// `detail` instead of carrying `null`, in `castra.logs` and in the file on disk.
+fn assert_detail_always_present(logs: &Value) {
+    let on_disk: Value = serde_json::from_slice(
+        &std::fs::read(logs["log_path"].as_str().expect("a log path")).unwrap(),
+    )
+    .unwrap();
+    for (from, log) in [("castra.logs", &logs["log"]), ("the log file", &on_disk)] {
+        let steps = log["steps"].as_array().expect("steps");
+        assert!(
+            steps.iter().any(|s| s["step"] == "apply"),
+            "{from}: the run applied: {log}"
+        );
+        for step in steps {
+            assert!(
+                step.as_object().unwrap().contains_key("detail"),
+                "{from}: a step record lacks `detail` (it must be null): {step}"
+            );
+        }
+    }
+}
+
+/// POSTs `body` as it is; the JSON-RPC response whatever the HTTP status.
+fn post(env: &Env, body: &str) -> Value {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(env.socket())
+        .args([
+            "-H",
+            "content-type: application/json",
+            "--data-binary",
+            body,
+        ])
+        .arg("http://castrad/")
+        .output()
+        .expect("curl");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// The JSON blocks (```json) of a document under the repository root, as text.
+fn json_blocks(doc: &str) -> Vec<String> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let text = std::fs::read_to_string(repo.join(doc)).unwrap();
+    let mut out = Vec::new();
+    let mut rest = text.as_str();
+    while let Some(at) = rest.find("```json\n") {
+        rest = &rest[at + "```json\n".len()..];
+        let end = rest.find("\n```").unwrap();
+        out.push(rest[..end].to_owned());
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// The rows of PROTOCOL.md's error table: code → (kind column, rest of the row).
+fn error_table() -> BTreeMap<i64, (String, String)> {
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap();
+    let text = std::fs::read_to_string(repo.join("proto-docs/PROTOCOL.md")).unwrap();
+    let errors = &text[text.find("## Errors").unwrap()..];
+    let errors = &errors[..errors[3..].find("\n## ").unwrap()];
+    errors
+        .lines()
+        .filter_map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            let code = cells.get(1)?.parse().ok()?;
+            Some((
+                code,
+                (cells[2].trim_matches('`').to_owned(), line.to_owned()),
+            ))
+        })
+        .collect()
+}
+
+/// Issue 15: what PROTOCOL.md and BOOTSTRAP.md state about errors and examples is what castrad
+/// does: every code in the error table (with its `data` kind, or that it has no `data`), no
+/// `…` placeholders in examples, no `vizier_status: null` (castrad never sends it).
+#[test]
+fn documented_errors_and_examples_are_what_castrad_sends() {
+    let env = Env::new();
+    let _daemon = env.start_daemon();
+    let table = error_table();
+    for code in [
+        castra_api::code::INVALID_PARAMS,
+        castra_api::code::CONFIG,
+        castra_api::code::PREFLIGHT,
+        castra_api::code::OPERATION,
+        castra_api::code::NOT_FOUND,
+    ] {
+        assert!(
+            table.contains_key(&i64::from(code)),
+            "PROTOCOL.md's error table lacks {code}"
+        );
+    }
+    // Errors castrad's methods return carry `data` of the kind the table names; the ones
+    // the JSON-RPC library answers before any castrad method runs carry none, as documented.
+    let config = env.path("nope/castra.toml");
+    for body in [
+        "{not json".to_owned(),
+        r#"[]"#.to_owned(),
+        r#"{"id":1,"method":"castra.version"}"#.to_owned(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"castra.nope"}"#.to_owned(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"castra.subscribeEvents"}"#.to_owned(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"castra.plan","params":{"config":5}}"#.to_owned(),
+        json!({"jsonrpc": "2.0", "id": 1, "method": "castra.plan", "params": {"config": config}})
+            .to_string(),
+        r#"{"jsonrpc":"2.0","id":1,"method":"castra.outcome","params":{"operation":"op-x"}}"#
+            .to_owned(),
+    ] {
+        let error = &post(&env, &body)["error"];
+        let code = error["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{body}: {error}"));
+        let (kind, row) = table
+            .get(&code)
+            .unwrap_or_else(|| panic!("{body}: code {code} is not in PROTOCOL.md's table"));
+        match error.get("data") {
+            Some(data) => assert_eq!(&data["kind"], kind.as_str(), "{body}: {error} vs {row}"),
+            None => assert!(
+                row.contains("no `data`"),
+                "{body}: {error} has no data, but PROTOCOL.md does not say so: {row}"
+            ),
+        }
+    }
+
+    for doc in ["proto-docs/PROTOCOL.md", "docs/BOOTSTRAP.md"] {
+        for block in json_blocks(doc) {
+            assert!(
+                !block.contains('…'),
+                "{doc}: an example holds a placeholder: {block}"
+            );
+            assert!(
+                !block.contains("\"vizier_status\": null"),
+                "{doc}: castrad never sends vizier_status null: {block}"
+            );
+        }
+    }
+}
+
+/// The first buffered event of `kind` about `vm`, replayed by `castractl events`.
+pub fn first_replayed(socket: &std::path::Path, vm: &str, kind: &str) -> Value {
+    let mut follow = std::process::Command::new(crate::support::CASTRACTL)
+        .args(["events", "--json", "--vm", vm, "--since", "0"])
+        .env("CASTRA_SOCKET", socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let found = loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+            Ok(line) => {
+                let v: Value = serde_json::from_str(&line).unwrap();
+                if crate::support::event_kind(&v) == kind {
+                    break Some(v);
+                }
+            }
+            Err(_) => break None,
+        }
+    };
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+    found.unwrap_or_else(|| panic!("no {kind} about {vm} within 10 s"))
 }

@@ -264,6 +264,10 @@ fn up_noop_down_up_and_discard_on_a_real_guest() {
     assert!(at("OverlayPrepared") < at("VmLaunched") && at("VmLaunched") < at("BootstrapPlanned"));
     let launched = first.event("box", "VmLaunched")[0].clone();
     assert!(launched["pid"].as_u64().unwrap() > 0);
+    // Issue 15: the plan of a run names the port it uses (auto-chosen at launch), not null.
+    let planned_port = |up: &Up| up.event("box", "BootstrapPlanned")[0]["ssh"]["port"].clone();
+    assert!(launched["ssh_port"].as_u64().unwrap() > 0, "{launched}");
+    assert_eq!(planned_port(&first), launched["ssh_port"]);
     if Path::new("/sys/module/kvm_pvm").exists() {
         assert_eq!(launched["accel"], "tcg", "auto must avoid kvm_pvm");
         assert!(
@@ -330,6 +334,11 @@ fn up_noop_down_up_and_discard_on_a_real_guest() {
         "the disk was kept"
     );
     assert_eq!(third.event("box", "VmLaunched").len(), 1);
+    assert_eq!(
+        planned_port(&third),
+        third.event("box", "VmLaunched")[0]["ssh_port"],
+        "a NoOp's plan names the port too"
+    );
     assert_eq!(lab.disk_id("box").unwrap(), disk);
     assert_eq!(
         lab.guest_sh("box", "cat /data/castra/box/castra-mark"),

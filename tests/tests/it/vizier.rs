@@ -115,6 +115,26 @@ fn a_killed_agent_is_respawned_and_the_loss_reported() {
     );
     let new_pid = fleet.status_vm("box")["vizier"]["pid"].as_u64().unwrap();
     assert_ne!(new_pid, pid, "a new agent process");
+    // Issue 15: the agent's events belong to no operation; PROTOCOL.md shows them so.
+    let documented = crate::protocol_docs::documented_examples();
+    for kind in ["VizierLost", "VizierConnected"] {
+        let real = crate::protocol_docs::first_replayed(&fleet.env.socket(), "box", kind);
+        assert_eq!(real["operation"], serde_json::Value::Null, "{real}");
+        if let Some(doc) = documented.get(&format!("event-{kind}")) {
+            assert_eq!(
+                doc["operation"],
+                serde_json::Value::Null,
+                "PROTOCOL.md: {doc}"
+            );
+            crate::protocol_docs::assert_same_shape(kind, "$", doc, &real);
+        }
+    }
+    for name in crate::protocol_docs::CHECKED_BY_VIZIER_TESTS {
+        assert!(
+            documented.contains_key(*name),
+            "PROTOCOL.md lacks check {name}"
+        );
+    }
 }
 
 #[test]
