@@ -3,6 +3,7 @@
 
 mod architecture;
 mod bootstrap;
+mod clients;
 mod cloud;
 mod daemon;
 mod disk;

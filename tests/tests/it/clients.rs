@@ -1,0 +1,145 @@
+//! The non-Rust clients in clients/ (issue 15 §4), run against a real castrad and a fleet of
+//! `external` VMs behind a real sshd: plan, up with its live feed, outcome, status and logs,
+//! each answer checked by the client against the schema castrad serves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::fleet::Fleet;
+
+const TWO_WEBS: &str = r#"
+[[vms]]
+name = "web"
+replicas = 2
+backend = "external"
+SSH
+[vms.bootstrap]
+script = "scripts/web.sh"
+payload = "payload"
+verify_path = "done"
+"#;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+struct Run {
+    code: i32,
+    lines: Vec<Value>,
+    stderr: String,
+}
+
+impl Run {
+    /// The count the client prints of the messages it validated against the served schema.
+    fn validated(&self) -> usize {
+        let line = self
+            .stderr
+            .lines()
+            .find(|l| l.ends_with("messages validated against the served schema"))
+            .unwrap_or_else(|| panic!("no validation count in: {}", self.stderr));
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn only(&self) -> &Value {
+        assert_eq!(self.code, 0, "{}", self.stderr);
+        assert_eq!(self.lines.len(), 1, "{:?}", self.lines);
+        &self.lines[0]
+    }
+}
+
+/// Runs `program CLIENT ARGS` against the fleet's daemon (in the project's directory).
+fn client(fleet: &Fleet, program: &str, client: &str, args: &[&str]) -> Run {
+    let out = Command::new(program)
+        .arg(repo().join(client))
+        .args(args)
+        .current_dir(fleet.project())
+        .env("CASTRA_SOCKET", fleet.env.socket())
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (scripts/setup installs it): {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        lines,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// plan, up (live events), outcome, status, logs and an error, through `program CLIENT`.
+fn drives_a_real_castrad(program: &str, client_path: &str) {
+    let fleet = Fleet::new(TWO_WEBS);
+    let run = |args: &[&str]| client(&fleet, program, client_path, args);
+
+    let plan = run(&["plan", "castra.toml"]);
+    let planned: Vec<(&str, &str)> = plan.only()["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["vm"].as_str().unwrap(), v["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(planned, [("web-0", "run"), ("web-1", "run")]);
+    assert_eq!(plan.validated(), 1, "the plan result");
+
+    let up = run(&["up", "castra.toml"]);
+    assert_eq!(up.code, 0, "{}", up.stderr);
+    let (outcome, events) = up.lines.split_last().unwrap();
+    let outcome = &outcome["outcome"];
+    let statuses: Vec<&str> = outcome["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["Success", "Success"], "{outcome}");
+    for vm in ["web-0", "web-1"] {
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| &e["event"]["event"])
+            .filter_map(|e| e.as_object()?.iter().next())
+            .filter(|(_, body)| body["vm"] == vm)
+            .map(|(kind, _)| kind.as_str())
+            .collect();
+        assert_eq!(kinds.first(), Some(&"BootstrapPlanned"), "{vm}: {kinds:?}");
+        assert!(kinds.contains(&"BootstrapStep"), "{vm}: {kinds:?}");
+        assert_eq!(kinds.last(), Some(&"BootstrapCompleted"), "{vm}: {kinds:?}");
+        assert_eq!(fleet.guest_runs(vm), 1, "{vm} ran once");
+    }
+    // castra.up, every event shown, castra.outcome.
+    assert!(up.validated() >= events.len() + 2, "{}", up.stderr);
+    let operation = outcome["operation"].as_str().unwrap();
+    assert!(events.iter().all(|e| e["event"]["operation"] == operation));
+
+    let again = run(&["outcome", operation]);
+    assert_eq!(again.only(), outcome);
+
+    let status = run(&["status", "castra.toml"]);
+    let vms: Vec<&str> = status.only()["projects"][0]["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(vms, ["web-0", "web-1"]);
+
+    let logs = run(&["logs", "castra.toml", "web-1"]);
+    let logs = logs.only();
+    assert_eq!(logs["log"]["status"], "success", "{logs}");
+    assert_eq!(logs["log"]["operation"], operation);
+    assert_eq!(logs["runs"].as_array().unwrap().len(), 1);
+
+    let unknown = run(&["logs", "castra.toml", "nope"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("-32002"), "{}", unknown.stderr);
+    assert!(unknown.stderr.contains("nope"), "{}", unknown.stderr);
+}
+
+/// Debian's python3, the one python3-websockets and python3-jsonschema (scripts/setup) are for.
+#[test]
+fn python_client_drives_a_real_castrad() {
+    drives_a_real_castrad("/usr/bin/python3", "clients/python/castra_client.py");
+}
