@@ -143,3 +143,42 @@ fn drives_a_real_castrad(program: &str, client_path: &str) {
 fn python_client_drives_a_real_castrad() {
     drives_a_real_castrad("/usr/bin/python3", "clients/python/castra_client.py");
 }
+
+/// node with the npm packages of clients/node (`npm ci` there; scripts/test runs it).
+#[test]
+fn node_client_drives_a_real_castrad() {
+    assert!(
+        repo().join("clients/node/node_modules/ws").is_dir(),
+        "clients/node has no node_modules: run `npm ci` there (scripts/test does)"
+    );
+    drives_a_real_castrad("node", "clients/node/castra-client.js");
+}
+
+/// The Node client lists the methods from the served OpenRPC document, as an editor would
+/// build its commands.
+#[test]
+fn node_client_lists_the_served_methods() {
+    let fleet = Fleet::new(TWO_WEBS);
+    let methods = client(
+        &fleet,
+        "node",
+        "clients/node/castra-client.js",
+        &["methods"],
+    );
+    let names: Vec<&str> = methods
+        .only()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    for name in [
+        "castra.plan",
+        "castra.up",
+        "castra.outcome",
+        "castra.status",
+        "castra.logs",
+    ] {
+        assert!(names.contains(&name), "{name} in {names:?}");
+    }
+}
