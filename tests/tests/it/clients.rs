@@ -1,6 +1,7 @@
 //! The non-Rust clients in clients/ (issue 15 §4), run against a real castrad and a fleet of
 //! `external` VMs behind a real sshd: plan, up with its live feed, outcome, status and logs,
-//! each answer checked by the client against the schema castrad serves.
+//! each answer checked by the client against the schema castrad serves; and the Neovim plugin
+//! of editors/nvim, headless.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -181,4 +182,79 @@ fn node_client_lists_the_served_methods() {
     ] {
         assert!(names.contains(&name), "{name} in {names:?}");
     }
+}
+
+/// The Neovim plugin (editors/nvim), headless: :CastraStatus, :CastraUp with its live feed from
+/// `castractl events --json`, :CastraLogs.
+#[test]
+fn neovim_plugin_drives_a_real_castrad() {
+    let fleet = Fleet::new(TWO_WEBS);
+    let plugin = repo().join("editors/nvim");
+    let out = Command::new("nvim")
+        .args(["--headless", "--clean", "-u", "NONE", "-i", "NONE", "--cmd"])
+        .arg(format!("set rtp^={}", plugin.display()))
+        .arg("-c")
+        .arg(format!("luafile {}", plugin.join("test/run.lua").display()))
+        .current_dir(fleet.project())
+        .env("CASTRA_SOCKET", fleet.env.socket())
+        .env("CASTRA_CASTRACTL", crate::support::CASTRACTL)
+        .output()
+        .expect("nvim (scripts/setup installs neovim)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().map(str::trim_end).collect();
+    let section = |title: &str, nth: usize| -> Vec<&str> {
+        let start = lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l == format!("== {title}"))
+            .nth(nth)
+            .unwrap_or_else(|| panic!("no {title} in {stdout}"))
+            .0;
+        lines[start + 1..]
+            .iter()
+            .take_while(|l| !l.starts_with("== ") && !l.starts_with("statusline"))
+            .copied()
+            .collect()
+    };
+    let status = section("CastraStatus", 0);
+    assert_eq!(status[0], "project fleet", "{stdout}");
+    assert!(
+        status[1].starts_with("web-0") && status[2].starts_with("web-1"),
+        "{stdout}"
+    );
+
+    let up = section("CastraUp", 0);
+    for vm in ["web-0", "web-1"] {
+        let step = |s: &str| {
+            up.iter()
+                .any(|l| l.split_whitespace().eq([vm, s, "success"]))
+        };
+        assert!(step("apply") && step("verify"), "{vm} steps in {stdout}");
+        assert!(
+            up.iter().any(|l| l.split_whitespace().eq([vm, "Success"])),
+            "{stdout}"
+        );
+        assert_eq!(fleet.guest_runs(vm), 1, "{vm} ran once");
+    }
+    assert_eq!(up.last(), Some(&"outcome: 2 Success"), "{stdout}");
+    assert!(lines.contains(&"statusline castra: 2 Success"), "{stdout}");
+
+    let logs = section("CastraLogs web-0", 0);
+    assert!(
+        logs[0].starts_with("web-0 run ") && logs[0].contains(": success"),
+        "{stdout}"
+    );
+    assert!(
+        logs.iter().any(|l| l.trim() == "verify           success"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("vim.NIL"),
+        "nulls shown as nothing: {stdout}"
+    );
 }

@@ -1,0 +1,2 @@
+-- Defines :CastraStatus, :CastraUp and :CastraLogs (lua/castra/init.lua).
+require('castra').setup()
