@@ -190,11 +190,28 @@ fn node_client_lists_the_served_methods() {
 fn neovim_plugin_drives_a_real_castrad() {
     let fleet = Fleet::new(TWO_WEBS);
     let plugin = repo().join("editors/nvim");
-    let out = Command::new("nvim")
-        .args(["--headless", "--clean", "-u", "NONE", "-i", "NONE", "--cmd"])
+    // Any error in the script quits nvim with status 1 (headless nvim would wait forever), and
+    // `timeout` bounds the rest.
+    let script = format!(
+        "lua local ok, e = pcall(dofile, {:?}) if not ok then \
+         io.stdout:write('ERROR ' .. tostring(e) .. '\\n') vim.cmd('cquit 1') end",
+        plugin.join("test/run.lua").display().to_string()
+    );
+    let out = Command::new("timeout")
+        .args([
+            "60",
+            "nvim",
+            "--headless",
+            "--clean",
+            "-u",
+            "NONE",
+            "-i",
+            "NONE",
+            "--cmd",
+        ])
         .arg(format!("set rtp^={}", plugin.display()))
         .arg("-c")
-        .arg(format!("luafile {}", plugin.join("test/run.lua").display()))
+        .arg(script)
         .current_dir(fleet.project())
         .env("CASTRA_SOCKET", fleet.env.socket())
         .env("CASTRA_CASTRACTL", crate::support::CASTRACTL)
