@@ -4,6 +4,7 @@
 mod architecture;
 mod bootstrap;
 mod cloud;
+mod contract;
 mod daemon;
 mod disk;
 mod edges;

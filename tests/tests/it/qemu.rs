@@ -144,6 +144,7 @@ impl Lab {
                 )
                 .unwrap(),
             };
+            crate::contract::event(&event);
             if event["operation"] == sentinel.as_str() {
                 if crate::support::event_kind(&event) == "BootstrapCompleted" {
                     break;
@@ -176,6 +177,7 @@ impl Lab {
             .ok();
         let first = out.stdout.lines().next().expect("the sentinel's events");
         let envelope: Value = serde_json::from_str(first).unwrap();
+        crate::contract::event(&envelope);
         envelope["operation"].as_str().unwrap().to_owned()
     }
 
