@@ -241,6 +241,14 @@ pub fn event(envelope: &Value) {
     check(&contract().envelope, "an event", envelope);
 }
 
+/// A line of `castractl events --json`, parsed and checked as an event envelope.
+pub fn event_line(line: &str) -> Value {
+    let envelope = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("an event line that is not JSON ({e}): {line}"));
+    event(&envelope);
+    envelope
+}
+
 /// The `--json` output of `castractl ARGS` that is a protocol object: a method's result, or
 /// (for `version`) castrad's part of it. castractl's own wrappers (`{"error": …}`, the
 /// version pair) are not in the document and are left out.
@@ -248,24 +256,30 @@ pub fn castractl_output(args: &[String], output: &Value) {
     if output.get("error").is_some() && output.as_object().is_some_and(|o| o.len() == 1) {
         return;
     }
-    let Some(command) = args.iter().find(|a| !a.starts_with('-')) else {
+    use castra_api::method;
+    // The subcommand: the first argument that names one (a flag's value comes after its flag).
+    let commands = [
+        ("plan", method::PLAN),
+        ("status", method::STATUS),
+        ("down", method::DOWN),
+        ("cancel", method::CANCEL),
+        ("logs", method::LOGS),
+        ("ssh-config", method::SSH_CONFIG),
+        ("version", method::VERSION),
+    ];
+    let Some((command, method)) = args
+        .iter()
+        .find_map(|a| commands.iter().find(|(c, _)| c == a))
+    else {
         return;
     };
-    let method = match command.as_str() {
-        "plan" => "castra.plan",
-        "status" => "castra.status",
-        "down" => "castra.down",
-        "cancel" => "castra.cancel",
-        "logs" => "castra.logs",
-        "ssh-config" => "castra.sshConfig",
-        "version" => {
-            if !output["castrad"].is_null() {
-                result_of("castra.version", &output["castrad"]);
-            }
-            return;
+    if *command == "version" {
+        // castractl's pair: castrad's part is castra.version's result (null when unreachable).
+        if !output["castrad"].is_null() {
+            result_of(method, &output["castrad"]);
         }
-        _ => return,
-    };
+        return;
+    }
     result_of(method, output);
 }
 
@@ -274,7 +288,7 @@ pub fn castractl_output(args: &[String], output: &Value) {
 pub fn castractl_line(line: &Value) {
     match line.as_object() {
         Some(o) if o.len() == 1 && o.contains_key("outcome") => {
-            result_of("castra.outcome", &line["outcome"])
+            result_of(castra_api::method::OUTCOME, &line["outcome"])
         }
         Some(o) if o.len() == 1 && o.contains_key("error") => {}
         _ => event(line),
