@@ -138,11 +138,20 @@ fn counted() {
     MINE.with(|m| m.set(m.get() + 1));
 }
 
-fn check(validator: &Validator, what: &str, instance: &Value) {
-    let problems: Vec<String> = validator
+fn problems(validator: &Validator, instance: &Value) -> Vec<String> {
+    validator
         .iter_errors(instance)
         .map(|e| format!("at {}: {e}", e.instance_path()))
-        .collect();
+        .collect()
+}
+
+/// What is wrong with `result` as the result of `method` (nothing: empty).
+pub fn result_problems(method: &str, result: &Value) -> Vec<String> {
+    problems(&contract().results[method], result)
+}
+
+fn check(validator: &Validator, what: &str, instance: &Value) {
+    let problems = problems(validator, instance);
     assert!(
         problems.is_empty(),
         "{what} violates the OpenRPC document:\n  {}\nin {}",
@@ -355,5 +364,65 @@ fn the_strict_contract_rejects_nulls_unknown_values_and_undocumented_fields() {
     assert!(
         !problems(&missing).is_empty(),
         "a missing required field passed"
+    );
+}
+
+/// Real responses of a real castrad pass (the fixtures check them), and the same responses
+/// with a documented non-null field set to null, an enum value the document does not list, or
+/// an undocumented field do not: the strict contract has teeth on what castrad really sends.
+#[test]
+fn real_responses_pass_and_each_kind_of_drift_from_them_fails() {
+    let env = crate::support::Env::new();
+    env.write(&[
+        ("shop/castra.toml", crate::plan::PROJECT),
+        ("shop/scripts/web.sh", "#!/bin/sh\n"),
+        ("shop/scripts/db.sh", "#!/bin/sh\n"),
+        ("shop/payload/a", "a"),
+        ("shop/images/base.img", "img"),
+    ]);
+    let _daemon = env.start_daemon();
+    let config = env.path("shop/castra.toml").canonicalize().unwrap();
+    let before = MINE.with(Cell::get);
+    let plan =
+        env.http_rpc(castra_api::method::PLAN, json!({ "config": config }))["result"].clone();
+    let status = env.http_rpc(castra_api::method::STATUS, json!({}))["result"].clone();
+    let error = env.http_rpc(
+        castra_api::method::LOGS,
+        json!({ "config": config, "vm": "nope" }),
+    );
+    assert!(error["error"]["data"].is_object(), "{error}");
+    assert_eq!(
+        MINE.with(Cell::get) - before,
+        3,
+        "each response was validated"
+    );
+    let vm = status["projects"][0]["vms"][0].clone();
+    assert!(vm.is_object(), "a VM in {status}");
+
+    let mut drifts = Vec::new();
+    let mut null = status.clone();
+    null["daemon"]["pid"] = Value::Null;
+    drifts.push(("castra.status", "a null pid", null));
+    let mut value = status.clone();
+    value["projects"][0]["vms"][0]["state"] = json!("Levitating");
+    drifts.push(("castra.status", "an unknown state", value));
+    let mut field = status;
+    field["projects"][0]["vms"][0]["secret"] = json!("x");
+    drifts.push(("castra.status", "an undocumented field", field));
+    assert!(plan["vms"][0]["ssh"].is_object(), "{plan}");
+    let mut nested = plan;
+    nested["vms"][0]["ssh"]["extra"] = json!(true);
+    drifts.push(("castra.plan", "an undocumented nested field", nested));
+    for (method, what, drifted) in drifts {
+        assert!(
+            !result_problems(method, &drifted).is_empty(),
+            "{what} passed as a {method} result: {drifted}"
+        );
+    }
+    let mut data = error["error"]["data"].clone();
+    data["kind"] = json!("oops");
+    assert!(
+        !problems(&contract().error_data, &data).is_empty(),
+        "{data}"
     );
 }
