@@ -536,6 +536,7 @@ fn a_late_subscriber_replays_the_whole_operation_and_logs_are_listed() {
     while terminal < 4 {
         let line = lines.next().expect("event feed ended early").unwrap();
         let v: Value = serde_json::from_str(&line).unwrap();
+        crate::contract::event(&v);
         let kind = crate::support::event_kind(&v);
         if kind == "BootstrapCompleted" || kind == "BootstrapFailed" {
             terminal += 1;
@@ -616,6 +617,7 @@ fn a_quiet_subscription_survives_past_jsonrpsees_idle_limit() {
     child.wait().unwrap();
     let first: Value =
         serde_json::from_str(&first.expect("an event after the quiet spell").unwrap()).unwrap();
+    crate::contract::event(&first);
     assert_eq!(first["event"]["BootstrapPlanned"]["vm"], "db", "{first}");
 }
 

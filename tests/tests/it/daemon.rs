@@ -296,6 +296,7 @@ fn castrad_accepts_a_socket_from_systemd_activation() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    crate::contract::result_of("castra.status", &status);
     assert!(status["daemon"]["pid"].as_u64().unwrap() > 0);
     assert!(
         !env.path("unused").exists(),

@@ -172,6 +172,7 @@ impl Up {
         for line in stdout.lines().filter(|l| !l.trim().is_empty()) {
             let v: Value =
                 serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            crate::contract::castractl_line(&v);
             if v.get("outcome").is_some() {
                 outcome = v["outcome"].clone();
             } else {

@@ -237,7 +237,7 @@ fn cancel_and_down_stop_a_run_in_flight() {
     let script = read_pid(&pid_file);
     let down = fleet.env.ctl(&fleet.project(), &["down", "--json", "box"]);
     assert_eq!(down.code, 0, "{}", down.stderr);
-    let down: Value = serde_json::from_str(&down.stdout).unwrap();
+    let down: Value = down.json();
     assert_eq!(down["vms"][0]["outcome"], "external", "{down}");
     let outcome = fleet
         .env

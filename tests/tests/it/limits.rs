@@ -132,6 +132,7 @@ pub fn flood(bytes: u64, short_lines: bool) -> Flood {
     let (mut output_events, mut split_seen, mut outcome) = (0, false, serde_json::Value::Null);
     for line in std::io::BufReader::new(up.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
+        crate::contract::castractl_line(&serde_json::from_str(&line).unwrap());
         if line.starts_with("{\"outcome\"") {
             outcome = serde_json::from_str::<serde_json::Value>(&line).unwrap()["outcome"].take();
         } else if line.contains("\"BootstrapOutput\"") {

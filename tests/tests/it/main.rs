@@ -5,6 +5,7 @@ mod architecture;
 mod bootstrap;
 mod clients;
 mod cloud;
+mod contract;
 mod daemon;
 mod disk;
 mod edges;

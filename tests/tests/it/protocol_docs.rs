@@ -313,8 +313,15 @@ fn post(env: &Env, body: &str) -> Value {
         .arg("http://castrad/")
         .output()
         .expect("curl");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+    let response = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    // A request that is not JSON or names no method is checked as a call of no method.
+    let method = serde_json::from_str::<Value>(body)
+        .ok()
+        .and_then(|b| b["method"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    crate::contract::response(&method, &response);
+    response
 }
 
 /// The JSON blocks (```json) of a document under the repository root, as text.
@@ -439,6 +446,7 @@ pub fn first_replayed(socket: &std::path::Path, vm: &str, kind: &str) -> Value {
         match rx.recv_timeout(std::time::Duration::from_secs(10)) {
             Ok(line) => {
                 let v: Value = serde_json::from_str(&line).unwrap();
+                crate::contract::event(&v);
                 if crate::support::event_kind(&v) == kind {
                     break Some(v);
                 }

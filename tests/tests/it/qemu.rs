@@ -130,19 +130,17 @@ impl Lab {
         });
         // The subscription is live once the first replayed event arrives (the daemon has
         // published events before any replay is asked for).
-        let first: Value =
-            serde_json::from_str(&rx.recv_timeout(Duration::from_secs(30)).unwrap()).unwrap();
+        let first = crate::contract::event_line(&rx.recv_timeout(Duration::from_secs(30)).unwrap());
         let sentinel = self.sentinel();
         let mut events = Vec::new();
         let mut next = Some(first);
         loop {
             let event = match next.take() {
                 Some(e) => e,
-                None => serde_json::from_str(
+                None => crate::contract::event_line(
                     &rx.recv_timeout(Duration::from_secs(30))
                         .expect("the sentinel's events (castrad publishes them at once)"),
-                )
-                .unwrap(),
+                ),
             };
             if event["operation"] == sentinel.as_str() {
                 if crate::support::event_kind(&event) == "BootstrapCompleted" {
@@ -175,7 +173,7 @@ impl Lab {
             )
             .ok();
         let first = out.stdout.lines().next().expect("the sentinel's events");
-        let envelope: Value = serde_json::from_str(first).unwrap();
+        let envelope = crate::contract::event_line(first);
         envelope["operation"].as_str().unwrap().to_owned()
     }
 

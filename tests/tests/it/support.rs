@@ -139,7 +139,10 @@ impl Env {
             .env("CASTRA_SOCKET", self.socket())
             .output()
             .expect("run castractl");
-        Ctl::from(out)
+        Ctl {
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            ..Ctl::from(out)
+        }
     }
 
     /// POSTs a JSON-RPC request over the socket with curl, returns the parsed response.
@@ -159,7 +162,15 @@ impl Env {
             "curl failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        serde_json::from_slice(&out.stdout).expect("JSON-RPC response")
+        let response = serde_json::from_slice(&out.stdout).expect("JSON-RPC response");
+        crate::contract::response(method, &response);
+        response
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        crate::contract::report();
     }
 }
 
@@ -243,6 +254,8 @@ pub struct Ctl {
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
+    /// castractl's arguments, when known: `json` validates what is a protocol object.
+    pub args: Vec<String>,
 }
 
 impl From<Output> for Ctl {
@@ -251,14 +264,18 @@ impl From<Output> for Ctl {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            args: Vec::new(),
         }
     }
 }
 
 impl Ctl {
+    /// The `--json` output, checked against the protocol where it is a protocol object.
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("castractl printed no JSON ({e}): {self:?}"))
+        let output = serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("castractl printed no JSON ({e}): {self:?}"));
+        crate::contract::castractl_output(&self.args, &output);
+        output
     }
 
     pub fn ok(self) -> Ctl {
@@ -322,10 +339,9 @@ pub fn raw_rpc(
     let took = started.elapsed();
     let text = String::from_utf8(response).unwrap();
     let (_, json) = text.split_once("\r\n\r\n").expect("an HTTP response");
-    (
-        serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}")),
-        took,
-    )
+    let response = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {text}"));
+    crate::contract::response(method, &response);
+    (response, took)
 }
 
 /// Every file's text under `root`, concatenated (lossy), for "does X appear anywhere" checks.
@@ -370,6 +386,7 @@ pub fn agent_lost_and_back(
     let mut kinds = Vec::new();
     while let Ok(line) = rx.recv_timeout(quiet) {
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        crate::contract::event(&v);
         kinds.push(event_kind(&v));
         if kinds.ends_with(&back) {
             break;
