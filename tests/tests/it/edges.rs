@@ -3,13 +3,13 @@
 //! VM: bootstrap.rs, a QEMU that cannot launch: qemu.rs); castractl exits 2 for an unknown VM
 //! name whatever the command, and `castractl version` works without castrad.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
 use crate::fleet::{Fleet, Up};
-use crate::support::{CASTRACTL, Env, wait_until};
+use crate::support::{Env, wait_until};
 
 /// The bootstrap events of `vm` in `up` (steps with their names), checked against the rule of
 /// PROTOCOL.md: exactly one terminal event and it is the last; anything before it starts with
@@ -73,14 +73,7 @@ fn castrad_stopping_mid_run_still_ends_the_vms_events_and_answers_the_outcome() 
         .env
         .write(&[("p/scripts/slow.sh", "echo started; sleep 30\n")]);
     let config = fleet.project().join("castra.toml").canonicalize().unwrap();
-    let follower = Command::new(CASTRACTL)
-        .args(["up", "--json"])
-        .current_dir(fleet.project())
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follower = fleet.env.spawn_ctl(&fleet.project(), &["up", "--json"]);
     wait_until(Duration::from_secs(20), "the script to start", || {
         let s = fleet
             .env

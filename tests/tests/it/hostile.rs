@@ -4,13 +4,12 @@
 //! left going in the guest by a castrad that was killed (the guest-side run lock).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use crate::fleet::Fleet;
-use crate::support::{CASTRACTL, wait_until};
+use crate::support::wait_until;
 
 /// A VM of the fleet with its own remote_dir and Vizier directory (`GUEST/vizier-<name>`),
 /// `GUEST` standing for the test's guest directory.
@@ -174,32 +173,31 @@ fn hung_steps_time_out_and_their_guest_processes_are_stopped() {
     }
 }
 
+/// A VM `box` whose script writes its pid to the returned file, then sleeps for ten minutes.
+fn sleeping_box() -> (Fleet, std::path::PathBuf) {
+    let fleet = Fleet::new(
+        "[[vms]]\nname = \"box\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\n\
+         script = \"scripts/box.sh\"\n",
+    );
+    fleet.env.write(&[(
+        "p/scripts/box.sh",
+        "echo $$ > ../box.pid.tmp; mv ../box.pid.tmp ../box.pid\nexec sleep 600\n",
+    )]);
+    let pid_file = fleet.env.path("guest/box.pid");
+    (fleet, pid_file)
+}
+
 /// `castractl cancel` stops a run in flight: the script's processes end, the run fails
 /// "cancelled" with its log and no stamp, and the `up` following it says so. `down` of a VM
 /// mid-run cancels the run first, then stops the VM (an external one: nothing to stop).
 #[test]
 fn cancel_and_down_stop_a_run_in_flight() {
-    let fleet = Fleet::new(
-        "[[vms]]\nname = \"box\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\n\
-         script = \"scripts/box.sh\"\n",
-    );
-    let pid_file = fleet.env.path("guest/box.pid");
-    fleet.env.write(&[(
-        "p/scripts/box.sh",
-        "echo $$ > ../box.pid.tmp; mv ../box.pid.tmp ../box.pid\nexec sleep 600\n",
-    )]);
+    let (fleet, pid_file) = sleeping_box();
     let idle = fleet.env.ctl(&fleet.project(), &["cancel"]);
     assert_eq!(idle.code, 0, "{}", idle.stderr);
     assert_eq!(idle.stdout, "box: no run in flight\n");
 
-    let follow = Command::new(CASTRACTL)
-        .args(["up", "--json"])
-        .current_dir(fleet.project())
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let follow = fleet.env.spawn_ctl(&fleet.project(), &["up", "--json"]);
     let script = read_pid(&pid_file);
     let cancel = fleet.env.ctl(&fleet.project(), &["cancel", "box"]);
     assert_eq!(cancel.code, 0, "{}", cancel.stderr);
@@ -258,23 +256,8 @@ fn cancel_and_down_stop_a_run_in_flight() {
 /// Ctrl-C in `castractl up` stops following, not the run, and says how to stop the run.
 #[test]
 fn ctrl_c_in_up_says_how_to_cancel() {
-    let fleet = Fleet::new(
-        "[[vms]]\nname = \"box\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\n\
-         script = \"scripts/box.sh\"\n",
-    );
-    let pid_file = fleet.env.path("guest/box.pid");
-    fleet.env.write(&[(
-        "p/scripts/box.sh",
-        "echo $$ > ../box.pid.tmp; mv ../box.pid.tmp ../box.pid\nexec sleep 600\n",
-    )]);
-    let follow = Command::new(CASTRACTL)
-        .arg("up")
-        .current_dir(fleet.project())
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (fleet, pid_file) = sleeping_box();
+    let follow = fleet.env.spawn_ctl(&fleet.project(), &["up"]);
     let script = read_pid(&pid_file);
     let ctl = nix::unistd::Pid::from_raw(follow.id() as i32);
     nix::sys::signal::kill(ctl, nix::sys::signal::Signal::SIGINT).unwrap();

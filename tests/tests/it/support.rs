@@ -131,6 +131,19 @@ impl Env {
         daemon
     }
 
+    /// Starts castractl against this env's daemon, in `cwd`, its stdout and stderr piped (a
+    /// command that follows, like `up`, while the test acts).
+    pub fn spawn_ctl(&self, cwd: &Path, args: &[&str]) -> Child {
+        Command::new(CASTRACTL)
+            .args(args)
+            .current_dir(cwd)
+            .env("CASTRA_SOCKET", self.socket())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn castractl")
+    }
+
     /// Runs castractl against this env's daemon, in `cwd`.
     pub fn ctl(&self, cwd: &Path, args: &[&str]) -> Ctl {
         let out = Command::new(CASTRACTL)
