@@ -458,3 +458,44 @@ pub fn first_replayed(socket: &std::path::Path, vm: &str, kind: &str) -> Value {
     follow.wait().unwrap();
     found.unwrap_or_else(|| panic!("no {kind} about {vm} within 10 s"))
 }
+
+/// The method a checked example named `<stem>-result` shows: `ssh-config` is `castra.sshConfig`.
+fn method_of(stem: &str) -> String {
+    let mut method = String::from("castra.");
+    let mut upper = false;
+    for c in stem.chars() {
+        match c {
+            '-' => upper = true,
+            c if upper => {
+                method.extend(c.to_uppercase());
+                upper = false;
+            }
+            c => method.push(c),
+        }
+    }
+    method
+}
+
+/// Issue 15: every checked example of PROTOCOL.md satisfies the strict schema of what it shows
+/// (a method's result, an event envelope, an error response), not only the shape of real
+/// output: an example cannot document a field, a null or an enum value castrad never sends.
+#[test]
+fn every_checked_example_satisfies_the_openrpc_document() {
+    let examples = documented_examples();
+    let mut checked = 0;
+    for (name, example) in &examples {
+        if name.starts_with("event-") {
+            crate::contract::event(example);
+        } else if let Some(stem) = name.strip_suffix("-result") {
+            crate::contract::result_of(&method_of(stem), example);
+        } else if name == "error-config" {
+            // What castra.plan answers for a castra.toml that does not load.
+            crate::contract::response("castra.plan", example);
+        } else {
+            panic!("example {name}: the test does not know what it shows");
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, examples.len());
+    assert!(checked >= 20, "{checked} examples");
+}
