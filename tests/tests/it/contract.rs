@@ -244,6 +244,24 @@ pub fn error_of(method: &str, error: &Value) {
     counted();
 }
 
+/// `instance` against the document's schema `components.schemas.NAME` (a bare event, a run
+/// log, one of its step records).
+pub fn component(name: &str, instance: &Value) {
+    let mut doc = castra_api::openrpc::document();
+    strict(&mut doc["components"]["schemas"]);
+    assert!(
+        doc["components"]["schemas"].get(name).is_some(),
+        "no schema {name} in the document"
+    );
+    let root = json!({
+        "$ref": format!("#/components/schemas/{name}"),
+        "components": doc["components"],
+    });
+    let validator = jsonschema::draft7::new(&root)
+        .unwrap_or_else(|e| panic!("the schema {name} does not compile: {e}"));
+    check(&validator, name, instance);
+}
+
 /// An event envelope (a `castra.event` notification's `result`, or a line of
 /// `castractl events --json` / `castractl up --json`).
 pub fn event(envelope: &Value) {

@@ -9,6 +9,7 @@ mod contract;
 mod daemon;
 mod disk;
 mod edges;
+mod examples;
 mod fleet;
 mod hostile;
 mod limits;

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use crate::examples::{self, Scrub};
 use crate::support::Env;
 
 /// Examples only a real QEMU guest produces: `qemu.rs` checks them.
@@ -19,57 +20,27 @@ pub const CHECKED_BY_QEMU_TESTS: &[&str] = &[
 /// Examples of an agent that is lost and comes back: `vizier.rs` checks them.
 pub const CHECKED_BY_VIZIER_TESTS: &[&str] = &["event-VizierConnected"];
 
-/// The JSON blocks of the protocol document, by check name.
+/// The examples of the protocol document, by check name (the first value of each).
 pub fn documented_examples() -> BTreeMap<String, Value> {
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap();
-    let text = std::fs::read_to_string(repo.join("proto-docs/PROTOCOL.md")).unwrap();
-    let mut out = BTreeMap::new();
-    let mut rest = text.as_str();
-    const MARK: &str = "\n<!-- check: ";
-    while let Some(at) = rest.find(MARK) {
-        rest = &rest[at + MARK.len()..];
-        let name = rest[..rest.find(" -->").unwrap()].to_owned();
-        let start = rest.find("```json\n").unwrap() + "```json\n".len();
-        let end = start + rest[start..].find("\n```").unwrap();
-        let value = serde_json::from_str(&rest[start..end])
-            .unwrap_or_else(|e| panic!("example {name} is not valid JSON: {e}"));
-        assert!(
-            out.insert(name.clone(), value).is_none(),
-            "duplicate check {name}"
-        );
-        rest = &rest[end..];
-    }
-    out
+    examples::all()
+        .into_iter()
+        .filter(|(_, e)| e.doc == "proto-docs/PROTOCOL.md")
+        .map(|(name, e)| (name, e.values[0].clone()))
+        .collect()
 }
 
-/// Panics unless `doc` and `real` have the same keys at every level. Arrays compare their
-/// first elements; `null` matches anything (an optional field that is set on one side).
-pub fn assert_same_shape(name: &str, path: &str, doc: &Value, real: &Value) {
-    match (doc, real) {
-        (Value::Null, _) | (_, Value::Null) => {}
-        (Value::Object(d), Value::Object(r)) => {
-            let dk: Vec<_> = d.keys().collect();
-            let rk: Vec<_> = r.keys().collect();
-            assert_eq!(
-                dk, rk,
-                "{name}: fields of {path} differ between PROTOCOL.md and castrad"
-            );
-            for (k, v) in d {
-                assert_same_shape(name, &format!("{path}.{k}"), v, &r[k]);
-            }
-        }
-        (Value::Array(d), Value::Array(r)) => {
-            if let (Some(d0), Some(r0)) = (d.first(), r.first()) {
-                assert_same_shape(name, &format!("{path}[0]"), d0, r0);
-            }
-        }
-        (d, r) => assert_eq!(
-            std::mem::discriminant(d),
-            std::mem::discriminant(r),
-            "{name}: {path} is {d} in PROTOCOL.md but {r} from castrad"
+/// The documents' own paths, for what a test's castrad names in its temp directory.
+fn scrub_env(env: &Env, project_dir: &str) -> Scrub {
+    let scrub = Scrub::new()
+        .path(&env.path(project_dir), "/home/me/shop")
+        .path(&env.state(), "/home/me/.local/state/castra")
+        .path(&env.socket(), "/run/user/1000/castra/castrad.sock");
+    match std::fs::read_dir(env.state().join("projects")) {
+        Ok(_) => scrub.path(
+            &env.project_state(),
+            "/home/me/.local/state/castra/projects/shop-1f2e3d4c",
         ),
+        Err(_) => scrub,
     }
 }
 
@@ -85,28 +56,31 @@ fn protocol_examples_match_real_responses() {
     ]);
     let _daemon = env.start_daemon();
     let config = env.path("shop/castra.toml").canonicalize().unwrap();
-    let mut real = BTreeMap::new();
+    let mut real: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     real.insert(
         "version-result",
-        env.http_rpc("castra.version", json!({}))["result"].clone(),
+        vec![env.http_rpc("castra.version", json!({}))["result"].clone()],
     );
     let plan = env.http_rpc(
         "castra.plan",
         json!({"config": config, "bootstrap": ["web-1=always"]}),
     );
-    real.insert("plan-result", plan["result"].clone());
-    real.insert(
-        "status-result",
-        env.http_rpc("castra.status", json!({}))["result"].clone(),
-    );
+    let mut plan = plan["result"].clone();
+    // The example shows one VM of the plan.
+    plan["vms"] = json!([plan["vms"][1].clone()]);
+    real.insert("plan-result", vec![plan]);
     env.write(&[(
         "shop/castra.toml",
         &crate::plan::PROJECT.replace("mode = \"skip\"", "mode = \"sometimes\""),
     )]);
     real.insert(
         "error-config",
-        env.http_rpc("castra.plan", json!({"config": config})),
+        vec![env.http_rpc("castra.plan", json!({"config": config}))],
     );
+    let scrub = scrub_env(&env, "shop");
+    for (name, values) in &real {
+        examples::assert_matches(name, values, &scrub);
+    }
 
     // The bootstrap methods and every event kind, from a run with one good and one dead VM.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
@@ -119,16 +93,23 @@ fn protocol_examples_match_real_responses() {
          payload = \"payload\"\n[[vms]]\nname = \"db\"\nbackend = \"external\"\n[vms.ssh]\nhost = \"127.0.0.1\"\n\
          port = {dead}\n[vms.bootstrap]\nscript = \"scripts/db.sh\"\nhandshake_timeout_secs = 1\n"
     ));
-    let config = fleet.project().join("castra.toml").canonicalize().unwrap();
+    // The documents' project is "shop".
+    let toml = fleet.project().join("castra.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("name = \"fleet\"", "name = \"shop\"")).unwrap();
+    let config = toml.canonicalize().unwrap();
+    let mut real: BTreeMap<&str, Vec<Value>> = BTreeMap::new();
     let up = fleet.env.http_rpc("castra.up", json!({"config": config}));
-    real.insert("up-result", up["result"].clone());
+    real.insert("up-result", vec![up["result"].clone()]);
     let operation = up["result"]["operation"].clone();
     real.insert(
         "outcome-result",
-        fleet
-            .env
-            .http_rpc("castra.outcome", json!({"operation": operation}))["result"]
-            .clone(),
+        vec![
+            fleet
+                .env
+                .http_rpc("castra.outcome", json!({"operation": operation}))["result"]
+                .clone(),
+        ],
     );
     let logs = fleet
         .env
@@ -137,7 +118,7 @@ fn protocol_examples_match_real_responses() {
     assert_detail_always_present(&logs);
     // Issue 15: an external VM's base_hash is a constant; the docs say which.
     let base = logs["log"]["base_hash"].as_str().unwrap().to_owned();
-    for doc in ["proto-docs/PROTOCOL.md", "docs/BOOTSTRAP.md"] {
+    for doc in examples::DOCS {
         let text = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
                 .parent()
@@ -158,38 +139,76 @@ fn protocol_examples_match_real_responses() {
             "{doc} does not give external VMs' constant base_hash {base}"
         );
     }
-    real.insert("logs-result", logs);
-    real.insert(
-        "status-result",
-        fleet
-            .env
-            .http_rpc("castra.status", json!({"config": config}))["result"]
-            .clone(),
-    );
+    real.insert("bootstrap-log", vec![logs["log"].clone()]);
+    real.insert("logs-result", vec![logs]);
+    let db_log = fleet
+        .env
+        .http_rpc("castra.logs", json!({"config": config, "vm": "db"}))["result"]["log"]
+        .clone();
+    let last = db_log["steps"].as_array().unwrap().last().unwrap().clone();
+    real.insert("bootstrap-error-record", vec![last]);
+    let status = fleet
+        .env
+        .http_rpc("castra.status", json!({"config": config}))["result"]
+        .clone();
+    let vizier_pid = status["projects"][0]["vms"][0]["vizier"]["pid"]
+        .as_u64()
+        .expect("web's agent pid");
+    real.insert("status-result", vec![status]);
     real.insert(
         "ssh-config-result",
-        fleet.env.http_rpc(
-            "castra.sshConfig",
-            json!({"config": config, "vms": ["web"]}),
-        )["result"]
-            .clone(),
+        vec![
+            fleet.env.http_rpc(
+                "castra.sshConfig",
+                json!({"config": config, "vms": ["web"]}),
+            )["result"]
+                .clone(),
+        ],
     );
     real.insert(
         "cancel-result",
-        fleet
-            .env
-            .http_rpc("castra.cancel", json!({"config": config}))["result"]
-            .clone(),
+        vec![
+            fleet
+                .env
+                .http_rpc("castra.cancel", json!({"config": config}))["result"]
+                .clone(),
+        ],
     );
+    // Every event kind of a forced run: web's where it has one (db's only fail), in order.
     let events = fleet.up(&["--bootstrap", "always"]).events;
     let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
-    for e in events {
-        let kind = crate::support::event_kind(&e);
-        by_kind.entry(format!("event-{kind}")).or_insert(e);
+    for vm in ["web", "db"] {
+        for e in events
+            .iter()
+            .filter(|e| crate::support::event_vm(e) == Some(vm))
+        {
+            let kind = crate::support::event_kind(e);
+            by_kind.entry(format!("event-{kind}")).or_insert(e.clone());
+        }
     }
+    real.insert(
+        "bootstrap-event",
+        vec![by_kind["event-BootstrapStarted"].clone()],
+    );
+    let db_end: Vec<Value> = events
+        .iter()
+        .filter(|e| crate::support::event_vm(e) == Some("db"))
+        .map(|e| e["event"].clone())
+        .filter(|e| e.get("BootstrapFailed").is_some() || e["BootstrapStep"]["status"] == "failed")
+        .collect();
+    real.insert("bootstrap-failed", db_end);
     for (name, value) in &by_kind {
-        real.insert(name.as_str(), value.clone());
+        real.insert(name.as_str(), vec![value.clone()]);
     }
+    // An unchanged rerun: web's whole story is two events.
+    let noop: Vec<Value> = fleet
+        .up(&[])
+        .events
+        .iter()
+        .filter(|e| crate::support::event_vm(e) == Some("web"))
+        .map(|e| e["event"].clone())
+        .collect();
+    real.insert("bootstrap-noop", noop);
 
     // Issue 15: a NoOp has a trigger and a handshake timeout; PROTOCOL.md said null "when
     // nothing runs". Only a skip has neither, and that is what the table says now.
@@ -217,25 +236,36 @@ fn protocol_examples_match_real_responses() {
         );
     }
 
-    let documented = documented_examples();
-    for (name, value) in &real {
-        let doc = documented
-            .get(*name)
-            .unwrap_or_else(|| panic!("PROTOCOL.md lacks check {name}"));
-        assert_same_shape(name, "$", doc, value);
+    let scrub = scrub_fleet(&fleet, dead, vizier_pid);
+    for (name, values) in &real {
+        examples::assert_matches(name, values, &scrub);
     }
-    let extra: Vec<_> = documented
-        .keys()
+    let extra: Vec<String> = examples::all()
+        .into_keys()
         .filter(|k| {
             !real.contains_key(k.as_str())
+                && !["version-result", "plan-result", "error-config"].contains(&k.as_str())
                 && !CHECKED_BY_QEMU_TESTS.contains(&k.as_str())
                 && !CHECKED_BY_VIZIER_TESTS.contains(&k.as_str())
         })
         .collect();
-    assert!(
-        extra.is_empty(),
-        "PROTOCOL.md checks no test produces: {extra:?}"
-    );
+    assert!(extra.is_empty(), "checks no test produces: {extra:?}");
+}
+
+/// [`scrub_env`] for a `Fleet` whose project was renamed "shop": its guest directories, the
+/// sshd's port and user, the dead VM's port, the agent's pid.
+fn scrub_fleet(fleet: &crate::bootstrap::Fleet, dead: u16, vizier_pid: u64) -> Scrub {
+    scrub_env(&fleet.env, "p")
+        .path(&fleet.env.path("guest/vizier/web"), "/opt/castra/vizier")
+        .path(&fleet.env.path("guest/vizier/db"), "/opt/castra/vizier")
+        .path(&fleet.env.path("guest"), "/var/tmp/castra")
+        .path(&fleet.env.path("sshd"), "/home/me/.ssh/castra")
+        .endpoint(fleet.sshd.port, 2201)
+        .endpoint(dead, 2202)
+        .user(&fleet.sshd.user, "me")
+        .with(format!("Port {}\n", fleet.sshd.port), "Port 2201\n")
+        .with(format!("User {}\n", fleet.sshd.user), "User me\n")
+        .with(format!("(pid {vizier_pid})"), "(pid 3117)")
 }
 
 /// castrad's `rpc.discover` serves exactly the checked-in proto-docs/openrpc.json (which
@@ -481,21 +511,26 @@ fn method_of(stem: &str) -> String {
 /// output: an example cannot document a field, a null or an enum value castrad never sends.
 #[test]
 fn every_checked_example_satisfies_the_openrpc_document() {
-    let examples = documented_examples();
+    let examples = examples::all();
     let mut checked = 0;
     for (name, example) in &examples {
-        if name.starts_with("event-") {
-            crate::contract::event(example);
-        } else if let Some(stem) = name.strip_suffix("-result") {
-            crate::contract::result_of(&method_of(stem), example);
-        } else if name == "error-config" {
-            // What castra.plan answers for a castra.toml that does not load.
-            crate::contract::response("castra.plan", example);
-        } else {
-            panic!("example {name}: the test does not know what it shows");
+        for value in &example.values {
+            match name.as_str() {
+                n if n.starts_with("event-") || n == "bootstrap-event" => {
+                    crate::contract::event(value)
+                }
+                "bootstrap-noop" | "bootstrap-failed" => crate::contract::component("Event", value),
+                "bootstrap-log" => crate::contract::component("RunLog", value),
+                "bootstrap-error-record" => crate::contract::component("StepRecord", value),
+                // What castra.plan answers for a castra.toml that does not load.
+                "error-config" => crate::contract::response("castra.plan", value),
+                n => match n.strip_suffix("-result") {
+                    Some(stem) => crate::contract::result_of(&method_of(stem), value),
+                    None => panic!("example {name}: the test does not know what it shows"),
+                },
+            }
+            checked += 1;
         }
-        checked += 1;
     }
-    assert_eq!(checked, examples.len());
-    assert!(checked >= 20, "{checked} examples");
+    assert!(checked >= 29, "{checked} examples");
 }

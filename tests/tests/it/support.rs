@@ -366,6 +366,11 @@ pub fn read_tree_text(root: &Path) -> String {
 }
 
 /// The kind of an event envelope: `BootstrapStarted` for `{"event": {"BootstrapStarted": …}}`.
+/// The VM an event envelope is about (the agent's and lifecycle events name one too).
+pub fn event_vm(envelope: &serde_json::Value) -> Option<&str> {
+    envelope["event"].as_object()?.values().next()?["vm"].as_str()
+}
+
 pub fn event_kind(envelope: &serde_json::Value) -> String {
     let event = envelope["event"].as_object().expect("an event envelope");
     event.keys().next().expect("a tagged event").clone()
