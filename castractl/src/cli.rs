@@ -204,11 +204,11 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 Ok(daemon) => daemon,
                 Err(f) if !required && f.exit == Exit::Unreachable => {
                     if cli.json {
-                        term::json_pretty(&serde_json::json!({
-                            "castractl": client_version,
-                            "castrad": null,
-                            "unreachable": f.message,
-                        }));
+                        term::json_pretty(&api::cli::CliVersion {
+                            castractl: client_version.to_owned(),
+                            castrad: None,
+                            unreachable: Some(f.message),
+                        });
                     } else {
                         term::text(&format!(
                             "castractl {client_version}\ncastrad not reachable: {}\n",
@@ -223,9 +223,11 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 .call(api::method::VERSION, &serde_json::json!({}))
                 .await?;
             if cli.json {
-                term::json_pretty(
-                    &serde_json::json!({ "castractl": client_version, "castrad": v }),
-                );
+                term::json_pretty(&api::cli::CliVersion {
+                    castractl: client_version.to_owned(),
+                    castrad: Some(v.clone()),
+                    unreachable: None,
+                });
             } else {
                 term::text(&format!(
                     "castractl {client_version}\ncastrad {} (protocol {})\n",
@@ -583,17 +585,17 @@ async fn events(
 /// stderr otherwise); returns its exit.
 fn report(f: &Failure, json: bool, one_line: bool) -> Exit {
     if json {
-        let error = serde_json::json!({
-            "error": {
-                "kind": f.kind,
-                "exit_code": f.exit as u8,
-                "message": f.message,
-                "details": f.details,
-                "rpc": f.rpc,
-            }
-        });
+        let error = api::cli::CliFailure {
+            error: api::cli::CliError {
+                kind: f.kind.clone(),
+                exit_code: f.exit as u8,
+                message: f.message.clone(),
+                details: f.details.clone(),
+                rpc: f.rpc.as_deref().cloned(),
+            },
+        };
         if one_line {
-            let _ = term::json_line(&error.to_string());
+            let _ = term::json_line(&serde_json::to_string(&error).unwrap_or_default());
         } else {
             term::json_pretty(&error);
         }

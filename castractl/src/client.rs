@@ -24,7 +24,7 @@ pub struct Failure {
     /// Further causes and hints, printed under the message.
     pub details: Vec<String>,
     /// The JSON-RPC error object, when the daemon sent one.
-    pub rpc: Option<serde_json::Value>,
+    pub rpc: Option<Box<castra_api::cli::RpcError>>,
 }
 
 impl Failure {
@@ -154,7 +154,11 @@ fn from_rpc(err: RpcError) -> Failure {
                     .map(|c| format!("caused by: {c}"))
                     .collect();
             }
-            f.rpc = serde_json::to_value(&obj).ok();
+            f.rpc = Some(Box::new(castra_api::cli::RpcError {
+                code: i64::from(obj.code()),
+                message: obj.message().to_owned(),
+                data,
+            }));
             f
         }
         RpcError::RestartNeeded(e) => Failure::new(

@@ -152,12 +152,10 @@ impl UpDisplay {
     pub fn finish(self, outcome: &api::OutcomeResult) {
         match self.kind {
             Kind::Json => {
-                // A struct, not `json!`, so the outcome keeps its field order.
-                #[derive(serde::Serialize)]
-                struct Last<'a> {
-                    outcome: &'a api::OutcomeResult,
-                }
-                if let Ok(line) = serde_json::to_string(&Last { outcome }) {
+                let last = api::cli::CliOutcome {
+                    outcome: outcome.clone(),
+                };
+                if let Ok(line) = serde_json::to_string(&last) {
                     let _ = term::json_line(&line);
                 }
             }

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub mod cli;
 pub mod openrpc;
 mod socket;
 pub use socket::{CONFIG_FILE_NAME, SOCKET_ENV, default_socket_path, runtime_dir};

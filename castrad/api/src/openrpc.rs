@@ -211,6 +211,10 @@ pub fn document() -> Value {
             ((*name).to_owned(), error)
         })
         .collect();
+    // castractl's own `--json` objects, so its every output line has a schema here.
+    results.subschema_for::<crate::cli::CliFailure>();
+    results.subschema_for::<crate::cli::CliOutcome>();
+    results.subschema_for::<crate::cli::CliVersion>();
     json!({
         "openrpc": OPENRPC_VERSION,
         "info": {

@@ -276,11 +276,11 @@ pub fn event_line(line: &str) -> Value {
     envelope
 }
 
-/// The `--json` output of `castractl ARGS` that is a protocol object: a method's result, or
-/// (for `version`) castrad's part of it. castractl's own wrappers (`{"error": …}`, the
-/// version pair) are not in the document and are left out.
+/// The `--json` output of `castractl ARGS`: a method's result, or one of castractl's own
+/// objects (`components.schemas.Castractl*`: a failure, the version pair).
 pub fn castractl_output(args: &[String], output: &Value) {
     if output.get("error").is_some() && output.as_object().is_some_and(|o| o.len() == 1) {
+        component("CastractlFailure", output);
         return;
     }
     use castra_api::method;
@@ -301,23 +301,18 @@ pub fn castractl_output(args: &[String], output: &Value) {
         return;
     };
     if *command == "version" {
-        // castractl's pair: castrad's part is castra.version's result (null when unreachable).
-        if !output["castrad"].is_null() {
-            result_of(method, &output["castrad"]);
-        }
+        component("CastractlVersion", output);
         return;
     }
     result_of(method, output);
 }
 
 /// A line of `castractl up --json` or `castractl events --json`: an event envelope, the final
-/// `{"outcome": …}` (castra.outcome's result) or castractl's `{"error": …}`.
+/// `{"outcome": …}` or castractl's `{"error": …}`.
 pub fn castractl_line(line: &Value) {
     match line.as_object() {
-        Some(o) if o.len() == 1 && o.contains_key("outcome") => {
-            result_of(castra_api::method::OUTCOME, &line["outcome"])
-        }
-        Some(o) if o.len() == 1 && o.contains_key("error") => {}
+        Some(o) if o.len() == 1 && o.contains_key("outcome") => component("CastractlOutcome", line),
+        Some(o) if o.len() == 1 && o.contains_key("error") => component("CastractlFailure", line),
         _ => event(line),
     }
 }

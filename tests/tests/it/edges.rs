@@ -171,3 +171,33 @@ fn version_works_without_castrad_and_exits_3_only_when_asked_for_castrads() {
     let text = env.ctl(env.dir.path(), &["version"]).ok();
     assert!(text.stdout.contains("castrad ") && !text.stdout.contains("not reachable"));
 }
+
+/// Issue 15 §5: castractl's own `--json` objects (a failure, the version pair, up's last line)
+/// are described by the OpenRPC document, and the harness holds them to it: what castractl
+/// prints passes, and the same object with a field the document does not describe, or a kind
+/// it does not list, fails.
+#[test]
+fn castractls_own_json_objects_are_held_to_their_schemas() {
+    let env = Env::new();
+    let version = env.ctl(env.dir.path(), &["version", "--json"]).ok().json();
+    let failure = env.ctl(env.dir.path(), &["status", "--json"]);
+    assert_eq!(failure.code, 3, "{failure:?}");
+    let failure = failure.json();
+    assert_eq!(failure["error"]["kind"], "unreachable", "{failure}");
+    let rejected = |schema: &str, value: serde_json::Value| {
+        let value2 = value.clone();
+        let schema = schema.to_owned();
+        let result = std::panic::catch_unwind(move || crate::contract::component(&schema, &value2));
+        assert!(result.is_err(), "the schema accepted {value}");
+    };
+    let mut extra = version.clone();
+    extra["extra"] = serde_json::json!(1);
+    rejected("CastractlVersion", extra);
+    let mut kind = failure.clone();
+    kind["error"]["kind"] = serde_json::json!("mystery");
+    rejected("CastractlFailure", kind);
+    rejected(
+        "CastractlOutcome",
+        serde_json::json!({"outcome": {"operation": "op-1", "project": "p", "outcomes": [{}]}}),
+    );
+}
