@@ -259,9 +259,11 @@ fn a_vm_waiting_for_a_slot_can_be_cancelled_or_stopped() {
     let socket = fleet.env.socket();
     // One VM runs its script (it holds the slot), the two others wait for it.
     let (holder, waiting) = wait_until(Duration::from_secs(20), "one run and two waiting", || {
+        // The script's `>>` creates the file before it writes the name: wait for the name.
         let ran = std::fs::read_to_string(fleet.env.path("guest/ran")).ok()?;
+        let ran = ran.trim().to_owned();
         let waiting = waiting_in_status(&socket, &config);
-        (waiting.len() == 2).then(|| (ran.trim().to_owned(), waiting))
+        (!ran.is_empty() && waiting.len() == 2).then_some((ran, waiting))
     });
     let status = fleet.env.ctl(&project, &["status"]).ok();
     assert!(
