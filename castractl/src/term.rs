@@ -11,9 +11,21 @@ use indicatif::ProgressDrawTarget;
 
 use crate::render;
 
+/// castractl's stdout. Unit tests get a sink: what they display is not theirs to print
+/// (the test harness captures `print!`, not writes to the stdout handle).
+#[cfg(not(test))]
+fn stdout() -> std::io::StdoutLock<'static> {
+    std::io::stdout().lock()
+}
+
+#[cfg(test)]
+fn stdout() -> std::io::Sink {
+    std::io::sink()
+}
+
 /// Prints `text` (any number of lines, escaped, newlines kept) to stdout.
 pub fn text(text: &str) {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     let _ = out.write_all(render::escape(text).as_bytes());
     let _ = out.flush();
 }
@@ -31,13 +43,13 @@ pub fn json_line(line: &str) -> std::io::Result<()> {
 
 /// Prints `value` as pretty JSON on stdout.
 pub fn json_pretty<T: serde::Serialize>(value: &T) {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     let _ = serde_json::to_writer_pretty(&mut out, value);
     let _ = writeln!(out);
 }
 
 fn write_flushed(line: &str) -> std::io::Result<()> {
-    let mut out = std::io::stdout().lock();
+    let mut out = stdout();
     writeln!(out, "{line}")?;
     out.flush()
 }

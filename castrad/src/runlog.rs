@@ -411,8 +411,8 @@ mod tests {
         assert_eq!(log_vm("no-suffix"), None);
     }
 
-    /// Writes a finished log of `vm` with `status` (and an output file); its JSON path.
-    fn run(root: &StateRoot, vm: &str, status: RunStatus) -> PathBuf {
+    /// A recorder of a run of `vm` that has written some output.
+    fn with_output(root: &StateRoot, vm: &str) -> (Recorder, PathBuf) {
         let r = Recorder::new(
             root,
             vm,
@@ -425,6 +425,12 @@ mod tests {
         let output = r.output_path().unwrap().to_owned();
         ensure_dir(output.parent().unwrap()).unwrap();
         std::fs::write(&output, "apply out hi\n").unwrap();
+        (r, output)
+    }
+
+    /// Writes a finished log of `vm` with `status` (and an output file); its JSON path.
+    fn run(root: &StateRoot, vm: &str, status: RunStatus) -> PathBuf {
+        let (r, _) = with_output(root, vm);
         // Names are ordered by their millisecond timestamps.
         std::thread::sleep(std::time::Duration::from_millis(2));
         r.finish(status, None).unwrap().0
@@ -497,18 +503,7 @@ mod tests {
     fn a_log_that_cannot_be_written_names_itself_and_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let root = StateRoot::for_project(tmp.path(), "p", Path::new("/p/castra.toml"));
-        let r = Recorder::new(
-            &root,
-            "web",
-            &new_run_id(),
-            "b",
-            "a",
-            BootstrapTrigger::Auto,
-            None,
-        );
-        let output = r.output_path().unwrap().to_owned();
-        ensure_dir(output.parent().unwrap()).unwrap();
-        std::fs::write(&output, "apply out hi\n").unwrap();
+        let (r, output) = with_output(&root, "web");
         let json = r.path().to_owned();
         // A directory where the JSON goes: the rename over it fails.
         std::fs::create_dir(&json).unwrap();

@@ -433,6 +433,11 @@ mod tests {
 
     /// What ssh itself makes of castrad's argv, with `config` as the user's ~/.ssh/config.
     fn effective(t: &Target, config: &str) -> String {
+        ssh_g(config, &t.args(true, "true"))
+    }
+
+    /// `ssh -G -F <a file holding config> ARGS`: the settings ssh would use.
+    fn ssh_g(config: &str, args: &[OsString]) -> String {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("config");
         std::fs::write(&file, config).unwrap();
@@ -440,7 +445,7 @@ mod tests {
             .arg("-G")
             .arg("-F")
             .arg(&file)
-            .args(t.args(true, "true"))
+            .args(args)
             .output()
             .unwrap();
         assert!(
@@ -507,21 +512,7 @@ mod tests {
         t.options = vec!["ServerAliveInterval=5".into(), "RekeyLimit=1G 1h".into()];
         let block = t.config_block("castra-shop-web-0");
         assert!(block.starts_with("Host castra-shop-web-0\n  HostName 127.0.0.1\n  Port 2222\n"));
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("config");
-        std::fs::write(&file, &block).unwrap();
-        let out = std::process::Command::new("ssh")
-            .args(["-G", "-F"])
-            .arg(&file)
-            .arg("castra-shop-web-0")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let seen = String::from_utf8(out.stdout).unwrap();
+        let seen = ssh_g(&block, &["castra-shop-web-0".into()]);
         for want in [
             "hostname 127.0.0.1",
             "port 2222",

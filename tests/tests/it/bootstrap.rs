@@ -516,19 +516,17 @@ fn a_late_subscriber_replays_the_whole_operation_and_logs_are_listed() {
         .http_rpc("castra.outcome", json!({"operation": operation}));
 
     // Subscribing after everything happened still yields every event of the operation.
-    let mut child = std::process::Command::new(crate::support::CASTRACTL)
-        .args([
+    let mut child = fleet.env.spawn_ctl(
+        &fleet.project(),
+        &[
             "events",
             "--json",
             "--since",
             "0",
             "--operation",
             &operation,
-        ])
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let stdout = child.stdout.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stdout));
     let mut events = Vec::new();
@@ -596,12 +594,9 @@ fn a_late_subscriber_replays_the_whole_operation_and_logs_are_listed() {
 #[test]
 fn a_quiet_subscription_survives_past_jsonrpsees_idle_limit() {
     let fleet = Fleet::new(FOUR_VMS);
-    let mut child = std::process::Command::new(crate::support::CASTRACTL)
-        .args(["events", "--json", "--vm", "db"])
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = fleet
+        .env
+        .spawn_ctl(&fleet.project(), &["events", "--json", "--vm", "db"]);
     // Nothing at all is published for 35 s: longer than the 30 s after which an idle
     // connection would be dropped without keepalive pings.
     std::thread::sleep(Duration::from_secs(35));

@@ -122,13 +122,7 @@ pub fn flood(bytes: u64, short_lines: bool) -> Flood {
         .write(&[("p/scripts/flood.sh", &flood_script(bytes, short_lines))]);
     let daemon = fleet.take_daemon();
     let started = std::time::Instant::now();
-    let mut up = std::process::Command::new(crate::support::CASTRACTL)
-        .args(["up", "--json"])
-        .current_dir(fleet.project())
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut up = fleet.env.spawn_ctl(&fleet.project(), &["up", "--json"]);
     let (mut output_events, mut split_seen, mut outcome) = (0, false, serde_json::Value::Null);
     for line in std::io::BufReader::new(up.stdout.take().unwrap()).lines() {
         let line = line.unwrap();

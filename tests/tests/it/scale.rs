@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 
 use crate::fleet::{Fleet, Up};
 use crate::sshd::Sshd;
-use crate::support::{CASTRACTL, nofile_limits, open_fds, raw_rpc, under_nofile_limit, wait_until};
+use crate::support::{nofile_limits, open_fds, raw_rpc, under_nofile_limit, wait_until};
 
 /// Each VM's script: notes how many scripts are running at this moment (the VMs share one
 /// host, so one directory tells), then lingers so that runs overlap if castrad lets them.
@@ -247,14 +247,7 @@ fn a_vm_waiting_for_a_slot_can_be_cancelled_or_stopped() {
     });
     fleet.env.write(&[("p/scripts/hold.sh", script)]);
     let project = fleet.project();
-    let up = std::process::Command::new(CASTRACTL)
-        .args(["up", "--json"])
-        .current_dir(&project)
-        .env("CASTRA_SOCKET", fleet.env.socket())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let up = fleet.env.spawn_ctl(&project, &["up", "--json"]);
     let config = project.join("castra.toml");
     let socket = fleet.env.socket();
     // One VM runs its script (it holds the slot), the two others wait for it.
