@@ -385,61 +385,61 @@ pub fn layout(value: &Value, indent: usize) -> String {
     laid_out(value, indent, 0, &Order::Leaf)
 }
 
-/// `lead` is what precedes the value on its first line; `order` the fields' order.
-fn laid_out(value: &Value, indent: usize, lead: usize, order: &Order) -> String {
-    let flat = flat(value, order);
-    if indent + lead + flat.len() <= 96 {
-        return flat;
-    }
-    let pad = " ".repeat(indent + 2);
+/// The members of an object (with their keys, in `order`) or an array; none for a scalar.
+fn members<'a>(value: &'a Value, order: &'a Order) -> Vec<(String, &'a Value, &'a Order)> {
     match value {
-        Value::Object(o) => {
-            let items: Vec<String> = order
-                .fields(o)
-                .into_iter()
-                .map(|(k, v)| {
-                    let key = serde_json::to_string(k).unwrap();
-                    let inner = laid_out(v, indent + 2, key.len() + 2, order.field(k));
-                    format!("{pad}{key}: {inner}")
-                })
-                .collect();
-            format!("{{\n{}\n{}}}", items.join(",\n"), " ".repeat(indent))
-        }
-        Value::Array(a) => {
-            let items: Vec<String> = a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| format!("{pad}{}", laid_out(v, indent + 2, 0, order.element(i))))
-                .collect();
-            format!("[\n{}\n{}]", items.join(",\n"), " ".repeat(indent))
-        }
-        _ => flat,
+        Value::Object(o) => order
+            .fields(o)
+            .into_iter()
+            .map(|(k, v)| (format!("{}: ", Value::from(k.as_str())), v, order.field(k)))
+            .collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (String::new(), v, order.element(i)))
+            .collect(),
+        _ => vec![],
     }
 }
 
-/// One line, with a space after `:` and `,`.
+/// The brackets of an object or array.
+fn brackets(value: &Value) -> (&'static str, &'static str) {
+    if value.is_object() {
+        ("{", "}")
+    } else {
+        ("[", "]")
+    }
+}
+
+/// `lead` is what precedes the value on its first line; `order` the fields' order.
+fn laid_out(value: &Value, indent: usize, lead: usize, order: &Order) -> String {
+    let flat = flat(value, order);
+    if indent + lead + flat.len() <= 96 || !(value.is_object() || value.is_array()) {
+        return flat;
+    }
+    let pad = " ".repeat(indent + 2);
+    let items: Vec<String> = members(value, order)
+        .into_iter()
+        .map(|(key, v, o)| format!("{pad}{key}{}", laid_out(v, indent + 2, key.len(), o)))
+        .collect();
+    let (open, close) = brackets(value);
+    format!(
+        "{open}\n{}\n{}{close}",
+        items.join(",\n"),
+        " ".repeat(indent)
+    )
+}
+
+/// One line, with a space after `:` and `,` (and inside an object's braces).
 fn flat(value: &Value, order: &Order) -> String {
+    let items: Vec<String> = members(value, order)
+        .into_iter()
+        .map(|(key, v, o)| format!("{key}{}", flat(v, o)))
+        .collect();
     match value {
-        Value::Object(o) if o.is_empty() => "{}".into(),
-        Value::Object(o) => {
-            let items: Vec<String> = order
-                .fields(o)
-                .into_iter()
-                .map(|(k, v)| {
-                    let key = serde_json::to_string(k).unwrap();
-                    format!("{key}: {}", flat(v, order.field(k)))
-                })
-                .collect();
-            format!("{{ {} }}", items.join(", "))
-        }
-        Value::Array(a) => {
-            let items: Vec<String> = a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| flat(v, order.element(i)))
-                .collect();
-            format!("[{}]", items.join(", "))
-        }
+        Value::Object(_) if items.is_empty() => "{}".into(),
+        Value::Object(_) => format!("{{ {} }}", items.join(", ")),
+        Value::Array(_) => format!("[{}]", items.join(", ")),
         other => other.to_string(),
     }
 }
