@@ -16,8 +16,10 @@ use std::path::PathBuf;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod doctor;
 pub mod openrpc;
 mod socket;
+pub use doctor::{CheckStatus, DoctorCheck, DoctorParams, DoctorResult};
 pub use socket::{CONFIG_FILE_NAME, SOCKET_ENV, default_socket_path, runtime_dir};
 
 /// Protocol revision, bumped on any incompatible change to a method or event.
@@ -34,6 +36,7 @@ pub mod method {
     pub const DOWN: &str = "castra.down";
     pub const CANCEL: &str = "castra.cancel";
     pub const SSH_CONFIG: &str = "castra.sshConfig";
+    pub const DOCTOR: &str = "castra.doctor";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
     /// Notification method of event subscriptions.

@@ -8,6 +8,7 @@ mod cloud;
 mod contract;
 mod daemon;
 mod disk;
+mod doctor;
 mod edges;
 mod fleet;
 mod hostile;

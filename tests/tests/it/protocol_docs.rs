@@ -181,6 +181,13 @@ fn protocol_examples_match_real_responses() {
             .http_rpc("castra.cancel", json!({"config": config}))["result"]
             .clone(),
     );
+    real.insert(
+        "doctor-result",
+        fleet
+            .env
+            .http_rpc("castra.doctor", json!({"config": config}))["result"]
+            .clone(),
+    );
     let events = fleet.up(&["--bootstrap", "always"]).events;
     let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
     for e in events {
@@ -274,7 +281,7 @@ fn rpc_discover_serves_the_checked_in_openrpc_document() {
         );
         called += 1;
     }
-    assert_eq!(called, 9, "the nine methods called over HTTP");
+    assert_eq!(called, 10, "the ten methods called over HTTP");
 }
 
 /// Issue 15: a step record without a detail (`apply` that printed no `CASTRA_NOOP`) omitted
