@@ -318,7 +318,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         let text = std::fs::read_to_string(repo.join("systemd").join(name)).unwrap();
         // The unit names the installed path; point it at the binary under test (the only edit).
         let rewritten = text.replace(
-            "ExecStart=/usr/local/bin/castrad",
+            "ExecStart=%h/.local/bin/castrad",
             &format!("ExecStart={CASTRAD}"),
         );
         assert_eq!(

@@ -12,6 +12,7 @@ mod doctor;
 mod edges;
 mod fleet;
 mod hostile;
+mod install;
 mod limits;
 mod plan;
 mod protocol_docs;
