@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use castra_api as api;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use jsonrpsee::core::client::{Subscription, SubscriptionCloseReason};
 use serde_json::value::RawValue;
 
@@ -24,6 +24,8 @@ Commands at a glance:
   status   the daemon, its projects and their VMs
   ssh      a shell (or one command) in a VM, as castrad reaches it: its key, its pinned host key
   ssh-config  OpenSSH config blocks for the VMs (`ssh -F`, `scp -F`, VS Code Remote-SSH)
+  doctor   check the machine (and the project here) can run VMs; exits 1 if a check fails
+  completion  the shell completion script (bash, zsh, fish)
 
 Exit codes:
   0  success
@@ -150,6 +152,21 @@ enum Command {
         /// VMs to describe [default: every VM that can be reached now].
         vms: Vec<String>,
     },
+    /// Check that this machine, and the project here (if any), can run Castra's VMs: castrad,
+    /// QEMU, KVM, virtiofsd, the state directory, ssh; base images, ports, keys. One line a
+    /// check, with what to do; exits 1 when any check fails (warnings do not).
+    Doctor,
+    /// Print the shell completion script for SHELL (scripts/install puts it in place).
+    #[command(after_help = "Example: source <(castractl completion bash)")]
+    Completion {
+        #[arg(value_enum)]
+        shell: crate::completion::Shell,
+    },
+}
+
+/// castractl's command line, for the completion scripts and man pages made from it.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 pub fn main() -> ExitCode {
@@ -197,6 +214,17 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::new(Exit::Failed, "internal", format!("current directory: {e}")))?;
     match cli.command {
+        Command::Completion { shell } => {
+            term::script(&crate::completion::script(shell, &mut Cli::command()));
+        }
+        Command::Doctor => {
+            // Like status: the project here if there is one, the machine alone otherwise.
+            let config = match &cli.config {
+                Some(_) => Some(find_config(cli.config.as_deref(), &cwd)?),
+                None => find_config(None, &cwd).ok(),
+            };
+            return Ok(crate::doctor::run(&socket, config, cli.json).await);
+        }
         Command::Version { daemon: required } => {
             let client_version = env!("CARGO_PKG_VERSION");
             // castractl's own version needs no daemon; castrad's only with --daemon.

@@ -10,14 +10,18 @@
 //! - `progress`: following an operation live (`up`, `events`): JSON lines, plain lines or a
 //!   board of spinners.
 //! - `term`: the only writer of stdout and stderr: text escaped for the terminal, JSON as is.
+//! - `doctor`: `castractl doctor`, castrad's checks behind its own (is castrad there?).
+//! - `completion`: shell completion scripts made from the command line's definition.
 
 mod cli;
 mod client;
+pub mod completion;
+mod doctor;
 mod progress;
 mod render;
 mod term;
 
-pub use cli::main;
+pub use cli::{command, main};
 
 /// castractl's exit codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -36,6 +36,14 @@ pub fn line(line: &str) -> std::io::Result<()> {
     write_flushed(&render::escape_line(line))
 }
 
+/// Writes castractl's own script text (a completion script) to stdout as it is: nothing in it
+/// comes from castrad or a guest.
+pub fn script(bytes: &[u8]) {
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(bytes);
+    let _ = out.flush();
+}
+
 /// Writes one line of JSON to stdout, as it is, and flushes it.
 pub fn json_line(line: &str) -> std::io::Result<()> {
     write_flushed(line)
@@ -83,6 +91,8 @@ mod tests {
     const OTHERS: &[(&str, &str)] = &[
         ("cli.rs", include_str!("cli.rs")),
         ("client.rs", include_str!("client.rs")),
+        ("completion.rs", include_str!("completion.rs")),
+        ("doctor.rs", include_str!("doctor.rs")),
         ("lib.rs", include_str!("lib.rs")),
         ("main.rs", include_str!("main.rs")),
         ("progress.rs", include_str!("progress.rs")),

@@ -60,6 +60,11 @@ struct Args {
     log: String,
 }
 
+/// castrad's command line, for the man page made from it.
+pub fn command() -> clap::Command {
+    <Args as clap::CommandFactory>::command()
+}
+
 pub fn main() -> ExitCode {
     let args = Args::parse();
     init_tracing(&args.log);
@@ -87,11 +92,36 @@ fn init_tracing(filter: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only for a person at a terminal: a log file or the journal gets plain text.
     use std::io::IsTerminal;
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if stderr_is_journal() {
+        // journald stamps every line itself: a second timestamp is noise in `journalctl`.
+        builder.with_ansi(false).without_time().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
+/// Whether stderr is connected to the journal: systemd sets `JOURNAL_STREAM` to the
+/// `device:inode` of the stream it gave the service, and stderr still being that stream (not
+/// redirected since) is what counts (systemd.exec(5), "$JOURNAL_STREAM").
+fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stat) = nix::sys::stat::fstat(std::io::stderr()) else {
+        return false;
+    };
+    journal_stream_matches(&value.to_string_lossy(), stat.st_dev, stat.st_ino)
+}
+
+/// Pure: `JOURNAL_STREAM`'s `DEV:INODE` (decimal) names the file with `dev` and `ino`.
+fn journal_stream_matches(value: &str, dev: u64, ino: u64) -> bool {
+    let Some((d, i)) = value.trim().split_once(':') else {
+        return false;
+    };
+    d.parse() == Ok(dev) && i.parse() == Ok(ino)
 }
 
 async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
@@ -221,5 +251,20 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_must_name_this_device_and_inode() {
+        assert!(journal_stream_matches("65:1234", 65, 1234));
+        assert!(!journal_stream_matches("65:1234", 65, 1235));
+        assert!(!journal_stream_matches("66:1234", 65, 1234));
+        for bad in ["", "65", "65:", ":1234", "x:y", "65:1234:1"] {
+            assert!(!journal_stream_matches(bad, 65, 1234), "{bad:?}");
+        }
     }
 }

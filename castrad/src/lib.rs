@@ -6,6 +6,7 @@
 //! - `rpc`: JSON-RPC 2.0 over the Unix socket: the serve loop, the method table, error codes.
 //! - `daemon`: the registry of projects and VM actors; `castra.up`/`down`/`plan`.
 //! - `operations`: one `castra.up` and its per-VM outcomes.
+//! - `doctor`: `castra.doctor`, whether the machine and a project can run VMs, check by check.
 //! - `vm`: one actor per VM, its supervisor, its state machine and snapshot.
 //! - `backend`: how a VM is provided (QEMU, external): disk, launch, adopt, stop, discard.
 //! - `pipeline`: one bootstrap run: the step machine, the guest-side driver, the run's record.
@@ -24,6 +25,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod doctor;
 pub mod error;
 pub mod events;
 pub mod fsutil;

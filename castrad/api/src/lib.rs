@@ -17,8 +17,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 pub mod cli;
+mod doctor;
 pub mod openrpc;
 mod socket;
+pub use doctor::{CheckStatus, DoctorCheck, DoctorParams, DoctorResult};
 pub use socket::{CONFIG_FILE_NAME, SOCKET_ENV, default_socket_path, runtime_dir};
 
 /// Protocol revision, bumped on any incompatible change to a method or event.
@@ -35,6 +37,7 @@ pub mod method {
     pub const DOWN: &str = "castra.down";
     pub const CANCEL: &str = "castra.cancel";
     pub const SSH_CONFIG: &str = "castra.sshConfig";
+    pub const DOCTOR: &str = "castra.doctor";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
     /// Notification method of event subscriptions.

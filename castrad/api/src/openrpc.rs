@@ -17,10 +17,10 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    CancelParams, CancelResult, DownParams, DownResult, ErrorData, EventEnvelope, LogsParams,
-    LogsResult, OutcomeParams, OutcomeResult, PROTOCOL_VERSION, PlanParams, PlanResult,
-    SshConfigParams, SshConfigResult, StatusParams, StatusResult, SubscribeParams, UpParams,
-    UpResult, VersionResult, code, method,
+    CancelParams, CancelResult, DoctorParams, DoctorResult, DownParams, DownResult, ErrorData,
+    EventEnvelope, LogsParams, LogsResult, OutcomeParams, OutcomeResult, PROTOCOL_VERSION,
+    PlanParams, PlanResult, SshConfigParams, SshConfigResult, StatusParams, StatusResult,
+    SubscribeParams, UpParams, UpResult, VersionResult, code, method,
 };
 
 /// The OpenRPC specification version the document follows.
@@ -144,6 +144,13 @@ pub fn document() -> Value {
             "How to reach each VM with OpenSSH exactly as castrad does",
             by_name::<SshConfigParams>(&mut params),
             result::<SshConfigResult>(&mut results),
+            ALL,
+        ),
+        call(
+            method::DOCTOR,
+            "Whether this machine, and a project, can run Castra's VMs: one verdict per check",
+            by_name::<DoctorParams>(&mut params),
+            result::<DoctorResult>(&mut results),
             ALL,
         ),
         call(

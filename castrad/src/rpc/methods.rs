@@ -71,6 +71,11 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
             .map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
+    m.register_async_method(api::method::DOCTOR, |params, daemon, _| async move {
+        let p: api::DoctorParams = parse_or_default(params)?;
+        Ok::<_, ErrorObjectOwned>(crate::doctor::run(&daemon, p.config.as_deref()).await)
+    })
+    .expect("unique method name");
     m.register_async_method(api::method::OUTCOME, |params, daemon, _| async move {
         outcome(params, &daemon)
             .await

@@ -292,6 +292,7 @@ pub fn castractl_output(args: &[String], output: &Value) {
         ("cancel", method::CANCEL),
         ("logs", method::LOGS),
         ("ssh-config", method::SSH_CONFIG),
+        ("doctor", method::DOCTOR),
         ("version", method::VERSION),
     ];
     let Some((command, method)) = args

@@ -318,7 +318,7 @@ fn systemd_units_pass_systemd_analyze_verify() {
         let text = std::fs::read_to_string(repo.join("systemd").join(name)).unwrap();
         // The unit names the installed path; point it at the binary under test (the only edit).
         let rewritten = text.replace(
-            "ExecStart=/usr/local/bin/castrad",
+            "ExecStart=%h/.local/bin/castrad",
             &format!("ExecStart={CASTRAD}"),
         );
         assert_eq!(
@@ -341,4 +341,44 @@ fn systemd_units_pass_systemd_analyze_verify() {
         out.status.success() && stderr.trim().is_empty(),
         "systemd-analyze verify: {stderr}"
     );
+}
+
+/// Issue 16 §6: under systemd, stderr is the journal (`JOURNAL_STREAM` names its device and
+/// inode), which timestamps every line itself: castrad then writes neither timestamps nor
+/// colour codes. A `JOURNAL_STREAM` that names another file (inherited, stderr redirected
+/// since) changes nothing.
+#[test]
+fn castrad_logs_without_timestamps_or_colours_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    for journal in [false, true] {
+        let env = Env::new();
+        // Env::spawn_daemon truncates this file for castrad's stderr: same device and inode.
+        let log = env.path("castrad.log");
+        std::fs::File::create(&log).unwrap();
+        let meta = std::fs::metadata(&log).unwrap();
+        let stream = if journal {
+            format!("{}:{}", meta.dev(), meta.ino())
+        } else {
+            format!("{}:{}", meta.dev(), meta.ino() + 1)
+        };
+        let daemon = env.start_daemon_with(|c| {
+            c.env("JOURNAL_STREAM", &stream);
+        });
+        let _ = daemon.terminate();
+        let text = std::fs::read_to_string(&log).unwrap();
+        let ready = text
+            .lines()
+            .find(|l| l.contains("castrad ready"))
+            .unwrap_or_else(|| panic!("no ready line in {text}"));
+        assert!(!text.contains('\x1b'), "colour codes in {text}");
+        let first = ready.trim_start().chars().next().unwrap();
+        assert_eq!(
+            first.is_ascii_digit(),
+            !journal,
+            "journal {journal}: a timestamp only off the journal: {ready}"
+        );
+        if journal {
+            assert!(ready.trim_start().starts_with("INFO"), "{ready}");
+        }
+    }
 }

@@ -248,12 +248,17 @@ fn keep_varying(doc: &Value, real: &Value, key: &str, varies: &BTreeSet<String>)
                 })
                 .collect(),
         ),
+        // An element keeps the document's values only from an element that is the same in
+        // all but its varying fields (the one at its index first).
         (Value::Array(d), Value::Array(r)) => Value::Array(
             r.iter()
                 .enumerate()
                 .map(|(i, v)| {
-                    d.get(i)
-                        .map_or(v.clone(), |d| keep_varying(d, v, key, varies))
+                    let same = |d: &&Value| differences("", key, d, v, varies).is_empty();
+                    match d.get(i).filter(same).or_else(|| d.iter().find(same)) {
+                        Some(d) => keep_varying(d, v, key, varies),
+                        None => v.clone(),
+                    }
                 })
                 .collect(),
         ),

@@ -174,6 +174,15 @@ fn protocol_examples_match_real_responses() {
                 .clone(),
         ],
     );
+    real.insert(
+        "doctor-result",
+        vec![
+            fleet
+                .env
+                .http_rpc("castra.doctor", json!({"config": config}))["result"]
+                .clone(),
+        ],
+    );
     // Every event kind of a forced run: web's where it has one (db's only fail), in order.
     let events = fleet.up(&["--bootstrap", "always"]).events;
     let mut by_kind: BTreeMap<String, Value> = BTreeMap::new();
@@ -304,7 +313,7 @@ fn rpc_discover_serves_the_checked_in_openrpc_document() {
         );
         called += 1;
     }
-    assert_eq!(called, 9, "the nine methods called over HTTP");
+    assert_eq!(called, 10, "the ten methods called over HTTP");
 }
 
 /// Issue 15: a step record without a detail (`apply` that printed no `CASTRA_NOOP`) omitted

@@ -74,6 +74,7 @@ fn every_method_is_described() {
         method::DOWN,
         method::CANCEL,
         method::SSH_CONFIG,
+        method::DOCTOR,
         method::SUBSCRIBE_EVENTS,
         method::UNSUBSCRIBE_EVENTS,
         method::EVENT,
@@ -86,7 +87,8 @@ fn every_method_is_described() {
 #[test]
 fn enums_are_spelled_as_they_serialize() {
     let doc = document();
-    let cases: [(&str, Value); 8] = [
+    let cases: [(&str, Value); 9] = [
+        ("CheckStatus", json!(crate::CheckStatus::Warn)),
         ("OutcomeStatus", json!(crate::OutcomeStatus::NoOp)),
         ("BootstrapStatus", json!(crate::BootstrapStatus::NoOp)),
         ("RunStatus", json!(crate::RunStatus::Noop)),
