@@ -79,7 +79,7 @@ async fn check_before_stopping(entry: &ProjectEntry, vms: &[&Vm]) -> Result<(), 
                 continue;
             };
             // An overlay qemu-img cannot read is left for the start to report.
-            let Ok(info) = crate::image::info(&overlay) else {
+            let Some(info) = running_disk(&overlay) else {
                 continue;
             };
             let have_mib = info.virtual_size >> 20;
@@ -98,4 +98,17 @@ async fn check_before_stopping(entry: &ProjectEntry, vms: &[&Vm]) -> Result<(), 
         what: "restart's disk check",
         detail: e.to_string(),
     })?
+}
+
+/// `qemu-img info` of a disk QEMU may have open: with `-U` (QEMU holds its write lock, and
+/// only the header's virtual size is read).
+fn running_disk(overlay: &Path) -> Option<crate::image::ImageInfo> {
+    let out = std::process::Command::new("qemu-img")
+        .args(["info", "-U", "--output=json"])
+        .arg(overlay)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .ok()
+        .filter(|out| out.status.success())?;
+    crate::image::parse_info(overlay, &out.stdout).ok()
 }

@@ -15,6 +15,7 @@ mod limits;
 mod plan;
 mod protocol_docs;
 mod qemu;
+mod restart;
 mod scale;
 mod scripts;
 mod ssh_options;
