@@ -56,7 +56,10 @@ fn up_targets_vms_and_restart_applies_the_drift_that_plan_and_up_report() {
     // An unknown name: a preflight error (exit 2), nothing started.
     let unknown = lab.env.ctl(&lab.project(), &["up", "box", "nosuch"]);
     assert_eq!(unknown.code, 2, "{unknown:?}");
-    assert!(unknown.stderr.contains("unknown VM \"nosuch\""), "{unknown:?}");
+    assert!(
+        unknown.stderr.contains("unknown VM \"nosuch\""),
+        "{unknown:?}"
+    );
     assert_eq!(state(&lab, "box"), "stopped");
     assert_eq!(state(&lab, "other"), "stopped");
     let unknown = lab.env.ctl(&lab.project(), &["restart", "nosuch"]);
@@ -83,7 +86,8 @@ fn up_targets_vms_and_restart_applies_the_drift_that_plan_and_up_report() {
     )];
     assert_eq!(drift(&lab), want);
     let text = lab.env.ctl(&lab.project(), &["plan"]).ok();
-    let sentence = "box is running with 1 cpus, castra.toml says 2: `castractl restart box` to apply";
+    let sentence =
+        "box is running with 1 cpus, castra.toml says 2: `castractl restart box` to apply";
     assert!(text.stdout.contains(sentence), "{}", text.stdout);
     let up = lab.up(&["box"]);
     assert_eq!(up.statuses(), ["NoOp"]);
@@ -125,7 +129,8 @@ fn up_targets_vms_and_restart_applies_the_drift_that_plan_and_up_report() {
     assert_ne!(lab.status_vm("box")["pid"], pid);
     assert_eq!(smp(&lab, "box"), "2");
     assert_eq!(
-        lab.guest_sh("box", "grep -c ^processor /proc/cpuinfo").trim(),
+        lab.guest_sh("box", "grep -c ^processor /proc/cpuinfo")
+            .trim(),
         "2"
     );
     assert!(drift(&lab).is_empty(), "{:?}", drift(&lab));
@@ -148,11 +153,13 @@ fn up_targets_vms_and_restart_applies_the_drift_that_plan_and_up_report() {
     assert_eq!(result["stopped"][0]["outcome"], "graceful", "{result}");
     assert_eq!(result["drift"][0]["setting"], "disk", "{result}");
     assert_eq!(result["drift"][0]["running"], "the base image's size");
-    let outcome = lab.env.http_rpc(
-        "castra.outcome",
-        json!({"operation": result["operation"]}),
+    let outcome = lab
+        .env
+        .http_rpc("castra.outcome", json!({"operation": result["operation"]}));
+    assert_eq!(
+        outcome["result"]["outcomes"][0]["status"], "NoOp",
+        "{outcome}"
     );
-    assert_eq!(outcome["result"]["outcomes"][0]["status"], "NoOp", "{outcome}");
     let overlay = lab.state_root().join("vms/box/overlay.qcow2");
     let info = std::process::Command::new("qemu-img")
         .args(["info", "-U", "--output=json"])
