@@ -44,7 +44,8 @@ Output:
 
 Exit codes: 0 every VM ended Success, NoOp or Skipped; 1 any VM Failed or was Rejected (another
 operation was bootstrapping it, or its QEMU is unresponsive: `castractl down VM` stops it);
-2 invalid castra.toml or overrides; 3 castrad not reachable.
+2 invalid castra.toml or overrides, an unknown VM name (restart: also a disk asked to shrink),
+nothing started; 3 castrad not reachable.
 Ctrl-C stops following (exit 1); it does not tell castrad to stop: `castractl cancel [VM...]`
 stops the runs.";
 
@@ -295,25 +296,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 bootstrap,
                 graceful_timeout_secs: Some(timeout),
             };
-            let r: api::RestartResult = daemon.call(api::method::RESTART, &params).await?;
-            let applied = r.drift.iter().map(|d| {
-                format!(
-                    "{}: {} {} -> {} (applied by this restart)",
-                    d.vm, d.setting, d.running, d.configured
-                )
-            });
-            let failed_stops = r.stopped.iter().filter_map(|s| {
-                let error = s.error.as_deref()?;
-                Some(format!("{} was not stopped ({}): {error}", s.vm, s.outcome))
-            });
-            let notes: Vec<String> = applied.chain(failed_stops).collect();
-            let up = api::UpResult {
-                operation: r.operation,
-                project: r.project,
-                vms: r.vms,
-                drift: Vec::new(),
-            };
-            return follow(&daemon, up, &notes, cli.json).await;
+            return crate::restart::restart(&daemon, params, cli.json).await;
         }
         Command::Down {
             vms,
@@ -465,7 +448,7 @@ const DRAIN: Duration = Duration::from_millis(250);
 /// warnings, its events until every VM is done, then the outcome. The outcome
 /// (`castra.outcome`, awaited alongside the events) is authoritative: a rejected VM has no
 /// events, and a lost subscription must not hang the command.
-async fn follow(
+pub(crate) async fn follow(
     daemon: &Daemon,
     up: api::UpResult,
     notes: &[String],

@@ -9,12 +9,14 @@
 //! - `render`: human-readable output (tables, durations, one-line events).
 //! - `progress`: following an operation live (`up`, `events`): JSON lines, plain lines or a
 //!   board of spinners.
+//! - `restart`: `castractl restart`: the restart, then `up`'s way of following it.
 //! - `term`: the only writer of stdout and stderr: text escaped for the terminal, JSON as is.
 
 mod cli;
 mod client;
 mod progress;
 mod render;
+mod restart;
 mod term;
 
 pub use cli::main;
