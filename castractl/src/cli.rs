@@ -18,7 +18,10 @@ use crate::{render, term};
 const AFTER_HELP: &str = "\
 Commands at a glance:
   plan     what `up` would do for each VM, and why (nothing runs)
-  up       run the bootstrap pipeline and follow it live; exits 1 if any VM failed
+  up       start the VMs (all, or those named) and bootstrap them, following it live; exits 1
+           if any VM failed; says which running VMs castra.toml has changed (drift)
+  restart  stop the VMs (all, or those named), then up them: applies changed cpus, memory,
+           forwards and disk
   logs     the durable logs of a VM's bootstrap runs
   events   follow castrad's event feed (`--json`: one event per line)
   status   the daemon, its projects and their VMs
@@ -43,7 +46,8 @@ Output:
 
 Exit codes: 0 every VM ended Success, NoOp or Skipped; 1 any VM Failed or was Rejected (another
 operation was bootstrapping it, or its QEMU is unresponsive: `castractl down VM` stops it);
-2 invalid castra.toml or overrides; 3 castrad not reachable.
+2 invalid castra.toml or overrides, an unknown VM name (restart: also a disk asked to shrink),
+nothing started; 3 castrad not reachable.
 Ctrl-C stops following (exit 1); it does not tell castrad to stop: `castractl cancel [VM...]`
 stops the runs.";
 
@@ -86,13 +90,33 @@ enum Command {
         #[arg(long, value_name = "OVERRIDES")]
         bootstrap: Vec<String>,
     },
-    /// Bootstrap the project's VMs and follow the pipeline until every VM is done.
+    /// Start the project's VMs (all, or those named) and bootstrap them; follow the pipeline
+    /// until every VM is done. A VM already running is left as it is: a launch setting
+    /// castra.toml changed since (cpus, memory, forwards, disk) is reported, and applied by
+    /// `castractl restart`.
     #[command(after_help = UP_HELP)]
     Up {
+        /// VMs to start and bootstrap, by expanded name [default: all of the project].
+        vms: Vec<String>,
         /// Override bootstrap modes: MODE (all VMs), VM=MODE or VM:MODE, comma-separated,
         /// repeatable. Modes: auto, skip (alias disabled), always. Per-VM beats global.
         #[arg(long, value_name = "OVERRIDES")]
         bootstrap: Vec<String>,
+    },
+    /// Stop the project's VMs (all, or those named) as `down` does (never discarding a disk),
+    /// then start and bootstrap them as `up` does, in one operation: a running VM gets what
+    /// castra.toml now says (cpus, memory, forwards; a larger disk is grown, a smaller one
+    /// refused before anything stops). The bootstrap is `up`'s: NoOp when its stamp matches.
+    #[command(after_help = UP_HELP)]
+    Restart {
+        /// VMs to restart, by expanded name [default: all of the project].
+        vms: Vec<String>,
+        /// Override bootstrap modes for the bootstrap after the start, as for `up`.
+        #[arg(long, value_name = "OVERRIDES")]
+        bootstrap: Vec<String>,
+        /// Seconds each guest gets to power off after the power button before SIGTERM.
+        #[arg(long, value_name = "SECS", default_value_t = 30)]
+        timeout: u64,
     },
     /// Stop the project's VMs (all, or those named): ACPI power button, then SIGTERM, then
     /// SIGKILL. Disks are kept unless --discard (or the VM is ephemeral).
@@ -192,7 +216,10 @@ pub fn main() -> ExitCode {
     };
     let json = cli.json;
     // Streaming commands print JSON lines: their errors must be one line too.
-    let streaming = matches!(cli.command, Command::Up { .. } | Command::Events { .. });
+    let streaming = matches!(
+        cli.command,
+        Command::Up { .. } | Command::Restart { .. } | Command::Events { .. }
+    );
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -274,10 +301,32 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 term::text(&render::plan(&plan));
             }
         }
-        Command::Up { bootstrap } => {
+        Command::Up { vms, bootstrap } => {
             let config = find_config(cli.config.as_deref(), &cwd)?;
             let daemon = Daemon::connect(&socket).await?;
-            return up(&daemon, api::UpParams { config, bootstrap }, cli.json).await;
+            let params = api::UpParams {
+                config,
+                bootstrap,
+                vms,
+            };
+            let up: api::UpResult = daemon.call(api::method::UP, &params).await?;
+            let notes: Vec<String> = up.drift.iter().map(|d| d.message.clone()).collect();
+            return follow(&daemon, up, &notes, cli.json).await;
+        }
+        Command::Restart {
+            vms,
+            bootstrap,
+            timeout,
+        } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            let params = api::RestartParams {
+                config,
+                vms,
+                bootstrap,
+                graceful_timeout_secs: Some(timeout),
+            };
+            return crate::restart::restart(&daemon, params, cli.json).await;
         }
         Command::Down {
             vms,
@@ -425,12 +474,20 @@ fn exec_ssh(host: &api::SshHost, command: &[String]) -> Failure {
 /// How long to keep reading events already on their way once the outcome is known.
 const DRAIN: Duration = Duration::from_millis(250);
 
-/// `castractl up`: start the operation, show its events until every VM is done, then the
-/// outcome. The outcome (`castra.outcome`, awaited alongside the events) is authoritative: a
-/// rejected VM has no events, and a lost subscription must not hang the command.
-async fn up(daemon: &Daemon, params: api::UpParams, json: bool) -> Result<Exit, Failure> {
-    let up: api::UpResult = daemon.call(api::method::UP, &params).await?;
+/// `castractl up` and `restart`, once the operation has started: shows `notes` (drift) as
+/// warnings, its events until every VM is done, then the outcome. The outcome
+/// (`castra.outcome`, awaited alongside the events) is authoritative: a rejected VM has no
+/// events, and a lost subscription must not hang the command.
+pub(crate) async fn follow(
+    daemon: &Daemon,
+    up: api::UpResult,
+    notes: &[String],
+    json: bool,
+) -> Result<Exit, Failure> {
     let mut display = UpDisplay::new(json, &up);
+    for note in notes {
+        display.warn(note);
+    }
     let interrupted = || {
         Failure::new(
             Exit::Failed,
@@ -650,6 +707,7 @@ mod tests {
             operation: "op".into(),
             project: "p".into(),
             vms: vec!["a".into(), "b".into()],
+            drift: Vec::new(),
         };
         let mut display = UpDisplay::new(false, &up);
         let mut pending: HashSet<String> = up.vms.iter().cloned().collect();

@@ -9,6 +9,7 @@
 //! - `render`: human-readable output (tables, durations, one-line events).
 //! - `progress`: following an operation live (`up`, `events`): JSON lines, plain lines or a
 //!   board of spinners.
+//! - `restart`: `castractl restart`: the restart, then `up`'s way of following it.
 //! - `term`: the only writer of stdout and stderr: text escaped for the terminal, JSON as is.
 //! - `doctor`: `castractl doctor`, castrad's checks behind its own (is castrad there?).
 //! - `completion`: shell completion scripts made from the command line's definition.
@@ -19,6 +20,7 @@ pub mod completion;
 mod doctor;
 mod progress;
 mod render;
+mod restart;
 mod term;
 
 pub use cli::{command, main};

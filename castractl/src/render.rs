@@ -431,6 +431,13 @@ pub fn plan(p: &api::PlanResult) -> String {
             out.push('\n');
         }
     }
+    let drift: Vec<&api::Drift> = p.vms.iter().flat_map(|vm| &vm.drift).collect();
+    if !drift.is_empty() {
+        out.push_str("\ndrift (running VMs that castra.toml has changed):\n");
+        for d in drift {
+            let _ = writeln!(out, "  {}", escape_line(&d.message));
+        }
+    }
     out
 }
 

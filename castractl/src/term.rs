@@ -97,6 +97,7 @@ mod tests {
         ("main.rs", include_str!("main.rs")),
         ("progress.rs", include_str!("progress.rs")),
         ("render.rs", include_str!("render.rs")),
+        ("restart.rs", include_str!("restart.rs")),
     ];
 
     #[test]

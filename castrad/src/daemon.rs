@@ -24,6 +24,8 @@ use crate::state_root::StateRoot;
 use crate::vm::state::VmSnapshot;
 use crate::vm::{ActorCtx, DownRequest, StopReport, VmHandle};
 
+mod restart;
+
 /// Everything castrad needs to start.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -60,6 +62,16 @@ pub enum DaemonError {
     NoOperation(String),
     #[error("no run {run} for VM {vm}")]
     NoSuchRun { vm: String, run: String },
+    #[error(
+        "vm {vm}: disk = {want_mib} MiB is smaller than its disk ({have_mib} MiB) and a disk \
+         never shrinks: set disk to at least {have_mib} MiB, or discard the disk \
+         (`castractl down --discard {vm}`); nothing was stopped"
+    )]
+    DiskShrinks {
+        vm: String,
+        want_mib: u64,
+        have_mib: u64,
+    },
     #[error("vm {0} is not running, so it has no SSH endpoint; start it with `castractl up`")]
     NotRunning(String),
     #[error("cannot read the logs of {vm}: {source}")]
@@ -192,24 +204,62 @@ impl Daemon {
         }
     }
 
-    /// Starts bootstrapping every VM of the project (starting QEMU VMs first); returns as soon
-    /// as each actor has accepted (or refused, when busy) its VM. Preflight errors are
-    /// returned before anything is started.
+    /// Starts bootstrapping the named VMs of the project (all by default; QEMU VMs are
+    /// started first); returns as soon as each actor has accepted (or refused, when busy) its
+    /// VM. Preflight errors (an unknown name among them) are returned before anything is
+    /// started. A VM already running is left as it is: its drift is reported, not applied.
     pub async fn up(
         &self,
         config_path: &Path,
         overrides: &[String],
+        names: &[String],
     ) -> Result<castra_api::UpResult, DaemonError> {
         let entry = self.load_project(config_path).await?;
         let overrides = planner::preflight(&entry.project, overrides)?;
-        self.preflight_starts(&entry)?;
-        let mut cross = planner::cross_vm_warnings(&entry.project);
+        let vms = selected(&entry.project, names)?;
+        self.preflight_starts(&entry, &vms)?;
+        let drift = self.drift(&entry, &vms);
         let operation = crate::ids::operation_id();
-        let mut receivers = Vec::with_capacity(entry.project.vms.len());
-        for vm in &entry.project.vms {
+        let vms = self
+            .start_operation(&entry, &overrides, &vms, &operation)
+            .await;
+        Ok(castra_api::UpResult {
+            operation,
+            project: entry.project.name.clone(),
+            vms,
+            drift,
+        })
+    }
+
+    /// What each of `vms` that runs was launched with and castra.toml now sets otherwise.
+    fn drift(&self, entry: &ProjectEntry, vms: &[&crate::config::Vm]) -> Vec<castra_api::Drift> {
+        vms.iter()
+            .flat_map(|vm| {
+                let running = self
+                    .existing_vm_handle(&entry.root, &vm.name)
+                    .and_then(|h| h.snapshot().machine)
+                    .and_then(|m| m.settings);
+                crate::drift::of_running(vm, running.as_ref())
+            })
+            .collect()
+    }
+
+    /// Hands each of `vms` its job of `operation` (its actor starts it if it must, then
+    /// bootstraps it) and registers the operation for `castra.outcome`; its VMs' names.
+    async fn start_operation(
+        &self,
+        entry: &ProjectEntry,
+        overrides: &crate::overrides::Overrides,
+        vms: &[&crate::config::Vm],
+        operation: &str,
+    ) -> Vec<String> {
+        let operation = operation.to_owned();
+        let mut cross = planner::cross_vm_warnings(&entry.project);
+        let mut receivers = Vec::with_capacity(vms.len());
+        for vm in vms {
             let (tx, rx) = tokio::sync::watch::channel(None);
             let job = pipeline::Job {
-                vm: Arc::new(vm.clone()),
+                vm: Arc::new((*vm).clone()),
                 mode: overrides.resolve(&vm.name, vm.bootstrap.mode),
                 extra_warnings: cross.remove(&vm.name).unwrap_or_default(),
                 operation: operation.clone(),
@@ -229,32 +279,31 @@ impl Daemon {
             }
             receivers.push(rx);
         }
-        let vms: Vec<String> = entry.project.vms.iter().map(|vm| vm.name.clone()).collect();
+        let names: Vec<String> = vms.iter().map(|vm| vm.name.clone()).collect();
         self.operations.insert(Operation::new(
-            operation.clone(),
+            operation,
             entry.project.name.clone(),
-            vms.clone(),
+            names.clone(),
             receivers,
         ));
-        Ok(castra_api::UpResult {
-            operation,
-            project: entry.project.name.clone(),
-            vms,
-        })
+        names
     }
 
-    /// The VMs that would start (their backend starts them and none runs now) must be able
-    /// to: each backend checks its own. Nothing is started when this fails.
-    fn preflight_starts(&self, entry: &ProjectEntry) -> Result<(), DaemonError> {
+    /// Those of `vms` that would start (their backend starts them and none runs now) must be
+    /// able to: each backend checks its own. Nothing is started when this fails.
+    fn preflight_starts(
+        &self,
+        entry: &ProjectEntry,
+        vms: &[&crate::config::Vm],
+    ) -> Result<(), DaemonError> {
         for kind in [BackendKind::Qemu, BackendKind::External] {
             let backend = self.backend(kind);
             if !backend.owns_lifecycle() {
                 continue;
             }
-            let starting: Vec<&crate::config::Vm> = entry
-                .project
-                .vms
+            let starting: Vec<&crate::config::Vm> = vms
                 .iter()
+                .copied()
                 .filter(|vm| vm.backend == kind)
                 .filter(|vm| {
                     self.existing_vm_handle(&entry.root, &vm.name)
@@ -276,11 +325,33 @@ impl Daemon {
     ) -> Result<castra_api::DownResult, DaemonError> {
         let entry = self.load_project(config_path).await?;
         let operation = crate::ids::operation_id();
-        let stops = selected(&entry.project, names)?.into_iter().map(|vm| {
+        let vms = selected(&entry.project, names)?;
+        let discard = |vm: &crate::config::Vm| discard || vm.ephemeral;
+        let reports = self
+            .stop_vms(&entry, &vms, &operation, &discard, graceful)
+            .await;
+        Ok(castra_api::DownResult {
+            operation,
+            project: entry.project.name.clone(),
+            vms: reports,
+        })
+    }
+
+    /// Stops `vms` concurrently under `operation` and waits for all; the disk of each VM
+    /// `discard` says yes to is deleted too.
+    async fn stop_vms(
+        &self,
+        entry: &ProjectEntry,
+        vms: &[&crate::config::Vm],
+        operation: &str,
+        discard: &(dyn Fn(&crate::config::Vm) -> bool + Sync),
+        graceful: Duration,
+    ) -> Vec<castra_api::VmDown> {
+        let stops = vms.iter().map(|vm| {
             let handle = self.vm_handle(&entry.root, &vm.name, vm.backend);
             let request = DownRequest {
-                operation: operation.clone(),
-                discard: discard || vm.ephemeral,
+                operation: operation.to_owned(),
+                discard: discard(vm),
                 graceful,
                 term: Duration::from_secs(10),
             };
@@ -299,20 +370,16 @@ impl Daemon {
             }
         });
         let reports = futures::future::join_all(stops).await;
-        Ok(castra_api::DownResult {
-            operation,
-            project: entry.project.name.clone(),
-            vms: reports
-                .into_iter()
-                .map(|r| castra_api::VmDown {
-                    vm: r.vm,
-                    outcome: r.outcome,
-                    total_ms: r.total_ms,
-                    discarded: r.discarded,
-                    error: r.error,
-                })
-                .collect(),
-        })
+        reports
+            .into_iter()
+            .map(|r| castra_api::VmDown {
+                vm: r.vm,
+                outcome: r.outcome,
+                total_ms: r.total_ms,
+                discarded: r.discarded,
+                error: r.error,
+            })
+            .collect()
     }
 
     /// Asks the runs in flight on the named VMs (all by default) to stop. Answers at once;
@@ -473,19 +540,20 @@ impl Daemon {
         let entry = self.load_project(config_path).await?;
         let overrides = planner::preflight(&entry.project, overrides)?;
         let (project, root) = (entry.project.clone(), entry.root.clone());
-        let vizier: BTreeMap<String, crate::vizier::VizierSeen> = project
+        let seen: BTreeMap<String, planner::Seen> = project
             .vms
             .iter()
             .filter_map(|vm| {
-                let seen = self
-                    .existing_vm_handle(&root, &vm.name)?
-                    .snapshot()
-                    .vizier?;
+                let snapshot = self.existing_vm_handle(&root, &vm.name)?.snapshot();
+                let seen = planner::Seen {
+                    vizier: snapshot.vizier,
+                    running: snapshot.machine.and_then(|m| m.settings),
+                };
                 Some((vm.name.clone(), seen))
             })
             .collect();
         let (plans, bytes) = tokio::task::spawn_blocking(move || {
-            planner::plan_project(&project, &root, &overrides, &vizier)
+            planner::plan_project(&project, &root, &overrides, &seen)
         })
         .await
         .map_err(|e| DaemonError::Panicked {

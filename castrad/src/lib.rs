@@ -13,6 +13,7 @@
 //! - `planner`: what a run will do and why (hashes, stamp, disk identity).
 //! - `vizier`: the in-guest agent and its health check.
 //! - `events`: the event bus with its replay ring.
+//! - `drift`: the launch settings a running VM has against castra.toml's.
 //! - `hashing`, `stamps`, `runlog`: artifact and base hashes, idempotence stamps, run logs.
 //! - `ssh`: the OpenSSH client: argv, one connection per session, quoting.
 //! - `config`, `overrides`: castra.toml and `--bootstrap`, parsed and validated.
@@ -26,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod doctor;
+pub mod drift;
 pub mod error;
 pub mod events;
 pub mod fsutil;

@@ -66,6 +66,8 @@ pub struct VmPlan {
     pub warnings: Vec<String>,
     /// Base-image bytes read to plan this VM (0 when the hash cache had them).
     pub base_bytes_read: u64,
+    /// The settings the VM runs with that castra.toml now sets otherwise (`crate::drift`).
+    pub drift: Vec<api::Drift>,
 }
 
 /// Facts about one VM gathered from disk.
@@ -81,6 +83,9 @@ pub struct Facts {
     pub missing_identity: Option<PathBuf>,
     /// The VM's disk got a seed from other `[vms.cloud_init]` inputs than today's.
     pub seed_changed: bool,
+    /// What the VM's running machine was launched with (not read from disk: filled by the
+    /// caller from the actor's snapshot); None when it is not running.
+    pub running: Option<crate::drift::LaunchSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,17 +108,26 @@ pub fn preflight(project: &Project, overrides: &[String]) -> Result<Overrides, O
     Ok(overrides)
 }
 
-/// Plans one VM: [`gather`] then [`decide`], with what the VM's actor last saw of the agent
-/// and the project-wide warnings the caller computed. Blocking IO (hashing).
+/// What the VM's actor knows that planning uses: the agent as last seen, and the settings
+/// its running machine was launched with.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub vizier: Option<VizierSeen>,
+    pub running: Option<crate::drift::LaunchSettings>,
+}
+
+/// Plans one VM: [`gather`] then [`decide`], with what the VM's actor knows ([`Seen`]) and
+/// the project-wide warnings the caller computed. Blocking IO (hashing).
 pub fn plan_vm(
     root: &StateRoot,
     vm: &Vm,
     mode: (BootstrapMode, ModeSource),
-    vizier: Option<VizierSeen>,
+    seen: Seen,
     extra_warnings: &[String],
 ) -> Result<VmPlan, PlanError> {
     let mut facts = gather(root, vm)?;
-    facts.vizier = vizier;
+    facts.vizier = seen.vizier;
+    facts.running = seen.running;
     let mut plan = decide(root, vm, mode, facts);
     plan.warnings.extend(extra_warnings.iter().cloned());
     Ok(plan)
@@ -125,7 +139,7 @@ pub fn plan_project(
     project: &Project,
     root: &StateRoot,
     overrides: &Overrides,
-    vizier: &BTreeMap<String, VizierSeen>,
+    seen: &BTreeMap<String, Seen>,
 ) -> Result<(Vec<VmPlan>, u64), PlanError> {
     // Bases are checked before any is hashed: a refused one leaves no cache entry behind.
     for vm in &project.vms {
@@ -137,7 +151,7 @@ pub fn plan_project(
     for vm in &project.vms {
         let mode = overrides.resolve(&vm.name, vm.bootstrap.mode);
         let warnings = cross.remove(&vm.name).unwrap_or_default();
-        let seen = vizier.get(&vm.name).cloned();
+        let seen = seen.get(&vm.name).cloned().unwrap_or_default();
         let plan = plan_vm(root, vm, mode, seen, &warnings)?;
         bytes += plan.base_bytes_read;
         plans.push(plan);
@@ -191,6 +205,7 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
         vizier: None,
         missing_identity: vm.ssh.identity.clone().filter(|i| !i.exists()),
         seed_changed: seed_changed(root, vm).map_err(hash_err)?,
+        running: None,
     })
 }
 
@@ -342,6 +357,7 @@ pub fn decide(
         vizier_remediation,
         warnings,
         base_bytes_read: facts.base.bytes_read,
+        drift: crate::drift::of_running(vm, facts.running.as_ref()),
     }
 }
 
@@ -472,6 +488,7 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         vizier_log_path: Some(plan.vizier_log_path),
         vizier_remediation: plan.vizier_remediation,
         disk_mib: vm.disk_mib,
+        drift: plan.drift,
     }
 }
 

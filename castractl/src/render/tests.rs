@@ -51,6 +51,7 @@ fn planned() -> api::BootstrapPlanned {
         vizier_log_path: None,
         vizier_remediation: None,
         disk_mib: None,
+        drift: Vec::new(),
     }
 }
 
@@ -566,12 +567,19 @@ fn hostile_text_is_escaped_in_every_rendering() {
         vms: vec![api::BootstrapPlanned {
             reason: h(),
             warnings: vec![h()],
+            drift: vec![api::Drift {
+                vm: "web-0".into(),
+                setting: "cpus".into(),
+                running: "2".into(),
+                configured: "4".into(),
+                message: h(),
+            }],
             ..planned()
         }],
     };
     let out = plan(&plan_result);
     assert_tame(&out, false);
-    assert_eq!(out.lines().count(), 8, "{out}");
+    assert_eq!(out.lines().count(), 11, "{out}");
 
     let down_result = api::DownResult {
         operation: "op-1".into(),

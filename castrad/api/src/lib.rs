@@ -35,6 +35,7 @@ pub mod method {
     pub const OUTCOME: &str = "castra.outcome";
     pub const LOGS: &str = "castra.logs";
     pub const DOWN: &str = "castra.down";
+    pub const RESTART: &str = "castra.restart";
     pub const CANCEL: &str = "castra.cancel";
     pub const SSH_CONFIG: &str = "castra.sshConfig";
     pub const DOCTOR: &str = "castra.doctor";
@@ -200,6 +201,27 @@ pub struct BootstrapPlanned {
     /// The VM's disk size in MiB (`disk` in castra.toml); null: the base image's size, or a
     /// VM whose disk castrad does not make (external).
     pub disk_mib: Option<u64>,
+    /// The settings the VM runs with that castra.toml now sets otherwise (it was started
+    /// before the change): `castra.restart` applies them. Empty when the VM is not running.
+    pub drift: Vec<Drift>,
+}
+
+/// A launch setting a running VM was started with that castra.toml no longer says: the VM
+/// keeps it until it is restarted (`castra.restart`, or `castra.down` then `castra.up`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Drift {
+    pub vm: String,
+    /// Which setting: `cpus`, `memory`, `forwards` or `disk` (more may be added; a client
+    /// shows one it does not know by its `message`).
+    pub setting: String,
+    /// What the VM was started with, as a person reads it (`2`, `2048 MiB`,
+    /// `tcp:8080->80`, `none`, `the base image's size`).
+    pub running: String,
+    /// What castra.toml says now, in the same form.
+    pub configured: String,
+    /// The sentence to show, e.g. "web-0 is running with 2 cpus, castra.toml says 4:
+    /// `castractl restart web-0` to apply".
+    pub message: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -404,8 +426,19 @@ impl std::fmt::Display for StopOutcome {
 // ---------------------------------------------------------------------------------------------
 // castra.up / castra.outcome
 
-/// Params of `castra.up`: the same as `castra.plan`.
-pub type UpParams = PlanParams;
+/// Params of `castra.up`: those of `castra.plan`, and which VMs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct UpParams {
+    /// Absolute path of castra.toml.
+    pub config: PathBuf,
+    /// Override strings exactly as given on the command line (`always`, `web=skip,db:always`, ...).
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// VMs to start and bootstrap (expanded names); empty or absent: all of the project. An
+    /// unknown name is a preflight error: nothing starts.
+    #[serde(default)]
+    pub vms: Vec<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct UpResult {
@@ -414,6 +447,43 @@ pub struct UpResult {
     pub project: String,
     /// The VMs of the operation, in file order (the order of the outcomes).
     pub vms: Vec<String>,
+    /// Settings of VMs of the operation that were already running and that castra.toml now
+    /// sets otherwise: `up` leaves a running VM as it is (`castra.restart` applies them).
+    pub drift: Vec<Drift>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// castra.restart
+
+/// Params of `castra.restart`: stop the VMs (as `castra.down`, never discarding), then start
+/// and bootstrap them (as `castra.up`) in one operation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RestartParams {
+    pub config: PathBuf,
+    /// VMs to restart (expanded names); empty or absent: all of the project.
+    #[serde(default)]
+    pub vms: Vec<String>,
+    /// Override strings for the bootstrap after the start, as for `castra.up`.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// How long each guest gets to power off after the ACPI power button (default 30).
+    #[serde(default)]
+    pub graceful_timeout_secs: Option<u64>,
+}
+
+/// Answered once the VMs have stopped and the start has been handed to them: follow the
+/// operation as for `castra.up` (`castra.subscribeEvents`, `castra.outcome`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RestartResult {
+    /// One operation for both halves: the stop's events and the start's carry this id.
+    pub operation: String,
+    pub project: String,
+    /// The VMs restarted, in file order (the order of the outcomes).
+    pub vms: Vec<String>,
+    /// How each VM's stop went (as `castra.down` reports it).
+    pub stopped: Vec<VmDown>,
+    /// The drift this restart applies (what `castra.plan` reported before it).
+    pub drift: Vec<Drift>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

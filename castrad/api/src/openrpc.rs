@@ -19,8 +19,8 @@ use serde_json::{Map, Value, json};
 use crate::{
     CancelParams, CancelResult, DoctorParams, DoctorResult, DownParams, DownResult, ErrorData,
     EventEnvelope, LogsParams, LogsResult, OutcomeParams, OutcomeResult, PROTOCOL_VERSION,
-    PlanParams, PlanResult, SshConfigParams, SshConfigResult, StatusParams, StatusResult,
-    SubscribeParams, UpParams, UpResult, VersionResult, code, method,
+    PlanParams, PlanResult, RestartParams, RestartResult, SshConfigParams, SshConfigResult,
+    StatusParams, StatusResult, SubscribeParams, UpParams, UpResult, VersionResult, code, method,
 };
 
 /// The OpenRPC specification version the document follows.
@@ -130,6 +130,15 @@ pub fn document() -> Value {
             "Stops the project's VMs (and with discard, deletes their disks)",
             by_name::<DownParams>(&mut params),
             result::<DownResult>(&mut results),
+            ALL,
+        ),
+        call(
+            method::RESTART,
+            "Stops the project's VMs (or those named), then starts and bootstraps them as \
+             castra.up does, in one operation: applies changed launch settings (drift); \
+             returns once they have stopped, with the operation id",
+            by_name::<RestartParams>(&mut params),
+            result::<RestartResult>(&mut results),
             ALL,
         ),
         call(

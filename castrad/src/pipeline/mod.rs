@@ -143,9 +143,15 @@ pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
 
     let plan = {
         let (root, vm, mode) = (ctx.root.clone(), vm.clone(), job.mode.clone());
-        let vizier = ctx.snapshot.borrow().vizier.clone();
+        let seen = {
+            let snapshot = ctx.snapshot.borrow();
+            planner::Seen {
+                vizier: snapshot.vizier.clone(),
+                running: snapshot.machine.as_ref().and_then(|m| m.settings.clone()),
+            }
+        };
         let warnings = job.extra_warnings.clone();
-        tokio::task::spawn_blocking(move || planner::plan_vm(&root, &vm, mode, vizier, &warnings))
+        tokio::task::spawn_blocking(move || planner::plan_vm(&root, &vm, mode, seen, &warnings))
             .await
     };
     let plan = match plan {

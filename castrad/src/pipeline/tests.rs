@@ -339,8 +339,8 @@ async fn a_run_removes_the_stamp_once_it_gets_in_and_only_then() {
     assert_eq!(outcome.status, OutcomeStatus::Failed, "{outcome:?}");
     assert!(!bench.stamp_exists(), "in, then failed: no stamp");
     bench.job.mode = (BootstrapMode::Auto, ModeSource::File);
-    let plan =
-        crate::planner::plan_vm(&bench.ctx.root, &bench.job.vm, bench.job.mode, None, &[]).unwrap();
+    let (root, vm, seen) = (&bench.ctx.root, &bench.job.vm, Default::default());
+    let plan = crate::planner::plan_vm(root, vm, bench.job.mode, seen, &[]).unwrap();
     assert_eq!(plan.action, crate::planner::Action::Run, "{plan:?}");
 }
 

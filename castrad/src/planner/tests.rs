@@ -35,6 +35,7 @@ fn facts(stamp: StampRead, disk: Option<&str>) -> Facts {
         vizier: None,
         missing_identity: None,
         seed_changed: false,
+        running: None,
     }
 }
 

@@ -21,6 +21,7 @@ impl From<DaemonError> for ErrorObjectOwned {
             DaemonError::Preflight(_)
             | DaemonError::Overrides(_)
             | DaemonError::UnknownVm { .. }
+            | DaemonError::DiskShrinks { .. }
             | DaemonError::Plan(crate::planner::PlanError::BaseImage { .. }) => {
                 (code::PREFLIGHT, "preflight")
             }

@@ -41,7 +41,16 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
     m.register_async_method(api::method::UP, |params, daemon, _| async move {
         let p: api::UpParams = parse(params)?;
         daemon
-            .up(&p.config, &p.bootstrap)
+            .up(&p.config, &p.bootstrap, &p.vms)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::RESTART, |params, daemon, _| async move {
+        let p: api::RestartParams = parse(params)?;
+        let graceful = std::time::Duration::from_secs(p.graceful_timeout_secs.unwrap_or(30));
+        daemon
+            .restart(&p.config, &p.vms, &p.bootstrap, graceful)
             .await
             .map_err(ErrorObjectOwned::from)
     })

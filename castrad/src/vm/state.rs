@@ -90,6 +90,8 @@ pub struct MachineInfo {
     /// Set when the machine runs but does not answer its control channel (QEMU's QMP), with
     /// the reason: adopted as it is, it can only be stopped.
     pub unresponsive: Option<String>,
+    /// What it was launched with (None: launched by a castrad that did not record it).
+    pub settings: Option<crate::drift::LaunchSettings>,
 }
 
 /// Moves the VM to `to` through [`transition`]; an invalid move is logged and refused.

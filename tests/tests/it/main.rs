@@ -18,6 +18,7 @@ mod limits;
 mod plan;
 mod protocol_docs;
 mod qemu;
+mod restart;
 mod scale;
 mod scripts;
 mod ssh_options;

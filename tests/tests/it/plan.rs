@@ -140,6 +140,7 @@ fn plan_reports_every_vm_in_file_order_with_the_seed_fields() {
         "vizier_log_path",
         "vizier_remediation",
         "disk_mib",
+        "drift",
     ];
     want.sort_unstable();
     assert_eq!(keys, want);

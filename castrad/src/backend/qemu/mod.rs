@@ -143,7 +143,9 @@ impl Backend for Qemu {
                 },
             };
             let log_cap = vm.serial_log_max_bytes;
-            let q = process::launch(&spec, &paths, &choice.reason, config, log_cap).await?;
+            let settings = crate::drift::LaunchSettings::of(vm);
+            let q =
+                process::launch(&spec, &paths, &choice.reason, config, log_cap, settings).await?;
             Ok(Box::new(q) as Box<dyn Machine>)
         })
     }

@@ -234,6 +234,9 @@ pub struct LaunchRecord {
     /// The cap of serial.log and qemu.log, in bytes (`serial_log_max`).
     #[serde(default = "default_log_cap")]
     pub log_max_bytes: u64,
+    /// What the VM was launched with, for `plan` and `up` to compare with castra.toml (drift).
+    #[serde(default)]
+    pub settings: Option<crate::drift::LaunchSettings>,
 }
 
 fn default_log_cap() -> u64 {
@@ -262,6 +265,7 @@ pub async fn launch(
     accel_reason: &str,
     config: &Path,
     log_cap: u64,
+    settings: crate::drift::LaunchSettings,
 ) -> Result<QemuProcess, ProcessError> {
     ensure_not_running(paths)?;
     for stale in [
@@ -372,6 +376,7 @@ pub async fn launch(
             .as_millis() as u64,
         config: config.to_owned(),
         log_max_bytes: log_cap,
+        settings: Some(settings),
     };
     let json =
         serde_json::to_vec_pretty(&record).map_err(|e| ProcessError::Failed(e.to_string()))?;
@@ -495,6 +500,7 @@ impl Machine for QemuProcess {
             ssh_port: self.record.ssh_port,
             launched_unix_ms: self.record.launched_unix_ms,
             unresponsive: self.unresponsive.clone(),
+            settings: self.record.settings.clone(),
         }
     }
 
