@@ -196,6 +196,9 @@ pub struct BootstrapPlanned {
     /// The VM's disk size in MiB (`disk` in castra.toml); null: the base image's size, or a
     /// VM whose disk castrad does not make (external).
     pub disk_mib: Option<u64>,
+    /// The VM's address on the project network (`[project] network`), `10.A.B.N`; null when
+    /// it is not on one.
+    pub network_address: Option<String>,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -284,6 +287,8 @@ pub struct VmStatus {
     pub ssh_endpoint: Option<String>,
     /// As in the plan: the configured disk size in MiB, null for the base image's.
     pub disk_mib: Option<u64>,
+    /// As in the plan: the VM's address on the project network, null when not on one.
+    pub network_address: Option<String>,
     /// The in-guest agent as castrad last saw it.
     pub vizier: Option<VizierStatus>,
 }
