@@ -92,7 +92,7 @@ fn web_0_reaches_db_by_name_on_the_project_network() {
         format!(
             "\n[[vms]]\nname = \"{name}\"\nbase_image = \"{}\"\ncpus = 1\nmemory = \"1 GiB\"\n\n\
              [vms.ssh]\nuser = \"dev\"\n\n\
-             [vms.bootstrap]\nscript = \"{script}\"\nhandshake_timeout_secs = 300\n",
+             [vms.bootstrap]\nscript = \"{script}\"\nhandshake_timeout_secs = 900\n",
             image.display()
         )
     };
