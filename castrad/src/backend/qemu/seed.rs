@@ -368,6 +368,34 @@ mod tests {
         );
     }
 
+    /// The volume carries `network-config` exactly when the VM is on a project network.
+    #[test]
+    fn the_seed_has_network_config_only_on_a_network() {
+        let key = host_key();
+        let net = attachment();
+        let dir = tempfile::tempdir().unwrap();
+        let names = |network: Option<&Attachment>| {
+            let mut s = seed(&key, "dev", None);
+            s.network = network;
+            let path = dir.path().join("seed.img");
+            write(&path, &s).unwrap();
+            let mut disk = Cursor::new(std::fs::read(&path).unwrap());
+            let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).unwrap();
+            let mut names: Vec<String> = fs
+                .root_dir()
+                .iter()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(None), ["meta-data", "user-data"]);
+        assert_eq!(
+            names(Some(&net)),
+            ["meta-data", "network-config", "user-data"]
+        );
+    }
+
     #[test]
     fn the_volume_is_fat_labelled_cidata_with_the_files() {
         let image = volume(&[
