@@ -414,6 +414,7 @@ pub fn plan(p: &api::PlanResult) -> String {
             vm.reason.clone(),
         ]);
     }
+    with_addresses(&mut rows, 5, p.vms.iter().map(|vm| &vm.network_address));
     out.push_str(&table(&rows));
     let warnings: Vec<String> = p
         .vms
@@ -506,9 +507,26 @@ pub fn status(s: &api::StatusResult) -> String {
                 last,
             ]);
         }
+        with_addresses(&mut rows, 6, p.vms.iter().map(|vm| &vm.network_address));
         out.push_str(&table(&rows));
     }
     out
+}
+
+/// An ADDRESS column (the project network's) at `at`, only when some VM has an address.
+fn with_addresses<'a>(
+    rows: &mut [Vec<String>],
+    at: usize,
+    addresses: impl Iterator<Item = &'a Option<String>>,
+) {
+    let addresses: Vec<&Option<String>> = addresses.collect();
+    if addresses.iter().all(|a| a.is_none()) {
+        return;
+    }
+    rows[0].insert(at, "ADDRESS".into());
+    for (row, address) in rows[1..].iter_mut().zip(addresses) {
+        row.insert(at, address.clone().unwrap_or_else(|| "-".into()));
+    }
 }
 
 /// The result of `down`: one row per VM, then the errors.

@@ -24,6 +24,10 @@ pub struct LaunchSettings {
     /// The disk size asked for (`disk`); None: the base image's size.
     #[serde(default)]
     pub disk_mib: Option<u64>,
+    /// The VM's address on the project network; None: not on one (and every VM launched
+    /// before project networks existed).
+    #[serde(default)]
+    pub network: Option<String>,
 }
 
 /// One setting of a [`LaunchSettings`]: its wire name, its value as text, and how a value
@@ -48,6 +52,7 @@ impl LaunchSettings {
             memory_mib: vm.memory_mib,
             forwards,
             disk_mib: vm.disk_mib,
+            network: vm.network.as_ref().map(|n| n.address.to_string()),
         }
     }
 
@@ -72,6 +77,11 @@ impl LaunchSettings {
                 setting: "disk",
                 value: self.disk_mib.map_or_else(|| BASE_SIZE.to_owned(), mib),
                 with: |v| format!("a disk of {v}"),
+            },
+            Row {
+                setting: "network",
+                value: self.network.clone().unwrap_or_else(|| "none".to_owned()),
+                with: |v| format!("project network address {v}"),
             },
         ]
     }
@@ -140,6 +150,7 @@ mod tests {
             memory_mib: 1024,
             forwards: vec!["tcp:8080->80".into()],
             disk_mib: Some(2048),
+            network: None,
         }
     }
 
@@ -156,6 +167,7 @@ mod tests {
             memory_mib: 2048,
             forwards: vec!["tcp:8080->80".into(), "udp:5353->53".into()],
             disk_mib: Some(4096),
+            network: Some("10.142.7.10".into()),
         };
         let d = drift("web-0", &running, &configured);
         let got: Vec<(&str, &str, &str)> = d
@@ -169,6 +181,7 @@ mod tests {
                 ("memory", "1024 MiB", "2048 MiB"),
                 ("forwards", "tcp:8080->80", "tcp:8080->80, udp:5353->53"),
                 ("disk", "2048 MiB", "4096 MiB"),
+                ("network", "none", "10.142.7.10"),
             ]
         );
         assert_eq!(
@@ -214,5 +227,9 @@ mod tests {
         let old: LaunchSettings = serde_json::from_str(r#"{"cpus":1,"memory_mib":512}"#).unwrap();
         assert_eq!(old.forwards, Vec::<String>::new());
         assert_eq!(old.disk_mib, None);
+        assert_eq!(
+            old.network, None,
+            "a VM launched before project networks is on none"
+        );
     }
 }

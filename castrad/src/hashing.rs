@@ -339,6 +339,16 @@ pub fn seed_inputs(vm: &Vm) -> Result<String, HashError> {
     for key in &c.authorized_keys {
         e.bytes(&read(key)?);
     }
+    // The project network, only when there is one (so the inputs of seeds made before it
+    // existed read the same).
+    if let Some(net) = &vm.network {
+        e.field("network-address", net.address.to_string().as_bytes());
+        e.field("network-mac", net.mac.as_bytes());
+        e.len(net.hosts.len() as u64);
+        for (name, address) in &net.hosts {
+            e.field(name, address.to_string().as_bytes());
+        }
+    }
     Ok(e.finish())
 }
 

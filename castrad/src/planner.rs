@@ -327,11 +327,20 @@ pub fn decide(
     }
     if facts.seed_changed {
         warnings.push(
-            "[vms.cloud_init] (user_data, authorized_keys or the user) changed since this \
-             disk's first boot: cloud-init applies it to a fresh disk only \
+            "[vms.cloud_init] (user_data, authorized_keys or the user) or the VM's place on \
+             the project network changed since this disk's first boot: cloud-init applies \
+             it to a fresh disk only \
              (castractl down --discard, then up)"
                 .into(),
         );
+    }
+    if let (Some(net), false) = (&vm.network, vm.cloud_init.enabled) {
+        warnings.push(format!(
+            "on the project network at {} (NIC {}), but without cloud-init castrad does not \
+             configure the guest's side: the bootstrap script has to (the address on that \
+             NIC, the names into /etc/hosts)",
+            net.address, net.mac
+        ));
     }
     if let Some(identity) = &facts.missing_identity {
         warnings.push(format!(
@@ -488,6 +497,7 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         vizier_log_path: Some(plan.vizier_log_path),
         vizier_remediation: plan.vizier_remediation,
         disk_mib: vm.disk_mib,
+        network_address: vm.network.as_ref().map(|n| n.address.to_string()),
         drift: plan.drift,
     }
 }

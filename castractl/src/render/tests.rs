@@ -51,6 +51,7 @@ fn planned() -> api::BootstrapPlanned {
         vizier_log_path: None,
         vizier_remediation: None,
         disk_mib: None,
+        network_address: None,
         drift: Vec::new(),
     }
 }
@@ -341,9 +342,8 @@ fn short_hash_is_twelve_chars_or_dash() {
     assert_eq!(short(&None), "-");
 }
 
-#[test]
-fn status_rows_show_what_a_vm_is_doing() {
-    let s = api::StatusResult {
+fn status_fixture() -> api::StatusResult {
+    api::StatusResult {
         daemon: api::DaemonStatus {
             version: "0.1.0".into(),
             pid: 1,
@@ -371,10 +371,16 @@ fn status_rows_show_what_a_vm_is_doing() {
                 accel: Some("tcg".into()),
                 ssh_endpoint: Some("127.0.0.1:4022".into()),
                 disk_mib: Some(20 * 1024),
+                network_address: None,
                 vizier: None,
             }],
         }],
-    };
+    }
+}
+
+#[test]
+fn status_rows_show_what_a_vm_is_doing() {
+    let s = status_fixture();
     let out = status(&s);
     let row = out.lines().find(|l| l.starts_with("box")).unwrap();
     for part in [
@@ -401,6 +407,24 @@ fn status_rows_show_what_a_vm_is_doing() {
         row.contains("unresponsive") && row.contains("QMP: no answer within 2s"),
         "{row:?}"
     );
+}
+
+/// The project network's addresses get a column only when some VM has one.
+#[test]
+fn status_shows_project_addresses_only_on_a_network() {
+    let s = status_fixture();
+    assert!(!status(&s).contains("ADDRESS"));
+    let mut s = s;
+    s.projects[0].vms[0].network_address = Some("10.120.7.10".into());
+    let out = status(&s);
+    let header = out.lines().find(|l| l.starts_with("VM")).unwrap();
+    assert!(
+        header.contains("SSH") && header.contains("ADDRESS"),
+        "{header}"
+    );
+    assert!(header.find("SSH") < header.find("ADDRESS"), "{header}");
+    let row = out.lines().find(|l| l.starts_with("box")).unwrap();
+    assert!(row.contains("10.120.7.10"), "{row}");
 }
 
 #[test]

@@ -201,6 +201,9 @@ pub struct BootstrapPlanned {
     /// The VM's disk size in MiB (`disk` in castra.toml); null: the base image's size, or a
     /// VM whose disk castrad does not make (external).
     pub disk_mib: Option<u64>,
+    /// The VM's address on the project network (`[project] network`), `10.A.B.N`; null when
+    /// it is not on one.
+    pub network_address: Option<String>,
     /// The settings the VM runs with that castra.toml now sets otherwise (it was started
     /// before the change): `castra.restart` applies them. Empty when the VM is not running.
     pub drift: Vec<Drift>,
@@ -211,7 +214,7 @@ pub struct BootstrapPlanned {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Drift {
     pub vm: String,
-    /// Which setting: `cpus`, `memory`, `forwards` or `disk` (more may be added; a client
+    /// Which setting: `cpus`, `memory`, `forwards`, `disk` or `network` (more may be added; a client
     /// shows one it does not know by its `message`).
     pub setting: String,
     /// What the VM was started with, as a person reads it (`2`, `2048 MiB`,
@@ -310,6 +313,8 @@ pub struct VmStatus {
     pub ssh_endpoint: Option<String>,
     /// As in the plan: the configured disk size in MiB, null for the base image's.
     pub disk_mib: Option<u64>,
+    /// As in the plan: the VM's address on the project network, null when not on one.
+    pub network_address: Option<String>,
     /// The in-guest agent as castrad last saw it.
     pub vizier: Option<VizierStatus>,
 }

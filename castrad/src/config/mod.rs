@@ -14,6 +14,7 @@
 //! and what was expected. [`parse`] performs no file IO; [`load`] reads files and stats paths.
 
 mod diagnostics;
+pub mod network;
 mod raw;
 pub mod ssh_options;
 mod validate;
@@ -90,6 +91,9 @@ pub struct Project {
     pub version: Option<String>,
     /// `[project] name` (required; same naming rules as VM names).
     pub name: String,
+    /// `[project] network`: whether the QEMU VMs share a project network (default: when
+    /// there is more than one); each one's place on it is its [`Vm::network`].
+    pub network: bool,
     /// Global `[bootstrap]` defaults after defaulting (kept for display).
     pub bootstrap_defaults: BootstrapDefaults,
     /// VMs after replica expansion, in file order (`web` with replicas = 2 → `web-0`, `web-1`).
@@ -375,6 +379,9 @@ pub struct Vm {
     /// bytes); default 64 MiB, 1 KiB to 1 TiB.
     pub serial_log_max_bytes: u64,
     pub cloud_init: CloudInit,
+    /// The VM's place on the project network (`[project] network`); None when it is off or
+    /// the VM is not a QEMU VM.
+    pub network: Option<network::Attachment>,
     /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
     pub ssh: Ssh,
     pub bootstrap: Bootstrap,

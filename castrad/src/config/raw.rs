@@ -25,6 +25,7 @@ pub(super) struct RawFile {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawProject {
     pub(super) name: Spanned<String>,
+    pub(super) network: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]

@@ -86,14 +86,51 @@ pub(super) fn parse_source(src: &Source<'_>) -> Result<Parsed, ConfigError> {
     }
     check_unique_names(src, &vms, &origins)?;
     check_port_clashes(src, &vms, &origins)?;
+    let network = attach_network(src, raw.project.network.as_ref(), &mut vms)?;
     let project = Project {
         config_path: src.path.to_path_buf(),
         version: raw.version,
         name,
+        network,
         bootstrap_defaults: defaults.public,
         vms,
     };
     Ok(Parsed { project, decls })
+}
+
+/// `[project] network`: whether the QEMU VMs share a project network, and each one's place
+/// on it (`network::assign`).
+fn attach_network(
+    src: &Source<'_>,
+    setting: Option<&Spanned<bool>>,
+    vms: &mut [Vm],
+) -> Result<bool, ConfigError> {
+    let qemu = vms
+        .iter()
+        .filter(|vm| vm.backend == BackendKind::Qemu)
+        .count();
+    if !network::enabled(setting.map(|s| *s.get_ref()), qemu) {
+        return Ok(false);
+    }
+    let list: Vec<(&str, bool)> = vms
+        .iter()
+        .map(|vm| (vm.name.as_str(), vm.backend == BackendKind::Qemu))
+        .collect();
+    let attachments = network::assign(src.path, &list).map_err(|count| {
+        src.error(
+            setting.map(|s| s.span()),
+            "project.network",
+            format!(
+                "a project network holds at most {} QEMU VMs, this project has {count}; \
+                 set `network = false` in [project]",
+                network::MAX_HOSTS
+            ),
+        )
+    })?;
+    for (vm, attachment) in vms.iter_mut().zip(attachments) {
+        vm.network = attachment;
+    }
+    Ok(true)
 }
 
 pub(super) fn validate_defaults(
@@ -258,6 +295,7 @@ pub(super) fn validate_vm(
         firmware,
         serial_log_max_bytes,
         cloud_init,
+        network: None,
         ssh,
         bootstrap,
     };

@@ -294,3 +294,24 @@ fn docs_name_every_labelled_input_of_the_artifact_hash() {
         );
     }
 }
+
+/// The project network joins a seed's inputs only when the VM is on one: seeds made before
+/// it existed read the same, and a VM moved on the network is told its seed is stale.
+#[test]
+fn seed_inputs_change_with_the_vms_place_on_the_network_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut vm = vm(dir.path());
+    let without = seed_inputs(&vm).unwrap();
+    let nets = crate::config::network::assign(
+        std::path::Path::new("/p/castra.toml"),
+        &[("web", true), ("db", true)],
+    )
+    .unwrap();
+    vm.network = nets[0].clone();
+    let first = seed_inputs(&vm).unwrap();
+    assert_ne!(first, without);
+    vm.network = nets[1].clone();
+    assert_ne!(seed_inputs(&vm).unwrap(), first);
+    vm.network = None;
+    assert_eq!(seed_inputs(&vm).unwrap(), without);
+}

@@ -231,3 +231,26 @@ fn vizier_expectations_follow_what_was_seen() {
     let p = plan(BootstrapMode::Skip, ModeSource::File, stamped());
     assert_eq!(p.vizier, VizierExpect::Unavailable);
 }
+
+/// A guest without cloud-init is told that its project network side is the script's job.
+#[test]
+fn a_networked_vm_without_cloud_init_is_warned() {
+    let mut vm = sample_vm(Path::new("/p"));
+    let nets =
+        crate::config::network::assign(Path::new("/p/castra.toml"), &[("web", true)]).unwrap();
+    vm.network = nets[0].clone();
+    vm.cloud_init.enabled = false;
+    let f = || facts(StampRead::Absent, None);
+    let mode = || (BootstrapMode::Auto, ModeSource::File);
+    let p = decide(&root(), &vm, mode(), f());
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.contains("without cloud-init") && w.contains(".10 (NIC 52:54:00:")),
+        "{:?}",
+        p.warnings
+    );
+    vm.cloud_init.enabled = true;
+    let p = decide(&root(), &vm, mode(), f());
+    assert!(!p.warnings.iter().any(|w| w.contains("without cloud-init")));
+}

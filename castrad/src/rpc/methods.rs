@@ -322,6 +322,7 @@ fn vm_status(daemon: &Daemon, entry: &ProjectEntry, vm: &crate::config::Vm) -> a
         uptime_ms: machine.map(|m| now_ms.saturating_sub(m.launched_unix_ms)),
         accel: machine.map(|m| m.accel.clone()),
         disk_mib: vm.disk_mib,
+        network_address: vm.network.as_ref().map(|n| n.address.to_string()),
         ssh_endpoint: backend_of.ssh_endpoint(vm, machine).map(|e| e.to_string()),
         vizier: snap.vizier.as_ref().map(|v| api::VizierStatus {
             version: v.version.clone(),

@@ -86,7 +86,12 @@ pub fn generate(scratch: &Path, comment: &str) -> Result<KeyPair, KeyError> {
 }
 
 /// The public half of the project's client key at `path`, made first if there is none.
+/// One caller at a time: VMs of a project prepare their disks concurrently, and two of them
+/// making the key at once would each seed a guest with a key the other then replaces (one
+/// castrad per state directory, `instance`, so a lock in the process is enough).
 pub fn ensure_project_key(path: &Path) -> Result<String, KeyError> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let public_path = path.with_extension("pub");
     if let (Ok(_), Ok(public)) = (
         std::fs::metadata(path),
@@ -119,6 +124,22 @@ pub fn pin(known_hosts: &Path, alias: &str, public: &str) -> Result<(), KeyError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two VMs preparing their disks at once get the same key (and no error).
+    #[test]
+    fn concurrent_callers_get_one_project_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("ssh/id_ed25519");
+        let keys: Vec<String> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| ensure_project_key(&key).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(keys.iter().all(|k| *k == keys[0]), "{keys:?}");
+        let on_disk = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+        assert_eq!(on_disk.trim(), keys[0]);
+    }
 
     #[test]
     fn the_project_key_is_made_once_private_and_kept() {

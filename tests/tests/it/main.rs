@@ -15,6 +15,7 @@ mod fleet;
 mod hostile;
 mod install;
 mod limits;
+mod network;
 mod plan;
 mod protocol_docs;
 mod qemu;

@@ -140,10 +140,16 @@ fn plan_reports_every_vm_in_file_order_with_the_seed_fields() {
         "vizier_log_path",
         "vizier_remediation",
         "disk_mib",
+        "network_address",
         "drift",
     ];
     want.sort_unstable();
     assert_eq!(keys, want);
+    // One QEMU VM: no project network.
+    assert_eq!(
+        strs(field(&plan, "network_address")),
+        ["null", "null", "null", "null"]
+    );
 
     let web1 = &plan["vms"][1];
     let shop = env.path("shop").canonicalize().unwrap();

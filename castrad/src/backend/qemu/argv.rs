@@ -3,11 +3,14 @@
 //! Choices: `q35` machine, `-nodefaults`/`-no-user-config` so nothing outside castra.toml
 //! changes the VM, virtio disk and network, user-mode networking with host forwards bound to
 //! 127.0.0.1 only, a QMP socket for control, the serial console on a socket castrad reads
-//! (`console`: QEMU waits for castrad before it starts the guest), a pidfile.
+//! (`console`: QEMU waits for castrad before it starts the guest), a pidfile. On a project
+//! network (`config::network`), a second NIC after the user-mode one, on the project's
+//! loopback multicast group, with its fixed MAC.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 
+use crate::config::network::Attachment;
 use crate::config::{PortForward, Protocol};
 
 /// The accelerator QEMU runs the guest with.
@@ -48,6 +51,8 @@ pub struct LaunchSpec {
     pub seed: Option<PathBuf>,
     /// UEFI firmware (read-only code, the VM's own variables); None: QEMU's BIOS.
     pub uefi: Option<Uefi>,
+    /// The VM's place on the project network: a second NIC.
+    pub network: Option<Attachment>,
 }
 
 /// OVMF's code and the VM's copy of its variables.
@@ -153,6 +158,9 @@ pub fn argv(spec: &LaunchSpec) -> Vec<OsString> {
     a.push(netdev.into());
     a.push("-device".into());
     a.push("virtio-net-pci,netdev=net0".into());
+    if let Some(net) = &spec.network {
+        a.extend(project_nic(net).into_iter().map(OsString::from));
+    }
 
     let mut qmp = OsString::from("unix:");
     qmp.push(escape_commas(&spec.qmp_socket));
@@ -162,6 +170,21 @@ pub fn argv(spec: &LaunchSpec) -> Vec<OsString> {
     a.push("-pidfile".into());
     a.push(spec.pidfile.clone().into());
     a
+}
+
+/// The project network's NIC: QEMU's socket backend on the project's multicast group, sent
+/// and received on the loopback interface only (`localaddr`), so no frame leaves the host.
+/// Every QEMU of the project joins the group; each sees the others' frames, as on a hub.
+pub fn project_nic(net: &Attachment) -> [String; 4] {
+    [
+        "-netdev".into(),
+        format!(
+            "socket,id=net1,mcast={}:{},localaddr=127.0.0.1",
+            net.group, net.port
+        ),
+        "-device".into(),
+        format!("virtio-net-pci,netdev=net1,mac={}", net.mac),
+    ]
 }
 
 #[cfg(test)]
@@ -196,6 +219,7 @@ mod tests {
             pidfile: "/s/vms/web-0/qemu.pid".into(),
             seed: None,
             uefi: None,
+            network: None,
         }
     }
 
@@ -277,6 +301,35 @@ mod tests {
             assert!(d.split(',').any(|f| f.starts_with("format=")), "{d}");
         }
         assert!(!a.iter().any(|w| w == "-hda" || w == "-cdrom"), "{a:?}");
+    }
+
+    /// The project network is a second NIC after the user-mode one (which keeps SSH and the
+    /// forwards), with the fixed MAC; without it there is one NIC.
+    #[test]
+    fn a_project_network_adds_a_second_nic_after_the_user_mode_one() {
+        let mut s = spec();
+        assert_eq!(argv(&s).iter().filter(|a| *a == "-netdev").count(), 1);
+        s.network = Some(Attachment {
+            address: "10.120.7.11".parse().unwrap(),
+            prefix: 24,
+            mac: "52:54:00:78:07:0b".into(),
+            group: "239.255.3.4".parse().unwrap(),
+            port: 23456,
+            hosts: vec![],
+        });
+        let j = joined(&s);
+        assert!(
+            j.contains(
+                "-device virtio-net-pci,netdev=net0 \
+                 -netdev socket,id=net1,mcast=239.255.3.4:23456,localaddr=127.0.0.1 \
+                 -device virtio-net-pci,netdev=net1,mac=52:54:00:78:07:0b -qmp"
+            ),
+            "{j}"
+        );
+        assert!(
+            j.contains("-netdev user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,"),
+            "{j}"
+        );
     }
 
     #[test]

@@ -141,6 +141,7 @@ impl Backend for Qemu {
                     Firmware::Bios => None,
                     Firmware::Uefi => Some(uefi(&paths)?),
                 },
+                network: vm.network.clone(),
             };
             let log_cap = vm.serial_log_max_bytes;
             let settings = crate::drift::LaunchSettings::of(vm);
@@ -259,6 +260,7 @@ fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
         authorized_keys,
         host_key: &host_key,
         user_data: user_data.as_deref(),
+        network: vm.network.as_ref(),
     };
     let inputs = crate::hashing::seed_inputs(vm)
         .map_err(|e| process::ProcessError::Failed(e.to_string()))?;

@@ -9,6 +9,12 @@
 //!   both go as one multipart MIME message, theirs merged after ours (lists appended, our keys
 //!   kept).
 //!
+//! - `network-config` (only on a project network, `config::network`): version 2, the
+//!   user-mode NIC by its MAC (QEMU's default for the first NIC) with DHCP as before, the
+//!   project NIC by its fixed MAC with its static address; and `/etc/hosts` written by the
+//!   user-data (every VM of the network by name; cloud-init's own hosts management is turned
+//!   off so it does not rewrite the file on the next boot).
+//!
 //! The cloud-configs are written as JSON, which YAML parses as it is: no value castrad writes
 //! can change the document's structure. The volume is made in memory (`fatfs`): no mkfs.vfat
 //! or mcopy processes, no mounts. Pure, but for `write`.
@@ -18,7 +24,11 @@ use std::path::Path;
 
 use serde_json::json;
 
+use crate::config::network::{self, Attachment};
 use crate::ssh::keys::KeyPair;
+
+/// The MAC QEMU gives the first NIC it is not told one for: the user-mode NIC (argv.rs).
+pub const USER_NIC_MAC: &str = "52:54:00:12:34:56";
 
 /// What the seed says.
 #[derive(Debug, Clone)]
@@ -35,6 +45,8 @@ pub struct Seed<'a> {
     pub host_key: &'a KeyPair,
     /// The user's own cloud-config, if any.
     pub user_data: Option<&'a str>,
+    /// The VM's place on the project network, if it is on one.
+    pub network: Option<&'a Attachment>,
 }
 
 /// `meta-data`.
@@ -59,7 +71,7 @@ pub fn castra_config(seed: &Seed<'_>) -> String {
             "ssh_authorized_keys": seed.authorized_keys,
         })
     };
-    let config = json!({
+    let mut config = json!({
         "users": [user],
         // Root keeps its keys usable (cloud-init otherwise prefixes them with a refusal).
         "disable_root": seed.user != "root",
@@ -73,7 +85,48 @@ pub fn castra_config(seed: &Seed<'_>) -> String {
         },
         "manage_etc_hosts": true,
     });
+    if let Some(net) = seed.network {
+        config["manage_etc_hosts"] = json!(false);
+        config["write_files"] = json!([{
+            "path": "/etc/hosts",
+            "permissions": "0644",
+            "owner": "root:root",
+            "content": etc_hosts(net),
+        }]);
+    }
     format!("#cloud-config\n{config}\n")
+}
+
+/// The guest's /etc/hosts on a project network: localhost, then every VM of the network (the
+/// VM's own name resolves to its project address, not to a loopback one).
+pub fn etc_hosts(net: &Attachment) -> String {
+    format!(
+        "127.0.0.1 localhost\n::1 localhost ip6-localhost ip6-loopback\n\
+         ff02::1 ip6-allnodes\nff02::2 ip6-allrouters\n\
+         # castra project network\n{}",
+        network::hosts_lines(net)
+    )
+}
+
+/// `network-config` (version 2): the user-mode NIC with DHCP, the project NIC with its
+/// static address, each matched by MAC (the guest's names for them vary).
+pub fn network_config(net: &Attachment) -> String {
+    let config = json!({
+        "version": 2,
+        "ethernets": {
+            "nat": {
+                "match": { "macaddress": USER_NIC_MAC },
+                "dhcp4": true,
+            },
+            "castra": {
+                "match": { "macaddress": net.mac },
+                "addresses": [format!("{}/{}", net.address, net.prefix)],
+                "dhcp4": false,
+                "dhcp6": false,
+            },
+        },
+    });
+    format!("{config}\n")
 }
 
 /// `user-data`: castrad's cloud-config, or both as multipart MIME when the user has one.
@@ -144,10 +197,15 @@ pub fn volume(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
 pub fn write(path: &Path, seed: &Seed<'_>) -> std::io::Result<()> {
     let meta = meta_data(seed);
     let user = user_data(seed);
-    let image = volume(&[
+    let net = seed.network.map(network_config);
+    let mut files = vec![
         ("meta-data", meta.as_bytes()),
         ("user-data", user.as_bytes()),
-    ])?;
+    ];
+    if let Some(net) = &net {
+        files.push(("network-config", net.as_bytes()));
+    }
+    let image = volume(&files)?;
     crate::fsutil::write_atomic(path, &image)
 }
 
@@ -173,7 +231,58 @@ mod tests {
             authorized_keys: vec!["ssh-ed25519 AAAAproject castra".into()],
             host_key: key,
             user_data: theirs,
+            network: None,
         }
+    }
+
+    fn attachment() -> Attachment {
+        Attachment {
+            address: "10.120.7.10".parse().unwrap(),
+            prefix: 24,
+            mac: "52:54:00:78:07:0a".into(),
+            group: "239.255.3.4".parse().unwrap(),
+            port: 23456,
+            hosts: vec![
+                ("web-0".into(), "10.120.7.10".parse().unwrap()),
+                ("db".into(), "10.120.7.11".parse().unwrap()),
+            ],
+        }
+    }
+
+    #[test]
+    fn without_a_network_cloud_init_keeps_managing_etc_hosts() {
+        let key = host_key();
+        let c = config(&user_data(&seed(&key, "dev", None)));
+        assert_eq!(c["manage_etc_hosts"], true);
+        assert!(c.get("write_files").is_none());
+    }
+
+    #[test]
+    fn on_a_project_network_the_seed_gives_the_address_and_the_names() {
+        let key = host_key();
+        let net = attachment();
+        let mut s = seed(&key, "dev", None);
+        s.network = Some(&net);
+        let c = config(&user_data(&s));
+        assert_eq!(c["manage_etc_hosts"], false);
+        let file = &c["write_files"][0];
+        assert_eq!(file["path"], "/etc/hosts");
+        let hosts = file["content"].as_str().unwrap();
+        assert!(hosts.starts_with("127.0.0.1 localhost\n"), "{hosts}");
+        assert!(
+            hosts.ends_with("10.120.7.10 web-0\n10.120.7.11 db\n"),
+            "{hosts}"
+        );
+        assert!(!hosts.contains("127.0.1.1"), "{hosts}");
+        let n: serde_json::Value = serde_json::from_str(&network_config(&net)).unwrap();
+        assert_eq!(n["version"], 2);
+        let nat = &n["ethernets"]["nat"];
+        assert_eq!(nat["match"]["macaddress"], "52:54:00:12:34:56");
+        assert_eq!(nat["dhcp4"], true);
+        let ours = &n["ethernets"]["castra"];
+        assert_eq!(ours["match"]["macaddress"], "52:54:00:78:07:0a");
+        assert_eq!(ours["addresses"], serde_json::json!(["10.120.7.10/24"]));
+        assert_eq!(ours["dhcp4"], false);
     }
 
     fn config(text: &str) -> serde_json::Value {
@@ -256,6 +365,34 @@ mod tests {
         assert_eq!(
             String::from_utf8(out.stdout).unwrap().trim(),
             "True ['text/cloud-config', 'text/cloud-config']"
+        );
+    }
+
+    /// The volume carries `network-config` exactly when the VM is on a project network.
+    #[test]
+    fn the_seed_has_network_config_only_on_a_network() {
+        let key = host_key();
+        let net = attachment();
+        let dir = tempfile::tempdir().unwrap();
+        let names = |network: Option<&Attachment>| {
+            let mut s = seed(&key, "dev", None);
+            s.network = network;
+            let path = dir.path().join("seed.img");
+            write(&path, &s).unwrap();
+            let mut disk = Cursor::new(std::fs::read(&path).unwrap());
+            let fs = fatfs::FileSystem::new(&mut disk, fatfs::FsOptions::new()).unwrap();
+            let mut names: Vec<String> = fs
+                .root_dir()
+                .iter()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        assert_eq!(names(None), ["meta-data", "user-data"]);
+        assert_eq!(
+            names(Some(&net)),
+            ["meta-data", "network-config", "user-data"]
         );
     }
 
