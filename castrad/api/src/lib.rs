@@ -34,6 +34,11 @@ pub mod method {
     pub const DOWN: &str = "castra.down";
     pub const CANCEL: &str = "castra.cancel";
     pub const SSH_CONFIG: &str = "castra.sshConfig";
+    pub const CONSOLE: &str = "castra.console";
+    pub const SUBSCRIBE_CONSOLE: &str = "castra.subscribeConsole";
+    pub const UNSUBSCRIBE_CONSOLE: &str = "castra.unsubscribeConsole";
+    /// Notification method of console subscriptions.
+    pub const CONSOLE_OUTPUT: &str = "castra.consoleOutput";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
     /// Notification method of event subscriptions.
@@ -453,6 +458,12 @@ pub struct VmOutcome {
 
 mod events;
 pub use events::*;
+
+// ---------------------------------------------------------------------------------------------
+// castra.console and castra.subscribeConsole: see console.rs
+
+mod console;
+pub use console::*;
 
 // ---------------------------------------------------------------------------------------------
 // Durable run logs and castra.logs

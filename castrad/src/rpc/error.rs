@@ -21,6 +21,7 @@ impl From<DaemonError> for ErrorObjectOwned {
             DaemonError::Preflight(_)
             | DaemonError::Overrides(_)
             | DaemonError::UnknownVm { .. }
+            | DaemonError::NoConsole { .. }
             | DaemonError::Plan(crate::planner::PlanError::BaseImage { .. }) => {
                 (code::PREFLIGHT, "preflight")
             }
@@ -29,6 +30,7 @@ impl From<DaemonError> for ErrorObjectOwned {
             }
             DaemonError::Plan(_)
             | DaemonError::Logs { .. }
+            | DaemonError::Console { .. }
             | DaemonError::Panicked { .. }
             | DaemonError::NotRunning(_) => (code::OPERATION, "operation"),
         };

@@ -125,6 +125,7 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
         },
     )
     .expect("unique method name");
+    super::console::register(&mut m);
     m
 }
 
