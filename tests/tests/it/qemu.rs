@@ -16,7 +16,7 @@ use crate::bootstrap::Up;
 use crate::support::{Daemon, Env, snapshot, wait_until};
 
 /// The built guest: vmlinuz, initrd.img, base.img, id_ed25519.
-fn guest() -> &'static Path {
+pub(crate) fn guest() -> &'static Path {
     static GUEST: OnceLock<PathBuf> = OnceLock::new();
     GUEST.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -46,13 +46,13 @@ echo "bootstrapped by castra" > castra-mark
 "#;
 
 /// A project of QEMU VMs; `extra` is appended to each `[[vms]]` (e.g. a cmdline).
-struct Lab {
-    env: Env,
+pub(crate) struct Lab {
+    pub(crate) env: Env,
     daemon: Option<Daemon>,
 }
 
 impl Lab {
-    fn new(vms: &[(&str, &str)]) -> Lab {
+    pub(crate) fn new(vms: &[(&str, &str)]) -> Lab {
         let g = guest();
         let env = Env::new();
         let mut config = String::from("[project]\nname = \"lab\"\n");
@@ -75,11 +75,11 @@ impl Lab {
         }
     }
 
-    fn project(&self) -> PathBuf {
+    pub(crate) fn project(&self) -> PathBuf {
         self.env.path("p")
     }
 
-    fn up(&self, args: &[&str]) -> Up {
+    pub(crate) fn up(&self, args: &[&str]) -> Up {
         let mut full = vec!["up", "--json"];
         full.extend_from_slice(args);
         let out = self.env.ctl(&self.project(), &full);
@@ -87,7 +87,7 @@ impl Lab {
     }
 
     /// `castractl down --json ARGS`: the result and the operation's events.
-    fn down(&self, args: &[&str]) -> (Value, Vec<Value>) {
+    pub(crate) fn down(&self, args: &[&str]) -> (Value, Vec<Value>) {
         let mut full = vec!["down", "--json"];
         full.extend_from_slice(args);
         let out = self.env.ctl(&self.project(), &full).ok();
@@ -177,7 +177,7 @@ impl Lab {
         envelope["operation"].as_str().unwrap().to_owned()
     }
 
-    fn status_vm(&self, vm: &str) -> Value {
+    pub(crate) fn status_vm(&self, vm: &str) -> Value {
         let config = self.project().join("castra.toml").canonicalize().unwrap();
         let status = self
             .env
@@ -187,11 +187,11 @@ impl Lab {
 
     /// Runs `command` in the guest of `vm` as a user would: `castractl ssh VM -- COMMAND`
     /// (castrad's identity for the VM, its pinned host key).
-    fn guest_sh(&self, vm: &str, command: &str) -> String {
+    pub(crate) fn guest_sh(&self, vm: &str, command: &str) -> String {
         self.env.guest_sh(&self.project(), vm, command)
     }
 
-    fn state_root(&self) -> PathBuf {
+    pub(crate) fn state_root(&self) -> PathBuf {
         self.env.project_state()
     }
 
