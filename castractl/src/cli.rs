@@ -54,7 +54,7 @@ Lines: `SEQ  VM  WHAT`; with --json, each event envelope as one compact JSON lin
 const CONSOLE_HELP: &str = "\
 The serial console of a QEMU VM as castrad records it since the VM's last start (serial.log,
 capped at `serial_log_max`). With --follow, what the guest writes next is streamed (past the
-log's cap too), at most 128 KiB a second after a 256 KiB burst: castractl says how many bytes
+log's cap too), at most 32 KiB a second after a 64 KiB burst: castractl says how many bytes
 were left out. Ends when the VM stops (exit 0). --json: castra.console's result; with
 --follow, each castra.consoleOutput notification as one JSON line (the last has `end`).";
 

@@ -31,11 +31,12 @@ use crate::daemon::{Daemon, DaemonError};
 
 /// At most this much output is gathered into one notification (one more read may follow).
 pub const NOTE_BYTES: usize = 16 << 10;
-/// How many bytes a second a subscription delivers once its burst is spent (128 KiB/s, ten
-/// times a 115200-baud line): more is left out and counted.
-pub const RATE: u64 = 128 << 10;
-/// How many bytes a subscription may deliver at once before [`RATE`] applies (256 KiB).
-pub const BURST: u64 = 256 << 10;
+/// How many bytes a second a subscription delivers once its burst is spent (32 KiB/s, about
+/// three times a 115200-baud line, 400 lines of 80 characters): more is left out and counted.
+pub const RATE: u64 = 32 << 10;
+/// How many bytes a subscription may deliver at once before [`RATE`] applies (64 KiB: a whole
+/// kernel boot log, about).
+pub const BURST: u64 = 64 << 10;
 
 pub fn register(m: &mut RpcModule<Daemon>) {
     m.register_async_method(api::method::CONSOLE, |params, daemon, _| async move {
