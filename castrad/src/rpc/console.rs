@@ -61,9 +61,13 @@ async fn serial_log(
     vm: &str,
 ) -> Result<std::path::PathBuf, DaemonError> {
     let entry = daemon.project(config).await?;
-    let found = crate::daemon::selected(&entry.project, &[vm.to_owned()])?;
-    let Some(found) = found.first() else {
-        unreachable!("selected returns the named VM");
+    // An unknown name is the same preflight error as for down, cancel and sshConfig.
+    let selected = crate::daemon::selected(&entry.project, &[vm.to_owned()])?;
+    let Some(found) = selected.first() else {
+        return Err(DaemonError::UnknownVm {
+            vm: vm.to_owned(),
+            known: vec![],
+        });
     };
     if found.backend != BackendKind::Qemu {
         return Err(DaemonError::NoConsole {
