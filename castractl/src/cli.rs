@@ -29,6 +29,8 @@ Commands at a glance:
   ssh-config  OpenSSH config blocks for the VMs (`ssh -F`, `scp -F`, VS Code Remote-SSH)
   doctor   check the machine (and the project here) can run VMs; exits 1 if a check fails
   completion  the shell completion script (bash, zsh, fish)
+  console  a QEMU VM's serial console: the end of its log, or `--follow` it live
+  cp       copy files to or from a VM (`cp [-r] SRC VM:DST`, `cp [-r] VM:SRC DST`) over sftp
 
 Exit codes:
   0  success
@@ -54,6 +56,21 @@ stops the runs.";
 const EVENTS_HELP: &str = "\
 Prints events until Ctrl-C (exit 0) or until castrad closes the connection (exit 1).
 Lines: `SEQ  VM  WHAT`; with --json, each event envelope as one compact JSON line, flushed at once.";
+
+const CONSOLE_HELP: &str = "\
+The serial console of a QEMU VM as castrad records it since the VM's last start (serial.log,
+capped at `serial_log_max`). With --follow, what the guest writes next is streamed (past the
+log's cap too), at most 32 KiB a second after a 64 KiB burst: castractl says how many bytes
+were left out. Ends when the VM stops (exit 0). --json: castra.console's result; with
+--follow, each castra.consoleOutput notification as one JSON line (the last has `end`).";
+
+const CP_HELP: &str = "\
+Exactly one of SRC and DST is VM:PATH (a colon with no slash before it, like scp: write a local
+name with a colon as ./a:b). Relative VM paths are relative to the login's home directory; no
+wildcards or ~ (every name means itself, quotes, spaces and all). Runs `sftp` with the settings
+`castractl ssh-config VM` prints. Exit 0 copied, 1 the copy failed (sftp's reason is shown),
+2 usage (an unknown VM, a missing local source, a directory without -r), 3 castrad unreachable.
+Examples: castractl cp -r ./src web-0:/srv/app    castractl cp db:/var/log/db.log .";
 
 /// Drive castrad, the Castra VM daemon.
 #[derive(Debug, Parser)]
@@ -169,6 +186,34 @@ enum Command {
         #[arg(last = true, value_name = "CMD")]
         command: Vec<String>,
     },
+    /// Show a QEMU VM's serial console: the end of its log, or follow it live (--follow).
+    #[command(after_help = CONSOLE_HELP)]
+    Console {
+        /// The VM, as `castractl plan` names it (replicas: `web-0`).
+        vm: String,
+        /// Go on printing what the guest writes, until the VM stops (exit 0) or Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many bytes of the log's end to show first [default: 65536; at most 1 MiB].
+        #[arg(long, value_name = "BYTES")]
+        tail: Option<u64>,
+        /// Pass the guest's output to the terminal as it is, escape sequences and all (only
+        /// for a guest you trust); by default control characters are shown escaped (`\x1b`).
+        #[arg(long)]
+        raw: bool,
+    },
+    /// Copy a file (a directory with -r) to a VM or from it, over the VM's pinned SSH
+    /// connection (sftp, with castrad's key and the VM's pinned host key).
+    #[command(after_help = CP_HELP)]
+    Cp {
+        /// Copy directories and what they hold, like `scp -r`.
+        #[arg(short, long)]
+        recursive: bool,
+        /// A local path, or VM:PATH.
+        src: String,
+        /// A local path, or VM:PATH (VM: alone: the login's home directory).
+        dst: String,
+    },
     /// Print an OpenSSH config block per VM (the running ones, or those named), for `ssh -F`,
     /// `scp -F` and editors' remote windows.
     #[command(name = "ssh-config")]
@@ -218,7 +263,10 @@ pub fn main() -> ExitCode {
     // Streaming commands print JSON lines: their errors must be one line too.
     let streaming = matches!(
         cli.command,
-        Command::Up { .. } | Command::Restart { .. } | Command::Events { .. }
+        Command::Up { .. }
+            | Command::Restart { .. }
+            | Command::Events { .. }
+            | Command::Console { follow: true, .. }
     );
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -405,6 +453,34 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 })?;
             return Err(exec_ssh(&host, &command));
         }
+        Command::Console {
+            vm,
+            follow,
+            tail,
+            raw,
+        } => {
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            let request = crate::console::Request {
+                config,
+                vm,
+                follow,
+                tail,
+                raw,
+                json: cli.json,
+            };
+            return crate::console::run(&daemon, request).await;
+        }
+        Command::Cp {
+            recursive,
+            src,
+            dst,
+        } => {
+            let plan = crate::copy::Plan::new(&src, &dst)?;
+            let config = find_config(cli.config.as_deref(), &cwd)?;
+            let daemon = Daemon::connect(&socket).await?;
+            return crate::copy::run(&daemon, config, plan, recursive, cli.json).await;
+        }
         Command::SshConfig { vms } => {
             let config = find_config(cli.config.as_deref(), &cwd)?;
             let daemon = Daemon::connect(&socket).await?;
@@ -438,36 +514,16 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     Ok(Exit::Ok)
 }
 
-/// Replaces castractl with `ssh` to `host` (a shell, or `command`); returns only if it could
-/// not be started. Our options come first: ssh keeps the first value of each, so the user's
-/// ~/.ssh/config cannot undo the pinning, while the rest of it still applies.
+/// Replaces castractl with `ssh` to `host` (a shell, or `command`) with castrad's settings
+/// (`copy::pinned_options`); returns only if it could not be started.
 fn exec_ssh(host: &api::SshHost, command: &[String]) -> Failure {
     use std::os::unix::process::CommandExt;
-    let mut ssh = std::process::Command::new("ssh");
-    let mut opt = |k: &str, v: &std::ffi::OsStr| {
-        let mut o = std::ffi::OsString::from(format!("{k}="));
-        o.push(v);
-        ssh.arg("-o").arg(o);
-    };
-    opt("HostKeyAlias", host.host_key_alias.as_ref());
-    opt("UserKnownHostsFile", host.known_hosts.as_os_str());
-    opt("GlobalKnownHostsFile", "/dev/null".as_ref());
-    opt("StrictHostKeyChecking", "yes".as_ref());
-    opt("UpdateHostKeys", "no".as_ref());
-    if let Some(identity) = &host.identity_file {
-        opt("IdentityFile", identity.as_os_str());
-        opt("IdentitiesOnly", "yes".as_ref());
-    }
-    if let Some(user) = &host.user {
-        opt("User", user.as_ref());
-    }
-    opt("Port", host.port.to_string().as_ref());
-    for option in &host.options {
-        ssh.arg("-o").arg(option);
-    }
-    ssh.arg("--").arg(&host.host_name);
-    ssh.args(command);
-    let e = ssh.exec();
+    let e = std::process::Command::new("ssh")
+        .args(crate::copy::pinned_options(host))
+        .arg("--")
+        .arg(&host.host_name)
+        .args(command)
+        .exec();
     Failure::new(Exit::Failed, "internal", format!("cannot run ssh: {e}"))
 }
 

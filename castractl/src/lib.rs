@@ -6,6 +6,8 @@
 //!
 //! - `cli`: flags and subcommands (clap), the entry point.
 //! - `client`: connecting to the daemon and mapping its errors to exit codes.
+//! - `console`: a VM's serial console (`castractl console`), escaped for the terminal.
+//! - `copy`: `castractl cp` over sftp with castrad's SSH settings for the VM.
 //! - `render`: human-readable output (tables, durations, one-line events).
 //! - `progress`: following an operation live (`up`, `events`): JSON lines, plain lines or a
 //!   board of spinners.
@@ -17,6 +19,8 @@
 mod cli;
 mod client;
 pub mod completion;
+mod console;
+mod copy;
 mod doctor;
 mod progress;
 mod render;

@@ -62,6 +62,24 @@ fn write_flushed(line: &str) -> std::io::Result<()> {
     out.flush()
 }
 
+/// Writes a piece of a guest's console output to stdout and flushes it: escaped like
+/// [`text`] (newlines and tabs kept), or with `raw` (`castractl console --raw`, asked for by
+/// the user) as it is, escape sequences and all.
+pub fn console(text: &str, raw: bool) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if raw {
+        out.write_all(text.as_bytes())?;
+    } else {
+        out.write_all(render::escape(text).as_bytes())?;
+    }
+    out.flush()
+}
+
+/// `castractl: MESSAGE` on stderr (what castractl says beside a command's output).
+pub fn note(message: &str) {
+    eprintln!("castractl: {}", render::escape_line(message));
+}
+
 /// `castractl: warning: MESSAGE` on stderr.
 pub fn warn(message: &str) {
     eprintln!("castractl: warning: {}", render::escape_line(message));
@@ -92,6 +110,8 @@ mod tests {
         ("cli.rs", include_str!("cli.rs")),
         ("client.rs", include_str!("client.rs")),
         ("completion.rs", include_str!("completion.rs")),
+        ("console.rs", include_str!("console.rs")),
+        ("copy.rs", include_str!("copy.rs")),
         ("doctor.rs", include_str!("doctor.rs")),
         ("lib.rs", include_str!("lib.rs")),
         ("main.rs", include_str!("main.rs")),

@@ -76,6 +76,14 @@ pub enum DaemonError {
     NotRunning(String),
     #[error("cannot read the logs of {vm}: {source}")]
     Logs { vm: String, source: std::io::Error },
+    #[error("vm {vm} is an {backend} VM: castrad has no console for it (only QEMU VMs have one)")]
+    NoConsole { vm: String, backend: BackendKind },
+    #[error("cannot read the serial log of {vm}, {}: {source}", path.display())]
+    Console {
+        vm: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// A task castrad ran on the blocking pool panicked (a bug).
     #[error("{what} panicked: {detail}")]
     Panicked { what: &'static str, detail: String },
@@ -567,7 +575,7 @@ impl Daemon {
 
 /// The VMs of `project` that `names` selects, in file order: all of them when `names` is
 /// empty. An unknown name is an error that lists the known ones.
-fn selected<'a>(
+pub(crate) fn selected<'a>(
     project: &'a crate::config::Project,
     names: &[String],
 ) -> Result<Vec<&'a crate::config::Vm>, DaemonError> {

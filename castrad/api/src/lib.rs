@@ -39,6 +39,11 @@ pub mod method {
     pub const CANCEL: &str = "castra.cancel";
     pub const SSH_CONFIG: &str = "castra.sshConfig";
     pub const DOCTOR: &str = "castra.doctor";
+    pub const CONSOLE: &str = "castra.console";
+    pub const SUBSCRIBE_CONSOLE: &str = "castra.subscribeConsole";
+    pub const UNSUBSCRIBE_CONSOLE: &str = "castra.unsubscribeConsole";
+    /// Notification method of console subscriptions.
+    pub const CONSOLE_OUTPUT: &str = "castra.consoleOutput";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
     /// Notification method of event subscriptions.
@@ -532,6 +537,12 @@ pub struct VmOutcome {
 
 mod events;
 pub use events::*;
+
+// ---------------------------------------------------------------------------------------------
+// castra.console and castra.subscribeConsole: see console.rs
+
+mod console;
+pub use console::*;
 
 // ---------------------------------------------------------------------------------------------
 // Durable run logs and castra.logs

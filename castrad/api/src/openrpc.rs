@@ -9,7 +9,8 @@
 //!
 //! OpenRPC has no word for a subscription or for the shape of `error.data`, so the document
 //! declares two specification extensions (`x-extensions`): `x-notification` marks
-//! `castra.event`, the notification a `castra.subscribeEvents` subscription receives, and
+//! `castra.event` and `castra.consoleOutput`, the notifications a `castra.subscribeEvents` or
+//! `castra.subscribeConsole` subscription receives, and
 //! `x-data-schema` gives each error the schema of its `data` ([`ErrorData`]).
 
 use schemars::generate::SchemaSettings;
@@ -17,10 +18,11 @@ use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{Map, Value, json};
 
 use crate::{
-    CancelParams, CancelResult, DoctorParams, DoctorResult, DownParams, DownResult, ErrorData,
-    EventEnvelope, LogsParams, LogsResult, OutcomeParams, OutcomeResult, PROTOCOL_VERSION,
-    PlanParams, PlanResult, RestartParams, RestartResult, SshConfigParams, SshConfigResult,
-    StatusParams, StatusResult, SubscribeParams, UpParams, UpResult, VersionResult, code, method,
+    CancelParams, CancelResult, ConsoleChunk, ConsoleParams, ConsoleResult, DoctorParams,
+    DoctorResult, DownParams, DownResult, ErrorData, EventEnvelope, LogsParams, LogsResult,
+    OutcomeParams, OutcomeResult, PROTOCOL_VERSION, PlanParams, PlanResult, RestartParams,
+    RestartResult, SshConfigParams, SshConfigResult, StatusParams, StatusResult,
+    SubscribeConsoleParams, SubscribeParams, UpParams, UpResult, VersionResult, code, method,
 };
 
 /// The OpenRPC specification version the document follows.
@@ -210,6 +212,67 @@ pub fn document() -> Value {
                     "name": "result",
                     "required": true,
                     "schema": results.subschema_for::<EventEnvelope>(),
+                },
+            ],
+        }),
+        call(
+            method::CONSOLE,
+            "The end of a QEMU VM's serial console log (bounded; `truncated` says when earlier \
+             output was left out)",
+            by_name::<ConsoleParams>(&mut params),
+            result::<ConsoleResult>(&mut results),
+            ALL,
+        ),
+        call(
+            method::SUBSCRIBE_CONSOLE,
+            "Follows a QEMU VM's serial console (WebSocket only): the log's end, then what the \
+             guest writes next, as castra.consoleOutput notifications, until the VM stops",
+            by_name::<SubscribeConsoleParams>(&mut params),
+            json!({
+                "name": "subscription",
+                "description": "The subscription's id: the `subscription` of its \
+                                castra.consoleOutput notifications, and the param of \
+                                castra.unsubscribeConsole",
+                "schema": { "type": "integer", "format": "uint64", "minimum": 0 },
+            }),
+            ALL,
+        ),
+        json!({
+            "name": method::UNSUBSCRIBE_CONSOLE,
+            "summary": "Ends a console subscription",
+            "paramStructure": "by-position",
+            "params": [{
+                "name": "subscription",
+                "required": true,
+                "schema": { "type": "integer", "format": "uint64", "minimum": 0 },
+            }],
+            "result": {
+                "name": "unsubscribed",
+                "description": "False when no such subscription was open",
+                "schema": { "type": "boolean" },
+            },
+        }),
+        json!({
+            "name": method::CONSOLE_OUTPUT,
+            "summary": "Notification (not a method to call): console output of a \
+                        castra.subscribeConsole subscription",
+            "description": "Sent by castrad as `{\"jsonrpc\": \"2.0\", \"method\": \
+                            \"castra.consoleOutput\", \"params\": {\"subscription\": ID, \
+                            \"result\": ConsoleChunk}}`, in the order the guest wrote; the last \
+                            one has `end` set.",
+            "x-notification": true,
+            "paramStructure": "by-name",
+            "params": [
+                {
+                    "name": "subscription",
+                    "description": "The id castra.subscribeConsole returned",
+                    "required": true,
+                    "schema": { "type": "integer", "format": "uint64", "minimum": 0 },
+                },
+                {
+                    "name": "result",
+                    "required": true,
+                    "schema": results.subschema_for::<ConsoleChunk>(),
                 },
             ],
         }),

@@ -22,6 +22,7 @@ impl From<DaemonError> for ErrorObjectOwned {
             | DaemonError::Overrides(_)
             | DaemonError::UnknownVm { .. }
             | DaemonError::DiskShrinks { .. }
+            | DaemonError::NoConsole { .. }
             | DaemonError::Plan(crate::planner::PlanError::BaseImage { .. }) => {
                 (code::PREFLIGHT, "preflight")
             }
@@ -30,6 +31,7 @@ impl From<DaemonError> for ErrorObjectOwned {
             }
             DaemonError::Plan(_)
             | DaemonError::Logs { .. }
+            | DaemonError::Console { .. }
             | DaemonError::Panicked { .. }
             | DaemonError::NotRunning(_) => (code::OPERATION, "operation"),
         };

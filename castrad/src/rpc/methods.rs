@@ -139,6 +139,7 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
         },
     )
     .expect("unique method name");
+    super::console::register(&mut m);
     m
 }
 

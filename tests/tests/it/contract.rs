@@ -37,6 +37,8 @@ struct Contract {
     kinds: BTreeMap<i64, String>,
     error_data: Validator,
     envelope: Validator,
+    /// A `castra.consoleOutput` notification's `result`.
+    console_chunk: Validator,
 }
 
 /// Error codes the JSON-RPC library answers itself, before a castrad method runs: they carry
@@ -59,15 +61,15 @@ fn contract() -> &'static Contract {
         };
         let mut results = BTreeMap::new();
         let mut errors = BTreeMap::new();
-        let mut envelope = None;
+        let mut notifications = BTreeMap::new();
         for method in doc["methods"].as_array().expect("methods") {
             let name = method["name"].as_str().expect("a method name").to_owned();
             if method.get("x-notification").is_some() {
                 let result = method["params"]
                     .as_array()
                     .and_then(|p| p.iter().find(|p| p["name"] == "result"))
-                    .expect("castra.event's result param");
-                envelope = Some(compile("an event", &result["schema"]));
+                    .expect("a notification's result param");
+                notifications.insert(name.clone(), compile(&name, &result["schema"]));
                 continue;
             }
             results.insert(name.clone(), compile(&name, &method["result"]["schema"]));
@@ -104,7 +106,12 @@ fn contract() -> &'static Contract {
             errors,
             kinds,
             error_data: compile("error.data", &data_schema.expect("an error")),
-            envelope: envelope.expect("castra.event in the document"),
+            envelope: notifications
+                .remove(castra_api::method::EVENT)
+                .expect("castra.event in the document"),
+            console_chunk: notifications
+                .remove(castra_api::method::CONSOLE_OUTPUT)
+                .expect("castra.consoleOutput in the document"),
         }
     })
 }
@@ -268,6 +275,17 @@ pub fn event(envelope: &Value) {
     check(&contract().envelope, "an event", envelope);
 }
 
+/// A line of `castractl console --follow --json`: a `castra.consoleOutput` notification's
+/// result or castractl's `{"error": …}`; parsed and checked.
+pub fn console_line(line: &str) -> Value {
+    let chunk: Value = serde_json::from_str(line)
+        .unwrap_or_else(|e| panic!("a console line that is not JSON ({e}): {line}"));
+    if chunk.get("error").is_none() {
+        check(&contract().console_chunk, "castra.consoleOutput", &chunk);
+    }
+    chunk
+}
+
 /// A line of `castractl events --json`, parsed and checked as an event envelope.
 pub fn event_line(line: &str) -> Value {
     let envelope = serde_json::from_str(line)
@@ -293,6 +311,7 @@ pub fn castractl_output(args: &[String], output: &Value) {
         ("logs", method::LOGS),
         ("ssh-config", method::SSH_CONFIG),
         ("doctor", method::DOCTOR),
+        ("console", method::CONSOLE),
         ("version", method::VERSION),
     ];
     let Some((command, method)) = args

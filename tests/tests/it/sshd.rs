@@ -93,7 +93,8 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\n{limits}LogLevel ERROR\nAcceptEnv none\n",
+             PermitRootLogin prohibit-password\n{limits}LogLevel ERROR\nAcceptEnv none\n\
+             Subsystem sftp internal-sftp\n",
             port = self.port,
             limits = self.limits,
         );

@@ -78,6 +78,10 @@ fn every_method_is_described() {
         method::SUBSCRIBE_EVENTS,
         method::UNSUBSCRIBE_EVENTS,
         method::EVENT,
+        method::CONSOLE,
+        method::SUBSCRIBE_CONSOLE,
+        method::UNSUBSCRIBE_CONSOLE,
+        method::CONSOLE_OUTPUT,
     ] {
         assert!(names.contains(&m), "{m} missing from {names:?}");
     }
@@ -87,8 +91,9 @@ fn every_method_is_described() {
 #[test]
 fn enums_are_spelled_as_they_serialize() {
     let doc = document();
-    let cases: [(&str, Value); 9] = [
+    let cases: [(&str, Value); 10] = [
         ("CheckStatus", json!(crate::CheckStatus::Warn)),
+        ("ConsoleEnd", json!(crate::ConsoleEnd::NotRunning)),
         ("OutcomeStatus", json!(crate::OutcomeStatus::NoOp)),
         ("BootstrapStatus", json!(crate::BootstrapStatus::NoOp)),
         ("RunStatus", json!(crate::RunStatus::Noop)),

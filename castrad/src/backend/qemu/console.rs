@@ -15,14 +15,61 @@
 //! running it is not checked.
 //!
 //! Both logs start empty at each launch and are appended to after a re-adoption.
+//!
+//! What castrad reads from the console also goes, as [`Chunk`]s, to the followers of
+//! `castra.subscribeConsole` ([`follow`]), past the cap too: a bounded broadcast channel per
+//! console (a follower that falls behind loses the oldest chunks and can tell how many bytes
+//! from [`Chunk::pos`]). The channel closes when the console does (QEMU exited) or when castrad
+//! stops keeping the logs, which ends the followers. Followers find a console by its
+//! serial.log path in a registry of weak references: the task keeping the logs owns the
+//! channel, so a console that closed is never found.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::io::AsyncReadExt;
 use tokio::net::UnixStream;
+use tokio::sync::broadcast;
+
+/// How many chunks (each at most 16 KiB, one read) a console's followers may be behind
+/// before they lose the oldest: at most 1 MiB held per followed console.
+const FOLLOW_BUFFER: usize = 64;
+
+/// A piece of console output as castrad read it, for followers.
+#[derive(Debug, Clone)]
+pub struct Chunk {
+    /// How many bytes castrad read from this console before this chunk (since it connected).
+    pub pos: u64,
+    /// Where in serial.log its first byte was written, and how many of its bytes were (the
+    /// rest was past the cap); None: none of it was written.
+    pub logged: Option<(u64, usize)>,
+    pub bytes: Arc<[u8]>,
+}
+
+type Followers = broadcast::Sender<Chunk>;
+
+/// The consoles castrad reads now, by serial.log path.
+static CONSOLES: Mutex<BTreeMap<PathBuf, Weak<Followers>>> = Mutex::new(BTreeMap::new());
+
+fn consoles() -> std::sync::MutexGuard<'static, BTreeMap<PathBuf, Weak<Followers>>> {
+    // Held only to insert, look up or remove one entry.
+    CONSOLES.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Follows the console whose log is `serial_log`: what castrad reads from it from now on.
+/// None when castrad does not read that console now (its VM is not running).
+pub fn follow(serial_log: &Path) -> Option<broadcast::Receiver<Chunk>> {
+    let mut map = consoles();
+    let followers = map.get(serial_log).and_then(Weak::upgrade);
+    if followers.is_none() {
+        map.remove(serial_log);
+    }
+    followers.map(|f| f.subscribe())
+}
 
 /// How often `qemu.log` is checked against its cap.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -44,10 +91,15 @@ impl Logs {
         cap: u64,
         fresh: bool,
     ) -> Logs {
+        let followers = Arc::new(broadcast::channel(FOLLOW_BUFFER).0);
+        if serial.is_some() {
+            consoles().insert(serial_log.clone(), Arc::downgrade(&followers));
+        }
         let task = tokio::spawn(async move {
             let mut console = Capped::open(&serial_log, cap, fresh);
             let mut trim = Trim::new(qemu_log, cap);
-            keep(serial, &mut console, &mut trim).await;
+            keep(serial, &mut console, &mut trim, &followers).await;
+            drop(followers);
             console.finish();
             trim.check();
         });
@@ -72,7 +124,12 @@ impl Drop for Logs {
 }
 
 /// Copies the console into `console` until it closes, checking `qemu.log` on the way.
-async fn keep(serial: Option<UnixStream>, console: &mut Capped, trim: &mut Trim) {
+async fn keep(
+    serial: Option<UnixStream>,
+    console: &mut Capped,
+    trim: &mut Trim,
+    followers: &Followers,
+) {
     let mut tick = tokio::time::interval(TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let Some(mut serial) = serial else {
@@ -82,11 +139,19 @@ async fn keep(serial: Option<UnixStream>, console: &mut Capped, trim: &mut Trim)
         }
     };
     let mut buf = vec![0u8; 16 << 10];
+    let mut pos = 0u64;
     loop {
         tokio::select! {
             read = serial.read(&mut buf) => match read {
                 Ok(0) | Err(_) => return,
-                Ok(n) => console.write(&buf[..n]),
+                Ok(n) => {
+                    let logged = console.write(&buf[..n]);
+                    if followers.receiver_count() > 0 {
+                        let bytes = Arc::from(&buf[..n]);
+                        let _ = followers.send(Chunk { pos, logged, bytes });
+                    }
+                    pos += n as u64;
+                }
             },
             _ = tick.tick() => trim.check(),
         }
@@ -133,17 +198,20 @@ impl Capped {
         }
     }
 
-    fn write(&mut self, bytes: &[u8]) {
-        if self.cut {
+    /// Writes what fits under the cap; where it went in the file and how much of it, if any.
+    fn write(&mut self, bytes: &[u8]) -> Option<(u64, usize)> {
+        if self.cut || self.file.is_none() {
             self.dropped += bytes.len() as u64;
-            return;
+            return None;
         }
         let room = usize::try_from(self.cap - self.len).unwrap_or(usize::MAX);
         let kept = &bytes[..bytes.len().min(room)];
+        let at = self.len;
         self.append(kept);
         self.len += kept.len() as u64;
+        let logged = Some((at, kept.len()));
         if kept.len() == bytes.len() {
-            return;
+            return logged;
         }
         self.cut = true;
         self.dropped += (bytes.len() - kept.len()) as u64;
@@ -153,6 +221,7 @@ impl Capped {
             self.cap,
         );
         self.note(&note);
+        logged
     }
 
     /// Says how much was dropped (when something was); the console has closed.
