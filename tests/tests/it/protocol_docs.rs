@@ -17,6 +17,9 @@ pub const CHECKED_BY_QEMU_TESTS: &[&str] = &[
     "event-EphemeralLayerDiscarded",
 ];
 
+/// Examples of a QEMU guest's serial console: `console.rs` checks them.
+pub const CHECKED_BY_CONSOLE_TEST: &[&str] = &["console-result", "console-chunk"];
+
 /// Examples of an agent that is lost and comes back: `vizier.rs` checks them.
 pub const CHECKED_BY_VIZIER_TESTS: &[&str] = &["event-VizierConnected"];
 
@@ -271,6 +274,7 @@ fn protocol_examples_match_real_responses() {
             !real.contains_key(k.as_str())
                 && !["version-result", "plan-result", "error-config"].contains(&k.as_str())
                 && !CHECKED_BY_QEMU_TESTS.contains(&k.as_str())
+                && !CHECKED_BY_CONSOLE_TEST.contains(&k.as_str())
                 && !CHECKED_BY_VIZIER_TESTS.contains(&k.as_str())
         })
         .collect();
@@ -550,6 +554,7 @@ fn every_checked_example_satisfies_the_openrpc_document() {
                 "bootstrap-noop" | "bootstrap-failed" => crate::contract::component("Event", value),
                 "bootstrap-log" => crate::contract::component("RunLog", value),
                 "bootstrap-error-record" => crate::contract::component("StepRecord", value),
+                "console-chunk" => crate::contract::component("ConsoleChunk", value),
                 // What castra.plan answers for a castra.toml that does not load.
                 "error-config" => crate::contract::response("castra.plan", value),
                 n => match n.strip_suffix("-result") {
