@@ -131,12 +131,12 @@ fn the_serial_console_is_shown_followed_bounded_and_escaped() {
         &lab.state_root(),
         "/home/me/.local/state/castra/projects/lab-0c1d2e3f",
     );
-    crate::examples::assert_matches("console-result", &[small.clone()], &scrub);
+    crate::examples::assert_matches("console-result", std::slice::from_ref(&small), &scrub);
 
     // A follower (its first notification is the tail: subscribed) sees a line written after.
     let follower = Follower::start(&lab, &["--tail", "200"]);
     let first = follower.next(Duration::from_secs(10)).expect("the tail");
-    crate::examples::assert_matches("console-chunk", &[first.clone()], &scrub);
+    crate::examples::assert_matches("console-chunk", std::slice::from_ref(&first), &scrub);
     assert!(first["skipped_bytes"].as_u64().unwrap() > 0, "{first}");
     assert!(
         !first["text"]
