@@ -312,8 +312,8 @@ pub fn decide(
     }
     if facts.seed_changed {
         warnings.push(
-            "[vms.cloud_init] (user_data, authorized_keys or the user) changed since this \
-             disk's first boot: cloud-init applies it to a fresh disk only \
+            "[vms.cloud_init] (user_data, authorized_keys or the user) or [[vms.mounts]] \
+             changed since this disk's first boot: cloud-init applies it to a fresh disk only \
              (castractl down --discard, then up)"
                 .into(),
         );
@@ -472,6 +472,16 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         vizier_log_path: Some(plan.vizier_log_path),
         vizier_remediation: plan.vizier_remediation,
         disk_mib: vm.disk_mib,
+        mounts: vm
+            .mounts
+            .iter()
+            .map(|m| api::VmMount {
+                host: m.host.clone(),
+                guest: m.guest.clone(),
+                readonly: m.readonly,
+                transport: None,
+            })
+            .collect(),
     }
 }
 

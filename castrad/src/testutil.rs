@@ -39,6 +39,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         firmware: crate::config::Firmware::Bios,
         serial_log_max_bytes: 64 << 20,
         cloud_init: crate::config::CloudInit::default(),
+        mounts: Vec::new(),
         ssh: Ssh::default(),
         bootstrap: Bootstrap {
             mode: BootstrapMode::Auto,

@@ -51,6 +51,7 @@ fn planned() -> api::BootstrapPlanned {
         vizier_log_path: None,
         vizier_remediation: None,
         disk_mib: None,
+        mounts: Vec::new(),
     }
 }
 
@@ -370,6 +371,12 @@ fn status_rows_show_what_a_vm_is_doing() {
                 accel: Some("tcg".into()),
                 ssh_endpoint: Some("127.0.0.1:4022".into()),
                 disk_mib: Some(20 * 1024),
+                mounts: vec![api::VmMount {
+                    host: "/p/src".into(),
+                    guest: "/src".into(),
+                    readonly: true,
+                    transport: Some(api::MountTransport::Virtiofs),
+                }],
                 vizier: None,
             }],
         }],
@@ -388,6 +395,10 @@ fn status_rows_show_what_a_vm_is_doing() {
     ] {
         assert!(row.contains(part), "{part} missing from {row:?}");
     }
+    assert!(
+        out.contains("\nmounts:\n  box: /p/src -> /src (ro, virtiofs)\n"),
+        "{out}"
+    );
 
     let mut s = s;
     let vm = &mut s.projects[0].vms[0];

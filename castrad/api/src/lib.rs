@@ -196,6 +196,32 @@ pub struct BootstrapPlanned {
     /// The VM's disk size in MiB (`disk` in castra.toml); null: the base image's size, or a
     /// VM whose disk castrad does not make (external).
     pub disk_mib: Option<u64>,
+    /// The VM's shared folders (`[[vms.mounts]]`), each with the transport a launch now would
+    /// use (null in the `BootstrapPlanned` event of a run: `castra.status` has the transport
+    /// the running VM was launched with).
+    #[serde(default)]
+    pub mounts: Vec<VmMount>,
+}
+
+/// A shared folder of a QEMU VM (`[[vms.mounts]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmMount {
+    /// The host directory (absolute).
+    pub host: PathBuf,
+    /// Where the guest mounts it.
+    pub guest: String,
+    pub readonly: bool,
+    /// How it reaches the guest; null when not known (a VM that is not running, in status).
+    pub transport: Option<MountTransport>,
+}
+
+/// How shared folders reach a guest: virtiofs (a virtiofsd per mount) or 9p (QEMU's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MountTransport {
+    #[serde(rename = "virtiofs")]
+    Virtiofs,
+    #[serde(rename = "9p")]
+    NineP,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -286,6 +312,9 @@ pub struct VmStatus {
     pub disk_mib: Option<u64>,
     /// The in-guest agent as castrad last saw it.
     pub vizier: Option<VizierStatus>,
+    /// The VM's shared folders; `transport` is the running VM's (null while it is not running).
+    #[serde(default)]
+    pub mounts: Vec<VmMount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

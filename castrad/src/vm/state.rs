@@ -90,6 +90,8 @@ pub struct MachineInfo {
     /// Set when the machine runs but does not answer its control channel (QEMU's QMP), with
     /// the reason: adopted as it is, it can only be stopped.
     pub unresponsive: Option<String>,
+    /// How the VM's mounts reach the guest (`virtiofs` or `9p`); None: no mounts.
+    pub mount_transport: Option<String>,
 }
 
 /// Moves the VM to `to` through [`transition`]; an invalid move is logged and refused.

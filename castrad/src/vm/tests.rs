@@ -45,6 +45,7 @@ impl Machine for FakeMachine {
             ssh_port: 2222,
             launched_unix_ms: 1,
             unresponsive: self.unresponsive.clone(),
+            mount_transport: None,
         }
     }
 

@@ -48,6 +48,8 @@ pub struct LaunchSpec {
     pub seed: Option<PathBuf>,
     /// UEFI firmware (read-only code, the VM's own variables); None: QEMU's BIOS.
     pub uefi: Option<Uefi>,
+    /// `[[vms.mounts]]` and their transport (`mounts`); None: no mounts.
+    pub shares: Option<super::mounts::Shares>,
 }
 
 /// OVMF's code and the VM's copy of its variables.
@@ -153,6 +155,13 @@ pub fn argv(spec: &LaunchSpec) -> Vec<OsString> {
     a.push(netdev.into());
     a.push("-device".into());
     a.push("virtio-net-pci,netdev=net0".into());
+    if let Some(shares) = &spec.shares {
+        a.extend(
+            super::mounts::argv(shares, spec.memory_mib)
+                .into_iter()
+                .map(OsString::from),
+        );
+    }
 
     let mut qmp = OsString::from("unix:");
     qmp.push(escape_commas(&spec.qmp_socket));
@@ -196,6 +205,7 @@ mod tests {
             pidfile: "/s/vms/web-0/qemu.pid".into(),
             seed: None,
             uefi: None,
+            shares: None,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod accel;
 pub mod argv;
 pub mod console;
+pub mod mounts;
 pub mod process;
 pub mod qmp;
 pub mod seed;
@@ -118,6 +119,14 @@ impl Backend for Qemu {
             let paths = root.vm(&vm.name);
             let setting = self.accel_override.unwrap_or(vm.accel);
             let choice = accel::choose(setting, &accel::probe())?;
+            // Nothing of a running QEMU's (its virtiofsd daemons) is touched.
+            process::ensure_not_running(&paths)?;
+            let (transport, why) = mounts::choose(&mounts::probe());
+            let shares = mounts::shares(&vm.mounts, transport, &paths);
+            if let Some(shares) = &shares {
+                tracing::info!(vm = vm.name, transport = transport.as_str(), why, "mounts");
+                mounts::start(&paths, shares).await?;
+            }
             let ssh_port = match vm.ssh.port {
                 Some(port) => port,
                 None => process::free_port().map_err(BackendError::NoFreePort)?,
@@ -141,10 +150,14 @@ impl Backend for Qemu {
                     Firmware::Bios => None,
                     Firmware::Uefi => Some(uefi(&paths)?),
                 },
+                shares,
             };
             let log_cap = vm.serial_log_max_bytes;
-            let q = process::launch(&spec, &paths, &choice.reason, config, log_cap).await?;
-            Ok(Box::new(q) as Box<dyn Machine>)
+            let launched = process::launch(&spec, &paths, &choice.reason, config, log_cap).await;
+            if launched.is_err() {
+                mounts::stop(&paths).await;
+            }
+            Ok(Box::new(launched?) as Box<dyn Machine>)
         })
     }
 
@@ -257,6 +270,7 @@ fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
         authorized_keys,
         host_key: &host_key,
         user_data: user_data.as_deref(),
+        bootcmd: mounts::guest_command(&vm.mounts).into_iter().collect(),
     };
     let inputs = crate::hashing::seed_inputs(vm)
         .map_err(|e| process::ProcessError::Failed(e.to_string()))?;

@@ -234,6 +234,9 @@ pub struct LaunchRecord {
     /// The cap of serial.log and qemu.log, in bytes (`serial_log_max`).
     #[serde(default = "default_log_cap")]
     pub log_max_bytes: u64,
+    /// How the VM's mounts reach the guest (`virtiofs`, `9p`); None: no mounts.
+    #[serde(default)]
+    pub mount_transport: Option<String>,
 }
 
 fn default_log_cap() -> u64 {
@@ -372,6 +375,10 @@ pub async fn launch(
             .as_millis() as u64,
         config: config.to_owned(),
         log_max_bytes: log_cap,
+        mount_transport: spec
+            .shares
+            .as_ref()
+            .map(|s| s.transport.as_str().to_owned()),
     };
     let json =
         serde_json::to_vec_pretty(&record).map_err(|e| ProcessError::Failed(e.to_string()))?;
@@ -466,7 +473,8 @@ pub async fn adopt(paths: &VmPaths) -> Option<QemuProcess> {
     })
 }
 
-/// Removes the traces of a QEMU that is no longer running; kept while it still runs.
+/// Removes the traces of a QEMU that is no longer running (its virtiofsd daemons stopped);
+/// kept while it still runs.
 pub fn forget(paths: &VmPaths) {
     if let Some(record) = still_running(paths) {
         tracing::warn!(
@@ -476,6 +484,7 @@ pub fn forget(paths: &VmPaths) {
         );
         return;
     }
+    super::mounts::stop_now(paths);
     for f in [
         &paths.launch,
         &paths.qmp,
@@ -495,6 +504,7 @@ impl Machine for QemuProcess {
             ssh_port: self.record.ssh_port,
             launched_unix_ms: self.record.launched_unix_ms,
             unresponsive: self.unresponsive.clone(),
+            mount_transport: self.record.mount_transport.clone(),
         }
     }
 

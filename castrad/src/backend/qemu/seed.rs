@@ -35,6 +35,9 @@ pub struct Seed<'a> {
     pub host_key: &'a KeyPair,
     /// The user's own cloud-config, if any.
     pub user_data: Option<&'a str>,
+    /// Commands (argv lists) cloud-init runs at every boot, before sshd starts: mounting the
+    /// VM's shared folders (`mounts::guest_command`).
+    pub bootcmd: Vec<Vec<String>>,
 }
 
 /// `meta-data`.
@@ -59,7 +62,7 @@ pub fn castra_config(seed: &Seed<'_>) -> String {
             "ssh_authorized_keys": seed.authorized_keys,
         })
     };
-    let config = json!({
+    let mut config = json!({
         "users": [user],
         // Root keeps its keys usable (cloud-init otherwise prefixes them with a refusal).
         "disable_root": seed.user != "root",
@@ -73,6 +76,9 @@ pub fn castra_config(seed: &Seed<'_>) -> String {
         },
         "manage_etc_hosts": true,
     });
+    if !seed.bootcmd.is_empty() {
+        config["bootcmd"] = json!(seed.bootcmd);
+    }
     format!("#cloud-config\n{config}\n")
 }
 
@@ -173,6 +179,7 @@ mod tests {
             authorized_keys: vec!["ssh-ed25519 AAAAproject castra".into()],
             host_key: key,
             user_data: theirs,
+            bootcmd: Vec::new(),
         }
     }
 

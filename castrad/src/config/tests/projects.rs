@@ -137,6 +137,7 @@ fn defaults_for_a_minimal_qemu_vm() {
             enabled: true,
             ..Default::default()
         },
+        mounts: Vec::new(),
         ssh: Ssh {
             host: Some("127.0.0.1".into()),
             ..Ssh::default()
