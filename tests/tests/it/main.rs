@@ -12,6 +12,7 @@ mod edges;
 mod fleet;
 mod hostile;
 mod limits;
+mod mounts;
 mod plan;
 mod protocol_docs;
 mod qemu;
