@@ -25,9 +25,20 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 
-use super::process::ProcessError;
 use crate::config::Mount;
 use crate::state_root::VmPaths;
+
+/// Why the virtiofsd daemons of a VM could not be started (none is left running).
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
 
 /// How a VM's mounts reach the guest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -264,14 +275,14 @@ const READY: Duration = Duration::from_secs(10);
 
 /// Starts one virtiofsd per share (after stopping any a previous launch left), waits for each
 /// socket, and records them. On an error, the ones started are stopped again.
-pub async fn start(paths: &VmPaths, shares: &Shares) -> Result<(), ProcessError> {
+pub async fn start(paths: &VmPaths, shares: &Shares) -> Result<(), MountError> {
     stop(paths).await;
     if shares.transport != Transport::Virtiofs {
         return Ok(());
     }
     let virtiofsd = probe()
         .virtiofsd
-        .ok_or_else(|| ProcessError::Failed("virtiofsd is no longer installed".into()))?;
+        .ok_or_else(|| MountError::Failed("virtiofsd is no longer installed".into()))?;
     let mut records = Vec::new();
     let result = start_each(paths, shares, &virtiofsd, &mut records).await;
     let saved = save(paths, &records);
@@ -288,26 +299,26 @@ async fn start_each(
     shares: &Shares,
     virtiofsd: &Path,
     records: &mut Vec<DaemonRecord>,
-) -> Result<(), ProcessError> {
+) -> Result<(), MountError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
         .open(&paths.virtiofsd_log)
-        .map_err(|source| ProcessError::Io {
+        .map_err(|source| MountError::Io {
             what: format!("creating {}", paths.virtiofsd_log.display()),
             source,
         })?;
     for share in &shares.dirs {
         if share.socket.as_os_str().len() > 100 {
-            return Err(ProcessError::Failed(format!(
+            return Err(MountError::Failed(format!(
                 "socket path {} is too long for a Unix socket; use a shorter state directory",
                 share.socket.display()
             )));
         }
         let _ = std::fs::remove_file(&share.socket);
         let command = virtiofsd_command(virtiofsd, share);
-        let stderr = log.try_clone().map_err(|source| ProcessError::Io {
+        let stderr = log.try_clone().map_err(|source| MountError::Io {
             what: "virtiofsd's log".into(),
             source,
         })?;
@@ -318,7 +329,7 @@ async fn start_each(
             .stderr(stderr)
             .kill_on_drop(false)
             .spawn()
-            .map_err(|source| ProcessError::Io {
+            .map_err(|source| MountError::Io {
                 what: format!("starting {}", virtiofsd.display()),
                 source,
             })?;
@@ -333,7 +344,7 @@ async fn start_each(
             if let Ok(Some(status)) = child.try_wait() {
                 let text = std::fs::read_to_string(&paths.virtiofsd_log).unwrap_or_default();
                 let last = text.lines().rev().find(|l| !l.trim().is_empty());
-                return Err(ProcessError::Failed(format!(
+                return Err(MountError::Failed(format!(
                     "virtiofsd for {} exited ({status}) while starting: {}",
                     share.host.display(),
                     last.unwrap_or("no message")
@@ -343,7 +354,7 @@ async fn start_each(
                 break;
             }
             if Instant::now() > deadline {
-                return Err(ProcessError::Failed(format!(
+                return Err(MountError::Failed(format!(
                     "virtiofsd for {} did not offer {} within {READY:?}",
                     share.host.display(),
                     share.socket.display()
@@ -359,10 +370,9 @@ async fn start_each(
     Ok(())
 }
 
-fn save(paths: &VmPaths, records: &[DaemonRecord]) -> Result<(), ProcessError> {
-    let json =
-        serde_json::to_vec_pretty(records).map_err(|e| ProcessError::Failed(e.to_string()))?;
-    crate::fsutil::write_atomic(&paths.virtiofsd, &json).map_err(|source| ProcessError::Io {
+fn save(paths: &VmPaths, records: &[DaemonRecord]) -> Result<(), MountError> {
+    let json = serde_json::to_vec_pretty(records).map_err(|e| MountError::Failed(e.to_string()))?;
+    crate::fsutil::write_atomic(&paths.virtiofsd, &json).map_err(|source| MountError::Io {
         what: format!("writing {}", paths.virtiofsd.display()),
         source,
     })
