@@ -147,6 +147,9 @@ pub struct Session<'a> {
     pub vizier_dir: Option<&'a str>,
     /// Wait for cloud-init to finish before anything else.
     pub cloud_init_wait: bool,
+    /// Shared folders the driver mounts first, as (tag, guest path, `ro`|`rw`) triples
+    /// (`mounts`); empty for cloud-init guests, whose seed mounts them.
+    pub mounts: Vec<String>,
     /// Becomes true once castrad lets the run change the guest (the VM's stamp is gone): the
     /// env block and the archive, which the driver reads before it touches remote_dir, are
     /// sent only then.
@@ -187,6 +190,8 @@ pub fn invocation(
     words.push(agent.clone());
     words.push(watch_every.as_secs().to_string());
     words.push(if session.cloud_init_wait { "1" } else { "" }.into());
+    words.push(mount_text(session.mounts.len() / 3));
+    words.extend(session.mounts.iter().cloned());
     words.extend(session.program.iter().cloned());
     let command = command_line(&words);
     if command.len() <= COMMAND_LIMIT {
@@ -200,6 +205,34 @@ pub fn invocation(
         command: command_line(&words),
         agent_block: format!("{}\n{agent}", agent.matches('\n').count()),
     }
+}
+
+/// The driver's part that mounts shared folders (evaluated by driver.sh, sent only when there
+/// are some, so that the session command stays short): as root (`sudo -n` otherwise), each
+/// unless something is mounted there, virtiofs first, then 9p; a failure is said on stderr and
+/// the run goes on (the script finds out). The triples are the driver's arguments.
+const MOUNT: &str = "su=; root || su=\"sudo -n\"; while [ \"$nmnt\" -gt 0 ]; do \
+{ $su mkdir -p -- \"$2\" && { $su mountpoint -q -- \"$2\" || \
+$su mount -t virtiofs -o \"$3\" -- \"$1\" \"$2\" 2>/dev/null || \
+$su mount -t 9p -o \"trans=virtio,version=9p2000.L,msize=262144,$3\" -- \"$1\" \"$2\"; }; } || \
+echo \"castra: cannot mount $1 at $2\" >&2; shift 3; nmnt=$((nmnt-1)); done";
+
+/// The driver's text that mounts `count` shared folders ("" for none): [`MOUNT`] after the
+/// count.
+fn mount_text(count: usize) -> String {
+    if count == 0 {
+        return String::new();
+    }
+    format!("nmnt={count}; {MOUNT}")
+}
+
+/// The shared folders a run mounts first: a QEMU VM's without cloud-init (a cloud-init
+/// guest's seed mounts them at every boot), as the driver's triples.
+pub fn mounts(vm: &crate::config::Vm) -> Vec<String> {
+    if vm.cloud_init.enabled || vm.backend != crate::config::BackendKind::Qemu {
+        return Vec::new();
+    }
+    crate::backend::qemu::mounts::guest_args(&vm.mounts)
 }
 
 /// The command that stops the guest side of a run whose driver is `pid` (see `Marker::Pid`):
@@ -271,6 +304,17 @@ mod tests {
         verify_path: &str,
         agent_on_stdin: bool,
     ) -> (String, String, i32) {
+        run_driver_with(dir, env, verify_path, agent_on_stdin, &[])
+    }
+
+    /// [`run_driver`] with shared folders (triples); programs in `dir/bin` come first in PATH.
+    fn run_driver_with(
+        dir: &Path,
+        env: &BTreeMap<String, String>,
+        verify_path: &str,
+        agent_on_stdin: bool,
+        mounts: &[&str],
+    ) -> (String, String, i32) {
         let (reader, writer) = std::io::pipe().unwrap();
         let agent = crate::vizier::agent_script();
         let child = std::process::Command::new("sh")
@@ -282,7 +326,17 @@ mod tests {
             .arg(if agent_on_stdin { "-" } else { &agent })
             .arg("") // no watch after `done`: the session ends
             .arg("") // no cloud-init to wait for
+            .arg(mount_text(mounts.len() / 3))
+            .args(mounts)
             .args(["sh", "./run.sh"])
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    dir.join("bin").display(),
+                    std::env::var("PATH").unwrap()
+                ),
+            )
             .stdin(reader)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -314,6 +368,59 @@ mod tests {
             String::from_utf8(out.stderr).unwrap(),
             out.status.code().unwrap(),
         )
+    }
+
+    /// A guest without cloud-init: the driver mounts the shared folders (as root, through
+    /// `sudo -n` otherwise) before the script runs, virtiofs first, then 9p; one that
+    /// cannot be mounted is said on stderr and the run goes on.
+    #[test]
+    fn driver_mounts_the_shared_folders_before_the_script() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let bin = d.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let calls = d.join("calls");
+        let stub = |name: &str, body: String| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::write(bin.join(name), format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        };
+        stub("mountpoint", "exit 1".into());
+        stub("sudo", "[ \"$1\" = -n ] && shift; exec \"$@\"".into());
+        // virtiofs works for castra0; castra1 has neither transport.
+        stub(
+            "mount",
+            format!(
+                "echo \"$*\" >>{c}; [ \"$2 $6\" = \"virtiofs castra0\" ]",
+                c = calls.display()
+            ),
+        );
+        std::fs::write(
+            d.join("run.sh"),
+            format!("cp {} seen\ntouch done\n", calls.display()),
+        )
+        .unwrap();
+        std::fs::create_dir_all(d.join("payload")).unwrap();
+        let (src, docs) = (d.join("g/src"), d.join("g/my docs"));
+        let (src, docs) = (src.to_str().unwrap(), docs.to_str().unwrap());
+        let mounts = ["castra0", src, "rw", "castra1", docs, "ro"];
+        let (_, stderr, code) = run_driver_with(d, &BTreeMap::new(), "done", false, &mounts);
+        assert_eq!(code, 0, "{stderr}");
+        let seen = std::fs::read_to_string(d.join("guest/remote dir/seen")).unwrap();
+        assert_eq!(
+            seen,
+            format!(
+                "-t virtiofs -o rw -- castra0 {src}\n\
+                 -t virtiofs -o ro -- castra1 {docs}\n\
+                 -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro -- castra1 {docs}\n"
+            )
+        );
+        assert!(Path::new(src).is_dir() && Path::new(docs).is_dir());
+        assert!(
+            stderr.contains(&format!("castra: cannot mount castra1 at {docs}")),
+            "{stderr}"
+        );
     }
 
     #[test]
@@ -450,6 +557,7 @@ mod tests {
             crate::vizier::agent_script(),
             "2".into(),
             "1".into(),
+            String::new(),
             "./run.sh".into(),
         ];
         let len = command_line(&words).len();
@@ -590,6 +698,7 @@ mod tests {
             verify_path: None,
             vizier_dir: None,
             cloud_init_wait: false,
+            mounts: Vec::new(),
             may_touch: tokio::sync::watch::channel(true).1,
         };
         let short = invocation(

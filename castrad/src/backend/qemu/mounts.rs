@@ -16,7 +16,8 @@
 //!   node), only when there are virtiofs mounts.
 //!
 //! Tags are `castra<i>` (the mount's index): short (virtiofs allows 36 bytes), and the guest
-//! side (`seed.rs`, `guest_script`) uses the same names.
+//! side uses the same names: [`guest_command`] in the seed's `bootcmd` for cloud-init guests,
+//! [`guest_args`] for the bootstrap driver's mounts on guests without cloud-init.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -254,12 +255,20 @@ pub fn guest_command(mounts: &[Mount]) -> Option<Vec<String>> {
     let mut c: Vec<String> = ["sh", "-c", GUEST_SCRIPT, "castra-mounts"]
         .map(str::to_owned)
         .to_vec();
-    for (i, m) in mounts.iter().enumerate() {
-        c.push(tag(i));
-        c.push(m.guest.clone());
-        c.push(if m.readonly { "ro" } else { "rw" }.to_owned());
-    }
+    c.extend(guest_args(mounts));
     Some(c)
+}
+
+/// Pure: (tag, guest path, `ro`|`rw`) for each mount, flat: the guest side's arguments (also
+/// the bootstrap driver's, for guests without cloud-init).
+pub fn guest_args(mounts: &[Mount]) -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        a.push(tag(i));
+        a.push(m.guest.clone());
+        a.push(if m.readonly { "ro" } else { "rw" }.to_owned());
+    }
+    a
 }
 
 /// One running virtiofsd, as `virtiofsd.json` records it.
