@@ -123,10 +123,6 @@ impl Backend for Qemu {
             process::ensure_not_running(&paths)?;
             let (transport, why) = mounts::choose(&mounts::probe());
             let shares = mounts::shares(&vm.mounts, transport, &paths);
-            if let Some(shares) = &shares {
-                tracing::info!(vm = vm.name, transport = transport.as_str(), why, "mounts");
-                mounts::start(&paths, shares).await?;
-            }
             let ssh_port = match vm.ssh.port {
                 Some(port) => port,
                 None => process::free_port().map_err(BackendError::NoFreePort)?,
@@ -153,6 +149,11 @@ impl Backend for Qemu {
                 shares,
             };
             let log_cap = vm.serial_log_max_bytes;
+            // The daemons last: nothing between their start and QEMU's can fail but QEMU.
+            if let Some(shares) = &spec.shares {
+                tracing::info!(vm = vm.name, transport = transport.as_str(), why, "mounts");
+                mounts::start(&paths, shares).await?;
+            }
             let launched = process::launch(&spec, &paths, &choice.reason, config, log_cap).await;
             if launched.is_err() {
                 mounts::stop(&paths).await;
