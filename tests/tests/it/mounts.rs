@@ -72,7 +72,7 @@ fn shared_folders_cross_both_ways_and_read_only_holds() {
     // The guest's login user is not the host's: let it write to the shared directory.
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o777)).unwrap();
-    let _daemon = env.start_daemon();
+    let daemon = env.start_daemon();
     let ctl = |args: &[&str]| env.ctl(&project, args);
     let sh = |command: &str| env.guest_sh(&project, "box", command);
 
@@ -149,9 +149,21 @@ fn shared_folders_cross_both_ways_and_read_only_holds() {
 
     // One daemon per mount while the VM runs; none once it is down.
     let state = env.project_state().join("vms/box");
-    assert_eq!(daemons(&src).len(), 1, "one virtiofsd for src");
-    assert_eq!(daemons(&docs).len(), 1, "one virtiofsd for docs");
+    let before = (daemons(&src), daemons(&docs));
+    assert_eq!(before.0.len(), 1, "one virtiofsd for src");
+    assert_eq!(before.1.len(), 1, "one virtiofsd for docs");
     assert!(state.join("virtiofsd.json").exists());
+
+    // A new castrad adopts the running VM and its daemons: the same ones, still serving.
+    assert!(daemon.terminate().success());
+    let _daemon = env.start_daemon();
+    let vm = wait_until(Duration::from_secs(30), "box adopted", || {
+        let vm = vm_of(&ctl(&["status", "--json"]).ok().json(), "box");
+        (vm["state"] == "running").then_some(vm)
+    });
+    assert_eq!(vm["mounts"][0]["transport"], "virtiofs", "{vm}");
+    assert_eq!((daemons(&src), daemons(&docs)), before);
+    assert_eq!(sh("cat /src/from-host.txt"), "written by the host\n");
     ctl(&["down", "--timeout", "20"]).ok();
     wait_until(Duration::from_secs(10), "virtiofsd gone", || {
         (daemons(&src).is_empty() && daemons(&docs).is_empty()).then_some(())
