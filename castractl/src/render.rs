@@ -416,6 +416,7 @@ pub fn plan(p: &api::PlanResult) -> String {
     }
     with_addresses(&mut rows, 5, p.vms.iter().map(|vm| &vm.network_address));
     out.push_str(&table(&rows));
+    out.push_str(&mounts(p.vms.iter().map(|vm| (&vm.vm, &vm.mounts))));
     let warnings: Vec<String> = p
         .vms
         .iter()
@@ -509,6 +510,7 @@ pub fn status(s: &api::StatusResult) -> String {
         }
         with_addresses(&mut rows, 6, p.vms.iter().map(|vm| &vm.network_address));
         out.push_str(&table(&rows));
+        out.push_str(&mounts(p.vms.iter().map(|vm| (&vm.name, &vm.mounts))));
     }
     out
 }
@@ -527,6 +529,31 @@ fn with_addresses<'a>(
     for (row, address) in rows[1..].iter_mut().zip(addresses) {
         row.insert(at, address.clone().unwrap_or_else(|| "-".into()));
     }
+}
+
+/// The shared folders of `vms`, one line each (`web: /p/src -> /src (rw, virtiofs)`); nothing
+/// when there are none.
+fn mounts<'a>(vms: impl Iterator<Item = (&'a String, &'a Vec<api::VmMount>)>) -> String {
+    let mut out = String::new();
+    for (vm, mounts) in vms {
+        for m in mounts {
+            let transport = m
+                .transport
+                .as_ref()
+                .map_or_else(|| "transport chosen at launch".to_owned(), lower);
+            let mode = if m.readonly { "ro" } else { "rw" };
+            let line = format!(
+                "{vm}: {} -> {} ({mode}, {transport})",
+                m.host.display(),
+                m.guest
+            );
+            let _ = writeln!(out, "  {}", escape_line(&line));
+        }
+    }
+    if out.is_empty() {
+        return out;
+    }
+    format!("\nmounts:\n{out}")
 }
 
 /// The result of `down`: one row per VM, then the errors.

@@ -349,6 +349,15 @@ pub fn seed_inputs(vm: &Vm) -> Result<String, HashError> {
             e.field(name, address.to_string().as_bytes());
         }
     }
+    // The seed mounts each guest path (`bootcmd`); no mounts adds nothing, so seeds made
+    // before mounts existed keep their inputs.
+    if !vm.mounts.is_empty() {
+        e.len(vm.mounts.len() as u64);
+        for m in &vm.mounts {
+            e.bytes(m.guest.as_bytes());
+            e.bytes(&[u8::from(m.readonly)]);
+        }
+    }
     Ok(e.finish())
 }
 

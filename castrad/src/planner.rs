@@ -327,10 +327,9 @@ pub fn decide(
     }
     if facts.seed_changed {
         warnings.push(
-            "[vms.cloud_init] (user_data, authorized_keys or the user) or the VM's place on \
-             the project network changed since this disk's first boot: cloud-init applies \
-             it to a fresh disk only \
-             (castractl down --discard, then up)"
+            "[vms.cloud_init] (user_data, authorized_keys or the user), [[vms.mounts]] or \
+             the VM's place on the project network changed since this disk's first boot: \
+             cloud-init applies it to a fresh disk only (castractl down --discard, then up)"
                 .into(),
         );
     }
@@ -499,6 +498,16 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         disk_mib: vm.disk_mib,
         network_address: vm.network.as_ref().map(|n| n.address.to_string()),
         drift: plan.drift,
+        mounts: vm
+            .mounts
+            .iter()
+            .map(|m| api::VmMount {
+                host: m.host.clone(),
+                guest: m.guest.clone(),
+                readonly: m.readonly,
+                transport: None,
+            })
+            .collect(),
     }
 }
 

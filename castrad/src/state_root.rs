@@ -122,6 +122,8 @@ impl StateRoot {
             qemu_log: dir.join("qemu.log"),
             pidfile: dir.join("qemu.pid"),
             launch: dir.join("launch.json"),
+            virtiofsd: dir.join("virtiofsd.json"),
+            virtiofsd_log: dir.join("virtiofsd.log"),
             stamp: self.stamp(vm),
             dir,
         }
@@ -188,7 +190,18 @@ pub struct VmPaths {
     pub pidfile: PathBuf,
     /// What castrad launched (pid, start time, ports): what re-adoption checks.
     pub launch: PathBuf,
+    /// The virtiofsd daemons castrad runs for the VM's mounts (pid, start time, socket).
+    pub virtiofsd: PathBuf,
+    /// Their stderr (warnings only).
+    pub virtiofsd_log: PathBuf,
     pub stamp: PathBuf,
+}
+
+impl VmPaths {
+    /// The vhost-user socket of the VM's mount number `index`'s virtiofsd.
+    pub fn virtiofs_socket(&self, index: usize) -> PathBuf {
+        self.dir.join(format!("fs{index}.sock"))
+    }
 }
 
 /// Where ssh's control sockets go: beside castrad's socket, in its private runtime directory

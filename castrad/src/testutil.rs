@@ -40,6 +40,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         serial_log_max_bytes: 64 << 20,
         cloud_init: crate::config::CloudInit::default(),
         network: None,
+        mounts: Vec::new(),
         ssh: Ssh::default(),
         bootstrap: Bootstrap {
             mode: BootstrapMode::Auto,

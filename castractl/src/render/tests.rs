@@ -53,6 +53,7 @@ fn planned() -> api::BootstrapPlanned {
         disk_mib: None,
         network_address: None,
         drift: Vec::new(),
+        mounts: Vec::new(),
     }
 }
 
@@ -372,6 +373,12 @@ fn status_fixture() -> api::StatusResult {
                 ssh_endpoint: Some("127.0.0.1:4022".into()),
                 disk_mib: Some(20 * 1024),
                 network_address: None,
+                mounts: vec![api::VmMount {
+                    host: "/p/src".into(),
+                    guest: "/src".into(),
+                    readonly: true,
+                    transport: Some(api::MountTransport::Virtiofs),
+                }],
                 vizier: None,
             }],
         }],
@@ -395,6 +402,10 @@ fn status_rows_show_what_a_vm_is_doing() {
     ] {
         assert!(row.contains(part), "{part} missing from {row:?}");
     }
+    assert!(
+        out.contains("\nmounts:\n  box: /p/src -> /src (ro, virtiofs)\n"),
+        "{out}"
+    );
 
     let mut s = s;
     let vm = &mut s.projects[0].vms[0];

@@ -212,6 +212,11 @@ pub struct BootstrapPlanned {
     /// The settings the VM runs with that castra.toml now sets otherwise (it was started
     /// before the change): `castra.restart` applies them. Empty when the VM is not running.
     pub drift: Vec<Drift>,
+    /// The VM's shared folders (`[[vms.mounts]]`), each with the transport a launch now would
+    /// use (null in the `BootstrapPlanned` event of a run: `castra.status` has the transport
+    /// the running VM was launched with).
+    #[serde(default)]
+    pub mounts: Vec<VmMount>,
 }
 
 /// A launch setting a running VM was started with that castra.toml no longer says: the VM
@@ -230,6 +235,27 @@ pub struct Drift {
     /// The sentence to show, e.g. "web-0 is running with 2 cpus, castra.toml says 4:
     /// `castractl restart web-0` to apply".
     pub message: String,
+}
+
+/// A shared folder of a QEMU VM (`[[vms.mounts]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct VmMount {
+    /// The host directory (absolute).
+    pub host: PathBuf,
+    /// Where the guest mounts it.
+    pub guest: String,
+    pub readonly: bool,
+    /// How it reaches the guest; null when not known (a VM that is not running, in status).
+    pub transport: Option<MountTransport>,
+}
+
+/// How shared folders reach a guest: virtiofs (a virtiofsd per mount) or 9p (QEMU's own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum MountTransport {
+    #[serde(rename = "virtiofs")]
+    Virtiofs,
+    #[serde(rename = "9p")]
+    NineP,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -322,6 +348,9 @@ pub struct VmStatus {
     pub network_address: Option<String>,
     /// The in-guest agent as castrad last saw it.
     pub vizier: Option<VizierStatus>,
+    /// The VM's shared folders; `transport` is the running VM's (null while it is not running).
+    #[serde(default)]
+    pub mounts: Vec<VmMount>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

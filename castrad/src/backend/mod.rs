@@ -156,6 +156,8 @@ pub enum StopStep {
 pub enum BackendError {
     #[error(transparent)]
     Qemu(#[from] qemu::process::ProcessError),
+    #[error(transparent)]
+    Mounts(#[from] qemu::mounts::MountError),
     #[error("a QEMU VM needs base_image")]
     NoBaseImage,
     #[error(transparent)]

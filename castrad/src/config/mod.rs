@@ -14,6 +14,7 @@
 //! and what was expected. [`parse`] performs no file IO; [`load`] reads files and stats paths.
 
 mod diagnostics;
+mod mounts;
 pub mod network;
 mod raw;
 pub mod ssh_options;
@@ -28,6 +29,7 @@ use raw::RawMetadata;
 use validate::{DeclInfo, Parsed, parse_source};
 use values::{validate_env, validate_ssh};
 
+pub use mounts::{MAX_MOUNTS, guest_path};
 pub use values::{is_valid_name, parse_memory_mib};
 
 /// The file name [`discover`] looks for.
@@ -297,6 +299,18 @@ pub struct CloudInit {
     pub user_data: Option<PathBuf>,
 }
 
+/// `[[vms.mounts]]`: a host directory shared with a QEMU VM (virtiofs, else 9p).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    /// Absolute (relative paths are resolved against castra.toml's directory); `load` checks
+    /// that it is a directory.
+    pub host: PathBuf,
+    /// Where the guest sees it: absolute, normalized, not `/`; unique within the VM.
+    pub guest: String,
+    /// Default false. Enforced on the host, not only by the guest's mount options.
+    pub readonly: bool,
+}
+
 /// How castrad reaches a VM over SSH.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Ssh {
@@ -382,6 +396,8 @@ pub struct Vm {
     /// The VM's place on the project network (`[project] network`); None when it is off or
     /// the VM is not a QEMU VM.
     pub network: Option<network::Attachment>,
+    /// `[[vms.mounts]]`, in file order (QEMU VMs only).
+    pub mounts: Vec<Mount>,
     /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
     pub ssh: Ssh,
     pub bootstrap: Bootstrap,
@@ -497,6 +513,8 @@ pub fn discover(start: &Path) -> Option<PathBuf> {
 fn check_files(src: &Source<'_>, decls: &[DeclInfo]) -> Result<(), ConfigError> {
     for check in decls.iter().flat_map(|d| &d.files) {
         let problem = match std::fs::metadata(&check.path) {
+            Ok(meta) if meta.is_dir() && check.directory_required => None,
+            Ok(_) if check.directory_required => Some("is not a directory".to_owned()),
             Ok(meta) if meta.is_file() => None,
             Ok(meta) if meta.is_dir() && check.directory_ok => None,
             Ok(meta) if meta.is_dir() => Some("is a directory; expected a regular file".to_owned()),

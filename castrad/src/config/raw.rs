@@ -61,7 +61,16 @@ pub(super) struct RawVm {
     pub(super) serial_log_max: Option<Spanned<RawMemory>>,
     pub(super) ssh: Option<RawSsh>,
     pub(super) cloud_init: Option<Spanned<RawCloudInit>>,
+    pub(super) mounts: Option<Spanned<Vec<RawMount>>>,
     pub(super) bootstrap: Option<RawVmBootstrap>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMount {
+    pub(super) host: Spanned<String>,
+    pub(super) guest: Spanned<String>,
+    pub(super) readonly: Option<bool>,
 }
 
 #[derive(Deserialize)]

@@ -276,6 +276,7 @@ pub(super) fn validate_vm(
         None => DEFAULT_SERIAL_LOG_MAX_BYTES,
     };
     let cloud_init = validate_cloud_init(src, raw.cloud_init.as_ref(), &key, backend, &mut files)?;
+    let mounts = super::mounts::validate_mounts(src, raw.mounts.as_ref(), &key, &mut files)?;
     let template = Vm {
         name: declared_name.clone(),
         declared_name,
@@ -296,6 +297,7 @@ pub(super) fn validate_vm(
         serial_log_max_bytes,
         cloud_init,
         network: None,
+        mounts,
         ssh,
         bootstrap,
     };
@@ -337,6 +339,7 @@ pub(super) fn check_external(src: &Source<'_>, raw: &RawVm, key: &str) -> Result
             raw.serial_log_max.as_ref().map(Spanned::span),
         ),
         ("cloud_init", raw.cloud_init.as_ref().map(Spanned::span)),
+        ("mounts", raw.mounts.as_ref().map(Spanned::span)),
     ];
     for (name, span) in forbidden {
         if let Some(span) = span {
@@ -385,6 +388,7 @@ fn validate_cloud_init(
             span: path.span(),
             path: resolved.clone(),
             directory_ok: false,
+            directory_required: false,
         });
         cloud_init.authorized_keys.push(resolved);
     }

@@ -261,6 +261,8 @@ pub(super) struct FileCheck {
     pub(super) span: Range<usize>,
     pub(super) path: PathBuf,
     pub(super) directory_ok: bool,
+    /// A directory and nothing else (a mount's host side).
+    pub(super) directory_required: bool,
 }
 
 /// Resolves an optional file path and records that `load` must stat it.
@@ -280,6 +282,7 @@ pub(super) fn file_path(
         span: value.span(),
         path: path.clone(),
         directory_ok,
+        directory_required: false,
     });
     Ok(Some(path))
 }

@@ -388,6 +388,7 @@ impl Run {
             verify_path: b.verify_path.as_deref(),
             vizier_dir: b.vizier_dir.as_deref(),
             cloud_init_wait: vm.cloud_init.enabled,
+            mounts: driver::mounts(&vm),
             may_touch: st_touch.subscribe(),
         };
         let handshake_detail = match banner {

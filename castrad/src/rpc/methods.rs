@@ -7,6 +7,7 @@ use castra_api as api;
 use jsonrpsee::RpcModule;
 use jsonrpsee::types::{ErrorObjectOwned, Params};
 
+use crate::backend::qemu::mounts as qemu_mounts;
 use crate::config::BackendKind;
 use crate::daemon::ProjectEntry;
 use crate::daemon::{Daemon, DaemonError};
@@ -233,11 +234,19 @@ async fn plan(params: Params<'static>, daemon: &Daemon) -> Result<api::PlanResul
     let p: api::PlanParams = parse(params)?;
     let (entry, plans) = daemon.plan(&p.config, &p.bootstrap).await?;
     let project = &entry.project;
+    // The transport a launch would choose now (the same for every VM of this host).
+    let (transport, _) = qemu_mounts::choose(&qemu_mounts::probe());
     let vms = project
         .vms
         .iter()
         .zip(plans)
-        .map(|(vm, plan)| crate::planner::planned(vm, plan))
+        .map(|(vm, plan)| {
+            let mut planned = crate::planner::planned(vm, plan);
+            for m in &mut planned.mounts {
+                m.transport = Some(mount_transport(transport.as_str()));
+            }
+            planned
+        })
         .collect();
     Ok(api::PlanResult {
         project: project.name.clone(),
@@ -330,7 +339,27 @@ fn vm_status(daemon: &Daemon, entry: &ProjectEntry, vm: &crate::config::Vm) -> a
             pid: v.pid,
             healthy: v.healthy,
         }),
+        mounts: vm
+            .mounts
+            .iter()
+            .map(|m| api::VmMount {
+                host: m.host.clone(),
+                guest: m.guest.clone(),
+                readonly: m.readonly,
+                transport: machine
+                    .and_then(|m| m.mount_transport.as_deref())
+                    .map(mount_transport),
+            })
+            .collect(),
         last_bootstrap: snap.last,
+    }
+}
+
+/// `virtiofs` or `9p` (as `backend::qemu::mounts::Transport` spells them) on the wire.
+fn mount_transport(name: &str) -> api::MountTransport {
+    match qemu_mounts::Transport::parse(name) {
+        Some(qemu_mounts::Transport::Virtiofs) => api::MountTransport::Virtiofs,
+        _ => api::MountTransport::NineP,
     }
 }
 

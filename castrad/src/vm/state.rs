@@ -92,6 +92,8 @@ pub struct MachineInfo {
     pub unresponsive: Option<String>,
     /// What it was launched with (None: launched by a castrad that did not record it).
     pub settings: Option<crate::drift::LaunchSettings>,
+    /// How the VM's mounts reach the guest (`virtiofs` or `9p`); None: no mounts.
+    pub mount_transport: Option<String>,
 }
 
 /// Moves the VM to `to` through [`transition`]; an invalid move is logged and refused.

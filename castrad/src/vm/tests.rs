@@ -46,6 +46,7 @@ impl Machine for FakeMachine {
             launched_unix_ms: 1,
             unresponsive: self.unresponsive.clone(),
             settings: None,
+            mount_transport: None,
         }
     }
 

@@ -17,6 +17,7 @@ mod fleet;
 mod hostile;
 mod install;
 mod limits;
+mod mounts;
 mod network;
 mod plan;
 mod protocol_docs;

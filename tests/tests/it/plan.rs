@@ -142,6 +142,7 @@ fn plan_reports_every_vm_in_file_order_with_the_seed_fields() {
         "disk_mib",
         "network_address",
         "drift",
+        "mounts",
     ];
     want.sort_unstable();
     assert_eq!(keys, want);

@@ -20,6 +20,9 @@ pub const CHECKED_BY_QEMU_TESTS: &[&str] = &[
 /// Examples of a QEMU guest's serial console: `console.rs` checks them.
 pub const CHECKED_BY_CONSOLE_TEST: &[&str] = &["console-result", "console-chunk"];
 
+/// The shared folder of a plan: `mounts.rs` checks it (on the cloud guest).
+pub const CHECKED_BY_MOUNTS_TEST: &[&str] = &["plan-mount"];
+
 /// Examples of an agent that is lost and comes back: `vizier.rs` checks them.
 pub const CHECKED_BY_VIZIER_TESTS: &[&str] = &["event-VizierConnected"];
 
@@ -275,6 +278,7 @@ fn protocol_examples_match_real_responses() {
                 && !["version-result", "plan-result", "error-config"].contains(&k.as_str())
                 && !CHECKED_BY_QEMU_TESTS.contains(&k.as_str())
                 && !CHECKED_BY_CONSOLE_TEST.contains(&k.as_str())
+                && !CHECKED_BY_MOUNTS_TEST.contains(&k.as_str())
                 && !CHECKED_BY_VIZIER_TESTS.contains(&k.as_str())
         })
         .collect();
@@ -555,6 +559,7 @@ fn every_checked_example_satisfies_the_openrpc_document() {
                 "bootstrap-log" => crate::contract::component("RunLog", value),
                 "bootstrap-error-record" => crate::contract::component("StepRecord", value),
                 "console-chunk" => crate::contract::component("ConsoleChunk", value),
+                "plan-mount" => crate::contract::component("VmMount", value),
                 // What castra.plan answers for a castra.toml that does not load.
                 "error-config" => crate::contract::response("castra.plan", value),
                 n => match n.strip_suffix("-result") {

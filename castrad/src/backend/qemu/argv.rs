@@ -53,6 +53,8 @@ pub struct LaunchSpec {
     pub uefi: Option<Uefi>,
     /// The VM's place on the project network: a second NIC.
     pub network: Option<Attachment>,
+    /// `[[vms.mounts]]` and their transport (`mounts`); None: no mounts.
+    pub shares: Option<super::mounts::Shares>,
 }
 
 /// OVMF's code and the VM's copy of its variables.
@@ -161,6 +163,13 @@ pub fn argv(spec: &LaunchSpec) -> Vec<OsString> {
     if let Some(net) = &spec.network {
         a.extend(project_nic(net).into_iter().map(OsString::from));
     }
+    if let Some(shares) = &spec.shares {
+        a.extend(
+            super::mounts::argv(shares, spec.memory_mib)
+                .into_iter()
+                .map(OsString::from),
+        );
+    }
 
     let mut qmp = OsString::from("unix:");
     qmp.push(escape_commas(&spec.qmp_socket));
@@ -220,6 +229,7 @@ mod tests {
             seed: None,
             uefi: None,
             network: None,
+            shares: None,
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod accel;
 pub mod argv;
 pub mod console;
+pub mod mounts;
 pub mod process;
 pub mod qmp;
 pub mod seed;
@@ -118,6 +119,10 @@ impl Backend for Qemu {
             let paths = root.vm(&vm.name);
             let setting = self.accel_override.unwrap_or(vm.accel);
             let choice = accel::choose(setting, &accel::probe())?;
+            // Nothing of a running QEMU's (its virtiofsd daemons) is touched.
+            process::ensure_not_running(&paths)?;
+            let (transport, why) = mounts::choose(&mounts::probe());
+            let shares = mounts::shares(&vm.mounts, transport, &paths);
             let ssh_port = match vm.ssh.port {
                 Some(port) => port,
                 None => process::free_port().map_err(BackendError::NoFreePort)?,
@@ -142,12 +147,21 @@ impl Backend for Qemu {
                     Firmware::Uefi => Some(uefi(&paths)?),
                 },
                 network: vm.network.clone(),
+                shares,
             };
             let log_cap = vm.serial_log_max_bytes;
             let settings = crate::drift::LaunchSettings::of(vm);
-            let q =
-                process::launch(&spec, &paths, &choice.reason, config, log_cap, settings).await?;
-            Ok(Box::new(q) as Box<dyn Machine>)
+            // The daemons last: nothing between their start and QEMU's can fail but QEMU.
+            if let Some(shares) = &spec.shares {
+                tracing::info!(vm = vm.name, transport = transport.as_str(), why, "mounts");
+                mounts::start(&paths, shares).await?;
+            }
+            let launched =
+                process::launch(&spec, &paths, &choice.reason, config, log_cap, settings).await;
+            if launched.is_err() {
+                mounts::stop(&paths).await;
+            }
+            Ok(Box::new(launched?) as Box<dyn Machine>)
         })
     }
 
@@ -261,6 +275,7 @@ fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
         host_key: &host_key,
         user_data: user_data.as_deref(),
         network: vm.network.as_ref(),
+        bootcmd: mounts::guest_command(&vm.mounts).into_iter().collect(),
     };
     let inputs = crate::hashing::seed_inputs(vm)
         .map_err(|e| process::ProcessError::Failed(e.to_string()))?;

@@ -237,6 +237,9 @@ pub struct LaunchRecord {
     /// What the VM was launched with, for `plan` and `up` to compare with castra.toml (drift).
     #[serde(default)]
     pub settings: Option<crate::drift::LaunchSettings>,
+    /// How the VM's mounts reach the guest (`virtiofs`, `9p`); None: no mounts.
+    #[serde(default)]
+    pub mount_transport: Option<String>,
 }
 
 fn default_log_cap() -> u64 {
@@ -377,6 +380,10 @@ pub async fn launch(
         config: config.to_owned(),
         log_max_bytes: log_cap,
         settings: Some(settings),
+        mount_transport: spec
+            .shares
+            .as_ref()
+            .map(|s| s.transport.as_str().to_owned()),
     };
     let json =
         serde_json::to_vec_pretty(&record).map_err(|e| ProcessError::Failed(e.to_string()))?;
@@ -471,7 +478,8 @@ pub async fn adopt(paths: &VmPaths) -> Option<QemuProcess> {
     })
 }
 
-/// Removes the traces of a QEMU that is no longer running; kept while it still runs.
+/// Removes the traces of a QEMU that is no longer running (its virtiofsd daemons stopped);
+/// kept while it still runs.
 pub fn forget(paths: &VmPaths) {
     if let Some(record) = still_running(paths) {
         tracing::warn!(
@@ -481,6 +489,7 @@ pub fn forget(paths: &VmPaths) {
         );
         return;
     }
+    super::mounts::stop_now(paths);
     for f in [
         &paths.launch,
         &paths.qmp,
@@ -501,6 +510,7 @@ impl Machine for QemuProcess {
             launched_unix_ms: self.record.launched_unix_ms,
             unresponsive: self.unresponsive.clone(),
             settings: self.record.settings.clone(),
+            mount_transport: self.record.mount_transport.clone(),
         }
     }
 

@@ -47,6 +47,9 @@ pub struct Seed<'a> {
     pub user_data: Option<&'a str>,
     /// The VM's place on the project network, if it is on one.
     pub network: Option<&'a Attachment>,
+    /// Commands (argv lists) cloud-init runs at every boot, before sshd starts: mounting the
+    /// VM's shared folders (`mounts::guest_command`).
+    pub bootcmd: Vec<Vec<String>>,
 }
 
 /// `meta-data`.
@@ -93,6 +96,9 @@ pub fn castra_config(seed: &Seed<'_>) -> String {
             "owner": "root:root",
             "content": etc_hosts(net),
         }]);
+    }
+    if !seed.bootcmd.is_empty() {
+        config["bootcmd"] = json!(seed.bootcmd);
     }
     format!("#cloud-config\n{config}\n")
 }
@@ -232,6 +238,7 @@ mod tests {
             host_key: key,
             user_data: theirs,
             network: None,
+            bootcmd: Vec::new(),
         }
     }
 

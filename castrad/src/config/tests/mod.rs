@@ -85,6 +85,7 @@ pub(super) type Case = (
 
 mod errors;
 mod load;
+mod mounts;
 mod network;
 mod projects;
 mod props;

@@ -138,6 +138,7 @@ fn defaults_for_a_minimal_qemu_vm() {
             ..Default::default()
         },
         network: None,
+        mounts: Vec::new(),
         ssh: Ssh {
             host: Some("127.0.0.1".into()),
             ..Ssh::default()

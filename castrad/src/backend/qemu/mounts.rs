@@ -1,0 +1,459 @@
+//! Shared folders (`[[vms.mounts]]`) on the host side: which transport a VM's mounts use, the
+//! part of QEMU's command line they add, and the virtiofsd daemons castrad runs for them.
+//!
+//! - Transport: virtiofs when a `virtiofsd` is installed and castrad runs as root (virtiofsd
+//!   sandboxes itself in namespaces, and a read-only share is a read-only bind mount in a
+//!   mount namespace of its own: both need root), else 9p (`-virtfs`, built into QEMU, with
+//!   QEMU's own `readonly=on`). One transport for all of a VM's mounts, chosen at launch and
+//!   recorded in `launch.json` (`status` shows it; `plan` shows what a launch would choose).
+//! - virtiofs: one daemon per mount, started before QEMU (which connects to its socket),
+//!   under `setsid` like QEMU, recorded in `virtiofsd.json` (pid, process start time,
+//!   socket). Each daemon exits by itself when QEMU closes its connection; castrad also stops
+//!   every recorded daemon that is still ours whenever it forgets the VM's QEMU (after a stop,
+//!   an unexpected exit, a failed launch, or a re-adoption that finds QEMU gone), and before a
+//!   launch. A re-adopted QEMU keeps its daemons: they serve its mounts.
+//! - Guest memory is shared with the daemons (`memory-backend-memfd,share=on` plus a NUMA
+//!   node), only when there are virtiofs mounts.
+//!
+//! Tags are `castra<i>` (the mount's index): short (virtiofs allows 36 bytes), and the guest
+//! side uses the same names: [`guest_command`] in the seed's `bootcmd` for cloud-init guests,
+//! [`guest_args`] for the bootstrap driver's mounts on guests without cloud-init.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+
+use crate::config::Mount;
+use crate::state_root::VmPaths;
+
+/// Why the virtiofsd daemons of a VM could not be started (none is left running).
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How a VM's mounts reach the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Transport {
+    #[serde(rename = "virtiofs")]
+    Virtiofs,
+    #[serde(rename = "9p")]
+    NineP,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Virtiofs => "virtiofs",
+            Transport::NineP => "9p",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Transport> {
+        match s {
+            "virtiofs" => Some(Transport::Virtiofs),
+            "9p" => Some(Transport::NineP),
+            _ => None,
+        }
+    }
+}
+
+/// Where Debian installs virtiofsd: the `virtiofsd` package (Rust, Debian 13 on), and
+/// qemu-system-common up to QEMU 7.2 (Debian 12).
+const VIRTIOFSD_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
+
+/// What the transport choice depends on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Probe {
+    pub virtiofsd: Option<PathBuf>,
+    pub root: bool,
+}
+
+/// Looks for virtiofsd ($PATH, then Debian's places) and whether castrad is root.
+pub fn probe() -> Probe {
+    let in_path = std::env::var_os("PATH").and_then(|path| {
+        std::env::split_paths(&path)
+            .map(|d| d.join("virtiofsd"))
+            .find(|p| p.is_file())
+    });
+    Probe {
+        virtiofsd: in_path.or_else(|| {
+            VIRTIOFSD_PATHS
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.is_file())
+        }),
+        root: nix::unistd::geteuid().is_root(),
+    }
+}
+
+/// Pure: the transport, and why.
+pub fn choose(probe: &Probe) -> (Transport, String) {
+    match (&probe.virtiofsd, probe.root) {
+        (Some(path), true) => (
+            Transport::Virtiofs,
+            format!("virtiofsd: {}", path.display()),
+        ),
+        (Some(path), false) => (
+            Transport::NineP,
+            format!(
+                "9p: {} needs root (castrad is not), so the fallback is used",
+                path.display()
+            ),
+        ),
+        (None, _) => (
+            Transport::NineP,
+            "9p: no virtiofsd installed (Debian: the virtiofsd package, or QEMU 7.2's \
+             /usr/lib/qemu/virtiofsd in qemu-system-common)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// The tag a mount is offered to the guest under.
+pub fn tag(index: usize) -> String {
+    format!("castra{index}")
+}
+
+/// A VM's mounts as its launch needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shares {
+    pub transport: Transport,
+    pub dirs: Vec<Share>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub host: PathBuf,
+    pub readonly: bool,
+    /// virtiofs: the daemon's vhost-user socket.
+    pub socket: PathBuf,
+}
+
+/// The shares of `mounts` over `transport` (None when there are none).
+pub fn shares(mounts: &[Mount], transport: Transport, paths: &VmPaths) -> Option<Shares> {
+    (!mounts.is_empty()).then(|| Shares {
+        transport,
+        dirs: mounts
+            .iter()
+            .enumerate()
+            .map(|(i, m)| Share {
+                tag: tag(i),
+                host: m.host.clone(),
+                readonly: m.readonly,
+                socket: paths.virtiofs_socket(i),
+            })
+            .collect(),
+    })
+}
+
+/// QEMU's value syntax doubles a comma inside a value.
+fn escaped(path: &Path) -> String {
+    path.to_string_lossy().replace(',', ",,")
+}
+
+/// Pure: the arguments the shares add to QEMU's command line.
+pub fn argv(shares: &Shares, memory_mib: u64) -> Vec<String> {
+    let mut a = Vec::new();
+    match shares.transport {
+        Transport::Virtiofs => {
+            // vhost-user devices need the guest's memory shared with the daemon.
+            a.push("-object".into());
+            a.push(format!(
+                "memory-backend-memfd,id=castra-mem,size={memory_mib}M,share=on"
+            ));
+            a.extend(["-numa".into(), "node,memdev=castra-mem".into()]);
+            for (i, s) in shares.dirs.iter().enumerate() {
+                a.push("-chardev".into());
+                a.push(format!(
+                    "socket,id=castra-fs{i},path={}",
+                    escaped(&s.socket)
+                ));
+                a.push("-device".into());
+                a.push(format!(
+                    "vhost-user-fs-pci,chardev=castra-fs{i},tag={}",
+                    s.tag
+                ));
+            }
+        }
+        Transport::NineP => {
+            for (i, s) in shares.dirs.iter().enumerate() {
+                // security_model=none: files keep the host user's ownership; the guest's
+                // chown is ignored rather than failing.
+                let ro = if s.readonly { ",readonly=on" } else { "" };
+                a.push("-virtfs".into());
+                a.push(format!(
+                    "local,path={},mount_tag={},security_model=none,id=castra-fs{i}{ro}",
+                    escaped(&s.host),
+                    s.tag
+                ));
+            }
+        }
+    }
+    a
+}
+
+/// Pure: the command that runs one share's virtiofsd (program first). A read-only share runs
+/// it in a mount namespace of its own where the directory is bind-mounted read-only, so the
+/// guest cannot write to it whatever it mounts.
+pub fn virtiofsd_command(virtiofsd: &Path, share: &Share) -> Vec<std::ffi::OsString> {
+    let mut c: Vec<std::ffi::OsString> = vec!["setsid".into()];
+    if share.readonly {
+        c.extend(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+                "mount --bind -o ro -- \"$1\" \"$1\" && shift && exec \"$@\"",
+                "castra-virtiofsd",
+            ]
+            .map(Into::into),
+        );
+        c.push(share.host.clone().into());
+    }
+    c.push(virtiofsd.into());
+    let mut socket = std::ffi::OsString::from("--socket-path=");
+    socket.push(&share.socket);
+    c.push(socket);
+    let mut source = std::ffi::OsString::from("source=");
+    source.push(&share.host);
+    c.extend(["-o".into(), source]);
+    c.extend(["-o", "cache=auto", "-o", "log_level=warn"].map(Into::into));
+    c
+}
+
+/// The guest's side, as a shell program: arguments are triples (tag, guest path, `ro`|`rw`);
+/// each directory is made and mounted unless something is mounted there already (it runs at
+/// every boot). virtiofs first, 9p when the guest or the host has no virtiofs, so a seed made
+/// for one transport still works if the next launch chooses the other. Exits 1 if a mount
+/// failed, after trying the others.
+pub const GUEST_SCRIPT: &str = "st=0; while [ $# -ge 3 ]; do mkdir -p -- \"$2\" && \
+{ mountpoint -q -- \"$2\" || mount -t virtiofs -o \"$3\" -- \"$1\" \"$2\" 2>/dev/null || \
+mount -t 9p -o \"trans=virtio,version=9p2000.L,msize=262144,$3\" -- \"$1\" \"$2\"; } || st=1; \
+shift 3; done; exit $st";
+
+/// Pure: the argv (`sh -c GUEST_SCRIPT ...`) that mounts `mounts` in the guest; None when
+/// there are none. Paths travel as arguments, never inside the script.
+pub fn guest_command(mounts: &[Mount]) -> Option<Vec<String>> {
+    if mounts.is_empty() {
+        return None;
+    }
+    let mut c: Vec<String> = ["sh", "-c", GUEST_SCRIPT, "castra-mounts"]
+        .map(str::to_owned)
+        .to_vec();
+    c.extend(guest_args(mounts));
+    Some(c)
+}
+
+/// Pure: (tag, guest path, `ro`|`rw`) for each mount, flat: the guest side's arguments (also
+/// the bootstrap driver's, for guests without cloud-init).
+pub fn guest_args(mounts: &[Mount]) -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, m) in mounts.iter().enumerate() {
+        a.push(tag(i));
+        a.push(m.guest.clone());
+        a.push(if m.readonly { "ro" } else { "rw" }.to_owned());
+    }
+    a
+}
+
+/// One running virtiofsd, as `virtiofsd.json` records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonRecord {
+    pub pid: u32,
+    pub start_time: u64,
+    pub socket: PathBuf,
+}
+
+/// How long a virtiofsd gets to offer its socket.
+const READY: Duration = Duration::from_secs(10);
+
+/// Starts one virtiofsd per share (after stopping any a previous launch left), waits for each
+/// socket, and records them. On an error, the ones started are stopped again.
+pub async fn start(paths: &VmPaths, shares: &Shares) -> Result<(), MountError> {
+    stop(paths).await;
+    if shares.transport != Transport::Virtiofs {
+        return Ok(());
+    }
+    let virtiofsd = probe()
+        .virtiofsd
+        .ok_or_else(|| MountError::Failed("virtiofsd is no longer installed".into()))?;
+    let mut records = Vec::new();
+    let result = start_each(paths, shares, &virtiofsd, &mut records).await;
+    let saved = save(paths, &records);
+    if let Err(e) = result.and(saved) {
+        stop(paths).await;
+        kill_all(&records).await;
+        return Err(e);
+    }
+    Ok(())
+}
+
+async fn start_each(
+    paths: &VmPaths,
+    shares: &Shares,
+    virtiofsd: &Path,
+    records: &mut Vec<DaemonRecord>,
+) -> Result<(), MountError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&paths.virtiofsd_log)
+        .map_err(|source| MountError::Io {
+            what: format!("creating {}", paths.virtiofsd_log.display()),
+            source,
+        })?;
+    for share in &shares.dirs {
+        if share.socket.as_os_str().len() > 100 {
+            return Err(MountError::Failed(format!(
+                "socket path {} is too long for a Unix socket; use a shorter state directory",
+                share.socket.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&share.socket);
+        let command = virtiofsd_command(virtiofsd, share);
+        let stderr = log.try_clone().map_err(|source| MountError::Io {
+            what: "virtiofsd's log".into(),
+            source,
+        })?;
+        let mut child = Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .kill_on_drop(false)
+            .spawn()
+            .map_err(|source| MountError::Io {
+                what: format!("starting {}", virtiofsd.display()),
+                source,
+            })?;
+        let pid = child.id().unwrap_or(0);
+        records.push(DaemonRecord {
+            pid,
+            start_time: start_time(pid).unwrap_or(0),
+            socket: share.socket.clone(),
+        });
+        let deadline = Instant::now() + READY;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                let text = std::fs::read_to_string(&paths.virtiofsd_log).unwrap_or_default();
+                let last = text.lines().rev().find(|l| !l.trim().is_empty());
+                return Err(MountError::Failed(format!(
+                    "virtiofsd for {} exited ({status}) while starting: {}",
+                    share.host.display(),
+                    last.unwrap_or("no message")
+                )));
+            }
+            if share.socket.exists() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(MountError::Failed(format!(
+                    "virtiofsd for {} did not offer {} within {READY:?}",
+                    share.host.display(),
+                    share.socket.display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Reaped when it exits (it outlives castrad otherwise, like QEMU).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+    }
+    Ok(())
+}
+
+fn save(paths: &VmPaths, records: &[DaemonRecord]) -> Result<(), MountError> {
+    let json = serde_json::to_vec_pretty(records).map_err(|e| MountError::Failed(e.to_string()))?;
+    crate::fsutil::write_atomic(&paths.virtiofsd, &json).map_err(|source| MountError::Io {
+        what: format!("writing {}", paths.virtiofsd.display()),
+        source,
+    })
+}
+
+/// The recorded daemons of the VM.
+pub fn records(paths: &VmPaths) -> Vec<DaemonRecord> {
+    std::fs::read(&paths.virtiofsd)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Stops every recorded daemon that is still ours, then removes the record and the sockets.
+/// Blocking for at most about a second; also called from synchronous code (`forget`).
+pub fn stop_now(paths: &VmPaths) {
+    let records = records(paths);
+    for r in &records {
+        signal(r, nix::sys::signal::Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while records.iter().any(ours) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for r in &records {
+        signal(r, nix::sys::signal::Signal::SIGKILL);
+        let _ = std::fs::remove_file(&r.socket);
+    }
+    let _ = std::fs::remove_file(&paths.virtiofsd);
+}
+
+/// [`stop_now`] off the async runtime's threads.
+pub async fn stop(paths: &VmPaths) {
+    let paths = paths.clone();
+    let _ = tokio::task::spawn_blocking(move || stop_now(&paths)).await;
+}
+
+async fn kill_all(records: &[DaemonRecord]) {
+    for r in records {
+        signal(r, nix::sys::signal::Signal::SIGKILL);
+    }
+}
+
+/// True while the record's pid is the daemon castrad started: the same start time and a
+/// command line naming its socket.
+pub fn ours(record: &DaemonRecord) -> bool {
+    record.pid > 1
+        && start_time(record.pid) == Some(record.start_time)
+        && std::fs::read(format!("/proc/{}/cmdline", record.pid))
+            .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&*record.socket.to_string_lossy()))
+}
+
+fn signal(record: &DaemonRecord, signal: nix::sys::signal::Signal) {
+    if !ours(record) {
+        return;
+    }
+    let Ok(pid) = i32::try_from(record.pid) else {
+        return;
+    };
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+}
+
+/// Field 22 of /proc/<pid>/stat (None for a zombie).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.get(stat.rfind(')')? + 2..)?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(22 - 3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests;

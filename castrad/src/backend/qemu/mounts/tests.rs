@@ -1,0 +1,226 @@
+use super::*;
+use crate::state_root::StateRoot;
+
+fn paths() -> VmPaths {
+    StateRoot::for_project(Path::new("/s"), "p", Path::new("/p/castra.toml")).vm("web")
+}
+
+/// `paths().dir`, as text.
+fn d() -> String {
+    paths().dir.display().to_string()
+}
+
+fn mounts() -> Vec<Mount> {
+    vec![
+        Mount {
+            host: "/p/src".into(),
+            guest: "/src".into(),
+            readonly: false,
+        },
+        Mount {
+            host: "/p/a,b".into(),
+            guest: "/data set".into(),
+            readonly: true,
+        },
+    ]
+}
+
+#[test]
+fn virtiofs_when_a_virtiofsd_can_run_else_9p_saying_why() {
+    let found = Some(PathBuf::from("/usr/lib/qemu/virtiofsd"));
+    let (t, why) = choose(&Probe {
+        virtiofsd: found.clone(),
+        root: true,
+    });
+    assert_eq!(
+        (t, why.as_str()),
+        (Transport::Virtiofs, "virtiofsd: /usr/lib/qemu/virtiofsd")
+    );
+    let (t, why) = choose(&Probe {
+        virtiofsd: None,
+        root: true,
+    });
+    assert_eq!(t, Transport::NineP);
+    assert!(why.contains("no virtiofsd installed"), "{why}");
+    let (t, why) = choose(&Probe {
+        virtiofsd: found,
+        root: false,
+    });
+    assert_eq!(t, Transport::NineP);
+    assert!(why.contains("needs root"), "{why}");
+}
+
+#[test]
+fn virtiofs_shares_memory_and_adds_a_vhost_user_device_per_mount() {
+    let shares = shares(&mounts(), Transport::Virtiofs, &paths()).unwrap();
+    let d = d();
+    assert_eq!(
+        argv(&shares, 1024).join(" "),
+        format!(
+            "-object memory-backend-memfd,id=castra-mem,size=1024M,share=on \
+             -numa node,memdev=castra-mem \
+             -chardev socket,id=castra-fs0,path={d}/fs0.sock \
+             -device vhost-user-fs-pci,chardev=castra-fs0,tag=castra0 \
+             -chardev socket,id=castra-fs1,path={d}/fs1.sock \
+             -device vhost-user-fs-pci,chardev=castra-fs1,tag=castra1"
+        )
+    );
+}
+
+#[test]
+fn nine_p_is_qemus_own_read_only_where_asked_with_commas_escaped() {
+    let shares = shares(&mounts(), Transport::NineP, &paths()).unwrap();
+    assert_eq!(
+        argv(&shares, 1024),
+        [
+            "-virtfs",
+            "local,path=/p/src,mount_tag=castra0,security_model=none,id=castra-fs0",
+            "-virtfs",
+            "local,path=/p/a,,b,mount_tag=castra1,security_model=none,id=castra-fs1,readonly=on",
+        ]
+    );
+    assert!(super::shares(&[], Transport::NineP, &paths()).is_none());
+}
+
+#[test]
+fn the_launch_spec_carries_the_shares_onto_qemus_command_line() {
+    use super::super::argv as qemu;
+    let paths = paths();
+    let spec = qemu::LaunchSpec {
+        vm: "web".into(),
+        accel: qemu::Accel::Tcg,
+        cpus: 1,
+        memory_mib: 512,
+        overlay: paths.overlay.clone(),
+        kernel: None,
+        initrd: None,
+        cmdline: None,
+        ssh_port: 2222,
+        port_forwards: vec![],
+        qmp_socket: paths.qmp.clone(),
+        serial_socket: paths.serial_socket.clone(),
+        pidfile: paths.pidfile.clone(),
+        seed: None,
+        uefi: None,
+        network: None,
+        shares: shares(&mounts()[..1], Transport::Virtiofs, &paths),
+    };
+    let a: Vec<String> = qemu::argv(&spec)
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let j = a.join(" ");
+    assert!(j.contains("-m 512M"), "{j}");
+    assert!(
+        j.contains(
+            "memory-backend-memfd,id=castra-mem,size=512M,share=on -numa node,memdev=castra-mem"
+        ),
+        "{j}"
+    );
+    assert!(
+        j.contains("-device vhost-user-fs-pci,chardev=castra-fs0,tag=castra0"),
+        "{j}"
+    );
+    let mut none = spec.clone();
+    none.shares = None;
+    let j = qemu::argv(&none)
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        !j.contains("memfd") && !j.contains("-numa") && !j.contains("vhost-user"),
+        "{j}"
+    );
+}
+
+#[test]
+fn a_read_only_share_runs_its_virtiofsd_behind_a_read_only_bind_mount() {
+    let shares = shares(&mounts(), Transport::Virtiofs, &paths()).unwrap();
+    let bin = Path::new("/usr/lib/qemu/virtiofsd");
+    let words = |c: Vec<std::ffi::OsString>| {
+        c.iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        words(virtiofsd_command(bin, &shares.dirs[0])),
+        [
+            "setsid",
+            "/usr/lib/qemu/virtiofsd",
+            &format!("--socket-path={}/fs0.sock", d()),
+            "-o",
+            "source=/p/src",
+            "-o",
+            "cache=auto",
+            "-o",
+            "log_level=warn",
+        ]
+    );
+    let ro = words(virtiofsd_command(bin, &shares.dirs[1]));
+    assert_eq!(ro[..4], ["setsid", "unshare", "--mount", "--propagation"]);
+    // The directory is an argument of the shell, never part of its program.
+    let program = ro.iter().position(|w| w == "-c").unwrap() + 1;
+    assert!(!ro[program].contains("/p/a"), "{ro:?}");
+    assert_eq!(ro[program + 2], "/p/a,b");
+    assert_eq!(ro[program + 3], "/usr/lib/qemu/virtiofsd");
+}
+
+/// The guest's script, run by a real sh against stand-ins of mountpoint and mount: each
+/// directory made, virtiofs tried first, 9p after it, read-only passed on, paths with spaces
+/// kept whole, a failure reported after trying the rest.
+#[test]
+fn the_guest_script_mounts_each_share_falling_back_to_9p() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let log = dir.path().join("calls");
+    let stub = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    stub("mountpoint", "exit 1");
+    // virtiofs fails for castra1, so it falls back to 9p; 9p works.
+    stub(
+        "mount",
+        &format!(
+            "printf '%s|' \"$@\" >>{log}; echo >>{log}; \
+             [ \"$2\" = virtiofs ] && [ \"$6\" = castra1 ] && exit 32; exit 0",
+            log = log.display()
+        ),
+    );
+    let root = dir.path().join("guest");
+    let mut ms = mounts();
+    for m in &mut ms {
+        m.guest = format!("{}{}", root.display(), m.guest);
+    }
+    let command = guest_command(&ms).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let status = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("PATH", path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(root.join("src").is_dir() && root.join("data set").is_dir());
+    let calls = std::fs::read_to_string(&log).unwrap();
+    let r = root.display();
+    assert_eq!(
+        calls,
+        format!(
+            "-t|virtiofs|-o|rw|--|castra0|{r}/src|\n\
+             -t|virtiofs|-o|ro|--|castra1|{r}/data set|\n\
+             -t|9p|-o|trans=virtio,version=9p2000.L,msize=262144,ro|--|castra1|{r}/data set|\n"
+        )
+    );
+    stub("mount", "exit 32");
+    let status = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .status()
+        .unwrap();
+    assert_eq!(status.code(), Some(1));
+    assert!(guest_command(&[]).is_none());
+}
