@@ -96,7 +96,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(settings: Settings) -> Arc<Daemon> {
-        let backends = Backends::new(settings.accel_override);
+        let backends = Backends::new(
+            settings.accel_override,
+            &crate::state_root::control_dir(&settings.socket),
+        );
         let slots = pipeline::Slots::new(settings.max_parallel);
         Arc::new(Daemon {
             settings,
@@ -246,7 +249,11 @@ impl Daemon {
     /// The VMs that would start (their backend starts them and none runs now) must be able
     /// to: each backend checks its own. Nothing is started when this fails.
     fn preflight_starts(&self, entry: &ProjectEntry) -> Result<(), DaemonError> {
-        for kind in [BackendKind::Qemu, BackendKind::External] {
+        for kind in [
+            BackendKind::Qemu,
+            BackendKind::External,
+            BackendKind::Libvirt,
+        ] {
             let backend = self.backend(kind);
             if !backend.owns_lifecycle() {
                 continue;

@@ -59,6 +59,19 @@ impl StateRoot {
         }
     }
 
+    /// The project's name (the state root's directory is `<name>-<tag>`).
+    pub fn project_name(&self) -> String {
+        let dir = self
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match dir.rsplit_once('-') {
+            Some((name, _)) => name.to_owned(),
+            None => dir,
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }
@@ -122,6 +135,7 @@ impl StateRoot {
             qemu_log: dir.join("qemu.log"),
             pidfile: dir.join("qemu.pid"),
             launch: dir.join("launch.json"),
+            libvirt: dir.join("libvirt.json"),
             stamp: self.stamp(vm),
             dir,
         }
@@ -188,6 +202,8 @@ pub struct VmPaths {
     pub pidfile: PathBuf,
     /// What castrad launched (pid, start time, ports): what re-adoption checks.
     pub launch: PathBuf,
+    /// Where a libvirt VM's domain lives (URI, pool, volume names, castra.toml).
+    pub libvirt: PathBuf,
     pub stamp: PathBuf,
 }
 

@@ -12,6 +12,7 @@
 //! machine's own method ([`Machine::stop`]): only the backend that made it knows how.
 
 mod external;
+pub mod libvirt;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -166,6 +167,8 @@ pub enum BackendError {
     NotOwned(BackendKind),
     #[error(transparent)]
     Key(#[from] crate::ssh::keys::KeyError),
+    #[error("libvirt: {0}")]
+    Libvirt(String),
     #[error("firmware = \"uefi\" needs OVMF ({code}, {vars}): apt-get install ovmf")]
     NoFirmware {
         code: &'static str,
@@ -192,6 +195,13 @@ pub enum PreflightError {
         port: u16,
         key: &'static str,
     },
+    #[error("vm {vm}: hypervisor {hypervisor} ({uri}): {message}")]
+    Hypervisor {
+        vm: String,
+        hypervisor: String,
+        uri: String,
+        message: String,
+    },
 }
 
 /// The backends of one castrad, one of each kind.
@@ -199,13 +209,22 @@ pub enum PreflightError {
 pub struct Backends {
     pub qemu: std::sync::Arc<qemu::Qemu>,
     pub external: std::sync::Arc<External>,
+    pub libvirt: std::sync::Arc<libvirt::Libvirt>,
 }
 
 impl Backends {
-    pub fn new(accel_override: Option<crate::config::AccelSetting>) -> Backends {
+    /// `control_dir`: castrad's private directory of ssh control sockets.
+    pub fn new(
+        accel_override: Option<crate::config::AccelSetting>,
+        control_dir: &Path,
+    ) -> Backends {
         Backends {
             qemu: std::sync::Arc::new(qemu::Qemu { accel_override }),
             external: std::sync::Arc::new(External),
+            libvirt: std::sync::Arc::new(libvirt::Libvirt {
+                accel_override,
+                control_dir: control_dir.to_owned(),
+            }),
         }
     }
 
@@ -213,11 +232,16 @@ impl Backends {
         match kind {
             BackendKind::Qemu => self.qemu.clone(),
             BackendKind::External => self.external.clone(),
+            BackendKind::Libvirt => self.libvirt.clone(),
         }
     }
 
     /// Every backend, for what concerns them all (re-adoption at start).
-    pub fn all(&self) -> [std::sync::Arc<dyn Backend>; 2] {
-        [self.qemu.clone(), self.external.clone()]
+    pub fn all(&self) -> [std::sync::Arc<dyn Backend>; 3] {
+        [
+            self.qemu.clone(),
+            self.external.clone(),
+            self.libvirt.clone(),
+        ]
     }
 }

@@ -157,8 +157,9 @@ pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
             .remote
             .probe(&target.host, target.port, left, &mut report);
         let probed = tokio::select! {
-            probed = probe => probed,
+            probed = probe, if target.proxy.is_none() => probed,
             reason = job.cancel.cancelled() => break Err(reason),
+            () = std::future::ready(()), if target.proxy.is_some() => Ok(String::new()),
         };
         if let Err(mut e) = probed {
             e.waited = t.elapsed().as_secs_f64();
@@ -303,7 +304,7 @@ impl Run {
             ssh::control_path(&self.ctx.control_dir, &self.record.run_id),
             DIRECT_ATTEMPT.min(timeout),
         );
-        let (mut probe, mut banner) = (self.job.booting, None);
+        let (mut probe, mut banner) = (self.job.booting && target.proxy.is_none(), None);
         loop {
             if probe {
                 let mut report = progress.clone();
@@ -339,12 +340,12 @@ impl Run {
                 // with the host keys it was given): probe for it again, a moment later.
                 Err(Unreached(e)) if e.unreached() && Instant::now() < deadline => {
                     progress(&e.to_string());
-                    if probe {
+                    if probe || target.proxy.is_some() {
                         let pause =
                             RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
                         tokio::time::sleep(pause).await;
                     }
-                    probe = true; // then try again
+                    probe = target.proxy.is_none(); // then try again
                 }
                 Err(Unreached(e)) => {
                     return self

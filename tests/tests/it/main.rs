@@ -11,6 +11,7 @@ mod disk;
 mod edges;
 mod fleet;
 mod hostile;
+mod libvirt;
 mod limits;
 mod plan;
 mod protocol_docs;

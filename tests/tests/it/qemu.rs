@@ -16,7 +16,7 @@ use crate::bootstrap::Up;
 use crate::support::{Daemon, Env, snapshot, wait_until};
 
 /// The built guest: vmlinuz, initrd.img, base.img, id_ed25519.
-fn guest() -> &'static Path {
+pub(crate) fn guest() -> &'static Path {
     static GUEST: OnceLock<PathBuf> = OnceLock::new();
     GUEST.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
