@@ -2,10 +2,10 @@
 //! [`Backend`] for each piece of it: preparing the disk, launching, re-adopting what a previous
 //! castrad left running, where its SSH server answers, stopping, discarding, and the identity
 //! of the disk that stamps are bound to. [`qemu::Qemu`] boots VMs itself; [`External`] stands
-//! for a host castrad only reaches over SSH and never starts or stops.
+//! for a host castrad only reaches over SSH and never starts or stops; [`libvirt::Libvirt`]
+//! has libvirt run them, here or on a hypervisor reached over SSH.
 //!
-//! A trait, not an enum: the set of backends is open (a libvirt backend is designed in
-//! docs/design/remote-backends.md), each is a file of its own with no `match` on the others,
+//! A trait, not an enum: the set of backends is open, each is a file (or folder) of its own with no `match` on the others,
 //! and the actor's unit tests plug a fake one in. A running machine is a [`Machine`] the actor
 //! holds; its end is noticed through [`Machine::exited`]. Calls are few per VM lifecycle, so
 //! the boxed futures that keep the trait object-safe cost nothing measurable. Stopping is the
