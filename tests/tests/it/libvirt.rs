@@ -382,6 +382,15 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         out.stderr
     };
 
+    // A located config error first: nothing asked of any hypervisor.
+    let err = try_up(libvirt_vm("vm", &lv.uri(), "upload = true\n"));
+    assert!(
+        err.contains(
+            "castra.toml:16:10: vms[0].libvirt.upload: upload = true is not supported yet"
+        ),
+        "{err}"
+    );
+
     // libvirtd not running (nothing at that socket).
     let dead = "qemu:///session?socket=/nonexistent/libvirt-sock";
     let err = try_up(libvirt_vm("vm", dead, ""));

@@ -84,6 +84,7 @@ pub(super) type Case = (
 );
 
 mod errors;
+mod libvirt;
 mod load;
 mod projects;
 mod props;
