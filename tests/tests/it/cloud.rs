@@ -18,7 +18,7 @@ use crate::bootstrap::Up;
 use crate::support::{Ctl, Daemon, Env, wait_until};
 
 /// The built image (scripts/build-cloud-guest, cached in target/cloud-guest).
-fn image() -> &'static Path {
+pub(crate) fn image() -> &'static Path {
     static IMAGE: OnceLock<PathBuf> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();

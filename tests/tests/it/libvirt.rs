@@ -431,3 +431,38 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         "nothing started: {domains:?} {volumes:?}"
     );
 }
+
+#[test]
+fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
+    let _lock = one_at_a_time();
+    let t = Instant::now();
+    let lv = Libvirtd::start();
+    let env = Env::new();
+    let vm = format!(
+        "\n[[vms]]\nname = \"cloud\"\nbackend = \"libvirt\"\nbase_image = \"{}\"\ncpus = 2\n\
+         memory = \"1 GiB\"\ndisk = \"3 GiB\"\naccel = \"tcg\"\n[vms.libvirt]\nuri = \"{}\"\n\
+         [vms.ssh]\nuser = \"dev\"\n[vms.bootstrap]\nscript = \"mark.sh\"\n\
+         verify_path = \"castra-mark\"\nhandshake_timeout_secs = 240\n",
+        crate::cloud::image().display(),
+        lv.uri()
+    );
+    let p = project(&env, &vm);
+    let _daemon = env.start_daemon();
+    let first = up(&env, &p, &[]);
+    assert_eq!(first.statuses(), ["Success"], "{}", first.stderr);
+    let (_, volumes) = lv.domains_and_volumes();
+    assert_eq!(
+        volumes,
+        ["castra-lv-cloud-seed.img", "castra-lv-cloud.qcow2"]
+    );
+    assert_eq!(env.guest_sh(&p, "cloud", "id -un"), "dev\n");
+    assert_eq!(up(&env, &p, &[]).statuses(), ["NoOp"]);
+    let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
+    assert_eq!(gone["vms"][0]["discarded"], true, "{gone}");
+    let (domains, volumes) = lv.domains_and_volumes();
+    assert!(
+        domains.is_empty() && volumes.is_empty(),
+        "{domains:?} {volumes:?}"
+    );
+    eprintln!("libvirt cloud test: {:?}", t.elapsed());
+}
