@@ -213,7 +213,15 @@ impl Libvirt {
         let disk_id = std::fs::read_to_string(root.vm(&vm.name).disk_id)
             .map_err(io(format!("vm {}: reading its disk id", vm.name)))?;
         let setting = self.accel_override.unwrap_or(vm.accel);
-        let choice = accel::choose(setting, &probe(&hv))?;
+        // TCG asked for: nothing to ask the hypervisor.
+        let offered = match setting {
+            accel::AccelSetting::Tcg => accel::KvmProbe {
+                device: Err("not probed".into()),
+                pvm: false,
+            },
+            _ => probe(&hv),
+        };
+        let choice = accel::choose(setting, &offered)?;
         let has_seed = vm.cloud_init.enabled;
         let uuid = hv
             .virsh(&["domuuid", &name])
@@ -513,10 +521,11 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
             message,
         };
         if seen.insert((config.uri.clone(), config.pool.clone())) {
-            if let Err(e) = hv.virsh(&["uri"]) {
-                return Err(problem(explain_connect(&e.message)));
-            }
+            // One round trip when all is well: the pool's answer says libvirt answers too.
             if hv.virsh(&["pool-info", &config.pool]).is_err() {
+                if let Err(e) = hv.virsh(&["uri"]) {
+                    return Err(problem(explain_connect(&e.message)));
+                }
                 return Err(problem(format!(
                     "its storage pool {pool:?} does not exist; create it there once: `virsh -c \
                      {uri} pool-define-as {pool} dir --target DIR && virsh -c {uri} pool-build \
