@@ -400,6 +400,47 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
     );
     assert!(err.contains("libvirtd is not running there"), "{err}");
 
+    // No permission on libvirt's socket: a socket of another user, and a castrad (root here)
+    // without the capability to override file permissions.
+    let theirs = env.path("theirs/libvirt-sock");
+    std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(1000)), None).unwrap();
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    {
+        let env = Env::new();
+        let mut command = Command::new("setpriv");
+        let castrad = env.castrad_command();
+        for (k, v) in castrad.get_envs() {
+            match v {
+                Some(v) => command.env(k, v),
+                None => command.env_remove(k),
+            };
+        }
+        command
+            .arg("--bounding-set=-dac_override,-dac_read_search")
+            .arg("--")
+            .arg(crate::support::CASTRAD)
+            .args(castrad.get_args());
+        let _daemon = env.spawn_daemon(command);
+        let p = project(
+            &env,
+            &libvirt_vm(
+                "vm",
+                &format!("qemu:///session?socket={}", theirs.display()),
+                "",
+            ),
+        );
+        let out = env.ctl(&p, &["up"]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("castrad may not use libvirt's socket there"),
+            "{}",
+            out.stderr
+        );
+    }
+
     // The hypervisor's host key is not pinned: refused, never accepted on first use.
     std::fs::write(&pins, "").unwrap();
     let extra = format!("known_hosts = \"{}\"\n", pins.display());
