@@ -252,10 +252,19 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
     assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "shut off");
     assert_eq!(lv.domains_and_volumes().0, ["castra-lv-box"], "persistent");
 
-    // up again: the same disk, still stamped: NoOp, and the guest answers.
+    // up again: the same disk, still stamped: NoOp, and the guest answers. castrad's own copy
+    // of the disk id is gone first: the domain's metadata has it.
+    let disk_id = env.project_state().join("vms/box/disk-id");
+    let id = std::fs::read_to_string(&disk_id).unwrap();
+    std::fs::remove_file(&disk_id).unwrap();
     let third = up(&env, &p, &[]);
     assert_eq!(third.statuses(), ["NoOp"], "{}", third.stderr);
     assert_eq!(third.event("box", "VmLaunched").len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&disk_id).unwrap(),
+        id,
+        "the same disk"
+    );
     assert_eq!(
         env.guest_sh(&p, "box", "cat /data/castra/box/runs | wc -l")
             .trim(),

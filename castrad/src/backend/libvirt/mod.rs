@@ -142,7 +142,22 @@ impl Libvirt {
             return Ok(None);
         }
         if exists {
-            // Ours by name, but castrad lost what it knew of it: a new disk.
+            // castrad lost its copy of the disk id (its state was removed, say): the domain's
+            // metadata still has it, and what it says about that disk is still true.
+            let facts = hv
+                .virsh(&["metadata", &name, xml::NAMESPACE])
+                .ok()
+                .and_then(|text| xml::parse_metadata(&text))
+                .filter(|f| f.overlay == record.overlay);
+            if let Some(facts) = facts {
+                crate::fsutil::write_atomic(
+                    &paths.disk_id,
+                    format!("{}\n", facts.disk_id).as_bytes(),
+                )
+                .map_err(io(format!("writing {}", paths.disk_id.display())))?;
+                return Ok(None);
+            }
+            // Ours by name, but nothing says which disk it is: a new disk.
             hv.virsh(&["vol-delete", "--pool", &config.pool, &record.overlay])?;
         }
         let base = vm.base_image.as_deref().ok_or(BackendError::NoBaseImage)?;
