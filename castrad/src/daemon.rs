@@ -391,7 +391,8 @@ impl Daemon {
                 vm,
                 &endpoint,
                 &entry.root,
-                PathBuf::new(),
+                // Only its directory is used: a libvirt VM's hop shares castrad's master there.
+                crate::ssh::control_path(&self.control_dir(), "ssh-config"),
                 Duration::from_secs(10),
             );
             let alias = format!("castra-{}-{}", entry.project.name, vm.name);

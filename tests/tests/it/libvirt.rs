@@ -352,6 +352,11 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     assert!(config.contains("ProxyCommand 'ssh'"), "{config}");
     assert!(config.contains("-W %h:%p"), "{config}");
     assert!(config.contains("StrictHostKeyChecking=yes"), "{config}");
+    let control = env.path("run/castra/ssh/hv-");
+    assert!(
+        config.contains(&format!("'ControlPath={}", control.display())),
+        "castrad's master: {config}"
+    );
     assert_eq!(
         env.guest_sh(&p, "far", "cat /data/castra/far/castra-mark"),
         "bootstrapped\n"
