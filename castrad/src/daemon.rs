@@ -116,7 +116,10 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn new(settings: Settings) -> Arc<Daemon> {
-        let backends = Backends::new(settings.accel_override);
+        let backends = Backends::new(
+            settings.accel_override,
+            &crate::state_root::control_dir(&settings.socket),
+        );
         let slots = pipeline::Slots::new(settings.max_parallel);
         Arc::new(Daemon {
             settings,
@@ -304,7 +307,11 @@ impl Daemon {
         entry: &ProjectEntry,
         vms: &[&crate::config::Vm],
     ) -> Result<(), DaemonError> {
-        for kind in [BackendKind::Qemu, BackendKind::External] {
+        for kind in [
+            BackendKind::Qemu,
+            BackendKind::External,
+            BackendKind::Libvirt,
+        ] {
             let backend = self.backend(kind);
             if !backend.owns_lifecycle() {
                 continue;
@@ -459,7 +466,8 @@ impl Daemon {
                 vm,
                 &endpoint,
                 &entry.root,
-                PathBuf::new(),
+                // Only its directory is used: a libvirt VM's hop shares castrad's master there.
+                crate::ssh::control_path(&self.control_dir(), "ssh-config"),
                 Duration::from_secs(10),
             );
             let alias = format!("castra-{}-{}", entry.project.name, vm.name);

@@ -380,6 +380,23 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
             bytes_read: 0,
         });
     }
+    if vm.backend == BackendKind::Libvirt {
+        // Paths on the hypervisor, not read from here: the base is named by them (a new
+        // image at the same path is only noticed with a new disk).
+        let mut e = Encoder::new("castra-base-libvirt-v1");
+        let text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
+        e.opt(
+            "base_image",
+            text(&vm.base_image).as_deref().map(str::as_bytes),
+        );
+        e.opt("kernel", text(&vm.kernel).as_deref().map(str::as_bytes));
+        e.opt("initrd", text(&vm.initrd).as_deref().map(str::as_bytes));
+        e.opt("cmdline", vm.cmdline.as_deref().map(str::as_bytes));
+        return Ok(BaseHash {
+            hash: e.finish(),
+            bytes_read: 0,
+        });
+    }
     let mut bytes_read = 0;
     let mut part = |p: &Option<PathBuf>| -> Result<Option<String>, HashError> {
         p.as_deref()

@@ -166,6 +166,7 @@ fn warm_hash_cache(project: &Project, root: &StateRoot) -> u64 {
     let files: std::collections::BTreeSet<&std::path::Path> = project
         .vms
         .iter()
+        .filter(|vm| vm.backend == BackendKind::Qemu)
         .flat_map(|vm| [&vm.base_image, &vm.kernel, &vm.initrd])
         .filter_map(|p| p.as_deref())
         .collect();
@@ -416,7 +417,7 @@ pub fn cross_vm_warnings(project: &Project) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let endpoint = |vm: &Vm| match vm.backend {
         BackendKind::External => Some((vm.ssh.host.clone(), vm.ssh.port)),
-        BackendKind::Qemu => None,
+        BackendKind::Qemu | BackendKind::Libvirt => None,
     };
     for (i, a) in project.vms.iter().enumerate() {
         for b in &project.vms[i + 1..] {

@@ -59,6 +59,19 @@ impl StateRoot {
         }
     }
 
+    /// The project's name (the state root's directory is `<name>-<tag>`).
+    pub fn project_name(&self) -> String {
+        let dir = self
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        match dir.rsplit_once('-') {
+            Some((name, _)) => name.to_owned(),
+            None => dir,
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.root
     }
@@ -124,6 +137,7 @@ impl StateRoot {
             launch: dir.join("launch.json"),
             virtiofsd: dir.join("virtiofsd.json"),
             virtiofsd_log: dir.join("virtiofsd.log"),
+            libvirt: dir.join("libvirt.json"),
             stamp: self.stamp(vm),
             dir,
         }
@@ -194,6 +208,8 @@ pub struct VmPaths {
     pub virtiofsd: PathBuf,
     /// Their stderr (warnings only).
     pub virtiofsd_log: PathBuf,
+    /// Where a libvirt VM's domain lives (URI, pool, volume names, castra.toml).
+    pub libvirt: PathBuf,
     pub stamp: PathBuf,
 }
 

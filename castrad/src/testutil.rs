@@ -38,6 +38,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         disk_mib: None,
         firmware: crate::config::Firmware::Bios,
         serial_log_max_bytes: 64 << 20,
+        libvirt: None,
         cloud_init: crate::config::CloudInit::default(),
         network: None,
         mounts: Vec::new(),

@@ -298,6 +298,8 @@ pub struct ProjectStatus {
 pub enum Backend {
     Qemu,
     External,
+    /// A libvirt domain, on this machine or a hypervisor reached over SSH.
+    Libvirt,
 }
 
 /// Lifecycle state of a VM as castrad sees it.

@@ -2,16 +2,17 @@
 //! [`Backend`] for each piece of it: preparing the disk, launching, re-adopting what a previous
 //! castrad left running, where its SSH server answers, stopping, discarding, and the identity
 //! of the disk that stamps are bound to. [`qemu::Qemu`] boots VMs itself; [`External`] stands
-//! for a host castrad only reaches over SSH and never starts or stops.
+//! for a host castrad only reaches over SSH and never starts or stops; [`libvirt::Libvirt`]
+//! has libvirt run them, here or on a hypervisor reached over SSH.
 //!
-//! A trait, not an enum: the set of backends is open (a libvirt backend is designed in
-//! docs/design/remote-backends.md), each is a file of its own with no `match` on the others,
+//! A trait, not an enum: the set of backends is open, each is a file (or folder) of its own with no `match` on the others,
 //! and the actor's unit tests plug a fake one in. A running machine is a [`Machine`] the actor
 //! holds; its end is noticed through [`Machine::exited`]. Calls are few per VM lifecycle, so
 //! the boxed futures that keep the trait object-safe cost nothing measurable. Stopping is the
 //! machine's own method ([`Machine::stop`]): only the backend that made it knows how.
 
 mod external;
+pub mod libvirt;
 pub mod qemu;
 
 use std::path::{Path, PathBuf};
@@ -168,6 +169,8 @@ pub enum BackendError {
     NotOwned(BackendKind),
     #[error(transparent)]
     Key(#[from] crate::ssh::keys::KeyError),
+    #[error("libvirt: {0}")]
+    Libvirt(String),
     #[error("firmware = \"uefi\" needs OVMF ({code}, {vars}): apt-get install ovmf")]
     NoFirmware {
         code: &'static str,
@@ -194,6 +197,13 @@ pub enum PreflightError {
         port: u16,
         key: &'static str,
     },
+    #[error("vm {vm}: hypervisor {hypervisor} ({uri}): {message}")]
+    Hypervisor {
+        vm: String,
+        hypervisor: String,
+        uri: String,
+        message: String,
+    },
 }
 
 /// The backends of one castrad, one of each kind.
@@ -201,13 +211,22 @@ pub enum PreflightError {
 pub struct Backends {
     pub qemu: std::sync::Arc<qemu::Qemu>,
     pub external: std::sync::Arc<External>,
+    pub libvirt: std::sync::Arc<libvirt::Libvirt>,
 }
 
 impl Backends {
-    pub fn new(accel_override: Option<crate::config::AccelSetting>) -> Backends {
+    /// `control_dir`: castrad's private directory of ssh control sockets.
+    pub fn new(
+        accel_override: Option<crate::config::AccelSetting>,
+        control_dir: &Path,
+    ) -> Backends {
         Backends {
             qemu: std::sync::Arc::new(qemu::Qemu { accel_override }),
             external: std::sync::Arc::new(External),
+            libvirt: std::sync::Arc::new(libvirt::Libvirt {
+                accel_override,
+                control_dir: control_dir.to_owned(),
+            }),
         }
     }
 
@@ -215,11 +234,16 @@ impl Backends {
         match kind {
             BackendKind::Qemu => self.qemu.clone(),
             BackendKind::External => self.external.clone(),
+            BackendKind::Libvirt => self.libvirt.clone(),
         }
     }
 
     /// Every backend, for what concerns them all (re-adoption at start).
-    pub fn all(&self) -> [std::sync::Arc<dyn Backend>; 2] {
-        [self.qemu.clone(), self.external.clone()]
+    pub fn all(&self) -> [std::sync::Arc<dyn Backend>; 3] {
+        [
+            self.qemu.clone(),
+            self.external.clone(),
+            self.libvirt.clone(),
+        ]
     }
 }

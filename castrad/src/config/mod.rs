@@ -14,6 +14,7 @@
 //! and what was expected. [`parse`] performs no file IO; [`load`] reads files and stats paths.
 
 mod diagnostics;
+pub mod libvirt;
 mod mounts;
 pub mod network;
 mod raw;
@@ -149,23 +150,27 @@ pub enum BackendKind {
     Qemu,
     /// An already-running host reached only by SSH; no lifecycle.
     External,
+    /// A persistent libvirt domain on this machine or a hypervisor reached over SSH.
+    Libvirt,
 }
 
 impl BackendKind {
-    /// Parses `qemu` or `external` (exact lowercase).
+    /// Parses `qemu`, `external` or `libvirt` (exact lowercase).
     pub fn parse(s: &str) -> Option<BackendKind> {
         match s {
             "qemu" => Some(BackendKind::Qemu),
             "external" => Some(BackendKind::External),
+            "libvirt" => Some(BackendKind::Libvirt),
             _ => None,
         }
     }
 
-    /// `"qemu"` or `"external"`.
+    /// `"qemu"`, `"external"` or `"libvirt"`.
     pub fn as_str(self) -> &'static str {
         match self {
             BackendKind::Qemu => "qemu",
             BackendKind::External => "external",
+            BackendKind::Libvirt => "libvirt",
         }
     }
 }
@@ -401,6 +406,8 @@ pub struct Vm {
     /// [vms.ssh] with bootstrap.toml [ssh] merged on top (field by field; options appended).
     pub ssh: Ssh,
     pub bootstrap: Bootstrap,
+    /// `[vms.libvirt]` of a libvirt VM (Some exactly when `backend = "libvirt"`).
+    pub libvirt: Option<libvirt::Libvirt>,
 }
 
 /// Errors. Display is a complete sentence naming file, line and column (1-based), the key path

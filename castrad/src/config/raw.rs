@@ -63,6 +63,17 @@ pub(super) struct RawVm {
     pub(super) cloud_init: Option<Spanned<RawCloudInit>>,
     pub(super) mounts: Option<Spanned<Vec<RawMount>>>,
     pub(super) bootstrap: Option<RawVmBootstrap>,
+    pub(super) libvirt: Option<Spanned<RawLibvirt>>,
+}
+
+/// `[vms.libvirt]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLibvirt {
+    pub(super) uri: Option<Spanned<String>>,
+    pub(super) pool: Option<Spanned<String>>,
+    pub(super) upload: Option<Spanned<bool>>,
+    pub(super) known_hosts: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -204,7 +204,7 @@ pub(super) fn validate_vm(
     let backend = match &raw.backend {
         Some(b) => BackendKind::parse(b.get_ref()).ok_or_else(|| {
             let message = format!(
-                "unknown backend {:?}; expected \"qemu\" or \"external\"",
+                "unknown backend {:?}; expected \"qemu\", \"external\" or \"libvirt\"",
                 b.get_ref()
             );
             src.at(b, &k("backend"), message)
@@ -214,17 +214,40 @@ pub(super) fn validate_vm(
     match backend {
         BackendKind::External => check_external(src, raw, &key)?,
         BackendKind::Qemu => check_qemu(src, raw, &key)?,
+        BackendKind::Libvirt => {
+            check_qemu(src, raw, &key)?;
+            check_libvirt(src, raw, &key)?;
+        }
+    }
+    if backend != BackendKind::Libvirt
+        && let Some(l) = &raw.libvirt
+    {
+        let message = "[vms.libvirt] only applies to backend = \"libvirt\"";
+        return Err(src.at(l, &k("libvirt"), message));
     }
     let mut files = Vec::new();
-    let base_image = file_path(
-        src,
-        raw.base_image.as_ref(),
-        &k("base_image"),
-        false,
-        &mut files,
-    )?;
-    let kernel = file_path(src, raw.kernel.as_ref(), &k("kernel"), false, &mut files)?;
-    let initrd = file_path(src, raw.initrd.as_ref(), &k("initrd"), false, &mut files)?;
+    let (base_image, kernel, initrd) = if backend == BackendKind::Libvirt {
+        (
+            super::libvirt::hypervisor_path(src, raw.base_image.as_ref(), &k("base_image"))?,
+            super::libvirt::hypervisor_path(src, raw.kernel.as_ref(), &k("kernel"))?,
+            super::libvirt::hypervisor_path(src, raw.initrd.as_ref(), &k("initrd"))?,
+        )
+    } else {
+        (
+            file_path(
+                src,
+                raw.base_image.as_ref(),
+                &k("base_image"),
+                false,
+                &mut files,
+            )?,
+            file_path(src, raw.kernel.as_ref(), &k("kernel"), false, &mut files)?,
+            file_path(src, raw.initrd.as_ref(), &k("initrd"), false, &mut files)?,
+        )
+    };
+    let libvirt = (backend == BackendKind::Libvirt)
+        .then(|| super::libvirt::validate(src, raw.libvirt.as_ref(), &key))
+        .transpose()?;
     let cmdline = raw
         .cmdline
         .as_ref()
@@ -300,6 +323,7 @@ pub(super) fn validate_vm(
         mounts,
         ssh,
         bootstrap,
+        libvirt,
     };
     Ok(Decl {
         index,
@@ -370,7 +394,7 @@ fn validate_cloud_init(
 ) -> Result<CloudInit, ConfigError> {
     let key = join_key(vm_key, "cloud_init");
     let mut cloud_init = CloudInit {
-        enabled: backend == BackendKind::Qemu,
+        enabled: backend != BackendKind::External,
         authorized_keys: Vec::new(),
         user_data: None,
     };
@@ -419,9 +443,46 @@ pub(super) fn check_qemu(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(),
     Ok(())
 }
 
+/// What a libvirt VM does not have (yet): castrad chooses its SSH port (a forward on the
+/// hypervisor's loopback), and it has no extra forwards or UEFI.
+fn check_libvirt(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(), ConfigError> {
+    let ssh = raw.ssh.as_ref();
+    let uefi = raw
+        .firmware
+        .as_ref()
+        .filter(|f| f.get_ref() != "bios")
+        .map(Spanned::span);
+    let forbidden = [
+        (
+            "ssh.host",
+            ssh.and_then(|s| s.host.as_ref()).map(Spanned::span),
+        ),
+        (
+            "ssh.port",
+            ssh.and_then(|s| s.port.as_ref()).map(Spanned::span),
+        ),
+        (
+            "port_forwards",
+            raw.port_forwards.as_ref().map(Spanned::span),
+        ),
+        ("firmware", uefi),
+    ];
+    for (name, span) in forbidden {
+        if let Some(span) = span {
+            let message = format!(
+                "`{name}` is not supported for libvirt VMs: castrad forwards the guest's SSH \
+                 port on the hypervisor's 127.0.0.1 itself, and offers no other forwards or \
+                 UEFI there; remove it or use backend = \"qemu\""
+            );
+            return Err(src.error(Some(span), &join_key(key, name), message));
+        }
+    }
+    Ok(())
+}
+
 pub(super) fn apply_ssh_defaults(ssh: &mut Ssh, backend: BackendKind) {
     match backend {
-        BackendKind::Qemu => {
+        BackendKind::Qemu | BackendKind::Libvirt => {
             ssh.host
                 .get_or_insert_with(|| DEFAULT_QEMU_SSH_HOST.to_owned());
         }

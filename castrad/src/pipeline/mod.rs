@@ -20,6 +20,7 @@
 mod archive;
 pub mod driver;
 pub mod handshake;
+mod ready;
 mod record;
 pub mod remote;
 pub mod slots;
@@ -186,7 +187,7 @@ pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
     // A VM this job booted is usable when `up` returns, whatever its bootstrap does.
     if job.booting
         && plan.action != Action::Run
-        && let Err(error) = steps::wait_ready(&ctx, &job).await
+        && let Err(error) = ready::wait_ready(&ctx, &job).await
     {
         return record_failure(&ctx, &job, started, error).into();
     }

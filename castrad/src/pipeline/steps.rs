@@ -33,7 +33,7 @@ const CLOUD_INIT_LOGS: &str = "/var/log/cloud-init.log, /var/log/cloud-init-outp
 const VIZIER_LOG_CAP: usize = 64 << 10;
 
 /// How long to wait before probing again after ssh failed to get in past a banner.
-const RETRY_PAUSE: Duration = Duration::from_millis(200);
+pub(super) const RETRY_PAUSE: Duration = Duration::from_millis(200);
 
 /// A guest session that ended before ssh authenticated: why (its retry may help).
 struct Unreached(ssh::SshError);
@@ -110,75 +110,6 @@ fn tail(stderr: &str) -> String {
         "" => String::new(),
         line => format!(": {line}"),
     }
-}
-
-/// For a VM this job has just booted whose bootstrap is a NoOp or a Skip: waits until the
-/// guest accepts us (its SSH banner, then a login that runs nothing), saying what it waits on
-/// as `wait-handshake` does, so `up` never returns a VM that cannot be used yet. Nothing is
-/// run in the guest and nothing is written. Err: why the guest did not become reachable.
-pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
-    let vm = &job.vm;
-    let endpoint = job
-        .endpoint
-        .clone()
-        .ok_or_else(|| RunError::NoPort.to_string())?;
-    let t = Instant::now();
-    let timeout = Duration::from_secs(vm.bootstrap.handshake_timeout_secs);
-    let deadline = t + timeout;
-    let progress = |waiting_on: &str| {
-        ctx.snapshot.send_modify(|s| {
-            s.current_step = Some(Step::WaitHandshake);
-            s.waiting_on = Some(waiting_on.to_owned());
-        });
-        ctx.bus.publish(
-            Some(&job.operation),
-            Event::BootstrapProgress {
-                vm: vm.name.clone(),
-                step: Step::WaitHandshake,
-                waiting_on: waiting_on.to_owned(),
-                elapsed_ms: t.elapsed().as_millis() as u64,
-            },
-        );
-    };
-    let target = Target::for_vm(
-        vm,
-        &endpoint,
-        &ctx.root,
-        ssh::control_path(
-            &ctx.control_dir,
-            &format!("ready-{}", crate::ids::random_hex(6)),
-        ),
-        Duration::from_secs(vm.bootstrap.handshake_timeout_secs.clamp(1, 30)),
-    );
-    let result = loop {
-        let mut report = progress;
-        let left = deadline.saturating_duration_since(Instant::now());
-        let probe = ctx
-            .remote
-            .probe(&target.host, target.port, left, &mut report);
-        let probed = tokio::select! {
-            probed = probe => probed,
-            reason = job.cancel.cancelled() => break Err(reason),
-        };
-        if let Err(mut e) = probed {
-            e.waited = t.elapsed().as_secs_f64();
-            break Err(e.to_string());
-        }
-        progress(&format!("authentication as {}", target.display()));
-        match ctx.remote.login(target.clone()).await {
-            Ok(()) => break Ok(()),
-            Err(e) if e.unreached() && Instant::now() < deadline => {
-                progress(&e.to_string());
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-            Err(e) => break Err(e.to_string()),
-        }
-    };
-    ctx.snapshot.send_modify(|s| {
-        s.current_step = None;
-        s.waiting_on = None;
-    });
-    result.map_err(|e| format!("wait-handshake: {e}"))
 }
 
 /// An executing run.
@@ -303,7 +234,7 @@ impl Run {
             ssh::control_path(&self.ctx.control_dir, &self.record.run_id),
             DIRECT_ATTEMPT.min(timeout),
         );
-        let (mut probe, mut banner) = (self.job.booting, None);
+        let (mut probe, mut banner) = (self.job.booting && target.proxy.is_none(), None);
         loop {
             if probe {
                 let mut report = progress.clone();
@@ -339,12 +270,12 @@ impl Run {
                 // with the host keys it was given): probe for it again, a moment later.
                 Err(Unreached(e)) if e.unreached() && Instant::now() < deadline => {
                     progress(&e.to_string());
-                    if probe {
+                    if probe || target.proxy.is_some() {
                         let pause =
                             RETRY_PAUSE.min(deadline.saturating_duration_since(Instant::now()));
                         tokio::time::sleep(pause).await;
                     }
-                    probe = true; // then try again
+                    probe = target.proxy.is_none(); // then try again
                 }
                 Err(Unreached(e)) => {
                     return self

@@ -367,5 +367,6 @@ fn backend(b: BackendKind) -> api::Backend {
     match b {
         BackendKind::Qemu => api::Backend::Qemu,
         BackendKind::External => api::Backend::External,
+        BackendKind::Libvirt => api::Backend::Libvirt,
     }
 }

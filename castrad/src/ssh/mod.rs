@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 mod connection;
+mod hop;
 pub mod keys;
+
+pub use hop::Hop;
 
 pub use connection::{
     CONTINUED_PREFIX, Connection, LINE_CAP, LINES_BUFFER, SPLIT_SUFFIX, Tail, exit, lines,
@@ -60,6 +63,9 @@ pub struct Target {
     /// The control socket of this connection (it exists once ssh has authenticated).
     pub control_path: PathBuf,
     pub connect_timeout: Duration,
+    /// The `ProxyCommand` through a libvirt VM's hypervisor ([`Hop::proxy_command`]); None:
+    /// a direct connection.
+    pub proxy: Option<String>,
 }
 
 impl Target {
@@ -86,6 +92,13 @@ impl Target {
             .identity
             .clone()
             .or_else(|| vm.cloud_init.enabled.then(|| root.project_key()));
+        // A libvirt VM on another host: through that host, sharing its one master (whose
+        // socket lives beside this connection's).
+        let proxy = vm.libvirt.as_ref().and_then(|l| {
+            let remote = l.remote.as_ref()?;
+            let dir = control_path.parent().unwrap_or(Path::new("/tmp"));
+            Some(Hop::new(remote, l.known_hosts.as_deref(), dir).proxy_command())
+        });
         Target {
             vm: vm.name.clone(),
             host: endpoint.host.clone(),
@@ -96,6 +109,7 @@ impl Target {
             known_hosts: root.vm(&vm.name).known_hosts,
             control_path,
             connect_timeout,
+            proxy,
         }
     }
 
@@ -118,6 +132,10 @@ impl Target {
         line("GlobalKnownHostsFile", "/dev/null");
         line("StrictHostKeyChecking", "yes");
         line("UpdateHostKeys", "no");
+        if let Some(proxy) = &self.proxy {
+            // The rest of the line, as ssh reads a ProxyCommand (no quotes around it).
+            out.push_str(&format!("  ProxyCommand {proxy}\n"));
+        }
         // As ssh reads them after `-o` (the same parser): unquoted, so that a value of several
         // words (`RekeyLimit=1G 1h`) stays several words. config::ssh_options allows no
         // control character in them.
@@ -171,6 +189,9 @@ impl Target {
             opt(&mut args, k, v.as_ref());
         }
         opt(&mut args, "LogLevel", "ERROR".as_ref());
+        if let Some(proxy) = &self.proxy {
+            opt(&mut args, "ProxyCommand", proxy.as_ref());
+        }
         opt(&mut args, "ControlPath", self.control_path.as_os_str());
         opt(&mut args, "ControlMaster", "yes".as_ref());
         opt(&mut args, "ControlPersist", "no".as_ref());
@@ -191,7 +212,7 @@ impl Target {
         }
         opt(&mut args, "ServerAliveInterval", "10".as_ref());
         opt(&mut args, "ServerAliveCountMax", "3".as_ref());
-        if is_loopback(&self.host) {
+        if is_loopback(&self.host) && self.proxy.is_none() {
             opt(&mut args, "KexAlgorithms", LOOPBACK_KEX.as_ref());
         }
         args.extend(["-T", "--"].map(OsString::from));
@@ -363,6 +384,7 @@ mod tests {
             known_hosts: "/s/vms/web-0/known_hosts".into(),
             control_path: "/run/c/abc.sock".into(),
             connect_timeout: Duration::from_secs(7),
+            proxy: None,
         }
     }
 

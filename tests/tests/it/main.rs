@@ -16,6 +16,7 @@ mod examples;
 mod fleet;
 mod hostile;
 mod install;
+mod libvirt;
 mod limits;
 mod mounts;
 mod network;

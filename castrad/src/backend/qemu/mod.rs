@@ -246,7 +246,7 @@ pub fn login_user(vm: &Vm) -> String {
 
 /// The seed of the VM's current disk: the project's client key (made once), a new host key
 /// for the guest, pinned as the only key this VM may present, and the seed volume itself.
-fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
+pub(crate) fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
     let paths = root.vm(&vm.name);
     let disk_id =
         std::fs::read_to_string(&paths.disk_id).map_err(|source| process::ProcessError::Io {

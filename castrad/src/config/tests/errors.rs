@@ -254,7 +254,7 @@ const SEMANTIC_ERRORS: &[Case] = &[
         "unknown backend",
         concat!(head!(), "backend = \"docker\"\n"),
         "vms[0].backend",
-        "unknown backend \"docker\"; expected \"qemu\" or \"external\"",
+        "unknown backend \"docker\"; expected \"qemu\", \"external\" or \"libvirt\"",
         7,
         11,
     ),

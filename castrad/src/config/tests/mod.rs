@@ -84,6 +84,7 @@ pub(super) type Case = (
 );
 
 mod errors;
+mod libvirt;
 mod load;
 mod mounts;
 mod network;

@@ -133,6 +133,7 @@ fn defaults_for_a_minimal_qemu_vm() {
         disk_mib: None,
         firmware: crate::config::Firmware::Bios,
         serial_log_max_bytes: 64 << 20,
+        libvirt: None,
         cloud_init: crate::config::CloudInit {
             enabled: true,
             ..Default::default()

@@ -1,0 +1,112 @@
+//! `backend = "libvirt"` and `[vms.libvirt]`: located errors, and what a valid entry becomes.
+
+use super::errors::run_cases;
+use super::*;
+
+/// Lines 1-7 of a libvirt VM "web"; appended text starts on line 8.
+macro_rules! lv {
+    () => {
+        "[project]\nname = \"demo\"\n\n[[vms]]\nname = \"web\"\nbackend = \"libvirt\"\nbase_image = \"/img.qcow2\"\n"
+    };
+}
+
+#[test]
+fn libvirt_mistakes_are_located() {
+    run_cases(&[
+        (
+            "a base image path that is not absolute (it is on the hypervisor)",
+            concat!(head!(), "backend = \"libvirt\"\n"),
+            "vms[0].base_image",
+            "must be an absolute path on the hypervisor",
+            6,
+            14,
+        ),
+        (
+            "a transport castrad does not drive",
+            concat!(lv!(), "[vms.libvirt]\nuri = \"qemu+tcp://h/system\"\n"),
+            "vms[0].libvirt.uri",
+            "invalid libvirt URI \"qemu+tcp://h/system\"",
+            9,
+            7,
+        ),
+        (
+            "no_verify",
+            concat!(
+                lv!(),
+                "[vms.libvirt]\nuri = \"qemu+ssh://h/system?no_verify=1\"\n"
+            ),
+            "vms[0].libvirt.uri",
+            "castrad sets `no_verify` itself",
+            9,
+            7,
+        ),
+        (
+            "upload",
+            concat!(lv!(), "[vms.libvirt]\nupload = true\n"),
+            "vms[0].libvirt.upload",
+            "upload = true is not supported yet",
+            9,
+            10,
+        ),
+        (
+            "a pool name with a slash",
+            concat!(lv!(), "[vms.libvirt]\npool = \"a/b\"\n"),
+            "vms[0].libvirt.pool",
+            "invalid pool name \"a/b\"",
+            9,
+            8,
+        ),
+        (
+            "a fixed ssh port",
+            concat!(lv!(), "[vms.ssh]\nport = 2222\n"),
+            "vms[0].ssh.port",
+            "`ssh.port` is not supported for libvirt VMs",
+            9,
+            8,
+        ),
+        (
+            "an unknown key",
+            concat!(lv!(), "[vms.libvirt]\nhost = \"x\"\n"),
+            "vms[0].libvirt",
+            "unknown key `host`; expected one of `uri`, `pool`, `upload`, `known_hosts`",
+            9,
+            1,
+        ),
+    ]);
+}
+
+#[test]
+fn a_libvirt_table_on_a_qemu_vm_is_refused() {
+    let e = err(concat!(
+        head!(),
+        "[vms.libvirt]\nuri = \"qemu:///session\"\n"
+    ));
+    assert_eq!(e.key(), Some("vms[0].libvirt"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("only applies to backend = \"libvirt\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_libvirt_vm_gets_its_defaults_and_a_remote_uri_is_understood() {
+    let p = ok(lv!());
+    let vm = &p.vms[0];
+    assert_eq!(vm.backend, BackendKind::Libvirt);
+    let l = vm.libvirt.as_ref().unwrap();
+    assert_eq!(l.uri, "qemu:///session");
+    assert_eq!(l.pool, "castra");
+    assert_eq!(l.remote, None);
+    assert_eq!(vm.ssh.host.as_deref(), Some("127.0.0.1"));
+    assert!(vm.cloud_init.enabled);
+    let p = ok(concat!(
+        lv!(),
+        "[vms.libvirt]\nuri = \"qemu+ssh://me@hv:2222/session\"\n"
+    ));
+    let remote = p.vms[0].libvirt.as_ref().unwrap().remote.clone().unwrap();
+    assert_eq!(
+        (remote.user.as_deref(), remote.host.as_str(), remote.port),
+        (Some("me"), "hv", Some(2222))
+    );
+}

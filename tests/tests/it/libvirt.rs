@@ -1,0 +1,523 @@
+//! libvirt VMs end to end, against a real libvirtd: the `Libvirtd` fixture starts its own
+//! `virtlogd` and `libvirtd` in session mode with private directories (in a user namespace
+//! where they run as uid 1000, so libvirtd takes itself for an unprivileged user's daemon: no
+//! /etc, /run or /var/lib of the host is read or written), reached at their own socket
+//! (`qemu:///session?socket=…`), and stops them by pid. QEMU's capability probe (≈ 9 s on
+//! a first start) is cached in `target/libvirt-cache`, shared by the tests (0.3 s after).
+//! A "remote" hypervisor is that same daemon reached through a loopback sshd (`qemu+ssh://`)
+//! whose host key castrad has pinned.
+//!
+//! Guests boot under TCG (domain type 'qemu'), one test at a time (`qemu::one_at_a_time`).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::bootstrap::Up;
+use crate::qemu::{guest, one_at_a_time};
+use crate::support::{Env, wait_until};
+
+/// A private libvirtd + virtlogd.
+pub struct Libvirtd {
+    pub dir: tempfile::TempDir,
+    virtlogd: Child,
+    libvirtd: Child,
+}
+
+fn cache_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("target/libvirt-cache")
+}
+
+impl Libvirtd {
+    pub fn start() -> Libvirtd {
+        assert!(
+            Path::new("/usr/sbin/libvirtd").exists(),
+            "libvirtd missing: scripts/setup installs libvirt-daemon libvirt-daemon-driver-qemu"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix("castra-lv-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        for sub in ["run", "config/libvirt", "pool", "home"] {
+            std::fs::create_dir_all(d.join(sub)).unwrap();
+        }
+        std::fs::create_dir_all(cache_dir()).unwrap();
+        // Shared base images are never chowned (a session daemon cannot anyway).
+        std::fs::write(
+            d.join("config/libvirt/qemu.conf"),
+            "dynamic_ownership = 0\n",
+        )
+        .unwrap();
+        let spawn = |program: &str, log: &str| {
+            Command::new("unshare")
+                .args(["--user", "--map-user=1000", "--map-group=1000", "--"])
+                .arg(program)
+                .env_clear()
+                .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+                .env("HOME", d.join("home"))
+                .env("XDG_RUNTIME_DIR", d.join("run"))
+                .env("XDG_CONFIG_HOME", d.join("config"))
+                .env("XDG_CACHE_HOME", cache_dir())
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::from(std::fs::File::create(d.join(log)).unwrap()))
+                .spawn()
+                .expect("unshare (util-linux)")
+        };
+        let virtlogd = spawn("virtlogd", "virtlogd.log");
+        let libvirtd = spawn("libvirtd", "libvirtd.log");
+        let lv = Libvirtd {
+            dir,
+            virtlogd,
+            libvirtd,
+        };
+        wait_until(Duration::from_secs(60), "libvirtd to answer", || {
+            lv.try_virsh(&["uri"]).ok()
+        });
+        let pool = lv.dir.path().join("pool");
+        lv.virsh(&[
+            "pool-define-as",
+            "castra",
+            "dir",
+            "--target",
+            pool.to_str().unwrap(),
+        ]);
+        lv.virsh(&["pool-start", "castra"]);
+        lv
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/libvirt/libvirt-sock")
+    }
+
+    pub fn uri(&self) -> String {
+        format!("qemu:///session?socket={}", self.socket().display())
+    }
+
+    pub fn try_virsh(&self, args: &[&str]) -> Result<String, String> {
+        let out = Command::new("virsh")
+            .args(["-q", "-c", &self.uri()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    pub fn virsh(&self, args: &[&str]) -> String {
+        self.try_virsh(args)
+            .unwrap_or_else(|e| panic!("virsh {args:?}: {e}"))
+    }
+
+    /// `virsh list --all --name` and `virsh vol-list castra`, as names.
+    pub fn domains_and_volumes(&self) -> (Vec<String>, Vec<String>) {
+        let names = |s: String| {
+            s.lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        (
+            names(self.virsh(&["list", "--all", "--name"])),
+            names(self.virsh(&["vol-list", "castra"])),
+        )
+    }
+}
+
+impl Drop for Libvirtd {
+    fn drop(&mut self) {
+        // No guest outlives the test: libvirtd's QEMUs would outlive libvirtd.
+        if let Ok(running) = self.try_virsh(&["list", "--name"]) {
+            for name in running.lines().filter(|l| !l.trim().is_empty()) {
+                let _ = self.try_virsh(&["destroy", name.trim()]);
+            }
+        }
+        for child in [&mut self.libvirtd, &mut self.virtlogd] {
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+const MARK_SCRIPT: &str =
+    "#!/bin/sh\nset -eu\necho \"$CASTRA_RUN_ID\" >> runs\necho bootstrapped > castra-mark\n";
+
+/// A `[[vms]]` of the tiny guest on libvirt at `uri` (plus `extra` in `[vms.libvirt]`).
+fn libvirt_vm(name: &str, uri: &str, extra: &str) -> String {
+    let g = guest().display();
+    format!(
+        "\n[[vms]]\nname = \"{name}\"\nbackend = \"libvirt\"\nbase_image = \"{g}/base.img\"\n\
+         kernel = \"{g}/vmlinuz\"\ninitrd = \"{g}/initrd.img\"\ncmdline = \"console=ttyS0 quiet\"\n\
+         cpus = 1\nmemory = \"512 MiB\"\naccel = \"tcg\"\n\
+         [vms.libvirt]\nuri = \"{uri}\"\n{extra}\
+         [vms.cloud_init]\nenabled = false\n\
+         [vms.ssh]\nuser = \"root\"\nidentity = \"{g}/id_ed25519\"\n\
+         [vms.bootstrap]\nscript = \"mark.sh\"\nremote_dir = \"/data/castra/{{vm}}\"\n\
+         verify_path = \"castra-mark\"\nhandshake_timeout_secs = 180\n"
+    )
+}
+
+fn qemu_vm(name: &str) -> String {
+    let g = guest().display();
+    format!(
+        "\n[[vms]]\nname = \"{name}\"\nbase_image = \"{g}/base.img\"\nkernel = \"{g}/vmlinuz\"\n\
+         initrd = \"{g}/initrd.img\"\ncmdline = \"console=ttyS0 quiet\"\ncpus = 1\nmemory = \"512 MiB\"\n\
+         accel = \"tcg\"\n[vms.cloud_init]\nenabled = false\n\
+         [vms.ssh]\nuser = \"root\"\nidentity = \"{g}/id_ed25519\"\n\
+         [vms.bootstrap]\nscript = \"mark.sh\"\nremote_dir = \"/data/castra/{{vm}}\"\n\
+         verify_path = \"castra-mark\"\nhandshake_timeout_secs = 180\n"
+    )
+}
+
+fn project(env: &Env, vms: &str) -> PathBuf {
+    env.write(&[
+        ("p/castra.toml", &format!("[project]\nname = \"lv\"\n{vms}")),
+        ("p/mark.sh", MARK_SCRIPT),
+    ]);
+    env.path("p")
+}
+
+fn up(env: &Env, project: &Path, args: &[&str]) -> Up {
+    let mut full = vec!["up", "--json"];
+    full.extend_from_slice(args);
+    let out = env.ctl(project, &full);
+    Up::parse(out.code, &out.stdout, &out.stderr)
+}
+
+fn status_of(env: &Env, project: &Path, vm: &str) -> serde_json::Value {
+    let config = project.join("castra.toml").canonicalize().unwrap();
+    let status = env.http_rpc("castra.status", serde_json::json!({ "config": config }));
+    crate::support::vm_of(&status["result"], vm)
+}
+
+#[test]
+fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
+    let _lock = one_at_a_time();
+    let t = Instant::now();
+    let lv = Libvirtd::start();
+    let env = Env::new();
+    let p = project(&env, &libvirt_vm("box", &lv.uri(), ""));
+    let mut daemon = Some(env.start_daemon());
+
+    let first = up(&env, &p, &[]);
+    assert_eq!(first.statuses(), ["Success"], "{}", first.stderr);
+    let seq = first.sequence("box");
+    assert_eq!(
+        &seq[..3],
+        ["OverlayPrepared", "VmLaunched", "BootstrapPlanned"],
+        "{seq:?}"
+    );
+    let launched = first.event("box", "VmLaunched")[0].clone();
+    assert_eq!(launched["accel"], "tcg", "{launched}");
+    let (domains, volumes) = lv.domains_and_volumes();
+    assert_eq!(domains, ["castra-lv-box"]);
+    assert_eq!(volumes, ["castra-lv-box.qcow2"]);
+    let xml = lv.virsh(&["dumpxml", "castra-lv-box"]);
+    assert!(xml.contains("<domain type='qemu'"), "TCG forced: {xml}");
+    assert!(xml.contains(&format!(
+        "hostfwd=tcp:127.0.0.1:{}-:22",
+        launched["ssh_port"]
+    )));
+    assert!(
+        lv.virsh(&["dominfo", "castra-lv-box"])
+            .contains("Persistent:     yes")
+    );
+    assert_eq!(
+        env.guest_sh(&p, "box", "cat /data/castra/box/castra-mark"),
+        "bootstrapped\n"
+    );
+
+    // Rerun: NoOp, nothing relaunched.
+    let second = up(&env, &p, &[]);
+    assert_eq!(second.statuses(), ["NoOp"], "{}", second.stderr);
+    assert!(second.event("box", "VmLaunched").is_empty());
+
+    // down: ACPI through libvirt, the same lifecycle events as a QEMU VM; still defined.
+    let down = env.ctl(&p, &["down", "--json"]).ok().json();
+    assert_eq!(down["vms"][0]["outcome"], "graceful", "{down}");
+    assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "shut off");
+    assert_eq!(lv.domains_and_volumes().0, ["castra-lv-box"], "persistent");
+
+    // up again: the same disk, still stamped: NoOp, and the guest answers. castrad's own copy
+    // of the disk id is gone first: the domain's metadata has it.
+    let disk_id = env.project_state().join("vms/box/disk-id");
+    let id = std::fs::read_to_string(&disk_id).unwrap();
+    std::fs::remove_file(&disk_id).unwrap();
+    let third = up(&env, &p, &[]);
+    assert_eq!(third.statuses(), ["NoOp"], "{}", third.stderr);
+    assert_eq!(third.event("box", "VmLaunched").len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&disk_id).unwrap(),
+        id,
+        "the same disk"
+    );
+    assert_eq!(
+        env.guest_sh(&p, "box", "cat /data/castra/box/runs | wc -l")
+            .trim(),
+        "1"
+    );
+
+    // castrad dies hard; the domain runs on; a new castrad adopts it from libvirt.
+    let d = daemon.take().unwrap();
+    nix::sys::signal::kill(d.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
+    drop(d);
+    daemon = Some(env.start_daemon());
+    let status = status_of(&env, &p, "box");
+    assert_eq!(status["state"], "running", "{status}");
+    assert_eq!(env.guest_sh(&p, "box", "echo adopted"), "adopted\n");
+    let fourth = up(&env, &p, &[]);
+    assert_eq!(fourth.statuses(), ["NoOp"]);
+    assert!(
+        fourth.event("box", "VmLaunched").is_empty(),
+        "adopted, not relaunched"
+    );
+
+    // down --discard: no domain, no volume left.
+    let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
+    assert_eq!(gone["vms"][0]["outcome"], "graceful", "{gone}");
+    let (domains, volumes) = lv.domains_and_volumes();
+    assert!(
+        domains.is_empty() && volumes.is_empty(),
+        "{domains:?} {volumes:?}"
+    );
+    drop(daemon);
+    eprintln!("libvirt lifecycle test: {:?}", t.elapsed());
+}
+
+/// The sshd standing in for a remote hypervisor: it logs in as this user, and the URI sends
+/// libvirt's stream to the private daemon's socket with netcat.
+fn remote_uri(sshd: &crate::sshd::Sshd, lv: &Libvirtd) -> String {
+    format!(
+        "qemu+ssh://{}@127.0.0.1:{}/session?socket={}&proxy=netcat&keyfile={}",
+        sshd.user,
+        sshd.port,
+        lv.socket().display(),
+        sshd.client_key.display()
+    )
+}
+
+/// The hypervisor's host key, pinned as castrad expects it (`known_hosts` of [vms.libvirt]).
+fn pin(sshd: &crate::sshd::Sshd, file: &Path) {
+    let key = std::fs::read_to_string(sshd.dir.join("host_key.pub")).unwrap();
+    let mut words = key.split_whitespace();
+    let (kind, body) = (words.next().unwrap(), words.next().unwrap());
+    std::fs::write(file, format!("[127.0.0.1]:{} {kind} {body}\n", sshd.port)).unwrap();
+}
+
+#[test]
+fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
+    let _lock = one_at_a_time();
+    let t = Instant::now();
+    let lv = Libvirtd::start();
+    let env = Env::new();
+    let sshd = crate::sshd::Sshd::start(&env.path("hv"));
+    let pins = env.path("hv_known_hosts");
+    pin(&sshd, &pins);
+    let extra = format!("known_hosts = \"{}\"\n", pins.display());
+    let vms = format!(
+        "{}{}",
+        libvirt_vm("far", &remote_uri(&sshd, &lv), &extra),
+        qemu_vm("near")
+    );
+    let p = project(&env, &vms);
+    let _daemon = env.start_daemon();
+
+    let first = up(&env, &p, &[]);
+    assert_eq!(first.statuses(), ["Success", "Success"], "{}", first.stderr);
+    let names: Vec<&str> = first.outcome["outcomes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["vm"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["far", "near"], "outcomes in file order");
+    assert_eq!(lv.domains_and_volumes().0, ["castra-lv-far"]);
+
+    // The guest behind the hypervisor, as a user reaches it: through the hypervisor.
+    let config = env.ctl(&p, &["ssh-config", "far"]).ok().stdout;
+    assert!(config.contains("ProxyCommand 'ssh'"), "{config}");
+    assert!(config.contains("-W %h:%p"), "{config}");
+    assert!(config.contains("StrictHostKeyChecking=yes"), "{config}");
+    let control = env.path("run/castra/ssh/hv-");
+    assert!(
+        config.contains(&format!("'ControlPath={}", control.display())),
+        "castrad's master: {config}"
+    );
+    assert_eq!(
+        env.guest_sh(&p, "far", "cat /data/castra/far/castra-mark"),
+        "bootstrapped\n"
+    );
+    // One master connection to the hypervisor carries virsh and the guest's ssh.
+    let masters: Vec<_> = std::fs::read_dir(env.path("run/castra/ssh"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("hv-") && !n.ends_with(".ssh"))
+        .collect();
+    assert_eq!(masters.len(), 1, "{masters:?}");
+
+    let again = up(&env, &p, &[]);
+    assert_eq!(again.statuses(), ["NoOp", "NoOp"], "{}", again.stderr);
+    let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
+    assert_eq!(gone["vms"].as_array().unwrap().len(), 2, "{gone}");
+    let (domains, volumes) = lv.domains_and_volumes();
+    assert!(
+        domains.is_empty() && volumes.is_empty(),
+        "{domains:?} {volumes:?}"
+    );
+    eprintln!("libvirt mixed test: {:?}", t.elapsed());
+}
+
+#[test]
+fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() {
+    let lv = Libvirtd::start();
+    let env = Env::new();
+    let sshd = crate::sshd::Sshd::start(&env.path("hv"));
+    let pins = env.path("hv_known_hosts");
+    let _daemon = env.start_daemon();
+    let try_up = |vm: String| {
+        let p = project(&env, &vm);
+        let out = env.ctl(&p, &["up"]);
+        assert_eq!(out.code, 2, "a preflight error: {out:?}");
+        out.stderr
+    };
+
+    // A located config error first: nothing asked of any hypervisor.
+    let err = try_up(libvirt_vm("vm", &lv.uri(), "upload = true\n"));
+    assert!(
+        err.contains(
+            "castra.toml:16:10: vms[0].libvirt.upload: upload = true is not supported yet"
+        ),
+        "{err}"
+    );
+
+    // libvirtd not running (nothing at that socket).
+    let dead = "qemu:///session?socket=/nonexistent/libvirt-sock";
+    let err = try_up(libvirt_vm("vm", dead, ""));
+    assert!(
+        err.contains(&format!("hypervisor this machine ({dead})")),
+        "{err}"
+    );
+    assert!(err.contains("libvirtd is not running there"), "{err}");
+
+    // No permission on libvirt's socket: a socket of another user, and a castrad (root here)
+    // without the capability to override file permissions.
+    let theirs = env.path("theirs/libvirt-sock");
+    std::fs::create_dir_all(theirs.parent().unwrap()).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(&theirs).unwrap();
+    nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(1000)), None).unwrap();
+    std::fs::set_permissions(&theirs, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    {
+        let env = Env::new();
+        let mut command = Command::new("setpriv");
+        let castrad = env.castrad_command();
+        for (k, v) in castrad.get_envs() {
+            match v {
+                Some(v) => command.env(k, v),
+                None => command.env_remove(k),
+            };
+        }
+        command
+            .arg("--bounding-set=-dac_override,-dac_read_search")
+            .arg("--")
+            .arg(crate::support::CASTRAD)
+            .args(castrad.get_args());
+        let _daemon = env.spawn_daemon(command);
+        let p = project(
+            &env,
+            &libvirt_vm(
+                "vm",
+                &format!("qemu:///session?socket={}", theirs.display()),
+                "",
+            ),
+        );
+        let out = env.ctl(&p, &["up"]);
+        assert_eq!(out.code, 2, "{out:?}");
+        assert!(
+            out.stderr
+                .contains("castrad may not use libvirt's socket there"),
+            "{}",
+            out.stderr
+        );
+    }
+
+    // The hypervisor's host key is not pinned: refused, never accepted on first use.
+    std::fs::write(&pins, "").unwrap();
+    let extra = format!("known_hosts = \"{}\"\n", pins.display());
+    let err = try_up(libvirt_vm("vm", &remote_uri(&sshd, &lv), &extra));
+    let hv = format!("hypervisor {}@127.0.0.1:{}", sshd.user, sshd.port);
+    assert!(err.contains(&hv), "{err}");
+    assert!(err.contains("host key is not the one pinned"), "{err}");
+
+    // The pool does not exist there.
+    pin(&sshd, &pins);
+    let err = try_up(libvirt_vm(
+        "vm",
+        &remote_uri(&sshd, &lv),
+        &format!("{extra}pool = \"nope\"\n"),
+    ));
+    assert!(
+        err.contains("storage pool \"nope\" does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("pool-define-as nope dir"), "{err}");
+
+    // The base image is not on the hypervisor.
+    let vm = libvirt_vm("vm", &remote_uri(&sshd, &lv), &extra).replace("base.img", "missing.img");
+    let err = try_up(vm);
+    assert!(err.contains("missing.img is not there"), "{err}");
+    let (domains, volumes) = lv.domains_and_volumes();
+    assert!(
+        domains.is_empty() && volumes.is_empty(),
+        "nothing started: {domains:?} {volumes:?}"
+    );
+}
+
+#[test]
+fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
+    let _lock = one_at_a_time();
+    let t = Instant::now();
+    let lv = Libvirtd::start();
+    let env = Env::new();
+    let vm = format!(
+        "\n[[vms]]\nname = \"cloud\"\nbackend = \"libvirt\"\nbase_image = \"{}\"\ncpus = 2\n\
+         memory = \"1 GiB\"\ndisk = \"3 GiB\"\naccel = \"tcg\"\n[vms.libvirt]\nuri = \"{}\"\n\
+         [vms.ssh]\nuser = \"dev\"\n[vms.bootstrap]\nscript = \"mark.sh\"\n\
+         verify_path = \"castra-mark\"\nhandshake_timeout_secs = 240\n",
+        crate::cloud::image().display(),
+        lv.uri()
+    );
+    let p = project(&env, &vm);
+    let _daemon = env.start_daemon();
+    let first = up(&env, &p, &[]);
+    assert_eq!(first.statuses(), ["Success"], "{}", first.stderr);
+    let (_, volumes) = lv.domains_and_volumes();
+    assert_eq!(
+        volumes,
+        ["castra-lv-cloud-seed.img", "castra-lv-cloud.qcow2"]
+    );
+    assert_eq!(env.guest_sh(&p, "cloud", "id -un"), "dev\n");
+    assert_eq!(up(&env, &p, &[]).statuses(), ["NoOp"]);
+    let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
+    assert_eq!(gone["vms"][0]["discarded"], true, "{gone}");
+    let (domains, volumes) = lv.domains_and_volumes();
+    assert!(
+        domains.is_empty() && volumes.is_empty(),
+        "{domains:?} {volumes:?}"
+    );
+    eprintln!("libvirt cloud test: {:?}", t.elapsed());
+}
