@@ -28,6 +28,9 @@ pub struct LaunchSettings {
     /// before project networks existed).
     #[serde(default)]
     pub network: Option<String>,
+    /// Shared folders as `HOST->GUEST` (` (ro)` when read-only), in file order.
+    #[serde(default)]
+    pub mounts: Vec<String>,
 }
 
 /// One setting of a [`LaunchSettings`]: its wire name, its value as text, and how a value
@@ -53,6 +56,14 @@ impl LaunchSettings {
             forwards,
             disk_mib: vm.disk_mib,
             network: vm.network.as_ref().map(|n| n.address.to_string()),
+            mounts: vm
+                .mounts
+                .iter()
+                .map(|m| {
+                    let ro = if m.readonly { " (ro)" } else { "" };
+                    format!("{}->{}{ro}", m.host.display(), m.guest)
+                })
+                .collect(),
         }
     }
 
@@ -82,6 +93,11 @@ impl LaunchSettings {
                 setting: "network",
                 value: self.network.clone().unwrap_or_else(|| "none".to_owned()),
                 with: |v| format!("project network address {v}"),
+            },
+            Row {
+                setting: "mounts",
+                value: list(&self.mounts),
+                with: |v| format!("shared folders {v}"),
             },
         ]
     }
@@ -136,8 +152,23 @@ pub fn drift(vm: &str, running: &LaunchSettings, configured: &LaunchSettings) ->
 
 /// The drift of `vm` given the settings its running machine was launched with (None: not
 /// running, or launched by a castrad that did not record them: nothing to compare).
+///
+/// A cloud-init guest mounts its shared folders from its seed, made once per disk: for it a
+/// restart does not apply changed mounts, and the message says what does.
 pub fn of_running(vm: &Vm, running: Option<&LaunchSettings>) -> Vec<api::Drift> {
-    running.map_or_else(Vec::new, |r| drift(&vm.name, r, &LaunchSettings::of(vm)))
+    let mut found = running.map_or_else(Vec::new, |r| drift(&vm.name, r, &LaunchSettings::of(vm)));
+    if vm.cloud_init.enabled {
+        let restart = format!("`castractl restart {}` to apply", vm.name);
+        let discard = format!(
+            "its seed (made for its disk's first boot) mounts the old ones: \
+             `castractl down --discard {0}`, then `castractl up {0}`",
+            vm.name
+        );
+        for d in found.iter_mut().filter(|d| d.setting == "mounts") {
+            d.message = d.message.replace(&restart, &discard);
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -151,6 +182,7 @@ mod tests {
             forwards: vec!["tcp:8080->80".into()],
             disk_mib: Some(2048),
             network: None,
+            mounts: vec![],
         }
     }
 
@@ -168,6 +200,7 @@ mod tests {
             forwards: vec!["tcp:8080->80".into(), "udp:5353->53".into()],
             disk_mib: Some(4096),
             network: Some("10.142.7.10".into()),
+            mounts: vec!["/p/src->/src".into()],
         };
         let d = drift("web-0", &running, &configured);
         let got: Vec<(&str, &str, &str)> = d
@@ -182,6 +215,7 @@ mod tests {
                 ("forwards", "tcp:8080->80", "tcp:8080->80, udp:5353->53"),
                 ("disk", "2048 MiB", "4096 MiB"),
                 ("network", "none", "10.142.7.10"),
+                ("mounts", "none", "/p/src->/src"),
             ]
         );
         assert_eq!(
@@ -220,6 +254,26 @@ mod tests {
         let d = drift("db", &unset, &running);
         assert_eq!(d[0].running, "the base image's size");
         assert!(d[0].message.ends_with("`castractl restart db` to apply"));
+    }
+
+    #[test]
+    fn changed_mounts_of_a_cloud_init_guest_say_a_restart_is_not_enough() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = crate::testutil::sample_vm(dir.path());
+        let running = LaunchSettings::of(&vm);
+        vm.mounts.push(crate::config::Mount {
+            host: "/p/src".into(),
+            guest: "/src".into(),
+            readonly: true,
+        });
+        vm.cloud_init.enabled = true;
+        let d = of_running(&vm, Some(&running));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].configured, "/p/src->/src (ro)");
+        assert!(d[0].message.contains("--discard"), "{}", d[0].message);
+        vm.cloud_init.enabled = false;
+        let d = of_running(&vm, Some(&running));
+        assert!(d[0].message.ends_with("to apply"), "{}", d[0].message);
     }
 
     #[test]

@@ -224,7 +224,7 @@ pub struct BootstrapPlanned {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Drift {
     pub vm: String,
-    /// Which setting: `cpus`, `memory`, `forwards`, `disk` or `network` (more may be added; a client
+    /// Which setting: `cpus`, `memory`, `forwards`, `disk`, `network` or `mounts` (more may be added; a client
     /// shows one it does not know by its `message`).
     pub setting: String,
     /// What the VM was started with, as a person reads it (`2`, `2048 MiB`,
