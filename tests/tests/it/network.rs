@@ -1,6 +1,6 @@
 //! The project network (`[project] network`, docs/NETWORK.md) end to end: two VMs of the cloud
 //! image boot at once on it, and one reaches the other by name on a port the other's bootstrap
-//! script opened; with `network = false` (tiny guests, quick to boot) a VM has its user-mode
+//! script opened (the same boots check web-0's shared folders: mounts.rs); with `network = false` (tiny guests, quick to boot) a VM has its user-mode
 //! NIC only. Both take the QEMU tests' lock: one guest test at a time.
 
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ echo "web is $(hostname)"
 
 struct Net {
     env: Env,
-    _daemon: Daemon,
+    daemon: Option<Daemon>,
 }
 
 impl Net {
@@ -40,7 +40,7 @@ impl Net {
         let daemon = env.start_daemon();
         Net {
             env,
-            _daemon: daemon,
+            daemon: Some(daemon),
         }
     }
 
@@ -88,11 +88,11 @@ impl Drop for Net {
 fn web_0_reaches_db_by_name_on_the_project_network() {
     let _lock = crate::qemu::one_at_a_time();
     let image = crate::cloud::image();
-    let vm = |name: &str, script: &str| {
+    let vm = |name: &str, script: &str, extra: &str| {
         format!(
             "\n[[vms]]\nname = \"{name}\"\nbase_image = \"{}\"\ncpus = 1\nmemory = \"1 GiB\"\n\n\
              [vms.ssh]\nuser = \"dev\"\n\n\
-             [vms.bootstrap]\nscript = \"{script}\"\nhandshake_timeout_secs = 900\n",
+             [vms.bootstrap]\nscript = \"{script}\"\nhandshake_timeout_secs = 900\n{extra}",
             image.display()
         )
     };
@@ -100,10 +100,17 @@ fn web_0_reaches_db_by_name_on_the_project_network() {
     // No `network` key: two QEMU VMs have a project network by default.
     let config = format!(
         "[project]\nname = \"netted\"\n\n[bootstrap.env]\nTOKEN = \"{token}\"\n{}{}",
-        vm("web-0", "web.sh"),
-        vm("db", "db.sh")
+        vm("web-0", "web.sh", crate::mounts::MOUNTS),
+        vm("db", "db.sh", "")
     );
-    let net = Net::start(&config, &[("p/web.sh", WEB_SCRIPT), ("p/db.sh", DB_SCRIPT)]);
+    // web-0 also has the shared folders of mounts.rs (one set of cloud boots for both).
+    let web_script = format!("{WEB_SCRIPT}{}", crate::mounts::SCRIPT_LINES);
+    let mut net = Net::start(
+        &config,
+        &[("p/web.sh", &web_script), ("p/db.sh", DB_SCRIPT)],
+    );
+    crate::mounts::host_side(&net.env);
+    crate::mounts::check_plan(&net.env, "web-0");
 
     // The plan already says where each VM will be.
     let plan = net.env.ctl(&net.project(), &["plan", "--json"]).ok().json();
@@ -163,6 +170,15 @@ fn web_0_reaches_db_by_name_on_the_project_network() {
     assert!(macs.contains("52:54:00:12:34:56"), "{macs}");
     let addr = net.sh("web-0", "ip -4 -o addr show");
     assert!(addr.contains(&format!("{}/24", planned[0])), "{addr}");
+
+    // web-0's shared folders, through a castrad restart, then gone with the VM.
+    let daemon = net.daemon.take().unwrap();
+    let (daemon, state) = crate::mounts::check_running(&net.env, "web-0", daemon);
+    net.daemon = Some(daemon);
+    net.env
+        .ctl(&net.project(), &["down", "--timeout", "20"])
+        .ok();
+    crate::mounts::check_down(&net.env, "web-0", &state);
 }
 
 #[test]
