@@ -22,7 +22,7 @@ echo "written by the guest" > /src/from-guest.txt
 
 /// The running virtiofsd daemons whose command line names `dir`: one pid per daemon (a
 /// virtiofsd may fork into its sandbox; the child, whose parent is a match, is not counted).
-fn daemons(dir: &Path) -> Vec<u32> {
+pub(crate) fn daemons(dir: &Path) -> Vec<u32> {
     let dir = format!("source={}", dir.display());
     let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .unwrap()
