@@ -79,13 +79,13 @@ const VIRTIOFSD_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/vir
 pub struct Probe {
     pub virtiofsd: Option<PathBuf>,
     pub root: bool,
-    /// Whether an unprivileged user namespace (with a mount namespace) can be made here, or
-    /// why not. Only asked when castrad is not root.
+    /// Whether virtiofsd can run in an unprivileged user namespace here ([`userns`]), or why
+    /// not. Only asked when castrad is not root and a virtiofsd is installed.
     pub userns: Result<(), String>,
 }
 
 /// Looks for virtiofsd ($PATH, then Debian's places), whether castrad is root, and (when it
-/// is not) whether a user namespace is usable.
+/// is not) whether virtiofsd can run in a user namespace.
 pub fn probe() -> Probe {
     let in_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
@@ -93,15 +93,20 @@ pub fn probe() -> Probe {
             .find(|p| p.is_file())
     });
     let root = nix::unistd::geteuid().is_root();
+    let virtiofsd = in_path.or_else(|| {
+        VIRTIOFSD_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    });
+    let userns = match &virtiofsd {
+        Some(path) if !root => userns(path),
+        _ => Ok(()),
+    };
     Probe {
-        virtiofsd: in_path.or_else(|| {
-            VIRTIOFSD_PATHS
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        }),
+        virtiofsd,
         root,
-        userns: if root { Ok(()) } else { userns() },
+        userns,
     }
 }
 
@@ -124,16 +129,19 @@ const USERNS: [&str; 7] = [
 const USERNS_SCRIPT: &str = "mount -t tmpfs -o mode=0700 castra-virtiofsd /run && \
 { [ \"$1\" = rw ] || mount --bind -o ro -- \"$2\" \"$2\"; } && shift 2 && exec \"$@\"";
 
-/// Whether the namespace a non-root virtiofsd runs in can be made: the same `unshare` and
-/// the same tmpfs mount, once per castrad (the answer does not change while it runs).
-pub fn userns() -> Result<(), String> {
+/// Whether `virtiofsd` can start in the namespace a non-root castrad runs it in: the same
+/// `unshare`, the same tmpfs mount, and virtiofsd itself (`--print-capabilities`: QEMU 7.2's
+/// drops castrad's supplementary groups first, which a user namespace does not allow). Once
+/// per castrad: the answer does not change while it runs.
+pub fn userns(virtiofsd: &Path) -> Result<(), String> {
     static ANSWER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
     ANSWER
         .get_or_init(|| {
             let out = std::process::Command::new(USERNS[0])
                 .args(&USERNS[1..])
                 .args(["--", "sh", "-c", USERNS_SCRIPT, "castra-probe", "rw", "/"])
-                .arg("true")
+                .arg(virtiofsd)
+                .arg("--print-capabilities")
                 .stdin(Stdio::null())
                 .output()
                 .map_err(|e| format!("unshare (util-linux): {e}"))?;
@@ -142,7 +150,14 @@ pub fn userns() -> Result<(), String> {
             }
             let text = String::from_utf8_lossy(&out.stderr);
             let last = text.lines().rev().find(|l| !l.trim().is_empty());
-            Err(last.unwrap_or("unshare failed").trim().to_owned())
+            let mut why = last.unwrap_or("unshare failed").trim().to_owned();
+            if why.contains("setgroups") {
+                why.push_str(
+                    "; castrad has supplementary groups, which virtiofsd drops when it starts \
+                     and may not inside a user namespace",
+                );
+            }
+            Err(why)
         })
         .clone()
 }
