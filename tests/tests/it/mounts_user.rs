@@ -1,8 +1,8 @@
 //! Shared folders with castrad not root, as a systemd user service runs it: castrad runs
 //! as uid and gid 1000 (the cloud guest's login user has those too). virtiofs still works
 //! there (virtiofsd in a user namespace), which matters because Debian's cloud kernel has no
-//! 9p. One boot: a file crosses each way, the one the guest wrote is the host user's, and
-//! the daemon lives exactly as long as the VM.
+//! 9p. One boot: a file crosses each way, the one the guest wrote is the host user's, a
+//! read-only share holds, and the daemons live exactly as long as the VM.
 //!
 //! QEMU 7.2's virtiofsd insists on dropping supplementary groups, which a user namespace
 //! does not allow: a castrad with any falls back to 9p. So the booting castrad has none, and
@@ -39,6 +39,7 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
         "[project]\nname = \"usershares\"\n\n[[vms]]\nname = \"box\"\nbase_image = \"{}\"\n\
          cpus = 2\nmemory = \"1 GiB\"\n\n\
          [[vms.mounts]]\nhost = \"src\"\nguest = \"/src\"\n\n\
+         [[vms.mounts]]\nhost = \"docs\"\nguest = \"/srv/docs\"\nreadonly = true\n\n\
          [vms.ssh]\nuser = \"dev\"\n\n\
          [vms.bootstrap]\nscript = \"run.sh\"\nverify_path = \"seen-at-bootstrap\"\n\
          handshake_timeout_secs = 600\n",
@@ -48,6 +49,7 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
         ("p/castra.toml", &config),
         ("p/run.sh", SCRIPT),
         ("p/src/from-host.txt", "written by the host\n"),
+        ("p/docs/readme.txt", "read me\n"),
     ]);
     std::fs::create_dir_all(env.path("home")).unwrap();
     // Everything castrad uses is its user's; the shared directory keeps mode 0755, so only
@@ -175,16 +177,36 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
     assert!(root.stderr.contains("Invalid argument"), "{root:?}");
     assert!(!src.join("by-root").exists());
 
+    // Read-only, held by the host (the bind mount in virtiofsd's namespace): the guest's
+    // user, whose uid may write the directory, cannot even after remounting it read-write.
+    assert_eq!(sh("cat /srv/docs/readme.txt"), "read me\n");
+    let remounted = ctl(&[
+        "ssh",
+        "box",
+        "--",
+        "sudo mount -o remount,rw /srv/docs && touch /srv/docs/new",
+    ]);
+    assert_ne!(remounted.code, 0, "{remounted:?}");
+    assert!(
+        remounted.stderr.contains("Read-only file system"),
+        "{remounted:?}"
+    );
+    assert!(!env.path("p/docs/new").exists());
+
     let status = ctl(&["status", "--json"]).ok().json();
     assert_eq!(vm_of(&status, "box")["mounts"][0]["transport"], "virtiofs");
+    assert_eq!(vm_of(&status, "box")["mounts"][1]["transport"], "virtiofs");
 
     // One daemon, running as the host user (not root), until the VM is down.
-    let running = daemons(&src);
-    assert_eq!(running.len(), 1, "one virtiofsd for src");
-    assert_eq!(uid_of(running[0]), UID);
+    let docs = env.path("p/docs");
+    for dir in [&src, &docs] {
+        let running = daemons(dir);
+        assert_eq!(running.len(), 1, "one virtiofsd for {}", dir.display());
+        assert_eq!(uid_of(running[0]), UID);
+    }
     ctl(&["down", "--timeout", "20"]).ok();
     wait_until(Duration::from_secs(10), "virtiofsd gone", || {
-        daemons(&src).is_empty().then_some(())
+        (daemons(&src).is_empty() && daemons(&docs).is_empty()).then_some(())
     });
     assert!(!env.project_state().join("vms/box/virtiofsd.json").exists());
 }
