@@ -179,7 +179,7 @@ pub fn choose(probe: &Probe) -> (Transport, String) {
         (Some(path), false, Err(why)) => (
             Transport::NineP,
             format!(
-                "9p: {} needs root or a user namespace; castrad is not root and cannot make \
+                "9p: {} needs root or a user namespace; castrad is not root and cannot run it in \
                  one ({why}), so the fallback is used",
                 path.display()
             ),
@@ -398,7 +398,7 @@ pub async fn start(paths: &VmPaths, shares: &Shares) -> Result<(), MountError> {
     } else {
         probe.userns.map_err(|why| {
             MountError::Failed(format!(
-                "castrad is not root and cannot make a user namespace for virtiofsd: {why}"
+                "castrad is not root and cannot run virtiofsd in a user namespace: {why}"
             ))
         })?;
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
