@@ -19,6 +19,7 @@ mod install;
 mod libvirt;
 mod limits;
 mod mounts;
+mod mounts_user;
 mod network;
 mod plan;
 mod protocol_docs;

@@ -71,7 +71,7 @@ fn vm_of_plan(plan: &serde_json::Value, vm: &str) -> serde_json::Value {
 
 /// The running virtiofsd daemons whose command line names `dir`: one pid per daemon (a
 /// virtiofsd may fork into its sandbox; the child, whose parent is a match, is not counted).
-fn daemons(dir: &Path) -> Vec<u32> {
+pub(crate) fn daemons(dir: &Path) -> Vec<u32> {
     let dir = format!("source={}", dir.display());
     let all: Vec<(u32, u32)> = std::fs::read_dir("/proc")
         .unwrap()

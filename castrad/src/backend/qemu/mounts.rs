@@ -1,11 +1,14 @@
 //! Shared folders (`[[vms.mounts]]`) on the host side: which transport a VM's mounts use, the
 //! part of QEMU's command line they add, and the virtiofsd daemons castrad runs for them.
 //!
-//! - Transport: virtiofs when a `virtiofsd` is installed and castrad runs as root (virtiofsd
-//!   sandboxes itself in namespaces, and a read-only share is a read-only bind mount in a
-//!   mount namespace of its own: both need root), else 9p (`-virtfs`, built into QEMU, with
-//!   QEMU's own `readonly=on`). One transport for all of a VM's mounts, chosen at launch and
-//!   recorded in `launch.json` (`status` shows it; `plan` shows what a launch would choose).
+//! - Transport: virtiofs when a `virtiofsd` is installed and either castrad runs as root or
+//!   an unprivileged user namespace is usable (probed once: [`userns`]), else 9p (`-virtfs`,
+//!   built into QEMU, with QEMU's own `readonly=on`). virtiofsd sandboxes itself in
+//!   namespaces, and a read-only share is a read-only bind mount in a mount namespace of its
+//!   own: as root directly; otherwise inside a user namespace that maps castrad's uid and gid
+//!   to themselves and keeps the capabilities it grants ([`virtiofsd_command`]). One
+//!   transport for all of a VM's mounts, chosen at launch and recorded in `launch.json`
+//!   (`status` shows it; `plan` shows what a launch would choose).
 //! - virtiofs: one daemon per mount, started before QEMU (which connects to its socket),
 //!   under `setsid` like QEMU, recorded in `virtiofsd.json` (pid, process start time,
 //!   socket). Each daemon exits by itself when QEMU closes its connection; castrad also stops
@@ -76,41 +79,112 @@ const VIRTIOFSD_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/vir
 pub struct Probe {
     pub virtiofsd: Option<PathBuf>,
     pub root: bool,
+    /// Whether virtiofsd can run in an unprivileged user namespace here ([`userns`]), or why
+    /// not. Only asked when castrad is not root and a virtiofsd is installed.
+    pub userns: Result<(), String>,
 }
 
-/// Looks for virtiofsd ($PATH, then Debian's places) and whether castrad is root.
+/// Looks for virtiofsd ($PATH, then Debian's places), whether castrad is root, and (when it
+/// is not) whether virtiofsd can run in a user namespace.
 pub fn probe() -> Probe {
     let in_path = std::env::var_os("PATH").and_then(|path| {
         std::env::split_paths(&path)
             .map(|d| d.join("virtiofsd"))
             .find(|p| p.is_file())
     });
+    let root = nix::unistd::geteuid().is_root();
+    let virtiofsd = in_path.or_else(|| {
+        VIRTIOFSD_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    });
+    let userns = match &virtiofsd {
+        Some(path) if !root => userns(path),
+        _ => Ok(()),
+    };
     Probe {
-        virtiofsd: in_path.or_else(|| {
-            VIRTIOFSD_PATHS
-                .iter()
-                .map(PathBuf::from)
-                .find(|p| p.is_file())
-        }),
-        root: nix::unistd::geteuid().is_root(),
+        virtiofsd,
+        root,
+        userns,
     }
+}
+
+/// The user namespace prelude of a non-root virtiofsd: castrad's uid and gid mapped to
+/// themselves (so files the guest's user of that uid creates are the host user's), the
+/// capabilities the namespace grants kept across `exec`, and a private mount namespace.
+const USERNS: [&str; 7] = [
+    "unshare",
+    "--user",
+    "--map-current-user",
+    "--keep-caps",
+    "--mount",
+    "--propagation",
+    "private",
+];
+
+/// Inside the namespace, before virtiofsd: a private tmpfs on /run (QEMU 7.2's virtiofsd
+/// writes its pid file to /run/virtiofsd, which only root may create), and for a read-only
+/// share (`$1` = `ro`) the directory `$2` bind-mounted read-only onto itself.
+const USERNS_SCRIPT: &str = "mount -t tmpfs -o mode=0700 castra-virtiofsd /run && \
+{ [ \"$1\" = rw ] || mount --bind -o ro -- \"$2\" \"$2\"; } && shift 2 && exec \"$@\"";
+
+/// Whether `virtiofsd` can start in the namespace a non-root castrad runs it in: the same
+/// `unshare`, the same tmpfs mount, and virtiofsd itself (`--print-capabilities`: QEMU 7.2's
+/// drops castrad's supplementary groups first, which a user namespace does not allow). Once
+/// per castrad: the answer does not change while it runs.
+pub fn userns(virtiofsd: &Path) -> Result<(), String> {
+    static ANSWER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    ANSWER
+        .get_or_init(|| {
+            let out = std::process::Command::new(USERNS[0])
+                .args(&USERNS[1..])
+                .args(["--", "sh", "-c", USERNS_SCRIPT, "castra-probe", "rw", "/"])
+                .arg(virtiofsd)
+                .arg("--print-capabilities")
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("unshare (util-linux): {e}"))?;
+            if out.status.success() {
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&out.stderr);
+            let last = text.lines().rev().find(|l| !l.trim().is_empty());
+            let mut why = last.unwrap_or("unshare failed").trim().to_owned();
+            if why.contains("setgroups") {
+                why.push_str(
+                    "; castrad has supplementary groups, which virtiofsd drops when it starts \
+                     and may not inside a user namespace",
+                );
+            }
+            Err(why)
+        })
+        .clone()
 }
 
 /// Pure: the transport, and why.
 pub fn choose(probe: &Probe) -> (Transport, String) {
-    match (&probe.virtiofsd, probe.root) {
-        (Some(path), true) => (
+    match (&probe.virtiofsd, probe.root, &probe.userns) {
+        (Some(path), true, _) => (
             Transport::Virtiofs,
             format!("virtiofsd: {}", path.display()),
         ),
-        (Some(path), false) => (
-            Transport::NineP,
+        (Some(path), false, Ok(())) => (
+            Transport::Virtiofs,
             format!(
-                "9p: {} needs root (castrad is not), so the fallback is used",
+                "virtiofsd: {} in a user namespace (castrad is not root)",
                 path.display()
             ),
         ),
-        (None, _) => (
+        (Some(path), false, Err(why)) => (
+            Transport::NineP,
+            format!(
+                "9p: {} needs root or a user namespace; castrad is not root and cannot run it in \
+                 one ({why}), so the fallback is used",
+                path.display()
+            ),
+        ),
+        (None, _, _) => (
             Transport::NineP,
             "9p: no virtiofsd installed (Debian: the virtiofsd package, or QEMU 7.2's \
              /usr/lib/qemu/virtiofsd in qemu-system-common)"
@@ -203,27 +277,50 @@ pub fn argv(shares: &Shares, memory_mib: u64) -> Vec<String> {
     a
 }
 
+/// How a virtiofsd gets the privileges its sandbox needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Privilege {
+    /// castrad is root.
+    Root,
+    /// In a user namespace ([`USERNS`]); `nofile` is castrad's hard limit on open files,
+    /// which virtiofsd may not raise from there (it would by default).
+    UserNs { nofile: u64 },
+}
+
 /// Pure: the command that runs one share's virtiofsd (program first). A read-only share runs
 /// it in a mount namespace of its own where the directory is bind-mounted read-only, so the
-/// guest cannot write to it whatever it mounts.
-pub fn virtiofsd_command(virtiofsd: &Path, share: &Share) -> Vec<std::ffi::OsString> {
+/// guest cannot write to it whatever it mounts. Without root, it runs in a user namespace.
+pub fn virtiofsd_command(
+    virtiofsd: &Path,
+    share: &Share,
+    privilege: Privilege,
+) -> Vec<std::ffi::OsString> {
     let mut c: Vec<std::ffi::OsString> = vec!["setsid".into()];
-    if share.readonly {
-        c.extend(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "--",
-                "sh",
-                "-c",
-                "mount --bind -o ro -- \"$1\" \"$1\" && shift && exec \"$@\"",
-                "castra-virtiofsd",
-            ]
-            .map(Into::into),
-        );
-        c.push(share.host.clone().into());
+    match privilege {
+        Privilege::UserNs { .. } => {
+            c.extend(USERNS.map(Into::into));
+            c.extend(["--", "sh", "-c", USERNS_SCRIPT, "castra-virtiofsd"].map(Into::into));
+            c.push(if share.readonly { "ro" } else { "rw" }.into());
+            c.push(share.host.clone().into());
+        }
+        Privilege::Root if share.readonly => {
+            c.extend(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mount --bind -o ro -- \"$1\" \"$1\" && shift && exec \"$@\"",
+                    "castra-virtiofsd",
+                ]
+                .map(Into::into),
+            );
+            c.push(share.host.clone().into());
+        }
+        Privilege::Root => {}
     }
     c.push(virtiofsd.into());
     let mut socket = std::ffi::OsString::from("--socket-path=");
@@ -233,6 +330,9 @@ pub fn virtiofsd_command(virtiofsd: &Path, share: &Share) -> Vec<std::ffi::OsStr
     source.push(&share.host);
     c.extend(["-o".into(), source]);
     c.extend(["-o", "cache=auto", "-o", "log_level=warn"].map(Into::into));
+    if let Privilege::UserNs { nofile } = privilege {
+        c.push(format!("--rlimit-nofile={nofile}").into());
+    }
     c
 }
 
@@ -289,11 +389,24 @@ pub async fn start(paths: &VmPaths, shares: &Shares) -> Result<(), MountError> {
     if shares.transport != Transport::Virtiofs {
         return Ok(());
     }
-    let virtiofsd = probe()
+    let probe = probe();
+    let virtiofsd = probe
         .virtiofsd
         .ok_or_else(|| MountError::Failed("virtiofsd is no longer installed".into()))?;
+    let privilege = if probe.root {
+        Privilege::Root
+    } else {
+        probe.userns.map_err(|why| {
+            MountError::Failed(format!(
+                "castrad is not root and cannot run virtiofsd in a user namespace: {why}"
+            ))
+        })?;
+        let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+            .map_err(|e| MountError::Failed(format!("reading the open files limit: {e}")))?;
+        Privilege::UserNs { nofile: hard }
+    };
     let mut records = Vec::new();
-    let result = start_each(paths, shares, &virtiofsd, &mut records).await;
+    let result = start_each(paths, shares, &virtiofsd, privilege, &mut records).await;
     let saved = save(paths, &records);
     if let Err(e) = result.and(saved) {
         stop(paths).await;
@@ -307,6 +420,7 @@ async fn start_each(
     paths: &VmPaths,
     shares: &Shares,
     virtiofsd: &Path,
+    privilege: Privilege,
     records: &mut Vec<DaemonRecord>,
 ) -> Result<(), MountError> {
     let log = std::fs::OpenOptions::new()
@@ -325,8 +439,20 @@ async fn start_each(
                 share.socket.display()
             )));
         }
+        if privilege != Privilege::Root
+            && [&share.socket, &share.host]
+                .iter()
+                .any(|p| p.starts_with("/run"))
+        {
+            // The namespace hides the host's /run behind a tmpfs of its own.
+            return Err(MountError::Failed(format!(
+                "without root, virtiofsd cannot serve {} through {}: neither may be under /run",
+                share.host.display(),
+                share.socket.display()
+            )));
+        }
         let _ = std::fs::remove_file(&share.socket);
-        let command = virtiofsd_command(virtiofsd, share);
+        let command = virtiofsd_command(virtiofsd, share, privilege);
         let stderr = log.try_clone().map_err(|source| MountError::Io {
             what: "virtiofsd's log".into(),
             source,

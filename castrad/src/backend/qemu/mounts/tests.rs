@@ -28,26 +28,43 @@ fn mounts() -> Vec<Mount> {
 #[test]
 fn virtiofs_when_a_virtiofsd_can_run_else_9p_saying_why() {
     let found = Some(PathBuf::from("/usr/lib/qemu/virtiofsd"));
-    let (t, why) = choose(&Probe {
-        virtiofsd: found.clone(),
-        root: true,
-    });
+    let probe = |virtiofsd: &Option<PathBuf>, root: bool, userns: Result<(), &str>| Probe {
+        virtiofsd: virtiofsd.clone(),
+        root,
+        userns: userns.map_err(str::to_owned),
+    };
+    // Root: virtiofs, whatever user namespaces do.
+    let (t, why) = choose(&probe(&found, true, Err("no")));
     assert_eq!(
         (t, why.as_str()),
         (Transport::Virtiofs, "virtiofsd: /usr/lib/qemu/virtiofsd")
     );
-    let (t, why) = choose(&Probe {
-        virtiofsd: None,
-        root: true,
-    });
+    // Not root, but a user namespace is usable: virtiofs in it.
+    let (t, why) = choose(&probe(&found, false, Ok(())));
+    assert_eq!(
+        (t, why.as_str()),
+        (
+            Transport::Virtiofs,
+            "virtiofsd: /usr/lib/qemu/virtiofsd in a user namespace (castrad is not root)"
+        )
+    );
+    // Not root and no user namespace: 9p, saying why.
+    let (t, why) = choose(&probe(
+        &found,
+        false,
+        Err("unshare: unshare failed: Operation not permitted"),
+    ));
     assert_eq!(t, Transport::NineP);
-    assert!(why.contains("no virtiofsd installed"), "{why}");
-    let (t, why) = choose(&Probe {
-        virtiofsd: found,
-        root: false,
-    });
-    assert_eq!(t, Transport::NineP);
-    assert!(why.contains("needs root"), "{why}");
+    assert!(
+        why.contains("needs root or a user namespace")
+            && why.contains("(unshare: unshare failed: Operation not permitted)"),
+        "{why}"
+    );
+    for (root, userns) in [(true, Ok(())), (false, Ok(())), (false, Err("no"))] {
+        let (t, why) = choose(&probe(&None, root, userns));
+        assert_eq!(t, Transport::NineP);
+        assert!(why.contains("no virtiofsd installed"), "{why}");
+    }
 }
 
 #[test]
@@ -144,7 +161,7 @@ fn a_read_only_share_runs_its_virtiofsd_behind_a_read_only_bind_mount() {
             .collect::<Vec<_>>()
     };
     assert_eq!(
-        words(virtiofsd_command(bin, &shares.dirs[0])),
+        words(virtiofsd_command(bin, &shares.dirs[0], Privilege::Root)),
         [
             "setsid",
             "/usr/lib/qemu/virtiofsd",
@@ -157,7 +174,7 @@ fn a_read_only_share_runs_its_virtiofsd_behind_a_read_only_bind_mount() {
             "log_level=warn",
         ]
     );
-    let ro = words(virtiofsd_command(bin, &shares.dirs[1]));
+    let ro = words(virtiofsd_command(bin, &shares.dirs[1], Privilege::Root));
     assert_eq!(ro[..4], ["setsid", "unshare", "--mount", "--propagation"]);
     // The directory is an argument of the shell, never part of its program.
     let program = ro.iter().position(|w| w == "-c").unwrap() + 1;
@@ -223,4 +240,82 @@ fn the_guest_script_mounts_each_share_falling_back_to_9p() {
         .unwrap();
     assert_eq!(status.code(), Some(1));
     assert!(guest_command(&[]).is_none());
+}
+
+#[test]
+fn without_root_virtiofsd_runs_in_a_user_namespace_mapping_castrads_own_ids() {
+    let shares = shares(&mounts(), Transport::Virtiofs, &paths()).unwrap();
+    let bin = Path::new("/usr/lib/qemu/virtiofsd");
+    let words = |share: &Share| {
+        virtiofsd_command(bin, share, Privilege::UserNs { nofile: 4096 })
+            .iter()
+            .map(|w| w.to_string_lossy().into_owned())
+            .collect::<Vec<_>>()
+    };
+    for (share, mode) in shares.dirs.iter().zip(["rw", "ro"]) {
+        let c = words(share);
+        assert_eq!(
+            c[..9],
+            [
+                "setsid",
+                "unshare",
+                "--user",
+                "--map-current-user",
+                "--keep-caps",
+                "--mount",
+                "--propagation",
+                "private",
+                "--"
+            ]
+        );
+        let program = c.iter().position(|w| w == "-c").unwrap() + 1;
+        // The directory is an argument of the shell, never part of its program.
+        assert!(!c[program].contains("/p/"), "{c:?}");
+        assert!(c[program].contains("mount -t tmpfs"), "{c:?}");
+        assert_eq!(c[program + 2], mode);
+        assert_eq!(c[program + 3], share.host.to_string_lossy());
+        assert_eq!(c[program + 4], "/usr/lib/qemu/virtiofsd");
+        assert_eq!(c.last().unwrap(), "--rlimit-nofile=4096");
+    }
+}
+
+/// The namespace script, run by a real sh with a stand-in `mount`: /run gets its tmpfs, a
+/// read-only share its bind mount, and virtiofsd its arguments untouched.
+#[test]
+fn the_user_namespace_script_mounts_then_execs_virtiofsd() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("calls");
+    let mount = dir.path().join("mount");
+    std::fs::write(
+        &mount,
+        format!(
+            "#!/bin/sh\nprintf '%s|' \"$@\" >>{}; echo >>{0}\n",
+            log.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&mount, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!("{}:/usr/bin:/bin", dir.path().display());
+    for mode in ["rw", "ro"] {
+        let _ = std::fs::remove_file(&log);
+        let out = std::process::Command::new("sh")
+            .args(["-c", USERNS_SCRIPT, "castra-virtiofsd", mode, "/p/a b"])
+            .args(["echo", "served", "-o", "source=/p/a b"])
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "served -o source=/p/a b\n"
+        );
+        let calls = std::fs::read_to_string(&log).unwrap();
+        let tmpfs = "-t|tmpfs|-o|mode=0700|castra-virtiofsd|/run|\n";
+        if mode == "rw" {
+            assert_eq!(calls, tmpfs);
+        } else {
+            assert_eq!(calls, format!("{tmpfs}--bind|-o|ro|--|/p/a b|/p/a b|\n"));
+        }
+    }
 }
