@@ -6,6 +6,7 @@ use castra_api::DoctorCheck;
 
 use crate::backend::qemu::accel::{self, AccelSetting, KvmProbe};
 use crate::backend::qemu::argv::{Accel, QEMU};
+use crate::backend::qemu::mounts;
 use crate::pipeline::slots::{FDS_PER_VM, MOST_FDS_PER_SLOT};
 
 /// What the checks need of castrad's settings.
@@ -19,10 +20,6 @@ pub struct Settings {
 /// warns (each VM's overlay grows as its guest writes).
 pub const NO_SPACE: u64 = 1 << 30;
 pub const LOW_SPACE: u64 = 4 << 30;
-
-/// Where distributions put virtiofsd besides $PATH: Debian's `virtiofsd` package (and
-/// Fedora's) in /usr/libexec, QEMU's older C daemon in /usr/lib/qemu.
-const VIRTIOFSD_PLACES: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
 
 pub fn checks(s: &Settings) -> Vec<DoctorCheck> {
     vec![
@@ -91,39 +88,40 @@ pub fn kvm(accel_override: Option<AccelSetting>, probe: &KvmProbe) -> DoctorChec
     }
 }
 
-/// virtiofsd, for shared folders; without it they fall back to 9p.
+/// How shared folders would reach a guest now: the transport castrad's QEMU backend would
+/// choose (`mounts::choose`: virtiofs as root, or in a user namespace when virtiofsd can run
+/// in one; else 9p) and why. 9p is a warning: Debian's cloud kernels have no 9p at all.
 fn virtiofsd() -> DoctorCheck {
-    let in_path = std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join("virtiofsd"))
-            .find(|p| p.is_file())
-    });
-    let found = in_path.or_else(|| {
-        VIRTIOFSD_PLACES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())
-    });
-    let fix = "apt-get install virtiofsd (Debian 12 and later)";
-    match found {
-        None => DoctorCheck::warn(
-            "virtiofsd",
-            None,
-            "virtiofsd not found (in PATH, /usr/libexec or /usr/lib/qemu): shared folders use \
-             9p, which is slower",
-            fix,
-        ),
-        Some(path) => match super::version_of(&path.to_string_lossy(), &["--version"]) {
-            Ok(version) => {
-                DoctorCheck::ok("virtiofsd", None, format!("{} ({version})", path.display()))
-            }
-            Err(why) => DoctorCheck::warn(
+    shares_verdict(&mounts::probe())
+}
+
+fn shares_verdict(probe: &mounts::Probe) -> DoctorCheck {
+    let (transport, why) = mounts::choose(probe);
+    match (transport, &probe.virtiofsd) {
+        (mounts::Transport::Virtiofs, Some(path)) => {
+            let version =
+                super::version_of(&path.to_string_lossy(), &["--version"]).unwrap_or_else(|e| e);
+            DoctorCheck::ok(
                 "virtiofsd",
                 None,
-                format!("{}: {why}: shared folders use 9p", path.display()),
-                fix,
+                format!("shared folders over {why} ({version})"),
+            )
+        }
+        (_, found) => DoctorCheck::warn(
+            "virtiofsd",
+            None,
+            format!(
+                "shared folders over {why}; a guest kernel without 9p (Debian's cloud kernels) \
+                 cannot mount them"
             ),
-        },
+            if found.is_none() {
+                "install virtiofsd (Debian 13: apt-get install virtiofsd; Debian 12: \
+                 qemu-system-common brings /usr/lib/qemu/virtiofsd)"
+            } else {
+                "run castrad as root, or without supplementary groups so virtiofsd can run in \
+                 a user namespace (docs/CONFIGURATION.md, shared folders)"
+            },
+        ),
     }
 }
 
@@ -224,5 +222,51 @@ fn ssh() -> DoctorCheck {
             DoctorCheck::fail("ssh", None, format!("ssh-keygen: {why}"), fix)
         }
         (Ok(version), _) => DoctorCheck::ok("ssh", None, version),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shares_check_says_which_transport_and_what_would_give_virtiofs() {
+        let path = PathBuf::from("/nonexistent/virtiofsd");
+        let root = shares_verdict(&mounts::Probe {
+            virtiofsd: Some(path.clone()),
+            root: true,
+            userns: Ok(()),
+        });
+        assert_eq!(root.status, castra_api::CheckStatus::Ok, "{root:?}");
+        assert!(
+            root.verdict.starts_with("shared folders over virtiofs"),
+            "{root:?}"
+        );
+        let groups = shares_verdict(&mounts::Probe {
+            virtiofsd: Some(path),
+            root: false,
+            userns: Err("setgroups() failed".into()),
+        });
+        assert_eq!(groups.status, castra_api::CheckStatus::Warn, "{groups:?}");
+        assert!(groups.verdict.contains("setgroups"), "{groups:?}");
+        assert!(groups.verdict.contains("cannot mount them"), "{groups:?}");
+        assert!(
+            groups
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("supplementary groups"),
+            "{groups:?}"
+        );
+        let none = shares_verdict(&mounts::Probe {
+            virtiofsd: None,
+            root: true,
+            userns: Ok(()),
+        });
+        assert_eq!(none.status, castra_api::CheckStatus::Warn, "{none:?}");
+        assert!(
+            none.fix.as_deref().unwrap().contains("install virtiofsd"),
+            "{none:?}"
+        );
     }
 }
