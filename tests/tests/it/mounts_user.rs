@@ -124,6 +124,10 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
 
     // Without: the plan says virtiofs (before, a non-root castrad always chose 9p).
     let _daemon = castrad_as_user("--clear-groups");
+    // A failed assertion below still stops the VM (dropped before the castrad above).
+    let _down = Down(|| {
+        let _ = ctl(&["down", "--timeout", "5"]);
+    });
     let plan = ctl(&["plan", "--json"]).ok().json();
     assert_eq!(
         plan["vms"][0]["mounts"][0]["transport"], "virtiofs",
@@ -209,4 +213,13 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
         (daemons(&src).is_empty() && daemons(&docs).is_empty()).then_some(())
     });
     assert!(!env.project_state().join("vms/box/virtiofsd.json").exists());
+}
+
+/// Runs its closure when dropped: the test's `down`, even when an assertion failed first.
+struct Down<F: Fn()>(F);
+
+impl<F: Fn()> Drop for Down<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
