@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use castra_api::DoctorCheck;
 
+use crate::backend::qemu;
 use crate::config::{BackendKind, Protocol, Vm};
 use crate::daemon::Daemon;
 use crate::state_root::StateRoot;
@@ -113,20 +114,10 @@ fn base_image(vm: &Vm) -> DoctorCheck {
 }
 
 /// The VM's fixed host ports (`ssh.port`, `port_forwards`) can be bound on loopback, as
-/// QEMU will need them: the same test as the QEMU backend's preflight.
+/// QEMU will need them: the QEMU backend's own test (its preflight uses it too).
 fn ports(vm: &Vm, running: bool) -> DoctorCheck {
     let vm_name = Some(vm.name.as_str());
-    let wanted: Vec<(u16, &str, Protocol)> = vm
-        .ssh
-        .port
-        .iter()
-        .map(|p| (*p, "ssh.port", Protocol::Tcp))
-        .chain(
-            vm.port_forwards
-                .iter()
-                .map(|f| (f.host, "port_forwards", f.protocol)),
-        )
-        .collect();
+    let wanted: Vec<(u16, &str, Protocol)> = qemu::fixed_ports(vm).collect();
     if wanted.is_empty() {
         return DoctorCheck::ok(
             "ports",
@@ -148,10 +139,7 @@ fn ports(vm: &Vm, running: bool) -> DoctorCheck {
     }
     let taken: Vec<String> = wanted
         .iter()
-        .filter(|(port, _, protocol)| match protocol {
-            Protocol::Tcp => std::net::TcpListener::bind(("127.0.0.1", *port)).is_err(),
-            Protocol::Udp => std::net::UdpSocket::bind(("127.0.0.1", *port)).is_err(),
-        })
+        .filter(|(port, _, protocol)| !qemu::port_free(*port, *protocol))
         .map(|(port, key, protocol)| format!("{port}/{} ({key})", protocol.as_str()))
         .collect();
     if taken.is_empty() {

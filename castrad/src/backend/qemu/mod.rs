@@ -27,6 +27,28 @@ pub struct Qemu {
     pub accel_override: Option<AccelSetting>,
 }
 
+/// The host ports a QEMU VM needs on loopback, fixed by its config: `ssh.port` (when set) and
+/// its `port_forwards`, each with the key that asks for it.
+pub fn fixed_ports(vm: &Vm) -> impl Iterator<Item = (u16, &'static str, Protocol)> + '_ {
+    vm.ssh
+        .port
+        .iter()
+        .map(|p| (*p, "ssh.port", Protocol::Tcp))
+        .chain(
+            vm.port_forwards
+                .iter()
+                .map(|f| (f.host, "port_forwards", f.protocol)),
+        )
+}
+
+/// Whether `port` can be bound on 127.0.0.1 now (the socket is closed again at once).
+pub fn port_free(port: u16, protocol: Protocol) -> bool {
+    match protocol {
+        Protocol::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        Protocol::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
+    }
+}
+
 impl Backend for Qemu {
     fn kind(&self) -> BackendKind {
         BackendKind::Qemu
@@ -63,22 +85,8 @@ impl Backend for Qemu {
             crate::image::base(base)?;
         }
         for vm in vms {
-            let ports = vm
-                .ssh
-                .port
-                .iter()
-                .map(|p| (*p, "ssh.port", Protocol::Tcp))
-                .chain(
-                    vm.port_forwards
-                        .iter()
-                        .map(|f| (f.host, "port_forwards", f.protocol)),
-                );
-            for (port, key, protocol) in ports {
-                let free = match protocol {
-                    Protocol::Tcp => std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
-                    Protocol::Udp => std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok(),
-                };
-                if !free {
+            for (port, key, protocol) in fixed_ports(vm) {
+                if !port_free(port, protocol) {
                     return Err(PreflightError::PortInUse {
                         vm: vm.name.clone(),
                         port,
