@@ -11,7 +11,7 @@ use jsonrpsee::core::client::{Subscription, SubscriptionCloseReason};
 use serde_json::value::RawValue;
 
 use crate::Exit;
-use crate::client::{Daemon, Failure, find_config};
+use crate::client::{Daemon, Failure, find_config, next_followed};
 use crate::progress::{self, PlainFeed, UpDisplay};
 use crate::{render, term};
 
@@ -686,22 +686,8 @@ async fn events(
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
-        let raw = tokio::select! {
-            biased;
-            _ = &mut ctrl_c => return Ok(Exit::Ok),
-            item = sub.next() => match item {
-                Some(Ok(raw)) => raw,
-                Some(Err(_)) => continue,
-                None => {
-                    let message = match sub.close_reason() {
-                        Some(SubscriptionCloseReason::Lagged) => {
-                            "fell behind the event feed and castrad's notifications were dropped"
-                        }
-                        _ => "castrad closed the connection",
-                    };
-                    return Err(Failure::new(Exit::Failed, "connection", message));
-                }
-            },
+        let Some(raw) = next_followed(&mut sub, ctrl_c.as_mut(), "the event feed").await? else {
+            return Ok(Exit::Ok);
         };
         let written = if json {
             term::json_line(&progress::json_line(&raw))

@@ -7,10 +7,12 @@ use castra_api::{ErrorData, code};
 use jsonrpsee::client_transport::ws::{Url, WsTransportClientBuilder};
 use jsonrpsee::core::client::{
     Client, ClientBuilder, ClientT, Error as RpcError, Subscription, SubscriptionClientT,
+    SubscriptionCloseReason,
 };
 use jsonrpsee::core::params::ObjectParams;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::Exit;
 
@@ -124,6 +126,36 @@ fn object_params<P: Serialize>(params: &P) -> Result<ObjectParams, Failure> {
         }
     }
     Ok(object)
+}
+
+/// The next notification of a subscription castractl follows until the user stops it: None
+/// once Ctrl-C is pressed. A notification that cannot be read is skipped; a subscription that
+/// closes is a `connection` failure, saying castractl fell behind `feed` when castrad dropped
+/// notifications for it.
+pub async fn next_followed<F: std::future::Future>(
+    sub: &mut Subscription<Box<RawValue>>,
+    mut ctrl_c: std::pin::Pin<&mut F>,
+    feed: &str,
+) -> Result<Option<Box<RawValue>>, Failure> {
+    loop {
+        tokio::select! {
+            biased;
+            _ = &mut ctrl_c => return Ok(None),
+            item = sub.next() => match item {
+                Some(Ok(raw)) => return Ok(Some(raw)),
+                Some(Err(_)) => continue,
+                None => {
+                    let message = match sub.close_reason() {
+                        Some(SubscriptionCloseReason::Lagged) => {
+                            format!("fell behind {feed} and castrad's notifications were dropped")
+                        }
+                        _ => "castrad closed the connection".to_owned(),
+                    };
+                    return Err(Failure::new(Exit::Failed, "connection", message));
+                }
+            },
+        }
+    }
 }
 
 fn from_rpc(err: RpcError) -> Failure {

@@ -6,11 +6,10 @@
 //! strings). The serial line's `\r\n` line ends are shown as plain newlines.
 
 use castra_api as api;
-use jsonrpsee::core::client::SubscriptionCloseReason;
 use serde_json::value::RawValue;
 
 use crate::Exit;
-use crate::client::{Daemon, Failure};
+use crate::client::{Daemon, Failure, next_followed};
 use crate::term;
 
 /// What `castractl console` was asked.
@@ -74,22 +73,8 @@ async fn follow(daemon: &Daemon, r: Request) -> Result<Exit, Failure> {
     let mut lines = LineEnds::default();
     let mut first = true;
     loop {
-        let raw = tokio::select! {
-            biased;
-            _ = &mut ctrl_c => return Ok(Exit::Ok),
-            item = sub.next() => match item {
-                Some(Ok(raw)) => raw,
-                Some(Err(_)) => continue,
-                None => {
-                    let message = match sub.close_reason() {
-                        Some(SubscriptionCloseReason::Lagged) => {
-                            "fell behind the console and castrad's notifications were dropped"
-                        }
-                        _ => "castrad closed the connection",
-                    };
-                    return Err(Failure::new(Exit::Failed, "connection", message));
-                }
-            },
+        let Some(raw) = next_followed(&mut sub, ctrl_c.as_mut(), "the console").await? else {
+            return Ok(Exit::Ok);
         };
         let chunk: Option<api::ConsoleChunk> = serde_json::from_str(raw.get()).ok();
         let written = if r.json {
