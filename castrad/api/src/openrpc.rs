@@ -177,21 +177,7 @@ pub fn document() -> Value {
             }),
             &["InvalidParams"],
         ),
-        json!({
-            "name": method::UNSUBSCRIBE_EVENTS,
-            "summary": "Ends a subscription",
-            "paramStructure": "by-position",
-            "params": [{
-                "name": "subscription",
-                "required": true,
-                "schema": { "type": "integer", "format": "uint64", "minimum": 0 },
-            }],
-            "result": {
-                "name": "unsubscribed",
-                "description": "False when no such subscription was open",
-                "schema": { "type": "boolean" },
-            },
-        }),
+        unsubscribe(method::UNSUBSCRIBE_EVENTS, "Ends a subscription"),
         json!({
             "name": method::EVENT,
             "summary": "Notification (not a method to call): one event of a \
@@ -237,21 +223,7 @@ pub fn document() -> Value {
             }),
             ALL,
         ),
-        json!({
-            "name": method::UNSUBSCRIBE_CONSOLE,
-            "summary": "Ends a console subscription",
-            "paramStructure": "by-position",
-            "params": [{
-                "name": "subscription",
-                "required": true,
-                "schema": { "type": "integer", "format": "uint64", "minimum": 0 },
-            }],
-            "result": {
-                "name": "unsubscribed",
-                "description": "False when no such subscription was open",
-                "schema": { "type": "boolean" },
-            },
-        }),
+        unsubscribe(method::UNSUBSCRIBE_CONSOLE, "Ends a console subscription"),
         json!({
             "name": method::CONSOLE_OUTPUT,
             "summary": "Notification (not a method to call): console output of a \
@@ -330,6 +302,25 @@ pub fn document() -> Value {
         "components": {
             "schemas": results.take_definitions(true),
             "errors": errors,
+        },
+    })
+}
+
+/// The method that ends a subscription (by its id, the one positional param).
+fn unsubscribe(name: &str, summary: &str) -> Value {
+    json!({
+        "name": name,
+        "summary": summary,
+        "paramStructure": "by-position",
+        "params": [{
+            "name": "subscription",
+            "required": true,
+            "schema": { "type": "integer", "format": "uint64", "minimum": 0 },
+        }],
+        "result": {
+            "name": "unsubscribed",
+            "description": "False when no such subscription was open",
+            "schema": { "type": "boolean" },
         },
     })
 }
