@@ -27,6 +27,16 @@ use crate::ssh::Endpoint;
 use crate::state_root::StateRoot;
 use crate::vm::state::{MachineInfo, State};
 
+/// Where the SSH server of a VM castrad launched answers: the config's host (this machine's
+/// loopback, or a libvirt hypervisor's) at the port forwarded when the machine started. None
+/// while it does not run.
+pub fn forwarded_endpoint(vm: &Vm, machine: Option<&MachineInfo>) -> Option<Endpoint> {
+    Some(Endpoint {
+        host: vm.ssh.host.clone()?,
+        port: machine?.ssh_port,
+    })
+}
+
 /// How one VM is provided.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;

@@ -344,10 +344,7 @@ impl Backend for Libvirt {
 
     /// The forwarded port on the hypervisor's 127.0.0.1 (reached through it when remote).
     fn ssh_endpoint(&self, vm: &Vm, machine: Option<&MachineInfo>) -> Option<Endpoint> {
-        Some(Endpoint {
-            host: vm.ssh.host.clone()?,
-            port: machine?.ssh_port,
-        })
+        super::forwarded_endpoint(vm, machine)
     }
 
     fn preflight(&self, vms: &[&Vm]) -> Result<(), PreflightError> {

@@ -60,10 +60,7 @@ impl Backend for Qemu {
 
     /// The loopback port QEMU forwards to the guest's port 22, once it runs.
     fn ssh_endpoint(&self, vm: &Vm, machine: Option<&MachineInfo>) -> Option<Endpoint> {
-        Some(Endpoint {
-            host: vm.ssh.host.clone()?,
-            port: machine?.ssh_port,
-        })
+        super::forwarded_endpoint(vm, machine)
     }
 
     fn preflight(&self, vms: &[&Vm]) -> Result<(), PreflightError> {
