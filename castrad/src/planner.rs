@@ -447,6 +447,19 @@ fn mode(m: BootstrapMode) -> api::BootstrapMode {
     }
 }
 
+/// `vm`'s shared folders as the wire shows them, each with `transport` (None: not known here).
+pub fn wire_mounts(vm: &Vm, transport: Option<api::MountTransport>) -> Vec<api::VmMount> {
+    vm.mounts
+        .iter()
+        .map(|m| api::VmMount {
+            host: m.host.clone(),
+            guest: m.guest.clone(),
+            readonly: m.readonly,
+            transport,
+        })
+        .collect()
+}
+
 /// The wire form of a plan: the payload of `BootstrapPlanned` and of `castra.plan`.
 pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
     let b = &vm.bootstrap;
@@ -499,16 +512,7 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
         disk_mib: vm.disk_mib,
         network_address: vm.network.as_ref().map(|n| n.address.to_string()),
         drift: plan.drift,
-        mounts: vm
-            .mounts
-            .iter()
-            .map(|m| api::VmMount {
-                host: m.host.clone(),
-                guest: m.guest.clone(),
-                readonly: m.readonly,
-                transport: None,
-            })
-            .collect(),
+        mounts: wire_mounts(vm, None),
     }
 }
 

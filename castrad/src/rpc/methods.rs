@@ -339,18 +339,12 @@ fn vm_status(daemon: &Daemon, entry: &ProjectEntry, vm: &crate::config::Vm) -> a
             pid: v.pid,
             healthy: v.healthy,
         }),
-        mounts: vm
-            .mounts
-            .iter()
-            .map(|m| api::VmMount {
-                host: m.host.clone(),
-                guest: m.guest.clone(),
-                readonly: m.readonly,
-                transport: machine
-                    .and_then(|m| m.mount_transport.as_deref())
-                    .map(mount_transport),
-            })
-            .collect(),
+        mounts: crate::planner::wire_mounts(
+            vm,
+            machine
+                .and_then(|m| m.mount_transport.as_deref())
+                .map(mount_transport),
+        ),
         last_bootstrap: snap.last,
     }
 }
