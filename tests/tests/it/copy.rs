@@ -4,16 +4,7 @@
 
 use std::path::Path;
 
-use crate::fleet::Fleet;
-
-const ONE_VM: &str = r#"
-[[vms]]
-name = "db"
-backend = "external"
-SSH
-[vms.bootstrap]
-script = "scripts/db.sh"
-"#;
+use crate::fleet::{Fleet, ONE_VM};
 
 /// Names that mean something to a shell, to sftp's command reader or to its wildcards.
 const HOSTILE: [&str; 6] = [

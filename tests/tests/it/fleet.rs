@@ -23,6 +23,16 @@ echo "$CASTRA_RUN_ID" >> "../$CASTRA_VM.runs"
 echo "schema v1" > marker
 "#;
 
+/// One external VM, `db`, running scripts/db.sh (`vms` for [`Fleet::new`]).
+pub const ONE_VM: &str = r#"
+[[vms]]
+name = "db"
+backend = "external"
+SSH
+[vms.bootstrap]
+script = "scripts/db.sh"
+"#;
+
 /// A project of `external` VMs behind one sshd, and its daemon.
 pub struct Fleet {
     pub env: Env,

@@ -2,16 +2,7 @@
 //! sequences and other control characters escaped, while `--json` and the run's output log
 //! keep the exact bytes. A real castrad, a real OpenSSH sshd on 127.0.0.1 as the guest.
 
-use crate::fleet::{Fleet, Up};
-
-const ONE_VM: &str = r#"
-[[vms]]
-name = "db"
-backend = "external"
-SSH
-[vms.bootstrap]
-script = "scripts/db.sh"
-"#;
+use crate::fleet::{Fleet, ONE_VM, Up};
 
 /// Sets the window title, clears the screen, a C1 CSI (U+009B, as UTF-8), a right-to-left
 /// override, on both streams; then fails with an escape sequence in its reason. (The pause
