@@ -91,13 +91,7 @@ async fn console(
         .unwrap_or(api::CONSOLE_DEFAULT_BYTES)
         .min(api::CONSOLE_MAX_BYTES);
     let running = follow(&path).is_some();
-    let tail = read_tail(&path, max)
-        .await
-        .map_err(|source| DaemonError::Console {
-            vm: p.vm.clone(),
-            path: path.clone(),
-            source,
-        })?;
+    let tail = tail_of(&path, &p.vm, max).await?;
     let mut text = Utf8::default();
     let mut out = text.push(&tail.bytes);
     out.push_str(&text.finish());
@@ -112,6 +106,17 @@ async fn console(
     })
 }
 
+/// The last `max` bytes of `vm`'s serial log at `path`, a read error named as the VM's.
+async fn tail_of(path: &Path, vm: &str, max: u64) -> Result<Tail, DaemonError> {
+    read_tail(path, max)
+        .await
+        .map_err(|source| DaemonError::Console {
+            vm: vm.to_owned(),
+            path: path.to_owned(),
+            source,
+        })
+}
+
 async fn subscribe(params: Params<'static>, pending: PendingSubscriptionSink, daemon: &Daemon) {
     let checked = async {
         let p: api::SubscribeConsoleParams = params
@@ -121,13 +126,7 @@ async fn subscribe(params: Params<'static>, pending: PendingSubscriptionSink, da
         // Following before the file is read: nothing falls between the tail and what follows.
         let live = follow(&path);
         let max = p.tail_bytes.unwrap_or(0).min(api::CONSOLE_MAX_BYTES);
-        let tail = read_tail(&path, max)
-            .await
-            .map_err(|source| DaemonError::Console {
-                vm: p.vm.clone(),
-                path: path.clone(),
-                source,
-            })?;
+        let tail = tail_of(&path, &p.vm, max).await?;
         Ok::<_, DaemonError>((p.vm, live, tail))
     };
     let (vm, live, tail) = match checked.await {
