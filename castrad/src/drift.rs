@@ -4,7 +4,8 @@
 //!
 //! [`LaunchSettings`] is recorded by the backend with the machine it launches (the QEMU
 //! backend writes it into `launch.json`, so it survives a castrad restart and comes back with
-//! re-adoption) and carried in `MachineInfo`. One field per setting; a new setting is a field
+//! re-adoption; the libvirt backend keeps it in the domain's `<metadata>`) and carried in
+//! `MachineInfo`. One field per setting; a new setting is a field
 //! (`#[serde(default)]`, so records written before it still read), its value in [`LaunchSettings::of`]
 //! and its row in `rows`. Pure: no IO.
 
@@ -56,9 +57,11 @@ impl LaunchSettings {
             forwards,
             disk_mib: vm.disk_mib,
             network: vm.network.as_ref().map(|n| n.address.to_string()),
+            // Only QEMU VMs get shared folders: a libvirt domain is defined without them.
             mounts: vm
                 .mounts
                 .iter()
+                .filter(|_| vm.backend == crate::config::BackendKind::Qemu)
                 .map(|m| {
                     let ro = if m.readonly { " (ro)" } else { "" };
                     format!("{}->{}{ro}", m.host.display(), m.guest)

@@ -1,6 +1,7 @@
 //! `castra.restart`: the named VMs (all by default) stopped as `castra.down` stops them, then
 //! started and bootstrapped as `castra.up` does, in one operation, so a running VM picks up
-//! what castra.toml changed since it was launched (its drift: cpus, memory, forwards, disk).
+//! what castra.toml changed since it was launched (its drift: cpus, memory, forwards, disk),
+//! a QEMU VM's and a libvirt VM's alike.
 //!
 //! Everything that can be checked before a VM is stopped is: the names, the overrides, every
 //! base image, a disk asked to shrink (refused: a disk only grows, at the start), and what a
@@ -10,14 +11,17 @@
 //! stamp that still matches the disk makes it a NoOp.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use castra_api as api;
 
 use super::{Daemon, DaemonError, ProjectEntry, selected};
 use crate::backend::PreflightError;
+use crate::backend::libvirt::Libvirt;
 use crate::config::{BackendKind, Vm};
 use crate::planner;
+use crate::state_root::StateRoot;
 
 impl Daemon {
     /// Stops the named VMs and waits for them, then hands each its start and bootstrap
@@ -32,7 +36,7 @@ impl Daemon {
         let entry = self.load_project(config_path).await?;
         let overrides = planner::preflight(&entry.project, overrides)?;
         let vms = selected(&entry.project, names)?;
-        check_before_stopping(&entry, &vms).await?;
+        check_before_stopping(&entry, &vms, &self.backends.libvirt).await?;
         self.preflight_starts(&entry, &vms)?;
         let drift = self.drift(&entry, &vms);
         let operation = crate::ids::operation_id();
@@ -53,36 +57,55 @@ impl Daemon {
     }
 }
 
-/// What would keep a QEMU VM from starting again once stopped, checked while it still runs:
-/// its base image (as every start checks it), and a configured disk smaller than the disk it
-/// has. Blocking qemu-img calls, on the blocking pool.
-async fn check_before_stopping(entry: &ProjectEntry, vms: &[&Vm]) -> Result<(), DaemonError> {
-    let checks: Vec<(
-        String,
-        Option<std::path::PathBuf>,
-        Option<u64>,
-        std::path::PathBuf,
-    )> = vms
+/// Where a VM's disk is, for its size.
+enum Disk {
+    /// A QEMU VM's overlay, and its base image.
+    Overlay(std::path::PathBuf, Option<std::path::PathBuf>),
+    /// A libvirt VM's overlay volume, on its hypervisor.
+    Volume(StateRoot),
+}
+
+/// What would keep a VM from starting again once stopped, checked while it still runs: a
+/// QEMU VM's base image (as every start checks it), and a configured disk smaller than the
+/// disk it has (a QEMU VM's overlay, a libvirt VM's volume: one `virsh vol-info`). Blocking
+/// qemu-img and virsh calls, on the blocking pool.
+async fn check_before_stopping(
+    entry: &ProjectEntry,
+    vms: &[&Vm],
+    libvirt: &Arc<Libvirt>,
+) -> Result<(), DaemonError> {
+    let checks: Vec<(String, Option<u64>, Disk)> = vms
         .iter()
-        .filter(|vm| vm.backend == BackendKind::Qemu)
-        .map(|vm| {
-            let overlay = entry.root.vm(&vm.name).overlay;
-            (vm.name.clone(), vm.base_image.clone(), vm.disk_mib, overlay)
+        .filter_map(|vm| {
+            let disk = match vm.backend {
+                BackendKind::Qemu => {
+                    Disk::Overlay(entry.root.vm(&vm.name).overlay, vm.base_image.clone())
+                }
+                BackendKind::Libvirt if vm.disk_mib.is_some() => Disk::Volume(entry.root.clone()),
+                _ => return None,
+            };
+            Some((vm.name.clone(), vm.disk_mib, disk))
         })
         .collect();
+    let libvirt = libvirt.clone();
     tokio::task::spawn_blocking(move || {
-        for (vm, base, want_mib, overlay) in checks {
-            if let Some(base) = base {
-                crate::image::base(&base).map_err(PreflightError::from)?;
-            }
-            let (Some(want_mib), true) = (want_mib, overlay.exists()) else {
+        for (vm, want_mib, disk) in checks {
+            let have_mib = match disk {
+                Disk::Overlay(overlay, base) => {
+                    if let Some(base) = base {
+                        crate::image::base(&base).map_err(PreflightError::from)?;
+                    }
+                    let (Some(_), true) = (want_mib, overlay.exists()) else {
+                        continue;
+                    };
+                    // An overlay qemu-img cannot read is left for the start to report.
+                    running_disk(&overlay).map(|info| info.virtual_size >> 20)
+                }
+                Disk::Volume(root) => libvirt.disk_mib(&root, &vm),
+            };
+            let (Some(want_mib), Some(have_mib)) = (want_mib, have_mib) else {
                 continue;
             };
-            // An overlay qemu-img cannot read is left for the start to report.
-            let Some(info) = running_disk(&overlay) else {
-                continue;
-            };
-            let have_mib = info.virtual_size >> 20;
             if want_mib < have_mib {
                 return Err(DaemonError::DiskShrinks {
                     vm,

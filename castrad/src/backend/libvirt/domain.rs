@@ -170,8 +170,8 @@ impl Machine for Domain {
             ssh_port: self.facts.ssh_port,
             launched_unix_ms: self.facts.launched_unix_ms,
             unresponsive: self.unresponsive.clone(),
-            // Not recorded in the domain's metadata yet: no drift is reported for it.
-            settings: None,
+            // From the domain's metadata: no virsh call when plan or up asks.
+            settings: self.facts.settings.clone(),
             mount_transport: None,
         }
     }

@@ -11,11 +11,13 @@
 //! (with the domain's definition).
 //!
 //! What castrad knows about a running domain (the forwarded port, the disk id, the
-//! accelerator, the volumes) lives in the domain's `<metadata>`, so a restarted castrad
-//! adopts it from libvirt. castrad keeps one small file per VM (`libvirt.json`: the URI, the
+//! accelerator, the volumes, the launch settings drift is reported against) lives in the
+//! domain's `<metadata>`, so a restarted castrad adopts it from libvirt. A restart defines
+//! the domain again with castra.toml's settings and grows its disk (`drift`). castrad keeps one small file per VM (`libvirt.json`: the URI, the
 //! pool, the castra.toml) only so that it knows which hypervisor to ask.
 
 mod domain;
+mod drift;
 pub mod virsh;
 pub mod xml;
 
@@ -130,15 +132,28 @@ impl Libvirt {
                 vm.name
             )));
         }
-        let exists = hv
-            .virsh(&["vol-info", "--pool", &config.pool, &record.overlay])
-            .is_ok();
+        let info = hv
+            .virsh(&[
+                "vol-info",
+                "--bytes",
+                "--pool",
+                &config.pool,
+                &record.overlay,
+            ])
+            .ok();
+        let exists = info.is_some();
+        // The disk kept for this start, brought to `disk` (grown, or a shrink refused).
+        let keep = || {
+            let info = info.as_deref().unwrap_or_default();
+            drift::fit_overlay(&hv, vm, &config.pool, &record.overlay, info)
+        };
         crate::state_root::ensure_dir(&paths.dir)
             .map_err(io(format!("creating {}", paths.dir.display())))?;
         let json = serde_json::to_vec_pretty(&record).map_err(|e| failed(e.to_string()))?;
         crate::fsutil::write_atomic(&paths.libvirt, &json)
             .map_err(io(format!("writing {}", paths.libvirt.display())))?;
         if exists && paths.disk_id.exists() {
+            keep()?;
             return Ok(None);
         }
         if exists {
@@ -155,6 +170,7 @@ impl Libvirt {
                     format!("{}\n", facts.disk_id).as_bytes(),
                 )
                 .map_err(io(format!("writing {}", paths.disk_id.display())))?;
+                keep()?;
                 return Ok(None);
             }
             // Ours by name, but nothing says which disk it is: a new disk.
@@ -262,6 +278,7 @@ impl Libvirt {
                 pool: record.pool.clone(),
                 overlay: record.overlay.clone(),
                 seed: has_seed.then(|| record.seed.clone()),
+                settings: Some(crate::drift::LaunchSettings::of(vm)),
             };
             let spec = xml::DomainSpec {
                 name: name.clone(),

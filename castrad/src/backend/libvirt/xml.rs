@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::backend::qemu::argv::Accel;
+use crate::drift::LaunchSettings;
 
 /// castrad's XML namespace in a domain's `<metadata>`.
 pub const NAMESPACE: &str = "https://castra.dev/xmlns/libvirt/1";
@@ -36,6 +37,9 @@ pub struct Facts {
     /// The volumes castrad created for this VM: exactly what `discard` deletes.
     pub overlay: String,
     pub seed: Option<String>,
+    /// What the domain was defined with (cpus, memory, disk, ...), for drift; None for a
+    /// domain defined before castrad recorded it (no drift is reported for it).
+    pub settings: Option<LaunchSettings>,
 }
 
 /// Everything a domain's definition depends on.
@@ -97,6 +101,11 @@ pub fn metadata(f: &Facts) -> String {
     if let Some(seed) = &f.seed {
         fields.push(("seed", seed.clone()));
     }
+    if let Some(settings) = &f.settings {
+        // As JSON, escaped like every value: a new setting needs no new element.
+        let json = serde_json::to_string(settings).unwrap_or_default();
+        fields.push(("launch_settings", json));
+    }
     let mut out = format!("<castra:vm xmlns:castra='{NAMESPACE}'>");
     for (k, v) in fields {
         out.push_str(&format!("<castra:{k}>{}</castra:{k}>", escape(&v)));
@@ -148,6 +157,8 @@ pub fn parse_metadata(text: &str) -> Option<Facts> {
         pool: get("pool")?,
         overlay: get("overlay")?,
         seed: get("seed"),
+        // One that does not read is dropped, not the domain: it only costs the drift report.
+        settings: get("launch_settings").and_then(|j| serde_json::from_str(&j).ok()),
     })
 }
 
@@ -254,6 +265,14 @@ mod tests {
             pool: "castra".into(),
             overlay: "castra-p-web-0.qcow2".into(),
             seed: Some("castra-p-web-0-seed.img".into()),
+            settings: Some(LaunchSettings {
+                cpus: 2,
+                memory_mib: 768,
+                forwards: vec![],
+                disk_mib: Some(3072),
+                network: None,
+                mounts: vec!["/p/<a & b>->/src (ro)".into()],
+            }),
         }
     }
 
@@ -270,7 +289,18 @@ mod tests {
         assert_eq!(parse_metadata(&printed), Some(f.clone()));
         let mut no_seed = f;
         no_seed.seed = None;
-        assert_eq!(parse_metadata(&metadata(&no_seed)), Some(no_seed));
+        assert_eq!(parse_metadata(&metadata(&no_seed)), Some(no_seed.clone()));
+        // A domain defined before the settings were recorded, or with ones that do not read.
+        let mut before = no_seed;
+        before.settings = None;
+        assert_eq!(parse_metadata(&metadata(&before)), Some(before.clone()));
+        let mut garbled = metadata(&before);
+        let end = garbled.rfind("</castra:vm>").unwrap();
+        garbled.insert_str(
+            end,
+            "<castra:launch_settings>{cpus}</castra:launch_settings>",
+        );
+        assert_eq!(parse_metadata(&garbled), Some(before));
         assert_eq!(parse_metadata("<vm><ssh_port>x</ssh_port></vm>"), None);
         assert_eq!(parse_metadata(""), None);
         assert_eq!(parse_metadata(&"<a>".repeat(METADATA_MAX)), None);
