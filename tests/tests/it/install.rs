@@ -1,8 +1,13 @@
-//! scripts/install in a scratch HOME (issue 16 §4 and §6), from prebuilt binaries (`--from`:
-//! the test does not build a release): the binaries, the user units with ExecStart naming the
-//! installed castrad (checked by `systemd-analyze --user verify`, which needs no systemd
-//! running, only an XDG_RUNTIME_DIR), a bash completion that loads and completes a
-//! subcommand, and man pages that render.
+//! scripts/install in a scratch HOME (issue 16 §4 and §6), from prebuilt binaries (`--from`):
+//! the binaries, the user units with ExecStart naming the installed castrad (checked by
+//! `systemd-analyze --user verify`, which needs no systemd running, only an XDG_RUNTIME_DIR),
+//! a bash completion that loads and completes a subcommand, and man pages that render.
+//!
+//! And its default path, which builds (cargo, then xtask for the assets) and installs what it
+//! built: run with `--debug`, which differs from the default only in the profile word given to
+//! cargo, so the suite needs no release build. The dev build is the one `cargo test` keeps up
+//! to date (only the castrad, castractl and xtask executables may need linking), and the bench
+//! smoke stage after the end-to-end tests builds the same executables: it finds them current.
 
 use std::path::Path;
 use std::process::Command;
@@ -13,11 +18,22 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap()
 }
 
-/// `scripts/install ARGS` with HOME at `home`; its output. It must succeed.
+/// `scripts/install ARGS` with HOME at `home`; its output. It must succeed. cargo (a rustup
+/// proxy) keeps finding its toolchain and crates: CARGO_HOME and RUSTUP_HOME stay the real ones.
 fn install(home: &Path, args: &[&str]) -> String {
+    let real = std::env::var_os("HOME").map(std::path::PathBuf::from);
+    let real = real.as_deref().unwrap_or(Path::new("/root"));
     let out = Command::new(repo().join("scripts/install"))
         .args(args)
         .env("HOME", home)
+        .env(
+            "CARGO_HOME",
+            std::env::var_os("CARGO_HOME").unwrap_or_else(|| real.join(".cargo").into()),
+        )
+        .env(
+            "RUSTUP_HOME",
+            std::env::var_os("RUSTUP_HOME").unwrap_or_else(|| real.join(".rustup").into()),
+        )
         .env_remove("XDG_DATA_HOME")
         .output()
         .unwrap();
@@ -163,4 +179,58 @@ fn install_puts_binaries_units_completions_and_man_pages_in_place() {
     );
     verify(&home, &units);
     assert!(prefix.join("share/man/man8/castrad.8").is_file());
+}
+
+#[test]
+fn install_without_from_builds_then_installs_what_it_built() {
+    let env = Env::new();
+    let home = env.path("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let t = std::time::Instant::now();
+    let said = install(&home, &["--debug"]);
+    eprintln!("scripts/install --debug: {:?}", t.elapsed());
+    // Where cargo test put its own executables is where the dev build goes.
+    let built = Path::new(CASTRAD).parent().unwrap();
+    assert!(
+        said.contains("building castrad and castractl (dev profile)"),
+        "{said}"
+    );
+    assert!(
+        said.contains("completions and man pages into ") && said.contains("/debug/assets"),
+        "{said}"
+    );
+    let bin = home.join(".local/bin");
+    for name in ["castrad", "castractl"] {
+        assert_eq!(
+            std::fs::read(bin.join(name)).unwrap(),
+            std::fs::read(built.join(name)).unwrap(),
+            "{name}: what cargo built"
+        );
+    }
+    let version = Command::new(bin.join("castrad"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&version.stdout).starts_with("castrad "),
+        "{version:?}"
+    );
+    let units = home.join(".local/share/systemd/user");
+    let service = std::fs::read_to_string(units.join("castrad.service")).unwrap();
+    assert!(
+        service.contains(&format!("ExecStart=\"{}\"", bin.join("castrad").display())),
+        "{service}"
+    );
+    verify(&home, &units);
+    // The assets xtask wrote for this build are the ones installed.
+    let printed = Command::new(bin.join("castractl"))
+        .args(["completion", "bash"])
+        .output()
+        .unwrap();
+    let bash = home.join(".local/share/bash-completion/completions/castractl");
+    assert_eq!(printed.stdout, std::fs::read(bash).unwrap());
+    assert_eq!(
+        std::fs::read(home.join(".local/share/man/man8/castrad.8")).unwrap(),
+        std::fs::read(built.join("assets/man/castrad.8")).unwrap()
+    );
 }
