@@ -444,7 +444,7 @@ pub(super) fn check_qemu(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(),
 }
 
 /// What a libvirt VM does not have (yet): castrad chooses its SSH port (a forward on the
-/// hypervisor's loopback), and it has no extra forwards or UEFI.
+/// hypervisor's loopback), and it has no extra forwards, UEFI or shared folders.
 fn check_libvirt(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(), ConfigError> {
     let ssh = raw.ssh.as_ref();
     let uefi = raw
@@ -476,6 +476,14 @@ fn check_libvirt(src: &Source<'_>, raw: &RawVm, key: &str) -> Result<(), ConfigE
             );
             return Err(src.error(Some(span), &join_key(key, name), message));
         }
+    }
+    if let Some(mounts) = &raw.mounts {
+        // A share's directory would have to be on the hypervisor, next to its virtiofsd;
+        // accepting the key and sharing nothing would be worse than saying so.
+        let message = "shared folders are not supported for libvirt VMs (the folder would have \
+                       to live on the hypervisor); remove [[vms.mounts]], copy files with \
+                       `castractl cp`, or use backend = \"qemu\"";
+        return Err(src.error(Some(mounts.span()), &join_key(key, "mounts"), message));
     }
     Ok(())
 }

@@ -65,6 +65,14 @@ fn libvirt_mistakes_are_located() {
             8,
         ),
         (
+            "a shared folder",
+            concat!(lv!(), "[[vms.mounts]]\nhost = \".\"\nguest = \"/src\"\n"),
+            "vms[0].mounts",
+            "shared folders are not supported for libvirt VMs",
+            8,
+            1,
+        ),
+        (
             "an unknown key",
             concat!(lv!(), "[vms.libvirt]\nhost = \"x\"\n"),
             "vms[0].libvirt",
