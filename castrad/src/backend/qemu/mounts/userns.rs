@@ -239,7 +239,8 @@ fn in_path(program: &str) -> bool {
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
 }
 
-/// The namespace with newgidmap's group map, if all it needs is here.
+/// The group map newgidmap would write, if all it needs is here: (the subordinate gid, the
+/// namespace gid it becomes).
 fn newgidmap() -> Result<(u32, u32), Vec<Missing>> {
     let mut missing = Vec::new();
     if !in_path("newgidmap") {
