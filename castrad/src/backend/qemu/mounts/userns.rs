@@ -45,8 +45,9 @@ impl UserNs {
             .map(str::to_owned)
             .to_vec();
         if let UserNs::Newgidmap { subgid, inner } = self {
-            // With --map-current-user, util-linux (2.38 on) runs newgidmap with castrad's own
-            // gid and this range together.
+            // With --map-current-user, util-linux (2.38 on; older ones fail the probe) runs
+            // newgidmap with castrad's own gid and this range together. outer,inner,count:
+            // 2.38's only form, still read by later ones (which also take inner:outer:count).
             c.push(format!("--map-groups={subgid},{inner},1"));
         }
         c.extend(["--keep-caps", "--mount", "--propagation", "private"].map(str::to_owned));
