@@ -160,18 +160,22 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
         out.stdout
     };
 
+    // doctor's verdict on shared folders.
+    let shares_check = || {
+        let doctor = ctl(&["doctor", "--json"]).json();
+        let checks = doctor["checks"].as_array().unwrap();
+        let shares = checks.iter().find(|c| c["check"] == "virtiofsd");
+        shares
+            .unwrap_or_else(|| panic!("no virtiofsd check: {doctor}"))
+            .clone()
+    };
+
     // No subordinate gids: QEMU 7.2's virtiofsd cannot start in a user namespace, so 9p, and
     // doctor says what is missing and the command that adds it.
     let daemon = castrad_as_user(&subgid_none);
     let plan = ctl(&["plan", "--json"]).ok().json();
     assert_eq!(plan["vms"][0]["mounts"][0]["transport"], "9p", "{plan}");
-    let doctor = ctl(&["doctor", "--json"]).json();
-    let shares = doctor["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "virtiofsd")
-        .unwrap_or_else(|| panic!("no virtiofsd check: {doctor}"));
+    let shares = shares_check();
     assert_eq!(shares["status"], "warn", "{shares}");
     let verdict = shares["verdict"].as_str().unwrap();
     for part in [
@@ -197,6 +201,15 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
     assert_eq!(
         plan["vms"][0]["mounts"][0]["transport"], "virtiofs",
         "{plan}"
+    );
+    let shares = shares_check();
+    assert_eq!(shares["status"], "ok", "{shares}");
+    assert!(
+        shares["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("in a user namespace whose group map newgidmap wrote"),
+        "{shares}"
     );
 
     let out = ctl(&["up", "--json"]);
