@@ -90,15 +90,17 @@ pub fn kvm(accel_override: Option<AccelSetting>, probe: &KvmProbe) -> DoctorChec
 
 /// How shared folders would reach a guest now: the transport castrad's QEMU backend would
 /// choose (`mounts::choose`: virtiofs as root, or in a user namespace when virtiofsd can run
-/// in one; else 9p) and why. 9p is a warning: Debian's cloud kernels have no 9p at all.
+/// in one; else 9p) and why. 9p is a warning (Debian's cloud kernels have no 9p at all) whose
+/// fix is what the missing piece is: a virtiofsd, or what its user namespace lacks.
 fn virtiofsd() -> DoctorCheck {
     shares_verdict(&mounts::probe())
 }
 
 fn shares_verdict(probe: &mounts::Probe) -> DoctorCheck {
     let (transport, why) = mounts::choose(probe);
-    match (transport, &probe.virtiofsd) {
-        (mounts::Transport::Virtiofs, Some(path)) => {
+    let unmountable = "a guest kernel without 9p (Debian's cloud kernels) cannot mount them";
+    match (transport, &probe.virtiofsd, &probe.userns) {
+        (mounts::Transport::Virtiofs, Some(path), _) => {
             let version =
                 super::version_of(&path.to_string_lossy(), &["--version"]).unwrap_or_else(|e| e);
             DoctorCheck::ok(
@@ -107,19 +109,26 @@ fn shares_verdict(probe: &mounts::Probe) -> DoctorCheck {
                 format!("shared folders over {why} ({version})"),
             )
         }
-        (_, found) => DoctorCheck::warn(
+        // The verdict says what is missing, the fix what to do (choose's reason has both).
+        (_, Some(path), Err(no)) => DoctorCheck::warn(
             "virtiofsd",
             None,
             format!(
-                "shared folders over {why}; a guest kernel without 9p (Debian's cloud kernels) \
-                 cannot mount them"
+                "shared folders over 9p: castrad is not root and cannot run {} in a user \
+                 namespace ({no}); {unmountable}",
+                path.display()
             ),
+            format!("{} (docs/CONFIGURATION.md, shared folders)", no.fix()),
+        ),
+        (_, found, _) => DoctorCheck::warn(
+            "virtiofsd",
+            None,
+            format!("shared folders over {why}; {unmountable}"),
             if found.is_none() {
                 "install virtiofsd (Debian 13: apt-get install virtiofsd; Debian 12: \
                  qemu-system-common brings /usr/lib/qemu/virtiofsd)"
             } else {
-                "run castrad as root, or without supplementary groups so virtiofsd can run in \
-                 a user namespace (docs/CONFIGURATION.md, shared folders)"
+                "run castrad as root"
             },
         ),
     }
@@ -232,36 +241,60 @@ mod tests {
     #[test]
     fn the_shares_check_says_which_transport_and_what_would_give_virtiofs() {
         let path = PathBuf::from("/nonexistent/virtiofsd");
+        let groups = mounts::NoUserNs {
+            plain: "setgroups() failed with error=1:Operation not permitted".into(),
+            newgidmap: mounts::userns::NoNewgidmap::Missing(vec![
+                mounts::userns::Missing::Subgid {
+                    user: "alice".into(),
+                    uid: 1000,
+                    free: (100000, 165535),
+                },
+            ]),
+        };
         let root = shares_verdict(&mounts::Probe {
             virtiofsd: Some(path.clone()),
             root: true,
-            userns: Ok(()),
+            userns: Err(groups.clone()),
         });
         assert_eq!(root.status, castra_api::CheckStatus::Ok, "{root:?}");
         assert!(
             root.verdict.starts_with("shared folders over virtiofs"),
             "{root:?}"
         );
-        let groups = shares_verdict(&mounts::Probe {
+        let mapped = shares_verdict(&mounts::Probe {
+            virtiofsd: Some(path.clone()),
+            root: false,
+            userns: Ok(mounts::UserNs::Newgidmap {
+                subgid: 100000,
+                inner: 0,
+            }),
+        });
+        assert_eq!(mapped.status, castra_api::CheckStatus::Ok, "{mapped:?}");
+        assert!(mapped.verdict.contains("newgidmap"), "{mapped:?}");
+        let user = shares_verdict(&mounts::Probe {
             virtiofsd: Some(path),
             root: false,
-            userns: Err("setgroups() failed".into()),
+            userns: Err(groups),
         });
-        assert_eq!(groups.status, castra_api::CheckStatus::Warn, "{groups:?}");
-        assert!(groups.verdict.contains("setgroups"), "{groups:?}");
-        assert!(groups.verdict.contains("cannot mount them"), "{groups:?}");
-        assert!(
-            groups
-                .fix
-                .as_deref()
-                .unwrap()
-                .contains("supplementary groups"),
-            "{groups:?}"
+        assert_eq!(user.status, castra_api::CheckStatus::Warn, "{user:?}");
+        for part in [
+            "setgroups",
+            "supplementary groups",
+            "/etc/subgid has no range for alice (uid 1000)",
+            "cannot mount them",
+        ] {
+            assert!(user.verdict.contains(part), "{part:?} in {user:?}");
+        }
+        assert_eq!(
+            user.fix.as_deref().unwrap(),
+            "give alice subordinate group ids: sudo usermod --add-subgids 100000-165535 alice (a \
+             range no other user has), then restart castrad (docs/CONFIGURATION.md, shared \
+             folders)"
         );
         let none = shares_verdict(&mounts::Probe {
             virtiofsd: None,
             root: true,
-            userns: Ok(()),
+            userns: Ok(mounts::UserNs::Plain),
         });
         assert_eq!(none.status, castra_api::CheckStatus::Warn, "{none:?}");
         assert!(

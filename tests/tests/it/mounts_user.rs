@@ -1,14 +1,17 @@
 //! Shared folders with castrad not root, as a systemd user service runs it: castrad runs
-//! as uid and gid 1000 (the cloud guest's login user has those too). virtiofs still works
-//! there (virtiofsd in a user namespace), which matters because Debian's cloud kernel has no
-//! 9p. One boot: a file crosses each way, the one the guest wrote is the host user's, a
-//! read-only share holds, and the daemons live exactly as long as the VM.
-//!
-//! QEMU 7.2's virtiofsd insists on dropping supplementary groups, which a user namespace
-//! does not allow: a castrad with any falls back to 9p. So the booting castrad has none, and
-//! so no /dev/kvm on this host (mode 0660, group kvm): the guest runs under TCG, slower.
+//! as uid and gid 1000 (the cloud guest's login user has those too) with supplementary
+//! groups, as a user service gets its user's. virtiofs still works there (virtiofsd in a user
+//! namespace), which matters because Debian's cloud kernel has no 9p. QEMU 7.2's virtiofsd
+//! drops supplementary groups when it starts, which a user namespace allows only when its
+//! group map was written by newgidmap (uidmap), from one of the user's subordinate gids: so
+//! castrad's process tree sees a user database entry and an /etc/subgid of the test's own
+//! (bind-mounted in a mount namespace of its own; the host's /etc is not touched). Without a
+//! subgid range, castrad falls back to 9p and says what to add; with one, one boot: a file
+//! crosses each way, the one the guest wrote is the host user's, a read-only share holds, and
+//! the daemons live exactly as long as the VM.
 
 use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -17,6 +20,21 @@ use crate::mounts::daemons;
 use crate::support::{CASTRACTL, CASTRAD, Ctl, Env, vm_of, wait_until};
 
 const UID: u32 = 1000;
+const USER: &str = "castra-user";
+
+/// Bind-mounts `$1` on /etc/passwd and `$2` on /etc/subgid, then runs the rest.
+const ETC: &str = "mount --bind -- \"$1\" /etc/passwd && mount --bind -- \"$2\" /etc/subgid && \
+shift 2 && exec \"$@\"";
+
+/// castrad's supplementary groups, a login user's kind: users (100), and /dev/kvm's group
+/// where there is one (then KVM is castrad's to use, where the host allows it).
+fn groups() -> String {
+    let kvm = std::fs::metadata("/dev/kvm").map(|m| m.gid());
+    match kvm {
+        Ok(gid) if gid != 0 && gid != 100 => format!("--groups=100,{gid}"),
+        _ => "--groups=100".to_owned(),
+    }
+}
 
 const SCRIPT: &str = r#"#!/bin/sh
 set -eu
@@ -63,10 +81,51 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
     let project = env.path("p");
     let src = env.path("p/src");
 
-    // castrad as UID, with `groups` (a setpriv option) as its supplementary groups.
-    let castrad_as_user = |groups: &str| {
-        let mut command = Command::new("setpriv");
+    // The user database castrad's tree sees: the host's, with uid UID as `castra-user` (its
+    // primary group UID, its home the test's), which newgidmap requires.
+    let passwd: String = std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(':').nth(2) != Some(&UID.to_string()))
+        .map(|l| format!("{l}\n"))
+        .chain([format!(
+            "{USER}:x:{UID}:{UID}:castra test:{}:/bin/sh\n",
+            env.path("home").display()
+        )])
+        .collect();
+    env.write(&[
+        ("etc/passwd", &passwd),
+        ("etc/subgid-none", "someone-else:100000:65536\n"),
+        ("etc/subgid", &format!("{USER}:100000:65536\n")),
+    ]);
+    let (etc_passwd, subgid_none, subgid) = (
+        env.path("etc/passwd"),
+        env.path("etc/subgid-none"),
+        env.path("etc/subgid"),
+    );
+    // `program` as UID with `groups` as its supplementary groups (setpriv), in a mount
+    // namespace where /etc/passwd and /etc/subgid are the test's `passwd` and `subgid`.
+    let as_user = |subgid: &Path, groups: &str, program: &str| {
+        let mut command = Command::new("unshare");
+        command
+            .args(["--mount", "--propagation", "private", "--", "sh", "-c", ETC])
+            .arg("castra-etc")
+            .args([&etc_passwd, subgid])
+            .args([
+                "setpriv".to_owned(),
+                format!("--reuid={UID}"),
+                format!("--regid={UID}"),
+                groups.to_owned(),
+                "--inh-caps=-all".to_owned(),
+                "--".to_owned(),
+                program.to_owned(),
+            ]);
+        command
+    };
+    let groups = groups();
+    let castrad_as_user = |subgid: &Path| {
         let castrad = env.castrad_command();
+        let mut command = as_user(subgid, &groups, CASTRAD);
         for (k, v) in castrad.get_envs() {
             match v {
                 Some(v) => command.env(k, v),
@@ -76,14 +135,6 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
         command
             .env("HOME", env.path("home"))
             .env_remove("XDG_RUNTIME_DIR")
-            .args([
-                format!("--reuid={UID}"),
-                format!("--regid={UID}"),
-                groups.to_owned(),
-                "--inh-caps=-all".to_owned(),
-                "--".to_owned(),
-                CASTRAD.to_owned(),
-            ])
             .args(castrad.get_args());
         let daemon = env.spawn_daemon(command);
         assert_eq!(uid_of(daemon.child.id()), UID);
@@ -91,14 +142,7 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
     };
     // castrad answers only its own user: castractl runs as that uid too.
     let ctl = |args: &[&str]| {
-        let out = Command::new("setpriv")
-            .args([
-                format!("--reuid={UID}"),
-                format!("--regid={UID}"),
-                "--clear-groups".to_owned(),
-                "--".to_owned(),
-                CASTRACTL.to_owned(),
-            ])
+        let out = as_user(&subgid, "--clear-groups", CASTRACTL)
             .args(args)
             .current_dir(&project)
             .env("CASTRA_SOCKET", env.socket())
@@ -116,14 +160,39 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
         out.stdout
     };
 
-    // With a supplementary group, QEMU 7.2's virtiofsd cannot start there: 9p.
-    let daemon = castrad_as_user("--groups=100");
+    // doctor's verdict on shared folders.
+    let shares_check = || {
+        let doctor = ctl(&["doctor", "--json"]).json();
+        let checks = doctor["checks"].as_array().unwrap();
+        let shares = checks.iter().find(|c| c["check"] == "virtiofsd");
+        shares
+            .unwrap_or_else(|| panic!("no virtiofsd check: {doctor}"))
+            .clone()
+    };
+
+    // No subordinate gids: QEMU 7.2's virtiofsd cannot start in a user namespace, so 9p, and
+    // doctor says what is missing and the command that adds it.
+    let daemon = castrad_as_user(&subgid_none);
     let plan = ctl(&["plan", "--json"]).ok().json();
     assert_eq!(plan["vms"][0]["mounts"][0]["transport"], "9p", "{plan}");
+    let shares = shares_check();
+    assert_eq!(shares["status"], "warn", "{shares}");
+    let verdict = shares["verdict"].as_str().unwrap();
+    for part in [
+        "supplementary groups",
+        &format!("/etc/subgid has no range for {USER} (uid {UID})"),
+    ] {
+        assert!(verdict.contains(part), "{part:?} in {shares}");
+    }
+    let fix = shares["fix"].as_str().unwrap();
+    assert!(
+        fix.contains(&format!("sudo usermod --add-subgids 165536-231071 {USER}")),
+        "{shares}"
+    );
     assert!(daemon.terminate().success());
 
-    // Without: the plan says virtiofs (before, a non-root castrad always chose 9p).
-    let _daemon = castrad_as_user("--clear-groups");
+    // With a range: virtiofs (before, a castrad with supplementary groups always chose 9p).
+    let _daemon = castrad_as_user(&subgid);
     // A failed assertion below still stops the VM (dropped before the castrad above).
     let _down = Down(|| {
         let _ = ctl(&["down", "--timeout", "5"]);
@@ -132,6 +201,15 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
     assert_eq!(
         plan["vms"][0]["mounts"][0]["transport"], "virtiofs",
         "{plan}"
+    );
+    let shares = shares_check();
+    assert_eq!(shares["status"], "ok", "{shares}");
+    assert!(
+        shares["verdict"]
+            .as_str()
+            .unwrap()
+            .contains("in a user namespace whose group map newgidmap wrote"),
+        "{shares}"
     );
 
     let out = ctl(&["up", "--json"]);

@@ -2,11 +2,12 @@
 //! part of QEMU's command line they add, and the virtiofsd daemons castrad runs for them.
 //!
 //! - Transport: virtiofs when a `virtiofsd` is installed and either castrad runs as root or
-//!   an unprivileged user namespace is usable (probed once: [`userns`]), else 9p (`-virtfs`,
-//!   built into QEMU, with QEMU's own `readonly=on`). virtiofsd sandboxes itself in
-//!   namespaces, and a read-only share is a read-only bind mount in a mount namespace of its
-//!   own: as root directly; otherwise inside a user namespace that maps castrad's uid and gid
-//!   to themselves and keeps the capabilities it grants ([`virtiofsd_command`]). One
+//!   an unprivileged user namespace is usable (probed once: [`userns::probe`]; with a group
+//!   map written by newgidmap, else a plain one), else 9p (`-virtfs`, built into QEMU, with
+//!   QEMU's own `readonly=on`). virtiofsd sandboxes itself in namespaces, and a read-only
+//!   share is a read-only bind mount in a mount namespace of its own: as root directly;
+//!   otherwise inside a user namespace that maps castrad's uid and gid to themselves and keeps
+//!   the capabilities it grants ([`virtiofsd_command`]). One
 //!   transport for all of a VM's mounts, chosen at launch and recorded in `launch.json`
 //!   (`status` shows it; `plan` shows what a launch would choose).
 //! - virtiofs: one daemon per mount, started before QEMU (which connects to its socket),
@@ -31,6 +32,11 @@ use tokio::process::Command;
 
 use crate::config::Mount;
 use crate::state_root::VmPaths;
+
+pub mod userns;
+
+use userns::USERNS_SCRIPT;
+pub use userns::{NoUserNs, UserNs};
 
 /// Why the virtiofsd daemons of a VM could not be started (none is left running).
 #[derive(Debug, thiserror::Error)]
@@ -79,9 +85,9 @@ const VIRTIOFSD_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/vir
 pub struct Probe {
     pub virtiofsd: Option<PathBuf>,
     pub root: bool,
-    /// Whether virtiofsd can run in an unprivileged user namespace here ([`userns`]), or why
-    /// not. Only asked when castrad is not root and a virtiofsd is installed.
-    pub userns: Result<(), String>,
+    /// The unprivileged user namespace virtiofsd can run in here ([`userns::probe`]), or why
+    /// none. Only asked when castrad is not root and a virtiofsd is installed.
+    pub userns: Result<UserNs, NoUserNs>,
 }
 
 /// Looks for virtiofsd ($PATH, then Debian's places), whether castrad is root, and (when it
@@ -100,66 +106,15 @@ pub fn probe() -> Probe {
             .find(|p| p.is_file())
     });
     let userns = match &virtiofsd {
-        Some(path) if !root => userns(path),
-        _ => Ok(()),
+        Some(path) if !root => userns::probe(path),
+        // Not asked.
+        _ => Ok(UserNs::Plain),
     };
     Probe {
         virtiofsd,
         root,
         userns,
     }
-}
-
-/// The user namespace prelude of a non-root virtiofsd: castrad's uid and gid mapped to
-/// themselves (so files the guest's user of that uid creates are the host user's), the
-/// capabilities the namespace grants kept across `exec`, and a private mount namespace.
-const USERNS: [&str; 7] = [
-    "unshare",
-    "--user",
-    "--map-current-user",
-    "--keep-caps",
-    "--mount",
-    "--propagation",
-    "private",
-];
-
-/// Inside the namespace, before virtiofsd: a private tmpfs on /run (QEMU 7.2's virtiofsd
-/// writes its pid file to /run/virtiofsd, which only root may create), and for a read-only
-/// share (`$1` = `ro`) the directory `$2` bind-mounted read-only onto itself.
-const USERNS_SCRIPT: &str = "mount -t tmpfs -o mode=0700 castra-virtiofsd /run && \
-{ [ \"$1\" = rw ] || mount --bind -o ro -- \"$2\" \"$2\"; } && shift 2 && exec \"$@\"";
-
-/// Whether `virtiofsd` can start in the namespace a non-root castrad runs it in: the same
-/// `unshare`, the same tmpfs mount, and virtiofsd itself (`--print-capabilities`: QEMU 7.2's
-/// drops castrad's supplementary groups first, which a user namespace does not allow). Once
-/// per castrad: the answer does not change while it runs.
-pub fn userns(virtiofsd: &Path) -> Result<(), String> {
-    static ANSWER: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    ANSWER
-        .get_or_init(|| {
-            let out = std::process::Command::new(USERNS[0])
-                .args(&USERNS[1..])
-                .args(["--", "sh", "-c", USERNS_SCRIPT, "castra-probe", "rw", "/"])
-                .arg(virtiofsd)
-                .arg("--print-capabilities")
-                .stdin(Stdio::null())
-                .output()
-                .map_err(|e| format!("unshare (util-linux): {e}"))?;
-            if out.status.success() {
-                return Ok(());
-            }
-            let text = String::from_utf8_lossy(&out.stderr);
-            let last = text.lines().rev().find(|l| !l.trim().is_empty());
-            let mut why = last.unwrap_or("unshare failed").trim().to_owned();
-            if why.contains("setgroups") {
-                why.push_str(
-                    "; castrad has supplementary groups, which virtiofsd drops when it starts \
-                     and may not inside a user namespace",
-                );
-            }
-            Err(why)
-        })
-        .clone()
 }
 
 /// Pure: the transport, and why.
@@ -169,19 +124,28 @@ pub fn choose(probe: &Probe) -> (Transport, String) {
             Transport::Virtiofs,
             format!("virtiofsd: {}", path.display()),
         ),
-        (Some(path), false, Ok(())) => (
+        (Some(path), false, Ok(UserNs::Newgidmap { .. })) => (
+            Transport::Virtiofs,
+            format!(
+                "virtiofsd: {} in a user namespace whose group map newgidmap wrote (castrad is \
+                 not root)",
+                path.display()
+            ),
+        ),
+        (Some(path), false, Ok(UserNs::Plain)) => (
             Transport::Virtiofs,
             format!(
                 "virtiofsd: {} in a user namespace (castrad is not root)",
                 path.display()
             ),
         ),
-        (Some(path), false, Err(why)) => (
+        (Some(path), false, Err(no)) => (
             Transport::NineP,
             format!(
                 "9p: {} needs root or a user namespace; castrad is not root and cannot run it in \
-                 one ({why}), so the fallback is used",
-                path.display()
+                 one ({no}; to fix: {}), so the fallback is used",
+                path.display(),
+                no.fix()
             ),
         ),
         (None, _, _) => (
@@ -282,9 +246,9 @@ pub fn argv(shares: &Shares, memory_mib: u64) -> Vec<String> {
 pub enum Privilege {
     /// castrad is root.
     Root,
-    /// In a user namespace ([`USERNS`]); `nofile` is castrad's hard limit on open files,
-    /// which virtiofsd may not raise from there (it would by default).
-    UserNs { nofile: u64 },
+    /// In the user namespace `userns`; `nofile` is castrad's hard limit on open files, which
+    /// virtiofsd may not raise from there (it would by default).
+    UserNs { userns: UserNs, nofile: u64 },
 }
 
 /// Pure: the command that runs one share's virtiofsd (program first). A read-only share runs
@@ -297,8 +261,8 @@ pub fn virtiofsd_command(
 ) -> Vec<std::ffi::OsString> {
     let mut c: Vec<std::ffi::OsString> = vec!["setsid".into()];
     match privilege {
-        Privilege::UserNs { .. } => {
-            c.extend(USERNS.map(Into::into));
+        Privilege::UserNs { userns, .. } => {
+            c.extend(userns.prelude().into_iter().map(Into::into));
             c.extend(["--", "sh", "-c", USERNS_SCRIPT, "castra-virtiofsd"].map(Into::into));
             c.push(if share.readonly { "ro" } else { "rw" }.into());
             c.push(share.host.clone().into());
@@ -330,7 +294,7 @@ pub fn virtiofsd_command(
     source.push(&share.host);
     c.extend(["-o".into(), source]);
     c.extend(["-o", "cache=auto", "-o", "log_level=warn"].map(Into::into));
-    if let Privilege::UserNs { nofile } = privilege {
+    if let Privilege::UserNs { nofile, .. } = privilege {
         c.push(format!("--rlimit-nofile={nofile}").into());
     }
     c
@@ -396,14 +360,17 @@ pub async fn start(paths: &VmPaths, shares: &Shares) -> Result<(), MountError> {
     let privilege = if probe.root {
         Privilege::Root
     } else {
-        probe.userns.map_err(|why| {
+        let userns = probe.userns.map_err(|no| {
             MountError::Failed(format!(
-                "castrad is not root and cannot run virtiofsd in a user namespace: {why}"
+                "castrad is not root and cannot run virtiofsd in a user namespace: {no}"
             ))
         })?;
         let (_, hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
             .map_err(|e| MountError::Failed(format!("reading the open files limit: {e}")))?;
-        Privilege::UserNs { nofile: hard }
+        Privilege::UserNs {
+            userns,
+            nofile: hard,
+        }
     };
     let mut records = Vec::new();
     let result = start_each(paths, shares, &virtiofsd, privilege, &mut records).await;

@@ -28,19 +28,44 @@ fn mounts() -> Vec<Mount> {
 #[test]
 fn virtiofs_when_a_virtiofsd_can_run_else_9p_saying_why() {
     let found = Some(PathBuf::from("/usr/lib/qemu/virtiofsd"));
-    let probe = |virtiofsd: &Option<PathBuf>, root: bool, userns: Result<(), &str>| Probe {
+    let probe = |virtiofsd: &Option<PathBuf>, root: bool, userns: Result<UserNs, NoUserNs>| Probe {
         virtiofsd: virtiofsd.clone(),
         root,
-        userns: userns.map_err(str::to_owned),
+        userns,
+    };
+    let groups = NoUserNs {
+        plain: "setgroups() failed with error=1:Operation not permitted".into(),
+        newgidmap: userns::NoNewgidmap::Missing(vec![
+            userns::Missing::Newgidmap,
+            userns::Missing::Subgid {
+                user: "alice".into(),
+                uid: 1000,
+                free: (100000, 165535),
+            },
+        ]),
+    };
+    let mapped = UserNs::Newgidmap {
+        subgid: 100000,
+        inner: 0,
     };
     // Root: virtiofs, whatever user namespaces do.
-    let (t, why) = choose(&probe(&found, true, Err("no")));
+    let (t, why) = choose(&probe(&found, true, Err(groups.clone())));
     assert_eq!(
         (t, why.as_str()),
         (Transport::Virtiofs, "virtiofsd: /usr/lib/qemu/virtiofsd")
     );
-    // Not root, but a user namespace is usable: virtiofs in it.
-    let (t, why) = choose(&probe(&found, false, Ok(())));
+    // Not root: virtiofs in a user namespace whose group map newgidmap wrote...
+    let (t, why) = choose(&probe(&found, false, Ok(mapped)));
+    assert_eq!(
+        (t, why.as_str()),
+        (
+            Transport::Virtiofs,
+            "virtiofsd: /usr/lib/qemu/virtiofsd in a user namespace whose group map newgidmap \
+             wrote (castrad is not root)"
+        )
+    );
+    // ... or in a plain one.
+    let (t, why) = choose(&probe(&found, false, Ok(UserNs::Plain)));
     assert_eq!(
         (t, why.as_str()),
         (
@@ -48,19 +73,41 @@ fn virtiofs_when_a_virtiofsd_can_run_else_9p_saying_why() {
             "virtiofsd: /usr/lib/qemu/virtiofsd in a user namespace (castrad is not root)"
         )
     );
-    // Not root and no user namespace: 9p, saying why.
-    let (t, why) = choose(&probe(
-        &found,
-        false,
-        Err("unshare: unshare failed: Operation not permitted"),
-    ));
+    // Not root and no user namespace: 9p, saying why and what to do. Supplementary groups:
+    // what newgidmap's group map lacks, and the commands that give it.
+    let (t, why) = choose(&probe(&found, false, Err(groups.clone())));
+    assert_eq!(t, Transport::NineP);
+    for part in [
+        "needs root or a user namespace",
+        "(setgroups() failed with error=1:Operation not permitted: castrad has supplementary \
+         groups",
+        "newgidmap is not installed, and /etc/subgid has no range for alice (uid 1000)",
+        "to fix: install it: sudo apt-get install uidmap; give alice subordinate group ids: \
+         sudo usermod --add-subgids 100000-165535 alice",
+    ] {
+        assert!(why.contains(part), "{part:?} in {why}");
+    }
+    // No user namespaces at all: not a matter of groups.
+    let off = NoUserNs {
+        plain: "unshare: unshare failed: Operation not permitted".into(),
+        newgidmap: userns::NoNewgidmap::Failed {
+            subgid: 100000,
+            inner: 0,
+            why: "unshare: unshare failed: Operation not permitted".into(),
+        },
+    };
+    let (t, why) = choose(&probe(&found, false, Err(off)));
     assert_eq!(t, Transport::NineP);
     assert!(
-        why.contains("needs root or a user namespace")
-            && why.contains("(unshare: unshare failed: Operation not permitted)"),
+        why.contains("(unshare: unshare failed: Operation not permitted; with newgidmap")
+            && why.contains("allow unprivileged user namespaces"),
         "{why}"
     );
-    for (root, userns) in [(true, Ok(())), (false, Ok(())), (false, Err("no"))] {
+    for (root, userns) in [
+        (true, Ok(UserNs::Plain)),
+        (false, Ok(mapped)),
+        (false, Err(groups)),
+    ] {
         let (t, why) = choose(&probe(&None, root, userns));
         assert_eq!(t, Transport::NineP);
         assert!(why.contains("no virtiofsd installed"), "{why}");
@@ -246,36 +293,42 @@ fn the_guest_script_mounts_each_share_falling_back_to_9p() {
 fn without_root_virtiofsd_runs_in_a_user_namespace_mapping_castrads_own_ids() {
     let shares = shares(&mounts(), Transport::Virtiofs, &paths()).unwrap();
     let bin = Path::new("/usr/lib/qemu/virtiofsd");
-    let words = |share: &Share| {
-        virtiofsd_command(bin, share, Privilege::UserNs { nofile: 4096 })
-            .iter()
-            .map(|w| w.to_string_lossy().into_owned())
-            .collect::<Vec<_>>()
+    let words = |share: &Share, userns: UserNs| {
+        virtiofsd_command(
+            bin,
+            share,
+            Privilege::UserNs {
+                userns,
+                nofile: 4096,
+            },
+        )
+        .iter()
+        .map(|w| w.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
     };
-    for (share, mode) in shares.dirs.iter().zip(["rw", "ro"]) {
-        let c = words(share);
-        assert_eq!(
-            c[..9],
-            [
-                "setsid",
-                "unshare",
-                "--user",
-                "--map-current-user",
-                "--keep-caps",
-                "--mount",
-                "--propagation",
-                "private",
-                "--"
-            ]
-        );
-        let program = c.iter().position(|w| w == "-c").unwrap() + 1;
-        // The directory is an argument of the shell, never part of its program.
-        assert!(!c[program].contains("/p/"), "{c:?}");
-        assert!(c[program].contains("mount -t tmpfs"), "{c:?}");
-        assert_eq!(c[program + 2], mode);
-        assert_eq!(c[program + 3], share.host.to_string_lossy());
-        assert_eq!(c[program + 4], "/usr/lib/qemu/virtiofsd");
-        assert_eq!(c.last().unwrap(), "--rlimit-nofile=4096");
+    let mapped = UserNs::Newgidmap {
+        subgid: 165536,
+        inner: 0,
+    };
+    for (userns, map) in [
+        (UserNs::Plain, None),
+        (mapped, Some("--map-groups=165536,0,1")),
+    ] {
+        for (share, mode) in shares.dirs.iter().zip(["rw", "ro"]) {
+            let c = words(share, userns);
+            let mut prelude = vec!["setsid", "unshare", "--user", "--map-current-user"];
+            prelude.extend(map);
+            prelude.extend(["--keep-caps", "--mount", "--propagation", "private", "--"]);
+            assert_eq!(c[..prelude.len()], prelude);
+            let program = c.iter().position(|w| w == "-c").unwrap() + 1;
+            // The directory is an argument of the shell, never part of its program.
+            assert!(!c[program].contains("/p/"), "{c:?}");
+            assert!(c[program].contains("mount -t tmpfs"), "{c:?}");
+            assert_eq!(c[program + 2], mode);
+            assert_eq!(c[program + 3], share.host.to_string_lossy());
+            assert_eq!(c[program + 4], "/usr/lib/qemu/virtiofsd");
+            assert_eq!(c.last().unwrap(), "--rlimit-nofile=4096");
+        }
     }
 }
 
