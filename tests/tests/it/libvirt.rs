@@ -368,6 +368,11 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     );
     let uploaded = std::fs::metadata(&base_file).unwrap();
     assert_eq!(uploaded.len(), 64 << 20);
+    assert!(
+        uploaded.blocks() * 512 < 32 << 20,
+        "holes neither sent nor allocated: {} blocks",
+        uploaded.blocks()
+    );
     assert_eq!(daemon.log().matches("base image uploaded").count(), 1);
     let names: Vec<&str> = first.outcome["outcomes"]
         .as_array()

@@ -160,11 +160,15 @@ pub fn ensure(
 
     let started = Instant::now();
     let part = format!("{name}.part-{}", crate::ids::random_hex(4));
+    // Allocation 0: a sparse file (not one allocated to its full length up front), which
+    // the sparse upload keeps sparse where the image is.
     hv.virsh(&[
         "vol-create-as",
         pool,
         &part,
         &len.to_string(),
+        "--allocation",
+        "0",
         "--format",
         "raw",
     ])?;
