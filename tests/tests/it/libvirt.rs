@@ -351,14 +351,22 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     );
     let p = project(&env, &vms);
     let daemon = env.start_daemon();
+    // What an upload cut short leaves: a temporary volume, never taken for the image.
+    let (base, base_file) = base_volume(&lv);
+    let dead = format!("{base}.part-dead");
+    lv.virsh(&["vol-create-as", "castra", &dead, "64M", "--allocation", "0"]);
 
     let first = up(&env, &p, &[]);
     assert_eq!(first.statuses(), ["Success", "Success"], "{}", first.stderr);
-    let (base, base_file) = base_volume(&lv);
     assert_eq!(
         lv.domains_and_volumes().1,
-        [base.as_str(), "castra-lv-far.qcow2"],
-        "one base volume, no .part left"
+        [base.as_str(), dead.as_str(), "castra-lv-far.qcow2"],
+        "one base volume; no .part of this upload left, another's untouched"
+    );
+    lv.virsh(&["vol-delete", "--pool", "castra", &dead]);
+    assert!(
+        std::fs::read(&base_file).unwrap() == std::fs::read(guest().join("base.img")).unwrap(),
+        "the volume holds the image, byte for byte"
     );
     let overlay = lv.virsh(&["vol-dumpxml", "--pool", "castra", "castra-lv-far.qcow2"]);
     assert!(
