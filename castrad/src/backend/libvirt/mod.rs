@@ -66,6 +66,7 @@ impl Record {
                 .map_err(|e| failed(format!("libvirt.json: {e}")))?,
             pool: self.pool.clone(),
             known_hosts: self.known_hosts.clone(),
+            // Only making a new disk asks where its base comes from; a record never does.
             upload: false,
         })
     }
