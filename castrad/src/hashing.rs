@@ -382,19 +382,31 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
     }
     if vm.backend == BackendKind::Libvirt {
         // Paths on the hypervisor, not read from here: the base is named by them (a new
-        // image at the same path is only noticed with a new disk).
-        let mut e = Encoder::new("castra-base-libvirt-v1");
+        // image at the same path is only noticed with a new disk). An uploaded base image is
+        // on this machine: its content (cached as a QEMU VM's), which also names its volume.
+        let uploaded = vm.libvirt.as_ref().is_some_and(|l| l.upload);
+        let mut bytes_read = 0;
+        let mut e = Encoder::new(if uploaded {
+            "castra-base-libvirt-upload-v1"
+        } else {
+            "castra-base-libvirt-v1"
+        });
         let text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
-        e.opt(
-            "base_image",
-            text(&vm.base_image).as_deref().map(str::as_bytes),
-        );
+        let image = match &vm.base_image {
+            Some(image) if uploaded => {
+                let (sha256, n) = cached_file_hash(root, image)?;
+                bytes_read = n;
+                Some(sha256)
+            }
+            _ => text(&vm.base_image),
+        };
+        e.opt("base_image", image.as_deref().map(str::as_bytes));
         e.opt("kernel", text(&vm.kernel).as_deref().map(str::as_bytes));
         e.opt("initrd", text(&vm.initrd).as_deref().map(str::as_bytes));
         e.opt("cmdline", vm.cmdline.as_deref().map(str::as_bytes));
         return Ok(BaseHash {
             hash: e.finish(),
-            bytes_read: 0,
+            bytes_read,
         });
     }
     let mut bytes_read = 0;

@@ -167,8 +167,9 @@ fn warm_hash_cache(project: &Project, root: &StateRoot) -> u64 {
         .vms
         .iter()
         .filter(|vm| vm.backend == BackendKind::Qemu)
-        .flat_map(|vm| [&vm.base_image, &vm.kernel, &vm.initrd])
+        .flat_map(|vm| [&vm.kernel, &vm.initrd])
         .filter_map(|p| p.as_deref())
+        .chain(project.vms.iter().filter_map(local_base))
         .collect();
     if files.len() < 2 {
         return 0;
@@ -210,11 +211,12 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
     })
 }
 
-/// A QEMU VM's base image must be self-contained (`crate::image::base`) before its hash can
-/// stand for what the guest reads.
+/// A base image on this machine (a QEMU VM's, or a libvirt VM's with `upload = true`) must
+/// be self-contained (`crate::image::base`) before its hash can stand for what the guest
+/// reads.
 fn check_base(vm: &Vm) -> Result<(), PlanError> {
-    match (&vm.backend, &vm.base_image) {
-        (BackendKind::Qemu, Some(image)) => {
+    match local_base(vm) {
+        Some(image) => {
             crate::image::base(image)
                 .map(|_| ())
                 .map_err(|source| PlanError::BaseImage {
@@ -222,8 +224,18 @@ fn check_base(vm: &Vm) -> Result<(), PlanError> {
                     source,
                 })
         }
-        _ => Ok(()),
+        None => Ok(()),
     }
+}
+
+/// The VM's base image when it is a file on this machine.
+fn local_base(vm: &Vm) -> Option<&std::path::Path> {
+    let local = match vm.backend {
+        BackendKind::Qemu => true,
+        BackendKind::Libvirt => vm.libvirt.as_ref().is_some_and(|l| l.upload),
+        BackendKind::External => false,
+    };
+    vm.base_image.as_deref().filter(|_| local)
 }
 
 /// Whether the seed on the VM's disk was made from other `[vms.cloud_init]` inputs than the

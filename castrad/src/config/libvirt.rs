@@ -1,7 +1,9 @@
 //! `backend = "libvirt"` and `[vms.libvirt]`: the connection URI (parsed here, pure), the
-//! storage pool, the file pinning the hypervisor's SSH host key. Paths of a libvirt VM's
-//! images (`base_image`, `kernel`, `initrd`) are paths on the hypervisor: they must be
-//! absolute and are never looked at on this machine.
+//! storage pool, the file pinning the hypervisor's SSH host key, `upload`. Paths of a libvirt
+//! VM's images (`base_image`, `kernel`, `initrd`) are paths on the hypervisor: they must be
+//! absolute and are never looked at on this machine; except `base_image` with `upload = true`,
+//! a file on this machine (resolved and stat'ed like a qemu VM's) that castrad copies into the
+//! pool.
 
 use std::path::PathBuf;
 
@@ -28,6 +30,9 @@ pub struct Libvirt {
     /// The known_hosts file pinning the hypervisor's host key (None: ssh's own, the user's
     /// ~/.ssh/known_hosts). Checked strictly either way.
     pub known_hosts: Option<PathBuf>,
+    /// `upload = true`: `base_image` is a file on this machine, copied once into `pool`
+    /// (`backend::libvirt::upload`).
+    pub upload: bool,
 }
 
 /// The SSH side of a `qemu+ssh://[user@]host[:port]/path?query` URI.
@@ -158,16 +163,9 @@ pub(super) fn validate(
         })?,
         None => None,
     };
-    if let Some(upload) = raw.and_then(|r| r.upload.as_ref())
-        && *upload.get_ref()
-    {
-        return Err(src.at(
-            upload,
-            &join_key(&key, "upload"),
-            "upload = true is not supported yet: place base_image on the hypervisor (see \
-             docs/REMOTE.md) and leave upload unset or false",
-        ));
-    }
+    let upload = raw
+        .and_then(|r| r.upload.as_ref())
+        .is_some_and(|u| *u.get_ref());
     let pool = match raw.and_then(|r| r.pool.as_ref()) {
         Some(p) => {
             let name = p.get_ref();
@@ -204,6 +202,7 @@ pub(super) fn validate(
         remote,
         pool,
         known_hosts,
+        upload,
     })
 }
 

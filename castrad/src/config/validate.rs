@@ -225,10 +225,25 @@ pub(super) fn validate_vm(
         let message = "[vms.libvirt] only applies to backend = \"libvirt\"";
         return Err(src.at(l, &k("libvirt"), message));
     }
+    let libvirt = (backend == BackendKind::Libvirt)
+        .then(|| super::libvirt::validate(src, raw.libvirt.as_ref(), &key))
+        .transpose()?;
     let mut files = Vec::new();
-    let (base_image, kernel, initrd) = if backend == BackendKind::Libvirt {
+    let (base_image, kernel, initrd) = if let Some(l) = &libvirt {
+        // With upload = true the base image is on this machine, as for a qemu VM.
+        let base_image = if l.upload {
+            file_path(
+                src,
+                raw.base_image.as_ref(),
+                &k("base_image"),
+                false,
+                &mut files,
+            )?
+        } else {
+            super::libvirt::hypervisor_path(src, raw.base_image.as_ref(), &k("base_image"))?
+        };
         (
-            super::libvirt::hypervisor_path(src, raw.base_image.as_ref(), &k("base_image"))?,
+            base_image,
             super::libvirt::hypervisor_path(src, raw.kernel.as_ref(), &k("kernel"))?,
             super::libvirt::hypervisor_path(src, raw.initrd.as_ref(), &k("initrd"))?,
         )
@@ -245,9 +260,6 @@ pub(super) fn validate_vm(
             file_path(src, raw.initrd.as_ref(), &k("initrd"), false, &mut files)?,
         )
     };
-    let libvirt = (backend == BackendKind::Libvirt)
-        .then(|| super::libvirt::validate(src, raw.libvirt.as_ref(), &key))
-        .transpose()?;
     let cmdline = raw
         .cmdline
         .as_ref()

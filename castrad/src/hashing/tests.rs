@@ -229,6 +229,43 @@ fn external_vms_have_a_fixed_base_hash_and_read_nothing() {
 }
 
 #[test]
+fn a_libvirt_vm_with_upload_hashes_its_local_image_by_content_through_the_cache() {
+    let (dir, mut vm) = fixture();
+    let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
+    vm.backend = BackendKind::Libvirt;
+    vm.libvirt = Some(crate::config::libvirt::Libvirt {
+        uri: "qemu:///session".into(),
+        remote: None,
+        pool: "castra".into(),
+        known_hosts: None,
+        upload: false,
+    });
+    // Without upload: the path on the hypervisor names the base; nothing is read here.
+    let by_path = base_hash(&root, &vm).unwrap();
+    assert_eq!(by_path.bytes_read, 0);
+    vm.libvirt.as_mut().unwrap().upload = true;
+    let first = base_hash(&root, &vm).unwrap();
+    assert_eq!(first.bytes_read, 3 << 20, "the image is read once");
+    assert_ne!(first.hash, by_path.hash);
+    let again = base_hash(&root, &vm).unwrap();
+    assert_eq!(
+        (again.hash.as_str(), again.bytes_read),
+        (first.hash.as_str(), 0)
+    );
+    // The same content elsewhere: the same hash (and the same volume on the hypervisor).
+    let image = dir.path().join("base.img");
+    let copy = dir.path().join("copy.img");
+    fs::copy(&image, &copy).unwrap();
+    vm.base_image = Some(copy);
+    assert_eq!(base_hash(&root, &vm).unwrap().hash, first.hash);
+    let mut bytes = fs::read(&image).unwrap();
+    bytes[1] ^= 1;
+    fs::write(dir.path().join("changed.img"), &bytes).unwrap();
+    vm.base_image = Some(dir.path().join("changed.img"));
+    assert_ne!(base_hash(&root, &vm).unwrap().hash, first.hash);
+}
+
+#[test]
 fn big_and_small_files_hash_like_one_sha256_of_their_bytes() {
     let dir = tempfile::tempdir().unwrap();
     // Around the size where the reader thread takes over, and with a last short chunk.

@@ -429,8 +429,24 @@ fn pin(sshd: &crate::sshd::Sshd, file: &Path) {
     std::fs::write(file, format!("[127.0.0.1]:{} {kind} {body}\n", sshd.port)).unwrap();
 }
 
+/// The shared volume `upload = true` makes of the tiny guest's base.img (raw), and that file
+/// in the fixture's pool directory.
+fn base_volume(lv: &Libvirtd) -> (String, PathBuf) {
+    let out = Command::new("sha256sum")
+        .arg(guest().join("base.img"))
+        .output()
+        .unwrap();
+    let sha = String::from_utf8_lossy(&out.stdout)[..16].to_owned();
+    let name = format!("castra-base-{sha}.raw");
+    let file = lv.dir.path().join("pool").join(&name);
+    (name, file)
+}
+
+/// The mixed project's libvirt VM also has `upload = true` (over qemu+ssh): its base image is
+/// copied into the pool once, and a second project with the same image reuses that volume.
 #[test]
 fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
+    use std::os::unix::fs::MetadataExt;
     let _lock = one_at_a_time();
     let t = Instant::now();
     let lv = Libvirtd::start();
@@ -438,17 +454,45 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     let sshd = crate::sshd::Sshd::start(&env.path("hv"));
     let pins = env.path("hv_known_hosts");
     pin(&sshd, &pins);
-    let extra = format!("known_hosts = \"{}\"\n", pins.display());
+    let extra = format!("known_hosts = \"{}\"\nupload = true\n", pins.display());
     let vms = format!(
         "{}{}",
         libvirt_vm("far", &remote_uri(&sshd, &lv), &extra),
         qemu_vm("near")
     );
     let p = project(&env, &vms);
-    let _daemon = env.start_daemon();
+    let daemon = env.start_daemon();
+    // What an upload cut short leaves: a temporary volume, never taken for the image.
+    let (base, base_file) = base_volume(&lv);
+    let dead = format!("{base}.part-dead");
+    lv.virsh(&["vol-create-as", "castra", &dead, "64M", "--allocation", "0"]);
 
     let first = up(&env, &p, &[]);
     assert_eq!(first.statuses(), ["Success", "Success"], "{}", first.stderr);
+    assert_eq!(
+        lv.domains_and_volumes().1,
+        [base.as_str(), dead.as_str(), "castra-lv-far.qcow2"],
+        "one base volume; no .part of this upload left, another's untouched"
+    );
+    lv.virsh(&["vol-delete", "--pool", "castra", &dead]);
+    assert!(
+        std::fs::read(&base_file).unwrap() == std::fs::read(guest().join("base.img")).unwrap(),
+        "the volume holds the image, byte for byte"
+    );
+    let overlay = lv.virsh(&["vol-dumpxml", "--pool", "castra", "castra-lv-far.qcow2"]);
+    assert!(
+        overlay.contains(&format!("<path>{}</path>", base_file.display()))
+            && overlay.contains("<format type='raw'/>"),
+        "backed by the uploaded volume, its format explicit: {overlay}"
+    );
+    let uploaded = std::fs::metadata(&base_file).unwrap();
+    assert_eq!(uploaded.len(), 64 << 20);
+    assert!(
+        uploaded.blocks() * 512 < 32 << 20,
+        "holes neither sent nor allocated: {} blocks",
+        uploaded.blocks()
+    );
+    assert_eq!(daemon.log().matches("base image uploaded").count(), 1);
     let names: Vec<&str> = first.outcome["outcomes"]
         .as_array()
         .unwrap()
@@ -485,11 +529,49 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     assert_eq!(again.statuses(), ["NoOp", "NoOp"], "{}", again.stderr);
     let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
     assert_eq!(gone["vms"].as_array().unwrap().len(), 2, "{gone}");
+    // The VM's own volumes are gone; the shared base volume stays for other VMs.
+    let (domains, volumes) = lv.domains_and_volumes();
+    assert!(domains.is_empty(), "{domains:?}");
+    assert_eq!(volumes, [base.as_str()]);
+
+    // Another project with the same image (here on the local URI of the same daemon and
+    // pool) finds the volume: not uploaded again, the same file.
+    env.write(&[
+        (
+            "q/castra.toml",
+            &format!(
+                "[project]\nname = \"lv2\"\n{}",
+                libvirt_vm("far", &lv.uri(), "upload = true\n")
+            ),
+        ),
+        ("q/mark.sh", MARK_SCRIPT),
+    ]);
+    let q = env.path("q");
+    let other = up(&env, &q, &[]);
+    assert_eq!(other.statuses(), ["Success"], "{}", other.stderr);
+    let reused = std::fs::metadata(&base_file).unwrap();
+    assert_eq!(
+        (reused.ino(), reused.mtime(), reused.mtime_nsec()),
+        (uploaded.ino(), uploaded.mtime(), uploaded.mtime_nsec()),
+        "the same volume, not uploaded again"
+    );
+    let log = daemon.log();
+    assert_eq!(log.matches("base image uploaded").count(), 1, "{log}");
+    assert!(log.contains("base volume reused"), "{log}");
+    assert_eq!(
+        lv.domains_and_volumes().1,
+        [base.as_str(), "castra-lv2-far.qcow2"]
+    );
+    env.ctl(&q, &["down", "--discard"]).ok();
+    assert_eq!(lv.domains_and_volumes().1, [base.as_str()]);
+    // What docs/REMOTE.md tells a user to do once no VM uses it.
+    lv.virsh(&["vol-delete", "--pool", "castra", &base]);
     let (domains, volumes) = lv.domains_and_volumes();
     assert!(
         domains.is_empty() && volumes.is_empty(),
         "{domains:?} {volumes:?}"
     );
+    drop(daemon);
     eprintln!("libvirt mixed test: {:?}", t.elapsed());
 }
 
@@ -507,12 +589,13 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         out.stderr
     };
 
-    // A located config error first: nothing asked of any hypervisor.
-    let err = try_up(libvirt_vm("vm", &lv.uri(), "upload = true\n"));
+    // A located config error first: nothing asked of any hypervisor. With upload = true the
+    // base image is a file on this machine, and missing here.
+    let err =
+        try_up(libvirt_vm("vm", &lv.uri(), "upload = true\n").replace("base.img", "missing.img"));
     assert!(
-        err.contains(
-            "castra.toml:16:10: vms[0].libvirt.upload: upload = true is not supported yet"
-        ),
+        err.contains("castra.toml:7:14: vms[0].base_image: path ")
+            && err.contains("missing.img does not exist"),
         "{err}"
     );
 
@@ -586,6 +669,29 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         "{err}"
     );
     assert!(err.contains("pool-define-as nope dir"), "{err}");
+
+    // upload = true into a pool whose volumes are not files (castrad could not rename a
+    // finished upload there).
+    lv.virsh(&[
+        "pool-define-as",
+        "lvm",
+        "logical",
+        "--source-name",
+        "vg0",
+        "--target",
+        "/dev/vg0",
+    ]);
+    let err = try_up(libvirt_vm(
+        "vm",
+        &remote_uri(&sshd, &lv),
+        &format!("{extra}pool = \"lvm\"\nupload = true\n"),
+    ));
+    assert!(err.contains(&hv), "{err}");
+    assert!(
+        err.contains("needs a pool whose volumes are files")
+            && err.contains("pool \"lvm\" is of type \"logical\""),
+        "{err}"
+    );
 
     // The base image is not on the hypervisor.
     let vm = libvirt_vm("vm", &remote_uri(&sshd, &lv), &extra).replace("base.img", "missing.img");

@@ -7,17 +7,20 @@
 //! The VM's disk is a qcow2 volume `castra-<project>-<vm>.qcow2` in the VM's storage pool,
 //! backed by `base_image` (a path on the hypervisor) with its format given explicitly; its
 //! cloud-init seed, made here as for a QEMU VM, is uploaded as a second volume. Those two
-//! are the only things castrad creates on the hypervisor, and exactly what `discard` deletes
-//! (with the domain's definition).
+//! are the VM's own volumes on the hypervisor, and exactly what `discard` deletes (with the
+//! domain's definition). With `upload = true`, `base_image` is a file here, copied once into
+//! the pool as a volume shared by every VM with that image (`upload`), which `discard` leaves.
 //!
 //! What castrad knows about a running domain (the forwarded port, the disk id, the
 //! accelerator, the volumes, the launch settings drift is reported against) lives in the
 //! domain's `<metadata>`, so a restarted castrad adopts it from libvirt. A restart defines
-//! the domain again with castra.toml's settings and grows its disk (`drift`). castrad keeps one small file per VM (`libvirt.json`: the URI, the
-//! pool, the castra.toml) only so that it knows which hypervisor to ask.
+//! the domain again with castra.toml's settings and grows its disk (`drift`). castrad keeps
+//! one small file per VM (`libvirt.json`: the URI, the pool, the castra.toml) only so that it
+//! knows which hypervisor to ask.
 
 mod domain;
 mod drift;
+pub mod upload;
 pub mod virsh;
 pub mod xml;
 
@@ -66,6 +69,8 @@ impl Record {
                 .map_err(|e| failed(format!("libvirt.json: {e}")))?,
             pool: self.pool.clone(),
             known_hosts: self.known_hosts.clone(),
+            // Only making a new disk asks where its base comes from; a record never does.
+            upload: false,
         })
     }
 }
@@ -176,27 +181,29 @@ impl Libvirt {
             // Ours by name, but nothing says which disk it is: a new disk.
             hv.virsh(&["vol-delete", "--pool", &config.pool, &record.overlay])?;
         }
-        let base = vm.base_image.as_deref().ok_or(BackendError::NoBaseImage)?;
-        let info = base_info(&hv, base)?;
+        let image = vm.base_image.as_deref().ok_or(BackendError::NoBaseImage)?;
+        // The base on the hypervisor: base_image there, or the volume it was uploaded to.
+        let (base, format, virtual_size) = if config.upload {
+            let b = upload::ensure(&hv, root, &config.pool, image)?;
+            (b.path, b.format, b.virtual_size)
+        } else {
+            let info = base_info(&hv, image)?;
+            (image.to_owned(), info.format, info.virtual_size)
+        };
         let capacity = match vm.disk_mib {
-            Some(mib) if mib << 20 < info.virtual_size => {
+            Some(mib) if mib << 20 < virtual_size => {
                 return Err(failed(format!(
                     "disk = {mib} MiB is smaller than the base image {} on {} ({} MiB); set \
                      disk to at least that",
-                    base.display(),
+                    image.display(),
                     hv.name(),
-                    info.virtual_size >> 20
+                    virtual_size >> 20
                 )));
             }
             Some(mib) => mib << 20,
-            None => info.virtual_size,
+            None => virtual_size,
         };
-        let spec = xml::volume(
-            &record.overlay,
-            capacity,
-            "qcow2",
-            Some((base, &info.format)),
-        );
+        let spec = xml::volume(&record.overlay, capacity, "qcow2", Some((&base, &format)));
         hv.virsh_with_file(&["vol-create", &config.pool], &spec)?;
         // A new disk: nothing proven about or given to the previous one holds.
         for stale in [
@@ -529,7 +536,8 @@ fn discard(
     )))
 }
 
-/// Each hypervisor once: libvirt answers, the pool exists; each base image once: it is there.
+/// Each hypervisor once: libvirt answers, the pool exists; each base image once: it is there
+/// (with upload: it is a base image here, and the pool can take uploads).
 fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
     if which("virsh").is_none() {
         return Err(PreflightError::NotInstalled {
@@ -565,7 +573,16 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
                 )));
             }
         }
-        if let Some(base) = &vm.base_image
+        if config.upload {
+            // The image is on this machine (config stat'ed it): checked here, and the pool
+            // must be one castrad can rename an upload in.
+            if let Some(base) = &vm.base_image {
+                crate::image::base(base)?;
+            }
+            if seen.insert((config.uri.clone(), format!("upload\n{}", config.pool))) {
+                upload::check_pool(&hv, &config.pool).map_err(problem)?;
+            }
+        } else if let Some(base) = &vm.base_image
             && seen.insert((config.uri.clone(), base.to_string_lossy().into_owned()))
         {
             let path = base.to_string_lossy();

@@ -129,11 +129,16 @@ impl Hypervisor {
 
     /// `virsh ARGS` against this hypervisor: stdout, or the error with virsh's message.
     pub fn virsh(&self, args: &[&str]) -> Result<String, CallError> {
+        self.virsh_within(args, CALL_TIMEOUT)
+    }
+
+    /// [`Self::virsh`] with its own time limit (an upload takes as long as the image needs).
+    pub fn virsh_within(&self, args: &[&str], limit: Duration) -> Result<String, CallError> {
         self.ensure_wrapper()?;
         let mut cmd = Command::new("virsh");
         cmd.args(["-q", "-c", &self.connect]).args(args);
         let what = format!("virsh {}", args.first().copied().unwrap_or(""));
-        run(cmd, None).map_err(|m| self.error(what, m))
+        run(cmd, None, limit).map_err(|m| self.error(what, m))
     }
 
     /// `virsh ARGS` with `file` (XML castrad made) as the last argument, written to a
@@ -173,12 +178,12 @@ impl Hypervisor {
                 cmd
             }
         };
-        run(cmd, None).map_err(|m| self.error(what, m))
+        run(cmd, None, CALL_TIMEOUT).map_err(|m| self.error(what, m))
     }
 }
 
-/// Runs `cmd` to its end within [`CALL_TIMEOUT`]: its stdout, or its stderr as the error.
-fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Result<String, String> {
+/// Runs `cmd` to its end within `limit`: its stdout, or its stderr as the error.
+fn run(mut cmd: Command, stdin: Option<&[u8]>, limit: Duration) -> Result<String, String> {
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -192,7 +197,7 @@ fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Result<String, String> {
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
-    let out = match rx.recv_timeout(CALL_TIMEOUT) {
+    let out = match rx.recv_timeout(limit) {
         Ok(out) => out.map_err(|e| e.to_string())?,
         Err(_) => {
             if let Ok(pid) = i32::try_from(pid) {
@@ -201,7 +206,7 @@ fn run(mut cmd: Command, stdin: Option<&[u8]>) -> Result<String, String> {
                     nix::sys::signal::Signal::SIGKILL,
                 );
             }
-            return Err(format!("no answer within {CALL_TIMEOUT:?}"));
+            return Err(format!("no answer within {limit:?}"));
         }
     };
     if out.status.success() {
@@ -245,6 +250,7 @@ mod tests {
                 .unwrap(),
             pool: "castra".into(),
             known_hosts: Some("/pins/known_hosts".into()),
+            upload: false,
         };
         let hv = Hypervisor::new(&remote, Path::new("/run/c d/ssh"));
         assert!(

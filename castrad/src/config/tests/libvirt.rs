@@ -41,10 +41,21 @@ fn libvirt_mistakes_are_located() {
             7,
         ),
         (
-            "upload",
-            concat!(lv!(), "[vms.libvirt]\nupload = true\n"),
+            "upload = true keeps kernel a path on the hypervisor",
+            concat!(
+                lv!(),
+                "kernel = \"vmlinuz\"\n[vms.libvirt]\nupload = true\n"
+            ),
+            "vms[0].kernel",
+            "must be an absolute path on the hypervisor",
+            8,
+            10,
+        ),
+        (
+            "upload must be a boolean",
+            concat!(lv!(), "[vms.libvirt]\nupload = \"yes\"\n"),
             "vms[0].libvirt.upload",
-            "upload = true is not supported yet",
+            "expected a boolean",
             9,
             10,
         ),
@@ -117,4 +128,33 @@ fn a_libvirt_vm_gets_its_defaults_and_a_remote_uri_is_understood() {
         (remote.user.as_deref(), remote.host.as_str(), remote.port),
         (Some("me"), "hv", Some(2222))
     );
+}
+
+#[test]
+fn with_upload_the_base_image_is_a_file_on_this_machine() {
+    // Relative, resolved against the castra.toml's directory like a qemu VM's.
+    let p = ok(concat!(
+        "[project]\nname = \"demo\"\n\n[[vms]]\nname = \"web\"\nbackend = \"libvirt\"\n",
+        "base_image = \"images/base.qcow2\"\n[vms.libvirt]\nupload = true\n"
+    ));
+    let vm = &p.vms[0];
+    assert!(vm.libvirt.as_ref().unwrap().upload);
+    assert_eq!(
+        vm.base_image.as_deref(),
+        Some(Path::new("/p/images/base.qcow2"))
+    );
+    assert!(!ok(lv!()).vms[0].libvirt.as_ref().unwrap().upload);
+
+    // `load` stats it here: a missing image is a located error, as for a qemu VM.
+    let dir = tempfile::tempdir().unwrap();
+    let config = std::fs::canonicalize(dir.path())
+        .unwrap()
+        .join("castra.toml");
+    std::fs::write(
+        &config,
+        concat!(lv!(), "[vms.libvirt]\nupload = true\n").replace("/img.qcow2", "gone.img"),
+    )
+    .unwrap();
+    let e = load(&config).unwrap_err();
+    assert_error_at(&e, &config, "vms[0].base_image", "does not exist", 7, 14);
 }

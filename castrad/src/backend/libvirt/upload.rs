@@ -1,0 +1,278 @@
+//! `[vms.libvirt] upload = true`: the base image is a file on this machine, copied into the
+//! VM's pool once per hypervisor, pool and content, as the volume
+//! `castra-base-<first 16 hex digits of its sha256>.<format>`. Every VM (of any project) whose
+//! image has that content finds the volume by its name and backs its overlay with it.
+//!
+//! The sha256 is the base hash cache's (`crate::hashing::cached_file_hash`): an unchanged
+//! image is not read again, and a VM whose overlay exists never gets here at all.
+//!
+//! A volume under its final name is always complete: the image is uploaded (`vol-create-as`
+//! + `vol-upload --sparse`, over the hypervisor's one SSH connection) under a temporary name
+//!   `<name>.part-<random>`, its size checked, and only then renamed in the pool's directory
+//!   (`mv`, atomic within a file system) and the pool refreshed so libvirt sees the new name.
+//!   An upload cut short leaves at most a `.part-…` volume, which nothing trusts (failed
+//!   uploads delete theirs; a castrad killed mid-upload leaves it for the user, docs/REMOTE.md).
+//!   Renaming needs a pool whose volumes are files (`dir`, `fs`, `netfs`), which preflight
+//!   checks. Within one castrad, one upload of a volume at a time (a lock per hypervisor, pool
+//!   and name); two castrads uploading the same image each rename their own complete copy.
+//!
+//! The shared volume is not one of a VM's volumes: `discard` never deletes it.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use super::failed;
+use super::virsh::Hypervisor;
+use crate::backend::BackendError;
+use crate::state_root::StateRoot;
+
+/// Pool types whose volumes are files in one directory (what renaming needs).
+pub const FILE_POOLS: [&str; 3] = ["dir", "fs", "netfs"];
+
+/// The shared base volume a VM's overlay is backed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Base {
+    /// Its path on the hypervisor.
+    pub path: PathBuf,
+    pub format: String,
+    pub virtual_size: u64,
+}
+
+/// `castra-base-<16 hex>.<format>`: the volume of an image with this sha256 and format.
+pub fn volume_name(sha256: &str, format: &str) -> String {
+    format!("castra-base-{}.{format}", &sha256[..16.min(sha256.len())])
+}
+
+/// The pool's type from `virsh pool-dumpxml` (`<pool type='dir'>`).
+pub fn pool_type(xml: &str) -> Option<&str> {
+    let rest = &xml[xml.find("<pool")?..];
+    let rest = &rest[rest.find("type=")? + 5..];
+    let quote = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
+    let rest = &rest[1..];
+    Some(&rest[..rest.find(quote)?])
+}
+
+/// `Available:` of `virsh pool-info --bytes`, in bytes.
+pub fn available(info: &str) -> Option<u64> {
+    info.lines()
+        .find_map(|l| l.trim().strip_prefix("Available:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Why the pool cannot take the upload, if it is a pool castrad cannot rename volumes in.
+pub fn check_pool(hv: &Hypervisor, pool: &str) -> Result<(), String> {
+    let xml = hv.virsh(&["pool-dumpxml", pool]).map_err(|e| e.message)?;
+    match pool_type(&xml) {
+        Some(t) if FILE_POOLS.contains(&t) => Ok(()),
+        other => Err(format!(
+            "upload = true needs a pool whose volumes are files (type dir, fs or netfs), and \
+             pool {pool:?} is of type {:?}: set [vms.libvirt] pool to a dir pool \
+             (docs/REMOTE.md), or place base_image on the hypervisor and drop upload",
+            other.unwrap_or("unknown")
+        )),
+    }
+}
+
+/// One upload of a given volume at a time in this castrad.
+fn lock_for(key: String) -> Arc<Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<String, Arc<Mutex<()>>>>> = OnceLock::new();
+    let mut locks = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    locks.entry(key).or_default().clone()
+}
+
+/// The path of volume `name` in `pool`, if libvirt knows it.
+fn lookup(hv: &Hypervisor, pool: &str, name: &str) -> Option<PathBuf> {
+    let out = hv.virsh(&["vol-path", "--pool", pool, name]).ok()?;
+    let path = out.trim();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// `pool-refresh`, retried while libvirt refuses it for an upload in progress (a seed's).
+fn refresh(hv: &Hypervisor, pool: &str) -> Result<(), BackendError> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match hv.virsh(&["pool-refresh", pool]) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.message.contains("asynchronous jobs") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// The base volume of `image` in `pool` on `hv`: found, or uploaded now (blocking).
+pub fn ensure(
+    hv: &Hypervisor,
+    root: &StateRoot,
+    pool: &str,
+    image: &Path,
+) -> Result<Base, BackendError> {
+    let info = crate::image::base(image).map_err(|e| failed(e.to_string()))?;
+    let (sha256, _) =
+        crate::hashing::cached_file_hash(root, image).map_err(|e| failed(e.to_string()))?;
+    let name = volume_name(&sha256, &info.format);
+    let base = |path| Base {
+        path,
+        format: info.format.clone(),
+        virtual_size: info.virtual_size,
+    };
+    let lock = lock_for(format!("{}\n{pool}\n{name}", hv.uri));
+    let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = lookup(hv, pool, &name) {
+        tracing::info!(hypervisor = %hv.name(), pool, volume = %name, "base volume reused");
+        return Ok(base(path));
+    }
+    // Made by another castrad, or by hand, since libvirt last looked.
+    refresh(hv, pool)?;
+    if let Some(path) = lookup(hv, pool, &name) {
+        tracing::info!(hypervisor = %hv.name(), pool, volume = %name, "base volume reused");
+        return Ok(base(path));
+    }
+    check_pool(hv, pool).map_err(|m| failed(format!("on {}: {m}", hv.name())))?;
+    let meta = std::fs::metadata(image)
+        .map_err(|e| failed(format!("base image {}: {e}", image.display())))?;
+    let (len, allocated) = (meta.len(), meta.blocks() * 512);
+    let full = |free: Option<u64>| {
+        failed(format!(
+            "pool {pool:?} on {} is out of space{}: the base image {} needs {} MiB there; free \
+             space in the pool's directory, or set [vms.libvirt] pool to a bigger one",
+            hv.name(),
+            free.map(|f| format!(" ({} MiB free)", f >> 20))
+                .unwrap_or_default(),
+            image.display(),
+            allocated.min(len).div_ceil(1 << 20)
+        ))
+    };
+    let free = hv
+        .virsh(&["pool-info", "--bytes", pool])
+        .ok()
+        .and_then(|i| available(&i));
+    if free.is_some_and(|f| f < allocated.min(len)) {
+        return Err(full(free));
+    }
+
+    let started = Instant::now();
+    let part = format!("{name}.part-{}", crate::ids::random_hex(4));
+    // Allocation 0: a sparse file (not one allocated to its full length up front), which
+    // the sparse upload keeps sparse where the image is.
+    hv.virsh(&[
+        "vol-create-as",
+        pool,
+        &part,
+        &len.to_string(),
+        "--allocation",
+        "0",
+        "--format",
+        "raw",
+    ])?;
+    let uploaded = upload(hv, pool, &part, image, len, allocated, &sha256, root);
+    let path = match uploaded {
+        Ok(path) => path,
+        Err(e) => {
+            let _ = hv.virsh(&["vol-delete", "--pool", pool, &part]);
+            if e.to_string().contains("No space left") {
+                return Err(full(None));
+            }
+            return Err(e);
+        }
+    };
+    tracing::info!(
+        hypervisor = %hv.name(),
+        pool,
+        volume = %name,
+        bytes = len,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "base image uploaded"
+    );
+    Ok(base(path))
+}
+
+/// Uploads `image` into the volume `part`, checks it, and renames it to its final name: the
+/// final path.
+#[allow(clippy::too_many_arguments)]
+fn upload(
+    hv: &Hypervisor,
+    pool: &str,
+    part: &str,
+    image: &Path,
+    len: u64,
+    allocated: u64,
+    sha256: &str,
+    root: &StateRoot,
+) -> Result<PathBuf, BackendError> {
+    let local = image.to_string_lossy();
+    // As long as the image needs at 1 MiB/s, and two minutes more.
+    let limit = Duration::from_secs(120 + allocated.min(len) / (1 << 20));
+    hv.virsh_within(
+        &["vol-upload", "--pool", pool, part, &local, "--sparse"],
+        limit,
+    )?;
+    // What was sent is the image that was hashed: its identity is unchanged (a cache hit), or
+    // its content is.
+    let (after, _) =
+        crate::hashing::cached_file_hash(root, image).map_err(|e| failed(e.to_string()))?;
+    if after != sha256 {
+        return Err(failed(format!(
+            "base image {} changed while it was uploaded; run again once it is no longer \
+             being written",
+            image.display()
+        )));
+    }
+    let tmp = lookup(hv, pool, part)
+        .ok_or_else(|| failed(format!("volume {part} vanished from pool {pool:?}")))?;
+    let tmp_text = tmp.to_string_lossy().into_owned();
+    let size = hv.sh(&["stat", "-c", "%s", &tmp_text])?;
+    if size.trim().parse::<u64>().ok() != Some(len) {
+        return Err(failed(format!(
+            "volume {part} on {} holds {} bytes after the upload, not {len}",
+            hv.name(),
+            size.trim()
+        )));
+    }
+    let name = part.rsplit_once(".part-").map_or(part, |(n, _)| n);
+    let path = tmp.with_file_name(name);
+    let path_text = path.to_string_lossy().into_owned();
+    hv.sh(&["mv", "-f", "--", &tmp_text, &path_text])
+        .map_err(|e| {
+            failed(format!(
+                "cannot rename the uploaded {tmp_text} to {path_text} on {} ({}): the user \
+                 castrad logs in as needs write access to the pool's directory",
+                hv.name(),
+                e.message
+            ))
+        })?;
+    refresh(hv, pool)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_pool_types_and_free_space_are_read_from_virsh() {
+        let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        assert_eq!(
+            volume_name(sha, "qcow2"),
+            "castra-base-0123456789abcdef.qcow2"
+        );
+        assert_eq!(volume_name(sha, "raw"), "castra-base-0123456789abcdef.raw");
+        assert_eq!(
+            pool_type("<pool type='dir'>\n  <name>castra</name>"),
+            Some("dir")
+        );
+        assert_eq!(pool_type("<pool type=\"logical\">"), Some("logical"));
+        assert_eq!(pool_type("<volume/>"), None);
+        let info = "Name:           castra\nState:          running\n\
+                    Capacity:       1000 B\nAllocation:     600 B\nAvailable:      400 B\n";
+        assert_eq!(available(info), Some(400));
+        assert_eq!(available("Name: x\n"), None);
+    }
+}
