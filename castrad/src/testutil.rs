@@ -152,6 +152,20 @@ impl Remote for Fake {
         })
     }
 
+    /// A guest setup that succeeds, saying so as the guest would.
+    fn exec(
+        &self,
+        target: Target,
+        _command: String,
+        _input: String,
+    ) -> BoxFuture<'_, Result<String, crate::ssh::SshError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("exec {}", target.port));
+        Box::pin(async { Ok("\nCASTRA-setup guest-setup 0 mounted /src (virtiofs)\n".to_owned()) })
+    }
+
     fn stop(&self, target: Target, pid: u32) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
         self.calls
             .lock()
