@@ -12,8 +12,14 @@
 su=; root || su="sudo -n"
 gs_t=$1; gs_n=$2; shift 2; gs_ok=; gs_err=
 gs_cut() { printf %s "$1" | tr -s "\n" " " | cut -c1-200; }
+# Something is mounted at $1: mountpoint(1), or (busybox has none) /proc/mounts, where a
+# blank or a backslash in a path is an octal escape.
+gs_in() {
+  if command -v mountpoint >/dev/null; then mountpoint -q -- "$1"
+  else grep -qF " $(printf %s "$1" | sed 's/\\/\\134/g; s/ /\\040/g') " /proc/mounts; fi
+}
 while [ "$gs_n" -gt 0 ]; do
-  if $su mountpoint -q -- "$2" 2>/dev/null; then gs_ok="$gs_ok $2"
+  if gs_in "$2" 2>/dev/null; then gs_ok="$gs_ok $2"
   elif [ "$gs_t" = 9p ] && e=$({ $su mkdir -p -- "$2" && $su mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$3" -- "$1" "$2"; } 2>&1); then gs_ok="$gs_ok $2"
   elif [ "$gs_t" != 9p ] && e=$({ $su mkdir -p -- "$2" && $su mount -t virtiofs -o "$3" -- "$1" "$2"; } 2>&1); then gs_ok="$gs_ok $2"
   else gs_err="${gs_err}cannot mount $1 ($gs_t) at $2: $(gs_cut "$e"); "; fi
