@@ -15,7 +15,6 @@
 use castra_api::{BootstrapStepKind as Step, BootstrapStepStatus as StepStatus, Event};
 use tokio::time::Instant;
 
-use super::driver::Marker;
 use super::{Ctx, Job};
 use crate::backend::qemu::{mounts, process};
 use crate::config::{BackendKind, Vm};
@@ -146,14 +145,16 @@ pub fn command(setup: &Setup) -> String {
 
 /// What a setup session printed, as its marker: Ok(what was done) or Err(what failed).
 pub fn outcome(stdout: &str) -> Result<String, String> {
-    let found = stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix("CASTRA-setup "))
-        .find_map(Marker::parse);
+    // The marker as driver.rs's `Marker::GuestSetup` reads it (`guest-setup <0|1> <detail>`).
+    let found = stdout.lines().find_map(|l| {
+        let rest = l.strip_prefix("CASTRA-setup guest-setup ")?;
+        let (code, detail) = rest.split_once(' ').unwrap_or((rest, ""));
+        Some((code.parse::<i32>().ok()?, detail.trim().to_owned()))
+    });
     match found {
-        Some(Marker::GuestSetup { ok: true, detail }) => Ok(detail),
-        Some(Marker::GuestSetup { ok: false, detail }) => Err(detail),
-        _ => Err(format!(
+        Some((0, detail)) => Ok(detail),
+        Some((_, detail)) => Err(detail),
+        None => Err(format!(
             "the guest said nothing castrad understands{}",
             match stdout.trim() {
                 "" => String::new(),
@@ -171,7 +172,7 @@ pub async fn run(ctx: &Ctx, job: &Job, pending: &Pending) -> Result<(), String> 
     let endpoint = job
         .endpoint
         .clone()
-        .ok_or_else(|| super::record::RunError::NoPort.to_string())?;
+        .ok_or_else(|| "the guest's SSH port is not known".to_owned())?;
     ctx.snapshot
         .send_modify(|s| s.current_step = Some(Step::GuestSetup));
     let target = Target::for_vm(
