@@ -212,7 +212,8 @@ pub async fn run(ctx: &Ctx, job: &Job, pending: &Pending) -> Result<(), String> 
         },
     );
     match result {
-        Ok(_) => {
+        Ok(detail) => {
+            tracing::info!(vm = vm.name, detail, "guest set up");
             done(&ctx.root, &vm.name, pending);
             Ok(())
         }
