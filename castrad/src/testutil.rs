@@ -88,6 +88,8 @@ pub struct Fake {
     calls: Mutex<Vec<String>>,
     /// ssh's stderr for the next login, which then fails.
     pub denied: Mutex<Option<String>>,
+    /// What the next `exec` prints (by default, a guest setup that succeeded).
+    pub exec_reply: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -97,6 +99,7 @@ impl Fake {
             probes: Mutex::new(probes.into()),
             calls: Mutex::default(),
             denied: Mutex::default(),
+            exec_reply: Mutex::default(),
         })
     }
 
@@ -152,7 +155,7 @@ impl Remote for Fake {
         })
     }
 
-    /// A guest setup that succeeds, saying so as the guest would.
+    /// `exec_reply`, or a guest setup that succeeds, saying so as the guest would.
     fn exec(
         &self,
         target: Target,
@@ -163,7 +166,12 @@ impl Remote for Fake {
             .lock()
             .unwrap()
             .push(format!("exec {}", target.port));
-        Box::pin(async { Ok("\nCASTRA-setup guest-setup 0 mounted /src (virtiofs)\n".to_owned()) })
+        let reply = self.exec_reply.lock().unwrap().take();
+        Box::pin(async {
+            Ok(reply.unwrap_or_else(|| {
+                "\nCASTRA-setup guest-setup 0 mounted /src (virtiofs)\n".to_owned()
+            }))
+        })
     }
 
     fn stop(&self, target: Target, pid: u32) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {

@@ -276,3 +276,87 @@ fn the_setup_is_pending_once_per_launch() {
     launch(101);
     assert!(pending(&root, &vm).is_some(), "a new boot");
 }
+
+/// A context on a scripted guest, `web` running (launch record of pid 100) with a mount.
+fn bench(dir: &Path) -> (Ctx, Job, std::sync::Arc<crate::testutil::Fake>) {
+    let root = StateRoot::for_project(&dir.join("state"), "p", &dir.join("castra.toml"));
+    let paths = root.vm("web");
+    crate::state_root::ensure_dir(&paths.dir).unwrap();
+    let record = serde_json::json!({
+        "vm": "web", "pid": 100, "start_time": 77, "ssh_port": 2222, "accel": "tcg",
+        "accel_reason": "", "qmp": "/q", "launched_at": "", "launched_unix_ms": 1,
+        "config": "/p/castra.toml", "mount_transport": "virtiofs",
+    });
+    std::fs::write(&paths.launch, record.to_string()).unwrap();
+    let fake = crate::testutil::Fake::new(vec![], vec![]);
+    let ctx = Ctx {
+        bus: crate::events::EventBus::default(),
+        root,
+        control_dir: dir.join("ssh"),
+        snapshot: std::sync::Arc::new(tokio::sync::watch::channel(Default::default()).0),
+        remote: fake.clone(),
+        slots: super::super::Slots::default(),
+    };
+    let job = Job {
+        vm: std::sync::Arc::new(vm_with(dir, false)),
+        mode: (
+            crate::config::BootstrapMode::Auto,
+            crate::overrides::ModeSource::File,
+        ),
+        extra_warnings: Vec::new(),
+        operation: "op-test".into(),
+        config: dir.join("castra.toml"),
+        endpoint: Some(crate::ssh::Endpoint {
+            host: "127.0.0.1".into(),
+            port: 2222,
+        }),
+        booting: true,
+        cancel: super::super::Cancel::none(),
+    };
+    (ctx, job, fake)
+}
+
+/// A setup of its own (a NoOp's): one `guest-setup` step event saying what the guest did,
+/// recorded for the boot; a guest that says it failed fails it with its words and the hint.
+#[tokio::test]
+async fn a_setup_of_its_own_is_one_step_and_is_recorded_for_the_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ctx, job, fake) = bench(dir.path());
+    let p = pending(&ctx.root, &job.vm).expect("pending");
+    run(&ctx, &job, &p).await.unwrap();
+    assert_eq!(fake.calls(), ["exec 2222"]);
+    let steps: Vec<_> = ctx
+        .bus
+        .history()
+        .into_iter()
+        .filter_map(|e| match &e.event {
+            Event::BootstrapStep {
+                step,
+                status,
+                detail,
+                ..
+            } => Some((*step, *status, detail.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [(
+            Step::GuestSetup,
+            StepStatus::Success,
+            Some("mounted /src (virtiofs)".into())
+        )]
+    );
+    assert_eq!(pending(&ctx.root, &job.vm), None, "done for this boot");
+
+    std::fs::remove_file(ctx.root.vm("web").guest_setup).unwrap();
+    *fake.exec_reply.lock().unwrap() =
+        Some("CASTRA-setup guest-setup 1 cannot mount castra0 (virtiofs) at /src: no".into());
+    let p = pending(&ctx.root, &job.vm).unwrap();
+    let e = run(&ctx, &job, &p).await.unwrap_err();
+    assert!(
+        e.starts_with("guest-setup: cannot mount castra0 (virtiofs) at /src: no (a guest"),
+        "{e}"
+    );
+    assert!(pending(&ctx.root, &job.vm).is_some(), "not recorded");
+}
