@@ -346,14 +346,6 @@ pub fn decide(
                 .into(),
         );
     }
-    if let (Some(net), false) = (&vm.network, vm.cloud_init.enabled) {
-        warnings.push(format!(
-            "on the project network at {} (NIC {}), but without cloud-init castrad does not \
-             configure the guest's side: the bootstrap script has to (the address on that \
-             NIC, the names into /etc/hosts)",
-            net.address, net.mac
-        ));
-    }
     if let Some(identity) = &facts.missing_identity {
         warnings.push(format!(
             "ssh identity {} does not exist",

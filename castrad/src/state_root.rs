@@ -135,6 +135,7 @@ impl StateRoot {
             qemu_log: dir.join("qemu.log"),
             pidfile: dir.join("qemu.pid"),
             launch: dir.join("launch.json"),
+            guest_setup: dir.join("guest-setup"),
             virtiofsd: dir.join("virtiofsd.json"),
             virtiofsd_log: dir.join("virtiofsd.log"),
             libvirt: dir.join("libvirt.json"),
@@ -204,6 +205,9 @@ pub struct VmPaths {
     pub pidfile: PathBuf,
     /// What castrad launched (pid, start time, ports): what re-adoption checks.
     pub launch: PathBuf,
+    /// The QEMU (pid, start time) whose guest side castrad set up over SSH (a guest without
+    /// cloud-init: mounts, project network), once per boot.
+    pub guest_setup: PathBuf,
     /// The virtiofsd daemons castrad runs for the VM's mounts (pid, start time, socket).
     pub virtiofsd: PathBuf,
     /// Their stderr (warnings only).

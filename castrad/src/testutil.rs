@@ -88,6 +88,8 @@ pub struct Fake {
     calls: Mutex<Vec<String>>,
     /// ssh's stderr for the next login, which then fails.
     pub denied: Mutex<Option<String>>,
+    /// What the next `exec` prints (by default, a guest setup that succeeded).
+    pub exec_reply: Mutex<Option<String>>,
 }
 
 impl Fake {
@@ -97,6 +99,7 @@ impl Fake {
             probes: Mutex::new(probes.into()),
             calls: Mutex::default(),
             denied: Mutex::default(),
+            exec_reply: Mutex::default(),
         })
     }
 
@@ -149,6 +152,25 @@ impl Remote for Fake {
                 Some(stderr) => Err(crate::ssh::classify(&target, &stderr)),
                 None => Ok(()),
             }
+        })
+    }
+
+    /// `exec_reply`, or a guest setup that succeeds, saying so as the guest would.
+    fn exec(
+        &self,
+        target: Target,
+        _command: String,
+        _input: String,
+    ) -> BoxFuture<'_, Result<String, crate::ssh::SshError>> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(format!("exec {}", target.port));
+        let reply = self.exec_reply.lock().unwrap().take();
+        Box::pin(async {
+            Ok(reply.unwrap_or_else(|| {
+                "\nCASTRA-setup guest-setup 0 mounted /src (virtiofs)\n".to_owned()
+            }))
         })
     }
 

@@ -196,6 +196,9 @@ impl Event {
 #[serde(rename_all = "kebab-case")]
 pub enum BootstrapStepKind {
     WaitHandshake,
+    /// A QEMU guest without cloud-init, once per boot: its shared folders mounted, its project
+    /// network address and /etc/hosts set (what the seed does for a cloud-init guest).
+    GuestSetup,
     VizierInstall,
     VizierEnable,
     VizierHandshake,
@@ -209,8 +212,9 @@ pub enum BootstrapStepKind {
 
 impl BootstrapStepKind {
     /// Pipeline order.
-    pub const PIPELINE: [BootstrapStepKind; 8] = [
+    pub const PIPELINE: [BootstrapStepKind; 9] = [
         BootstrapStepKind::WaitHandshake,
+        BootstrapStepKind::GuestSetup,
         BootstrapStepKind::VizierInstall,
         BootstrapStepKind::VizierEnable,
         BootstrapStepKind::VizierHandshake,
@@ -223,6 +227,7 @@ impl BootstrapStepKind {
     pub fn as_str(self) -> &'static str {
         match self {
             BootstrapStepKind::WaitHandshake => "wait-handshake",
+            BootstrapStepKind::GuestSetup => "guest-setup",
             BootstrapStepKind::VizierInstall => "vizier-install",
             BootstrapStepKind::VizierEnable => "vizier-enable",
             BootstrapStepKind::VizierHandshake => "vizier-handshake",

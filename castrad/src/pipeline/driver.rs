@@ -49,6 +49,13 @@ pub enum Marker {
         ok: bool,
         detail: String,
     },
+    /// `guest-setup <0|1> <detail>`: a guest without cloud-init has its shared folders mounted
+    /// and its project network set up (what was done), or not (what failed); see
+    /// `guest_setup.rs`. Only when the session asked for it, right after `pid`.
+    GuestSetup {
+        ok: bool,
+        detail: String,
+    },
     /// `pid <n>`: the driver's process id, first thing. sshd makes it a process group
     /// leader, so castrad can stop the guest side of a run (timeout, cancel) by group.
     Pid(u32),
@@ -116,6 +123,7 @@ impl Marker {
                 pid @ 2.. => Marker::Pid(pid as u32),
                 _ => return None,
             },
+            "guest-setup" => Marker::GuestSetup { ok, detail },
             "unsafe" => Marker::Unsafe { detail },
             "connect" => Marker::Connect { ok, detail },
             "transfer" => Marker::Transfer,
@@ -147,9 +155,9 @@ pub struct Session<'a> {
     pub vizier_dir: Option<&'a str>,
     /// Wait for cloud-init to finish before anything else.
     pub cloud_init_wait: bool,
-    /// Shared folders the driver mounts first, as (tag, guest path, `ro`|`rw`) triples
-    /// (`mounts`); empty for cloud-init guests, whose seed mounts them.
-    pub mounts: Vec<String>,
+    /// The guest setup the driver does first (`guest_setup.rs`): only once per boot of a QEMU
+    /// VM without cloud-init (a cloud-init guest's seed does it).
+    pub setup: Option<super::guest_setup::Setup>,
     /// Becomes true once castrad lets the run change the guest (the VM's stamp is gone): the
     /// env block and the archive, which the driver reads before it touches remote_dir, are
     /// sent only then.
@@ -157,7 +165,8 @@ pub struct Session<'a> {
 }
 
 /// The driver's remote command line, and what goes on stdin before the env block: the
-/// agent's text, when the command would be longer than [`COMMAND_LIMIT`] with it.
+/// agent's text, when the command would be longer than [`COMMAND_LIMIT`] with it, then the
+/// guest setup's /etc/hosts lines, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub command: String,
@@ -190,49 +199,27 @@ pub fn invocation(
     words.push(agent.clone());
     words.push(watch_every.as_secs().to_string());
     words.push(if session.cloud_init_wait { "1" } else { "" }.into());
-    words.push(mount_text(session.mounts.len() / 3));
-    words.extend(session.mounts.iter().cloned());
+    words.extend(super::guest_setup::driver_words(session.setup.as_ref()));
     words.extend(session.program.iter().cloned());
+    // The setup's /etc/hosts lines follow the agent's text on stdin (the driver reads them
+    // before the env block).
+    let setup_input = session
+        .setup
+        .as_ref()
+        .map(|s| s.input.as_str())
+        .unwrap_or("");
     let command = command_line(&words);
     if command.len() <= COMMAND_LIMIT {
         return Invocation {
             command,
-            agent_block: String::new(),
+            agent_block: setup_input.to_owned(),
         };
     }
     words[agent_word] = "-".into();
     Invocation {
         command: command_line(&words),
-        agent_block: format!("{}\n{agent}", agent.matches('\n').count()),
+        agent_block: format!("{}\n{agent}{setup_input}", agent.matches('\n').count()),
     }
-}
-
-/// The driver's part that mounts shared folders (evaluated by driver.sh, sent only when there
-/// are some, so that the session command stays short): as root (`sudo -n` otherwise), each
-/// unless something is mounted there, virtiofs first, then 9p; a failure is said on stderr and
-/// the run goes on (the script finds out). The triples are the driver's arguments.
-const MOUNT: &str = "su=; root || su=\"sudo -n\"; while [ \"$nmnt\" -gt 0 ]; do \
-{ $su mkdir -p -- \"$2\" && { $su mountpoint -q -- \"$2\" || \
-$su mount -t virtiofs -o \"$3\" -- \"$1\" \"$2\" 2>/dev/null || \
-$su mount -t 9p -o \"trans=virtio,version=9p2000.L,msize=262144,$3\" -- \"$1\" \"$2\"; }; } || \
-echo \"castra: cannot mount $1 at $2\" >&2; shift 3; nmnt=$((nmnt-1)); done";
-
-/// The driver's text that mounts `count` shared folders ("" for none): [`MOUNT`] after the
-/// count.
-fn mount_text(count: usize) -> String {
-    if count == 0 {
-        return String::new();
-    }
-    format!("nmnt={count}; {MOUNT}")
-}
-
-/// The shared folders a run mounts first: a QEMU VM's without cloud-init (a cloud-init
-/// guest's seed mounts them at every boot), as the driver's triples.
-pub fn mounts(vm: &crate::config::Vm) -> Vec<String> {
-    if vm.cloud_init.enabled || vm.backend != crate::config::BackendKind::Qemu {
-        return Vec::new();
-    }
-    crate::backend::qemu::mounts::guest_args(&vm.mounts)
 }
 
 /// The command that stops the guest side of a run whose driver is `pid` (see `Marker::Pid`):

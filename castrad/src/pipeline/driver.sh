@@ -11,10 +11,10 @@
 # <remote_dir>/.vizier otherwise), the agent's version and text (an argument, because the
 # shell's `read` takes a pipe one byte per system call; "-" when it comes first on stdin
 # instead, past ssh::COMMAND_LIMIT), the health check's interval in seconds ("" = end the
-# session at `done`), whether to wait for cloud-init first ("" = no), the shell text that mounts
-# shared folders ("" = none; driver.rs `mount_text`) and a (tag, guest path, ro|rw) triple
-# for each, then the program. Stdin: [the agent block,] the env block (a
-# line count, then quoted assignments), the tar archive.
+# session at `done`), whether to wait for cloud-init first ("" = no), the guest setup's shell
+# text ("" = none; guest_setup.sh) and its arguments, then the program. Stdin: [the agent
+# block,] [the guest setup's /etc/hosts block,] the env block (a line count, then quoted
+# assignments), the tar archive.
 #
 # After `done` the session becomes the agent's `watch` (the Vizier health check's reports),
 # so a run and the watching that follows it cost the guest one session start, not two.
@@ -24,7 +24,7 @@
 # for only when needed, and a rerun skips what is already in place.
 set -e
 nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; vver=$7; agent=$8; every=$9; shift 9
-ciwait=$1; mnt=$2; shift 2
+ciwait=$1; gs=$2; shift 2
 m() { printf "\nCASTRA-%s %s\n" "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
@@ -45,9 +45,10 @@ fi
 m pid $$
 uid=
 root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
-# Shared folders of a guest without cloud-init (a cloud-init guest's seed mounts them at
-# boot): mounted before anything else, so the script finds them. Sent only when there are.
-[ -z "$mnt" ] || eval "$mnt"
+# A guest without cloud-init, once per boot: its shared folders and its project network (a
+# cloud-init guest's seed does that), before anything else, so the script finds them. Sent
+# only when castrad has not done it yet this boot; it ends with the `guest-setup` marker.
+[ -z "$gs" ] || eval "$gs"
 # safe DIR: DIR and each of its parents up to / are owned by us or root, are not symlinks,
 # and cannot be written by others (a root-owned sticky parent such as /var/tmp excepted;
 # DIR itself never): otherwise another account could swap what runs (the owner of any

@@ -19,6 +19,7 @@
 
 mod archive;
 pub mod driver;
+pub mod guest_setup;
 pub mod handshake;
 mod ready;
 mod record;
@@ -191,6 +192,23 @@ pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
     {
         return record_failure(&ctx, &job, started, error).into();
     }
+    // A guest without cloud-init is set up once per boot: in the run's session, or here.
+    let setup = match guest_setup::needed(&vm) && job.endpoint.is_some() {
+        false => None,
+        true => {
+            let (root, vm) = (ctx.root.clone(), vm.clone());
+            tokio::task::spawn_blocking(move || guest_setup::pending(&root, &vm))
+                .await
+                .ok()
+                .flatten()
+        }
+    };
+    if plan.action != Action::Run
+        && let Some(pending) = &setup
+        && let Err(error) = guest_setup::run(&ctx, &job, pending).await
+    {
+        return record_failure(&ctx, &job, started, error).into();
+    }
 
     let ms = |since: Instant| since.elapsed().as_millis() as u64;
     match plan.action {
@@ -221,6 +239,7 @@ pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
         }
         Action::Run => {
             steps::Run::new(ctx.clone(), job, plan, started)
+                .with_setup(setup)
                 .execute()
                 .await
         }

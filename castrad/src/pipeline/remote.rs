@@ -53,6 +53,16 @@ pub trait Remote: Send + Sync + std::fmt::Debug {
     /// not (as ssh said it).
     fn login(&self, target: Target) -> BoxFuture<'_, Result<(), crate::ssh::SshError>>;
 
+    /// Runs `command` on `target` with `input` on its stdin: its stdout, at most
+    /// `guest_setup::OUTPUT_CAP` bytes of it (the guest setup of a NoOp). Err: ssh could not
+    /// run it (as ssh said).
+    fn exec(
+        &self,
+        target: Target,
+        command: String,
+        input: String,
+    ) -> BoxFuture<'_, Result<String, crate::ssh::SshError>>;
+
     /// Stops the guest side of a run: the process group that `pid` (the driver) leads, TERM
     /// then KILL after 5 s, over a connection of its own (see `driver::stop_command`). Err
     /// says why it could not.
@@ -110,6 +120,50 @@ impl Remote for OpenSsh {
     fn stop(&self, target: Target, pid: u32) -> BoxFuture<'_, Result<(), crate::ssh::SshError>> {
         Box::pin(run(target, driver::stop_command(pid)))
     }
+
+    fn exec(
+        &self,
+        target: Target,
+        command: String,
+        input: String,
+    ) -> BoxFuture<'_, Result<String, crate::ssh::SshError>> {
+        Box::pin(exec(target, command, input))
+    }
+}
+
+/// [`Remote::exec`] with OpenSSH: stdin written whole, stdout and stderr read bounded.
+async fn exec(
+    target: Target,
+    command: String,
+    input: String,
+) -> Result<String, crate::ssh::SshError> {
+    use tokio::io::AsyncWriteExt;
+    let mut conn = Connection::spawn(
+        target,
+        &command,
+        Stdio::piped(),
+        Stdio::piped(),
+        Stdio::piped(),
+    )?;
+    let stdin = conn.child().stdin.take();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A guest that stops reading early is answered by what it printed.
+            let _ = stdin.write_all(input.as_bytes()).await;
+        }
+    };
+    let cap = super::guest_setup::OUTPUT_CAP;
+    let (out, err) = (conn.child().stdout.take(), conn.child().stderr.take());
+    let ((), stdout, stderr) = tokio::join!(feed, capped(out, cap), capped(err, cap));
+    let status = conn
+        .child()
+        .wait()
+        .await
+        .map_err(crate::ssh::SshError::Spawn)?;
+    if status.code() == Some(255) {
+        return Err(crate::ssh::classify(conn.target(), &stderr));
+    }
+    Ok(stdout)
 }
 
 /// Runs `command` on `target` with nothing on stdin or stdout; Err says why it failed, as ssh
@@ -137,6 +191,16 @@ async fn run(target: Target, command: String) -> Result<(), crate::ssh::SshError
         return Ok(());
     }
     Err(crate::ssh::classify(conn.target(), &stderr))
+}
+
+/// At most `cap` bytes of `reader` (lossy UTF-8); the rest is left unread, and the pipe closed.
+async fn capped<R: AsyncRead + Unpin>(reader: Option<R>, cap: u64) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = Vec::new();
+    if let Some(r) = reader {
+        let _ = r.take(cap).read_to_end(&mut text).await;
+    }
+    String::from_utf8_lossy(&text).into_owned()
 }
 
 /// How many notes the channel from a session to its step machine holds: a session whose

@@ -77,6 +77,8 @@ struct Steps {
     authenticated: bool,
     /// wait-handshake ends only at the driver's `cloud-init` marker.
     cloud_init_wait: bool,
+    /// The session does the guest setup: `guest-setup` follows wait-handshake.
+    setup: bool,
     done: bool,
 }
 
@@ -99,6 +101,7 @@ impl Steps {
             handshake_detail,
             authenticated: false,
             cloud_init_wait: false,
+            setup: false,
             done: false,
         }
     }
@@ -120,6 +123,8 @@ pub struct Run {
     record: Record,
     /// The script's environment: the configured env and castrad's `CASTRA_*`.
     env: BTreeMap<String, String>,
+    /// The guest setup this boot still needs (`guest_setup.rs`), done in the session.
+    setup: Option<super::guest_setup::Pending>,
 }
 
 impl Run {
@@ -155,7 +160,14 @@ impl Run {
             plan,
             record,
             env,
+            setup: None,
         }
+    }
+
+    /// The run does `pending`, the guest setup, first in its session.
+    pub fn with_setup(mut self, pending: Option<super::guest_setup::Pending>) -> Run {
+        self.setup = pending;
+        self
     }
 
     fn vm(&self) -> &str {
@@ -319,7 +331,7 @@ impl Run {
             verify_path: b.verify_path.as_deref(),
             vizier_dir: b.vizier_dir.as_deref(),
             cloud_init_wait: vm.cloud_init.enabled,
-            mounts: driver::mounts(&vm),
+            setup: self.setup.as_ref().map(|p| p.setup.clone()),
             may_touch: st_touch.subscribe(),
         };
         let handshake_detail = match banner {
@@ -328,6 +340,7 @@ impl Run {
         };
         let mut st = Steps::new(since, handshake_detail);
         st.cloud_init_wait = session.cloud_init_wait;
+        st.setup = session.setup.is_some();
         st.may_touch = Some(st_touch);
         st.program = program.join(" ");
         let (tx, mut rx) = tokio::sync::mpsc::channel(super::remote::NOTES_BUFFER);
@@ -350,9 +363,12 @@ impl Run {
                         break None;
                     }
                     _ = sleep_until_some(step_deadline), if st.failure.is_none() => {
-                        let key = if st.step == Step::Apply { "apply" } else { "verify" };
                         let secs = limit.unwrap_or_default();
-                        let e = format!("timed out after {secs}s ({key}_timeout_secs)");
+                        let e = match st.step {
+                            Step::Apply => format!("timed out after {secs}s (apply_timeout_secs)"),
+                            Step::Verify => format!("timed out after {secs}s (verify_timeout_secs)"),
+                            _ => format!("timed out after {secs}s"),
+                        };
                         abort = Some((st.step, e));
                         break None;
                     }
@@ -481,7 +497,11 @@ impl Run {
                     return;
                 }
                 let detail = std::mem::take(&mut st.handshake_detail);
-                self.advance(st, Step::WaitHandshake, Some(detail), Step::VizierInstall);
+                let next = match st.setup {
+                    true => Step::GuestSetup,
+                    false => Step::VizierInstall,
+                };
+                self.advance(st, Step::WaitHandshake, Some(detail), next);
             }
             Note::Line {
                 stream: OutputStream::Stdout,
@@ -579,6 +599,15 @@ impl Run {
                     "cloud-init failed in the guest: {detail} (its logs there: {CLOUD_INIT_LOGS})"
                 );
                 self.fail_step(st, Step::WaitHandshake, e);
+            }
+            Marker::GuestSetup { ok: true, detail } => {
+                if let Some(pending) = &self.setup {
+                    super::guest_setup::done(&self.ctx.root, &self.job.vm.name, pending);
+                }
+                self.advance(st, Step::GuestSetup, Some(detail), Step::VizierInstall);
+            }
+            Marker::GuestSetup { ok: false, detail } => {
+                self.fail_step(st, Step::GuestSetup, super::guest_setup::failure(&detail));
             }
             Marker::VizierInstall { ok: true, detail } => {
                 self.advance(st, Step::VizierInstall, Some(detail), Step::VizierEnable);
@@ -711,6 +740,7 @@ impl Run {
         match step {
             Step::Apply => Some(b.apply_timeout_secs),
             Step::Verify => Some(b.verify_timeout_secs),
+            Step::GuestSetup => Some(super::guest_setup::TIMEOUT.as_secs()),
             _ => None,
         }
     }

@@ -14,6 +14,7 @@ mod doctor;
 mod edges;
 mod examples;
 mod fleet;
+mod guest_setup;
 mod hostile;
 mod install;
 mod libvirt;

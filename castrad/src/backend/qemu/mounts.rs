@@ -21,7 +21,7 @@
 //!
 //! Tags are `castra<i>` (the mount's index): short (virtiofs allows 36 bytes), and the guest
 //! side uses the same names: [`guest_command`] in the seed's `bootcmd` for cloud-init guests,
-//! [`guest_args`] for the bootstrap driver's mounts on guests without cloud-init.
+//! [`guest_args`] for the mounts `pipeline::guest_setup` makes on guests without cloud-init.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -324,7 +324,7 @@ pub fn guest_command(mounts: &[Mount]) -> Option<Vec<String>> {
 }
 
 /// Pure: (tag, guest path, `ro`|`rw`) for each mount, flat: the guest side's arguments (also
-/// the bootstrap driver's, for guests without cloud-init).
+/// `pipeline::guest_setup`'s, for guests without cloud-init).
 pub fn guest_args(mounts: &[Mount]) -> Vec<String> {
     let mut a = Vec::new();
     for (i, m) in mounts.iter().enumerate() {

@@ -492,6 +492,7 @@ pub fn forget(paths: &VmPaths) {
     super::mounts::stop_now(paths);
     for f in [
         &paths.launch,
+        &paths.guest_setup,
         &paths.qmp,
         &paths.serial_socket,
         &paths.pidfile,

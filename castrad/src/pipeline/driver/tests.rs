@@ -12,16 +12,16 @@ fn run_driver(
     verify_path: &str,
     agent_on_stdin: bool,
 ) -> (String, String, i32) {
-    run_driver_with(dir, env, verify_path, agent_on_stdin, &[])
+    run_driver_with(dir, env, verify_path, agent_on_stdin, None)
 }
 
-/// [`run_driver`] with shared folders (triples); programs in `dir/bin` come first in PATH.
+/// [`run_driver`] with a guest setup; programs in `dir/bin` come first in PATH.
 fn run_driver_with(
     dir: &Path,
     env: &BTreeMap<String, String>,
     verify_path: &str,
     agent_on_stdin: bool,
-    mounts: &[&str],
+    setup: Option<&crate::pipeline::guest_setup::Setup>,
 ) -> (String, String, i32) {
     let (reader, writer) = std::io::pipe().unwrap();
     let agent = crate::vizier::agent_script();
@@ -34,8 +34,7 @@ fn run_driver_with(
         .arg(if agent_on_stdin { "-" } else { &agent })
         .arg("") // no watch after `done`: the session ends
         .arg("") // no cloud-init to wait for
-        .arg(mount_text(mounts.len() / 3))
-        .args(mounts)
+        .args(crate::pipeline::guest_setup::driver_words(setup))
         .args(["sh", "./run.sh"])
         .env(
             "PATH",
@@ -51,11 +50,12 @@ fn run_driver_with(
         .spawn()
         .unwrap();
     let (block, script, payload) = (env_block(env), dir.join("run.sh"), dir.join("payload"));
-    let agent_block = if agent_on_stdin {
+    let mut agent_block = if agent_on_stdin {
         format!("{}\n{agent}", agent.matches('\n').count())
     } else {
         String::new()
     };
+    agent_block.push_str(setup.map(|s| s.input.as_str()).unwrap_or(""));
     let feeder = std::thread::spawn(move || {
         let mut writer = writer;
         writer.write_all(agent_block.as_bytes())?;
@@ -78,11 +78,11 @@ fn run_driver_with(
     )
 }
 
-/// A guest without cloud-init: the driver mounts the shared folders (as root, through
-/// `sudo -n` otherwise) before the script runs, virtiofs first, then 9p; one that
-/// cannot be mounted is said on stderr and the run goes on.
+/// A guest without cloud-init: the driver does the guest setup (here: two shared folders)
+/// before anything else, says so with its marker, and the script finds it done; a setup
+/// that fails ends the session before the Vizier steps.
 #[test]
-fn driver_mounts_the_shared_folders_before_the_script() {
+fn driver_does_the_guest_setup_before_the_script() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let bin = d.join("bin");
@@ -95,14 +95,7 @@ fn driver_mounts_the_shared_folders_before_the_script() {
     };
     stub("mountpoint", "exit 1".into());
     stub("sudo", "[ \"$1\" = -n ] && shift; exec \"$@\"".into());
-    // virtiofs works for castra0; castra1 has neither transport.
-    stub(
-        "mount",
-        format!(
-            "echo \"$*\" >>{c}; [ \"$2 $6\" = \"virtiofs castra0\" ]",
-            c = calls.display()
-        ),
-    );
+    stub("mount", format!("echo \"$*\" >>{c}", c = calls.display()));
     std::fs::write(
         d.join("run.sh"),
         format!("cp {} seen\ntouch done\n", calls.display()),
@@ -111,23 +104,41 @@ fn driver_mounts_the_shared_folders_before_the_script() {
     std::fs::create_dir_all(d.join("payload")).unwrap();
     let (src, docs) = (d.join("g/src"), d.join("g/my docs"));
     let (src, docs) = (src.to_str().unwrap(), docs.to_str().unwrap());
-    let mounts = ["castra0", src, "rw", "castra1", docs, "ro"];
-    let (_, stderr, code) = run_driver_with(d, &BTreeMap::new(), "done", false, &mounts);
+    let setup = crate::pipeline::guest_setup::Setup {
+        args: [
+            "9p", "2", "castra0", src, "rw", "castra1", docs, "ro", "", "", "",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        input: String::new(),
+    };
+    let (stdout, stderr, code) = run_driver_with(d, &BTreeMap::new(), "done", false, Some(&setup));
     assert_eq!(code, 0, "{stderr}");
     let seen = std::fs::read_to_string(d.join("guest/remote dir/seen")).unwrap();
+    let opts = "trans=virtio,version=9p2000.L,msize=262144";
     assert_eq!(
         seen,
-        format!(
-            "-t virtiofs -o rw -- castra0 {src}\n\
-             -t virtiofs -o ro -- castra1 {docs}\n\
-             -t 9p -o trans=virtio,version=9p2000.L,msize=262144,ro -- castra1 {docs}\n"
-        )
+        format!("-t 9p -o {opts},rw -- castra0 {src}\n-t 9p -o {opts},ro -- castra1 {docs}\n")
     );
-    assert!(Path::new(src).is_dir() && Path::new(docs).is_dir());
+    let at = |m: &str| stdout.find(&format!("CASTRA-n0nce {m}")).expect(m);
+    assert!(stdout.contains(&format!(
+        "CASTRA-n0nce guest-setup 0 mounted {src} {docs} (9p)\n"
+    )));
+    assert!(at("pid") < at("guest-setup") && at("guest-setup") < at("vizier-install"));
+
+    stub("mount", "echo \"no such device\" >&2; exit 32".into());
+    std::fs::remove_file(d.join("guest/remote dir/seen")).unwrap();
+    let (stdout, _, code) = run_driver_with(d, &BTreeMap::new(), "done", false, Some(&setup));
+    assert_eq!(code, 0);
     assert!(
-        stderr.contains(&format!("castra: cannot mount castra1 at {docs}")),
-        "{stderr}"
+        stdout.contains(&format!(
+            "CASTRA-n0nce guest-setup 1 cannot mount castra0 (9p) at {src}: no such device; \
+             cannot mount castra1 (9p) at {docs}: no such device\n"
+        )),
+        "{stdout}"
     );
+    assert!(!stdout.contains("vizier-install"), "{stdout}");
+    assert!(!d.join("guest/remote dir/seen").exists());
 }
 
 #[test]
@@ -404,7 +415,7 @@ fn a_long_command_sends_the_agent_on_stdin() {
         verify_path: None,
         vizier_dir: None,
         cloud_init_wait: false,
-        mounts: Vec::new(),
+        setup: None,
         may_touch: tokio::sync::watch::channel(true).1,
     };
     let short = invocation(
@@ -467,6 +478,7 @@ mod props {
                 ok: false,
                 detail: pid.to_string()
             }),
+            (any::<bool>(), detail()).prop_map(|(ok, detail)| Marker::GuestSetup { ok, detail }),
             Just(Marker::Transfer),
             Just(Marker::ScriptStarts),
             Just(Marker::ScriptEnds),
@@ -508,6 +520,7 @@ mod props {
                 format!("vizier-handshake {} {detail}", code(*ok))
             }
             Marker::Pid(pid) => format!("pid {pid}"),
+            Marker::GuestSetup { ok, detail } => format!("guest-setup {} {detail}", code(*ok)),
             Marker::Unsafe { detail } => format!("unsafe {detail}"),
             Marker::Connect { ok: true, .. } => "connect 0".into(),
             Marker::Connect { ok: false, detail } => format!("connect 1 {detail}"),
