@@ -18,6 +18,15 @@ use crate::pipeline::handshake::NoBanner;
 use crate::pipeline::remote::{Ended, Note, SessionError};
 use crate::ssh::Target;
 
+/// Writes an executable shell script `dir/name` running `body`: a stand-in for a guest's
+/// command, for tests of the shell castrad sends (put `dir` first on the script's PATH).
+pub fn stub_command(dir: &Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
 /// A QEMU VM named `web` whose files (base.img, run.sh, payload/) live in `dir`.
 pub fn sample_vm(dir: &Path) -> Vm {
     Vm {

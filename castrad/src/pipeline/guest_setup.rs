@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::{Ctx, Job};
 use crate::backend::qemu::{mounts, process};
 use crate::config::{BackendKind, Vm};
-use crate::ssh::{self, Target};
+use crate::ssh;
 use crate::state_root::StateRoot;
 
 /// The setup, as shell (`guest_setup.sh`); it is sent [`ssh::compact`]ed.
@@ -175,14 +175,10 @@ pub async fn run(ctx: &Ctx, job: &Job, pending: &Pending) -> Result<(), String> 
         .ok_or_else(|| "the guest's SSH port is not known".to_owned())?;
     ctx.snapshot
         .send_modify(|s| s.current_step = Some(Step::GuestSetup));
-    let target = Target::for_vm(
+    let target = ctx.session(
         vm,
         &endpoint,
-        &ctx.root,
-        ssh::control_path(
-            &ctx.control_dir,
-            &format!("setup-{}", crate::ids::random_hex(6)),
-        ),
+        "setup",
         std::time::Duration::from_secs(vm.bootstrap.handshake_timeout_secs.clamp(1, 30)),
     );
     let exec = ctx

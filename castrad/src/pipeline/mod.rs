@@ -114,6 +114,27 @@ pub struct Ctx {
     pub slots: Slots,
 }
 
+impl Ctx {
+    /// A connection of its own to `vm` (waiting for readiness, the guest setup, the health
+    /// watch): the VM's pinned settings, a fresh control socket named after `what`.
+    pub fn session(
+        &self,
+        vm: &Vm,
+        endpoint: &ssh::Endpoint,
+        what: &str,
+        connect_timeout: std::time::Duration,
+    ) -> ssh::Target {
+        let name = format!("{what}-{}", crate::ids::random_hex(6));
+        ssh::Target::for_vm(
+            vm,
+            endpoint,
+            &self.root,
+            ssh::control_path(&self.control_dir, &name),
+            connect_timeout,
+        )
+    }
+}
+
 /// What a run leaves behind: its outcome and, after a successful run that reached the guest,
 /// its connection and session, still open, for the Vizier health check to take over (a run
 /// and the watching after it cost one key exchange and one session start, not two of each).

@@ -7,7 +7,6 @@ use tokio::time::{Duration, Instant};
 use super::record::RunError;
 use super::steps::RETRY_PAUSE;
 use super::{Ctx, Job};
-use crate::ssh::{self, Target};
 
 /// For a VM this job has just booted whose bootstrap is a NoOp or a Skip: waits until the
 /// guest accepts us (its SSH banner, then a login that runs nothing), saying what it waits on
@@ -37,14 +36,10 @@ pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
             },
         );
     };
-    let target = Target::for_vm(
+    let target = ctx.session(
         vm,
         &endpoint,
-        &ctx.root,
-        ssh::control_path(
-            &ctx.control_dir,
-            &format!("ready-{}", crate::ids::random_hex(6)),
-        ),
+        "ready",
         Duration::from_secs(vm.bootstrap.handshake_timeout_secs.clamp(1, 30)),
     );
     let result = loop {

@@ -439,16 +439,10 @@ impl Actor {
         let Some(endpoint) = self.ctx.backend.ssh_endpoint(vm, info.as_ref()) else {
             return;
         };
-        let target = crate::ssh::Target::for_vm(
-            vm,
-            &endpoint,
-            &self.ctx.pipeline.root,
-            crate::ssh::control_path(
-                &self.ctx.pipeline.control_dir,
-                &format!("health-{}", crate::ids::random_hex(6)),
-            ),
-            Duration::from_secs(10),
-        );
+        let target = self
+            .ctx
+            .pipeline
+            .session(vm, &endpoint, "health", Duration::from_secs(10));
         self.health = Some(tokio::spawn(crate::vizier::health::watch(
             target,
             handover,

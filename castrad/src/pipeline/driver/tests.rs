@@ -88,11 +88,7 @@ fn driver_does_the_guest_setup_before_the_script() {
     let bin = d.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let calls = d.join("calls");
-    let stub = |name: &str, body: String| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(bin.join(name), format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
+    let stub = |name: &str, body: String| crate::testutil::stub_command(&bin, name, &body);
     stub("mountpoint", "exit 1".into());
     stub("sudo", "[ \"$1\" = -n ] && shift; exec \"$@\"".into());
     stub("mount", format!("echo \"$*\" >>{c}", c = calls.display()));

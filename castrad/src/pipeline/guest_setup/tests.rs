@@ -117,11 +117,7 @@ fn the_guest_side_mounts_writes_the_hosts_block_and_says_what_failed() {
     let bin = d.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
     let calls = d.join("calls");
-    let stub = |name: &str, body: String| {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::write(bin.join(name), format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(bin.join(name), std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
+    let stub = |name: &str, body: String| crate::testutil::stub_command(&bin, name, &body);
     stub("sudo", "[ \"$1\" = -n ] && shift; exec \"$@\"".into());
     // Mounted: the first mount point, once mounted.
     let mounted = d.join("mounted");

@@ -239,12 +239,7 @@ fn the_guest_script_mounts_each_share_falling_back_to_9p() {
     let bin = dir.path().join("bin");
     std::fs::create_dir(&bin).unwrap();
     let log = dir.path().join("calls");
-    let stub = |name: &str, body: &str| {
-        let path = bin.join(name);
-        std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    };
+    let stub = |name: &str, body: &str| crate::testutil::stub_command(&bin, name, body);
     stub("mountpoint", "exit 1");
     // virtiofs fails for castra1, so it falls back to 9p; 9p works.
     stub(
