@@ -515,14 +515,11 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
 }
 
 /// Replaces castractl with `ssh` to `host` (a shell, or `command`) with castrad's settings
-/// (`copy::pinned_options`); returns only if it could not be started.
+/// (`copy::ssh_args`); returns only if it could not be started.
 fn exec_ssh(host: &api::SshHost, command: &[String]) -> Failure {
     use std::os::unix::process::CommandExt;
     let e = std::process::Command::new("ssh")
-        .args(crate::copy::pinned_options(host))
-        .arg("--")
-        .arg(&host.host_name)
-        .args(command)
+        .args(crate::copy::ssh_args(host, command))
         .exec();
     Failure::new(Exit::Failed, "internal", format!("cannot run ssh: {e}"))
 }

@@ -148,10 +148,33 @@ pub fn word(path: &str) -> Result<String, Failure> {
     Ok(out)
 }
 
+/// argv (after `ssh`) of `castractl ssh`: a shell on `host`, or `command`.
+pub fn ssh_args(host: &api::SshHost, command: &[String]) -> Vec<OsString> {
+    let mut args = pinned_options(host);
+    args.push("--".into());
+    args.push(host.host_name.clone().into());
+    args.extend(command.iter().map(OsString::from));
+    args
+}
+
+/// argv (after `sftp`) of `castractl cp`: a batch read from stdin.
+fn sftp_args(host: &api::SshHost) -> Vec<OsString> {
+    let mut destination = host.host_name.clone();
+    if destination.contains(':') {
+        destination = format!("[{destination}]");
+    }
+    let mut args: Vec<OsString> = ["-q", "-b", "-"].map(OsString::from).into();
+    args.extend(pinned_options(host));
+    args.push("--".into());
+    args.push(destination.into());
+    args
+}
+
 /// The options that make OpenSSH (ssh, sftp) reach `host` exactly as castrad does: its pinned
-/// host key and nothing else, castrad's identity for it, its user and port, then the
-/// project's options. They come first: OpenSSH keeps the first value of each, so the user's
-/// ~/.ssh/config cannot undo the pinning, while the rest of it still applies.
+/// host key and nothing else, castrad's identity for it, its user and port, its route (through
+/// a libvirt VM's hypervisor), then the project's options. They come first: OpenSSH keeps the
+/// first value of each, so the user's ~/.ssh/config cannot undo the pinning or the route,
+/// while the rest of it still applies.
 pub fn pinned_options(host: &api::SshHost) -> Vec<OsString> {
     let mut args = Vec::new();
     let mut opt = |k: &str, v: &std::ffi::OsStr| {
@@ -173,6 +196,11 @@ pub fn pinned_options(host: &api::SshHost) -> Vec<OsString> {
         opt("User", user.as_ref());
     }
     opt("Port", host.port.to_string().as_ref());
+    if let Some(proxy) = &host.proxy_command {
+        // One argv word, no shell of ours: ssh takes the rest of it as the command line (and
+        // runs that with `sh -c`, as it would from a config file).
+        opt("ProxyCommand", proxy.as_ref());
+    }
     for option in &host.options {
         args.push("-o".into());
         args.push(option.into());
@@ -239,15 +267,8 @@ async fn sftp(
     recursive: bool,
 ) -> Result<(), Failure> {
     use tokio::io::AsyncWriteExt;
-    let mut destination = host.host_name.clone();
-    if destination.contains(':') {
-        destination = format!("[{destination}]");
-    }
     let mut child = tokio::process::Command::new("sftp")
-        .args(["-q", "-b", "-"])
-        .args(pinned_options(host))
-        .arg("--")
-        .arg(&destination)
+        .args(sftp_args(host))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -337,6 +358,65 @@ mod tests {
                 .unwrap()
                 .batch(false)
                 .is_err()
+        );
+    }
+
+    fn host(proxy_command: Option<&str>) -> api::SshHost {
+        api::SshHost {
+            vm: "far".into(),
+            alias: "castra-p-far".into(),
+            host_name: "127.0.0.1".into(),
+            port: 40022,
+            user: Some("dev".into()),
+            identity_file: Some("/k/id".into()),
+            known_hosts: "/s/known_hosts".into(),
+            host_key_alias: "castra-far".into(),
+            options: vec!["Compression=yes".into()],
+            proxy_command: proxy_command.map(str::to_owned),
+            config: String::new(),
+        }
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn ssh_and_sftp_take_the_hypervisor_route_when_there_is_one() {
+        let direct = strings(ssh_args(&host(None), &["true".into()]));
+        assert!(
+            !direct.iter().any(|a| a.contains("ProxyCommand")),
+            "{direct:?}"
+        );
+        assert_eq!(direct[direct.len() - 3..], ["--", "127.0.0.1", "true"]);
+        assert!(direct.windows(2).any(|w| w == ["-o", "Port=40022"]));
+
+        // As castrad writes it: shell words, ssh's own tokens, a doubled `%`, a quote.
+        let proxy = "'ssh' '-o' 'ControlPath=/run/c/hv-1' '-o' 'UserKnownHostsFile=/p/it'\''s                      100%%' -W %h:%p -- 'hv'";
+        let routed = strings(ssh_args(&host(Some(proxy)), &["true".into()]));
+        let word = format!("ProxyCommand={proxy}");
+        let at = routed
+            .iter()
+            .position(|a| *a == word)
+            .expect("one argv word");
+        assert_eq!(routed[at - 1], "-o");
+        // Ahead of the project's options, so that none can replace the route.
+        let project = routed.iter().position(|a| a == "Compression=yes").unwrap();
+        assert!(at < project, "{routed:?}");
+        assert_eq!(routed[routed.len() - 3..], ["--", "127.0.0.1", "true"]);
+        // The rest is what a direct connection passes.
+        let mut without = routed.clone();
+        without.drain(at - 1..=at);
+        assert_eq!(without, direct);
+
+        let sftp = strings(sftp_args(&host(Some(proxy))));
+        assert!(sftp.contains(&word), "{sftp:?}");
+        assert_eq!(sftp[..3], ["-q", "-b", "-"]);
+        assert_eq!(sftp[sftp.len() - 2..], ["--", "127.0.0.1"]);
+        assert!(
+            !strings(sftp_args(&host(None)))
+                .iter()
+                .any(|a| a.contains("ProxyCommand"))
         );
     }
 }

@@ -482,6 +482,7 @@ impl Daemon {
                 known_hosts: target.known_hosts.clone(),
                 host_key_alias: crate::ssh::host_key_alias(&vm.name),
                 options: target.options.clone(),
+                proxy_command: target.proxy.clone(),
             });
         }
         Ok(castra_api::SshConfigResult {

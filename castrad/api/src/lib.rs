@@ -682,6 +682,11 @@ pub struct SshHost {
     pub host_key_alias: String,
     /// `[vms.ssh] options`, as `Key=Value`.
     pub options: Vec<String>,
+    /// The route to `host_name:port` when it is not direct: the OpenSSH `ProxyCommand` through
+    /// the hypervisor of a libvirt VM on another host (the guest's port listens on that
+    /// host's loopback). A shell command line as ssh reads it (ssh expands `%h:%p`; a literal
+    /// `%` is doubled), to pass as one `-o ProxyCommand=…` word. Null: connect directly.
+    pub proxy_command: Option<String>,
     /// The OpenSSH config block (for `ssh -F`, `scp -F`, VS Code Remote-SSH).
     pub config: String,
 }

@@ -451,7 +451,8 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     let t = Instant::now();
     let lv = Libvirtd::start();
     let env = Env::new();
-    let sshd = crate::sshd::Sshd::start(&env.path("hv"));
+    // Its log shows each forwarding through the hypervisor (see below).
+    let sshd = crate::sshd::Sshd::start_logging_channels(&env.path("hv"));
     let pins = env.path("hv_known_hosts");
     pin(&sshd, &pins);
     let extra = format!("known_hosts = \"{}\"\nupload = true\n", pins.display());
@@ -524,6 +525,46 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
         .filter(|n| n.starts_with("hv-") && !n.ends_with(".ssh"))
         .collect();
     assert_eq!(masters.len(), 1, "{masters:?}");
+    // castractl's ssh and cp take that route too: each opens one forwarding to the guest's
+    // port on the hypervisor's sshd. A direct connection to the workstation's 127.0.0.1:PORT
+    // would reach the guest just as well here (the "remote" hypervisor is this machine) but
+    // would not pass through that sshd.
+    let hosts = env.ctl(&p, &["ssh-config", "far", "--json"]).ok().json();
+    let port = hosts["hosts"][0]["port"].as_u64().unwrap();
+    assert!(
+        hosts["hosts"][0]["proxy_command"]
+            .as_str()
+            .is_some_and(|c| c.ends_with("-W %h:%p -- '127.0.0.1'")),
+        "{hosts}"
+    );
+    let forwards = || {
+        let to_guest = format!(", target 127.0.0.1 port {port}");
+        sshd.log()
+            .lines()
+            .filter(|l| l.contains("server_request_direct_tcpip") && l.ends_with(&to_guest))
+            .count()
+    };
+    let before = forwards();
+    env.ctl(&p, &["ssh", "far", "--", "true"]).ok();
+    assert_eq!(
+        forwards(),
+        before + 1,
+        "castractl ssh went around the hypervisor"
+    );
+    // The tiny guest has no sftp server: the copy fails, in the guest's words, once its
+    // connection got there (through the hypervisor, with the pinned key).
+    let sent = env.path("sent.txt");
+    std::fs::write(&sent, "through the hypervisor\n").unwrap();
+    let cp = env.ctl(&p, &["cp", sent.to_str().unwrap(), "far:/tmp/sent.txt"]);
+    assert!(
+        cp.code == 1 && cp.stderr.contains("sftp-server: not found"),
+        "{cp:?}"
+    );
+    assert_eq!(
+        forwards(),
+        before + 2,
+        "castractl cp went around the hypervisor"
+    );
 
     let again = up(&env, &p, &[]);
     assert_eq!(again.statuses(), ["NoOp", "NoOp"], "{}", again.stderr);

@@ -17,6 +17,8 @@ pub struct Sshd {
     pub user: String,
     /// sshd_config lines on connection limits.
     limits: &'static str,
+    /// sshd's `LogLevel` (its log is `dir/sshd.log`).
+    log_level: &'static str,
 }
 
 fn keygen(path: &Path) {
@@ -46,16 +48,22 @@ impl Sshd {
     /// Starts sshd with files under `dir`, allowing 200 connections that have not yet
     /// authenticated (many tests' VMs connect at once).
     pub fn start(dir: &Path) -> Sshd {
-        Sshd::start_limited(dir, "MaxStartups 200\nMaxSessions 200\n")
+        Sshd::start_limited(dir, "MaxStartups 200\nMaxSessions 200\n", "ERROR")
+    }
+
+    /// As [`Sshd::start`], logging at DEBUG1: each channel a client opens shows in
+    /// [`Sshd::log`] (a forwarding as `server_request_direct_tcpip: … target HOST port PORT`).
+    pub fn start_logging_channels(dir: &Path) -> Sshd {
+        Sshd::start_limited(dir, "MaxStartups 200\nMaxSessions 200\n", "DEBUG1")
     }
 
     /// Starts sshd with OpenSSH's own limits: past 10 connections that have not yet
     /// authenticated it drops new ones at random (`MaxStartups 10:30:100`), as a stock server.
     pub fn start_stock_limits(dir: &Path) -> Sshd {
-        Sshd::start_limited(dir, "")
+        Sshd::start_limited(dir, "", "ERROR")
     }
 
-    fn start_limited(dir: &Path, limits: &'static str) -> Sshd {
+    fn start_limited(dir: &Path, limits: &'static str, log_level: &'static str) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "/usr/sbin/sshd missing: scripts/setup installs openssh-server"
@@ -82,6 +90,7 @@ impl Sshd {
             client_key,
             user,
             limits,
+            log_level,
         };
         sshd.spawn();
         sshd
@@ -93,10 +102,11 @@ impl Sshd {
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\n{limits}LogLevel ERROR\nAcceptEnv none\n\
+             PermitRootLogin prohibit-password\n{limits}LogLevel {log_level}\nAcceptEnv none\n\
              Subsystem sftp internal-sftp\n",
             port = self.port,
             limits = self.limits,
+            log_level = self.log_level,
         );
         std::fs::write(self.dir.join("sshd_config"), config).unwrap();
         let child = Command::new("/usr/sbin/sshd")
@@ -128,6 +138,11 @@ impl Sshd {
         self.stop();
         keygen(&self.dir.join("host_key"));
         self.spawn();
+    }
+
+    /// What sshd has logged since it was last started.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("sshd.log")).unwrap_or_default()
     }
 
     /// The `[vms.ssh]` table for a VM behind this sshd.
