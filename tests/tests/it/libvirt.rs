@@ -54,7 +54,14 @@ impl Libvirtd {
         .unwrap();
         let spawn = |program: &str, log: &str| {
             Command::new("unshare")
-                .args(["--user", "--map-user=1000", "--map-group=1000", "--"])
+                // A mount namespace of their own: `small_pool` mounts there, never on the host.
+                .args([
+                    "--user",
+                    "--map-user=1000",
+                    "--map-group=1000",
+                    "--mount",
+                    "--",
+                ])
                 .arg(program)
                 .env_clear()
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -88,6 +95,25 @@ impl Libvirtd {
         ]);
         lv.virsh(&["pool-start", "castra"]);
         lv
+    }
+
+    /// A dir pool `name` on a tmpfs of `size` (as mount's size=), mounted in libvirtd's own
+    /// mount namespace: gone with libvirtd, never seen by the host.
+    pub fn small_pool(&self, name: &str, size: &str) {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("nsenter")
+            .arg(format!("--target={}", self.libvirtd.id()))
+            .args(["--mount", "--", "mount", "-t", "tmpfs", "-o"])
+            .arg(format!("size={size}"))
+            .arg(format!("castra-{name}"))
+            .arg(&dir)
+            .status()
+            .expect("nsenter (util-linux)");
+        assert!(status.success(), "mounting a tmpfs for pool {name}");
+        let target = dir.to_str().unwrap();
+        self.virsh(&["pool-define-as", name, "dir", "--target", target]);
+        self.virsh(&["pool-start", name]);
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -691,6 +717,24 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         err.contains("needs a pool whose volumes are files")
             && err.contains("pool \"lvm\" is of type \"logical\""),
         "{err}"
+    );
+
+    // A pool without room for even a new disk's first writes: refused before anything starts.
+    lv.small_pool("tiny", "1m");
+    let err = try_up(libvirt_vm("vm", &lv.uri(), "pool = \"tiny\"\n"));
+    assert!(err.contains("vm vm: hypervisor this machine ("), "{err}");
+    assert!(
+        err.contains(
+            "pool \"tiny\" on this machine is out of space (1 MiB free): starting a VM (its \
+             new disk's and seed's first writes) needs 8 MiB there; free space in the pool's \
+             directory, or set [vms.libvirt] pool to a bigger one"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        lv.virsh(&["vol-list", "tiny"]).trim(),
+        "",
+        "nothing made there"
     );
 
     // The base image is not on the hypervisor.

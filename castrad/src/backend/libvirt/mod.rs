@@ -20,6 +20,7 @@
 
 mod domain;
 mod drift;
+mod space;
 pub mod upload;
 pub mod virsh;
 pub mod xml;
@@ -204,7 +205,9 @@ impl Libvirt {
             None => virtual_size,
         };
         let spec = xml::volume(&record.overlay, capacity, "qcow2", Some((&base, &format)));
-        hv.virsh_with_file(&["vol-create", &config.pool], &spec)?;
+        let disk = format!("the disk of vm {}", vm.name);
+        hv.virsh_with_file(&["vol-create", &config.pool], &spec)
+            .map_err(space::explain(&hv, &config.pool, &disk))?;
         // A new disk: nothing proven about or given to the previous one holds.
         for stale in [
             &paths.stamp,
@@ -228,12 +231,15 @@ impl Libvirt {
                 .map_err(io(format!("reading {}", paths.seed.display())))?
                 .len();
             let _ = hv.virsh(&["vol-delete", "--pool", &config.pool, &record.seed]);
+            let what = format!("the cloud-init seed of vm {}", vm.name);
             hv.virsh_with_file(
                 &["vol-create", &config.pool],
                 &xml::volume(&record.seed, size, "raw", None),
-            )?;
+            )
+            .map_err(space::explain(&hv, &config.pool, &what))?;
             let seed = paths.seed.to_string_lossy().into_owned();
-            hv.virsh(&["vol-upload", "--pool", &config.pool, &record.seed, &seed])?;
+            hv.virsh(&["vol-upload", "--pool", &config.pool, &record.seed, &seed])
+                .map_err(space::explain(&hv, &config.pool, &what))?;
         }
         Ok(Some(PathBuf::from(format!(
             "{}/{}",
@@ -546,6 +552,11 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
         });
     }
     let mut seen = std::collections::BTreeSet::new();
+    // How many of the VMs start in each pool: what its free space must hold.
+    let mut starting = std::collections::BTreeMap::<(&str, &str), u64>::new();
+    for config in vms.iter().filter_map(|vm| vm.libvirt.as_ref()) {
+        *starting.entry((&config.uri, &config.pool)).or_default() += 1;
+    }
     for vm in vms {
         let Some(config) = vm.libvirt.as_ref() else {
             continue;
@@ -558,8 +569,13 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
             message,
         };
         if seen.insert((config.uri.clone(), config.pool.clone())) {
-            // One round trip when all is well: the pool's answer says libvirt answers too.
-            if hv.virsh(&["pool-info", &config.pool]).is_err() {
+            // One round trip when all is well: the pool's answer says libvirt answers too,
+            // and how much room the pool has.
+            let info = hv.virsh(&["pool-info", "--bytes", &config.pool]);
+            if let Ok(info) = &info {
+                let count = starting.get(&(&*config.uri, &*config.pool)).copied();
+                space::check(&hv, &config.pool, info, count.unwrap_or(1)).map_err(problem)?;
+            } else {
                 if let Err(e) = hv.virsh(&["uri"]) {
                     return Err(problem(explain_connect(&e.message)));
                 }
