@@ -297,6 +297,11 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "1"
     );
 
+    // (h27) libvirt.json is only a cache: without it, the restarted castrad finds the domain
+    // from castra.toml's [vms.libvirt] and the domain's metadata (and writes the cache again).
+    let cache = env.project_state().join("vms/box/libvirt.json");
+    std::fs::remove_file(&cache).unwrap();
+
     // castrad dies hard; the domain runs on; a new castrad adopts it from libvirt.
     let d = daemon.take().unwrap();
     nix::sys::signal::kill(d.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -312,11 +317,20 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "adopted, not relaunched"
     );
 
+    assert!(
+        cache.exists(),
+        "(h27) the cache written again from the metadata"
+    );
+
     drift_and_restart(&lv, &env, &p);
+
+    // (h27) discard needs no libvirt.json either: the volumes are the metadata's.
+    std::fs::remove_file(&cache).unwrap();
 
     // down --discard: no domain, no volume left.
     let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
     assert_eq!(gone["vms"][0]["outcome"], "graceful", "{gone}");
+    assert_eq!(gone["vms"][0]["discarded"], true, "{gone}");
     let (domains, volumes) = lv.domains_and_volumes();
     assert!(
         domains.is_empty() && volumes.is_empty(),

@@ -15,8 +15,10 @@
 //! accelerator, the volumes, the launch settings drift is reported against) lives in the
 //! domain's `<metadata>`, so a restarted castrad adopts it from libvirt. A restart defines
 //! the domain again with castra.toml's settings and grows its disk (`drift`). castrad keeps
-//! one small file per VM (`libvirt.json`: the URI, the pool, the castra.toml) only so that it
-//! knows which hypervisor to ask.
+//! one small file per VM (`libvirt.json`: the URI, the pool, the castra.toml), only a cache
+//! of which hypervisor to ask: a starting castrad adopts the VMs it lists; without it, the
+//! same comes from castra.toml's `[vms.libvirt]` and the domain's name when castrad loads
+//! the project (`configured`), and adoption and `discard` go by the domain's metadata.
 
 mod domain;
 mod drift;
@@ -25,8 +27,9 @@ pub mod upload;
 pub mod virsh;
 pub mod xml;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -47,10 +50,14 @@ use virsh::{CallError, Hypervisor, blocking};
 pub struct Libvirt {
     pub accel_override: Option<accel::AccelSetting>,
     pub control_dir: PathBuf,
+    /// Where castra.toml says each libvirt VM lives (by state root and VM), as castrad last
+    /// loaded it: where to look when a VM's `libvirt.json` is gone.
+    pub configured: Arc<Mutex<HashMap<(PathBuf, String), (LibvirtConfig, PathBuf)>>>,
 }
 
 /// Where a VM's domain lives: `libvirt.json` in the VM's directory, written when its first
-/// volume is made, removed when it is discarded.
+/// volume is made, removed when it is discarded. Only a cache: without it, the same is known
+/// from castra.toml (`[vms.libvirt]`, the domain's name) and the domain's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub uri: String,
@@ -102,6 +109,27 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> BackendError {
 impl Libvirt {
     fn hypervisor(&self, config: &LibvirtConfig) -> Arc<Hypervisor> {
         Arc::new(Hypervisor::new(config, &self.control_dir))
+    }
+
+    /// Where the VM's domain lives: its `libvirt.json`, else castra.toml's `[vms.libvirt]`
+    /// with the names castrad gives the domain and its volumes (the domain's metadata then
+    /// says which volumes are its own).
+    fn record(&self, root: &StateRoot, vm: &str) -> Option<Record> {
+        if let Some(record) = read_record(root, vm) {
+            return Some(record);
+        }
+        let configured = self.configured.lock().unwrap_or_else(|e| e.into_inner());
+        let (config, path) = configured.get(&(root.path().to_owned(), vm.to_owned()))?;
+        let name = domain_name(root, vm);
+        Some(Record {
+            uri: config.uri.clone(),
+            known_hosts: config.known_hosts.clone(),
+            pool: config.pool.clone(),
+            overlay: format!("{name}.qcow2"),
+            seed: format!("{name}-seed.img"),
+            domain: name,
+            config: path.clone(),
+        })
     }
 
     fn config(vm: &Vm) -> Result<&LibvirtConfig, BackendError> {
@@ -436,7 +464,7 @@ impl Backend for Libvirt {
         vm: &'a str,
     ) -> BoxFuture<'a, Option<Box<dyn Machine>>> {
         Box::pin(async move {
-            let record = read_record(root, vm)?;
+            let record = self.record(root, vm)?;
             let hv = self.hypervisor(&record.libvirt().ok()?);
             let state = match domain::state(&hv, &record.domain).await {
                 Ok(s) => s,
@@ -457,6 +485,20 @@ impl Backend for Libvirt {
             let facts = xml::parse_metadata(&text)?;
             // The disk id is libvirt's word, the local file only its copy.
             let paths = root.vm(vm);
+            if !paths.libvirt.exists() {
+                // The cache again, from the domain's word.
+                let cached = Record {
+                    pool: facts.pool.clone(),
+                    overlay: facts.overlay.clone(),
+                    seed: facts.seed.clone().unwrap_or(record.seed.clone()),
+                    config: facts.config.clone(),
+                    ..record.clone()
+                };
+                if let Ok(json) = serde_json::to_vec_pretty(&cached) {
+                    let _ = crate::state_root::ensure_dir(&paths.dir)
+                        .and_then(|()| crate::fsutil::write_atomic(&paths.libvirt, &json));
+                }
+            }
             if crate::stamps::disk_id(root, vm).as_deref() != Some(facts.disk_id.as_str()) {
                 let _ = crate::fsutil::write_atomic(
                     &paths.disk_id,
@@ -472,8 +514,25 @@ impl Backend for Libvirt {
     /// Nothing: the domain stays defined until it is discarded.
     fn forget(&self, _: &StateRoot, _: &str) {}
 
+    fn configured(&self, root: &StateRoot, project: &crate::config::Project) -> Vec<String> {
+        let mut configured = self.configured.lock().unwrap_or_else(|e| e.into_inner());
+        configured.retain(|(r, _), _| r != root.path());
+        let mut look = Vec::new();
+        for vm in &project.vms {
+            let Some(config) = vm.libvirt.as_ref() else {
+                continue;
+            };
+            let key = (root.path().to_owned(), vm.name.clone());
+            configured.insert(key, (config.clone(), project.config_path.clone()));
+            if !root.vm(&vm.name).libvirt.exists() {
+                look.push(vm.name.clone());
+            }
+        }
+        look
+    }
+
     fn discard(&self, root: &StateRoot, vm: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
-        let Some(record) = read_record(root, vm) else {
+        let Some(record) = self.record(root, vm) else {
             return Ok(None);
         };
         let hv = self.hypervisor(&record.libvirt()?);
@@ -481,7 +540,7 @@ impl Backend for Libvirt {
     }
 }
 
-/// Undefines the domain and deletes exactly its two volumes, then castrad's files about it.
+/// Undefines the domain and deletes exactly its own volumes, then castrad's files about it.
 fn discard(
     hv: &Hypervisor,
     root: &StateRoot,
@@ -495,14 +554,25 @@ fn discard(
             hv.name()
         )));
     }
+    // Its own volumes: those its metadata names, and those of castrad's names for it.
+    let facts = hv
+        .virsh(&["metadata", &record.domain, xml::NAMESPACE])
+        .ok()
+        .and_then(|text| xml::parse_metadata(&text));
+    let mut volumes = Vec::new();
+    if let Some(f) = &facts {
+        volumes.push((f.pool.clone(), f.overlay.clone()));
+        volumes.extend(f.seed.iter().map(|s| (f.pool.clone(), s.clone())));
+    }
+    for name in [&record.overlay, &record.seed] {
+        let volume = (record.pool.clone(), name.clone());
+        if !volumes.contains(&volume) {
+            volumes.push(volume);
+        }
+    }
+    let (pool, overlay) = volumes[0].clone();
     let bytes = hv
-        .virsh(&[
-            "vol-info",
-            "--bytes",
-            "--pool",
-            &record.pool,
-            &record.overlay,
-        ])
+        .virsh(&["vol-info", "--bytes", "--pool", &pool, &overlay])
         .ok()
         .and_then(|info| {
             info.lines()
@@ -510,14 +580,17 @@ fn discard(
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0);
+    let mut found = false;
     match hv.virsh(&["undefine", "--nvram", &record.domain]) {
         Err(e) if !e.message.contains("failed to get domain") => return Err(e.into()),
-        _ => {}
+        Err(_) => {}
+        Ok(_) => found = true,
     }
-    for volume in [&record.overlay, &record.seed] {
-        match hv.virsh(&["vol-delete", "--pool", &record.pool, volume]) {
+    for (pool, volume) in &volumes {
+        match hv.virsh(&["vol-delete", "--pool", pool, volume]) {
             Err(e) if !e.message.contains("Storage volume not found") => return Err(e.into()),
-            _ => {}
+            Err(_) => {}
+            Ok(_) => found = true,
         }
     }
     let paths = root.vm(vm);
@@ -536,10 +609,8 @@ fn discard(
             _ => {}
         }
     }
-    Ok(Some((
-        PathBuf::from(format!("{}/{}", record.pool, record.overlay)),
-        bytes,
-    )))
+    // Nothing was there: no disk was discarded.
+    Ok(found.then(|| (PathBuf::from(format!("{pool}/{overlay}")), bytes)))
 }
 
 /// Each hypervisor once: libvirt answers, the pool exists; each base image once: it is there
