@@ -52,8 +52,11 @@ pub struct Libvirt {
     pub control_dir: PathBuf,
     /// Where castra.toml says each libvirt VM lives (by state root and VM), as castrad last
     /// loaded it: where to look when a VM's `libvirt.json` is gone.
-    pub configured: Arc<Mutex<HashMap<(PathBuf, String), (LibvirtConfig, PathBuf)>>>,
+    pub configured: Arc<Mutex<HashMap<(PathBuf, String), Configured>>>,
 }
+
+/// A VM's `[vms.libvirt]` and the castra.toml it is in.
+type Configured = (LibvirtConfig, PathBuf);
 
 /// Where a VM's domain lives: `libvirt.json` in the VM's directory, written when its first
 /// volume is made, removed when it is discarded. Only a cache: without it, the same is known
