@@ -527,7 +527,12 @@ impl Backend for Libvirt {
             };
             let key = (root.path().to_owned(), vm.name.clone());
             configured.insert(key, (config.clone(), project.config_path.clone()));
-            if !root.vm(&vm.name).libvirt.exists() {
+            // A VM castrad has state for but no cache: looked for now. One it has nothing for
+            // (never made here, or castrad's state gone) is looked for by its actor, at its
+            // first `up` or `down`: a project's first `plan` or `status` does not wait on
+            // hypervisors that may never have heard of it.
+            let paths = root.vm(&vm.name);
+            if paths.dir.exists() && !paths.libvirt.exists() {
                 look.push(vm.name.clone());
             }
         }
