@@ -202,6 +202,10 @@ impl Daemon {
                             continue;
                         }
                     };
+                    // Loading the project may have adopted it already (`configured`).
+                    if self.existing_vm_handle(&entry.root, &vm).is_some() {
+                        continue;
+                    }
                     // Adopted whether it answers or not (the actor announces which); only a
                     // machine that is gone has its records forgotten.
                     match backend.adopt(&entry.root, &vm).await {
@@ -516,9 +520,38 @@ impl Daemon {
             project: Arc::new(project),
             root,
         };
-        self.lock()
-            .insert(entry.project.config_path.clone(), entry.clone());
+        let look: Vec<_> = self
+            .backends
+            .all()
+            .into_iter()
+            .flat_map(|b| {
+                let vms = b.configured(&entry.root, &entry.project);
+                vms.into_iter().map(move |vm| (b.clone(), vm))
+            })
+            .collect();
+        let first = self
+            .lock()
+            .insert(entry.project.config_path.clone(), entry.clone())
+            .is_none();
+        if first {
+            self.adopt_configured(&entry, look).await;
+        }
         Ok(entry)
+    }
+
+    /// Machines of a project castrad loads for the first time that run although castrad has
+    /// no record of them (a libvirt domain whose `libvirt.json` is gone): found where
+    /// castra.toml says they live, and given an actor, as at castrad's start.
+    async fn adopt_configured(&self, entry: &ProjectEntry, look: Vec<(Arc<dyn Backend>, String)>) {
+        for (backend, vm) in look {
+            if self.existing_vm_handle(&entry.root, &vm).is_some() {
+                continue;
+            }
+            if let Some(machine) = backend.adopt(&entry.root, &vm).await {
+                tracing::info!(vm, "VM found running from castra.toml's settings");
+                self.spawn_handle(&entry.root, &vm, backend.kind(), Some(machine));
+            }
+        }
     }
 
     /// The registered project at `config_path`, loading it only if unknown: `status` answers

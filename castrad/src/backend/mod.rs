@@ -89,6 +89,14 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     /// came from: what a starting castrad tries to adopt.
     fn running_records(&self, root: &StateRoot) -> Vec<(String, PathBuf)>;
 
+    /// The project's VMs as its castra.toml has them, each time castrad loads it: a backend
+    /// whose machines live elsewhere learns where to look for them without a file of its
+    /// own. The VMs it cannot rule out running although no record here says so: what castrad
+    /// tries to adopt when it first loads the project.
+    fn configured(&self, _root: &StateRoot, _project: &crate::config::Project) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Finds the VM's machine a previous castrad (or a crashed actor) left running, also one
     /// that does not answer (its [`MachineInfo::unresponsive`] says why). Only a record of a
     /// machine that is gone is forgotten.
@@ -236,6 +244,7 @@ impl Backends {
             libvirt: std::sync::Arc::new(libvirt::Libvirt {
                 accel_override,
                 control_dir: control_dir.to_owned(),
+                configured: Default::default(),
             }),
         }
     }

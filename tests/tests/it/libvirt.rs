@@ -54,7 +54,14 @@ impl Libvirtd {
         .unwrap();
         let spawn = |program: &str, log: &str| {
             Command::new("unshare")
-                .args(["--user", "--map-user=1000", "--map-group=1000", "--"])
+                // A mount namespace of their own: `small_pool` mounts there, never on the host.
+                .args([
+                    "--user",
+                    "--map-user=1000",
+                    "--map-group=1000",
+                    "--mount",
+                    "--",
+                ])
                 .arg(program)
                 .env_clear()
                 .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -88,6 +95,25 @@ impl Libvirtd {
         ]);
         lv.virsh(&["pool-start", "castra"]);
         lv
+    }
+
+    /// A dir pool `name` on a tmpfs of `size` (as mount's size=), mounted in libvirtd's own
+    /// mount namespace: gone with libvirtd, never seen by the host.
+    pub fn small_pool(&self, name: &str, size: &str) {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("nsenter")
+            .arg(format!("--target={}", self.libvirtd.id()))
+            .args(["--mount", "--", "mount", "-t", "tmpfs", "-o"])
+            .arg(format!("size={size}"))
+            .arg(format!("castra-{name}"))
+            .arg(&dir)
+            .status()
+            .expect("nsenter (util-linux)");
+        assert!(status.success(), "mounting a tmpfs for pool {name}");
+        let target = dir.to_str().unwrap();
+        self.virsh(&["pool-define-as", name, "dir", "--target", target]);
+        self.virsh(&["pool-start", name]);
     }
 
     pub fn socket(&self) -> PathBuf {
@@ -271,6 +297,11 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "1"
     );
 
+    // (h27) libvirt.json is only a cache: without it, the restarted castrad finds the domain
+    // from castra.toml's [vms.libvirt] and the domain's metadata (and writes the cache again).
+    let cache = env.project_state().join("vms/box/libvirt.json");
+    std::fs::remove_file(&cache).unwrap();
+
     // castrad dies hard; the domain runs on; a new castrad adopts it from libvirt.
     let d = daemon.take().unwrap();
     nix::sys::signal::kill(d.pid(), nix::sys::signal::Signal::SIGKILL).unwrap();
@@ -286,11 +317,20 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "adopted, not relaunched"
     );
 
+    assert!(
+        cache.exists(),
+        "(h27) the cache written again from the metadata"
+    );
+
     drift_and_restart(&lv, &env, &p);
+
+    // (h27) discard needs no libvirt.json either: the volumes are the metadata's.
+    std::fs::remove_file(&cache).unwrap();
 
     // down --discard: no domain, no volume left.
     let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
     assert_eq!(gone["vms"][0]["outcome"], "graceful", "{gone}");
+    assert_eq!(gone["vms"][0]["discarded"], true, "{gone}");
     let (domains, volumes) = lv.domains_and_volumes();
     assert!(
         domains.is_empty() && volumes.is_empty(),
@@ -732,6 +772,24 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         err.contains("needs a pool whose volumes are files")
             && err.contains("pool \"lvm\" is of type \"logical\""),
         "{err}"
+    );
+
+    // A pool without room for even a new disk's first writes: refused before anything starts.
+    lv.small_pool("tiny", "1m");
+    let err = try_up(libvirt_vm("vm", &lv.uri(), "pool = \"tiny\"\n"));
+    assert!(err.contains("vm vm: hypervisor this machine ("), "{err}");
+    assert!(
+        err.contains(
+            "pool \"tiny\" on this machine is out of space (1 MiB free): starting a VM (its \
+             new disk's and seed's first writes) needs 8 MiB there; free space in the pool's \
+             directory, or set [vms.libvirt] pool to a bigger one"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        lv.virsh(&["vol-list", "tiny"]).trim(),
+        "",
+        "nothing made there"
     );
 
     // The base image is not on the hypervisor.

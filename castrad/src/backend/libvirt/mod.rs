@@ -15,17 +15,21 @@
 //! accelerator, the volumes, the launch settings drift is reported against) lives in the
 //! domain's `<metadata>`, so a restarted castrad adopts it from libvirt. A restart defines
 //! the domain again with castra.toml's settings and grows its disk (`drift`). castrad keeps
-//! one small file per VM (`libvirt.json`: the URI, the pool, the castra.toml) only so that it
-//! knows which hypervisor to ask.
+//! one small file per VM (`libvirt.json`: the URI, the pool, the castra.toml), only a cache
+//! of which hypervisor to ask: a starting castrad adopts the VMs it lists; without it, the
+//! same comes from castra.toml's `[vms.libvirt]` and the domain's name when castrad loads
+//! the project (`configured`), and adoption and `discard` go by the domain's metadata.
 
 mod domain;
 mod drift;
+mod space;
 pub mod upload;
 pub mod virsh;
 pub mod xml;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -46,10 +50,17 @@ use virsh::{CallError, Hypervisor, blocking};
 pub struct Libvirt {
     pub accel_override: Option<accel::AccelSetting>,
     pub control_dir: PathBuf,
+    /// Where castra.toml says each libvirt VM lives (by state root and VM), as castrad last
+    /// loaded it: where to look when a VM's `libvirt.json` is gone.
+    pub configured: Arc<Mutex<HashMap<(PathBuf, String), Configured>>>,
 }
 
+/// A VM's `[vms.libvirt]` and the castra.toml it is in.
+type Configured = (LibvirtConfig, PathBuf);
+
 /// Where a VM's domain lives: `libvirt.json` in the VM's directory, written when its first
-/// volume is made, removed when it is discarded.
+/// volume is made, removed when it is discarded. Only a cache: without it, the same is known
+/// from castra.toml (`[vms.libvirt]`, the domain's name) and the domain's metadata.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub uri: String,
@@ -101,6 +112,27 @@ fn io(what: String) -> impl FnOnce(std::io::Error) -> BackendError {
 impl Libvirt {
     fn hypervisor(&self, config: &LibvirtConfig) -> Arc<Hypervisor> {
         Arc::new(Hypervisor::new(config, &self.control_dir))
+    }
+
+    /// Where the VM's domain lives: its `libvirt.json`, else castra.toml's `[vms.libvirt]`
+    /// with the names castrad gives the domain and its volumes (the domain's metadata then
+    /// says which volumes are its own).
+    fn record(&self, root: &StateRoot, vm: &str) -> Option<Record> {
+        if let Some(record) = read_record(root, vm) {
+            return Some(record);
+        }
+        let configured = self.configured.lock().unwrap_or_else(|e| e.into_inner());
+        let (config, path) = configured.get(&(root.path().to_owned(), vm.to_owned()))?;
+        let name = domain_name(root, vm);
+        Some(Record {
+            uri: config.uri.clone(),
+            known_hosts: config.known_hosts.clone(),
+            pool: config.pool.clone(),
+            overlay: format!("{name}.qcow2"),
+            seed: format!("{name}-seed.img"),
+            domain: name,
+            config: path.clone(),
+        })
     }
 
     fn config(vm: &Vm) -> Result<&LibvirtConfig, BackendError> {
@@ -204,7 +236,9 @@ impl Libvirt {
             None => virtual_size,
         };
         let spec = xml::volume(&record.overlay, capacity, "qcow2", Some((&base, &format)));
-        hv.virsh_with_file(&["vol-create", &config.pool], &spec)?;
+        let disk = format!("the disk of vm {}", vm.name);
+        hv.virsh_with_file(&["vol-create", &config.pool], &spec)
+            .map_err(space::explain(&hv, &config.pool, &disk))?;
         // A new disk: nothing proven about or given to the previous one holds.
         for stale in [
             &paths.stamp,
@@ -228,12 +262,15 @@ impl Libvirt {
                 .map_err(io(format!("reading {}", paths.seed.display())))?
                 .len();
             let _ = hv.virsh(&["vol-delete", "--pool", &config.pool, &record.seed]);
+            let what = format!("the cloud-init seed of vm {}", vm.name);
             hv.virsh_with_file(
                 &["vol-create", &config.pool],
                 &xml::volume(&record.seed, size, "raw", None),
-            )?;
+            )
+            .map_err(space::explain(&hv, &config.pool, &what))?;
             let seed = paths.seed.to_string_lossy().into_owned();
-            hv.virsh(&["vol-upload", "--pool", &config.pool, &record.seed, &seed])?;
+            hv.virsh(&["vol-upload", "--pool", &config.pool, &record.seed, &seed])
+                .map_err(space::explain(&hv, &config.pool, &what))?;
         }
         Ok(Some(PathBuf::from(format!(
             "{}/{}",
@@ -430,7 +467,7 @@ impl Backend for Libvirt {
         vm: &'a str,
     ) -> BoxFuture<'a, Option<Box<dyn Machine>>> {
         Box::pin(async move {
-            let record = read_record(root, vm)?;
+            let record = self.record(root, vm)?;
             let hv = self.hypervisor(&record.libvirt().ok()?);
             let state = match domain::state(&hv, &record.domain).await {
                 Ok(s) => s,
@@ -451,6 +488,20 @@ impl Backend for Libvirt {
             let facts = xml::parse_metadata(&text)?;
             // The disk id is libvirt's word, the local file only its copy.
             let paths = root.vm(vm);
+            if !paths.libvirt.exists() {
+                // The cache again, from the domain's word.
+                let cached = Record {
+                    pool: facts.pool.clone(),
+                    overlay: facts.overlay.clone(),
+                    seed: facts.seed.clone().unwrap_or(record.seed.clone()),
+                    config: facts.config.clone(),
+                    ..record.clone()
+                };
+                if let Ok(json) = serde_json::to_vec_pretty(&cached) {
+                    let _ = crate::state_root::ensure_dir(&paths.dir)
+                        .and_then(|()| crate::fsutil::write_atomic(&paths.libvirt, &json));
+                }
+            }
             if crate::stamps::disk_id(root, vm).as_deref() != Some(facts.disk_id.as_str()) {
                 let _ = crate::fsutil::write_atomic(
                     &paths.disk_id,
@@ -466,8 +517,30 @@ impl Backend for Libvirt {
     /// Nothing: the domain stays defined until it is discarded.
     fn forget(&self, _: &StateRoot, _: &str) {}
 
+    fn configured(&self, root: &StateRoot, project: &crate::config::Project) -> Vec<String> {
+        let mut configured = self.configured.lock().unwrap_or_else(|e| e.into_inner());
+        configured.retain(|(r, _), _| r != root.path());
+        let mut look = Vec::new();
+        for vm in &project.vms {
+            let Some(config) = vm.libvirt.as_ref() else {
+                continue;
+            };
+            let key = (root.path().to_owned(), vm.name.clone());
+            configured.insert(key, (config.clone(), project.config_path.clone()));
+            // A VM castrad has state for but no cache: looked for now. One it has nothing for
+            // (never made here, or castrad's state gone) is looked for by its actor, at its
+            // first `up` or `down`: a project's first `plan` or `status` does not wait on
+            // hypervisors that may never have heard of it.
+            let paths = root.vm(&vm.name);
+            if paths.dir.exists() && !paths.libvirt.exists() {
+                look.push(vm.name.clone());
+            }
+        }
+        look
+    }
+
     fn discard(&self, root: &StateRoot, vm: &str) -> Result<Option<(PathBuf, u64)>, BackendError> {
-        let Some(record) = read_record(root, vm) else {
+        let Some(record) = self.record(root, vm) else {
             return Ok(None);
         };
         let hv = self.hypervisor(&record.libvirt()?);
@@ -475,7 +548,7 @@ impl Backend for Libvirt {
     }
 }
 
-/// Undefines the domain and deletes exactly its two volumes, then castrad's files about it.
+/// Undefines the domain and deletes exactly its own volumes, then castrad's files about it.
 fn discard(
     hv: &Hypervisor,
     root: &StateRoot,
@@ -489,14 +562,25 @@ fn discard(
             hv.name()
         )));
     }
+    // Its own volumes: those its metadata names, and those of castrad's names for it.
+    let facts = hv
+        .virsh(&["metadata", &record.domain, xml::NAMESPACE])
+        .ok()
+        .and_then(|text| xml::parse_metadata(&text));
+    let mut volumes = Vec::new();
+    if let Some(f) = &facts {
+        volumes.push((f.pool.clone(), f.overlay.clone()));
+        volumes.extend(f.seed.iter().map(|s| (f.pool.clone(), s.clone())));
+    }
+    for name in [&record.overlay, &record.seed] {
+        let volume = (record.pool.clone(), name.clone());
+        if !volumes.contains(&volume) {
+            volumes.push(volume);
+        }
+    }
+    let (pool, overlay) = volumes[0].clone();
     let bytes = hv
-        .virsh(&[
-            "vol-info",
-            "--bytes",
-            "--pool",
-            &record.pool,
-            &record.overlay,
-        ])
+        .virsh(&["vol-info", "--bytes", "--pool", &pool, &overlay])
         .ok()
         .and_then(|info| {
             info.lines()
@@ -504,14 +588,17 @@ fn discard(
                 .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         })
         .unwrap_or(0);
+    let mut found = false;
     match hv.virsh(&["undefine", "--nvram", &record.domain]) {
         Err(e) if !e.message.contains("failed to get domain") => return Err(e.into()),
-        _ => {}
+        Err(_) => {}
+        Ok(_) => found = true,
     }
-    for volume in [&record.overlay, &record.seed] {
-        match hv.virsh(&["vol-delete", "--pool", &record.pool, volume]) {
+    for (pool, volume) in &volumes {
+        match hv.virsh(&["vol-delete", "--pool", pool, volume]) {
             Err(e) if !e.message.contains("Storage volume not found") => return Err(e.into()),
-            _ => {}
+            Err(_) => {}
+            Ok(_) => found = true,
         }
     }
     let paths = root.vm(vm);
@@ -530,10 +617,8 @@ fn discard(
             _ => {}
         }
     }
-    Ok(Some((
-        PathBuf::from(format!("{}/{}", record.pool, record.overlay)),
-        bytes,
-    )))
+    // Nothing was there: no disk was discarded.
+    Ok(found.then(|| (PathBuf::from(format!("{pool}/{overlay}")), bytes)))
 }
 
 /// Each hypervisor once: libvirt answers, the pool exists; each base image once: it is there
@@ -546,6 +631,11 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
         });
     }
     let mut seen = std::collections::BTreeSet::new();
+    // How many of the VMs start in each pool: what its free space must hold.
+    let mut starting = std::collections::BTreeMap::<(&str, &str), u64>::new();
+    for config in vms.iter().filter_map(|vm| vm.libvirt.as_ref()) {
+        *starting.entry((&config.uri, &config.pool)).or_default() += 1;
+    }
     for vm in vms {
         let Some(config) = vm.libvirt.as_ref() else {
             continue;
@@ -558,8 +648,13 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
             message,
         };
         if seen.insert((config.uri.clone(), config.pool.clone())) {
-            // One round trip when all is well: the pool's answer says libvirt answers too.
-            if hv.virsh(&["pool-info", &config.pool]).is_err() {
+            // One round trip when all is well: the pool's answer says libvirt answers too,
+            // and how much room the pool has.
+            let info = hv.virsh(&["pool-info", "--bytes", &config.pool]);
+            if let Ok(info) = &info {
+                let count = starting.get(&(&*config.uri, &*config.pool)).copied();
+                space::check(&hv, &config.pool, info, count.unwrap_or(1)).map_err(problem)?;
+            } else {
                 if let Err(e) = hv.virsh(&["uri"]) {
                     return Err(problem(explain_connect(&e.message)));
                 }

@@ -24,8 +24,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::failed;
 use super::virsh::Hypervisor;
+use super::{failed, space};
 use crate::backend::BackendError;
 use crate::state_root::StateRoot;
 
@@ -53,13 +53,6 @@ pub fn pool_type(xml: &str) -> Option<&str> {
     let quote = rest.chars().next().filter(|c| *c == '\'' || *c == '"')?;
     let rest = &rest[1..];
     Some(&rest[..rest.find(quote)?])
-}
-
-/// `Available:` of `virsh pool-info --bytes`, in bytes.
-pub fn available(info: &str) -> Option<u64> {
-    info.lines()
-        .find_map(|l| l.trim().strip_prefix("Available:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
 /// Why the pool cannot take the upload, if it is a pool castrad cannot rename volumes in.
@@ -139,21 +132,20 @@ pub fn ensure(
     let meta = std::fs::metadata(image)
         .map_err(|e| failed(format!("base image {}: {e}", image.display())))?;
     let (len, allocated) = (meta.len(), meta.blocks() * 512);
+    let what = format!("the base image {}", image.display());
     let full = |free: Option<u64>| {
-        failed(format!(
-            "pool {pool:?} on {} is out of space{}: the base image {} needs {} MiB there; free \
-             space in the pool's directory, or set [vms.libvirt] pool to a bigger one",
-            hv.name(),
-            free.map(|f| format!(" ({} MiB free)", f >> 20))
-                .unwrap_or_default(),
-            image.display(),
-            allocated.min(len).div_ceil(1 << 20)
+        failed(space::full_message(
+            hv,
+            pool,
+            &what,
+            Some(allocated.min(len)),
+            free,
         ))
     };
     let free = hv
         .virsh(&["pool-info", "--bytes", pool])
         .ok()
-        .and_then(|i| available(&i));
+        .and_then(|i| space::available(&i));
     if free.is_some_and(|f| f < allocated.min(len)) {
         return Err(full(free));
     }
@@ -171,13 +163,20 @@ pub fn ensure(
         "0",
         "--format",
         "raw",
-    ])?;
+    ])
+    .map_err(|e| {
+        if space::is_full(&e.message) {
+            full(None)
+        } else {
+            e.into()
+        }
+    })?;
     let uploaded = upload(hv, pool, &part, image, len, allocated, &sha256, root);
     let path = match uploaded {
         Ok(path) => path,
         Err(e) => {
             let _ = hv.virsh(&["vol-delete", "--pool", pool, &part]);
-            if e.to_string().contains("No space left") {
+            if space::is_full(&e.to_string()) {
                 return Err(full(None));
             }
             return Err(e);
@@ -257,7 +256,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_pool_types_and_free_space_are_read_from_virsh() {
+    fn names_and_pool_types_are_read_from_virsh() {
         let sha = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         assert_eq!(
             volume_name(sha, "qcow2"),
@@ -270,9 +269,5 @@ mod tests {
         );
         assert_eq!(pool_type("<pool type=\"logical\">"), Some("logical"));
         assert_eq!(pool_type("<volume/>"), None);
-        let info = "Name:           castra\nState:          running\n\
-                    Capacity:       1000 B\nAllocation:     600 B\nAvailable:      400 B\n";
-        assert_eq!(available(info), Some(400));
-        assert_eq!(available("Name: x\n"), None);
     }
 }
