@@ -312,6 +312,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
     drift_and_restart(&lv, &env, &p);
 
     // A guest deaf to the power button (its acpid gone): after the timeout, virsh destroy.
+    let deaf = Instant::now();
     env.guest_sh(&p, "box", "kill $(pidof acpid)");
     let (down, events) = down_with_events(&env, &p, &["--timeout", "1"]);
     assert_eq!(down["vms"][0]["outcome"], "terminated", "{down}");
@@ -338,6 +339,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "{events:?}"
     );
     assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "shut off");
+    eprintln!("libvirt down escalated to destroy: {:?}", deaf.elapsed());
 
     // down --discard: no domain, no volume left.
     let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();

@@ -87,6 +87,7 @@ fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
     assert_eq!(env.guest_sh(&p, "cloud", "id -un"), "dev\n");
     assert_eq!(up(&env, &p, &[]).statuses(), ["NoOp"]);
 
+    let added = Instant::now();
     // down: systemd powers off on the ACPI power button; the domain stays defined.
     let (down, events) = down_with_events(&env, &p, &[]);
     assert_eq!(down["vms"][0]["outcome"], "graceful", "{down}");
@@ -130,6 +131,7 @@ fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
         "adopted, not relaunched"
     );
 
+    eprintln!("libvirt cloud down, up and adoption: {:?}", added.elapsed());
     let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
     assert_eq!(gone["vms"][0]["discarded"], true, "{gone}");
     let (domains, volumes) = lv.domains_and_volumes();
