@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::bootstrap::Up;
+use crate::libvirt_lifecycle::{auto_on_this_host, down_with_events, kinds};
 use crate::qemu::{guest, one_at_a_time};
 use crate::support::{Env, wait_until};
 
@@ -209,7 +210,7 @@ fn qemu_vm(name: &str) -> String {
     )
 }
 
-fn project(env: &Env, vms: &str) -> PathBuf {
+pub(crate) fn project(env: &Env, vms: &str) -> PathBuf {
     env.write(&[
         ("p/castra.toml", &format!("[project]\nname = \"lv\"\n{vms}")),
         ("p/mark.sh", MARK_SCRIPT),
@@ -217,26 +218,34 @@ fn project(env: &Env, vms: &str) -> PathBuf {
     env.path("p")
 }
 
-fn up(env: &Env, project: &Path, args: &[&str]) -> Up {
+pub(crate) fn up(env: &Env, project: &Path, args: &[&str]) -> Up {
     let mut full = vec!["up", "--json"];
     full.extend_from_slice(args);
     let out = env.ctl(project, &full);
     Up::parse(out.code, &out.stdout, &out.stderr)
 }
 
-fn status_of(env: &Env, project: &Path, vm: &str) -> serde_json::Value {
+pub(crate) fn status_of(env: &Env, project: &Path, vm: &str) -> serde_json::Value {
     let config = project.join("castra.toml").canonicalize().unwrap();
     let status = env.http_rpc("castra.status", serde_json::json!({ "config": config }));
     crate::support::vm_of(&status["result"], vm)
 }
 
+/// The whole lifecycle of the tiny guest on a "remote" hypervisor (qemu+ssh through the
+/// loopback sshd; the cloud-guest test covers the local URI), with `accel = "auto"` probed
+/// there, and a `down` escalated to `virsh destroy` once the guest ignores the power button.
 #[test]
 fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
     let _lock = one_at_a_time();
     let t = Instant::now();
     let lv = Libvirtd::start();
     let env = Env::new();
-    let p = project(&env, &libvirt_vm("box", &lv.uri(), ""));
+    let sshd = crate::sshd::Sshd::start(&env.path("hv"));
+    let pins = env.path("hv_known_hosts");
+    pin(&sshd, &pins);
+    let extra = format!("known_hosts = \"{}\"\n", pins.display());
+    let vm = libvirt_vm("box", &remote_uri(&sshd, &lv), &extra);
+    let p = project(&env, &vm.replace("accel = \"tcg\"", "accel = \"auto\""));
     let mut daemon = Some(env.start_daemon());
 
     let first = up(&env, &p, &[]);
@@ -248,12 +257,26 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "{seq:?}"
     );
     let launched = first.event("box", "VmLaunched")[0].clone();
-    assert_eq!(launched["accel"], "tcg", "{launched}");
+    let hv = format!("{}@127.0.0.1:{}", sshd.user, sshd.port);
+    let (accel, reason) = auto_on_this_host(&hv);
+    assert_eq!(
+        (
+            launched["accel"].as_str(),
+            launched["accel_reason"].as_str()
+        ),
+        (Some(accel), Some(reason.as_str())),
+        "{launched}"
+    );
+    assert_eq!(status_of(&env, &p, "box")["accel"], accel);
     let (domains, volumes) = lv.domains_and_volumes();
     assert_eq!(domains, ["castra-lv-box"]);
     assert_eq!(volumes, ["castra-lv-box.qcow2"]);
     let xml = lv.virsh(&["dumpxml", "castra-lv-box"]);
-    assert!(xml.contains("<domain type='qemu'"), "TCG forced: {xml}");
+    let kind = if accel == "tcg" { "qemu" } else { "kvm" };
+    assert!(
+        xml.contains(&format!("<domain type='{kind}'")),
+        "{accel}: {xml}"
+    );
     assert!(xml.contains(&format!(
         "hostfwd=tcp:127.0.0.1:{}-:22",
         launched["ssh_port"]
@@ -297,7 +320,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "1"
     );
 
-    // (h27) libvirt.json is only a cache: without it, the restarted castrad finds the domain
+    // libvirt.json is only a cache: without it, the restarted castrad finds the domain
     // from castra.toml's [vms.libvirt] and the domain's metadata (and writes the cache again).
     let cache = env.project_state().join("vms/box/libvirt.json");
     std::fs::remove_file(&cache).unwrap();
@@ -317,19 +340,45 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "adopted, not relaunched"
     );
 
-    assert!(
-        cache.exists(),
-        "(h27) the cache written again from the metadata"
-    );
+    assert!(cache.exists(), "the cache written again from the metadata");
 
     drift_and_restart(&lv, &env, &p);
 
-    // (h27) discard needs no libvirt.json either: the volumes are the metadata's.
-    std::fs::remove_file(&cache).unwrap();
+    // A guest deaf to the power button (its acpid gone): after the timeout, virsh destroy.
+    let deaf = Instant::now();
+    env.guest_sh(&p, "box", "kill $(pidof acpid)");
+    let (down, events) = down_with_events(&env, &p, &["--timeout", "1"]);
+    assert_eq!(down["vms"][0]["outcome"], "terminated", "{down}");
+    assert_eq!(
+        kinds(&events),
+        [
+            "ShutdownRequested",
+            "CooperativeAttempted",
+            "CooperativeTimedOut",
+            "ShutdownEscalated",
+            "ShutdownComplete"
+        ]
+    );
+    let timed_out = &events[2]["event"]["CooperativeTimedOut"];
+    assert!(
+        timed_out["reason"]
+            .as_str()
+            .unwrap()
+            .contains("did not power off within 1s of the ACPI power button"),
+        "{timed_out}"
+    );
+    assert_eq!(
+        events[3]["event"]["ShutdownEscalated"]["signal"], "destroy",
+        "{events:?}"
+    );
+    assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "shut off");
+    eprintln!("libvirt down escalated to destroy: {:?}", deaf.elapsed());
 
-    // down --discard: no domain, no volume left.
+    // down --discard, again without libvirt.json (the volumes are the metadata's): no
+    // domain, no volume left.
+    std::fs::remove_file(&cache).unwrap();
     let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
-    assert_eq!(gone["vms"][0]["outcome"], "graceful", "{gone}");
+    assert_eq!(gone["vms"][0]["outcome"], "not-running", "{gone}");
     assert_eq!(gone["vms"][0]["discarded"], true, "{gone}");
     let (domains, volumes) = lv.domains_and_volumes();
     assert!(
@@ -801,39 +850,4 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         domains.is_empty() && volumes.is_empty(),
         "nothing started: {domains:?} {volumes:?}"
     );
-}
-
-#[test]
-fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
-    let _lock = one_at_a_time();
-    let t = Instant::now();
-    let lv = Libvirtd::start();
-    let env = Env::new();
-    let vm = format!(
-        "\n[[vms]]\nname = \"cloud\"\nbackend = \"libvirt\"\nbase_image = \"{}\"\ncpus = 2\n\
-         memory = \"1 GiB\"\ndisk = \"3 GiB\"\naccel = \"tcg\"\n[vms.libvirt]\nuri = \"{}\"\n\
-         [vms.ssh]\nuser = \"dev\"\n[vms.bootstrap]\nscript = \"mark.sh\"\n\
-         verify_path = \"castra-mark\"\nhandshake_timeout_secs = 240\n",
-        crate::cloud::image().display(),
-        lv.uri()
-    );
-    let p = project(&env, &vm);
-    let _daemon = env.start_daemon();
-    let first = up(&env, &p, &[]);
-    assert_eq!(first.statuses(), ["Success"], "{}", first.stderr);
-    let (_, volumes) = lv.domains_and_volumes();
-    assert_eq!(
-        volumes,
-        ["castra-lv-cloud-seed.img", "castra-lv-cloud.qcow2"]
-    );
-    assert_eq!(env.guest_sh(&p, "cloud", "id -un"), "dev\n");
-    assert_eq!(up(&env, &p, &[]).statuses(), ["NoOp"]);
-    let gone = env.ctl(&p, &["down", "--discard", "--json"]).ok().json();
-    assert_eq!(gone["vms"][0]["discarded"], true, "{gone}");
-    let (domains, volumes) = lv.domains_and_volumes();
-    assert!(
-        domains.is_empty() && volumes.is_empty(),
-        "{domains:?} {volumes:?}"
-    );
-    eprintln!("libvirt cloud test: {:?}", t.elapsed());
 }
