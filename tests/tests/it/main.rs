@@ -18,6 +18,7 @@ mod guest_setup;
 mod hostile;
 mod install;
 mod libvirt;
+mod libvirt_drift;
 mod libvirt_lifecycle;
 mod limits;
 mod mounts;
