@@ -221,32 +221,43 @@ pub fn of_running(vm: &Vm, running: Option<&LaunchSettings>) -> Vec<api::Drift> 
     let mounts_seed_bound = running.seed.as_ref().is_none_or(|s| s.mounts != now.mounts);
     if let Some(seed) = running.seed.as_ref().filter(|_| mounts_seed_bound) {
         found.retain(|d| d.setting != "mounts");
-        let (running, configured) = (list(&seed.mounts), list(&now.mounts));
         found.push(api::Drift {
             vm: vm.name.clone(),
             setting: "mounts".to_owned(),
-            message: format!(
-                "{} is running with shared folders mounted at {running}, castra.toml says \
-                 {configured}",
-                vm.name
-            ),
-            running,
-            configured,
+            running: list(&seed.mounts),
+            configured: list(&now.mounts),
+            message: String::new(),
             restart_applies: false,
         });
     }
     let restart = format!(": `castractl restart {}` to apply", vm.name);
+    let tail = format!(
+        "cloud-init reads its seed on its disk's first boot only, so a restart does not apply \
+         it: `castractl down --discard {0}`, then `castractl up {0}` (a new disk)",
+        vm.name
+    );
     for d in found
         .iter_mut()
         .filter(|d| d.setting == "network" || (d.setting == "mounts" && mounts_seed_bound))
     {
-        let head = d.message.strip_suffix(&restart).unwrap_or(&d.message);
-        d.message = format!(
-            "{head}: a cloud-init guest takes it from its seed, read on its disk's first boot \
-             only, so a restart does not apply it: `castractl down --discard {0}`, then \
-             `castractl up {0}` (a new disk)",
-            vm.name
-        );
+        // With a record of the seed, the sentence says what the seed gives (true before a
+        // restart and after it); without one, what the launch had.
+        let head = match (&running.seed, d.setting.as_str()) {
+            (Some(_), "network") => format!(
+                "{}'s seed gives it project network address {}, castra.toml says {}",
+                vm.name, d.running, d.configured
+            ),
+            (Some(_), _) => format!(
+                "{}'s seed mounts shared folders at {}, castra.toml says {}",
+                vm.name, d.running, d.configured
+            ),
+            (None, _) => d
+                .message
+                .strip_suffix(&restart)
+                .unwrap_or(&d.message)
+                .to_owned(),
+        };
+        d.message = format!("{head}: {tail}");
         d.restart_applies = false;
     }
     found
@@ -425,6 +436,13 @@ mod tests {
             ("/src", "/src, /data (ro)")
         );
         assert!(!d[0].restart_applies);
+        assert!(
+            d[0].message.starts_with(
+                "web's seed mounts shared folders at /src, castra.toml says /src, /data (ro): "
+            ),
+            "{}",
+            d[0].message
+        );
         assert!(d[0].message.contains("--discard web"), "{}", d[0].message);
         assert_eq!(of_running(&vm, Some(&launched(&vm, &seed))), d);
     }
@@ -481,6 +499,7 @@ mod tests {
         assert_eq!(d.len(), 2, "{d:?}");
         for d in &d {
             assert!(!d.restart_applies, "{d:?}");
+            assert!(d.message.starts_with("web is running with "), "{d:?}");
             assert!(d.message.contains("--discard web"), "{d:?}");
         }
         // Other settings of a cloud-init guest are a restart's.
