@@ -1,6 +1,9 @@
 //! Drift: the launch settings a running VM was started with, against what castra.toml says
 //! now. A running VM keeps what it was launched with; `plan` and `up` report each setting that
-//! differs ([`drift`]), and a restart applies them.
+//! differs ([`drift`]), and a restart applies them, except what a cloud-init guest takes from
+//! its seed ([`Seeded`]: its project network address and where it mounts its shared folders),
+//! which cloud-init reads on its disk's first boot only: that drift stays until the disk is
+//! replaced ([`of_running`]).
 //!
 //! [`LaunchSettings`] is recorded by the backend with the machine it launches (the QEMU
 //! backend writes it into `launch.json`, so it survives a castrad restart and comes back with
@@ -32,6 +35,42 @@ pub struct LaunchSettings {
     /// Shared folders as `HOST->GUEST` (` (ro)` when read-only), in file order.
     #[serde(default)]
     pub mounts: Vec<String>,
+    /// What a cloud-init guest's seed gave it (recorded when the seed was made, for its disk):
+    /// the comparison base of the settings a restart does not change. None: no cloud-init, or
+    /// a seed made before castrad recorded this whose inputs are not today's.
+    #[serde(default)]
+    pub seed: Option<Seeded>,
+}
+
+/// The settings of a cloud-init guest that its seed carries (cloud-init reads the seed on its
+/// disk's first boot only, so only a new disk changes them).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Seeded {
+    /// The address the seed's network-config gives the guest on the project network.
+    pub network: Option<String>,
+    /// Where the seed's bootcmd mounts each shared folder: `GUEST` (` (ro)` when read-only),
+    /// in file order (the host side is QEMU's: a restart changes it).
+    pub mounts: Vec<String>,
+}
+
+impl Seeded {
+    /// What a seed made for `vm` now carries.
+    pub fn of(vm: &Vm) -> Seeded {
+        Seeded {
+            network: vm.network.as_ref().map(|n| n.address.to_string()),
+            mounts: shared(vm)
+                .map(|m| format!("{}{}", m.guest, if m.readonly { " (ro)" } else { "" }))
+                .collect(),
+        }
+    }
+}
+
+/// The shared folders of `vm` a launch gives it: only QEMU VMs get them (a libvirt domain is
+/// defined without them).
+fn shared(vm: &Vm) -> impl Iterator<Item = &crate::config::Mount> {
+    vm.mounts
+        .iter()
+        .filter(|_| vm.backend == crate::config::BackendKind::Qemu)
 }
 
 /// One setting of a [`LaunchSettings`]: its wire name, its value as text, and how a value
@@ -57,16 +96,13 @@ impl LaunchSettings {
             forwards,
             disk_mib: vm.disk_mib,
             network: vm.network.as_ref().map(|n| n.address.to_string()),
-            // Only QEMU VMs get shared folders: a libvirt domain is defined without them.
-            mounts: vm
-                .mounts
-                .iter()
-                .filter(|_| vm.backend == crate::config::BackendKind::Qemu)
+            mounts: shared(vm)
                 .map(|m| {
                     let ro = if m.readonly { " (ro)" } else { "" };
                     format!("{}->{}{ro}", m.host.display(), m.guest)
                 })
                 .collect(),
+            seed: None,
         }
     }
 
@@ -131,13 +167,17 @@ pub fn drift(vm: &str, running: &LaunchSettings, configured: &LaunchSettings) ->
         .filter(|(r, c)| r.value != c.value)
         .filter(|(_, c)| c.setting != "disk" || configured.disk_mib.is_some())
         .map(|(r, c)| {
-            let to_apply = match (c.setting, running.disk_mib, configured.disk_mib) {
-                ("disk", Some(had), Some(want)) if want < had => format!(
-                    "a disk never shrinks: set disk to at least {had} MiB, or discard the \
-                     disk (`castractl down --discard {vm}`, then `castractl up {vm}`)"
-                ),
-                _ => format!("`castractl restart {vm}` to apply"),
-            };
+            let (to_apply, restart_applies) =
+                match (c.setting, running.disk_mib, configured.disk_mib) {
+                    ("disk", Some(had), Some(want)) if want < had => (
+                        format!(
+                            "a disk never shrinks: set disk to at least {had} MiB, or discard \
+                             the disk (`castractl down --discard {vm}`, then `castractl up {vm}`)"
+                        ),
+                        false,
+                    ),
+                    _ => (format!("`castractl restart {vm}` to apply"), true),
+                };
             api::Drift {
                 vm: vm.to_owned(),
                 setting: r.setting.to_owned(),
@@ -148,6 +188,7 @@ pub fn drift(vm: &str, running: &LaunchSettings, configured: &LaunchSettings) ->
                 ),
                 running: r.value,
                 configured: c.value,
+                restart_applies,
             }
         })
         .collect()
@@ -156,20 +197,68 @@ pub fn drift(vm: &str, running: &LaunchSettings, configured: &LaunchSettings) ->
 /// The drift of `vm` given the settings its running machine was launched with (None: not
 /// running, or launched by a castrad that did not record them: nothing to compare).
 ///
-/// A cloud-init guest mounts its shared folders from its seed, made once per disk: for it a
-/// restart does not apply changed mounts, and the message says what does.
+/// A guest without cloud-init gets its project network address and its mounts over SSH at
+/// each boot: a restart applies them. A cloud-init guest takes both from its seed, made once
+/// per disk: they are compared with what the seed says (`running.seed`), not with what QEMU
+/// was launched with, so the drift stays after a restart, and it says what applies it (a new
+/// disk). Only a change of the host side of its mounts (the same guest paths) is a restart's.
 pub fn of_running(vm: &Vm, running: Option<&LaunchSettings>) -> Vec<api::Drift> {
-    let mut found = running.map_or_else(Vec::new, |r| drift(&vm.name, r, &LaunchSettings::of(vm)));
-    if vm.cloud_init.enabled {
-        let restart = format!("`castractl restart {}` to apply", vm.name);
-        let discard = format!(
-            "its seed (made for its disk's first boot) mounts the old ones: \
-             `castractl down --discard {0}`, then `castractl up {0}`",
-            vm.name
-        );
-        for d in found.iter_mut().filter(|d| d.setting == "mounts") {
-            d.message = d.message.replace(&restart, &discard);
-        }
+    let Some(running) = running else {
+        return Vec::new();
+    };
+    let configured = LaunchSettings::of(vm);
+    if !vm.cloud_init.enabled {
+        return drift(&vm.name, running, &configured);
+    }
+    let mut base = running.clone();
+    if let Some(seed) = &running.seed {
+        base.network.clone_from(&seed.network);
+    }
+    let mut found = drift(&vm.name, &base, &configured);
+    let now = Seeded::of(vm);
+    // Whether the guest side of its mounts is not the seed's (without a record of the seed:
+    // any change of its mounts is taken to be).
+    let mounts_seed_bound = running.seed.as_ref().is_none_or(|s| s.mounts != now.mounts);
+    if let Some(seed) = running.seed.as_ref().filter(|_| mounts_seed_bound) {
+        found.retain(|d| d.setting != "mounts");
+        found.push(api::Drift {
+            vm: vm.name.clone(),
+            setting: "mounts".to_owned(),
+            running: list(&seed.mounts),
+            configured: list(&now.mounts),
+            message: String::new(),
+            restart_applies: false,
+        });
+    }
+    let restart = format!(": `castractl restart {}` to apply", vm.name);
+    let tail = format!(
+        "cloud-init reads its seed on its disk's first boot only, so a restart does not apply \
+         it: `castractl down --discard {0}`, then `castractl up {0}` (a new disk)",
+        vm.name
+    );
+    for d in found
+        .iter_mut()
+        .filter(|d| d.setting == "network" || (d.setting == "mounts" && mounts_seed_bound))
+    {
+        // With a record of the seed, the sentence says what the seed gives (true before a
+        // restart and after it); without one, what the launch had.
+        let head = match (&running.seed, d.setting.as_str()) {
+            (Some(_), "network") => format!(
+                "{}'s seed gives it project network address {}, castra.toml says {}",
+                vm.name, d.running, d.configured
+            ),
+            (Some(_), _) => format!(
+                "{}'s seed mounts shared folders at {}, castra.toml says {}",
+                vm.name, d.running, d.configured
+            ),
+            (None, _) => d
+                .message
+                .strip_suffix(&restart)
+                .unwrap_or(&d.message)
+                .to_owned(),
+        };
+        d.message = format!("{head}: {tail}");
+        d.restart_applies = false;
     }
     found
 }
@@ -186,6 +275,7 @@ mod tests {
             disk_mib: Some(2048),
             network: None,
             mounts: vec![],
+            seed: None,
         }
     }
 
@@ -204,8 +294,10 @@ mod tests {
             disk_mib: Some(4096),
             network: Some("10.142.7.10".into()),
             mounts: vec!["/p/src->/src".into()],
+            seed: None,
         };
         let d = drift("web-0", &running, &configured);
+        assert!(d.iter().all(|d| d.restart_applies));
         let got: Vec<(&str, &str, &str)> = d
             .iter()
             .map(|d| (&*d.setting, &*d.running, &*d.configured))
@@ -242,6 +334,7 @@ mod tests {
         };
         let d = drift("db", &running, &smaller);
         assert_eq!(d.len(), 1);
+        assert!(!d[0].restart_applies, "a restart refuses it");
         assert!(d[0].message.contains("never shrinks"), "{}", d[0].message);
         assert!(
             d[0].message.contains("at least 2048 MiB"),
@@ -259,24 +352,160 @@ mod tests {
         assert!(d[0].message.ends_with("`castractl restart db` to apply"));
     }
 
+    fn on_network(vm: &mut Vm, address: [u8; 4]) {
+        vm.network = Some(crate::config::network::Attachment {
+            address: address.into(),
+            prefix: 24,
+            mac: "52:54:00:78:07:0a".into(),
+            group: [239, 255, 0, 1].into(),
+            port: 41000,
+            hosts: vec![],
+        });
+    }
+
+    fn mount(host: &str, guest: &str) -> crate::config::Mount {
+        crate::config::Mount {
+            host: host.into(),
+            guest: guest.into(),
+            readonly: false,
+        }
+    }
+
+    /// What castrad's launch of `vm` records (its seed as `seed` says, when it is a cloud-init
+    /// guest): `backend::qemu::launch_settings` without the files.
+    fn launched(vm: &Vm, seed: &Seeded) -> LaunchSettings {
+        LaunchSettings {
+            seed: vm.cloud_init.enabled.then(|| seed.clone()),
+            ..LaunchSettings::of(vm)
+        }
+    }
+
     #[test]
-    fn changed_mounts_of_a_cloud_init_guest_say_a_restart_is_not_enough() {
+    fn a_cloud_init_guests_new_network_address_needs_a_new_disk_and_stays_after_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let mut vm = crate::testutil::sample_vm(dir.path());
-        let running = LaunchSettings::of(&vm);
-        vm.mounts.push(crate::config::Mount {
-            host: "/p/src".into(),
-            guest: "/src".into(),
-            readonly: true,
-        });
         vm.cloud_init.enabled = true;
+        on_network(&mut vm, [10, 142, 7, 10]);
+        let seed = Seeded::of(&vm);
+        let running = launched(&vm, &seed);
+        assert!(of_running(&vm, Some(&running)).is_empty());
+        on_network(&mut vm, [10, 142, 7, 11]);
         let d = of_running(&vm, Some(&running));
         assert_eq!(d.len(), 1, "{d:?}");
-        assert_eq!(d[0].configured, "/p/src->/src (ro)");
-        assert!(d[0].message.contains("--discard"), "{}", d[0].message);
-        vm.cloud_init.enabled = false;
+        assert_eq!(
+            (&*d[0].running, &*d[0].configured),
+            ("10.142.7.10", "10.142.7.11")
+        );
+        assert!(!d[0].restart_applies);
+        assert!(
+            !d[0].message.contains("castractl restart"),
+            "{}",
+            d[0].message
+        );
+        assert!(
+            d[0].message
+                .ends_with("`castractl down --discard web`, then `castractl up web` (a new disk)"),
+            "{}",
+            d[0].message
+        );
+        // A restart launches QEMU with the new address, but the seed is the disk's: the guest
+        // keeps the old one, and so does the drift.
+        let restarted = launched(&vm, &seed);
+        assert_eq!(of_running(&vm, Some(&restarted)), d);
+        // A new disk gets a new seed: no drift.
+        let fresh = launched(&vm, &Seeded::of(&vm));
+        assert!(of_running(&vm, Some(&fresh)).is_empty());
+    }
+
+    #[test]
+    fn a_cloud_init_guests_new_mount_point_needs_a_new_disk_and_stays_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = crate::testutil::sample_vm(dir.path());
+        vm.cloud_init.enabled = true;
+        vm.mounts = vec![mount("/p/src", "/src")];
+        let seed = Seeded::of(&vm);
+        let running = launched(&vm, &seed);
+        vm.mounts.push(crate::config::Mount {
+            readonly: true,
+            ..mount("/p/data", "/data")
+        });
         let d = of_running(&vm, Some(&running));
-        assert!(d[0].message.ends_with("to apply"), "{}", d[0].message);
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            (&*d[0].running, &*d[0].configured),
+            ("/src", "/src, /data (ro)")
+        );
+        assert!(!d[0].restart_applies);
+        assert!(
+            d[0].message.starts_with(
+                "web's seed mounts shared folders at /src, castra.toml says /src, /data (ro): "
+            ),
+            "{}",
+            d[0].message
+        );
+        assert!(d[0].message.contains("--discard web"), "{}", d[0].message);
+        assert_eq!(of_running(&vm, Some(&launched(&vm, &seed))), d);
+    }
+
+    #[test]
+    fn a_cloud_init_guests_new_host_folder_for_the_same_mount_point_is_a_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = crate::testutil::sample_vm(dir.path());
+        vm.cloud_init.enabled = true;
+        vm.mounts = vec![mount("/p/src", "/src")];
+        let seed = Seeded::of(&vm);
+        let running = launched(&vm, &seed);
+        vm.mounts = vec![mount("/p/other", "/src")];
+        let d = of_running(&vm, Some(&running));
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(d[0].configured, "/p/other->/src");
+        assert!(d[0].restart_applies);
+        assert!(d[0].message.ends_with("`castractl restart web` to apply"));
+        assert!(of_running(&vm, Some(&launched(&vm, &seed))).is_empty());
+    }
+
+    #[test]
+    fn without_cloud_init_a_restart_applies_network_and_mounts() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = crate::testutil::sample_vm(dir.path());
+        assert!(!vm.cloud_init.enabled);
+        on_network(&mut vm, [10, 142, 7, 10]);
+        let running = LaunchSettings::of(&vm);
+        on_network(&mut vm, [10, 142, 7, 11]);
+        vm.mounts = vec![mount("/p/src", "/src")];
+        let d = of_running(&vm, Some(&running));
+        let settings: Vec<&str> = d.iter().map(|d| &*d.setting).collect();
+        assert_eq!(settings, ["network", "mounts"]);
+        for d in &d {
+            assert!(d.restart_applies, "{d:?}");
+            assert!(
+                d.message.ends_with("`castractl restart web` to apply"),
+                "{d:?}"
+            );
+        }
+        // Its guest setup runs at each boot: after the restart it has them.
+        assert!(of_running(&vm, Some(&LaunchSettings::of(&vm))).is_empty());
+    }
+
+    #[test]
+    fn a_cloud_init_guest_without_a_record_of_its_seed_still_says_a_new_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vm = crate::testutil::sample_vm(dir.path());
+        vm.cloud_init.enabled = true;
+        let running = LaunchSettings::of(&vm);
+        on_network(&mut vm, [10, 142, 7, 11]);
+        vm.mounts = vec![mount("/p/src", "/src")];
+        let d = of_running(&vm, Some(&running));
+        assert_eq!(d.len(), 2, "{d:?}");
+        for d in &d {
+            assert!(!d.restart_applies, "{d:?}");
+            assert!(d.message.starts_with("web is running with "), "{d:?}");
+            assert!(d.message.contains("--discard web"), "{d:?}");
+        }
+        // Other settings of a cloud-init guest are a restart's.
+        vm.cpus += 1;
+        let d = of_running(&vm, Some(&running));
+        assert!(d[0].restart_applies && d[0].setting == "cpus", "{d:?}");
     }
 
     #[test]

@@ -125,6 +125,7 @@ impl StateRoot {
             overlay_tmp: dir.join(".overlay.qcow2.tmp"),
             seed: dir.join("seed.img"),
             seed_inputs: dir.join("seed-inputs"),
+            seed_settings: dir.join("seed-settings.json"),
             host_key_tmp: dir.join(".host-key.tmp"),
             efi_vars: dir.join("efi-vars.fd"),
             disk_id: dir.join("disk-id"),
@@ -187,6 +188,8 @@ pub struct VmPaths {
     /// The hash of what the user gave that seed (`hashing::seed_inputs`), to tell when it
     /// changes: cloud-init reads a seed on a disk's first boot only.
     pub seed_inputs: PathBuf,
+    /// What that seed gave the guest (`drift::Seeded`), the base of its seed-bound drift.
+    pub seed_settings: PathBuf,
     /// Where ssh-keygen writes a new host key before castrad reads and removes it.
     pub host_key_tmp: PathBuf,
     /// The VM's UEFI variables (a copy of OVMF's template), discarded with the disk.

@@ -608,6 +608,7 @@ fn hostile_text_is_escaped_in_every_rendering() {
                 running: "2".into(),
                 configured: "4".into(),
                 message: h(),
+                restart_applies: true,
             }],
             ..planned()
         }],

@@ -235,6 +235,11 @@ pub struct Drift {
     /// The sentence to show, e.g. "web-0 is running with 2 cpus, castra.toml says 4:
     /// `castractl restart web-0` to apply".
     pub message: String,
+    /// Whether `castra.restart` applies it. False for what a cloud-init guest takes from its
+    /// seed (its `network` address, where it mounts its `mounts`: only a new disk changes
+    /// them, and the entry stays after a restart) and for a `disk` asked to shrink (refused);
+    /// `message` says what to do instead.
+    pub restart_applies: bool,
 }
 
 /// A shared folder of a QEMU VM (`[[vms.mounts]]`).

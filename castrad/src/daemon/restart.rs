@@ -1,7 +1,8 @@
 //! `castra.restart`: the named VMs (all by default) stopped as `castra.down` stops them, then
 //! started and bootstrapped as `castra.up` does, in one operation, so a running VM picks up
 //! what castra.toml changed since it was launched (its drift: cpus, memory, forwards, disk),
-//! a QEMU VM's and a libvirt VM's alike.
+//! a QEMU VM's and a libvirt VM's alike; not what a cloud-init guest takes from its seed (its
+//! project network address, its mount points: `drift::of_running`), which stays drift.
 //!
 //! Everything that can be checked before a VM is stopped is: the names, the overrides, every
 //! base image, a disk asked to shrink (refused: a disk only grows, at the start), and what a

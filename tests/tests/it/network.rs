@@ -175,6 +175,37 @@ fn web_0_reaches_db_by_name_on_the_project_network() {
     let daemon = net.daemon.take().unwrap();
     let (daemon, state) = crate::mounts::check_running(&net.env, "web-0", daemon);
     net.daemon = Some(daemon);
+
+    // The VMs' order decides their addresses: swapped, each is given the other's. A cloud-init
+    // guest has its address from its seed (its disk's first boot): drift that a restart does
+    // not apply, and plan says what does.
+    let swapped = config.replacen(&vm("web-0", "web.sh", crate::mounts::MOUNTS), "", 1)
+        + &vm("web-0", "web.sh", crate::mounts::MOUNTS);
+    net.env.write(&[("p/castra.toml", &swapped)]);
+    let plan = net.env.ctl(&net.project(), &["plan", "--json"]).ok().json();
+    let web_drift = plan["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["vm"] == "web-0")
+        .map(|v| v["drift"].clone())
+        .unwrap();
+    assert_eq!(web_drift.as_array().unwrap().len(), 1, "{web_drift}");
+    let d = &web_drift[0];
+    assert_eq!(d["setting"], "network", "{d}");
+    assert_eq!(
+        (d["running"].as_str(), d["configured"].as_str()),
+        (Some(planned[0].as_str()), Some(planned[1].as_str())),
+        "{d}"
+    );
+    assert_eq!(d["restart_applies"], false, "{d}");
+    let message = d["message"].as_str().unwrap();
+    assert!(
+        message
+            .ends_with("`castractl down --discard web-0`, then `castractl up web-0` (a new disk)"),
+        "{message}"
+    );
+
     net.env
         .ctl(&net.project(), &["down", "--timeout", "20"])
         .ok();

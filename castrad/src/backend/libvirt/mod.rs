@@ -322,7 +322,7 @@ impl Libvirt {
                 pool: record.pool.clone(),
                 overlay: record.overlay.clone(),
                 seed: has_seed.then(|| record.seed.clone()),
-                settings: Some(crate::drift::LaunchSettings::of(vm)),
+                settings: Some(super::qemu::launch_settings(root, vm)),
             };
             let spec = xml::DomainSpec {
                 name: name.clone(),

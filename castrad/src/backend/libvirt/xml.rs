@@ -272,6 +272,7 @@ mod tests {
                 disk_mib: Some(3072),
                 network: None,
                 mounts: vec!["/p/<a & b>->/src (ro)".into()],
+                seed: None,
             }),
         }
     }

@@ -155,7 +155,7 @@ impl Backend for Qemu {
                 shares,
             };
             let log_cap = vm.serial_log_max_bytes;
-            let settings = crate::drift::LaunchSettings::of(vm);
+            let settings = launch_settings(root, vm);
             // The daemons last: nothing between their start and QEMU's can fail but QEMU.
             if let Some(shares) = &spec.shares {
                 tracing::info!(vm = vm.name, transport = transport.as_str(), why, "mounts");
@@ -289,6 +289,14 @@ pub(crate) fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
         what: format!("writing {}", paths.seed.display()),
         source,
     })?;
+    let seeded = serde_json::to_vec(&crate::drift::Seeded::of(vm))
+        .map_err(|e| process::ProcessError::Failed(e.to_string()))?;
+    crate::fsutil::write_atomic(&paths.seed_settings, &seeded).map_err(|source| {
+        process::ProcessError::Io {
+            what: format!("writing {}", paths.seed_settings.display()),
+            source,
+        }
+    })?;
     crate::fsutil::write_atomic(&paths.seed_inputs, format!("{inputs}\n").as_bytes()).map_err(
         |source| process::ProcessError::Io {
             what: format!("writing {}", paths.seed_inputs.display()),
@@ -296,6 +304,26 @@ pub(crate) fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
         },
     )?;
     Ok(())
+}
+
+/// What `vm` is launched with (`drift::LaunchSettings`): castra.toml's settings, and for a
+/// cloud-init guest what its disk's seed gave it (recorded by [`make_seed`]; for a seed made
+/// before that record existed, today's settings when the seed's inputs are today's, else
+/// unknown).
+pub(crate) fn launch_settings(root: &StateRoot, vm: &Vm) -> crate::drift::LaunchSettings {
+    let mut settings = crate::drift::LaunchSettings::of(vm);
+    if vm.cloud_init.enabled {
+        let paths = root.vm(&vm.name);
+        settings.seed = std::fs::read(&paths.seed_settings)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .or_else(|| {
+                let recorded = std::fs::read_to_string(&paths.seed_inputs).ok()?;
+                let now = crate::hashing::seed_inputs(vm).ok()?;
+                (recorded.trim() == now).then(|| crate::drift::Seeded::of(vm))
+            });
+    }
+    settings
 }
 
 fn read(path: &Path) -> Result<String, BackendError> {
@@ -313,4 +341,39 @@ fn which(program: &str) -> Option<PathBuf> {
     std::env::split_paths(&path)
         .map(|d| d.join(program))
         .find(|p| p.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cloud_init_guests_launch_records_its_seeds_settings_not_castra_tomls() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = StateRoot::for_project(dir.path(), "p", &dir.path().join("castra.toml"));
+        let mut vm = crate::testutil::sample_vm(dir.path());
+        let paths = root.vm(&vm.name);
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        assert_eq!(
+            launch_settings(&root, &vm).seed,
+            None,
+            "no cloud-init, no seed"
+        );
+        vm.cloud_init.enabled = true;
+        // A seed made before its settings were recorded: known when its inputs are today's.
+        assert_eq!(launch_settings(&root, &vm).seed, None);
+        let inputs = crate::hashing::seed_inputs(&vm).unwrap();
+        std::fs::write(&paths.seed_inputs, format!("{inputs}\n")).unwrap();
+        let today = crate::drift::Seeded::of(&vm);
+        assert_eq!(launch_settings(&root, &vm).seed, Some(today.clone()));
+        // The record wins over castra.toml's settings.
+        let made = crate::drift::Seeded {
+            network: Some("10.142.7.10".into()),
+            mounts: vec!["/src (ro)".into()],
+        };
+        std::fs::write(&paths.seed_settings, serde_json::to_vec(&made).unwrap()).unwrap();
+        let s = launch_settings(&root, &vm);
+        assert_eq!(s.seed, Some(made));
+        assert_eq!(s.network, today.network, "QEMU gets castra.toml's");
+    }
 }

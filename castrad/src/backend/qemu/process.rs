@@ -149,6 +149,7 @@ pub async fn prepare_overlay(
         &paths.known_hosts,
         &paths.seed,
         &paths.seed_inputs,
+        &paths.seed_settings,
         &paths.efi_vars,
     ] {
         match std::fs::remove_file(stale) {
@@ -662,6 +663,7 @@ pub fn discard(paths: &VmPaths) -> Result<u64, ProcessError> {
         &paths.known_hosts,
         &paths.seed,
         &paths.seed_inputs,
+        &paths.seed_settings,
         &paths.efi_vars,
     ] {
         match std::fs::remove_file(f) {
