@@ -109,11 +109,17 @@ pub async fn stop(
                 Stopped::Survived => match ctx.backend.adopt(root, vm).await {
                     None => StopOutcome::Killed,
                     Some(machine) => {
+                        // pid 0: a libvirt domain, whose process is libvirt's, not ours.
+                        let what = match machine.info().pid {
+                            0 => "its libvirt domain is still running after `virsh destroy`"
+                                .to_owned(),
+                            pid => format!(
+                                "pid {pid} is still running after SIGKILL (stuck in the kernel?)"
+                            ),
+                        };
                         report.error = Some(format!(
-                            "vm {vm}: pid {} is still running after SIGKILL (stuck in the \
-                             kernel?); castrad keeps it, with its records and its disk; try \
-                             `castractl down {vm}` again later",
-                            machine.info().pid
+                            "vm {vm}: {what}; castrad keeps it, with its records and its disk; \
+                             try `castractl down {vm}` again later"
                         ));
                         kept = Some(machine);
                         StopOutcome::StillRunning
