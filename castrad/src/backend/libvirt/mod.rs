@@ -296,7 +296,13 @@ impl Libvirt {
             },
             _ => probe(&hv),
         };
-        let choice = accel::choose(setting, &offered)?;
+        // Say which host KVM is missing on (the remote probe's answer already does).
+        let choice = accel::choose(setting, &offered).map_err(|e| accel::KvmUnusable {
+            why: match e.why.contains(&hv.name()) {
+                true => e.why,
+                false => format!("on {}: {}", hv.name(), e.why),
+            },
+        })?;
         let has_seed = vm.cloud_init.enabled;
         let uuid = hv
             .virsh(&["domuuid", &name])

@@ -40,9 +40,10 @@ pub struct Choice {
 
 const PVM: &str = "/dev/kvm is backed by kvm_pvm, which hangs stock guest kernels";
 
-/// `accel = "kvm"` on a host where KVM cannot run the guest.
+/// `accel = "kvm"` on a host where KVM cannot run the guest (`why` names the host when it is
+/// not this one).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("accel = \"kvm\" is not usable here: {why}; use accel = \"tcg\" or \"auto\"")]
+#[error("accel = \"kvm\" cannot be used: {why}; use accel = \"tcg\" or \"auto\"")]
 pub struct KvmUnusable {
     pub why: String,
 }
