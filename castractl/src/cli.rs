@@ -595,14 +595,9 @@ pub(crate) async fn follow(
                     }
                 }
             }
-            // The outcome can overtake the last events on their way to the screen. A rejected
-            // VM has none to wait for.
-            if let Some(Ok(o)) = &outcome {
-                for vm in &o.outcomes {
-                    if vm.status == api::OutcomeStatus::Rejected {
-                        pending.remove(&vm.vm);
-                    }
-                }
+            // The outcome can overtake the last events on their way to the screen (a rejected
+            // VM's too: its story in the operation ends with its own BootstrapFailed).
+            if let Some(Ok(_)) = &outcome {
                 let deadline = tokio::time::Instant::now() + DRAIN;
                 while !pending.is_empty() {
                     match tokio::time::timeout_at(deadline, sub.next()).await {
