@@ -229,33 +229,27 @@ pub(super) fn validate_vm(
         .then(|| super::libvirt::validate(src, raw.libvirt.as_ref(), &key))
         .transpose()?;
     let mut files = Vec::new();
-    let (base_image, kernel, initrd) = if let Some(l) = &libvirt {
-        // With upload = true the base image is on this machine, as for a qemu VM.
-        let base_image = if l.upload {
-            file_path(
-                src,
-                raw.base_image.as_ref(),
-                &k("base_image"),
-                false,
-                &mut files,
-            )?
-        } else {
+    // A libvirt VM's files are paths on the hypervisor, except a base image it uploads
+    // (upload = true), which is on this machine as a qemu VM's.
+    let base_image = match &libvirt {
+        Some(l) if !l.upload => {
             super::libvirt::hypervisor_path(src, raw.base_image.as_ref(), &k("base_image"))?
-        };
+        }
+        _ => file_path(
+            src,
+            raw.base_image.as_ref(),
+            &k("base_image"),
+            false,
+            &mut files,
+        )?,
+    };
+    let (kernel, initrd) = if libvirt.is_some() {
         (
-            base_image,
             super::libvirt::hypervisor_path(src, raw.kernel.as_ref(), &k("kernel"))?,
             super::libvirt::hypervisor_path(src, raw.initrd.as_ref(), &k("initrd"))?,
         )
     } else {
         (
-            file_path(
-                src,
-                raw.base_image.as_ref(),
-                &k("base_image"),
-                false,
-                &mut files,
-            )?,
             file_path(src, raw.kernel.as_ref(), &k("kernel"), false, &mut files)?,
             file_path(src, raw.initrd.as_ref(), &k("initrd"), false, &mut files)?,
         )

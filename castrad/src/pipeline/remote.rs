@@ -176,12 +176,8 @@ async fn run(target: Target, command: String) -> Result<(), crate::ssh::SshError
         Stdio::null(),
         Stdio::piped(),
     )?;
-    let mut stderr = String::new();
-    if let Some(mut e) = conn.child().stderr.take() {
-        use tokio::io::AsyncReadExt;
-        // ssh's own words, a line or two; bounded all the same.
-        let _ = (&mut e).take(16 << 10).read_to_string(&mut stderr).await;
-    }
+    // ssh's own words, a line or two; bounded all the same.
+    let stderr = capped(conn.child().stderr.take(), 16 << 10).await;
     let status = conn
         .child()
         .wait()

@@ -118,15 +118,18 @@ pub fn ensure(
     };
     let lock = lock_for(format!("{}\n{pool}\n{name}", hv.uri));
     let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = lookup(hv, pool, &name) {
+    let reused = || {
+        let path = lookup(hv, pool, &name)?;
         tracing::info!(hypervisor = %hv.name(), pool, volume = %name, "base volume reused");
-        return Ok(base(path));
+        Some(base(path))
+    };
+    if let Some(found) = reused() {
+        return Ok(found);
     }
     // Made by another castrad, or by hand, since libvirt last looked.
     refresh(hv, pool)?;
-    if let Some(path) = lookup(hv, pool, &name) {
-        tracing::info!(hypervisor = %hv.name(), pool, volume = %name, "base volume reused");
-        return Ok(base(path));
+    if let Some(found) = reused() {
+        return Ok(found);
     }
     check_pool(hv, pool).map_err(|m| failed(format!("on {}: {m}", hv.name())))?;
     let meta = std::fs::metadata(image)
