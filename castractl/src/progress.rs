@@ -431,6 +431,7 @@ mod tests {
             log_path: None,
             stamp: None,
             error: error.map(str::to_owned),
+            error_kind: None,
         };
         board.finish(&api::OutcomeResult {
             operation: "op".into(),

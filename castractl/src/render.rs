@@ -131,6 +131,16 @@ fn describe(event: &api::Event) -> String {
     use api::Event;
     match event {
         Event::BootstrapPlanned(p) => format!("planned  {} ({})", lower(&p.action), p.reason),
+        Event::ImageFetch {
+            source,
+            phase,
+            bytes_done,
+            bytes_total,
+            ..
+        } => match bytes_total {
+            Some(total) => format!("image    {phase} {source} {bytes_done}/{total} bytes"),
+            None => format!("image    {phase} {source} {bytes_done} bytes"),
+        },
         Event::BootstrapStarted {
             trigger,
             artifact_hash,

@@ -50,6 +50,16 @@ struct Args {
     )]
     max_parallel: u32,
 
+    /// The image store: base images fetched by URL or imported from files, shared by every
+    /// project [default: $XDG_CACHE_HOME/castra/images].
+    #[arg(long, env = crate::images::STORE_ENV, value_name = "DIR")]
+    image_store: Option<PathBuf>,
+
+    /// Where catalog images (`base_image = "debian-12"`) are fetched from instead of their
+    /// distribution's servers: URL/NAME/FILE for each image and its checksums file.
+    #[arg(long, env = crate::images::MIRROR_ENV, value_name = "URL")]
+    image_mirror: Option<String>,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `castrad=debug`.
     #[arg(
         long,
@@ -131,6 +141,12 @@ async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot find a home directory for state; pass --state-dir")
         })?,
     };
+    let image_store = match args.image_store {
+        Some(dir) => dir,
+        None => crate::images::default_dir().ok_or_else(|| {
+            anyhow::anyhow!("cannot find a home directory for the image store; pass --image-store")
+        })?,
+    };
     let socket = args.socket.unwrap_or_else(castra_api::default_socket_path);
     // First of all, before the socket (bound or passed by systemd) and before anything in
     // the state directory: a second castrad on it must leave both as they are. Held until
@@ -154,6 +170,8 @@ async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
         shutdown_grace: Duration::from_secs(10),
         accel_override: args.accel,
         max_parallel: args.max_parallel,
+        image_store,
+        image_mirror: args.image_mirror.filter(|m| !m.is_empty()),
     };
     tracing::info!(
         max_parallel = settings.max_parallel,

@@ -37,6 +37,11 @@ pub struct Settings {
     pub accel_override: Option<crate::config::AccelSetting>,
     /// `--max-parallel`: how many VMs may start or bootstrap at once (`pipeline::slots`).
     pub max_parallel: u32,
+    /// `--image-store`: the user's image store (`crate::images`).
+    pub image_store: PathBuf,
+    /// `--image-mirror`: where catalog images are fetched from instead of their
+    /// distribution's servers.
+    pub image_mirror: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +116,8 @@ pub struct Daemon {
     vms: Mutex<BTreeMap<(PathBuf, String), VmHandle>>,
     /// How many VMs may start or bootstrap at once, shared by every VM's runs.
     pub slots: pipeline::Slots,
+    /// The user's image store, shared by every project and VM.
+    pub images: Arc<crate::images::Store>,
     base_bytes_hashed: AtomicU64,
 }
 
@@ -121,6 +128,10 @@ impl Daemon {
             &crate::state_root::control_dir(&settings.socket),
         );
         let slots = pipeline::Slots::new(settings.max_parallel);
+        let images = Arc::new(crate::images::Store::new(
+            settings.image_store.clone(),
+            settings.image_mirror.clone(),
+        ));
         Arc::new(Daemon {
             settings,
             started: Instant::now(),
@@ -131,6 +142,7 @@ impl Daemon {
             projects: Mutex::new(BTreeMap::new()),
             vms: Mutex::new(BTreeMap::new()),
             slots,
+            images,
             base_bytes_hashed: AtomicU64::new(0),
         })
     }

@@ -392,13 +392,13 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
             "castra-base-libvirt-v1"
         });
         let text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
-        let image = match &vm.base_image {
+        let image = match vm.base_image.as_ref().and_then(|b| b.file()) {
             Some(image) if uploaded => {
                 let (sha256, n) = cached_file_hash(root, image)?;
                 bytes_read = n;
                 Some(sha256)
             }
-            _ => text(&vm.base_image),
+            _ => vm.base_image.as_ref().map(|b| b.label()),
         };
         e.opt("base_image", image.as_deref().map(str::as_bytes));
         e.opt("kernel", text(&vm.kernel).as_deref().map(str::as_bytes));
@@ -419,7 +419,7 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
             })
             .transpose()
     };
-    let image = part(&vm.base_image)?;
+    let image = part(&vm.base_image.as_ref().and_then(|b| b.file()).map(Path::to_owned))?;
     let kernel = part(&vm.kernel)?;
     let initrd = part(&vm.initrd)?;
     let hash = match (&image, &kernel, &initrd, &vm.cmdline) {

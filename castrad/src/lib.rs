@@ -20,6 +20,7 @@
 //! - `state_root`: the only code that builds paths under the state directory.
 //! - `instance`: the lock that keeps castrad one per state directory.
 //! - `image`: disk images as qemu-img sees them; what a base image may be.
+//! - `images`: the image store: base images fetched by URL or imported, content-addressed.
 //! - `fsutil`, `ids`, `error`: atomic writes, random ids, error chains.
 
 pub mod backend;
@@ -34,6 +35,7 @@ pub mod fsutil;
 pub mod hashing;
 pub mod ids;
 pub mod image;
+pub mod images;
 pub mod instance;
 pub mod operations;
 pub mod overrides;

@@ -52,6 +52,7 @@ impl Operation {
                     log_path: None,
                     stamp: None,
                     error: Some("castrad stopped before this VM finished".into()),
+                    error_kind: None,
                 },
             };
             out.push(outcome);

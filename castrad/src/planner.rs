@@ -235,7 +235,10 @@ fn local_base(vm: &Vm) -> Option<&std::path::Path> {
         BackendKind::Libvirt => vm.libvirt.as_ref().is_some_and(|l| l.upload),
         BackendKind::External => false,
     };
-    vm.base_image.as_deref().filter(|_| local)
+    vm.base_image
+        .as_ref()
+        .and_then(|b| b.file())
+        .filter(|_| local)
 }
 
 /// Whether the seed on the VM's disk was made from other `[vms.cloud_init]` inputs than the
@@ -471,6 +474,7 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
     // config filled in each backend's defaults (QEMU: 127.0.0.1; external: port 22).
     let ssh = vm.ssh.host.clone();
     api::BootstrapPlanned {
+        base_image: None,
         vm: plan.vm,
         mode: mode(plan.mode),
         action: match plan.action {

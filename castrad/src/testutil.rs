@@ -35,7 +35,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         replica: None,
         description: None,
         backend: BackendKind::Qemu,
-        base_image: Some(dir.join("base.img")),
+        base_image: Some(crate::config::BaseImage::path(dir.join("base.img"))),
         kernel: None,
         initrd: None,
         cmdline: None,

@@ -31,6 +31,7 @@ fn step(
 
 fn planned() -> api::BootstrapPlanned {
     api::BootstrapPlanned {
+        base_image: None,
         vm: "web-0".into(),
         mode: api::BootstrapMode::Auto,
         action: api::BootstrapPlanAction::Run,
@@ -72,6 +73,7 @@ fn outcome(
         log_path: log.map(Into::into),
         stamp: None,
         error: error.map(str::to_owned),
+        error_kind: None,
     }
 }
 

@@ -143,6 +143,22 @@ pub enum Event {
         overlay_path: PathBuf,
         reclaimed_bytes: u64,
     },
+    /// How far the download (or import) of a base image into the image store is: at most four
+    /// a second per VM while it runs, and one with `phase` `done` at its end. `vm` is empty
+    /// for `castra.imagePull`, whose events carry its operation.
+    ImageFetch {
+        vm: String,
+        /// The URL, or the path being imported.
+        source: String,
+        /// `checksums` (reading the checksums file), `resume` (hashing the part of an
+        /// interrupted download already here), `download`, `import`, `done`.
+        phase: String,
+        bytes_done: u64,
+        /// Null when the server did not say.
+        bytes_total: Option<u64>,
+        /// Bytes per second so far.
+        rate_bps: u64,
+    },
     /// The in-guest agent answers (first seen, or back after being lost).
     VizierConnected {
         vm: String,
@@ -178,6 +194,7 @@ impl Event {
             | Event::ShutdownEscalated { vm, .. }
             | Event::ShutdownComplete { vm, .. }
             | Event::EphemeralLayerDiscarded { vm, .. }
+            | Event::ImageFetch { vm, .. }
             | Event::VizierConnected { vm, .. }
             | Event::VizierLost { vm, .. } => vm,
         }

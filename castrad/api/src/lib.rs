@@ -46,6 +46,12 @@ pub mod method {
     pub const CONSOLE_OUTPUT: &str = "castra.consoleOutput";
     pub const SUBSCRIBE_EVENTS: &str = "castra.subscribeEvents";
     pub const UNSUBSCRIBE_EVENTS: &str = "castra.unsubscribeEvents";
+    pub const IMAGE_LIST: &str = "castra.imageList";
+    pub const IMAGE_PULL: &str = "castra.imagePull";
+    pub const IMAGE_REMOVE: &str = "castra.imageRemove";
+    pub const IMAGE_PRUNE: &str = "castra.imagePrune";
+    pub const IMAGE_ADOPT: &str = "castra.imageAdopt";
+    pub const IMAGE_CATALOG: &str = "castra.imageCatalog";
     /// Notification method of event subscriptions.
     pub const EVENT: &str = "castra.event";
     /// The OpenRPC document of this protocol ([`crate::openrpc::document`]).
@@ -217,6 +223,10 @@ pub struct BootstrapPlanned {
     /// the running VM was launched with).
     #[serde(default)]
     pub mounts: Vec<VmMount>,
+    /// The VM's base image: where it comes from and where it stands (null: a VM without one,
+    /// an external host).
+    #[serde(default)]
+    pub base_image: Option<BaseImagePlan>,
 }
 
 /// A launch setting a running VM was started with that castra.toml no longer says: the VM
@@ -566,7 +576,17 @@ pub struct VmOutcome {
     pub log_path: Option<PathBuf>,
     pub stamp: Option<PathBuf>,
     pub error: Option<String>,
+    /// What kind of failure `error` is, when a client acts on it: `image-mismatch` (the base
+    /// image's content did not match its checksum; nothing was kept; castractl exits 2).
+    #[serde(default)]
+    pub error_kind: Option<String>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// The image store (castra.image*): see images.rs
+
+mod images;
+pub use images::*;
 
 // ---------------------------------------------------------------------------------------------
 // Events: see events.rs

@@ -13,6 +13,7 @@
 //! Every failure is a [`ConfigError`] naming the file, a 1-based line and column, the key path
 //! and what was expected. [`parse`] performs no file IO; [`load`] reads files and stats paths.
 
+mod base_image;
 mod diagnostics;
 pub mod libvirt;
 mod mounts;
@@ -30,6 +31,7 @@ use raw::RawMetadata;
 use validate::{DeclInfo, Parsed, parse_source};
 use values::{validate_env, validate_ssh};
 
+pub use base_image::BaseImage;
 pub use mounts::{MAX_MOUNTS, guest_path};
 pub use values::{is_valid_name, parse_memory_mib};
 
@@ -97,6 +99,9 @@ pub struct Project {
     /// `[project] network`: whether the QEMU VMs share a project network (default: when
     /// there is more than one); each one's place on it is its [`Vm::network`].
     pub network: bool,
+    /// `[project] image_mirror`: where this project's catalog images are fetched from
+    /// (beats castrad's `--image-mirror`).
+    pub image_mirror: Option<String>,
     /// Global `[bootstrap]` defaults after defaulting (kept for display).
     pub bootstrap_defaults: BootstrapDefaults,
     /// VMs after replica expansion, in file order (`web` with replicas = 2 → `web-0`, `web-1`).
@@ -377,8 +382,8 @@ pub struct Vm {
     pub replica: Option<u32>,
     pub description: Option<String>,
     pub backend: BackendKind,
-    /// Required for qemu; rejected for external.
-    pub base_image: Option<PathBuf>,
+    /// Required for qemu; rejected for external (`base_image` and its companion keys).
+    pub base_image: Option<BaseImage>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
@@ -526,7 +531,10 @@ fn check_files(src: &Source<'_>, decls: &[DeclInfo]) -> Result<(), ConfigError> 
             Ok(meta) if meta.is_dir() && check.directory_ok => None,
             Ok(meta) if meta.is_dir() => Some("is a directory; expected a regular file".to_owned()),
             Ok(_) => Some("is not a regular file".to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
+                "does not exist{}",
+                check.hint.as_deref().unwrap_or_default()
+            )),
             Err(e) => Some(format!("cannot be accessed: {e}")),
         };
         if let Some(problem) = problem {

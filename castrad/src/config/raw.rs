@@ -26,6 +26,7 @@ pub(super) struct RawFile {
 pub(super) struct RawProject {
     pub(super) name: Spanned<String>,
     pub(super) network: Option<Spanned<bool>>,
+    pub(super) image_mirror: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -48,6 +49,9 @@ pub(super) struct RawVm {
     pub(super) replicas: Option<Spanned<i64>>,
     pub(super) backend: Option<Spanned<String>>,
     pub(super) base_image: Option<Spanned<String>>,
+    pub(super) base_image_digest: Option<Spanned<String>>,
+    pub(super) base_image_checksums: Option<Spanned<String>>,
+    pub(super) base_image_import: Option<Spanned<bool>>,
     pub(super) kernel: Option<Spanned<String>>,
     pub(super) initrd: Option<Spanned<String>>,
     pub(super) cmdline: Option<Spanned<String>>,

@@ -87,15 +87,44 @@ pub(super) fn parse_source(src: &Source<'_>) -> Result<Parsed, ConfigError> {
     check_unique_names(src, &vms, &origins)?;
     check_port_clashes(src, &vms, &origins)?;
     let network = attach_network(src, raw.project.network.as_ref(), &mut vms)?;
+    let image_mirror = raw
+        .project
+        .image_mirror
+        .as_ref()
+        .map(|m| image_mirror(src, m))
+        .transpose()?;
     let project = Project {
         config_path: src.path.to_path_buf(),
         version: raw.version,
         name,
         network,
+        image_mirror,
         bootstrap_defaults: defaults.public,
         vms,
     };
     Ok(Parsed { project, decls })
+}
+
+/// `[project] image_mirror`: an `https://`, `http://` or `file://` URL (catalog images are
+/// checked against their checksums file, so a mirror over http is allowed).
+fn image_mirror(src: &Source<'_>, value: &Spanned<String>) -> Result<String, ConfigError> {
+    let text = value.get_ref();
+    match url::Url::parse(text) {
+        Ok(url) if crate::images::source::SCHEMES.contains(&url.scheme()) => Ok(text.clone()),
+        Ok(url) => Err(src.at(
+            value,
+            "project.image_mirror",
+            format!(
+                "{text:?} uses the scheme {}; expected an https://, http:// or file:// URL",
+                url.scheme()
+            ),
+        )),
+        Err(e) => Err(src.at(
+            value,
+            "project.image_mirror",
+            format!("{text:?} is not a URL ({e}); expected e.g. \"https://mirror.example/castra\""),
+        )),
+    }
 }
 
 /// `[project] network`: whether the QEMU VMs share a project network, and each one's place
@@ -230,19 +259,25 @@ pub(super) fn validate_vm(
         .transpose()?;
     let mut files = Vec::new();
     // A libvirt VM's files are paths on the hypervisor, except a base image it uploads
-    // (upload = true), which is on this machine as a qemu VM's.
-    let base_image = match &libvirt {
-        Some(l) if !l.upload => {
-            super::libvirt::hypervisor_path(src, raw.base_image.as_ref(), &k("base_image"))?
-        }
-        _ => file_path(
-            src,
-            raw.base_image.as_ref(),
-            &k("base_image"),
-            false,
-            &mut files,
-        )?,
+    // (upload = true, or a URL or catalog name: fetched here), which goes through the image
+    // store as a qemu VM's.
+    let reader = match (&libvirt, raw.libvirt.as_ref().and_then(|l| l.get_ref().upload.as_ref())) {
+        (None, _) => super::base_image::Reader::Qemu,
+        (Some(l), _) if l.upload => super::base_image::Reader::LibvirtUpload,
+        (Some(_), Some(_)) => super::base_image::Reader::LibvirtPath,
+        (Some(_), None) => match raw.base_image.as_ref() {
+            Some(b) if super::base_image::fetched(b.get_ref()) => {
+                super::base_image::Reader::LibvirtUpload
+            }
+            _ => super::base_image::Reader::LibvirtPath,
+        },
     };
+    let base_image = super::base_image::validate(src, raw, &key, reader, &mut files)?;
+    let mut libvirt = libvirt;
+    if let Some(l) = libvirt.as_mut() {
+        // A URL or catalog image on a libvirt VM is fetched here and uploaded.
+        l.upload |= reader == super::base_image::Reader::LibvirtUpload;
+    }
     let (kernel, initrd) = if libvirt.is_some() {
         (
             super::libvirt::hypervisor_path(src, raw.kernel.as_ref(), &k("kernel"))?,
@@ -351,6 +386,18 @@ pub(super) fn check_external(src: &Source<'_>, raw: &RawVm, key: &str) -> Result
         .map(Spanned::span);
     let forbidden = [
         ("base_image", raw.base_image.as_ref().map(Spanned::span)),
+        (
+            "base_image_digest",
+            raw.base_image_digest.as_ref().map(Spanned::span),
+        ),
+        (
+            "base_image_checksums",
+            raw.base_image_checksums.as_ref().map(Spanned::span),
+        ),
+        (
+            "base_image_import",
+            raw.base_image_import.as_ref().map(Spanned::span),
+        ),
         ("kernel", raw.kernel.as_ref().map(Spanned::span)),
         ("initrd", raw.initrd.as_ref().map(Spanned::span)),
         ("cmdline", raw.cmdline.as_ref().map(Spanned::span)),
@@ -419,6 +466,7 @@ fn validate_cloud_init(
             path: resolved.clone(),
             directory_ok: false,
             directory_required: false,
+            hint: None,
         });
         cloud_init.authorized_keys.push(resolved);
     }

@@ -263,6 +263,8 @@ pub(super) struct FileCheck {
     pub(super) directory_ok: bool,
     /// A directory and nothing else (a mount's host side).
     pub(super) directory_required: bool,
+    /// Said after "does not exist" (what else the value could have meant).
+    pub(super) hint: Option<String>,
 }
 
 /// Resolves an optional file path and records that `load` must stat it.
@@ -283,6 +285,7 @@ pub(super) fn file_path(
         path: path.clone(),
         directory_ok,
         directory_required: false,
+        hint: None,
     });
     Ok(Some(path))
 }

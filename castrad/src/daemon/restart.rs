@@ -80,7 +80,10 @@ async fn check_before_stopping(
         .filter_map(|vm| {
             let disk = match vm.backend {
                 BackendKind::Qemu => {
-                    Disk::Overlay(entry.root.vm(&vm.name).overlay, vm.base_image.clone())
+                    Disk::Overlay(
+                        entry.root.vm(&vm.name).overlay,
+                        vm.base_image.as_ref().and_then(|b| b.file()).map(Path::to_owned),
+                    )
                 }
                 BackendKind::Libvirt if vm.disk_mib.is_some() => Disk::Volume(entry.root.clone()),
                 _ => return None,

@@ -68,7 +68,7 @@ pub async fn checks(daemon: &Daemon, config: &Path) -> Vec<DoctorCheck> {
 /// (`image::base`: raw or qcow2, self-contained).
 fn base_image(vm: &Vm) -> DoctorCheck {
     let vm_name = Some(vm.name.as_str());
-    let Some(base) = &vm.base_image else {
+    let Some(base) = vm.base_image.as_ref().and_then(|b| b.file()) else {
         return DoctorCheck::fail(
             "base-image",
             vm_name,
@@ -76,7 +76,7 @@ fn base_image(vm: &Vm) -> DoctorCheck {
             "set base_image in castra.toml",
         );
     };
-    let files = [Some(base), vm.kernel.as_ref(), vm.initrd.as_ref()];
+    let files = [Some(base), vm.kernel.as_deref(), vm.initrd.as_deref()];
     for path in files.into_iter().flatten() {
         if let Err(e) = std::fs::File::open(path) {
             return DoctorCheck::fail(

@@ -292,6 +292,7 @@ fn outcome(vm: &str, status: OutcomeStatus, duration_ms: u64) -> VmOutcome {
         log_path: None,
         stamp: None,
         error: None,
+        error_kind: None,
     }
 }
 

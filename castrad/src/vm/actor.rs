@@ -266,6 +266,7 @@ impl Actor {
                  does not answer), then `castractl up` again",
                 job.operation
             )),
+            error_kind: None,
         })
     }
 

@@ -160,5 +160,6 @@ pub fn rejected(busy: &Busy) -> VmOutcome {
         log_path: None,
         stamp: None,
         error: Some(busy.to_string()),
+        error_kind: None,
     }
 }

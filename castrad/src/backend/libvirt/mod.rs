@@ -213,7 +213,11 @@ impl Libvirt {
             // Ours by name, but nothing says which disk it is: a new disk.
             hv.virsh(&["vol-delete", "--pool", &config.pool, &record.overlay])?;
         }
-        let image = vm.base_image.as_deref().ok_or(BackendError::NoBaseImage)?;
+        let image = vm
+            .base_image
+            .as_ref()
+            .and_then(|b| b.file().or(b.hypervisor()))
+            .ok_or(BackendError::NoBaseImage)?;
         // The base on the hypervisor: base_image there, or the volume it was uploaded to.
         let (base, format, virtual_size) = if config.upload {
             let b = upload::ensure(&hv, root, &config.pool, image)?;
@@ -677,13 +681,13 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
         if config.upload {
             // The image is on this machine (config stat'ed it): checked here, and the pool
             // must be one castrad can rename an upload in.
-            if let Some(base) = &vm.base_image {
+            if let Some(base) = vm.base_image.as_ref().and_then(|b| b.file()) {
                 crate::image::base(base)?;
             }
             if seen.insert((config.uri.clone(), format!("upload\n{}", config.pool))) {
                 upload::check_pool(&hv, &config.pool).map_err(problem)?;
             }
-        } else if let Some(base) = &vm.base_image
+        } else if let Some(base) = vm.base_image.as_ref().and_then(|b| b.hypervisor())
             && seen.insert((config.uri.clone(), base.to_string_lossy().into_owned()))
         {
             let path = base.to_string_lossy();

@@ -76,7 +76,7 @@ impl Backend for Qemu {
         // Each distinct base image once: self-contained, raw or qcow2 (see `crate::image`).
         let bases: std::collections::BTreeSet<&Path> = vms
             .iter()
-            .filter_map(|vm| vm.base_image.as_deref())
+            .filter_map(|vm| vm.base_image.as_ref().and_then(|b| b.file()))
             .collect();
         for base in bases {
             crate::image::base(base)?;
@@ -101,7 +101,11 @@ impl Backend for Qemu {
         vm: &'a Vm,
     ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>> {
         Box::pin(async move {
-            let base = vm.base_image.as_deref().ok_or(BackendError::NoBaseImage)?;
+            let base = vm
+                .base_image
+                .as_ref()
+                .and_then(|b| b.file())
+                .ok_or(BackendError::NoBaseImage)?;
             let paths = root.vm(&vm.name);
             let new = process::prepare_overlay(&paths, base, vm.disk_mib).await?;
             if vm.cloud_init.enabled && !paths.seed.exists() {

@@ -140,7 +140,7 @@ fn with_upload_the_base_image_is_a_file_on_this_machine() {
     let vm = &p.vms[0];
     assert!(vm.libvirt.as_ref().unwrap().upload);
     assert_eq!(
-        vm.base_image.as_deref(),
+        vm.base_image.as_ref().and_then(|b| b.file()),
         Some(Path::new("/p/images/base.qcow2"))
     );
     assert!(!ok(lv!()).vms[0].libvirt.as_ref().unwrap().upload);

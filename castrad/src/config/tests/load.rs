@@ -100,7 +100,10 @@ fn load_canonicalizes_the_config_path() {
     let roundabout = root.join("images/../castra.toml");
     let p = load(&roundabout).expect("valid project");
     assert_eq!(p.config_path, config);
-    assert_eq!(p.vms[0].base_image, Some(root.join("images/base.qcow2")));
+    assert_eq!(
+        p.vms[0].base_image,
+        Some(BaseImage::path(root.join("images/base.qcow2")))
+    );
 }
 
 #[test]

@@ -121,7 +121,7 @@ fn defaults_for_a_minimal_qemu_vm() {
         replica: None,
         description: None,
         backend: BackendKind::Qemu,
-        base_image: Some(PathBuf::from("/p/img.qcow2")),
+        base_image: Some(BaseImage::path("/p/img.qcow2")),
         kernel: None,
         initrd: None,
         cmdline: None,
@@ -344,7 +344,11 @@ fn paths_resolve_against_the_config_directory() {
         "[[vms]]\nname = \"d\"\nbase_image = \"../shared/d.qcow2\"\n",
     );
     let p = parse(Path::new("/proj/sub/castra.toml"), text).expect("valid");
-    let images: Vec<_> = p.vms.iter().filter_map(|v| v.base_image.clone()).collect();
+    let images: Vec<_> = p
+        .vms
+        .iter()
+        .filter_map(|v| v.base_image.as_ref()?.file().map(Path::to_owned))
+        .collect();
     let want: Vec<PathBuf> = [
         "/proj/sub/images/a.qcow2",
         "/abs/b.qcow2",
@@ -378,8 +382,11 @@ fn relative_config_path_is_made_absolute() {
     let p = parse(Path::new("rel/castra.toml"), head!()).expect("valid");
     assert!(p.config_path.is_absolute());
     assert!(p.config_path.ends_with("rel/castra.toml"));
-    let image = p.vms[0].base_image.clone().unwrap_or_default();
-    assert_eq!(image, p.config_path.with_file_name("img.qcow2"));
+    let image = p.vms[0].base_image.clone();
+    assert_eq!(
+        image,
+        Some(BaseImage::path(p.config_path.with_file_name("img.qcow2")))
+    );
 }
 
 #[test]

@@ -54,7 +54,8 @@ fn assert_invariants(p: &Project) {
         assert!((1..=MAX_HANDSHAKE_TIMEOUT_SECS).contains(&vm.bootstrap.handshake_timeout_secs));
         assert!(vm.cpus >= 1 && vm.memory_mib >= 1);
         assert!(vm.disk_mib.is_none_or(|d| d >= 1));
-        for path in [&vm.base_image, &vm.kernel, &vm.bootstrap.script]
+        let base = vm.base_image.as_ref().and_then(|b| b.file());
+        for path in [base, vm.kernel.as_deref(), vm.bootstrap.script.as_deref()]
             .into_iter()
             .flatten()
         {

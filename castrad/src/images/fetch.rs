@@ -1,0 +1,1 @@
+//! Downloads into the store (SKELETON, issue 23).
