@@ -186,6 +186,7 @@ impl Daemon {
                         snapshot: Arc::new(tokio::sync::watch::channel(snapshot).0),
                         remote: Arc::new(pipeline::OpenSsh),
                         slots: self.slots.clone(),
+                        images: self.images.clone(),
                     },
                     backend,
                 };
@@ -341,7 +342,7 @@ impl Daemon {
                         .is_none_or(|h| h.snapshot().machine.is_none())
                 })
                 .collect();
-            backend.preflight(&starting)?;
+            backend.preflight(&entry.root, &starting)?;
         }
         Ok(())
     }
@@ -614,8 +615,9 @@ impl Daemon {
                 Some((vm.name.clone(), seen))
             })
             .collect();
+        let store = self.images.clone();
         let (plans, bytes) = tokio::task::spawn_blocking(move || {
-            planner::plan_project(&project, &root, &overrides, &seen)
+            planner::plan_project(&project, &root, &store, &overrides, &seen)
         })
         .await
         .map_err(|e| DaemonError::Panicked {

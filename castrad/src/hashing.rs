@@ -361,7 +361,7 @@ pub fn seed_inputs(vm: &Vm) -> Result<String, HashError> {
     Ok(e.finish())
 }
 
-/// The base hash of a VM and how many image bytes were read to get it (0 on cache hits).
+/// The base hash of a VM and how many bytes were read to get it (0 on cache hits).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BaseHash {
     pub hash: String,
@@ -370,9 +370,12 @@ pub struct BaseHash {
 
 /// `base_hash`: for a QEMU VM with only a base image, the plain sha256 of the image (so a user
 /// can check it with `sha256sum`); with a kernel, initrd or cmdline, a labelled hash over each
-/// part's sha256. External VMs have no base image: their hash is a fixed marker, and the disk
-/// identity (pinned host key) is what ties a stamp to a machine.
-pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
+/// part's sha256. `image` is that sha256 (the image store's digest, or the disk record's: the
+/// image is never read here); None while it is not known (an image not fetched or imported
+/// yet), which gives an empty hash no stamp matches. External VMs have no base image: their
+/// hash is a fixed marker, and the disk identity (pinned host key) is what ties a stamp to a
+/// machine.
+pub fn base_hash(root: &StateRoot, vm: &Vm, image: Option<&str>) -> Result<BaseHash, HashError> {
     if vm.backend == BackendKind::External {
         let e = Encoder::new("castra-base-external-v1");
         return Ok(BaseHash {
@@ -382,23 +385,18 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
     }
     if vm.backend == BackendKind::Libvirt {
         // Paths on the hypervisor, not read from here: the base is named by them (a new
-        // image at the same path is only noticed with a new disk). An uploaded base image is
-        // on this machine: its content (cached as a QEMU VM's), which also names its volume.
+        // image at the same path is only noticed with a new disk). An uploaded base image
+        // comes from the image store: its digest, which also names its volume.
         let uploaded = vm.libvirt.as_ref().is_some_and(|l| l.upload);
-        let mut bytes_read = 0;
         let mut e = Encoder::new(if uploaded {
             "castra-base-libvirt-upload-v1"
         } else {
             "castra-base-libvirt-v1"
         });
         let text = |p: &Option<PathBuf>| p.as_ref().map(|p| p.to_string_lossy().into_owned());
-        let image = match vm.base_image.as_ref().and_then(|b| b.file()) {
-            Some(image) if uploaded => {
-                let (sha256, n) = cached_file_hash(root, image)?;
-                bytes_read = n;
-                Some(sha256)
-            }
-            _ => vm.base_image.as_ref().map(|b| b.label()),
+        let image = match uploaded {
+            true => image.map(str::to_owned),
+            false => vm.base_image.as_ref().map(|b| b.label()),
         };
         e.opt("base_image", image.as_deref().map(str::as_bytes));
         e.opt("kernel", text(&vm.kernel).as_deref().map(str::as_bytes));
@@ -406,7 +404,7 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
         e.opt("cmdline", vm.cmdline.as_deref().map(str::as_bytes));
         return Ok(BaseHash {
             hash: e.finish(),
-            bytes_read,
+            bytes_read: 0,
         });
     }
     let mut bytes_read = 0;
@@ -419,21 +417,62 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
             })
             .transpose()
     };
-    let image = part(&vm.base_image.as_ref().and_then(|b| b.file()).map(Path::to_owned))?;
     let kernel = part(&vm.kernel)?;
     let initrd = part(&vm.initrd)?;
-    let hash = match (&image, &kernel, &initrd, &vm.cmdline) {
-        (Some(image), None, None, None) => image.clone(),
+    let Some(image) = image else {
+        return Ok(BaseHash {
+            hash: String::new(),
+            bytes_read,
+        });
+    };
+    Ok(BaseHash {
+        hash: compose(
+            image,
+            kernel.as_deref(),
+            initrd.as_deref(),
+            vm.cmdline.as_deref(),
+        ),
+        bytes_read,
+    })
+}
+
+/// A QEMU VM's base hash from the sha256 of each part: the image's own when it is alone.
+pub fn compose(
+    image: &str,
+    kernel: Option<&str>,
+    initrd: Option<&str>,
+    cmdline: Option<&str>,
+) -> String {
+    match (kernel, initrd, cmdline) {
+        (None, None, None) => image.to_owned(),
         _ => {
             let mut e = Encoder::new("castra-base-v1");
-            e.opt("base_image", image.as_deref().map(str::as_bytes));
-            e.opt("kernel", kernel.as_deref().map(str::as_bytes));
-            e.opt("initrd", initrd.as_deref().map(str::as_bytes));
-            e.opt("cmdline", vm.cmdline.as_deref().map(str::as_bytes));
+            e.opt("base_image", Some(image.as_bytes()));
+            e.opt("kernel", kernel.map(str::as_bytes));
+            e.opt("initrd", initrd.map(str::as_bytes));
+            e.opt("cmdline", cmdline.map(str::as_bytes));
             e.finish()
         }
+    }
+}
+
+/// The sha256 (hex) of the file at `path`, read whole (no cache: what a changed file holds
+/// now), and its size. Fails if it changed while read.
+pub fn file_sha256(path: &Path) -> Result<(String, u64), HashError> {
+    let read_err = |source| HashError::Read {
+        path: path.to_owned(),
+        source,
     };
-    Ok(BaseHash { hash, bytes_read })
+    let before = file_id(&fs::metadata(path).map_err(read_err)?);
+    let mut hasher = Sha256::new();
+    let read = stream_into(&mut hasher, path)?;
+    let after = file_id(&fs::metadata(path).map_err(read_err)?);
+    if after != before || read != before.size {
+        return Err(HashError::Changed {
+            path: path.to_owned(),
+        });
+    }
+    Ok((hex(&hasher.finalize()), read))
 }
 
 /// A cache entry: the identity of the file when it was hashed, and its digest.
@@ -488,15 +527,13 @@ pub fn cached_file_hash(root: &StateRoot, path: &Path) -> Result<(String, u64), 
         }
     }
 
-    let mut hasher = Sha256::new();
-    let read = stream_into(&mut hasher, path)?;
+    let (sha256, read) = file_sha256(path)?;
     let after = file_id(&fs::metadata(path).map_err(read_err)?);
-    if after != before || read != before.size {
+    if after != before {
         return Err(HashError::Changed {
             path: path.to_owned(),
         });
     }
-    let sha256 = hex(&hasher.finalize());
     let entry = CacheEntry {
         path: path.to_owned(),
         dev: after.dev,

@@ -1,18 +1,21 @@
 //! Bootstrap planning: what will happen to each VM of a project, and why.
 //!
 //! Split in two: [`gather`] does the IO (artifact and base hashes, stamp and disk identity
-//! reads, and the base image's check: `crate::image::base`) and [`decide`] is a pure function
-//! from those facts to a [`VmPlan`]. Planning never
-//! writes anything except base-image hash cache entries, and preflight checks (override
-//! grammar, unknown VM names) run before any IO at all.
+//! reads, the base image's standing in the image store: `base`, and the check of a base file
+//! a new disk would be made on: `crate::image::base`) and [`decide`] is a pure function from
+//! those facts to a [`VmPlan`]. Planning never writes anything except hash cache entries, and
+//! preflight checks (override grammar, unknown VM names) run before any IO at all.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use castra_api as api;
 
+mod base;
+
 use crate::config::{BackendKind, BootstrapMode, Project, Vm};
 use crate::hashing::{self, HashError};
+use crate::images::{Source, Store};
 use crate::overrides::{ModeSource, OverrideError, Overrides};
 use crate::stamps::{self, Stamp, StampRead};
 use crate::state_root::StateRoot;
@@ -68,6 +71,8 @@ pub struct VmPlan {
     pub base_bytes_read: u64,
     /// The settings the VM runs with that castra.toml now sets otherwise (`crate::drift`).
     pub drift: Vec<api::Drift>,
+    /// Where the VM's base image stands (None: it has none).
+    pub base_image: Option<api::BaseImagePlan>,
 }
 
 /// Facts about one VM gathered from disk.
@@ -75,6 +80,8 @@ pub struct VmPlan {
 pub struct Facts {
     pub artifact: Option<hashing::Artifact>,
     pub base: hashing::BaseHash,
+    /// The base image's standing (`base::facts`).
+    pub image: Option<base::BaseFacts>,
     pub stamp: StampRead,
     pub disk_id: Option<String>,
     /// The agent as the VM's actor last saw it (not read from disk: filled by the caller).
@@ -99,6 +106,12 @@ pub enum PlanError {
         vm: String,
         source: crate::image::ImageError,
     },
+    #[error("vm {vm}: base_image {} does not exist{hint}", path.display())]
+    BaseMissing {
+        vm: String,
+        path: PathBuf,
+        hint: String,
+    },
 }
 
 /// Parses and checks overrides against the project. Pure: run it before anything else.
@@ -120,12 +133,13 @@ pub struct Seen {
 /// the project-wide warnings the caller computed. Blocking IO (hashing).
 pub fn plan_vm(
     root: &StateRoot,
+    store: &Store,
     vm: &Vm,
     mode: (BootstrapMode, ModeSource),
     seen: Seen,
     extra_warnings: &[String],
 ) -> Result<VmPlan, PlanError> {
-    let mut facts = gather(root, vm)?;
+    let mut facts = gather(root, store, vm)?;
     facts.vizier = seen.vizier;
     facts.running = seen.running;
     let mut plan = decide(root, vm, mode, facts);
@@ -138,12 +152,13 @@ pub fn plan_vm(
 pub fn plan_project(
     project: &Project,
     root: &StateRoot,
+    store: &Store,
     overrides: &Overrides,
     seen: &BTreeMap<String, Seen>,
 ) -> Result<(Vec<VmPlan>, u64), PlanError> {
     // Bases are checked before any is hashed: a refused one leaves no cache entry behind.
     for vm in &project.vms {
-        check_base(vm)?;
+        check_base(root, vm)?;
     }
     let mut bytes = warm_hash_cache(project, root);
     let mut cross = cross_vm_warnings(project);
@@ -152,7 +167,7 @@ pub fn plan_project(
         let mode = overrides.resolve(&vm.name, vm.bootstrap.mode);
         let warnings = cross.remove(&vm.name).unwrap_or_default();
         let seen = seen.get(&vm.name).cloned().unwrap_or_default();
-        let plan = plan_vm(root, vm, mode, seen, &warnings)?;
+        let plan = plan_vm(root, store, vm, mode, seen, &warnings)?;
         bytes += plan.base_bytes_read;
         plans.push(plan);
     }
@@ -169,7 +184,7 @@ fn warm_hash_cache(project: &Project, root: &StateRoot) -> u64 {
         .filter(|vm| vm.backend == BackendKind::Qemu)
         .flat_map(|vm| [&vm.kernel, &vm.initrd])
         .filter_map(|p| p.as_deref())
-        .chain(project.vms.iter().filter_map(local_base))
+        .chain(project.vms.iter().filter_map(|vm| hashed_file(root, vm)))
         .collect();
     if files.len() < 2 {
         return 0;
@@ -188,7 +203,7 @@ fn warm_hash_cache(project: &Project, root: &StateRoot) -> u64 {
 }
 
 /// Reads what planning needs for `vm` (blocking IO: hashing may read a whole base image once).
-pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
+pub fn gather(root: &StateRoot, store: &Store, vm: &Vm) -> Result<Facts, PlanError> {
     let hash_err = |source| PlanError::Hash {
         vm: vm.name.clone(),
         source,
@@ -197,11 +212,15 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
         Some(_) => Some(hashing::artifact_hash(vm, crate::vizier::VERSION).map_err(hash_err)?),
         None => None,
     };
-    check_base(vm)?;
-    let base = hashing::base_hash(root, vm).map_err(hash_err)?;
+    check_base(root, vm)?;
+    let image = base::facts(root, store, vm).map_err(hash_err)?;
+    let sha256 = image.as_ref().and_then(|i| i.sha256.as_deref());
+    let mut base = hashing::base_hash(root, vm, sha256).map_err(hash_err)?;
+    base.bytes_read += image.as_ref().map_or(0, |i| i.bytes_read);
     Ok(Facts {
         artifact,
         base,
+        image,
         stamp: stamps::read(root, &vm.name),
         disk_id: stamps::disk_id(root, &vm.name),
         vizier: None,
@@ -211,34 +230,53 @@ pub fn gather(root: &StateRoot, vm: &Vm) -> Result<Facts, PlanError> {
     })
 }
 
-/// A base image on this machine (a QEMU VM's, or a libvirt VM's with `upload = true`) must
-/// be self-contained (`crate::image::base`) before its hash can stand for what the guest
-/// reads.
-fn check_base(vm: &Vm) -> Result<(), PlanError> {
-    match local_base(vm) {
-        Some(image) => {
-            crate::image::base(image)
-                .map(|_| ())
-                .map_err(|source| PlanError::BaseImage {
-                    vm: vm.name.clone(),
-                    source,
-                })
-        }
-        None => Ok(()),
+/// The base file a new disk would be made on (a QEMU VM without a disk, or a libvirt VM that
+/// uploads) must be there and self-contained (`crate::image::base`) before its hash can
+/// stand for what the guest reads. A disk that exists is on its own base: the user's file may
+/// have gone since (a URL's image is checked when it is fetched).
+fn check_base(root: &StateRoot, vm: &Vm) -> Result<(), PlanError> {
+    let Some(image) = new_disk_file(root, vm) else {
+        return Ok(());
+    };
+    if !image.exists() {
+        return Err(PlanError::BaseMissing {
+            vm: vm.name.clone(),
+            path: image.to_owned(),
+            hint: crate::config::catalog_hint_for(image).unwrap_or_default(),
+        });
     }
+    crate::image::base(image)
+        .map(|_| ())
+        .map_err(|source| PlanError::BaseImage {
+            vm: vm.name.clone(),
+            source,
+        })
 }
 
-/// The VM's base image when it is a file on this machine.
-fn local_base(vm: &Vm) -> Option<&std::path::Path> {
-    let local = match vm.backend {
-        BackendKind::Qemu => true,
+/// The VM's base image file when a new disk would be made on it now.
+fn new_disk_file<'a>(root: &StateRoot, vm: &'a Vm) -> Option<&'a std::path::Path> {
+    let new_disk = match vm.backend {
+        BackendKind::Qemu => !root.vm(&vm.name).overlay.exists(),
         BackendKind::Libvirt => vm.libvirt.as_ref().is_some_and(|l| l.upload),
         BackendKind::External => false,
     };
     vm.base_image
         .as_ref()
         .and_then(|b| b.file())
-        .filter(|_| local)
+        .filter(|_| new_disk)
+}
+
+/// A base file planning hashes itself (`base_image_import = false`, no disk yet): the others
+/// are known by the image store or the disk's record.
+fn hashed_file<'a>(root: &StateRoot, vm: &'a Vm) -> Option<&'a std::path::Path> {
+    match vm.base_image.as_ref()?.local()? {
+        Source::File {
+            path,
+            import: false,
+            ..
+        } if vm.backend == BackendKind::Qemu && !root.vm(&vm.name).overlay.exists() => Some(path),
+        _ => None,
+    }
 }
 
 /// Whether the seed on the VM's disk was made from other `[vms.cloud_init]` inputs than the
@@ -349,6 +387,9 @@ pub fn decide(
                 .into(),
         );
     }
+    if let Some(image) = &facts.image {
+        warnings.extend(image.warnings.iter().cloned());
+    }
     if let Some(identity) = &facts.missing_identity {
         warnings.push(format!(
             "ssh identity {} does not exist",
@@ -374,6 +415,7 @@ pub fn decide(
         warnings,
         base_bytes_read: facts.base.bytes_read,
         drift: crate::drift::of_running(vm, facts.running.as_ref()),
+        base_image: facts.image.map(|i| i.plan),
     }
 }
 
@@ -474,7 +516,7 @@ pub fn planned(vm: &Vm, plan: VmPlan) -> api::BootstrapPlanned {
     // config filled in each backend's defaults (QEMU: 127.0.0.1; external: port 22).
     let ssh = vm.ssh.host.clone();
     api::BootstrapPlanned {
-        base_image: None,
+        base_image: plan.base_image,
         vm: plan.vm,
         mode: mode(plan.mode),
         action: match plan.action {

@@ -28,8 +28,10 @@ pub struct Stamp {
 
 impl Stamp {
     /// True when this stamp proves the given inputs were already applied.
+    /// An empty base hash (a base image not known yet) matches nothing.
     pub fn matches(&self, base_hash: &str, artifact_hash: &str, disk_id: Option<&str>) -> bool {
-        self.base_hash == base_hash
+        !base_hash.is_empty()
+            && self.base_hash == base_hash
             && self.artifact_hash == artifact_hash
             && disk_id == Some(self.disk_id.as_str())
     }
@@ -129,6 +131,9 @@ mod tests {
         assert!(!s.matches("b", "a2", Some("disk:1")));
         assert!(!s.matches("b", "a", Some("disk:2")));
         assert!(!s.matches("b", "a", None));
+        let mut unknown = stamp();
+        unknown.base_hash = String::new();
+        assert!(!unknown.matches("", "a", Some("disk:1")), "an unknown base");
     }
 
     #[test]

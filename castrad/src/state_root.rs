@@ -129,6 +129,7 @@ impl StateRoot {
             host_key_tmp: dir.join(".host-key.tmp"),
             efi_vars: dir.join("efi-vars.fd"),
             disk_id: dir.join("disk-id"),
+            base_record: dir.join("base.json"),
             known_hosts: dir.join("known_hosts"),
             qmp: dir.join("qmp.sock"),
             serial_socket: dir.join("serial.sock"),
@@ -196,6 +197,8 @@ pub struct VmPaths {
     pub efi_vars: PathBuf,
     /// A random id given to each new overlay: the disk identity stamps are bound to.
     pub disk_id: PathBuf,
+    /// What the disk is backed by (`images::disk::DiskBase`): checked before every start.
+    pub base_record: PathBuf,
     /// The pinned SSH host key of the guest on this disk.
     pub known_hosts: PathBuf,
     pub qmp: PathBuf,

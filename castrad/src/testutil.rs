@@ -27,6 +27,31 @@ pub fn stub_command(dir: &Path, name: &str, body: &str) {
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Gives `vm` of the project at `root` a disk as a QEMU VM's start leaves it: an overlay (an
+/// empty stand-in) and its record, backed by `base` (whose sha256 it records). A stand-in for
+/// the image store and qemu-img in tests of what comes after a start.
+pub fn fake_disk(root: &crate::state_root::StateRoot, vm: &str, base: &Path) {
+    use sha2::Digest as _;
+    let paths = root.vm(vm);
+    crate::state_root::ensure_dir(&paths.dir).unwrap();
+    std::fs::write(&paths.overlay, b"").unwrap();
+    let sha256 = crate::ids::hex(&sha2::Sha256::digest(std::fs::read(base).unwrap()));
+    let record = crate::images::disk::DiskBase {
+        sha256,
+        backing: base.to_owned(),
+        format: "raw".into(),
+        stored: true,
+        identity: crate::images::FileIdentity::of(base).unwrap(),
+        source: base.display().to_string(),
+    };
+    crate::images::disk::write(&paths.base_record, &record).unwrap();
+}
+
+/// An image store in `dir` (nothing in it).
+pub fn store(dir: &Path) -> Arc<crate::images::Store> {
+    Arc::new(crate::images::Store::new(dir.join("images"), None))
+}
+
 /// A QEMU VM named `web` whose files (base.img, run.sh, payload/) live in `dir`.
 pub fn sample_vm(dir: &Path) -> Vm {
     Vm {
@@ -36,6 +61,7 @@ pub fn sample_vm(dir: &Path) -> Vm {
         description: None,
         backend: BackendKind::Qemu,
         base_image: Some(crate::config::BaseImage::path(dir.join("base.img"))),
+        image_mirror: None,
         kernel: None,
         initrd: None,
         cmdline: None,

@@ -31,7 +31,7 @@ impl Backend for External {
         })
     }
 
-    fn preflight(&self, _: &[&Vm]) -> Result<(), PreflightError> {
+    fn preflight(&self, _: &StateRoot, _: &[&Vm]) -> Result<(), PreflightError> {
         Ok(())
     }
 
@@ -39,6 +39,7 @@ impl Backend for External {
         &'a self,
         _: &'a StateRoot,
         _: &'a Vm,
+        _: super::DiskInputs<'a>,
     ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>> {
         Box::pin(async { Ok(None) })
     }

@@ -37,6 +37,25 @@ pub fn forwarded_endpoint(vm: &Vm, machine: Option<&MachineInfo>) -> Option<Endp
     })
 }
 
+/// What a backend may use to make a VM's disk.
+pub struct DiskInputs<'a> {
+    /// The user's image store.
+    pub images: &'a std::sync::Arc<crate::images::Store>,
+    /// The castra.toml the VM comes from (named in the store's ref to the disk).
+    pub config: &'a Path,
+    /// Told how a download or import of the base image goes.
+    pub progress: &'a mut (dyn FnMut(&crate::images::Progress) + Send),
+}
+
+impl std::fmt::Debug for DiskInputs<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskInputs")
+            .field("images", &self.images.dir())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
 /// How one VM is provided.
 pub trait Backend: Send + Sync + std::fmt::Debug {
     fn kind(&self) -> BackendKind;
@@ -64,16 +83,19 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
         crate::stamps::disk_id(root, vm)
     }
 
-    /// Checks, before anything starts, that `vms` (which would be started) can be: what they
-    /// need is installed, the host ports they forward are free.
-    fn preflight(&self, vms: &[&Vm]) -> Result<(), PreflightError>;
+    /// Checks, before anything starts, that `vms` (which would be started, each with its
+    /// project's state root) can be: what they need is installed, the host ports they forward
+    /// are free, the base image of a disk still to be made is usable.
+    fn preflight(&self, root: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError>;
 
     /// Makes sure the VM has a disk; returns its path when it was just made (a new disk: what
-    /// was proven about the old one is gone with it).
+    /// was proven about the old one is gone with it). A base image still to be fetched or
+    /// imported comes from `inputs.images`, its progress told to `inputs.progress`.
     fn prepare_disk<'a>(
         &'a self,
         root: &'a StateRoot,
         vm: &'a Vm,
+        inputs: DiskInputs<'a>,
     ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>>;
 
     /// Starts the VM on its disk; `config` is the castra.toml it comes from (recorded, so a
@@ -179,6 +201,17 @@ pub enum BackendError {
     Mounts(#[from] qemu::mounts::MountError),
     #[error("a QEMU VM needs base_image")]
     NoBaseImage,
+    #[error("stopped: {0}")]
+    Cancelled(String),
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
+    #[error("vm {vm}: {source}")]
+    BaseImage {
+        vm: String,
+        source: crate::image::ImageError,
+    },
+    #[error(transparent)]
+    BaseChanged(#[from] crate::images::disk::BaseChanged),
     #[error(transparent)]
     Accelerator(#[from] qemu::accel::KvmUnusable),
     #[error("no free loopback port for SSH")]
@@ -196,11 +229,33 @@ pub enum BackendError {
     },
 }
 
+impl BackendError {
+    /// The `VmOutcome::error_kind` of a start that failed so: `image-mismatch` when the base
+    /// image's content was not what its checksum says.
+    pub fn kind(&self) -> Option<&'static str> {
+        matches!(
+            self,
+            BackendError::Image(crate::images::ImageError::Mismatch { .. })
+        )
+        .then_some("image-mismatch")
+    }
+}
+
 /// Why VMs cannot start; nothing was started.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PreflightError {
     #[error(transparent)]
     BaseImage(#[from] crate::image::ImageError),
+    #[error(
+        "vm {vm}: base_image {} cannot be read ({reason}); castrad imports it into the image \
+         store when it makes the VM's disk",
+        path.display()
+    )]
+    BaseUnreadable {
+        vm: String,
+        path: PathBuf,
+        reason: String,
+    },
     #[error("{program} is not installed (Debian: apt-get install {packages})")]
     NotInstalled {
         program: &'static str,

@@ -9,7 +9,7 @@ use toml::Spanned;
 use super::ConfigError;
 use super::diagnostics::{Source, join_key};
 use super::raw::RawVm;
-use super::values::{FileCheck, resolve_path};
+use super::values::resolve_path;
 use crate::images::{self, Check, Digest, catalog};
 
 /// Where a VM's base image is.
@@ -78,31 +78,38 @@ pub(super) enum Reader {
 /// Whether a `base_image` value names an image castrad fetches (a URL or a catalog name),
 /// rather than a path.
 pub(super) fn fetched(text: &str) -> bool {
-    images::source::url_scheme(text).is_some() || (!text.contains('/') && catalog::get(text).is_some())
+    images::source::url_scheme(text).is_some()
+        || (!text.contains('/') && catalog::get(text).is_some())
 }
 
 /// Validates `base_image` and its companion keys of one `[[vms]]` entry. A path is resolved
-/// against castra.toml's directory and recorded in `files` for `load` to stat.
+/// against castra.toml's directory (and not stat'ed: see below).
 pub(super) fn validate(
     src: &Source<'_>,
     raw: &RawVm,
     key: &str,
     reader: Reader,
-    files: &mut Vec<FileCheck>,
 ) -> Result<Option<BaseImage>, ConfigError> {
     let k = |name: &str| join_key(key, name);
     let digest = raw
         .base_image_digest
         .as_ref()
-        .map(|d| {
-            Digest::parse(d.get_ref()).map_err(|e| src.at(d, &k("base_image_digest"), e))
-        })
+        .map(|d| Digest::parse(d.get_ref()).map_err(|e| src.at(d, &k("base_image_digest"), e)))
         .transpose()?;
     let Some(value) = &raw.base_image else {
         let companion = [
-            ("base_image_digest", raw.base_image_digest.as_ref().map(Spanned::span)),
-            ("base_image_checksums", raw.base_image_checksums.as_ref().map(Spanned::span)),
-            ("base_image_import", raw.base_image_import.as_ref().map(Spanned::span)),
+            (
+                "base_image_digest",
+                raw.base_image_digest.as_ref().map(Spanned::span),
+            ),
+            (
+                "base_image_checksums",
+                raw.base_image_checksums.as_ref().map(Spanned::span),
+            ),
+            (
+                "base_image_import",
+                raw.base_image_import.as_ref().map(Spanned::span),
+            ),
         ];
         if let Some((name, Some(span))) = companion.into_iter().find(|(_, s)| s.is_some()) {
             let message = format!("`{name}` needs `base_image`");
@@ -124,8 +131,8 @@ pub(super) fn validate(
         None => Ok(()),
     };
     if images::source::url_scheme(text).is_some() {
-        let url = images::source::check_url(text)
-            .map_err(|e| src.at(value, &k("base_image"), e))?;
+        let url =
+            images::source::check_url(text).map_err(|e| src.at(value, &k("base_image"), e))?;
         if reader == Reader::LibvirtPath {
             return Err(src.at(
                 value,
@@ -184,8 +191,14 @@ pub(super) fn validate(
         let not_for_catalog = "a catalog image is checked against the checksums file its \
                                distribution publishes; this key applies to a URL or a path";
         for (name, v) in [
-            ("base_image_digest", raw.base_image_digest.as_ref().map(Spanned::span)),
-            ("base_image_checksums", raw.base_image_checksums.as_ref().map(Spanned::span)),
+            (
+                "base_image_digest",
+                raw.base_image_digest.as_ref().map(Spanned::span),
+            ),
+            (
+                "base_image_checksums",
+                raw.base_image_checksums.as_ref().map(Spanned::span),
+            ),
         ] {
             if let Some(span) = v {
                 return Err(src.error(Some(span), &k(name), not_for_catalog));
@@ -233,15 +246,9 @@ pub(super) fn validate(
         Some(i) => *i.get_ref(),
         None => true,
     };
+    // Not stat'ed here: once a disk is made, the file may go (the disk is on the store's
+    // copy); a disk still to be made checks it (the planner, preflight).
     let path = resolve_path(src, src.dir(), value, &k("base_image"))?;
-    files.push(FileCheck {
-        key: k("base_image"),
-        span: value.span(),
-        path: path.clone(),
-        directory_ok: false,
-        directory_required: false,
-        hint: (!text.contains('/')).then(|| catalog_hint(text)),
-    });
     Ok(Some(BaseImage::Local(images::Source::File {
         path,
         import,
@@ -249,8 +256,19 @@ pub(super) fn validate(
     })))
 }
 
-/// What a missing file named like a catalog entry gets told.
-fn catalog_hint(text: &str) -> String {
+/// For a base image file that is not there: the catalog hint when its file name is close to
+/// a catalog name (someone meant `base_image = "debian-12"`), else None.
+pub fn catalog_hint_for(path: &Path) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    catalog::names()
+        .iter()
+        .any(|n| strsim::levenshtein(name, n) <= 2)
+        .then(|| catalog_hint(name))
+}
+
+/// What a missing base image file named like a catalog entry gets told (its file name is
+/// compared with the catalog's names).
+pub fn catalog_hint(text: &str) -> String {
     let names = catalog::names();
     let near = names
         .iter()

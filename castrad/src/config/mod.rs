@@ -31,7 +31,7 @@ use raw::RawMetadata;
 use validate::{DeclInfo, Parsed, parse_source};
 use values::{validate_env, validate_ssh};
 
-pub use base_image::BaseImage;
+pub use base_image::{BaseImage, catalog_hint_for};
 pub use mounts::{MAX_MOUNTS, guest_path};
 pub use values::{is_valid_name, parse_memory_mib};
 
@@ -384,6 +384,8 @@ pub struct Vm {
     pub backend: BackendKind,
     /// Required for qemu; rejected for external (`base_image` and its companion keys).
     pub base_image: Option<BaseImage>,
+    /// The project's `image_mirror` (catalog images are fetched from it), copied to each VM.
+    pub image_mirror: Option<String>,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
     pub cmdline: Option<String>,
@@ -531,10 +533,7 @@ fn check_files(src: &Source<'_>, decls: &[DeclInfo]) -> Result<(), ConfigError> 
             Ok(meta) if meta.is_dir() && check.directory_ok => None,
             Ok(meta) if meta.is_dir() => Some("is a directory; expected a regular file".to_owned()),
             Ok(_) => Some("is not a regular file".to_owned()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(format!(
-                "does not exist{}",
-                check.hint.as_deref().unwrap_or_default()
-            )),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some("does not exist".to_owned()),
             Err(e) => Some(format!("cannot be accessed: {e}")),
         };
         if let Some(problem) = problem {

@@ -55,7 +55,6 @@ pub(super) fn validate_mounts(
             path: host.clone(),
             directory_ok: true,
             directory_required: true,
-            hint: None,
         });
         let guest_key = join_key(&key, "guest");
         let guest = guest_path(m.guest.get_ref())

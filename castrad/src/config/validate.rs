@@ -93,6 +93,9 @@ pub(super) fn parse_source(src: &Source<'_>) -> Result<Parsed, ConfigError> {
         .as_ref()
         .map(|m| image_mirror(src, m))
         .transpose()?;
+    for vm in &mut vms {
+        vm.image_mirror.clone_from(&image_mirror);
+    }
     let project = Project {
         config_path: src.path.to_path_buf(),
         version: raw.version,
@@ -261,7 +264,12 @@ pub(super) fn validate_vm(
     // A libvirt VM's files are paths on the hypervisor, except a base image it uploads
     // (upload = true, or a URL or catalog name: fetched here), which goes through the image
     // store as a qemu VM's.
-    let reader = match (&libvirt, raw.libvirt.as_ref().and_then(|l| l.get_ref().upload.as_ref())) {
+    let reader = match (
+        &libvirt,
+        raw.libvirt
+            .as_ref()
+            .and_then(|l| l.get_ref().upload.as_ref()),
+    ) {
         (None, _) => super::base_image::Reader::Qemu,
         (Some(l), _) if l.upload => super::base_image::Reader::LibvirtUpload,
         (Some(_), Some(_)) => super::base_image::Reader::LibvirtPath,
@@ -272,7 +280,7 @@ pub(super) fn validate_vm(
             _ => super::base_image::Reader::LibvirtPath,
         },
     };
-    let base_image = super::base_image::validate(src, raw, &key, reader, &mut files)?;
+    let base_image = super::base_image::validate(src, raw, &key, reader)?;
     let mut libvirt = libvirt;
     if let Some(l) = libvirt.as_mut() {
         // A URL or catalog image on a libvirt VM is fetched here and uploaded.
@@ -348,6 +356,7 @@ pub(super) fn validate_vm(
         description: raw.description.clone(),
         backend,
         base_image,
+        image_mirror: None,
         kernel,
         initrd,
         cmdline,
@@ -466,7 +475,6 @@ fn validate_cloud_init(
             path: resolved.clone(),
             directory_ok: false,
             directory_required: false,
-            hint: None,
         });
         cloud_init.authorized_keys.push(resolved);
     }

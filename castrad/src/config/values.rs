@@ -263,8 +263,6 @@ pub(super) struct FileCheck {
     pub(super) directory_ok: bool,
     /// A directory and nothing else (a mount's host side).
     pub(super) directory_required: bool,
-    /// Said after "does not exist" (what else the value could have meant).
-    pub(super) hint: Option<String>,
 }
 
 /// Resolves an optional file path and records that `load` must stat it.
@@ -285,7 +283,6 @@ pub(super) fn file_path(
         path: path.clone(),
         directory_ok,
         directory_required: false,
-        hint: None,
     });
     Ok(Some(path))
 }

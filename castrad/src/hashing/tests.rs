@@ -143,25 +143,40 @@ fn single_file_payload_is_hashed() {
     assert_eq!(a.payload_bytes, Some(5));
 }
 
+/// The base image's part: the image store's digest (or the disk record's), given; the
+/// image itself is never read here.
 #[test]
-fn base_hash_is_the_image_sha256_and_is_cached_by_file_identity() {
+fn a_plain_qemu_vms_base_hash_is_its_images_sha256_and_unknown_is_empty() {
     let (dir, vm) = fixture();
+    let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
+    let sha = "ab".repeat(32);
+    let h = base_hash(&root, &vm, Some(&sha)).unwrap();
+    assert_eq!(
+        h,
+        BaseHash {
+            hash: sha,
+            bytes_read: 0
+        }
+    );
+    assert_eq!(base_hash(&root, &vm, None).unwrap().hash, "");
+    assert!(!root.path().exists(), "nothing written");
+}
+
+#[test]
+fn a_files_hash_is_cached_by_file_identity() {
+    let (dir, _) = fixture();
     let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
     let image = dir.path().join("base.img");
     let expected = hex(&Sha256::digest(fs::read(&image).unwrap()));
 
-    let first = base_hash(&root, &vm).unwrap();
-    assert_eq!(first.hash, expected);
-    assert_eq!(first.bytes_read, 3 << 20);
-
-    // Unchanged: answered from the cache without reading a byte of the image.
-    let second = base_hash(&root, &vm).unwrap();
     assert_eq!(
-        second,
-        BaseHash {
-            hash: expected.clone(),
-            bytes_read: 0
-        }
+        cached_file_hash(&root, &image).unwrap(),
+        (expected.clone(), 3 << 20)
+    );
+    // Unchanged: answered from the cache without reading a byte of the image.
+    assert_eq!(
+        cached_file_hash(&root, &image).unwrap(),
+        (expected.clone(), 0)
     );
 
     // Touched (mtime changes, content identical): re-read, same hash.
@@ -169,35 +184,34 @@ fn base_hash_is_the_image_sha256_and_is_cached_by_file_identity() {
     f.set_modified(std::time::SystemTime::now() + std::time::Duration::from_secs(5))
         .unwrap();
     drop(f);
-    let touched = base_hash(&root, &vm).unwrap();
     assert_eq!(
-        touched,
-        BaseHash {
-            hash: expected.clone(),
-            bytes_read: 3 << 20
-        }
+        cached_file_hash(&root, &image).unwrap(),
+        (expected.clone(), 3 << 20)
     );
 
     // Content changed: new hash.
     let mut bytes = fs::read(&image).unwrap();
     bytes[12345] ^= 1;
     fs::write(&image, &bytes).unwrap();
-    let changed = base_hash(&root, &vm).unwrap();
-    assert_ne!(changed.hash, expected);
-    assert_eq!(changed.bytes_read, 3 << 20);
-    assert_eq!(base_hash(&root, &vm).unwrap().bytes_read, 0);
+    let (changed, read) = cached_file_hash(&root, &image).unwrap();
+    assert_ne!(changed, expected);
+    assert_eq!(read, 3 << 20);
+    assert_eq!(cached_file_hash(&root, &image).unwrap().1, 0);
+    // Read whole, without the cache: what the file holds now.
+    assert_eq!(file_sha256(&image).unwrap(), (changed, 3 << 20));
 }
 
 #[test]
 fn a_hash_cache_that_cannot_be_written_costs_a_reread_not_an_error() {
-    let (dir, vm) = fixture();
+    let (dir, _) = fixture();
     let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
+    let image = dir.path().join("base.img");
     // The cache directory's place is taken by a file: no entry can be written.
     fs::create_dir_all(root.path()).unwrap();
     fs::write(root.hash_cache_dir(), "").unwrap();
-    let first = base_hash(&root, &vm).unwrap();
-    assert_eq!(first.bytes_read, 3 << 20);
-    let again = base_hash(&root, &vm).unwrap();
+    let first = cached_file_hash(&root, &image).unwrap();
+    assert_eq!(first.1, 3 << 20);
+    let again = cached_file_hash(&root, &image).unwrap();
     assert_eq!(again, first, "hashed again, the same");
 }
 
@@ -205,16 +219,29 @@ fn a_hash_cache_that_cannot_be_written_costs_a_reread_not_an_error() {
 fn kernel_initrd_and_cmdline_are_part_of_the_base_hash() {
     let (dir, mut vm) = fixture();
     let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
-    let plain = base_hash(&root, &vm).unwrap().hash;
+    let sha = "cd".repeat(32);
+    let plain = base_hash(&root, &vm, Some(&sha)).unwrap().hash;
     fs::write(dir.path().join("vmlinuz"), "kernel").unwrap();
     vm.kernel = Some(dir.path().join("vmlinuz"));
-    let with_kernel = base_hash(&root, &vm).unwrap().hash;
+    let with_kernel = base_hash(&root, &vm, Some(&sha)).unwrap().hash;
     assert_ne!(with_kernel, plain);
+    assert_eq!(
+        with_kernel,
+        compose(&sha, Some(&hex(&Sha256::digest(b"kernel"))), None, None)
+    );
     vm.cmdline = Some("console=ttyS0".into());
-    let with_cmdline = base_hash(&root, &vm).unwrap().hash;
+    let with_cmdline = base_hash(&root, &vm, Some(&sha)).unwrap().hash;
     assert_ne!(with_cmdline, with_kernel);
     vm.cmdline = Some("console=ttyS1".into());
-    assert_ne!(base_hash(&root, &vm).unwrap().hash, with_cmdline);
+    assert_ne!(
+        base_hash(&root, &vm, Some(&sha)).unwrap().hash,
+        with_cmdline
+    );
+    assert_ne!(
+        base_hash(&root, &vm, Some(&"ef".repeat(32))).unwrap().hash,
+        base_hash(&root, &vm, Some(&sha)).unwrap().hash,
+        "the image's part counts too"
+    );
 }
 
 #[test]
@@ -222,14 +249,14 @@ fn external_vms_have_a_fixed_base_hash_and_read_nothing() {
     let (dir, mut vm) = fixture();
     let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
     vm.backend = BackendKind::External;
-    let h = base_hash(&root, &vm).unwrap();
+    let h = base_hash(&root, &vm, None).unwrap();
     assert_eq!(h.bytes_read, 0);
-    assert_eq!(h, base_hash(&root, &vm).unwrap());
+    assert_eq!(h, base_hash(&root, &vm, None).unwrap());
     assert!(!root.path().exists(), "no state written for an external VM");
 }
 
 #[test]
-fn a_libvirt_vm_with_upload_hashes_its_local_image_by_content_through_the_cache() {
+fn a_libvirt_vm_with_upload_is_named_by_its_store_digest() {
     let (dir, mut vm) = fixture();
     let root = StateRoot::for_project(&dir.path().join("state"), "p", Path::new("/p/castra.toml"));
     vm.backend = BackendKind::Libvirt;
@@ -240,29 +267,16 @@ fn a_libvirt_vm_with_upload_hashes_its_local_image_by_content_through_the_cache(
         known_hosts: None,
         upload: false,
     });
-    // Without upload: the path on the hypervisor names the base; nothing is read here.
-    let by_path = base_hash(&root, &vm).unwrap();
-    assert_eq!(by_path.bytes_read, 0);
+    let (a, b) = ("12".repeat(32), "34".repeat(32));
+    // Without upload: the path on the hypervisor names the base; a digest is not used.
+    let by_path = base_hash(&root, &vm, Some(&a)).unwrap();
+    assert_eq!(by_path, base_hash(&root, &vm, Some(&b)).unwrap());
     vm.libvirt.as_mut().unwrap().upload = true;
-    let first = base_hash(&root, &vm).unwrap();
-    assert_eq!(first.bytes_read, 3 << 20, "the image is read once");
+    let first = base_hash(&root, &vm, Some(&a)).unwrap();
+    assert_eq!(first.bytes_read, 0, "nothing is read");
     assert_ne!(first.hash, by_path.hash);
-    let again = base_hash(&root, &vm).unwrap();
-    assert_eq!(
-        (again.hash.as_str(), again.bytes_read),
-        (first.hash.as_str(), 0)
-    );
-    // The same content elsewhere: the same hash (and the same volume on the hypervisor).
-    let image = dir.path().join("base.img");
-    let copy = dir.path().join("copy.img");
-    fs::copy(&image, &copy).unwrap();
-    vm.base_image = Some(crate::config::BaseImage::path(copy));
-    assert_eq!(base_hash(&root, &vm).unwrap().hash, first.hash);
-    let mut bytes = fs::read(&image).unwrap();
-    bytes[1] ^= 1;
-    fs::write(dir.path().join("changed.img"), &bytes).unwrap();
-    vm.base_image = Some(crate::config::BaseImage::path(dir.path().join("changed.img")));
-    assert_ne!(base_hash(&root, &vm).unwrap().hash, first.hash);
+    assert_eq!(first, base_hash(&root, &vm, Some(&a)).unwrap());
+    assert_ne!(first.hash, base_hash(&root, &vm, Some(&b)).unwrap().hash);
 }
 
 #[test]

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 
 pub use disk::FileIdentity;
 pub use source::{Algo, Check, Digest, Source};
-pub use store::Store;
+pub use store::{Lease, Store};
 
 /// The environment variable naming the store's directory (`castrad --image-store`).
 pub const STORE_ENV: &str = "CASTRA_IMAGE_STORE";

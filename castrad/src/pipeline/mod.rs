@@ -112,6 +112,8 @@ pub struct Ctx {
     pub remote: Arc<dyn Remote>,
     /// The daemon's slots: how many VMs may start or bootstrap at once.
     pub slots: Slots,
+    /// The user's image store: the base images disks are made on (planning reads it).
+    pub images: Arc<crate::images::Store>,
 }
 
 impl Ctx {
@@ -166,6 +168,7 @@ pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
 
     let plan = {
         let (root, vm, mode) = (ctx.root.clone(), vm.clone(), job.mode.clone());
+        let store = ctx.images.clone();
         let seen = {
             let snapshot = ctx.snapshot.borrow();
             planner::Seen {
@@ -174,8 +177,10 @@ pub async fn run(ctx: Ctx, job: Job, slot: Option<Slot>) -> Finished {
             }
         };
         let warnings = job.extra_warnings.clone();
-        tokio::task::spawn_blocking(move || planner::plan_vm(&root, &vm, mode, seen, &warnings))
-            .await
+        tokio::task::spawn_blocking(move || {
+            planner::plan_vm(&root, &store, &vm, mode, seen, &warnings)
+        })
+        .await
     };
     let plan = match plan {
         Ok(Ok(plan)) => plan,

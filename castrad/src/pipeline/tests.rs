@@ -38,6 +38,7 @@ impl Bench {
         let paths = root.vm("web");
         crate::state_root::ensure_dir(&paths.dir).unwrap();
         std::fs::write(&paths.disk_id, "d1\n").unwrap();
+        crate::testutil::fake_disk(&root, "web", &d.join("base.img"));
         let mut vm = crate::testutil::sample_vm(d);
         vm.bootstrap
             .env
@@ -49,6 +50,7 @@ impl Bench {
             snapshot: Arc::new(tokio::sync::watch::channel(VmSnapshot::default()).0),
             remote: fake.clone(),
             slots: Slots::default(),
+            images: crate::testutil::store(d),
         };
         // A booting VM is Starting → Running before the run; others are Running already.
         ctx.snapshot
@@ -340,7 +342,8 @@ async fn a_run_removes_the_stamp_once_it_gets_in_and_only_then() {
     assert!(!bench.stamp_exists(), "in, then failed: no stamp");
     bench.job.mode = (BootstrapMode::Auto, ModeSource::File);
     let (root, vm, seen) = (&bench.ctx.root, &bench.job.vm, Default::default());
-    let plan = crate::planner::plan_vm(root, vm, bench.job.mode, seen, &[]).unwrap();
+    let store = &bench.ctx.images;
+    let plan = crate::planner::plan_vm(root, store, vm, bench.job.mode, seen, &[]).unwrap();
     assert_eq!(plan.action, crate::planner::Action::Run, "{plan:?}");
 }
 

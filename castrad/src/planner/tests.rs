@@ -30,6 +30,7 @@ fn facts(stamp: StampRead, disk: Option<&str>) -> Facts {
             hash: "B".into(),
             bytes_read: 0,
         },
+        image: None,
         stamp,
         disk_id: disk.map(str::to_owned),
         vizier: None,

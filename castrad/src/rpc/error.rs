@@ -23,9 +23,10 @@ impl From<DaemonError> for ErrorObjectOwned {
             | DaemonError::UnknownVm { .. }
             | DaemonError::DiskShrinks { .. }
             | DaemonError::NoConsole { .. }
-            | DaemonError::Plan(crate::planner::PlanError::BaseImage { .. }) => {
-                (code::PREFLIGHT, "preflight")
-            }
+            | DaemonError::Plan(
+                crate::planner::PlanError::BaseImage { .. }
+                | crate::planner::PlanError::BaseMissing { .. },
+            ) => (code::PREFLIGHT, "preflight"),
             DaemonError::NoOperation(_) | DaemonError::NoSuchRun { .. } => {
                 (code::NOT_FOUND, "not-found")
             }

@@ -321,8 +321,11 @@ impl Actor {
                     }
                     Err(e) => {
                         move_to(&ctx.pipeline.snapshot, &job.vm.name, State::Failed);
-                        let error = format!("starting the VM failed: {e}");
-                        let failed = pipeline::record_failure(&ctx.pipeline, &job, started, error);
+                        let error =
+                            format!("starting the VM failed: {}", crate::error::one_line(&e));
+                        let mut failed =
+                            pipeline::record_failure(&ctx.pipeline, &job, started, error);
+                        failed.error_kind = e.kind().map(str::to_owned);
                         return Done::Run(Box::new(failed.into()));
                     }
                 }

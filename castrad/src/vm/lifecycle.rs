@@ -1,4 +1,5 @@
 //! Starting and stopping a VM's machine through its backend, with the events a user sees:
+//! `ImageFetch` (a base image downloaded or imported into the store for a new disk),
 //! `OverlayPrepared`, `VmLaunched`; `ShutdownRequested`, the cooperative attempt and each
 //! escalation, `ShutdownComplete`, `EphemeralLayerDiscarded`. Runs in the actor's tasks.
 
@@ -10,7 +11,7 @@ use tokio::time::Instant;
 use super::ActorCtx;
 use super::handle::{DownRequest, StopReport};
 use super::state::{State, move_to};
-use crate::backend::{BackendError, Machine, StopPlan, StopStep, Stopped};
+use crate::backend::{BackendError, DiskInputs, Machine, StopPlan, StopStep, Stopped};
 use crate::pipeline::Job;
 
 /// Prepares the disk and launches the machine; publishes `OverlayPrepared` and `VmLaunched`.
@@ -21,7 +22,26 @@ pub async fn start(ctx: &ActorCtx, job: &Job) -> Result<Box<dyn Machine>, Backen
         ctx.pipeline.bus.publish(Some(&job.operation), e);
     };
     move_to(&ctx.pipeline.snapshot, &vm.name, State::Starting);
-    if let Some(overlay_path) = ctx.backend.prepare_disk(root, vm).await? {
+    let snapshot = ctx.pipeline.snapshot.clone();
+    let mut progress = |p: &crate::images::Progress| {
+        publish(image_fetch(&vm.name, p));
+        snapshot.send_modify(|s| {
+            s.waiting_on = (p.phase != crate::images::Phase::Done).then(|| waiting_on(p));
+        });
+    };
+    let inputs = DiskInputs {
+        images: &ctx.pipeline.images,
+        config: &job.config,
+        progress: &mut progress,
+    };
+    // A download can take minutes: `down` or `castra.cancel` stops it (its part is kept for
+    // the next attempt to resume).
+    let prepared = tokio::select! {
+        prepared = ctx.backend.prepare_disk(root, vm, inputs) => prepared,
+        reason = job.cancel.cancelled() => Err(BackendError::Cancelled(reason)),
+    };
+    ctx.pipeline.snapshot.send_modify(|s| s.waiting_on = None);
+    if let Some(overlay_path) = prepared? {
         publish(Event::OverlayPrepared {
             vm: vm.name.clone(),
             overlay_path,
@@ -38,6 +58,39 @@ pub async fn start(ctx: &ActorCtx, job: &Job) -> Result<Box<dyn Machine>, Backen
     });
     move_to(&ctx.pipeline.snapshot, &vm.name, State::Running);
     Ok(machine)
+}
+
+/// The `ImageFetch` event of `vm` for `p`.
+pub fn image_fetch(vm: &str, p: &crate::images::Progress) -> Event {
+    Event::ImageFetch {
+        vm: vm.to_owned(),
+        source: p.source.clone(),
+        phase: p.phase.as_str().to_owned(),
+        bytes_done: p.done,
+        bytes_total: p.total,
+        rate_bps: p.rate,
+    }
+}
+
+/// What `status` says a VM starting on a base image still being fetched waits on.
+fn waiting_on(p: &crate::images::Progress) -> String {
+    let what = match p.phase {
+        crate::images::Phase::Checksums => "the checksums file of",
+        crate::images::Phase::Resume => "resuming the download of",
+        crate::images::Phase::Download => "the download of",
+        crate::images::Phase::Import => "the import into the image store of",
+        crate::images::Phase::Done => "the image store for",
+    };
+    let done = match p.total {
+        Some(total) if total > 0 => format!(
+            "{} of {} MiB, {}%",
+            p.done >> 20,
+            total >> 20,
+            p.done.saturating_mul(100) / total
+        ),
+        _ => format!("{} MiB", p.done >> 20),
+    };
+    format!("{what} {} ({done})", p.source)
 }
 
 /// The stop sequence of one VM, with its events; discards the disk when asked. An external

@@ -141,7 +141,7 @@ impl Backend for FakeBackend {
         })
     }
 
-    fn preflight(&self, _: &[&Vm]) -> Result<(), PreflightError> {
+    fn preflight(&self, _: &StateRoot, _: &[&Vm]) -> Result<(), PreflightError> {
         Ok(())
     }
 
@@ -149,6 +149,7 @@ impl Backend for FakeBackend {
         &'a self,
         root: &'a StateRoot,
         vm: &'a Vm,
+        _: crate::backend::DiskInputs<'a>,
     ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>> {
         Box::pin(async move {
             let new = !self.disk.swap(true, Ordering::SeqCst);
@@ -227,6 +228,7 @@ impl Bench {
         let paths = root.vm("web");
         crate::state_root::ensure_dir(&paths.dir).unwrap();
         std::fs::write(&paths.disk_id, "d1\n").unwrap();
+        crate::testutil::fake_disk(&root, "web", &d.join("base.img"));
         let backend = Arc::new(backend);
         let bus = EventBus::default();
         let remote = Fake::new(sessions, vec![Probe::After(Duration::from_secs(3)); 4]);
@@ -240,6 +242,7 @@ impl Bench {
                 // A booted guest answers a probe after 3 s.
                 remote: remote.clone(),
                 slots: slots.clone(),
+                images: crate::testutil::store(d),
             },
             backend: backend.clone(),
         };

@@ -35,7 +35,7 @@ use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
 use super::qemu::accel;
-use super::{Backend, BackendError, Machine, PreflightError};
+use super::{Backend, BackendError, DiskInputs, Machine, PreflightError};
 use crate::config::libvirt::Libvirt as LibvirtConfig;
 use crate::config::{BackendKind, Vm};
 use crate::ssh::Endpoint;
@@ -141,13 +141,16 @@ impl Libvirt {
             .ok_or_else(|| failed(format!("vm {} has no [vms.libvirt]", vm.name)))
     }
 
-    /// The overlay volume (made when missing, with a new disk id and the seed), blocking.
+    /// The overlay volume (made when missing, with a new disk id and the seed), blocking. A
+    /// new disk of a VM that uploads its base needs `stored`, the image from the store: without
+    /// it, `NeedsImage` (the caller fetches it and calls again).
     fn prepare(
         &self,
         root: &StateRoot,
         vm: &Vm,
         config_path: &Path,
-    ) -> Result<Option<PathBuf>, BackendError> {
+        stored: Option<&crate::images::Stored>,
+    ) -> Result<Prepared, BackendError> {
         let config = Self::config(vm)?;
         let hv = self.hypervisor(config);
         let paths = root.vm(&vm.name);
@@ -191,7 +194,7 @@ impl Libvirt {
             .map_err(io(format!("writing {}", paths.libvirt.display())))?;
         if exists && paths.disk_id.exists() {
             keep()?;
-            return Ok(None);
+            return Ok(Prepared::Done(None));
         }
         if exists {
             // castrad lost its copy of the disk id (its state was removed, say): the domain's
@@ -208,30 +211,40 @@ impl Libvirt {
                 )
                 .map_err(io(format!("writing {}", paths.disk_id.display())))?;
                 keep()?;
-                return Ok(None);
+                return Ok(Prepared::Done(None));
             }
             // Ours by name, but nothing says which disk it is: a new disk.
             hv.virsh(&["vol-delete", "--pool", &config.pool, &record.overlay])?;
         }
-        let image = vm
+        let label = vm
             .base_image
             .as_ref()
-            .and_then(|b| b.file().or(b.hypervisor()))
+            .map(|b| b.label())
             .ok_or(BackendError::NoBaseImage)?;
-        // The base on the hypervisor: base_image there, or the volume it was uploaded to.
-        let (base, format, virtual_size) = if config.upload {
-            let b = upload::ensure(&hv, root, &config.pool, image)?;
-            (b.path, b.format, b.virtual_size)
-        } else {
-            let info = base_info(&hv, image)?;
-            (image.to_owned(), info.format, info.virtual_size)
+        // The base on the hypervisor: base_image there, or the volume the store's image was
+        // uploaded to.
+        let (base, format, virtual_size) = match (config.upload, stored) {
+            (true, None) => return Ok(Prepared::NeedsImage),
+            (true, Some(stored)) => {
+                let b = upload::ensure(&hv, &config.pool, stored)?;
+                (b.path, b.format, b.virtual_size)
+            }
+            (false, _) => {
+                let image = vm
+                    .base_image
+                    .as_ref()
+                    .and_then(|b| b.hypervisor())
+                    .ok_or(BackendError::NoBaseImage)?;
+                let info = base_info(&hv, image)?;
+                (image.to_owned(), info.format, info.virtual_size)
+            }
         };
         let capacity = match vm.disk_mib {
             Some(mib) if mib << 20 < virtual_size => {
                 return Err(failed(format!(
                     "disk = {mib} MiB is smaller than the base image {} on {} ({} MiB); set \
                      disk to at least that",
-                    image.display(),
+                    label,
                     hv.name(),
                     virtual_size >> 20
                 )));
@@ -276,10 +289,10 @@ impl Libvirt {
             hv.virsh(&["vol-upload", "--pool", &config.pool, &record.seed, &seed])
                 .map_err(space::explain(&hv, &config.pool, &what))?;
         }
-        Ok(Some(PathBuf::from(format!(
+        Ok(Prepared::Done(Some(PathBuf::from(format!(
             "{}/{}",
             config.pool, record.overlay
-        ))))
+        )))))
     }
 
     /// Defines the domain (again: a new port, the accelerator of now) and starts it, blocking.
@@ -418,7 +431,7 @@ impl Backend for Libvirt {
         super::forwarded_endpoint(vm, machine)
     }
 
-    fn preflight(&self, vms: &[&Vm]) -> Result<(), PreflightError> {
+    fn preflight(&self, _: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError> {
         if vms.is_empty() {
             return Ok(());
         }
@@ -429,13 +442,31 @@ impl Backend for Libvirt {
         &'a self,
         root: &'a StateRoot,
         vm: &'a Vm,
+        inputs: DiskInputs<'a>,
     ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>> {
         Box::pin(async move {
             // The castra.toml is only known at launch; keep what an earlier record said.
             let config = read_record(root, &vm.name)
                 .map(|r| r.config)
                 .unwrap_or_default();
-            blocking(|| self.prepare(root, vm, &config))
+            if let Prepared::Done(made) = blocking(|| self.prepare(root, vm, &config, None))? {
+                return Ok(made);
+            }
+            // A new disk on an uploaded base: the image from the store (fetched or imported
+            // there first), then the upload.
+            let source = vm
+                .base_image
+                .as_ref()
+                .and_then(|b| b.local())
+                .ok_or(BackendError::NoBaseImage)?;
+            let (stored, _lease) = inputs
+                .images
+                .ensure(source, vm.image_mirror.as_deref(), false, inputs.progress)
+                .await?;
+            match blocking(|| self.prepare(root, vm, &config, Some(&stored)))? {
+                Prepared::Done(made) => Ok(made),
+                Prepared::NeedsImage => Err(failed("the base image was not used")),
+            }
         })
     }
 
@@ -631,6 +662,14 @@ fn discard(
     Ok(found.then(|| (PathBuf::from(format!("{pool}/{overlay}")), bytes)))
 }
 
+/// What [`Libvirt::prepare`] did.
+enum Prepared {
+    /// The disk is there: its path when it was just made.
+    Done(Option<PathBuf>),
+    /// A new disk needs the base image from the store first.
+    NeedsImage,
+}
+
 /// Each hypervisor once: libvirt answers, the pool exists; each base image once: it is there
 /// (with upload: it is a base image here, and the pool can take uploads).
 fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
@@ -679,11 +718,9 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
             }
         }
         if config.upload {
-            // The image is on this machine (config stat'ed it): checked here, and the pool
-            // must be one castrad can rename an upload in.
-            if let Some(base) = vm.base_image.as_ref().and_then(|b| b.file()) {
-                crate::image::base(base)?;
-            }
+            // A file here is imported into the store when a disk is made (checked then, and
+            // by plan); a URL's image when it is fetched. The pool must be one castrad can
+            // rename an upload in.
             if seen.insert((config.uri.clone(), format!("upload\n{}", config.pool))) {
                 upload::check_pool(&hv, &config.pool).map_err(problem)?;
             }

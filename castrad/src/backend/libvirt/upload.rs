@@ -1,10 +1,11 @@
-//! `[vms.libvirt] upload = true`: the base image is a file on this machine, copied into the
-//! VM's pool once per hypervisor, pool and content, as the volume
+//! `[vms.libvirt] upload = true` (or a URL or catalog `base_image`): the base image comes from
+//! the image store on this machine (`crate::images`: fetched or imported there first), and is
+//! copied into the VM's pool once per hypervisor, pool and content, as the volume
 //! `castra-base-<first 16 hex digits of its sha256>.<format>`. Every VM (of any project) whose
 //! image has that content finds the volume by its name and backs its overlay with it.
 //!
-//! The sha256 is the base hash cache's (`crate::hashing::cached_file_hash`): an unchanged
-//! image is not read again, and a VM whose overlay exists never gets here at all.
+//! The sha256 is the store's (the image's name there): nothing is hashed here, and a VM whose
+//! overlay exists never gets here at all.
 //!
 //! A volume under its final name is always complete: the image is uploaded (`vol-create-as`
 //! + `vol-upload --sparse`, over the hypervisor's one SSH connection) under a temporary name
@@ -20,14 +21,14 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::virsh::Hypervisor;
 use super::{failed, space};
 use crate::backend::BackendError;
-use crate::state_root::StateRoot;
+use crate::images::Stored;
 
 /// Pool types whose volumes are files in one directory (what renaming needs).
 pub const FILE_POOLS: [&str; 3] = ["dir", "fs", "netfs"];
@@ -100,21 +101,16 @@ fn refresh(hv: &Hypervisor, pool: &str) -> Result<(), BackendError> {
     }
 }
 
-/// The base volume of `image` in `pool` on `hv`: found, or uploaded now (blocking).
-pub fn ensure(
-    hv: &Hypervisor,
-    root: &StateRoot,
-    pool: &str,
-    image: &Path,
-) -> Result<Base, BackendError> {
-    let info = crate::image::base(image).map_err(|e| failed(e.to_string()))?;
-    let (sha256, _) =
-        crate::hashing::cached_file_hash(root, image).map_err(|e| failed(e.to_string()))?;
-    let name = volume_name(&sha256, &info.format);
+/// The base volume of the store image `stored` in `pool` on `hv`: found, or uploaded now
+/// (blocking).
+pub fn ensure(hv: &Hypervisor, pool: &str, stored: &Stored) -> Result<Base, BackendError> {
+    let image = stored.path.as_path();
+    let (sha256, format) = (&stored.record.sha256, &stored.record.format);
+    let name = volume_name(sha256, format);
     let base = |path| Base {
         path,
-        format: info.format.clone(),
-        virtual_size: info.virtual_size,
+        format: format.clone(),
+        virtual_size: stored.record.virtual_size,
     };
     let lock = lock_for(format!("{}\n{pool}\n{name}", hv.uri));
     let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -174,7 +170,7 @@ pub fn ensure(
             e.into()
         }
     })?;
-    let uploaded = upload(hv, pool, &part, image, len, allocated, &sha256, root);
+    let uploaded = upload(hv, pool, &part, stored, len, allocated);
     let path = match uploaded {
         Ok(path) => path,
         Err(e) => {
@@ -196,19 +192,17 @@ pub fn ensure(
     Ok(base(path))
 }
 
-/// Uploads `image` into the volume `part`, checks it, and renames it to its final name: the
-/// final path.
-#[allow(clippy::too_many_arguments)]
+/// Uploads the store image `stored` into the volume `part`, checks it, and renames it to its
+/// final name: the final path.
 fn upload(
     hv: &Hypervisor,
     pool: &str,
     part: &str,
-    image: &Path,
+    stored: &Stored,
     len: u64,
     allocated: u64,
-    sha256: &str,
-    root: &StateRoot,
 ) -> Result<PathBuf, BackendError> {
+    let image = stored.path.as_path();
     let local = image.to_string_lossy();
     // As long as the image needs at 1 MiB/s, and two minutes more.
     let limit = Duration::from_secs(120 + allocated.min(len) / (1 << 20));
@@ -216,15 +210,14 @@ fn upload(
         &["vol-upload", "--pool", pool, part, &local, "--sparse"],
         limit,
     )?;
-    // What was sent is the image that was hashed: its identity is unchanged (a cache hit), or
-    // its content is.
-    let (after, _) =
-        crate::hashing::cached_file_hash(root, image).map_err(|e| failed(e.to_string()))?;
-    if after != sha256 {
+    // What was sent is the image the store verified: the store file's identity is the one it
+    // had when stored (a read-only file nobody should touch; checked all the same).
+    if crate::images::FileIdentity::of(image).ok() != Some(stored.record.identity) {
         return Err(failed(format!(
-            "base image {} changed while it was uploaded; run again once it is no longer \
-             being written",
-            image.display()
+            "the image store's {} changed while it was uploaded (or since it was stored): \
+             remove it (`castractl image rm {}`) and run again",
+            image.display(),
+            &stored.record.sha256[..16.min(stored.record.sha256.len())]
         )));
     }
     let tmp = lookup(hv, pool, part)

@@ -5,6 +5,7 @@
 
 pub mod accel;
 pub mod argv;
+pub mod base;
 pub mod console;
 pub mod mounts;
 pub mod process;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use futures::future::BoxFuture;
 
-use super::{Backend, BackendError, Machine, PreflightError};
+use super::{Backend, BackendError, DiskInputs, Machine, PreflightError};
 use crate::config::{AccelSetting, BackendKind, Firmware, Protocol, Vm};
 use crate::ssh::{Endpoint, keys};
 use crate::state_root::StateRoot;
@@ -63,7 +64,7 @@ impl Backend for Qemu {
         super::forwarded_endpoint(vm, machine)
     }
 
-    fn preflight(&self, vms: &[&Vm]) -> Result<(), PreflightError> {
+    fn preflight(&self, root: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError> {
         if vms.is_empty() {
             return Ok(());
         }
@@ -73,12 +74,27 @@ impl Backend for Qemu {
                 packages: "qemu-system-x86 qemu-utils",
             });
         }
-        // Each distinct base image once: self-contained, raw or qcow2 (see `crate::image`).
-        let bases: std::collections::BTreeSet<&Path> = vms
-            .iter()
-            .filter_map(|vm| vm.base_image.as_ref().and_then(|b| b.file()))
-            .collect();
-        for base in bases {
+        // The base file of each disk still to be made, once: there, self-contained, raw or
+        // qcow2 (see `crate::image`). A disk that exists is on its own base (checked at its
+        // start): the user's file may be gone by now. A URL's image is checked when fetched.
+        let mut seen = std::collections::BTreeSet::new();
+        for vm in vms {
+            let Some(base) = vm.base_image.as_ref().and_then(|b| b.file()) else {
+                continue;
+            };
+            if root.vm(&vm.name).overlay.exists() || !seen.insert(base) {
+                continue;
+            }
+            if let Err(e) = std::fs::metadata(base) {
+                return Err(PreflightError::BaseUnreadable {
+                    vm: vm.name.clone(),
+                    path: base.to_owned(),
+                    reason: format!(
+                        "{e}{}",
+                        crate::config::catalog_hint_for(base).unwrap_or_default()
+                    ),
+                });
+            }
             crate::image::base(base)?;
         }
         for vm in vms {
@@ -99,15 +115,31 @@ impl Backend for Qemu {
         &'a self,
         root: &'a StateRoot,
         vm: &'a Vm,
+        mut inputs: DiskInputs<'a>,
     ) -> BoxFuture<'a, Result<Option<PathBuf>, BackendError>> {
         Box::pin(async move {
-            let base = vm
-                .base_image
-                .as_ref()
-                .and_then(|b| b.file())
-                .ok_or(BackendError::NoBaseImage)?;
             let paths = root.vm(&vm.name);
-            let new = process::prepare_overlay(&paths, base, vm.disk_mib).await?;
+            process::ensure_not_running(&paths)?;
+            let new = if paths.overlay.exists() {
+                // Before QEMU opens it: the disk's base still holds what it was made on.
+                base::check_existing_async(root, vm, &paths).await?;
+                process::grow_overlay(&paths, vm.disk_mib).await?;
+                None
+            } else {
+                let base = base::for_new_disk(root, vm, &mut inputs).await?;
+                let backing = process::Backing {
+                    path: &base.path,
+                    format: &base.format,
+                    virtual_size: base.virtual_size,
+                };
+                let (images, config) = (inputs.images, inputs.config);
+                let overlay = process::create_overlay(&paths, backing, vm.disk_mib, || {
+                    base::register(&paths, &base, images, config, vm)
+                })
+                .await?;
+                drop(base.lease);
+                Some(overlay)
+            };
             if vm.cloud_init.enabled && !paths.seed.exists() {
                 let t = std::time::Instant::now();
                 make_seed(root, vm)?;

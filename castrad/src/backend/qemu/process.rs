@@ -75,51 +75,61 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcessError {
     move |source| ProcessError::Io { what, source }
 }
 
-/// Makes sure the VM has an overlay on `base_image` of at least `size_mib` (None: the base's
-/// size). A new overlay is a new disk: it gets a new disk id, and what was proven about or
-/// handed to the previous one (stamp, pinned host key, seed, UEFI variables) is removed.
-/// An existing overlay smaller than `size_mib` is grown (the VM is stopped: this runs before
-/// a launch); asking for less than the base or the overlay has is an error, nothing changes.
-/// Returns the overlay's path when it is new.
-pub async fn prepare_overlay(
-    paths: &VmPaths,
-    base_image: &Path,
-    size_mib: Option<u64>,
-) -> Result<Option<PathBuf>, ProcessError> {
+/// Grows the VM's existing overlay to `size_mib` (None: leaves it). The VM is stopped: this
+/// runs before a launch. Asking for less than the overlay has is an error, nothing changes.
+pub async fn grow_overlay(paths: &VmPaths, size_mib: Option<u64>) -> Result<(), ProcessError> {
     ensure_not_running(paths)?;
-    // Checked at every start, not only for a new overlay: an existing overlay reads the base
-    // (and would read whatever chain it has grown since) each time QEMU opens it.
-    let base = checked_base(base_image).await?;
-    let want = size_mib.map(|m| m.saturating_mul(1 << 20));
-    if paths.overlay.exists() {
-        if let Some(want) = want {
-            let have = image_info(&paths.overlay).await?.virtual_size;
-            if want < have {
-                return Err(ProcessError::Failed(format!(
-                    "disk = {} MiB is smaller than the VM's disk ({} MiB): a disk cannot shrink; \
-                     set disk to at least that, or discard the disk (`castractl down --discard`)",
-                    want >> 20,
-                    have >> 20
-                )));
-            }
-            if want > have {
-                let overlay = paths.overlay.as_os_str();
-                qemu_img(
-                    &[
-                        "resize".as_ref(),
-                        "-q".as_ref(),
-                        "-f".as_ref(),
-                        "qcow2".as_ref(),
-                        overlay,
-                        want.to_string().as_ref(),
-                    ],
-                    &paths.overlay,
-                )
-                .await?;
-            }
-        }
-        return Ok(None);
+    let Some(want) = size_mib.map(|m| m.saturating_mul(1 << 20)) else {
+        return Ok(());
+    };
+    let have = image_info(&paths.overlay).await?.virtual_size;
+    if want < have {
+        return Err(ProcessError::Failed(format!(
+            "disk = {} MiB is smaller than the VM's disk ({} MiB): a disk cannot shrink; \
+             set disk to at least that, or discard the disk (`castractl down --discard`)",
+            want >> 20,
+            have >> 20
+        )));
     }
+    if want > have {
+        let overlay = paths.overlay.as_os_str();
+        qemu_img(
+            &[
+                "resize".as_ref(),
+                "-q".as_ref(),
+                "-f".as_ref(),
+                "qcow2".as_ref(),
+                overlay,
+                want.to_string().as_ref(),
+            ],
+            &paths.overlay,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// What a new overlay is made on: the backing file and its format and virtual size.
+#[derive(Debug, Clone, Copy)]
+pub struct Backing<'a> {
+    pub path: &'a Path,
+    pub format: &'a str,
+    pub virtual_size: u64,
+}
+
+/// Makes the VM's disk: a new overlay on `base` of at least `size_mib` (None: the base's
+/// size). A new disk gets a new disk id, and what was proven about or handed to the previous
+/// one (stamp, pinned host key, seed, UEFI variables, its base record) is removed;
+/// `before_rename` writes what must exist whenever the overlay does (its base record, its
+/// ref in the image store) just before the overlay is renamed into place. Returns its path.
+pub async fn create_overlay(
+    paths: &VmPaths,
+    base: Backing<'_>,
+    size_mib: Option<u64>,
+    before_rename: impl FnOnce() -> Result<(), ProcessError>,
+) -> Result<PathBuf, ProcessError> {
+    ensure_not_running(paths)?;
+    let want = size_mib.map(|m| m.saturating_mul(1 << 20));
     ensure_dir(&paths.dir).map_err(io(format!("creating {}", paths.dir.display())))?;
     if let Some(want) = want
         && want < base.virtual_size
@@ -127,18 +137,18 @@ pub async fn prepare_overlay(
         return Err(ProcessError::Failed(format!(
             "disk = {} MiB is smaller than the base image {} ({} MiB); set disk to at least that",
             want >> 20,
-            base_image.display(),
+            base.path.display(),
             base.virtual_size >> 20
         )));
     }
     let tmp = &paths.overlay_tmp;
     let _ = std::fs::remove_file(tmp);
     let size = want.map(|w| w.to_string());
-    let words = ["create", "-q", "-f", "qcow2", "-F", &base.format, "-b"];
+    let words = ["create", "-q", "-f", "qcow2", "-F", base.format, "-b"];
     let mut args: Vec<&std::ffi::OsStr> = words.iter().map(|a| a.as_ref()).collect();
-    args.extend([base_image.as_os_str(), tmp.as_os_str()]);
+    args.extend([base.path.as_os_str(), tmp.as_os_str()]);
     args.extend(size.as_deref().map(std::ffi::OsStr::new));
-    let created = qemu_img(&args, base_image).await;
+    let created = qemu_img(&args, base.path).await;
     if let Err(e) = created {
         let _ = std::fs::remove_file(tmp);
         return Err(e);
@@ -151,6 +161,7 @@ pub async fn prepare_overlay(
         &paths.seed_inputs,
         &paths.seed_settings,
         &paths.efi_vars,
+        &paths.base_record,
     ] {
         match std::fs::remove_file(stale) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -162,9 +173,13 @@ pub async fn prepare_overlay(
     let disk_id = crate::ids::random_hex(8);
     write_atomic(&paths.disk_id, format!("{disk_id}\n").as_bytes())
         .map_err(io(format!("writing {}", paths.disk_id.display())))?;
+    if let Err(e) = before_rename() {
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
     std::fs::rename(tmp, &paths.overlay)
         .map_err(io(format!("creating {}", paths.overlay.display())))?;
-    Ok(Some(paths.overlay.clone()))
+    Ok(paths.overlay.clone())
 }
 
 /// Runs `qemu-img ARGS...` on `image` (named in the error).
@@ -194,16 +209,6 @@ pub async fn image_info(image: &Path) -> Result<ImageInfo, ProcessError> {
     let image = image.to_owned();
     Ok(
         tokio::task::spawn_blocking(move || crate::image::info(&image))
-            .await
-            .map_err(|e| ProcessError::Failed(format!("qemu-img info panicked: {e}")))??,
-    )
-}
-
-/// The base image at `image`, checked (`crate::image::base`): its format, to pass explicitly.
-async fn checked_base(image: &Path) -> Result<ImageInfo, ProcessError> {
-    let image = image.to_owned();
-    Ok(
-        tokio::task::spawn_blocking(move || crate::image::base(&image))
             .await
             .map_err(|e| ProcessError::Failed(format!("qemu-img info panicked: {e}")))??,
     )
@@ -665,6 +670,7 @@ pub fn discard(paths: &VmPaths) -> Result<u64, ProcessError> {
         &paths.seed_inputs,
         &paths.seed_settings,
         &paths.efi_vars,
+        &paths.base_record,
     ] {
         match std::fs::remove_file(f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
@@ -692,6 +698,26 @@ mod tests {
         assert_eq!(start_time_in("1 (a) b) S"), None);
     }
 
+    /// What the backend does before a launch: grow the disk it has, or make one on `base`.
+    async fn prepare_overlay(
+        paths: &VmPaths,
+        base: &Path,
+        size_mib: Option<u64>,
+    ) -> Result<Option<PathBuf>, ProcessError> {
+        if paths.overlay.exists() {
+            return grow_overlay(paths, size_mib).await.map(|()| None);
+        }
+        let info = image_info(base).await?;
+        let backing = Backing {
+            path: base,
+            format: &info.format,
+            virtual_size: info.virtual_size,
+        };
+        create_overlay(paths, backing, size_mib, || Ok(()))
+            .await
+            .map(Some)
+    }
+
     #[tokio::test]
     async fn a_new_overlay_gets_a_new_disk_id_and_drops_the_old_disks_proofs() {
         let dir = tempfile::tempdir().unwrap();
@@ -716,6 +742,7 @@ mod tests {
             &paths.known_hosts,
             &paths.seed,
             &paths.efi_vars,
+            &paths.base_record,
         ] {
             std::fs::write(f, "x").unwrap();
         }
@@ -725,6 +752,7 @@ mod tests {
             &paths.known_hosts,
             &paths.seed,
             &paths.efi_vars,
+            &paths.base_record,
             &paths.overlay,
         ] {
             assert!(!f.exists(), "{} is left", f.display());

@@ -145,7 +145,7 @@ fn with_upload_the_base_image_is_a_file_on_this_machine() {
     );
     assert!(!ok(lv!()).vms[0].libvirt.as_ref().unwrap().upload);
 
-    // `load` stats it here: a missing image is a located error, as for a qemu VM.
+    // Not stat'ed by `load`: once in the image store, the file may go (a new disk checks it).
     let dir = tempfile::tempdir().unwrap();
     let config = std::fs::canonicalize(dir.path())
         .unwrap()
@@ -155,6 +155,5 @@ fn with_upload_the_base_image_is_a_file_on_this_machine() {
         concat!(lv!(), "[vms.libvirt]\nupload = true\n").replace("/img.qcow2", "gone.img"),
     )
     .unwrap();
-    let e = load(&config).unwrap_err();
-    assert_error_at(&e, &config, "vms[0].base_image", "does not exist", 7, 14);
+    assert!(load(&config).is_ok());
 }

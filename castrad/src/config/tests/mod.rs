@@ -83,6 +83,7 @@ pub(super) type Case = (
     usize,
 );
 
+mod base_image;
 mod errors;
 mod libvirt;
 mod load;

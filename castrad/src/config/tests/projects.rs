@@ -122,6 +122,7 @@ fn defaults_for_a_minimal_qemu_vm() {
         description: None,
         backend: BackendKind::Qemu,
         base_image: Some(BaseImage::path("/p/img.qcow2")),
+        image_mirror: None,
         kernel: None,
         initrd: None,
         cmdline: None,

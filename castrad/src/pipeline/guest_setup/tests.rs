@@ -292,6 +292,7 @@ fn bench(dir: &Path) -> (Ctx, Job, std::sync::Arc<crate::testutil::Fake>) {
         snapshot: std::sync::Arc::new(tokio::sync::watch::channel(Default::default()).0),
         remote: fake.clone(),
         slots: super::super::Slots::default(),
+        images: crate::testutil::store(dir),
     };
     let job = Job {
         vm: std::sync::Arc::new(vm_with(dir, false)),

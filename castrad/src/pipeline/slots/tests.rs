@@ -23,6 +23,7 @@ fn ctx(dir: &std::path::Path, limit: u32) -> Ctx {
         snapshot: Arc::new(tokio::sync::watch::channel(VmSnapshot::default()).0),
         remote: crate::testutil::Fake::new(Vec::new(), Vec::new()),
         slots: Slots::new(limit),
+        images: crate::testutil::store(dir),
     }
 }
 
