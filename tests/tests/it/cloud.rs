@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::bootstrap::Up;
-use crate::support::{Ctl, Daemon, Env, wait_until};
+use crate::support::{Ctl, Daemon, Env, Mirror, sha256_of, sha512_of, wait_until};
 
 /// The built image (scripts/build-cloud-guest, cached in target/cloud-guest).
 pub(crate) fn image() -> &'static Path {
@@ -39,28 +39,58 @@ echo "bootstrapped as $(id -un) on $(hostname)"
 id -un > whoami
 "#;
 
+/// The image's sha256 and sha512, as a distribution's SHA256SUMS and SHA512SUMS give them.
+fn digests() -> &'static (String, String) {
+    static DIGESTS: OnceLock<(String, String)> = OnceLock::new();
+    DIGESTS.get_or_init(|| (sha256_of(image()), sha512_of(image())))
+}
+
+/// A local mirror (`it-http`) serving the image under `dir/file` with a checksums file
+/// `dir/sums` listing it (SHA256SUMS or SHA512SUMS, by its name), as distributions publish
+/// them.
+fn mirror(env: &Env, dir: &str, file: &str, sums: &str) -> Mirror {
+    let served = env.path("mirror");
+    std::fs::create_dir_all(served.join(dir)).unwrap();
+    std::os::unix::fs::symlink(image(), served.join(dir).join(file)).unwrap();
+    let (sha256, sha512) = digests();
+    let digest = if sums.starts_with("SHA512") { sha512 } else { sha256 };
+    std::fs::write(
+        served.join(dir).join(sums),
+        format!("{}  other.qcow2\n{digest}  {file}\n", "0".repeat(digest.len())),
+    )
+    .unwrap();
+    Mirror::start(&served, &env.path("mirror.log"), None, None)
+}
+
 struct Cloud {
     env: Env,
     _daemon: Daemon,
+    _mirror: Mirror,
 }
 
 impl Cloud {
-    /// One VM `box` on the cloud image, logging in as `user`, with `firmware`.
+    /// One VM `box` on the cloud image, logging in as `user`, with `firmware`. The image is
+    /// fetched by URL from a local mirror and checked against its SHA256SUMS, as a user's
+    /// first `up` of a distribution's image is.
     fn new(user: &str, firmware: &str) -> Cloud {
         let env = Env::new();
+        let mirror = mirror(&env, "cloud", "base.qcow2", "SHA256SUMS");
         let config = format!(
             "[project]\nname = \"cloudy\"\n\n[[vms]]\nname = \"box\"\nbase_image = \"{}\"\n\
+             base_image_checksums = \"{}\"\n\
              cpus = 2\nmemory = \"1 GiB\"\ndisk = \"3 GiB\"\nfirmware = \"{firmware}\"\n\n\
              [vms.ssh]\nuser = \"{user}\"\n\n\
              [vms.bootstrap]\nscript = \"run.sh\"\nverify_path = \"whoami\"\n\
              handshake_timeout_secs = 240\n",
-            image().display()
+            mirror.url("cloud/base.qcow2"),
+            mirror.url("cloud/SHA256SUMS"),
         );
         env.write(&[("p/castra.toml", &config), ("p/run.sh", SCRIPT)]);
         let daemon = env.start_daemon();
         Cloud {
             env,
             _daemon: daemon,
+            _mirror: mirror,
         }
     }
 
@@ -182,6 +212,14 @@ fn a_stock_cloud_image_from_first_up_to_discard() {
     assert_eq!(fresh.statuses(), ["Success"], "{}", fresh.stderr);
     assert_ne!(cloud.sh("cat /var/lib/cloud/data/instance-id"), instance);
     assert_eq!(cloud.sh("cat /var/tmp/castra/box/whoami").trim(), "dev");
+    // The image was downloaded once (issue 23): the new disk is made on the store's copy.
+    let gets = cloud
+        ._mirror
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "GET" && r.path == "/cloud/base.qcow2")
+        .count();
+    assert_eq!(gets, 1);
 }
 
 #[test]
@@ -255,8 +293,10 @@ fn vizier_runs_under_systemd_on_a_cloud_guest_and_comes_back_after_a_reboot() {
     assert_eq!(logs_after, logs_before, "no bootstrap run");
 }
 
-/// examples/cloud as a user would run it, with the test image standing for the downloaded one:
-/// their cloud-config (user-data.yaml) is merged with castrad's, and the bootstrap finds it done.
+/// examples/cloud as a user would run it, its catalog image (`debian-12`) fetched from a local
+/// mirror (`castrad --image-mirror`, as an air-gapped user would) where the test image stands
+/// for Debian's, checked against a SHA512SUMS as Debian publishes: their cloud-config
+/// (user-data.yaml) is merged with castrad's, and the bootstrap finds it done.
 #[test]
 fn the_cloud_example_boots_with_the_users_own_cloud_config() {
     let _lock = crate::qemu::one_at_a_time();
@@ -267,9 +307,15 @@ fn the_cloud_example_boots_with_the_users_own_cloud_config() {
     for file in ["castra.toml", "user-data.yaml", "bootstrap.sh"] {
         std::fs::copy(repo.join("examples/cloud").join(file), example.join(file)).unwrap();
     }
-    std::os::unix::fs::symlink(image(), example.join("debian-12-genericcloud-amd64.qcow2"))
-        .unwrap();
-    let _daemon = env.start_daemon();
+    let mirror = mirror(
+        &env,
+        "debian-12",
+        "debian-12-genericcloud-amd64.qcow2",
+        "SHA512SUMS",
+    );
+    let _daemon = env.start_daemon_with(|c| {
+        c.arg("--image-mirror").arg(format!("http://127.0.0.1:{}", mirror.port));
+    });
     let up = env.ctl(&example, &["up", "--json"]);
     let up = Up::parse(up.code, &up.stdout, &up.stderr);
     let down = || env.ctl(&example, &["down", "--discard", "--timeout", "5"]);
@@ -287,6 +333,17 @@ fn the_cloud_example_boots_with_the_users_own_cloud_config() {
         "user-data.yaml applied: {motd:?}"
     );
     assert_eq!(ready.stdout.trim(), "dev", "{ready:?}");
+    // The catalog's image, from the mirror, checked against its SHA512SUMS, in the store
+    // under its sha256.
+    let ls = env.ctl(&example, &["image", "ls", "--json"]).ok().json();
+    let stored = &ls["images"][0];
+    assert_eq!(stored["digest"], format!("sha256:{}", digests().0), "{ls}");
+    let origin = &stored["origins"][0];
+    assert_eq!(
+        origin["source"],
+        mirror.url("debian-12/debian-12-genericcloud-amd64.qcow2")
+    );
+    assert_eq!(origin["checked_by"], mirror.url("debian-12/SHA512SUMS"));
 
     // A cloud-config that cloud-init fails on, on a fresh disk: wait-handshake fails with
     // cloud-init's own words and where its logs are; nothing else runs.

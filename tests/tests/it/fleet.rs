@@ -235,7 +235,8 @@ impl Up {
                 Some(match kind.as_str() {
                     "BootstrapStep" => format!("{kind}:{}:{}", s("step"), s("status")),
                     "BootstrapCompleted" => format!("{kind}:{}", s("status")),
-                    "BootstrapProgress" | "BootstrapOutput" => String::new(),
+                    // How the base image's download or import goes: not the VM's lifecycle.
+                    "BootstrapProgress" | "BootstrapOutput" | "ImageFetch" => String::new(),
                     _ => kind.clone(),
                 })
             })

@@ -49,6 +49,11 @@ impl Env {
         self.dir.path().join("state")
     }
 
+    /// The image store of this env's daemon.
+    pub fn images(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+
     /// The state root of the (only) project this env's daemon has seen.
     pub fn project_state(&self) -> PathBuf {
         let projects = self.state().join("projects");
@@ -88,6 +93,9 @@ impl Env {
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state())
+            // The env's own image store: tests never touch the user's ~/.cache.
+            .arg("--image-store")
+            .arg(self.images())
             .env("CASTRA_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
@@ -425,4 +433,114 @@ pub fn vm_of(status: &serde_json::Value, vm: &str) -> serde_json::Value {
         .find(|v| v["name"] == vm)
         .unwrap_or_else(|| panic!("no VM {vm} in {status}"))
         .clone()
+}
+
+pub const IT_HTTP: &str = env!("CARGO_BIN_EXE_it-http");
+
+/// A local HTTP server (`it-http`) serving a directory on 127.0.0.1: a distribution's mirror
+/// the image store's tests download from, whose requests they count and which they can kill
+/// mid-file.
+pub struct Mirror {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+/// One request the mirror answered: `GET /tiny/base.img bytes=N- 206 BYTES-SENT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub method: String,
+    pub path: String,
+    /// The `Range` header, or `-`.
+    pub range: String,
+    pub status: u16,
+    pub sent: u64,
+}
+
+impl Mirror {
+    /// Serves `dir` (on `port`, else a free one); with `drop_after`, the first longer file
+    /// body is cut after that many bytes and the server exits (killed mid-file).
+    pub fn start(dir: &Path, log: &Path, port: Option<u16>, drop_after: Option<u64>) -> Mirror {
+        let mut cmd = Command::new(IT_HTTP);
+        cmd.arg(dir).arg(log);
+        if let Some(port) = port {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        if let Some(n) = drop_after {
+            cmd.arg("--drop-after").arg(n.to_string());
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start it-http");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+            &mut line,
+        )
+        .expect("it-http prints its port");
+        Mirror {
+            child,
+            port: line.trim().parse().expect("a port"),
+            log: log.to_owned(),
+        }
+    }
+
+    pub fn url(&self, rel: &str) -> String {
+        format!("http://127.0.0.1:{}/{rel}", self.port)
+    }
+
+    /// Every request so far (of this server and any earlier one logging to the same file).
+    pub fn requests(&self) -> Vec<Request> {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                Some(Request {
+                    method: f.first()?.to_string(),
+                    path: f.get(1)?.to_string(),
+                    range: f.get(2)?.to_string(),
+                    status: f.get(3)?.parse().ok()?,
+                    sent: f.get(4)?.parse().ok()?,
+                })
+            })
+            .collect()
+    }
+
+    /// Waits for the server to exit by itself (after a cut).
+    pub fn wait_exit(mut self) {
+        wait_until(Duration::from_secs(30), "it-http to exit", || {
+            self.child.try_wait().unwrap()
+        });
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The sha256 (hex) of a file, as `sha256sum` prints it.
+pub fn sha256_of(path: &Path) -> String {
+    let out = Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// The sha512 (hex) of a file, as `sha512sum` prints it.
+pub fn sha512_of(path: &Path) -> String {
+    let out = Command::new("sha512sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned()
 }
