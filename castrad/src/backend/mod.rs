@@ -246,6 +246,8 @@ impl BackendError {
 pub enum PreflightError {
     #[error(transparent)]
     BaseImage(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    BaseChanged(#[from] crate::images::disk::BaseChanged),
     #[error(
         "vm {vm}: base_image {} cannot be read ({reason}); castrad imports it into the image \
          store when it makes the VM's disk",

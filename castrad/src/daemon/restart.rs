@@ -60,14 +60,15 @@ impl Daemon {
 
 /// Where a VM's disk is, for its size.
 enum Disk {
-    /// A QEMU VM's overlay, and its base image.
-    Overlay(std::path::PathBuf, Option<std::path::PathBuf>),
+    /// A QEMU VM's files (its overlay, and the record of what it is backed by).
+    Overlay(crate::state_root::VmPaths),
     /// A libvirt VM's overlay volume, on its hypervisor.
     Volume(StateRoot),
 }
 
 /// What would keep a VM from starting again once stopped, checked while it still runs: a
-/// QEMU VM's base image (as every start checks it), and a configured disk smaller than the
+/// QEMU VM's base image changed under its disk (as every start checks it: the file hashed
+/// again when its identity changed), and a configured disk smaller than the
 /// disk it has (a QEMU VM's overlay, a libvirt VM's volume: one `virsh vol-info`). Blocking
 /// qemu-img and virsh calls, on the blocking pool.
 async fn check_before_stopping(
@@ -79,13 +80,7 @@ async fn check_before_stopping(
         .iter()
         .filter_map(|vm| {
             let disk = match vm.backend {
-                BackendKind::Qemu => Disk::Overlay(
-                    entry.root.vm(&vm.name).overlay,
-                    vm.base_image
-                        .as_ref()
-                        .and_then(|b| b.file())
-                        .map(Path::to_owned),
-                ),
+                BackendKind::Qemu => Disk::Overlay(entry.root.vm(&vm.name)),
                 BackendKind::Libvirt if vm.disk_mib.is_some() => Disk::Volume(entry.root.clone()),
                 _ => return None,
             };
@@ -96,15 +91,21 @@ async fn check_before_stopping(
     tokio::task::spawn_blocking(move || {
         for (vm, want_mib, disk) in checks {
             let have_mib = match disk {
-                Disk::Overlay(overlay, base) => {
-                    if let Some(base) = base {
-                        crate::image::base(&base).map_err(PreflightError::from)?;
+                Disk::Overlay(paths) => {
+                    if let Some(record) = crate::images::disk::read(&paths.base_record) {
+                        let hash = |p: &Path| {
+                            crate::hashing::file_sha256(p)
+                                .map(|(sha256, _)| sha256)
+                                .map_err(std::io::Error::other)
+                        };
+                        crate::images::disk::verify(&vm, &record, hash)
+                            .map_err(PreflightError::from)?;
                     }
-                    let (Some(_), true) = (want_mib, overlay.exists()) else {
+                    let (Some(_), true) = (want_mib, paths.overlay.exists()) else {
                         continue;
                     };
                     // An overlay qemu-img cannot read is left for the start to report.
-                    running_disk(&overlay).map(|info| info.virtual_size >> 20)
+                    running_disk(&paths.overlay).map(|info| info.virtual_size >> 20)
                 }
                 Disk::Volume(root) => libvirt.disk_mib(&root, &vm),
             };

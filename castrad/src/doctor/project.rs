@@ -45,11 +45,12 @@ pub async fn checks(daemon: &Daemon, config: &Path) -> Vec<DoctorCheck> {
         })
         .collect();
     let root = entry.root.clone();
+    let store = daemon.images.clone();
     let per_vm = tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for (vm, running) in project.vms.iter().zip(running) {
             if vm.backend == BackendKind::Qemu {
-                out.push(base_image(vm));
+                out.push(base_image(vm, &root, &store));
                 out.push(ports(vm, running));
             }
             out.push(keys(vm, &root));
@@ -64,17 +65,84 @@ pub async fn checks(daemon: &Daemon, config: &Path) -> Vec<DoctorCheck> {
     checks
 }
 
-/// The base image, kernel and initrd exist, can be read, and the base is one castrad can use
-/// (`image::base`: raw or qcow2, self-contained).
-fn base_image(vm: &Vm) -> DoctorCheck {
+/// The base image a VM's disk is on is unchanged (its identity against the disk's record;
+/// nothing is hashed here), or, for a disk still to be made, the base image is in the image
+/// store or can be fetched, or its file exists, can be read and is one castrad can use
+/// (`image::base`: raw or qcow2, self-contained); the kernel and initrd can be read.
+fn base_image(vm: &Vm, root: &StateRoot, store: &crate::images::Store) -> DoctorCheck {
     let vm_name = Some(vm.name.as_str());
-    let Some(base) = vm.base_image.as_ref().and_then(|b| b.file()) else {
+    let paths = root.vm(&vm.name);
+    if paths.overlay.exists()
+        && let Some(record) = crate::images::disk::read(&paths.base_record)
+    {
+        let on = if record.stored {
+            format!("the image store's copy of {}", record.source)
+        } else {
+            record.backing.display().to_string()
+        };
+        return match crate::images::FileIdentity::of(&record.backing) {
+            Ok(now) if now == record.identity => DoctorCheck::ok(
+                "base-image",
+                vm_name,
+                format!("the disk is on {on} (sha256:{}), unchanged", record.sha256),
+            ),
+            Ok(now) => DoctorCheck::warn(
+                "base-image",
+                vm_name,
+                format!(
+                    "the disk's base image {} changed since it was last checked ({})",
+                    record.backing.display(),
+                    now.changes_since(&record.identity).join(", ")
+                ),
+                "the next start hashes it again and refuses to boot unless its content is what \
+                 the disk was made on: put the original file back, or `castractl down VM \
+                 --discard` to start over",
+            ),
+            Err(e) => DoctorCheck::fail(
+                "base-image",
+                vm_name,
+                format!(
+                    "the disk's base image {} cannot be read: {e}",
+                    record.backing.display()
+                ),
+                "put the file back, or `castractl down VM --discard` to start over",
+            ),
+        };
+    }
+    let Some(source) = vm.base_image.as_ref().and_then(|b| b.local()) else {
         return DoctorCheck::fail(
             "base-image",
             vm_name,
             "no base_image",
             "set base_image in castra.toml",
         );
+    };
+    let base = match source {
+        crate::images::Source::File { path, .. } => path.as_path(),
+        _ => {
+            return match store.lookup(source, vm.image_mirror.as_deref()) {
+                crate::images::Lookup::Stored(s) => DoctorCheck::ok(
+                    "base-image",
+                    vm_name,
+                    format!(
+                        "{}: in the image store (sha256:{}, {}, {:.1} GiB virtual)",
+                        source.label(),
+                        s.record.sha256,
+                        s.record.format,
+                        s.record.virtual_size as f64 / f64::from(1u32 << 30)
+                    ),
+                ),
+                crate::images::Lookup::Missing { .. } => DoctorCheck::ok(
+                    "base-image",
+                    vm_name,
+                    format!(
+                        "{}: not in the image store yet; `up` (or `castractl image pull`) \
+                         downloads it",
+                        source.label()
+                    ),
+                ),
+            };
+        }
     };
     let files = [Some(base), vm.kernel.as_deref(), vm.initrd.as_deref()];
     for path in files.into_iter().flatten() {

@@ -34,7 +34,10 @@ fn main() {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
-            .map(|v| v.parse::<u64>().unwrap_or_else(|_| panic!("{name} takes a number")))
+            .map(|v| {
+                v.parse::<u64>()
+                    .unwrap_or_else(|_| panic!("{name} takes a number"))
+            })
     };
     let drop_after = option("--drop-after");
     let port = option("--port").unwrap_or(0);
@@ -112,7 +115,11 @@ impl Server {
         let mut file = std::fs::File::open(&path)?;
         let meta = file.metadata()?;
         let len = meta.len();
-        let etag = format!("\"{:x}-{:x}\"", len, meta.mtime_nsec() + meta.mtime() * 1_000_000_000);
+        let etag = format!(
+            "\"{:x}-{:x}\"",
+            len,
+            meta.mtime_nsec() + meta.mtime() * 1_000_000_000
+        );
         let start = range
             .as_deref()
             .and_then(|r| r.strip_prefix("bytes="))
@@ -135,10 +142,17 @@ impl Server {
         let mut head = format!(
             "HTTP/1.1 {status} {}\r\nContent-Length: {body}\r\nETag: {etag}\r\n\
              Accept-Ranges: bytes\r\nContent-Type: application/octet-stream\r\n",
-            if status == 206 { "Partial Content" } else { "OK" }
+            if status == 206 {
+                "Partial Content"
+            } else {
+                "OK"
+            }
         );
         if status == 206 {
-            head.push_str(&format!("Content-Range: bytes {from}-{}/{len}\r\n", len - 1));
+            head.push_str(&format!(
+                "Content-Range: bytes {from}-{}/{len}\r\n",
+                len - 1
+            ));
         }
         head.push_str("\r\n");
         out.write_all(head.as_bytes())?;
@@ -174,10 +188,7 @@ impl Server {
     fn file(&self, target: &str) -> Option<PathBuf> {
         let path = target.split('?').next()?.trim_start_matches('/');
         let rel = Path::new(path);
-        if rel
-            .components()
-            .any(|c| !matches!(c, Component::Normal(_)))
-        {
+        if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
             return None;
         }
         let full = self.root.join(rel);

@@ -53,10 +53,17 @@ fn mirror(env: &Env, dir: &str, file: &str, sums: &str) -> Mirror {
     std::fs::create_dir_all(served.join(dir)).unwrap();
     std::os::unix::fs::symlink(image(), served.join(dir).join(file)).unwrap();
     let (sha256, sha512) = digests();
-    let digest = if sums.starts_with("SHA512") { sha512 } else { sha256 };
+    let digest = if sums.starts_with("SHA512") {
+        sha512
+    } else {
+        sha256
+    };
     std::fs::write(
         served.join(dir).join(sums),
-        format!("{}  other.qcow2\n{digest}  {file}\n", "0".repeat(digest.len())),
+        format!(
+            "{}  other.qcow2\n{digest}  {file}\n",
+            "0".repeat(digest.len())
+        ),
     )
     .unwrap();
     Mirror::start(&served, &env.path("mirror.log"), None, None)
@@ -314,7 +321,8 @@ fn the_cloud_example_boots_with_the_users_own_cloud_config() {
         "SHA512SUMS",
     );
     let _daemon = env.start_daemon_with(|c| {
-        c.arg("--image-mirror").arg(format!("http://127.0.0.1:{}", mirror.port));
+        c.arg("--image-mirror")
+            .arg(format!("http://127.0.0.1:{}", mirror.port));
     });
     let up = env.ctl(&example, &["up", "--json"]);
     let up = Up::parse(up.code, &up.stdout, &up.stderr);

@@ -159,7 +159,12 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
             m.url("tiny/SHA256SUMS")
         )
     };
-    let p1 = project(&env, "p1", "one", &[vm_toml("a", &base(&mirror, "base.img"))]);
+    let p1 = project(
+        &env,
+        "p1",
+        "one",
+        &[vm_toml("a", &base(&mirror, "base.img"))],
+    );
     let _daemon: Daemon = env.start_daemon();
     let pulled = env.ctl(&p1, &["image", "pull"]);
     assert_eq!(pulled.code, 1, "{pulled:?}");
@@ -168,8 +173,18 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
 
     // Back again: both projects name it, and are `up`'d at once.
     let mirror = Mirror::start(&served, &log, Some(port), None);
-    let p1 = project(&env, "p1", "one", &[vm_toml("a", &base(&mirror, "base.img"))]);
-    let p2 = project(&env, "p2", "two", &[vm_toml("b", &base(&mirror, "base.img"))]);
+    let p1 = project(
+        &env,
+        "p1",
+        "one",
+        &[vm_toml("a", &base(&mirror, "base.img"))],
+    );
+    let p2 = project(
+        &env,
+        "p2",
+        "two",
+        &[vm_toml("b", &base(&mirror, "base.img"))],
+    );
     let first = env.spawn_ctl(&p1, &["up", "--json"]);
     let second = env.spawn_ctl(&p2, &["up", "--json"]);
     let done = |child: std::process::Child| {
@@ -197,10 +212,7 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
     );
     // Progress was reported, and the disk of each is on the store's copy.
     let fetched = one.event("a", "ImageFetch");
-    assert!(
-        fetched.iter().any(|e| e["phase"] == "done"),
-        "{fetched:?}"
-    );
+    assert!(fetched.iter().any(|e| e["phase"] == "done"), "{fetched:?}");
     let listed = images(&env, &p1);
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0]["digest"], format!("sha256:{sha}"));
@@ -250,7 +262,10 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
     let short = &sha[..12];
     let rm = env.ctl(&p1, &["image", "rm", short]);
     assert_eq!(rm.code, 2, "{rm:?}");
-    assert!(rm.stderr.contains("a (") && rm.stderr.contains("b ("), "{rm:?}");
+    assert!(
+        rm.stderr.contains("a (") && rm.stderr.contains("b ("),
+        "{rm:?}"
+    );
     let pruned = env.ctl(&p1, &["image", "prune", "--json"]).ok().json();
     assert_eq!(pruned["freed_bytes"], 0);
     assert_eq!(images(&env, &p1).len(), 1);
@@ -259,7 +274,10 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
     env.ctl(&p1, &["down", "a", "--discard"]).ok();
     let rm = env.ctl(&p1, &["image", "rm", short]);
     assert_eq!(rm.code, 2, "{rm:?}");
-    assert!(!rm.stderr.contains("a (") && rm.stderr.contains("b ("), "{rm:?}");
+    assert!(
+        !rm.stderr.contains("a (") && rm.stderr.contains("b ("),
+        "{rm:?}"
+    );
     env.ctl(&p2, &["down", "--discard"]).ok();
     let pruned = env.ctl(&p1, &["image", "prune", "--json"]).ok().json();
     assert!(
@@ -290,7 +308,10 @@ fn files_are_imported_and_a_changed_base_never_boots() {
     let sha = sha256_of(&original);
     let vms = |import_byp: bool| {
         vec![
-            vm_toml("imp", &format!("base_image = \"{}\"", files.join("imp.img").display())),
+            vm_toml(
+                "imp",
+                &format!("base_image = \"{}\"", files.join("imp.img").display()),
+            ),
             vm_toml(
                 "byp",
                 &format!(
@@ -336,7 +357,8 @@ fn files_are_imported_and_a_changed_base_never_boots() {
     let stored = PathBuf::from(listed[0]["path"].as_str().unwrap());
     let root = env.project_state();
     let overlay = |vm: &str| root.join(format!("vms/{vm}/overlay.qcow2"));
-    let disk_id = |vm: &str| std::fs::read_to_string(root.join(format!("vms/{vm}/disk-id"))).unwrap();
+    let disk_id =
+        |vm: &str| std::fs::read_to_string(root.join(format!("vms/{vm}/disk-id"))).unwrap();
     assert_eq!(backing(&overlay("imp")), stored);
     assert_eq!(backing(&overlay("url")), stored);
     assert_eq!(backing(&overlay("byp")), files.join("byp.img"));
@@ -357,16 +379,32 @@ fn files_are_imported_and_a_changed_base_never_boots() {
     env.ctl(&p, &["down"]).ok();
     let again = up(&env, &p, &[]);
     assert_eq!(again.code, 1, "{}", again.stderr);
-    assert_eq!(again.outcome_of("imp")["status"], "NoOp", "{}", again.stderr);
-    assert_eq!(again.outcome_of("url")["status"], "NoOp", "{}", again.stderr);
+    assert_eq!(
+        again.outcome_of("imp")["status"],
+        "NoOp",
+        "{}",
+        again.stderr
+    );
+    assert_eq!(
+        again.outcome_of("url")["status"],
+        "NoOp",
+        "{}",
+        again.stderr
+    );
     assert_eq!(again.outcome_of("byp")["status"], "Failed");
-    let error = again.outcome_of("byp")["error"].as_str().unwrap().to_owned();
+    let error = again.outcome_of("byp")["error"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     assert!(
         error.contains(&files.join("byp.img").display().to_string())
             && error.contains("changed since the disk was made"),
         "{error}"
     );
-    assert!(again.event("byp", "VmLaunched").is_empty(), "QEMU never started");
+    assert!(
+        again.event("byp", "VmLaunched").is_empty(),
+        "QEMU never started"
+    );
     assert!(!root.join("vms/byp/launch.json").exists());
     assert_eq!(disk_id("imp"), ids[0], "the same disk");
     assert_eq!(disk_id("url"), ids[2], "the same disk");
@@ -392,7 +430,10 @@ fn files_are_imported_and_a_changed_base_never_boots() {
     let legacy = up(&env, &p, &["byp"]);
     assert_eq!(legacy.statuses(), ["NoOp"], "{}", legacy.stderr);
     env.ctl(&p, &["down", "byp"]).ok();
-    let adopted = env.ctl(&p, &["image", "adopt", "byp", "--json"]).ok().json();
+    let adopted = env
+        .ctl(&p, &["image", "adopt", "byp", "--json"])
+        .ok()
+        .json();
     let moved = &adopted["vms"][0];
     assert_eq!(moved["before"], files.join("byp.img").display().to_string());
     assert_eq!(moved["after"], stored.display().to_string(), "{adopted}");

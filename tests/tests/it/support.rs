@@ -469,10 +469,7 @@ impl Mirror {
         if let Some(n) = drop_after {
             cmd.arg("--drop-after").arg(n.to_string());
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start it-http");
+        let mut child = cmd.stdout(Stdio::piped()).spawn().expect("start it-http");
         let mut line = String::new();
         std::io::BufRead::read_line(
             &mut std::io::BufReader::new(child.stdout.take().unwrap()),

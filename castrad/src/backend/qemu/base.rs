@@ -339,3 +339,82 @@ pub async fn check_existing_async(
     let (root, vm, paths) = (root.clone(), vm.clone(), paths.clone());
     blocking(move || check_existing(&root, &vm, &paths)).await
 }
+
+/// What [`adopt`] did to one disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopted {
+    pub sha256: String,
+    pub before: PathBuf,
+    pub after: PathBuf,
+    /// It already was on the store's copy.
+    pub already: bool,
+}
+
+/// Moves a stopped VM's disk made before the image store (backed by the user's file) onto
+/// the store's copy of the same content: the file imported (its digest must be the disk
+/// record's), the store's ref written, the overlay rebased with `qemu-img rebase -u` (only its
+/// header changes: the content under it is the same), then the record. Refused when the file
+/// no longer holds what the disk was made on.
+pub async fn adopt(
+    root: &StateRoot,
+    vm: &Vm,
+    images: &std::sync::Arc<crate::images::Store>,
+    config: &Path,
+    progress: &mut (dyn FnMut(&crate::images::Progress) + Send),
+) -> Result<Adopted, BackendError> {
+    let paths = root.vm(&vm.name);
+    super::process::ensure_not_running(&paths)?;
+    if !paths.overlay.exists() {
+        return Err(BackendError::Qemu(super::process::ProcessError::Failed(
+            format!("vm {} has no disk to adopt", vm.name),
+        )));
+    }
+    // The record (made now for a disk that has none), and its file as the record says.
+    check_existing_async(root, vm, &paths).await?;
+    let record = disk::read(&paths.base_record).ok_or_else(|| {
+        BackendError::Qemu(super::process::ProcessError::Failed(format!(
+            "vm {}: its disk names no base image",
+            vm.name
+        )))
+    })?;
+    if record.stored {
+        return Ok(Adopted {
+            sha256: record.sha256,
+            before: record.backing.clone(),
+            after: record.backing,
+            already: true,
+        });
+    }
+    let source = Source::File {
+        path: record.backing.clone(),
+        import: true,
+        digest: crate::images::Digest::sha256(&record.sha256),
+    };
+    let (stored, lease) = images.ensure(&source, None, false, progress).await?;
+    let new = DiskBase {
+        sha256: stored.record.sha256.clone(),
+        backing: stored.path.clone(),
+        format: stored.record.format.clone(),
+        stored: true,
+        identity: stored.record.identity,
+        source: record.source.clone(),
+    };
+    let r = crate::images::Ref {
+        disk: paths.overlay.clone(),
+        record: paths.base_record.clone(),
+        vm: vm.name.clone(),
+        config: config.to_owned(),
+    };
+    images.add_ref(&new.sha256, &r)?;
+    // Until the record is rewritten it names the old file, which holds the same content:
+    // a start in between checks that file while QEMU reads the store's copy of it.
+    super::process::rebase_unsafe(&paths.overlay, &stored.path, &new.format).await?;
+    write_record(&paths, &new)?;
+    drop(lease);
+    Ok(Adopted {
+        sha256: new.sha256,
+        before: record.backing,
+        after: stored.path,
+        already: false,
+    })
+}
