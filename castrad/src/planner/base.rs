@@ -241,3 +241,6 @@ fn predates_store(vm: &Vm, file: &std::path::Path) -> String {
         vm.name
     )
 }
+
+#[cfg(test)]
+mod tests;
