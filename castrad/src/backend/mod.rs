@@ -229,6 +229,27 @@ pub enum BackendError {
     },
 }
 
+/// A base image file a new disk is to be made from (imported into the image store then):
+/// there, and a self-contained raw or qcow2 image (`crate::image::base`).
+pub fn check_base_file(vm: &str, base: &Path) -> Result<(), PreflightError> {
+    if let Err(e) = std::fs::metadata(base) {
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "it does not exist".to_owned(),
+            _ => e.to_string(),
+        };
+        return Err(PreflightError::BaseUnreadable {
+            vm: vm.to_owned(),
+            path: base.to_owned(),
+            reason: format!(
+                "{reason}{}",
+                crate::config::catalog_hint_for(base).unwrap_or_default()
+            ),
+        });
+    }
+    crate::image::base(base)?;
+    Ok(())
+}
+
 impl BackendError {
     /// The `VmOutcome::error_kind` of a start that failed so: `image-mismatch` when the base
     /// image's content was not what its checksum says.
@@ -249,8 +270,8 @@ pub enum PreflightError {
     #[error(transparent)]
     BaseChanged(#[from] crate::images::disk::BaseChanged),
     #[error(
-        "vm {vm}: base_image {} cannot be read ({reason}); castrad imports it into the image \
-         store when it makes the VM's disk",
+        "vm {vm}: base_image {} cannot be used: {reason} (castrad copies it into the image \
+         store when it makes the VM's disk)",
         path.display()
     )]
     BaseUnreadable {

@@ -611,13 +611,14 @@ fn hypervisor_problems_are_preflight_errors_naming_the_hypervisor_and_the_fix() 
         out.stderr
     };
 
-    // A located config error first: nothing asked of any hypervisor. With upload = true the
-    // base image is a file on this machine, and missing here.
+    // With upload = true the base image is a file on this machine, and missing here: a disk
+    // still to be made cannot be (one that exists no longer needs it: it is not a config
+    // error, issue 23).
     let err =
         try_up(libvirt_vm("vm", &lv.uri(), "upload = true\n").replace("base.img", "missing.img"));
     assert!(
-        err.contains("castra.toml:7:14: vms[0].base_image: path ")
-            && err.contains("missing.img does not exist"),
+        err.contains("vm vm: base_image ")
+            && err.contains("missing.img cannot be used: it does not exist"),
         "{err}"
     );
 

@@ -431,11 +431,11 @@ impl Backend for Libvirt {
         super::forwarded_endpoint(vm, machine)
     }
 
-    fn preflight(&self, _: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError> {
+    fn preflight(&self, root: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError> {
         if vms.is_empty() {
             return Ok(());
         }
-        blocking(|| preflight(self, vms))
+        blocking(|| preflight(self, root, vms))
     }
 
     fn prepare_disk<'a>(
@@ -672,7 +672,7 @@ enum Prepared {
 
 /// Each hypervisor once: libvirt answers, the pool exists; each base image once: it is there
 /// (with upload: it is a base image here, and the pool can take uploads).
-fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
+fn preflight(backend: &Libvirt, root: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError> {
     if which("virsh").is_none() {
         return Err(PreflightError::NotInstalled {
             program: "virsh",
@@ -718,9 +718,14 @@ fn preflight(backend: &Libvirt, vms: &[&Vm]) -> Result<(), PreflightError> {
             }
         }
         if config.upload {
-            // A file here is imported into the store when a disk is made (checked then, and
-            // by plan); a URL's image when it is fetched. The pool must be one castrad can
-            // rename an upload in.
+            // A file here, for a disk still to be made, is imported into the store then:
+            // checked now (a disk that exists no longer needs it; a URL's image is checked
+            // when it is fetched). The pool must be one castrad can rename an upload in.
+            if let Some(base) = vm.base_image.as_ref().and_then(|b| b.file())
+                && !root.vm(&vm.name).disk_id.exists()
+            {
+                crate::backend::check_base_file(&vm.name, base)?;
+            }
             if seen.insert((config.uri.clone(), format!("upload\n{}", config.pool))) {
                 upload::check_pool(&hv, &config.pool).map_err(problem)?;
             }

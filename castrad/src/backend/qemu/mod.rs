@@ -85,17 +85,7 @@ impl Backend for Qemu {
             if root.vm(&vm.name).overlay.exists() || !seen.insert(base) {
                 continue;
             }
-            if let Err(e) = std::fs::metadata(base) {
-                return Err(PreflightError::BaseUnreadable {
-                    vm: vm.name.clone(),
-                    path: base.to_owned(),
-                    reason: format!(
-                        "{e}{}",
-                        crate::config::catalog_hint_for(base).unwrap_or_default()
-                    ),
-                });
-            }
-            crate::image::base(base)?;
+            super::check_base_file(&vm.name, base)?;
         }
         for vm in vms {
             for (port, key, protocol) in fixed_ports(vm) {
