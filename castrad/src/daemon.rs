@@ -24,6 +24,7 @@ use crate::state_root::StateRoot;
 use crate::vm::state::VmSnapshot;
 use crate::vm::{ActorCtx, DownRequest, StopReport, VmHandle};
 
+mod images;
 mod restart;
 
 /// Everything castrad needs to start.
@@ -89,6 +90,23 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The image store refused or failed (`castra.image*`).
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
+    /// A VM's base image could not be put in the store.
+    #[error("vm {vm}: {source}")]
+    VmImage {
+        vm: String,
+        source: crate::images::ImageError,
+    },
+    #[error(
+        "vm {vm} has no image in the image store to pull: {why}; pull another VM's, or name \
+         none to pull every image of the project"
+    )]
+    NoStoreImage { vm: String, why: &'static str },
+    /// A method castrad knows but does not do yet.
+    #[error("{0} is not implemented yet")]
+    NotImplemented(&'static str),
     /// A task castrad ran on the blocking pool panicked (a bug).
     #[error("{what} panicked: {detail}")]
     Panicked { what: &'static str, detail: String },
