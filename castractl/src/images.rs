@@ -395,7 +395,7 @@ fn pulled_text(p: &api::ImagePullResult) -> String {
 fn removed_text(r: &api::ImageRemoveResult) -> String {
     if r.removed.is_empty() {
         return format!(
-            "nothing to remove: every image is used by a VM's disk ({} freed)\n",
+            "nothing removed: no image is unused ({} freed)\n",
             render::bytes(r.freed_bytes)
         );
     }

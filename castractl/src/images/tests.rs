@@ -79,7 +79,7 @@ fn rm_and_prune_say_what_they_freed() {
     };
     assert_eq!(
         removed_text(&none),
-        "nothing to remove: every image is used by a VM's disk (0 B freed)\n"
+        "nothing removed: no image is unused (0 B freed)\n"
     );
 }
 

@@ -49,6 +49,11 @@ impl Env {
         self.dir.path().join("state")
     }
 
+    /// castrad's image store (`--image-store`).
+    pub fn images(&self) -> PathBuf {
+        self.dir.path().join("images")
+    }
+
     /// The state root of the (only) project this env's daemon has seen.
     pub fn project_state(&self) -> PathBuf {
         let projects = self.state().join("projects");
@@ -84,10 +89,13 @@ impl Env {
 
     pub fn castrad_command(&self) -> Command {
         let mut cmd = Command::new(CASTRAD);
+        // Its own image store: a test never touches ~/.cache.
         cmd.arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state())
+            .arg("--image-store")
+            .arg(self.images())
             .env("CASTRA_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
