@@ -204,10 +204,16 @@ const DRAIN: Duration = Duration::from_millis(250);
 async fn pull(daemon: &Daemon, params: api::ImagePullParams, json: bool) -> Result<Exit, Failure> {
     let mut display = PullDisplay::new(json);
     let by_image = params.image.is_some();
-    // Subscribed before the call: the events' operation is only known from its result.
+    // Subscribed before the call: the events' operation is only known from its result. As
+    // narrow as castrad can filter: the events about no VM, or about the one VM asked for.
+    let vm = match (by_image, params.vms.as_slice()) {
+        (true, _) => Some(String::new()),
+        (false, [one]) => Some(one.clone()),
+        (false, _) => None,
+    };
     let subscribe = api::SubscribeParams {
         operation: None,
-        vm: by_image.then(String::new),
+        vm,
         since: None,
     };
     let mut sub = match daemon
