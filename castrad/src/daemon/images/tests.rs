@@ -1,3 +1,5 @@
+//! `castra.image*` on the daemon side: what a pull may name, a project's images, the wire forms.
+
 use std::sync::Arc;
 use std::time::Duration;
 
