@@ -31,12 +31,14 @@ Commands at a glance:
   completion  the shell completion script (bash, zsh, fish)
   console  a QEMU VM's serial console: the end of its log, or `--follow` it live
   cp       copy files to or from a VM (`cp [-r] SRC VM:DST`, `cp [-r] VM:SRC DST`) over sftp
+  image    castrad's image store: ls, pull [IMAGE], rm DIGEST, prune, adopt [VM...], catalog
 
 Exit codes:
   0  success
   1  the operation ran and failed
   2  usage error, invalid castra.toml, or a preflight rejection (conflicting or unknown overrides,
-     an unknown VM name given to any command)
+     an unknown VM name given to any command, an image in use); a base image whose content does
+     not match its checksum
   3  castrad is not reachable (start it with `systemctl --user start castrad`); `version` needs
      castrad only with --daemon";
 
@@ -49,7 +51,9 @@ Output:
 Exit codes: 0 every VM ended Success, NoOp or Skipped; 1 any VM Failed or was Rejected (another
 operation was bootstrapping it, or its QEMU is unresponsive: `castractl down VM` stops it);
 2 invalid castra.toml or overrides, an unknown VM name (restart: also a disk asked to shrink),
-nothing started; 3 castrad not reachable.
+nothing started; also 2 when a VM failed because its base image's content did not match its
+checksum (nothing was kept); 3 castrad not reachable. A base image not in the store yet is
+fetched first, its progress shown (a bar on a terminal).
 Ctrl-C stops following (exit 1); it does not tell castrad to stop: `castractl cancel [VM...]`
 stops the runs.";
 
@@ -225,6 +229,12 @@ enum Command {
     /// QEMU, KVM, virtiofsd, the state directory, ssh; base images, ports, keys. One line a
     /// check, with what to do; exits 1 when any check fails (warnings do not).
     Doctor,
+    /// Manage castrad's image store: the base images VMs' disks are made on.
+    #[command(after_help = crate::images::IMAGE_HELP)]
+    Image {
+        #[command(subcommand)]
+        command: crate::images::ImageCommand,
+    },
     /// Print the shell completion script for SHELL (scripts/install puts it in place).
     #[command(after_help = "Example: source <(castractl completion bash)")]
     Completion {
@@ -267,7 +277,7 @@ pub fn main() -> ExitCode {
             | Command::Restart { .. }
             | Command::Events { .. }
             | Command::Console { follow: true, .. }
-    );
+    ) || matches!(&cli.command, Command::Image { command } if command.streams());
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -471,6 +481,15 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
             };
             return crate::console::run(&daemon, request).await;
         }
+        Command::Image { command } => {
+            let request = crate::images::Request {
+                socket: &socket,
+                config: cli.config.as_deref(),
+                cwd: &cwd,
+                json: cli.json,
+            };
+            return crate::images::run(command, request).await;
+        }
         Command::Cp {
             recursive,
             src,
@@ -628,11 +647,7 @@ pub(crate) async fn follow(
         }
     };
     display.finish(&outcome);
-    let ok = outcome
-        .outcomes
-        .iter()
-        .all(|o| progress::outcome_ok(o.status));
-    Ok(if ok { Exit::Ok } else { Exit::Failed })
+    Ok(progress::up_exit(&outcome))
 }
 
 /// Shows an event of `up` and ticks its VM off once its pipeline has ended. What this

@@ -12,6 +12,7 @@
 //! - `progress`: following an operation live (`up`, `events`): JSON lines, plain lines or a
 //!   board of spinners.
 //! - `restart`: `castractl restart`: the restart, then `up`'s way of following it.
+//! - `images`: `castractl image`: the image store (list, pull, remove, prune, adopt, catalog).
 //! - `term`: the only writer of stdout and stderr: text escaped for the terminal, JSON as is.
 //! - `doctor`: `castractl doctor`, castrad's checks behind its own (is castrad there?).
 //! - `completion`: shell completion scripts made from the command line's definition.
@@ -22,6 +23,7 @@ pub mod completion;
 mod console;
 mod copy;
 mod doctor;
+mod images;
 mod progress;
 mod render;
 mod restart;
@@ -35,7 +37,8 @@ pub enum Exit {
     Ok = 0,
     /// The operation ran and failed.
     Failed = 1,
-    /// Bad usage, bad castra.toml, or a preflight rejection (conflicting overrides, unknown VM).
+    /// Bad usage, bad castra.toml, or a preflight rejection (conflicting overrides, unknown VM,
+    /// an image in use); a base image whose content does not match its checksum.
     Usage = 2,
     /// castrad is not reachable.
     Unreachable = 3,

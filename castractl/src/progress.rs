@@ -2,16 +2,20 @@
 //! output) or a live board of spinners, one per VM (a terminal).
 //!
 //! The formatting itself is in [`crate::render`]; this module decides what to show when, and
-//! owns the terminal while the board is drawn (writing through [`crate::term`]).
+//! owns the terminal while the board is drawn (writing through [`crate::term`]). `fetch`:
+//! image fetches (`ImageFetch`) as byte bars, on `up`'s board and `image pull`'s.
 
-use std::collections::HashMap;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use castra_api as api;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::value::RawValue;
 
-use crate::{render, term};
+use crate::{Exit, render, term};
+
+mod fetch;
+pub use fetch::PullDisplay;
 
 /// A notification as one compact JSON line: the daemon's own bytes when they are one line.
 pub fn json_line(raw: &RawValue) -> String {
@@ -36,43 +40,80 @@ pub fn loose(raw: &RawValue) -> Option<(String, String)> {
     Some((kind.clone(), body.get("vm")?.as_str()?.to_owned()))
 }
 
+/// How often plain lines say how an image fetch goes (a new phase and its end are always
+/// said): castrad reports up to four times a second, too many lines for a log.
+pub const FETCH_LINE_EVERY: Duration = Duration::from_secs(5);
+
 /// Turns events into plain lines, dropping progress reports that repeat what the last one
-/// said (castrad re-sends them every few seconds as a heartbeat).
+/// said (castrad re-sends them every few seconds as a heartbeat), and thinning an image
+/// fetch's reports to one per [`FETCH_LINE_EVERY`].
 #[derive(Debug, Default)]
 pub struct PlainFeed {
     /// The VM column's width.
     width: usize,
     /// Per VM: the step and what it was last reported waiting on.
     waiting: HashMap<String, (api::BootstrapStepKind, String)>,
+    /// Per (VM, source) of a fetch in progress: when its last line was printed, and its phase.
+    fetches: HashMap<(String, String), (Instant, String)>,
 }
 
 impl PlainFeed {
     pub fn new(width: usize) -> PlainFeed {
         PlainFeed {
             width,
-            waiting: HashMap::new(),
+            ..PlainFeed::default()
         }
     }
 
     /// The line to print for `event`, or `None` when it says nothing new.
     pub fn line(&mut self, event: &api::Event) -> Option<String> {
-        if let api::Event::BootstrapProgress {
-            vm,
-            step,
-            waiting_on,
-            ..
-        } = event
-        {
-            let now = (*step, waiting_on.clone());
-            if self.waiting.get(vm) == Some(&now) {
-                return None;
+        self.line_at(event, Instant::now())
+    }
+
+    /// [`PlainFeed::line`] for an event that arrived at `now`.
+    fn line_at(&mut self, event: &api::Event, now: Instant) -> Option<String> {
+        self.news_at(event, now)
+            .then(|| render::event_line(event, self.width))
+    }
+
+    /// Whether `event`, arriving at `now`, says something new (and is to be printed).
+    fn news_at(&mut self, event: &api::Event, now: Instant) -> bool {
+        match event {
+            api::Event::BootstrapProgress {
+                vm,
+                step,
+                waiting_on,
+                ..
+            } => {
+                let now = (*step, waiting_on.clone());
+                if self.waiting.get(vm) == Some(&now) {
+                    return false;
+                }
+                self.waiting.insert(vm.clone(), now);
             }
-            self.waiting.insert(vm.clone(), now);
-        } else {
+            api::Event::ImageFetch {
+                vm, source, phase, ..
+            } => {
+                let key = (vm.clone(), source.clone());
+                let quiet = self.fetches.get(&key).is_some_and(|(at, last)| {
+                    last == phase && now.duration_since(*at) < FETCH_LINE_EVERY
+                });
+                if quiet && phase != "done" {
+                    return false;
+                }
+                if phase == "done" {
+                    self.fetches.remove(&key);
+                } else {
+                    self.fetches.insert(key, (now, phase.clone()));
+                }
+                self.waiting.remove(vm);
+            }
             // Anything else moves the story on: the next report is news again.
-            self.waiting.remove(event.vm());
+            _ => {
+                self.waiting.remove(event.vm());
+            }
         }
-        Some(render::event_line(event, self.width))
+        true
     }
 }
 
@@ -82,6 +123,26 @@ pub fn outcome_ok(status: api::OutcomeStatus) -> bool {
         status,
         api::OutcomeStatus::Success | api::OutcomeStatus::NoOp | api::OutcomeStatus::Skipped
     )
+}
+
+/// The `error_kind` of a VM whose base image did not match its checksum: the user's input
+/// (`base_image_digest`, a checksums file), so `up` exits 2 as for a bad castra.toml.
+pub const IMAGE_MISMATCH: &str = "image-mismatch";
+
+/// `up`'s exit for its outcome: 0 when every VM ended right, 2 when one failed on a base
+/// image whose content did not match its checksum, 1 otherwise.
+pub fn up_exit(outcome: &api::OutcomeResult) -> Exit {
+    let vms = &outcome.outcomes;
+    if vms.iter().all(|o| outcome_ok(o.status)) {
+        Exit::Ok
+    } else if vms
+        .iter()
+        .any(|o| o.error_kind.as_deref() == Some(IMAGE_MISMATCH))
+    {
+        Exit::Usage
+    } else {
+        Exit::Failed
+    }
 }
 
 /// How `up` shows its operation while it runs, and its outcome at the end.
@@ -177,6 +238,8 @@ struct Board {
     bars: Vec<(String, ProgressBar, bool)>,
     index: HashMap<String, usize>,
     width: usize,
+    /// The bars showing an image fetch (a byte bar rather than a spinner).
+    fetching: HashSet<usize>,
 }
 
 const SPINNER_TEMPLATE: &str = "{spinner:.cyan} {prefix}  {elapsed:>4}  {wide_msg}";
@@ -212,6 +275,7 @@ impl Board {
             bars,
             index,
             width,
+            fetching: HashSet::new(),
         }
     }
 
@@ -222,6 +286,24 @@ impl Board {
         let (vm, bar, done) = &mut self.bars[i];
         if *done {
             return;
+        }
+        let fetching = match event {
+            api::Event::ImageFetch {
+                phase,
+                bytes_done,
+                bytes_total,
+                ..
+            } if phase != "done" => {
+                let styled = self.fetching.contains(&i);
+                fetch::on_bar(bar, styled, *bytes_done, *bytes_total)
+            }
+            _ => false,
+        };
+        if fetching {
+            self.fetching.insert(i);
+        } else if self.fetching.remove(&i) {
+            bar.set_style(style(SPINNER_TEMPLATE));
+            bar.unset_length();
         }
         match event {
             api::Event::BootstrapCompleted {
@@ -382,6 +464,107 @@ mod tests {
     fn templates_are_valid() {
         assert!(ProgressStyle::with_template(SPINNER_TEMPLATE).is_ok());
         assert!(ProgressStyle::with_template(DONE_TEMPLATE).is_ok());
+    }
+
+    fn fetch(vm: &str, phase: &str, done: u64, total: Option<u64>) -> api::Event {
+        api::Event::ImageFetch {
+            vm: vm.into(),
+            source: "debian-12".into(),
+            phase: phase.into(),
+            bytes_done: done,
+            bytes_total: total,
+            rate_bps: 1024 * 1024,
+        }
+    }
+
+    /// castrad reports a fetch up to four times a second: a plain feed says it once every few
+    /// seconds, and every new phase and the end at once.
+    #[test]
+    fn plain_feed_thins_image_fetches() {
+        let mut feed = PlainFeed::new(5);
+        let t0 = Instant::now();
+        let mut printed = Vec::new();
+        for ms in (0..12_000).step_by(250) {
+            let event = fetch("web-0", "download", ms, Some(20_000));
+            let now = t0 + Duration::from_millis(ms);
+            printed.extend(feed.line_at(&event, now).map(|_| ms));
+        }
+        assert_eq!(printed, [0, 5_000, 10_000]);
+        let at = t0 + Duration::from_millis(12_100);
+        assert!(
+            feed.line_at(&fetch("db", "download", 1, None), at)
+                .is_some(),
+            "another VM's fetch is news"
+        );
+        let done = feed.line_at(&fetch("web-0", "done", 20_000, Some(20_000)), at);
+        assert_eq!(
+            done.as_deref(),
+            Some("web-0  image  done  19.5 KiB  debian-12")
+        );
+        // A fetch of the same source later (another `up`) is news again.
+        assert!(
+            feed.line_at(&fetch("web-0", "download", 0, None), at)
+                .is_some()
+        );
+    }
+
+    /// A VM's line turns into a byte bar while its image is fetched, and back into a spinner
+    /// when the story moves on.
+    #[test]
+    fn the_board_shows_a_fetch_as_a_byte_bar() {
+        let vms = ["web-0".to_owned()];
+        let mut board = Board::new(&vms, ProgressDrawTarget::hidden());
+        board.event(&fetch("web-0", "download", 3 << 20, Some(12 << 20)));
+        let bar = &board.bars[0].1;
+        assert!(board.fetching.contains(&0));
+        assert_eq!((bar.position(), bar.length()), (3 << 20, Some(12 << 20)));
+        assert_eq!(
+            bar.message(),
+            "image  download  3.0 MiB of 12.0 MiB (25%), 1.0 MiB/s, 9.00s left  debian-12"
+        );
+        board.event(&fetch("web-0", "done", 12 << 20, Some(12 << 20)));
+        assert!(board.fetching.is_empty());
+        assert_eq!(board.bars[0].1.length(), None, "a spinner again");
+        assert_eq!(
+            board.bars[0].1.message(),
+            "image  done  12.0 MiB  debian-12"
+        );
+        // Without a size there is nothing to draw a bar of.
+        board.event(&fetch("web-0", "download", 1, None));
+        assert!(board.fetching.is_empty());
+        assert!(ProgressStyle::with_template(fetch::BOARD_TEMPLATE).is_ok());
+    }
+
+    #[test]
+    fn up_exits_2_when_a_base_image_did_not_match_its_checksum() {
+        let outcome = |status, error_kind: Option<&str>| api::VmOutcome {
+            vm: "web-0".into(),
+            status,
+            duration_ms: 0,
+            run_id: None,
+            log_path: None,
+            stamp: None,
+            error: None,
+            error_kind: error_kind.map(str::to_owned),
+        };
+        let result = |outcomes| api::OutcomeResult {
+            operation: "op".into(),
+            project: "p".into(),
+            outcomes,
+        };
+        use api::OutcomeStatus as O;
+        let ok = result(vec![outcome(O::Success, None), outcome(O::NoOp, None)]);
+        assert_eq!(up_exit(&ok), Exit::Ok);
+        let failed = result(vec![outcome(O::Success, None), outcome(O::Failed, None)]);
+        assert_eq!(up_exit(&failed), Exit::Failed);
+        let mismatch = result(vec![
+            outcome(O::Failed, None),
+            outcome(O::Failed, Some(IMAGE_MISMATCH)),
+        ]);
+        assert_eq!(up_exit(&mismatch), Exit::Usage);
+        // A kind this castractl does not know is a plain failure.
+        let other = result(vec![outcome(O::Failed, Some("disk-full"))]);
+        assert_eq!(up_exit(&other), Exit::Failed);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use castra_api as api;
 
 /// Left-aligned columns separated by two spaces; the last column is not padded. Each cell is
 /// one line, escaped.
-fn table(rows: &[Vec<String>]) -> String {
+pub fn table(rows: &[Vec<String>]) -> String {
     let rows: Vec<Vec<Cow<'_, str>>> = rows
         .iter()
         .map(|row| row.iter().map(|cell| escape_line(cell)).collect())
@@ -51,7 +51,7 @@ fn short(hash: &Option<String>) -> String {
     hash.as_deref().map_or_else(|| "-".to_owned(), short_str)
 }
 
-fn short_str(hash: &str) -> String {
+pub fn short_str(hash: &str) -> String {
     hash.chars().take(12).collect()
 }
 
@@ -136,11 +136,12 @@ fn describe(event: &api::Event) -> String {
             phase,
             bytes_done,
             bytes_total,
+            rate_bps,
             ..
-        } => match bytes_total {
-            Some(total) => format!("image    {phase} {source} {bytes_done}/{total} bytes"),
-            None => format!("image    {phase} {source} {bytes_done} bytes"),
-        },
+        } => format!(
+            "image  {}",
+            fetch_tail(phase, source, *bytes_done, *bytes_total, *rate_bps)
+        ),
         Event::BootstrapStarted {
             trigger,
             artifact_hash,
@@ -257,9 +258,63 @@ fn describe(event: &api::Event) -> String {
     }
 }
 
+/// A size for people, in binary units: `512 B`, `1.5 KiB`, `340.0 MiB`, `2.1 GiB` (one decimal,
+/// truncated).
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let (mut unit, mut scaled) = (0, u128::from(n) * 10 / 1024);
+    while scaled >= 10 * 1024 && unit + 1 < UNITS.len() {
+        scaled /= 1024;
+        unit += 1;
+    }
+    format!("{}.{} {}", scaled / 10, scaled % 10, UNITS[unit])
+}
+
+/// An image fetch without its VM (`ImageFetch`): its phase, how far it is and the source:
+/// `download  120.5 MiB of 340.0 MiB (35%), 12.3 MiB/s, 18.2s left  https://...`. Not escaped.
+pub fn fetch_tail(phase: &str, source: &str, done: u64, total: Option<u64>, rate: u64) -> String {
+    match phase {
+        "checksums" => format!("checksums  {source}"),
+        "done" => format!("done  {}  {source}", bytes(done)),
+        _ => format!("{phase}  {}  {source}", fetch_progress(done, total, rate)),
+    }
+}
+
+/// `120.5 MiB of 340.0 MiB (35%), 12.3 MiB/s, 18.2s left`: what is known of it (no total: the
+/// bytes so far; no rate yet: no speed and no time left).
+pub fn fetch_progress(done: u64, total: Option<u64>, rate: u64) -> String {
+    let mut out = match total {
+        Some(total) if total > 0 => {
+            let percent = u128::from(done.min(total)) * 100 / u128::from(total);
+            format!("{} of {} ({percent}%)", bytes(done), bytes(total))
+        }
+        _ => bytes(done),
+    };
+    if rate > 0 {
+        let _ = write!(out, ", {}/s", bytes(rate));
+        if let Some(left) = total.filter(|t| *t > done).map(|t| t - done) {
+            let ms = u128::from(left) * 1000 / u128::from(rate);
+            let _ = write!(
+                out,
+                ", {} left",
+                duration(ms.try_into().unwrap_or(u64::MAX))
+            );
+        }
+    }
+    out
+}
+
 /// One event as a line: the VM (padded to `width`) then [`event_tail`].
 pub fn event_line(event: &api::Event, width: usize) -> String {
-    format!("{:<width$}  {}", escape_line(event.vm()), event_tail(event))
+    // `castra.imagePull`'s events are about no VM.
+    let vm = match event.vm() {
+        "" => "-",
+        vm => vm,
+    };
+    format!("{:<width$}  {}", escape_line(vm), event_tail(event))
 }
 
 /// The live display's last line for a VM: `✓ web-0  Success  1.24s`, `✗ db  Failed  30.0s  why`.
@@ -426,6 +481,7 @@ pub fn plan(p: &api::PlanResult) -> String {
     }
     with_addresses(&mut rows, 5, p.vms.iter().map(|vm| &vm.network_address));
     out.push_str(&table(&rows));
+    out.push_str(&base_images(&p.vms));
     out.push_str(&mounts(p.vms.iter().map(|vm| (&vm.vm, &vm.mounts))));
     let warnings: Vec<String> = p
         .vms
@@ -523,6 +579,26 @@ pub fn status(s: &api::StatusResult) -> String {
         out.push_str(&mounts(p.vms.iter().map(|vm| (&vm.name, &vm.mounts))));
     }
     out
+}
+
+/// Each VM's base image as the plan sees it (`web-0  fetch  debian-12: ...`), an image without
+/// a checksum marked unverified; nothing when no VM has one.
+fn base_images(vms: &[api::BootstrapPlanned]) -> String {
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .filter_map(|vm| {
+            let image = vm.base_image.as_ref()?;
+            let mut status = lower(&image.status);
+            if !image.verified {
+                status.push_str(", UNVERIFIED");
+            }
+            Some(vec![format!("  {}", vm.vm), status, image.message.clone()])
+        })
+        .collect();
+    if rows.is_empty() {
+        return String::new();
+    }
+    format!("\nbase images:\n{}", table(&rows))
 }
 
 /// An ADDRESS column (the project network's) at `at`, only when some VM has an address.

@@ -24,6 +24,7 @@ use crate::state_root::StateRoot;
 use crate::vm::state::VmSnapshot;
 use crate::vm::{ActorCtx, DownRequest, StopReport, VmHandle};
 
+mod images;
 mod restart;
 
 /// Everything castrad needs to start.
@@ -89,6 +90,22 @@ pub enum DaemonError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The image store refused or failed (`castra.image*`).
+    #[error(transparent)]
+    Image(#[from] crate::images::ImageError),
+    /// A VM's base image could not be put in the store.
+    #[error("vm {vm}: {source}")]
+    VmImage {
+        vm: String,
+        source: crate::images::ImageError,
+    },
+    #[error(
+        "vm {vm} has no image in the image store to pull: {why}; pull another VM's, or name \
+         none to pull every image of the project"
+    )]
+    NoStoreImage { vm: String, why: &'static str },
+    #[error("vm {vm}: cannot move its disk onto the image store: {why}")]
+    CannotAdopt { vm: String, why: String },
     /// A task castrad ran on the blocking pool panicked (a bug).
     #[error("{what} panicked: {detail}")]
     Panicked { what: &'static str, detail: String },

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use castractl::completion::{Shell, script};
 
 /// Writes `DIR/completions/{castractl,_castractl,castractl.fish}` and
-/// `DIR/man/{castractl.1, castractl-SUBCOMMAND.1..., castrad.8}`; returns the files written.
+/// `DIR/man/{castractl.1, castractl-SUBCOMMAND[-SUBCOMMAND].1..., castrad.8}`; returns the files
+/// written.
 pub fn write_assets(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut written = Vec::new();
     let completions = dir.join("completions");
@@ -28,13 +29,7 @@ pub fn write_assets(dir: &Path) -> io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(&man)?;
     let mut ctl = castractl::command();
     ctl.build();
-    for sub in ctl.get_subcommands().filter(|s| s.get_name() != "help") {
-        let name = format!("castractl-{}", sub.get_name());
-        let page = sub.clone().display_name(name.clone());
-        let path = man.join(format!("{name}.1"));
-        write(&path, &render(page, "1")?)?;
-        written.push(path);
-    }
+    subcommand_pages(&ctl, "castractl", &man, &mut written)?;
     let path = man.join("castractl.1");
     write(&path, &render(ctl, "1")?)?;
     written.push(path);
@@ -43,6 +38,25 @@ pub fn write_assets(dir: &Path) -> io::Result<Vec<PathBuf>> {
     write(&path, &render(castrad::cli::command(), "8")?)?;
     written.push(path);
     Ok(written)
+}
+
+/// A page per subcommand of `parent`, and of theirs (`castractl-image-pull.1`): the page of
+/// a command with subcommands names theirs.
+fn subcommand_pages(
+    parent: &clap::Command,
+    prefix: &str,
+    man: &Path,
+    written: &mut Vec<PathBuf>,
+) -> io::Result<()> {
+    for sub in parent.get_subcommands().filter(|s| s.get_name() != "help") {
+        let name = format!("{prefix}-{}", sub.get_name());
+        let page = sub.clone().display_name(name.clone());
+        let path = man.join(format!("{name}.1"));
+        write(&path, &render(page, "1")?)?;
+        written.push(path);
+        subcommand_pages(sub, &name, man, written)?;
+    }
+    Ok(())
 }
 
 fn render(command: clap::Command, section: &str) -> io::Result<Vec<u8>> {

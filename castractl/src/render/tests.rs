@@ -181,6 +181,131 @@ fn every_event_kind_has_its_plain_line() {
 }
 
 #[test]
+fn sizes_are_binary_units_truncated() {
+    let cases = [
+        (0, "0 B"),
+        (1023, "1023 B"),
+        (1024, "1.0 KiB"),
+        (1536, "1.5 KiB"),
+        (1024 * 1024 - 1, "1023.9 KiB"),
+        (356 * 1024 * 1024 + 512 * 1024, "356.5 MiB"),
+        (3 << 30, "3.0 GiB"),
+        (u64::MAX, "15.9 EiB"),
+    ];
+    for (n, want) in cases {
+        assert_eq!(bytes(n), want, "{n} bytes");
+    }
+}
+
+#[test]
+fn an_image_fetch_says_how_far_how_fast_and_how_long() {
+    let fetch = |phase: &str, done, total, rate| api::Event::ImageFetch {
+        vm: "web-0".into(),
+        source: "https://h/debian.qcow2".into(),
+        phase: phase.into(),
+        bytes_done: done,
+        bytes_total: total,
+        rate_bps: rate,
+    };
+    let mib = 1024 * 1024;
+    let cases = [
+        (
+            fetch("checksums", 0, None, 0),
+            "checksums  https://h/debian.qcow2",
+        ),
+        (
+            fetch("download", 120 * mib, Some(340 * mib), 11 * mib),
+            "download  120.0 MiB of 340.0 MiB (35%), 11.0 MiB/s, 20.0s left  \
+             https://h/debian.qcow2",
+        ),
+        (
+            fetch("download", 120 * mib, None, 11 * mib),
+            "download  120.0 MiB, 11.0 MiB/s  https://h/debian.qcow2",
+        ),
+        (
+            fetch("resume", 0, Some(340 * mib), 0),
+            "resume  0 B of 340.0 MiB (0%)  https://h/debian.qcow2",
+        ),
+        (
+            fetch("done", 340 * mib, Some(340 * mib), 11 * mib),
+            "done  340.0 MiB  https://h/debian.qcow2",
+        ),
+    ];
+    for (event, want) in cases {
+        assert_eq!(event_line(&event, 0), format!("web-0  image  {want}"));
+    }
+    // castra.imagePull's events are about no VM.
+    let pull = api::Event::ImageFetch {
+        vm: String::new(),
+        source: "https://h/debian.qcow2".into(),
+        phase: "import".into(),
+        bytes_done: 0,
+        bytes_total: None,
+        rate_bps: 0,
+    };
+    assert_eq!(
+        event_line(&pull, 5),
+        "-      image  import  0 B  https://h/debian.qcow2"
+    );
+}
+
+#[test]
+fn a_plan_shows_each_base_image_and_marks_the_unverified() {
+    let image = |source: &str, status, verified, message: &str| api::BaseImagePlan {
+        source: source.into(),
+        digest: None,
+        status,
+        verified,
+        message: message.into(),
+    };
+    let p = api::PlanResult {
+        project: "demo".into(),
+        config: "/p/castra.toml".into(),
+        state_root: "/s".into(),
+        vms: vec![
+            api::BootstrapPlanned {
+                base_image: Some(image(
+                    "debian-12",
+                    api::BaseImageStatus::Stored,
+                    true,
+                    "in the image store (sha256:0123456789ab)",
+                )),
+                ..planned()
+            },
+            api::BootstrapPlanned {
+                vm: "db".into(),
+                base_image: Some(image(
+                    "https://h/x.img",
+                    api::BaseImageStatus::Fetch,
+                    false,
+                    "`up` downloads it from https://h/x.img (no checksum: kept as it comes)",
+                )),
+                ..planned()
+            },
+            api::BootstrapPlanned {
+                vm: "ext".into(),
+                ..planned()
+            },
+        ],
+    };
+    let out = plan(&p);
+    let images = &out[out.find("base images:").expect("a base images section")..];
+    assert_eq!(
+        images,
+        "base images:\n\
+         \x20 web-0  stored             in the image store (sha256:0123456789ab)\n\
+         \x20 db     fetch, UNVERIFIED  `up` downloads it from https://h/x.img (no checksum: kept \
+         as it comes)\n"
+    );
+    // No VM with a base image, no section.
+    let none = api::PlanResult {
+        vms: vec![planned()],
+        ..p
+    };
+    assert!(!plan(&none).contains("base images"));
+}
+
+#[test]
 fn event_lines_pad_the_vm_column() {
     let event = step(
         api::BootstrapStepKind::Transfer,

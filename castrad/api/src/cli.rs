@@ -6,7 +6,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::{ErrorData, OutcomeResult, VersionResult};
+use crate::{ErrorData, ImagePullResult, OutcomeResult, VersionResult};
 
 /// A command that failed, with `--json`: the whole output (or, after `up`'s or `events`' JSON
 /// lines, the last line).
@@ -54,6 +54,14 @@ pub struct RpcError {
 #[schemars(rename = "CastractlOutcome")]
 pub struct CliOutcome {
     pub outcome: OutcomeResult,
+}
+
+/// The last line of `castractl image pull --json`: castra.imagePull's result (the lines before
+/// it are the pull's `ImageFetch` event envelopes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "CastractlPull")]
+pub struct CliPull {
+    pub pull: ImagePullResult,
 }
 
 /// `castractl version --json`.

@@ -19,9 +19,11 @@ use serde_json::{Map, Value, json};
 
 use crate::{
     CancelParams, CancelResult, ConsoleChunk, ConsoleParams, ConsoleResult, DoctorParams,
-    DoctorResult, DownParams, DownResult, ErrorData, EventEnvelope, LogsParams, LogsResult,
-    OutcomeParams, OutcomeResult, PROTOCOL_VERSION, PlanParams, PlanResult, RestartParams,
-    RestartResult, SshConfigParams, SshConfigResult, StatusParams, StatusResult,
+    DoctorResult, DownParams, DownResult, ErrorData, EventEnvelope, ImageAdoptParams,
+    ImageAdoptResult, ImageCatalogParams, ImageCatalogResult, ImageListParams, ImageListResult,
+    ImagePruneParams, ImagePullParams, ImagePullResult, ImageRemoveParams, ImageRemoveResult,
+    LogsParams, LogsResult, OutcomeParams, OutcomeResult, PROTOCOL_VERSION, PlanParams, PlanResult,
+    RestartParams, RestartResult, SshConfigParams, SshConfigResult, StatusParams, StatusResult,
     SubscribeConsoleParams, SubscribeParams, UpParams, UpResult, VersionResult, code, method,
 };
 
@@ -38,12 +40,14 @@ const ERRORS: [(&str, i32, &str); 5] = [
     (
         "Config",
         code::CONFIG,
-        "castra.toml or a bootstrap.toml is unreadable or invalid (data.kind config)",
+        "castra.toml or a bootstrap.toml is unreadable or invalid, or an image's content does \
+         not match its checksum (data.kind config)",
     ),
     (
         "Preflight",
         code::PREFLIGHT,
-        "Rejected before anything ran: an override conflict, an unknown VM (data.kind preflight)",
+        "Rejected before anything ran: an override conflict, an unknown VM, an image in use, \
+         a busy image store (data.kind preflight)",
     ),
     (
         "Operation",
@@ -53,7 +57,7 @@ const ERRORS: [(&str, i32, &str); 5] = [
     (
         "NotFound",
         code::NOT_FOUND,
-        "The named operation, VM or run does not exist (data.kind not-found)",
+        "The named operation, VM, run or image does not exist (data.kind not-found)",
     ),
 ];
 
@@ -165,6 +169,52 @@ pub fn document() -> Value {
             ALL,
         ),
         call(
+            method::IMAGE_LIST,
+            "The images in the image store, newest first, each with the VM disks made on it",
+            by_name::<ImageListParams>(&mut params),
+            result::<ImageListResult>(&mut results),
+            &["Operation"],
+        ),
+        call(
+            method::IMAGE_PULL,
+            "Fetches (or imports) an image into the store, or every base image of a project's \
+             VMs, reading checksums files again; returns when it is done. Progress: ImageFetch \
+             events carrying the result's operation",
+            by_name::<ImagePullParams>(&mut params),
+            result::<ImagePullResult>(&mut results),
+            ALL,
+        ),
+        call(
+            method::IMAGE_REMOVE,
+            "Removes one image from the store; refused while a VM disk is made on it",
+            by_name::<ImageRemoveParams>(&mut params),
+            result::<ImageRemoveResult>(&mut results),
+            &["InvalidParams", "Preflight", "Operation", "NotFound"],
+        ),
+        call(
+            method::IMAGE_PRUNE,
+            "Removes every image no VM disk is made on, and abandoned partial downloads",
+            by_name::<ImagePruneParams>(&mut params),
+            result::<ImageRemoveResult>(&mut results),
+            &["Preflight", "Operation"],
+        ),
+        call(
+            method::IMAGE_ADOPT,
+            "Moves VM disks made before the image store onto the store's copy of their base \
+             image (the VMs stopped, the contents equal)",
+            by_name::<ImageAdoptParams>(&mut params),
+            result::<ImageAdoptResult>(&mut results),
+            ALL,
+        ),
+        call(
+            method::IMAGE_CATALOG,
+            "The images `base_image` may name, with the URLs they are fetched from (through a \
+             project's mirror, given its config)",
+            by_name::<ImageCatalogParams>(&mut params),
+            result::<ImageCatalogResult>(&mut results),
+            ALL,
+        ),
+        call(
             method::SUBSCRIBE_EVENTS,
             "Subscribes to the event bus (WebSocket only; params optional). Each event arrives \
              as a castra.event notification",
@@ -265,6 +315,7 @@ pub fn document() -> Value {
     // castractl's own `--json` objects, so its every output line has a schema here.
     results.subschema_for::<crate::cli::CliFailure>();
     results.subschema_for::<crate::cli::CliOutcome>();
+    results.subschema_for::<crate::cli::CliPull>();
     results.subschema_for::<crate::cli::CliVersion>();
     json!({
         "openrpc": OPENRPC_VERSION,

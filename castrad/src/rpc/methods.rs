@@ -96,6 +96,7 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
         logs(params, &daemon).await.map_err(ErrorObjectOwned::from)
     })
     .expect("unique method name");
+    register_images(&mut m);
     m.register_subscription(
         api::method::SUBSCRIBE_EVENTS,
         api::method::EVENT,
@@ -142,6 +143,49 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
     .expect("unique method name");
     super::console::register(&mut m);
     m
+}
+
+/// `castra.image*`: the image store (`daemon/images.rs`).
+fn register_images(m: &mut RpcModule<Daemon>) {
+    m.register_async_method(api::method::IMAGE_LIST, |params, daemon, _| async move {
+        let _: api::ImageListParams = parse_or_default(params)?;
+        daemon.image_list().await.map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::IMAGE_PULL, |params, daemon, _| async move {
+        let p: api::ImagePullParams = parse_or_default(params)?;
+        daemon.image_pull(&p).await.map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::IMAGE_REMOVE, |params, daemon, _| async move {
+        let p: api::ImageRemoveParams = parse(params)?;
+        daemon
+            .image_remove(&p.digest)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::IMAGE_PRUNE, |params, daemon, _| async move {
+        let _: api::ImagePruneParams = parse_or_default(params)?;
+        daemon.image_prune().await.map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::IMAGE_ADOPT, |params, daemon, _| async move {
+        let p: api::ImageAdoptParams = parse(params)?;
+        daemon
+            .image_adopt(&p.config, &p.vms)
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
+    m.register_async_method(api::method::IMAGE_CATALOG, |params, daemon, _| async move {
+        let p: api::ImageCatalogParams = parse_or_default(params)?;
+        daemon
+            .image_catalog(p.config.as_deref())
+            .await
+            .map_err(ErrorObjectOwned::from)
+    })
+    .expect("unique method name");
 }
 
 async fn outcome(

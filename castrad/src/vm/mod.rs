@@ -10,6 +10,7 @@
 mod actor;
 mod handle;
 mod lifecycle;
+pub use lifecycle::image_fetch;
 pub mod state;
 mod supervisor;
 

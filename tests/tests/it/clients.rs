@@ -275,3 +275,42 @@ fn neovim_plugin_drives_a_real_castrad() {
         "nulls shown as nothing: {stdout}"
     );
 }
+
+/// The Neovim plugin's :CastraUp buffer fed `castractl events --json` lines without castrad
+/// (editors/nvim/test/fetch.lua): a base image's `ImageFetch` events update one line in place.
+#[test]
+fn neovim_plugin_shows_image_fetches_in_place() {
+    let plugin = repo().join("editors/nvim");
+    let script = "lua local ok, e = pcall(dofile, 'test/fetch.lua') if not ok then \
+                  io.stdout:write('ERROR ' .. tostring(e) .. '\\n') vim.cmd('cquit 1') end";
+    let out = Command::new("timeout")
+        .args([
+            "30",
+            "nvim",
+            "--headless",
+            "--clean",
+            "-u",
+            "NONE",
+            "-i",
+            "NONE",
+            "--cmd",
+        ])
+        .arg(format!("set rtp^={}", plugin.display()))
+        .arg("-c")
+        .arg(script)
+        .current_dir(&plugin)
+        .output()
+        .expect("nvim (scripts/setup installs neovim)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l == "web-0            image  done  12.0 MiB  https://h/debian.qcow2"),
+        "{stdout}"
+    );
+}

@@ -302,6 +302,19 @@ pub fn castractl_output(args: &[String], output: &Value) {
         return;
     }
     use castra_api::method;
+    // `image SUBCOMMAND`: the argument after `image`.
+    if let Some(at) = args.iter().position(|a| a == "image") {
+        let method = match args.get(at + 1).map(String::as_str) {
+            Some("ls" | "list") => method::IMAGE_LIST,
+            Some("rm" | "remove") => method::IMAGE_REMOVE,
+            Some("prune") => method::IMAGE_PRUNE,
+            Some("adopt") => method::IMAGE_ADOPT,
+            Some("catalog") => method::IMAGE_CATALOG,
+            _ => return,
+        };
+        result_of(method, output);
+        return;
+    }
     // The subcommand: the first argument that names one (a flag's value comes after its flag).
     let commands = [
         ("plan", method::PLAN),
@@ -327,11 +340,12 @@ pub fn castractl_output(args: &[String], output: &Value) {
     result_of(method, output);
 }
 
-/// A line of `castractl up --json` or `castractl events --json`: an event envelope, the final
-/// `{"outcome": …}` or castractl's `{"error": …}`.
+/// A line of `castractl up --json`, `events --json` or `image pull --json`: an event envelope,
+/// the final `{"outcome": …}` or `{"pull": …}`, or castractl's `{"error": …}`.
 pub fn castractl_line(line: &Value) {
     match line.as_object() {
         Some(o) if o.len() == 1 && o.contains_key("outcome") => component("CastractlOutcome", line),
+        Some(o) if o.len() == 1 && o.contains_key("pull") => component("CastractlPull", line),
         Some(o) if o.len() == 1 && o.contains_key("error") => component("CastractlFailure", line),
         _ => event(line),
     }

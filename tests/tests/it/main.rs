@@ -16,6 +16,7 @@ mod examples;
 mod fleet;
 mod guest_setup;
 mod hostile;
+mod image_cli;
 mod images;
 mod install;
 mod libvirt;

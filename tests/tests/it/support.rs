@@ -49,7 +49,7 @@ impl Env {
         self.dir.path().join("state")
     }
 
-    /// The image store of this env's daemon.
+    /// castrad's image store (`--image-store`).
     pub fn images(&self) -> PathBuf {
         self.dir.path().join("images")
     }
@@ -89,11 +89,11 @@ impl Env {
 
     pub fn castrad_command(&self) -> Command {
         let mut cmd = Command::new(CASTRAD);
+        // Its own image store: a test never touches ~/.cache.
         cmd.arg("--socket")
             .arg(self.socket())
             .arg("--state-dir")
             .arg(self.state())
-            // The env's own image store: tests never touch the user's ~/.cache.
             .arg("--image-store")
             .arg(self.images())
             .env("CASTRA_LOG", "debug")

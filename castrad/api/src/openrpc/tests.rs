@@ -82,6 +82,12 @@ fn every_method_is_described() {
         method::SUBSCRIBE_CONSOLE,
         method::UNSUBSCRIBE_CONSOLE,
         method::CONSOLE_OUTPUT,
+        method::IMAGE_LIST,
+        method::IMAGE_PULL,
+        method::IMAGE_REMOVE,
+        method::IMAGE_PRUNE,
+        method::IMAGE_ADOPT,
+        method::IMAGE_CATALOG,
     ] {
         assert!(names.contains(&m), "{m} missing from {names:?}");
     }
@@ -91,7 +97,11 @@ fn every_method_is_described() {
 #[test]
 fn enums_are_spelled_as_they_serialize() {
     let doc = document();
-    let cases: [(&str, Value); 10] = [
+    let cases: [(&str, Value); 11] = [
+        (
+            "BaseImageStatus",
+            json!(crate::BaseImageStatus::PredatesStore),
+        ),
         ("CheckStatus", json!(crate::CheckStatus::Warn)),
         ("ConsoleEnd", json!(crate::ConsoleEnd::NotRunning)),
         ("OutcomeStatus", json!(crate::OutcomeStatus::NoOp)),
@@ -132,9 +142,10 @@ fn every_event_kind_is_in_the_envelope() {
         .flat_map(|v| v["required"].as_array().unwrap())
         .map(|k| k.as_str().unwrap())
         .collect();
-    assert_eq!(kinds.len(), 21, "{kinds:?}");
+    assert_eq!(kinds.len(), 22, "{kinds:?}");
     for kind in [
         "BootstrapPlanned",
+        "ImageFetch",
         "BootstrapFailed",
         "VizierLost",
         "VmLaunched",

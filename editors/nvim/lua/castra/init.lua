@@ -4,7 +4,8 @@
 -- vim.uv from Neovim 0.10); the live feed of :CastraUp is `castractl events --json` as a job.
 --
 --   :CastraStatus           a buffer with the project's VMs
---   :CastraUp [OVERRIDES]   starts `up` (OVERRIDES as for --bootstrap), live steps in a buffer;
+--   :CastraUp [OVERRIDES]   starts `up` (OVERRIDES as for --bootstrap), live steps in a buffer
+--                           (a base image being fetched: one line per image, updated in place);
 --                           the outcome in a notification and in g:castra_statusline
 --   :CastraLogs VM          the VM's latest durable log in a buffer
 --
@@ -99,6 +100,79 @@ function M.status()
   end)
 end
 
+-- A size for people, in binary units: '512 B', '340.5 MiB'.
+local function size(n)
+  local units = { 'KiB', 'MiB', 'GiB', 'TiB' }
+  if n < 1024 then return string.format('%d B', n) end
+  local unit = 0
+  repeat
+    n = n / 1024
+    unit = unit + 1
+  until n < 1024 or unit == #units
+  return string.format('%.1f %s', n, units[unit])
+end
+
+-- How far an ImageFetch event's fetch is: 'download  3.0 MiB of 12.0 MiB (25%)  1.0 MiB/s
+-- 9s left  SOURCE' (what is known of it: a server may not say the size).
+function M.fetch_text(ev)
+  local done, total, rate = ev.bytes_done, ev.bytes_total, ev.rate_bps
+  if total == vim.NIL or total == 0 then total = nil end
+  if ev.phase == 'checksums' then return 'checksums  ' .. ev.source end
+  if ev.phase == 'done' then return string.format('done  %s  %s', size(done), ev.source) end
+  local parts = { ev.phase }
+  if total then
+    local percent = math.floor(math.min(done, total) * 100 / total)
+    table.insert(parts, string.format('%s of %s (%d%%)', size(done), size(total), percent))
+  else
+    table.insert(parts, size(done))
+  end
+  if rate > 0 then
+    table.insert(parts, size(rate) .. '/s')
+    if total and total > done then
+      table.insert(parts, string.format('%ds left', math.ceil((total - done) / rate)))
+    end
+  end
+  table.insert(parts, ev.source)
+  return table.concat(parts, '  ')
+end
+
+-- The :CastraUp buffer `buf` for the VMs `vms`: what M.feed updates.
+function M.view(buf, vms)
+  local waiting = {}
+  for _, vm in ipairs(vms) do waiting[vm] = true end
+  return { buf = buf, waiting = waiting, fetches = {} }
+end
+
+-- One line of `castractl events --json` shown in `view`: a step or a VM's end appended, an
+-- image fetch's line (one per VM and image) replaced in place. Returns true once every VM has
+-- its terminal event. Unknown event kinds and fields are ignored (forward compatibility).
+function M.feed(view, line)
+  local ok, envelope = pcall(vim.fn.json_decode, line)
+  if not ok or type(envelope) ~= 'table' or type(envelope.event) ~= 'table' then return false end
+  local kind, ev = next(envelope.event)
+  local function append(text) vim.api.nvim_buf_set_lines(view.buf, -1, -1, false, { text }) end
+  if kind == 'BootstrapStep' then
+    append(string.format('%-16s %-16s %s', ev.vm, ev.step, ev.status))
+  elseif kind == 'ImageFetch' then
+    local text = string.format('%-16s image  %s', ev.vm, M.fetch_text(ev))
+    local key = ev.vm .. '\n' .. ev.source
+    local at = view.fetches[key]
+    if at then
+      vim.api.nvim_buf_set_lines(view.buf, at, at + 1, false, { text })
+    else
+      append(text)
+      view.fetches[key] = vim.api.nvim_buf_line_count(view.buf) - 1
+    end
+    if ev.phase == 'done' then view.fetches[key] = nil end
+  elseif kind == 'BootstrapCompleted' or kind == 'BootstrapFailed' then
+    local how = kind == 'BootstrapCompleted' and ev.status or 'Failed: ' .. text(ev.error)
+    append(string.format('%-16s %s', ev.vm, how))
+    view.waiting[ev.vm] = nil
+    return next(view.waiting) == nil
+  end
+  return false
+end
+
 function M.up(overrides)
   local config = config_path()
   local params = { config = config, bootstrap = overrides or {} }
@@ -106,39 +180,26 @@ function M.up(overrides)
     if err then return fail(err) end
     local buf = show('castra://up', { 'operation ' .. started.operation })
     vim.g.castra_statusline = 'castra: up ' .. started.operation
-    local waiting = {}
-    for _, vm in ipairs(started.vms) do waiting[vm] = true end
-    local function append(line) vim.api.nvim_buf_set_lines(buf, -1, -1, false, { line }) end
+    local view = M.view(buf, started.vms)
     local job
     local function on_line(line)
-      local ok, envelope = pcall(vim.fn.json_decode, line)
-      if not ok or type(envelope) ~= 'table' or type(envelope.event) ~= 'table' then return end
-      -- Unknown event kinds and fields are ignored (forward compatibility).
-      local kind, ev = next(envelope.event)
-      if kind == 'BootstrapStep' then
-        append(string.format('%-16s %-16s %s', ev.vm, ev.step, ev.status))
-      elseif kind == 'BootstrapCompleted' or kind == 'BootstrapFailed' then
-        local how = kind == 'BootstrapCompleted' and ev.status or 'Failed: ' .. text(ev.error)
-        append(string.format('%-16s %s', ev.vm, how))
-        waiting[ev.vm] = nil
-        if next(waiting) == nil then
-          vim.fn.jobstop(job)
-          M.rpc('castra.outcome', { operation = started.operation }, function(out_err, outcome)
-            if out_err then return fail(out_err) end
-            local counts, order = {}, {}
-            for _, o in ipairs(outcome.outcomes) do
-              if not counts[o.status] then table.insert(order, o.status) end
-              counts[o.status] = (counts[o.status] or 0) + 1
-            end
-            local parts = {}
-            for _, s in ipairs(order) do table.insert(parts, counts[s] .. ' ' .. s) end
-            vim.g.castra_statusline = 'castra: ' .. table.concat(parts, ', ')
-            append('outcome: ' .. table.concat(parts, ', '))
-            vim.notify(vim.g.castra_statusline)
-            vim.g.castra_done = 'up'
-          end)
+      if not M.feed(view, line) then return end
+      vim.fn.jobstop(job)
+      M.rpc('castra.outcome', { operation = started.operation }, function(out_err, outcome)
+        if out_err then return fail(out_err) end
+        local counts, order = {}, {}
+        for _, o in ipairs(outcome.outcomes) do
+          if not counts[o.status] then table.insert(order, o.status) end
+          counts[o.status] = (counts[o.status] or 0) + 1
         end
-      end
+        local parts = {}
+        for _, s in ipairs(order) do table.insert(parts, counts[s] .. ' ' .. s) end
+        vim.g.castra_statusline = 'castra: ' .. table.concat(parts, ', ')
+        vim.api.nvim_buf_set_lines(buf, -1, -1, false,
+          { 'outcome: ' .. table.concat(parts, ', ') })
+        vim.notify(vim.g.castra_statusline)
+        vim.g.castra_done = 'up'
+      end)
     end
     -- --since 0 replays what this operation already published: no event is missed.
     job = vim.fn.jobstart({
