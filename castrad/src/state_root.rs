@@ -37,6 +37,17 @@ pub fn default_base() -> Option<PathBuf> {
         .map(|d| d.join("castra"))
 }
 
+/// The image store's default place: `$XDG_CACHE_HOME/castra/images` (`~/.cache/castra/images`):
+/// a cache of what can be fetched again, shared by every project and state directory.
+pub fn default_image_store() -> Option<PathBuf> {
+    Some(
+        directories::BaseDirs::new()?
+            .cache_dir()
+            .join("castra")
+            .join("images"),
+    )
+}
+
 /// The lock file that makes castrad one per state directory (see `instance`).
 pub fn daemon_lock(base: &Path) -> PathBuf {
     base.join("castrad.lock")

@@ -36,12 +36,7 @@ pub const MIRROR_ENV: &str = "CASTRA_IMAGE_MIRROR";
 
 /// The default store: `$XDG_CACHE_HOME/castra/images` (`~/.cache/castra/images`).
 pub fn default_dir() -> Option<PathBuf> {
-    Some(
-        directories::BaseDirs::new()?
-            .cache_dir()
-            .join("castra")
-            .join("images"),
-    )
+    crate::state_root::default_image_store()
 }
 
 /// What the store keeps beside an image (`sha256-<hex>.json`).
