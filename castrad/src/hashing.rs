@@ -419,7 +419,12 @@ pub fn base_hash(root: &StateRoot, vm: &Vm) -> Result<BaseHash, HashError> {
             })
             .transpose()
     };
-    let image = part(&vm.base_image.as_ref().and_then(|b| b.file()).map(Path::to_owned))?;
+    let image = part(
+        &vm.base_image
+            .as_ref()
+            .and_then(|b| b.file())
+            .map(Path::to_owned),
+    )?;
     let kernel = part(&vm.kernel)?;
     let initrd = part(&vm.initrd)?;
     let hash = match (&image, &kernel, &initrd, &vm.cmdline) {

@@ -78,7 +78,8 @@ pub(super) enum Reader {
 /// Whether a `base_image` value names an image castrad fetches (a URL or a catalog name),
 /// rather than a path.
 pub(super) fn fetched(text: &str) -> bool {
-    images::source::url_scheme(text).is_some() || (!text.contains('/') && catalog::get(text).is_some())
+    images::source::url_scheme(text).is_some()
+        || (!text.contains('/') && catalog::get(text).is_some())
 }
 
 /// Validates `base_image` and its companion keys of one `[[vms]]` entry. A path is resolved
@@ -94,15 +95,22 @@ pub(super) fn validate(
     let digest = raw
         .base_image_digest
         .as_ref()
-        .map(|d| {
-            Digest::parse(d.get_ref()).map_err(|e| src.at(d, &k("base_image_digest"), e))
-        })
+        .map(|d| Digest::parse(d.get_ref()).map_err(|e| src.at(d, &k("base_image_digest"), e)))
         .transpose()?;
     let Some(value) = &raw.base_image else {
         let companion = [
-            ("base_image_digest", raw.base_image_digest.as_ref().map(Spanned::span)),
-            ("base_image_checksums", raw.base_image_checksums.as_ref().map(Spanned::span)),
-            ("base_image_import", raw.base_image_import.as_ref().map(Spanned::span)),
+            (
+                "base_image_digest",
+                raw.base_image_digest.as_ref().map(Spanned::span),
+            ),
+            (
+                "base_image_checksums",
+                raw.base_image_checksums.as_ref().map(Spanned::span),
+            ),
+            (
+                "base_image_import",
+                raw.base_image_import.as_ref().map(Spanned::span),
+            ),
         ];
         if let Some((name, Some(span))) = companion.into_iter().find(|(_, s)| s.is_some()) {
             let message = format!("`{name}` needs `base_image`");
@@ -124,8 +132,8 @@ pub(super) fn validate(
         None => Ok(()),
     };
     if images::source::url_scheme(text).is_some() {
-        let url = images::source::check_url(text)
-            .map_err(|e| src.at(value, &k("base_image"), e))?;
+        let url =
+            images::source::check_url(text).map_err(|e| src.at(value, &k("base_image"), e))?;
         if reader == Reader::LibvirtPath {
             return Err(src.at(
                 value,
@@ -184,8 +192,14 @@ pub(super) fn validate(
         let not_for_catalog = "a catalog image is checked against the checksums file its \
                                distribution publishes; this key applies to a URL or a path";
         for (name, v) in [
-            ("base_image_digest", raw.base_image_digest.as_ref().map(Spanned::span)),
-            ("base_image_checksums", raw.base_image_checksums.as_ref().map(Spanned::span)),
+            (
+                "base_image_digest",
+                raw.base_image_digest.as_ref().map(Spanned::span),
+            ),
+            (
+                "base_image_checksums",
+                raw.base_image_checksums.as_ref().map(Spanned::span),
+            ),
         ] {
             if let Some(span) = v {
                 return Err(src.error(Some(span), &k(name), not_for_catalog));

@@ -261,7 +261,12 @@ pub(super) fn validate_vm(
     // A libvirt VM's files are paths on the hypervisor, except a base image it uploads
     // (upload = true, or a URL or catalog name: fetched here), which goes through the image
     // store as a qemu VM's.
-    let reader = match (&libvirt, raw.libvirt.as_ref().and_then(|l| l.get_ref().upload.as_ref())) {
+    let reader = match (
+        &libvirt,
+        raw.libvirt
+            .as_ref()
+            .and_then(|l| l.get_ref().upload.as_ref()),
+    ) {
         (None, _) => super::base_image::Reader::Qemu,
         (Some(l), _) if l.upload => super::base_image::Reader::LibvirtUpload,
         (Some(_), Some(_)) => super::base_image::Reader::LibvirtPath,

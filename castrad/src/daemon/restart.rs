@@ -79,12 +79,13 @@ async fn check_before_stopping(
         .iter()
         .filter_map(|vm| {
             let disk = match vm.backend {
-                BackendKind::Qemu => {
-                    Disk::Overlay(
-                        entry.root.vm(&vm.name).overlay,
-                        vm.base_image.as_ref().and_then(|b| b.file()).map(Path::to_owned),
-                    )
-                }
+                BackendKind::Qemu => Disk::Overlay(
+                    entry.root.vm(&vm.name).overlay,
+                    vm.base_image
+                        .as_ref()
+                        .and_then(|b| b.file())
+                        .map(Path::to_owned),
+                ),
                 BackendKind::Libvirt if vm.disk_mib.is_some() => Disk::Volume(entry.root.clone()),
                 _ => return None,
             };

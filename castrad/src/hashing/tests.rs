@@ -261,7 +261,9 @@ fn a_libvirt_vm_with_upload_hashes_its_local_image_by_content_through_the_cache(
     let mut bytes = fs::read(&image).unwrap();
     bytes[1] ^= 1;
     fs::write(dir.path().join("changed.img"), &bytes).unwrap();
-    vm.base_image = Some(crate::config::BaseImage::path(dir.path().join("changed.img")));
+    vm.base_image = Some(crate::config::BaseImage::path(
+        dir.path().join("changed.img"),
+    ));
     assert_ne!(base_hash(&root, &vm).unwrap().hash, first.hash);
 }
 

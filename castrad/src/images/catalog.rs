@@ -87,6 +87,9 @@ mod tests {
             "http://127.0.0.1:8080/m/debian-12/debian-12-genericcloud-amd64.qcow2"
         );
         assert_eq!(sums, "http://127.0.0.1:8080/m/debian-12/SHA512SUMS");
-        assert_eq!(resolve("debian-12", e, None), (e.url.clone(), e.checksums.clone()));
+        assert_eq!(
+            resolve("debian-12", e, None),
+            (e.url.clone(), e.checksums.clone())
+        );
     }
 }

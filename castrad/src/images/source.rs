@@ -205,7 +205,10 @@ mod tests {
             &format!("sha512:{}", "0".repeat(64)),
         ] {
             let e = Digest::parse(text).unwrap_err();
-            assert!(e.contains("expected \"sha256:<64 hex digits>\""), "{text}: {e}");
+            assert!(
+                e.contains("expected \"sha256:<64 hex digits>\""),
+                "{text}: {e}"
+            );
         }
     }
 
