@@ -237,8 +237,9 @@ impl Store {
             return Ok(client);
         }
         // Err: a provider is installed already (ours, by an earlier store, or the process's).
-        // ring is deprecated in rustls 0.23.48 for lacking post-quantum key exchange; it is
-        // still the provider without a C/asm toolchain beyond ring's own (aws-lc is not).
+        // rustls 0.23.48 marks ring's provider deprecated (it has no post-quantum key
+        // exchange); it stays the design's choice: no aws-lc (a large C library built from
+        // source), no OpenSSL.
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()

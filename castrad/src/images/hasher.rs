@@ -27,6 +27,8 @@ use crate::ids::hex;
 const READ_CHUNK: usize = 4 << 20;
 /// Chunks of a download queued for the writer and for the hasher, each.
 const QUEUE: usize = 8;
+/// A download's writer asks for writeback after this many bytes.
+const WRITEBACK_EVERY: u64 = 32 << 20;
 
 /// The digests of a whole image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +154,14 @@ pub(super) fn read_at(file: &File, buf: &mut [u8], at: u64) -> io::Result<usize>
     }
 }
 
+/// Asks the kernel to start writing `len` bytes of `file` from `at` to disk now, without
+/// waiting: `POSIX_FADV_DONTNEED` starts writeback of the range's dirty pages (and drops only
+/// pages already clean). A copy or download then overlaps the disk's writes, and the fsync
+/// before the rename waits for the last piece instead of the whole image.
+pub(super) fn start_writeback(file: &File, at: u64, len: u64) {
+    let _ = rustix::fs::fadvise(file, at, NonZeroU64::new(len), rustix::fs::Advice::DontNeed);
+}
+
 /// A download's body on its way to the partial file and the hasher (see the module's doc).
 #[derive(Debug)]
 pub(super) struct Sink {
@@ -172,9 +182,16 @@ impl Sink {
         std::thread::spawn(move || {
             let mut written = 0u64;
             let result = (|| {
+                // Where this sink's bytes begin (it appends), and how far writeback was asked.
+                let base = file.metadata()?.len();
+                let mut kicked = 0u64;
                 while let Some(chunk) = write_rx.blocking_recv() {
                     file.write_all(&chunk)?;
                     written += chunk.len() as u64;
+                    if written - kicked >= WRITEBACK_EVERY {
+                        start_writeback(&file, base + kicked, written - kicked);
+                        kicked = written;
+                    }
                 }
                 file.sync_all()?;
                 Ok(written)

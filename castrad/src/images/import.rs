@@ -20,7 +20,7 @@ use rustix::io::Errno;
 
 use super::fetch::Held;
 use super::flight::Reporter;
-use super::hasher::{Hasher, Hashes, hash_file, read_at};
+use super::hasher::{Hasher, Hashes, hash_file, read_at, start_writeback};
 use super::source::{Algo, Digest};
 use super::store::{Candidate, Job, now_rfc3339};
 use super::{FileIdentity, ImageError, Lease, Lookup, Origin, Phase, Source, Store, Stored, lock};
@@ -249,9 +249,10 @@ fn copy_range(
             return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
         }
         let want = usize::try_from(size - off_in).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
+        let from = off_out;
         match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
             Ok(0) => break,
-            Ok(_) => {}
+            Ok(_) => start_writeback(dst, from, off_out - from),
             Err(Errno::INTR) => {}
             Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if off_in == 0 => {
                 return copy_plain(src, dst, size, stopped);
@@ -280,6 +281,7 @@ fn copy_plain(
             break;
         }
         dst.write_all_at(&buf[..n], at)?;
+        start_writeback(dst, at, n as u64);
         at += n as u64;
     }
     Ok(at)

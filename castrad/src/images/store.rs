@@ -506,6 +506,11 @@ impl Store {
         let sha256 = &c.hashes.sha256;
         let path = image_path(&self.dir, sha256);
         let io = |what: &str| ImageError::io(format!("{what} {}", path.display()));
+        // Durable before it has a final name (a resumed part may have been written by an
+        // earlier castrad; an fsync of a file already synced costs nothing).
+        fs::File::open(c.part)
+            .and_then(|f| f.sync_all())
+            .map_err(ImageError::io(format!("cannot sync {}", c.part.display())))?;
         use std::os::unix::fs::PermissionsExt;
         fs::set_permissions(c.part, fs::Permissions::from_mode(0o444))
             .map_err(io("cannot make read-only the new image"))?;

@@ -535,3 +535,33 @@ async fn http_errors_and_oversized_checksums_files_are_refused() {
         "{err}"
     );
 }
+
+/// `cargo test -p castrad --release --lib images::fetch::tests::bench -- --ignored
+/// --nocapture`: a download of 256 MiB (`CASTRA_BENCH_MIB`) from the local test server,
+/// checked by sha256, committed (fsync included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark: run by hand"]
+async fn bench_download_from_the_local_server() {
+    let mib: usize = std::env::var("CASTRA_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let image = raw_image(mib << 20, 18);
+    server.serve("/bench.img", &image, "1");
+    let store = store(dir.path());
+    let source = by_digest(server.url("/bench.img"), sha256(&image));
+    let started = Instant::now();
+    let (stored, _) = store
+        .ensure(&source, None, false, &mut |_| {})
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(stored.record.size, (mib as u64) << 20);
+    eprintln!(
+        "download of {mib} MiB from 127.0.0.1: {took:.2?} ({:.0} MiB/s), sha256 + fsync + \
+         qemu-img included",
+        mib as f64 / took.as_secs_f64()
+    );
+}
