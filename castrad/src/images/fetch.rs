@@ -400,15 +400,16 @@ async fn stream(
     let mut buf = Vec::with_capacity(CHUNK);
     let mut pushed = std::time::Instant::now();
     reporter.progress(Phase::Download, done, total);
-    let outcome: Result<(), String> = loop {
+    // Err((message, resumable)).
+    let outcome: Result<(), (String, bool)> = loop {
         match resp.chunk().await {
             Ok(Some(bytes)) => {
                 done += bytes.len() as u64;
-                if total.is_some_and(|t| done > t) {
-                    break Err(format!(
-                        "the server sent more than the {} bytes it announced",
-                        total.unwrap_or_default()
-                    ));
+                if let Some(t) = total
+                    && done > t
+                {
+                    let message = format!("the server sent more than the {t} bytes it announced");
+                    break Err((message, false));
                 }
                 buf.extend_from_slice(&bytes);
                 if buf.len() >= CHUNK || pushed.elapsed() >= FLUSH_EVERY {
@@ -421,7 +422,7 @@ async fn stream(
                 reporter.progress(Phase::Download, done, total);
             }
             Ok(None) => break Ok(()),
-            Err(e) => break Err(chain(&e)),
+            Err(e) => break Err((chain(&e), true)),
         }
     };
     if !buf.is_empty() {
@@ -432,17 +433,23 @@ async fn stream(
         partial.part.display()
     )))?;
     let size = start + written;
-    if let Err(message) = outcome {
-        if total.is_some_and(|t| size > t) {
-            // Not resumable: the server's file is not what it said.
+    match outcome {
+        Ok(()) => {}
+        Err((message, false)) => {
+            // The server's file is not what it said: nothing of it is worth resuming.
             let _ = fs::remove_file(&partial.part);
             let _ = fs::remove_file(&partial.state);
             return Err(transfer(url, message));
         }
-        return Err(transfer(
-            url,
-            format!("{message} (after {size} bytes; they are kept, and the next attempt resumes)"),
-        ));
+        Err((message, true)) => {
+            return Err(transfer(
+                url,
+                format!(
+                    "{message} (after {size} bytes; they are kept, and the next attempt \
+                     resumes)"
+                ),
+            ));
+        }
     }
     if let Some(total) = total
         && size != total

@@ -74,6 +74,17 @@ impl Job {
         }
     }
 
+    /// What one transfer in this castrad serves: the memo's key, and a file's digest too
+    /// (callers who expect different contents do not share a result).
+    fn flight_key(&self) -> String {
+        match self {
+            Job::File {
+                digest: Some(d), ..
+            } => format!("{} digest {d}", self.key()),
+            _ => self.key(),
+        }
+    }
+
     fn label(&self) -> String {
         match self {
             Job::Url { url, .. } => url.clone(),
@@ -235,7 +246,8 @@ impl Store {
     /// the transfer stops when no one waits for it any more (its part is kept for resume).
     /// Returns the image with a [`Lease`] to hold until the disk made on it has its ref.
     ///
-    /// An image found without a transfer is returned without calling `progress`. A file with
+    /// An import stopped that way keeps nothing (there is nothing to resume). An image found
+    /// without a transfer is returned without calling `progress`. A file with
     /// `import: false` is an error (`NotImported`): its disk is backed by the file itself.
     /// A caller joining a transfer in progress gets that transfer's result, whatever its own
     /// `refresh`.
@@ -267,19 +279,19 @@ impl Store {
             }
         }
         let this = Arc::clone(self);
-        let flight =
-            self.flights
-                .join_or_start(&job.key(), job.label(), move |reporter| async move {
-                    let lease = Arc::new(this.lease().await?);
-                    match job {
-                        Job::Url { url, check } => {
-                            this.fetch(&url, &check, &reporter, &lease).await
-                        }
-                        Job::File { path, digest } => {
-                            this.import(&path, digest.as_ref(), &reporter, &lease).await
-                        }
+        let flight = self.flights.join_or_start(
+            &job.flight_key(),
+            job.label(),
+            move |reporter| async move {
+                let lease = Arc::new(this.lease().await?);
+                match job {
+                    Job::Url { url, check } => this.fetch(&url, &check, &reporter, &lease).await,
+                    Job::File { path, digest } => {
+                        this.import(&path, digest.as_ref(), &reporter, &lease).await
                     }
-                });
+                }
+            },
+        );
         let stored = flight.wait(progress).await?;
         Ok((stored, lease))
     }

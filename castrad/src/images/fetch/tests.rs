@@ -268,6 +268,29 @@ async fn an_interrupted_download_resumes_with_a_range() {
 }
 
 #[tokio::test]
+async fn a_part_already_whole_is_complete_on_416() {
+    // A castrad stopped after the last byte, before the commit: the part is all there.
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start();
+    let image = raw_image(100_000, 19);
+    server.serve("/w.img", &image, "w");
+    let store = store(dir.path());
+    let url = server.url("/w.img");
+    store.make_dirs().unwrap();
+    let partial = store.partial(&url);
+    std::fs::write(&partial.part, &image).unwrap();
+    let state = serde_json::json!({ "url": url, "etag": "\"w\"", "total": image.len() });
+    std::fs::write(&partial.state, state.to_string()).unwrap();
+    let (stored, _) = store
+        .ensure(&by_digest(url, sha256(&image)), None, false, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(&stored.path).unwrap(), image);
+    let reqs = server.requests_for("/w.img");
+    assert_eq!((reqs.len(), reqs[0].status, reqs[0].sent), (1, 416, 0));
+}
+
+#[tokio::test]
 async fn a_server_answering_200_to_a_range_starts_over() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start();
