@@ -370,7 +370,7 @@ impl Store {
         let part = partial.part.clone();
         let reporter = Arc::clone(reporter);
         let copied = tokio::task::spawn_blocking(move || {
-            let size = fs::metadata(&path).map_or(None, |m| Some(m.len()));
+            let size = fs::metadata(&path).ok().map(|m| m.len());
             super::import::copy_in(
                 &path,
                 &part,

@@ -102,7 +102,7 @@ impl Store {
             return Ok(stored);
         }
         let sha512 = digest.is_some_and(|d| d.algo == Algo::Sha512);
-        let size = fs::metadata(path).map_or(None, |m| Some(m.len()));
+        let size = fs::metadata(path).ok().map(|m| m.len());
         let copied = copy_in(
             path,
             part,

@@ -513,7 +513,8 @@ impl Store {
             source,
         };
         let info = crate::image::info(c.part).map_err(not_a_base)?;
-        crate::image::check_base(c.part, &info).map_err(not_a_base)?;
+        // Named by its source: the part is gone when the user reads the advice.
+        crate::image::check_base(Path::new(c.label), &info).map_err(not_a_base)?;
 
         let sha256 = &c.hashes.sha256;
         let path = image_path(&self.dir, sha256);

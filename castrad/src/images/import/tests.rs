@@ -124,6 +124,13 @@ async fn a_qcow2_with_a_backing_file_is_not_imported() {
         .await
         .unwrap_err();
     assert!(matches!(err, ImageError::NotABase { .. }), "{err}");
+    // The advice names the user's file (the part it was read from is gone).
+    let why = std::error::Error::source(&err).unwrap().to_string();
+    assert!(why.contains("has a backing file"), "{why}");
+    assert!(
+        why.contains(&format!("qemu-img convert -O qcow2 {}", child.display())),
+        "{why}"
+    );
     assert!(
         err.to_string().contains(&child.display().to_string()),
         "{err}"
