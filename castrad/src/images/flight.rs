@@ -90,13 +90,21 @@ impl Reporter {
         rate.last_sent = Some(now);
         rate.last_rate = bytes_per_sec;
         drop(rate);
-        self.tx.send_replace(Status::Running(Some(Progress {
+        let progress = Progress {
             source: self.source.clone(),
             phase,
             done,
             total,
             rate: bytes_per_sec,
-        })));
+        };
+        // Never over a result (blocking work may report once more after an abort).
+        self.tx.send_if_modified(|status| match status {
+            Status::Finished(_) => false,
+            Status::Running(_) => {
+                *status = Status::Running(Some(progress));
+                true
+            }
+        });
     }
 
     /// True once no one waits for the transfer any more.
