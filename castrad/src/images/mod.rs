@@ -5,7 +5,12 @@
 //!   checked (a digest, a checksums file). Pure.
 //! - `sums`: the line of a SHA256SUMS / SHA512SUMS / Fedora CHECKSUM file for one image. Pure.
 //! - `catalog`: the named images (`catalog.toml`) and the mirror layout. Pure.
-//! - `store`: the directory: records, the source memo, refs, locks, `ls`/`rm`/`prune`.
+//! - `store`: the directory: records, the source memo, `lookup`, `ensure` (and committing a
+//!   finished transfer into the store).
+//! - `admin`: refs from VM disks, `ls`/`rm`/`prune` (more methods of `Store`).
+//! - `flight`: one transfer per source in this castrad, shared by every caller waiting for it.
+//! - `lock`: the store's lock and the partial downloads' locks (flock).
+//! - `hasher`: sha256 (and sha512) computed on a thread of its own while data is written.
 //! - `fetch`: downloads (reqwest), resumed with `Range`, hashed while they arrive.
 //! - `import`: a file of the user's copied in (FICLONE, else `copy_file_range`) while hashed.
 //! - `disk`: what a VM's disk is backed by (`base.json`) and the check before every start.
@@ -13,13 +18,19 @@
 //! **Invariant:** a file under its final name in the store is complete and its content hashes
 //! to its name; nothing in the store is ever written in place.
 
+mod admin;
 pub mod catalog;
 pub mod disk;
 mod fetch;
+mod flight;
+mod hasher;
 mod import;
+mod lock;
 pub mod source;
 mod store;
 pub mod sums;
+#[cfg(test)]
+mod testkit;
 
 use std::path::{Path, PathBuf};
 
@@ -196,12 +207,93 @@ pub enum ImageError {
         dir.display()
     )]
     Busy { dir: PathBuf },
+    #[error(
+        "{}: base_image_import = false keeps this file out of the image store (the disk is \
+         backed by the file itself); there is nothing to fetch or import",
+        path.display()
+    )]
+    NotImported { path: PathBuf },
+    #[error(
+        "{} changed while it was being imported ({}); nothing was kept: try again once it is \
+         no longer being written",
+        path.display(), what.join(", ")
+    )]
+    Changed { path: PathBuf, what: Vec<String> },
+    #[error(
+        "{digest:?} is not an image digest: give at least 8 of its hex digits (`sha256:` may come first)"
+    )]
+    BadDigest { digest: String },
 }
 
 impl ImageError {
     pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ImageError {
         let what = what.into();
         move |source| ImageError::Io { what, source }
+    }
+
+    /// A copy for another caller of a shared transfer (every waiter gets the error by value;
+    /// an `io::Error` is copied as its kind and message).
+    pub(crate) fn duplicate(&self) -> ImageError {
+        use ImageError as E;
+        match self {
+            E::Mismatch {
+                source_label,
+                expected,
+                actual,
+            } => E::Mismatch {
+                source_label: source_label.clone(),
+                expected: expected.clone(),
+                actual: actual.clone(),
+            },
+            E::Http { url, status } => E::Http {
+                url: url.clone(),
+                status: *status,
+            },
+            E::Transfer { url, message } => E::Transfer {
+                url: url.clone(),
+                message: message.clone(),
+            },
+            E::Sums { url, source } => E::Sums {
+                url: url.clone(),
+                source: source.clone(),
+            },
+            E::UnknownCatalogName { name, known } => E::UnknownCatalogName {
+                name: name.clone(),
+                known: known.clone(),
+            },
+            E::Io { what, source } => E::Io {
+                what: what.clone(),
+                source: std::io::Error::new(source.kind(), source.to_string()),
+            },
+            E::NotABase {
+                source_label,
+                source,
+            } => E::NotABase {
+                source_label: source_label.clone(),
+                source: source.clone(),
+            },
+            E::NotFound { digest, dir } => E::NotFound {
+                digest: digest.clone(),
+                dir: dir.clone(),
+            },
+            E::Ambiguous { digest, count } => E::Ambiguous {
+                digest: digest.clone(),
+                count: *count,
+            },
+            E::InUse { digest, users } => E::InUse {
+                digest: digest.clone(),
+                users: users.clone(),
+            },
+            E::Busy { dir } => E::Busy { dir: dir.clone() },
+            E::NotImported { path } => E::NotImported { path: path.clone() },
+            E::Changed { path, what } => E::Changed {
+                path: path.clone(),
+                what: what.clone(),
+            },
+            E::BadDigest { digest } => E::BadDigest {
+                digest: digest.clone(),
+            },
+        }
     }
 }
 

@@ -67,13 +67,17 @@ fn image_code(e: &ImageError) -> (i32, &'static str) {
         ImageError::Mismatch { .. } => (code::CONFIG, "config"),
         ImageError::InUse { .. } | ImageError::Busy { .. } => (code::PREFLIGHT, "preflight"),
         ImageError::NotFound { .. } => (code::NOT_FOUND, "not-found"),
-        ImageError::Ambiguous { .. } => (code::INVALID_PARAMS, "invalid-params"),
+        ImageError::Ambiguous { .. } | ImageError::BadDigest { .. } => {
+            (code::INVALID_PARAMS, "invalid-params")
+        }
         ImageError::Http { .. }
         | ImageError::Transfer { .. }
         | ImageError::Sums { .. }
         | ImageError::UnknownCatalogName { .. }
         | ImageError::Io { .. }
-        | ImageError::NotABase { .. } => (code::OPERATION, "operation"),
+        | ImageError::NotABase { .. }
+        | ImageError::NotImported { .. }
+        | ImageError::Changed { .. } => (code::OPERATION, "operation"),
     }
 }
 
