@@ -61,7 +61,7 @@ impl Daemon {
 /// Where a VM's disk is, for its size.
 enum Disk {
     /// A QEMU VM's files (its overlay, and the record of what it is backed by).
-    Overlay(crate::state_root::VmPaths),
+    Overlay(Box<crate::state_root::VmPaths>),
     /// A libvirt VM's overlay volume, on its hypervisor.
     Volume(StateRoot),
 }
@@ -80,7 +80,7 @@ async fn check_before_stopping(
         .iter()
         .filter_map(|vm| {
             let disk = match vm.backend {
-                BackendKind::Qemu => Disk::Overlay(entry.root.vm(&vm.name)),
+                BackendKind::Qemu => Disk::Overlay(Box::new(entry.root.vm(&vm.name))),
                 BackendKind::Libvirt if vm.disk_mib.is_some() => Disk::Volume(entry.root.clone()),
                 _ => return None,
             };

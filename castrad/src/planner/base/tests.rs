@@ -91,7 +91,11 @@ fn without_a_disk_the_configured_source_decides() {
     assert_eq!(f.plan.status, api::BaseImageStatus::Fetch);
     assert!(!f.plan.verified);
     assert!(f.plan.message.contains("https://example.org/x.qcow2"));
-    assert!(f.warnings.join("\n").contains("unverified"), "{:?}", f.warnings);
+    assert!(
+        f.warnings.join("\n").contains("unverified"),
+        "{:?}",
+        f.warnings
+    );
     // A path on a libvirt hypervisor: never read here.
     vm.base_image = Some(crate::config::BaseImage::Hypervisor("/var/x.qcow2".into()));
     let f = facts(&root, &store, &vm).unwrap().unwrap();
@@ -116,7 +120,9 @@ fn a_base_image_that_now_names_other_contents_leaves_the_disk_on_its_own() {
     );
     let text = f.warnings.join("\n");
     assert!(
-        text.contains(&format!("base_image now names other contents (sha256:{other})")),
+        text.contains(&format!(
+            "base_image now names other contents (sha256:{other})"
+        )),
         "{text}"
     );
     assert!(text.contains("castractl down web --discard"), "{text}");
