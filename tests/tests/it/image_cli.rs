@@ -125,7 +125,6 @@ const MIB: usize = 1 << 20;
 const ZEROS: &str = "30e14955ebf1352266dc2ff8067e68104607e750abb9d3b36582b8af909fcb58";
 
 #[test]
-#[ignore = "needs the image store's bodies (issue 23: images::Store::ensure)"]
 fn a_pull_shows_its_progress_and_a_mismatch_keeps_nothing() {
     let env = Env::new();
     std::fs::create_dir_all(env.path("shop/images")).unwrap();

@@ -135,14 +135,22 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
     let image = served.join("tiny/base.img");
     std::fs::copy(guest().join("base.img"), &image).unwrap();
     let sha = sha256_of(&image);
-    // Another image whose SHA256SUMS line is wrong: what a corrupted download looks like.
+    // Another image whose SHA256SUMS line is not its content's: what a corrupted download
+    // looks like. (Its line names content the store does not have, or the store would use
+    // that without a download.)
     let other = served.join("tiny/other.img");
     let mut bytes = std::fs::read(&image).unwrap();
     bytes[4096] ^= 0xff;
     std::fs::write(&other, &bytes).unwrap();
+    bytes[4097] ^= 0xff;
+    let wrong = {
+        let third = env.path("third.img");
+        std::fs::write(&third, &bytes).unwrap();
+        sha256_of(&third)
+    };
     std::fs::write(
         served.join("tiny/SHA256SUMS"),
-        format!("{sha}  base.img\n{sha}  other.img\n"),
+        format!("{sha}  base.img\n{wrong}  other.img\n"),
     )
     .unwrap();
     let size = std::fs::metadata(&image).unwrap().len();
@@ -250,7 +258,7 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert_eq!(bad.statuses(), ["Failed"]);
     let error = bad.outcome_of("c")["error"].as_str().unwrap().to_owned();
-    assert!(error.contains(&format!("expected sha256:{sha}")), "{error}");
+    assert!(error.contains(&format!("expected sha256:{wrong}")), "{error}");
     assert!(
         error.contains(&format!("sha256:{}", sha256_of(&other))),
         "{error}"
