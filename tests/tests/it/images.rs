@@ -258,7 +258,10 @@ fn an_image_by_url_is_verified_resumed_shared_and_kept_while_used() {
     assert_eq!(bad.code, 2, "{}", bad.stderr);
     assert_eq!(bad.statuses(), ["Failed"]);
     let error = bad.outcome_of("c")["error"].as_str().unwrap().to_owned();
-    assert!(error.contains(&format!("expected sha256:{wrong}")), "{error}");
+    assert!(
+        error.contains(&format!("expected sha256:{wrong}")),
+        "{error}"
+    );
     assert!(
         error.contains(&format!("sha256:{}", sha256_of(&other))),
         "{error}"
