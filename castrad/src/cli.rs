@@ -142,7 +142,10 @@ async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
         })?,
     };
     let image_store = match args.image_store {
-        Some(dir) => dir,
+        // Absolute: overlays name their base by this path (a relative one would be read
+        // against each overlay's own directory).
+        Some(dir) => std::path::absolute(&dir)
+            .map_err(|e| anyhow::anyhow!("--image-store {}: {e}", dir.display()))?,
         None => crate::images::default_dir().ok_or_else(|| {
             anyhow::anyhow!("cannot find a home directory for the image store; pass --image-store")
         })?,

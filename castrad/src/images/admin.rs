@@ -274,9 +274,22 @@ impl Store {
     }
 }
 
-/// A ref is live while its disk exists and the disk's record names this image.
+/// A ref is live unless it is known to be stale: its disk is gone (its directory is there and
+/// the disk is not), or the disk's record names another image. A disk that cannot be looked
+/// at now (a file system not mounted, a record unreadable) keeps its image: `rm` and `prune`
+/// never delete a base an overlay may still name.
 fn is_live(r: &Ref, sha256: &str) -> bool {
-    r.disk.exists() && disk::read(&r.record).is_some_and(|b| b.sha256 == sha256)
+    let gone = |p: &std::path::Path| {
+        matches!(std::fs::symlink_metadata(p), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+            && p.parent().is_some_and(|dir| dir.is_dir())
+    };
+    if gone(&r.disk) {
+        return false;
+    }
+    match disk::read(&r.record) {
+        Some(b) => b.sha256 == sha256,
+        None => true,
+    }
 }
 
 /// When a source last reached the image (the newest origin's time).

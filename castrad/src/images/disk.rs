@@ -93,11 +93,23 @@ pub struct DiskBase {
     pub source: String,
 }
 
-/// Reads a disk's record; None when there is none (or it cannot be parsed: treated as a disk
-/// made before records, which is checked the old way).
+/// Reads a disk's record; None when there is none or it cannot be read (for what only
+/// reports: plan, doctor, the store's refs; a start uses [`load`]).
 pub fn read(path: &Path) -> Option<DiskBase> {
-    let bytes = fs::read(path).ok()?;
-    serde_json::from_slice(&bytes).ok()
+    load(path).ok().flatten()
+}
+
+/// Reads a disk's record: None when there is none (a disk made before records), an error
+/// (what is wrong) when it cannot be read or parsed.
+pub fn load(path: &Path) -> Result<Option<DiskBase>, String> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|e| format!("not a disk record: {e}"))
 }
 
 /// Writes a disk's record (atomically).
@@ -125,13 +137,33 @@ pub enum BaseChanged {
     },
     #[error(
         "the base image {} of this disk cannot be read ({reason}); castrad will not boot the \
-         disk without it: put the file back, or discard the disk (`castractl down {vm} \
+         disk without it: put the file back{}, or discard the disk (`castractl down {vm} \
          --discard`)",
-        file.display()
+        file.display(),
+        fetch_again
+            .as_ref()
+            .map(|s| format!(
+                " (`castractl image pull {s}` fetches the image into the store again: the same \
+                 content gets the same name)"
+            ))
+            .unwrap_or_default()
     )]
     Unreadable {
         vm: String,
         file: PathBuf,
+        reason: String,
+        /// For a store image: the source that fetches it again.
+        fetch_again: Option<String>,
+    },
+    #[error(
+        "the record of what this disk is backed by, {}, cannot be used ({reason}); castrad will \
+         not boot the disk without knowing its base: discard the disk (`castractl down {vm} \
+         --discard`)",
+        record.display()
+    )]
+    Record {
+        vm: String,
+        record: PathBuf,
         reason: String,
     },
 }
@@ -149,6 +181,7 @@ pub fn verify(
         vm: vm.to_owned(),
         file: record.backing.clone(),
         reason: e.to_string(),
+        fetch_again: record.stored.then(|| record.source.clone()),
     };
     let now = FileIdentity::of(&record.backing).map_err(unreadable)?;
     if now == record.identity {

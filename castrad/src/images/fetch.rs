@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::flight::Reporter;
 use super::hasher::{Hasher, Hashes, Sink, hash_file};
+use super::lock::Held;
 use super::source::{Algo, Check, Digest};
 use super::store::{Candidate, Job, Partial, now_rfc3339};
 use super::{ImageError, Lease, Origin, Phase, Store, Stored, lock, source, sums};
@@ -60,14 +61,6 @@ impl PartialState {
             .filter(|e| !e.starts_with("W/"))
             .or(self.last_modified.as_deref())
     }
-}
-
-/// Held by a transfer until its image is committed (also by its writer thread, until the
-/// last write): the partial's lock and a share of the store lock.
-#[derive(Debug)]
-pub(super) struct Held {
-    pub _lock: File,
-    pub _lease: Arc<Lease>,
 }
 
 impl Store {
@@ -192,6 +185,12 @@ impl Store {
             let bytes = tokio::task::spawn_blocking(move || {
                 use std::io::Read;
                 let mut out = Vec::new();
+                if !std::fs::metadata(&path)?.is_file() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        "not a regular file",
+                    ));
+                }
                 File::open(&path)?
                     .take(sums::MAX_BYTES + 1)
                     .read_to_end(&mut out)?;
@@ -242,7 +241,25 @@ impl Store {
         // source), no OpenSSL.
         #[allow(deprecated)]
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // Redirects are followed (mirror networks use them), but never from https to a
+        // scheme that is not: what was asked over TLS is not fetched in the clear.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.previous().iter().any(|u| u.scheme() == "https")
+                && attempt.url().scheme() != "https";
+            if downgrade {
+                let to = attempt.url().to_string();
+                attempt.error(format!(
+                    "refusing a redirect from https to {to} (a download asked over TLS is not \
+                     fetched in the clear)"
+                ))
+            } else if attempt.previous().len() >= 10 {
+                attempt.error("too many redirects (10)")
+            } else {
+                attempt.follow()
+            }
+        });
         let client = reqwest::Client::builder()
+            .redirect(redirects)
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .user_agent(concat!("castrad/", env!("CARGO_PKG_VERSION")))

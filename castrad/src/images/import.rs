@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::io::Errno;
 
-use super::fetch::Held;
 use super::flight::Reporter;
 use super::hasher::{Hasher, Hashes, hash_file, read_at, start_writeback};
+use super::lock::Held;
 use super::source::{Algo, Digest};
 use super::store::{Candidate, Job, now_rfc3339};
 use super::{FileIdentity, ImageError, Lease, Lookup, Origin, Phase, Source, Store, Stored, lock};
@@ -140,7 +140,25 @@ pub(super) fn copy_in(
 ) -> Result<Copied, ImageError> {
     let label = src.display().to_string();
     let read_err = ImageError::io(format!("cannot read {label}"));
-    let file = File::open(src).map_err(read_err)?;
+    // A FIFO or device would block `open` (or feed bytes forever): looked at before it is
+    // opened, and opened without blocking all the same (it could be swapped in meanwhile);
+    // the open file is checked again below.
+    if !std::fs::metadata(src)
+        .map_err(ImageError::io(format!("cannot read {label}")))?
+        .is_file()
+    {
+        return Err(ImageError::io(format!("cannot import {label}"))(
+            io::Error::new(io::ErrorKind::InvalidInput, "not a regular file"),
+        ));
+    }
+    let file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(src)
+            .map_err(read_err)?
+    };
     let meta = file
         .metadata()
         .map_err(ImageError::io(format!("cannot read {label}")))?;
@@ -235,32 +253,78 @@ fn copy_and_hash(
     })
 }
 
-/// `copy_file_range` from the start of `src` into `dst` until `size` bytes are copied or
-/// `src` ends; plain reads and writes when the kernel cannot copy between these files.
+/// `copy_file_range` of `src`'s data into `dst`, `size` bytes in all: only the extents that
+/// hold data (`SEEK_DATA`/`SEEK_HOLE`), over a `dst` first made `size` bytes long, so a
+/// sparse image stays sparse in the store (and an upload of it to libvirt sends no holes).
+/// Plain reads and writes when the kernel cannot copy between these files.
 fn copy_range(
     src: &File,
     dst: &File,
     size: u64,
     stopped: &(dyn Fn() -> bool + Sync),
 ) -> io::Result<u64> {
-    let (mut off_in, mut off_out) = (0u64, 0u64);
-    while off_in < size {
+    use rustix::fs::SeekFrom;
+    dst.set_len(size)?;
+    let mut pos = 0u64;
+    while pos < size {
+        let data = match rustix::fs::seek(src, SeekFrom::Data(pos)) {
+            Ok(data) => data.min(size),
+            // No data after `pos`: the rest is a hole, which `set_len` made.
+            Err(Errno::NXIO) => break,
+            // A file system without SEEK_DATA: all of it is data.
+            Err(Errno::INVAL | Errno::OPNOTSUPP) if pos == 0 => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let end = match rustix::fs::seek(src, SeekFrom::Hole(data)) {
+            Ok(hole) => hole.min(size),
+            Err(_) => size,
+        };
+        if end <= data {
+            break;
+        }
+        match copy_extent(src, dst, data, end, stopped)? {
+            Extent::Copied => pos = end,
+            Extent::Unsupported => return copy_plain(src, dst, size, stopped),
+        }
+    }
+    Ok(size)
+}
+
+/// How [`copy_extent`] went.
+enum Extent {
+    Copied,
+    /// The kernel cannot copy between these files (nothing was copied).
+    Unsupported,
+}
+
+/// `copy_file_range` of `src[from..to]` to the same place in `dst`.
+fn copy_extent(
+    src: &File,
+    dst: &File,
+    from: u64,
+    to: u64,
+    stopped: &(dyn Fn() -> bool + Sync),
+) -> io::Result<Extent> {
+    let (mut off_in, mut off_out) = (from, from);
+    while off_in < to {
         if stopped() {
             return Err(io::Error::new(io::ErrorKind::Interrupted, "cancelled"));
         }
-        let want = usize::try_from(size - off_in).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
-        let from = off_out;
+        let want = usize::try_from(to - off_in).map_or(COPY_CHUNK, |n| n.min(COPY_CHUNK));
+        let start = off_out;
         match rustix::fs::copy_file_range(src, Some(&mut off_in), dst, Some(&mut off_out), want) {
             Ok(0) => break,
-            Ok(_) => start_writeback(dst, from, off_out - from),
+            Ok(_) => start_writeback(dst, start, off_out - start),
             Err(Errno::INTR) => {}
-            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) if off_in == 0 => {
-                return copy_plain(src, dst, size, stopped);
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP)
+                if off_in == from && from == 0 =>
+            {
+                return Ok(Extent::Unsupported);
             }
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(off_in)
+    Ok(Extent::Copied)
 }
 
 fn copy_plain(

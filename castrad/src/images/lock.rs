@@ -121,3 +121,11 @@ mod tests {
         assert!(same_file(&got, &path));
     }
 }
+
+/// Held by a transfer until its image is committed (also by its writer thread, until the
+/// last write): the partial's lock and a share of the store lock.
+#[derive(Debug)]
+pub(super) struct Held {
+    pub _lock: std::fs::File,
+    pub _lease: std::sync::Arc<super::Lease>,
+}

@@ -63,7 +63,23 @@ pub fn facts(root: &StateRoot, store: &Store, vm: &Vm) -> Result<Option<BaseFact
             source.label()
         ));
     }
+    if let Source::Url {
+        url,
+        check: Check::Sums(sums),
+    } = source
+        && url.starts_with("http://")
+        && sums.starts_with("http://")
+    {
+        warnings.push(format!(
+            "base image {url} and its checksums file both come over plain http: the check \
+             catches a corrupted download, not one changed on the way (give base_image_digest, \
+             or an https:// checksums file)"
+        ));
+    }
     let paths = root.vm(&vm.name);
+    if vm.backend == BackendKind::Libvirt {
+        return Ok(Some(uploaded(root, store, vm, source, verified, warnings)?));
+    }
     let disk = vm.backend == BackendKind::Qemu && paths.overlay.exists();
     let configured = || match source {
         // The user's own file (import = false) is known by its hash; any other source by the
@@ -206,6 +222,84 @@ pub fn facts(root: &StateRoot, store: &Store, vm: &Vm) -> Result<Option<BaseFact
         bytes_read: 0,
         warnings,
     }))
+}
+
+/// A libvirt VM's uploaded base: the record its disk was made with (the volume on the
+/// hypervisor, from the store), else for a disk uploaded before the image store the file's
+/// hash (through the hash cache, as then), else the store's memo of the configured source.
+fn uploaded(
+    root: &StateRoot,
+    store: &Store,
+    vm: &Vm,
+    source: &Source,
+    verified: bool,
+    warnings: Vec<String>,
+) -> Result<BaseFacts, HashError> {
+    let paths = root.vm(&vm.name);
+    let plan = |sha256: Option<&str>, status, message: String| api::BaseImagePlan {
+        source: source.label(),
+        digest: sha256.map(|h| format!("sha256:{h}")),
+        status,
+        verified,
+        message,
+    };
+    if let Some(record) = disk::read(&paths.base_record) {
+        let message = format!(
+            "the disk is on the volume {} on the hypervisor, uploaded from the image store's copy \
+             of {} (sha256:{})",
+            record.backing.display(),
+            record.source,
+            record.sha256
+        );
+        return Ok(BaseFacts {
+            plan: plan(Some(&record.sha256), api::BaseImageStatus::Stored, message),
+            sha256: Some(record.sha256),
+            bytes_read: 0,
+            warnings,
+        });
+    }
+    if paths.disk_id.exists()
+        && let Source::File { path, .. } = source
+    {
+        let (sha256, bytes_read) = hashing::cached_file_hash(root, path)?;
+        let message = format!(
+            "the disk's base was uploaded from {} before the image store",
+            path.display()
+        );
+        return Ok(BaseFacts {
+            plan: plan(Some(&sha256), api::BaseImageStatus::Stored, message),
+            sha256: Some(sha256),
+            bytes_read,
+            warnings,
+        });
+    }
+    let (sha256, status, message) = match store.lookup(source, vm.image_mirror.as_deref()) {
+        Lookup::Stored(s) => (
+            Some(s.record.sha256.clone()),
+            api::BaseImageStatus::Stored,
+            format!(
+                "in the image store as sha256:{}; a new disk uploads it to the pool",
+                s.record.sha256
+            ),
+        ),
+        Lookup::Missing { sha256 } => (
+            sha256,
+            match source {
+                Source::File { .. } => api::BaseImageStatus::Import,
+                _ => api::BaseImageStatus::Fetch,
+            },
+            format!(
+                "`up` puts it in the image store ({}), then uploads it to the pool",
+                fetch_words(source, vm, store)
+            ),
+        ),
+    };
+    Ok(BaseFacts {
+        plan: plan(sha256.as_deref(), status, message),
+        sha256,
+        bytes_read: 0,
+        warnings,
+    })
 }
 
 /// "from URL, checked against …".

@@ -226,11 +226,12 @@ fn a_full_disk_fails_the_run_clearly_and_tears_nothing() {
             "p/scripts/box.sh",
             "head -c 65536 /dev/zero | tr '\\0' y | fold -w 63\n",
         ),
-        // A second project with a QEMU VM, only ever planned: its base image is hashed.
+        // A second project with a QEMU VM, only ever planned: its base image, kept out of the
+        // image store, is hashed by plan (through the hash cache).
         (
             "q/castra.toml",
             "[project]\nname = \"img\"\n\n[[vms]]\nname = \"img\"\nbase_image = \"base.img\"\n\
-             [vms.bootstrap]\nscript = \"run.sh\"\n",
+             base_image_import = false\n[vms.bootstrap]\nscript = \"run.sh\"\n",
         ),
         ("q/run.sh", "true\n"),
     ]);

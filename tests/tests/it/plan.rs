@@ -141,6 +141,7 @@ fn plan_reports_every_vm_in_file_order_with_the_seed_fields() {
         "vizier_remediation",
         "disk_mib",
         "network_address",
+        "base_image",
         "drift",
         "mounts",
     ];

@@ -50,12 +50,19 @@ fn scrub_env(env: &Env, project_dir: &str) -> Scrub {
         .path(&env.path(project_dir), "/home/me/shop")
         .path(&env.state(), "/home/me/.local/state/castra")
         .path(&env.socket(), "/run/user/1000/castra/castrad.sock");
-    match std::fs::read_dir(env.state().join("projects")) {
-        Ok(_) => scrub.path(
-            &env.project_state(),
+    // The project's state root, made or not yet (a plan writes nothing): where castrad puts
+    // it, by its name and the path of its castra.toml.
+    let config = env.path(project_dir).join("castra.toml");
+    let name = std::fs::read_to_string(&config)
+        .ok()
+        .and_then(|text| castrad::config::parse(&config, &text).ok())
+        .map(|p| p.name);
+    match (name, config.canonicalize()) {
+        (Some(name), Ok(config)) => scrub.path(
+            castrad::state_root::StateRoot::for_project(&env.state(), &name, &config).path(),
             "/home/me/.local/state/castra/projects/shop-1f2e3d4c",
         ),
-        Err(_) => scrub,
+        _ => scrub,
     }
 }
 

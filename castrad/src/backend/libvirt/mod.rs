@@ -227,6 +227,18 @@ impl Libvirt {
             (true, None) => return Ok(Prepared::NeedsImage),
             (true, Some(stored)) => {
                 let b = upload::ensure(&hv, &config.pool, stored)?;
+                // What the new disk is made on, for plans and stamps (the store's digest:
+                // the volume's name says it too).
+                let record = crate::images::disk::DiskBase {
+                    sha256: stored.record.sha256.clone(),
+                    backing: b.path.clone(),
+                    format: b.format.clone(),
+                    stored: true,
+                    identity: stored.record.identity,
+                    source: label.clone(),
+                };
+                crate::images::disk::write(&paths.base_record, &record)
+                    .map_err(io(format!("writing {}", paths.base_record.display())))?;
                 (b.path, b.format, b.virtual_size)
             }
             (false, _) => {
@@ -650,6 +662,7 @@ fn discard(
         &paths.seed,
         &paths.seed_inputs,
         &paths.libvirt,
+        &paths.base_record,
     ] {
         match std::fs::remove_file(f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -96,7 +96,9 @@ pub fn argv(spec: &LaunchSpec) -> Vec<OsString> {
         "-m",
         &format!("{}M", spec.memory_mib),
     ]);
-    push(&["-nodefaults", "-no-user-config", "-display", "none"]);
+    // -S: the guest's CPUs wait for castrad's `cont` (QMP), which castrad sends once it has
+    // checked again, after QEMU opened the disk, that the disk's base is what it was made on.
+    push(&["-nodefaults", "-no-user-config", "-display", "none", "-S"]);
 
     let mut serial = OsString::from("socket,id=serial0,path=");
     serial.push(escape_commas(&spec.serial_socket));
@@ -246,7 +248,7 @@ mod tests {
         assert_eq!(
             joined(&spec()),
             "-name castra-web-0,process=castra-web-0 -machine q35,accel=tcg -cpu max -smp 2 -m 512M \
-             -nodefaults -no-user-config -display none \
+             -nodefaults -no-user-config -display none -S \
              -chardev socket,id=serial0,path=/s/vms/web-0/serial.sock,server=on,wait=on -serial chardev:serial0 \
              -kernel /g/vmlinuz -initrd /g/initrd.img -append console=ttyS0 quiet \
              -drive file=/s/vms/web-0/overlay.qcow2,if=virtio,format=qcow2,cache=writeback,discard=unmap \

@@ -102,15 +102,17 @@ fn by_path(
     path: &Path,
     digest: Option<&crate::images::Digest>,
 ) -> Result<NewBase, BackendError> {
-    let info = checked(vm, path)?;
     let unreadable = |e: std::io::Error| {
         BackendError::BaseChanged(disk::BaseChanged::Unreadable {
             vm: vm.to_owned(),
             file: path.to_owned(),
             reason: e.to_string(),
+            fetch_again: None,
         })
     };
+    // The identity first: what qemu-img checks and what is hashed must be this file.
     let before = FileIdentity::of(path).map_err(unreadable)?;
+    let info = checked(vm, path)?;
     let (sha256, _) =
         crate::hashing::cached_file_hash(root, path).map_err(|e| image_failed(vm, path, &e))?;
     let after = FileIdentity::of(path).map_err(unreadable)?;
@@ -191,6 +193,7 @@ fn image_failed(vm: &str, path: &Path, e: &dyn std::fmt::Display) -> BackendErro
         vm: vm.to_owned(),
         file: path.to_owned(),
         reason: e.to_string(),
+        fetch_again: None,
     })
 }
 
@@ -198,12 +201,20 @@ fn image_failed(vm: &str, path: &Path, e: &dyn std::fmt::Display) -> BackendErro
 /// on (blocking: may hash a file whose identity changed). Writes the record of a disk that
 /// had none (made before the image store) once it is checked.
 pub fn check_existing(root: &StateRoot, vm: &Vm, paths: &VmPaths) -> Result<(), BackendError> {
-    let record = match disk::read(&paths.base_record) {
-        Some(record) => record,
-        None => match legacy_record(root, vm, paths)? {
+    let record = match disk::load(&paths.base_record) {
+        Ok(Some(record)) => record,
+        Ok(None) => match legacy_record(root, vm, paths)? {
             Some(record) => record,
             None => return Ok(()),
         },
+        // Written atomically, so never half: whatever it is, it is not to be trusted.
+        Err(reason) => {
+            return Err(BackendError::BaseChanged(disk::BaseChanged::Record {
+                vm: vm.name.clone(),
+                record: paths.base_record.clone(),
+                reason,
+            }));
+        }
     };
     let hash = |p: &Path| {
         crate::hashing::file_sha256(p)
@@ -340,6 +351,35 @@ pub async fn check_existing_async(
     blocking(move || check_existing(&root, &vm, &paths)).await
 }
 
+/// Once QEMU has opened the disk (its CPUs still stopped): the backing file still has the
+/// identity the disk's record holds, checked (and its content hashed if need be) before the
+/// launch. A change in between (a write, a swap) means QEMU may have opened other content:
+/// the guest is not started. A stat, nothing read.
+pub fn check_opened(vm: &str, paths: &VmPaths) -> Result<(), super::process::ProcessError> {
+    let Some(record) = disk::read(&paths.base_record) else {
+        return Ok(());
+    };
+    let unchanged = |now: &FileIdentity| *now == record.identity;
+    match FileIdentity::of(&record.backing) {
+        Ok(now) if unchanged(&now) => Ok(()),
+        Ok(now) => Err(disk::BaseChanged::Content {
+            vm: vm.to_owned(),
+            file: record.backing.clone(),
+            what: now.changes_since(&record.identity),
+            was: record.sha256.clone(),
+            now: "(changed as QEMU opened it; not read)".to_owned(),
+        }
+        .into()),
+        Err(e) => Err(disk::BaseChanged::Unreadable {
+            vm: vm.to_owned(),
+            file: record.backing.clone(),
+            reason: e.to_string(),
+            fetch_again: record.stored.then(|| record.source.clone()),
+        }
+        .into()),
+    }
+}
+
 /// What [`adopt`] did to one disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Adopted {
@@ -408,7 +448,7 @@ pub async fn adopt(
     images.add_ref(&new.sha256, &r)?;
     // Until the record is rewritten it names the old file, which holds the same content:
     // a start in between checks that file while QEMU reads the store's copy of it.
-    super::process::rebase_unsafe(&paths.overlay, &stored.path, &new.format).await?;
+    super::overlay::rebase_unsafe(&paths.overlay, &stored.path, &new.format).await?;
     write_record(&paths, &new)?;
     drop(lease);
     Ok(Adopted {
@@ -418,3 +458,6 @@ pub async fn adopt(
         already: false,
     })
 }
+
+#[cfg(test)]
+mod tests;

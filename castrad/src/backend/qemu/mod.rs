@@ -8,6 +8,7 @@ pub mod argv;
 pub mod base;
 pub mod console;
 pub mod mounts;
+pub mod overlay;
 pub mod process;
 pub mod qmp;
 pub mod seed;
@@ -113,17 +114,17 @@ impl Backend for Qemu {
             let new = if paths.overlay.exists() {
                 // Before QEMU opens it: the disk's base still holds what it was made on.
                 base::check_existing_async(root, vm, &paths).await?;
-                process::grow_overlay(&paths, vm.disk_mib).await?;
+                overlay::grow_overlay(&paths, vm.disk_mib).await?;
                 None
             } else {
                 let base = base::for_new_disk(root, vm, &mut inputs).await?;
-                let backing = process::Backing {
+                let backing = overlay::Backing {
                     path: &base.path,
                     format: &base.format,
                     virtual_size: base.virtual_size,
                 };
                 let (images, config) = (inputs.images, inputs.config);
-                let overlay = process::create_overlay(&paths, backing, vm.disk_mib, || {
+                let overlay = overlay::create_overlay(&paths, backing, vm.disk_mib, || {
                     base::register(&paths, &base, images, config, vm)
                 })
                 .await?;
@@ -187,8 +188,17 @@ impl Backend for Qemu {
                 tracing::info!(vm = vm.name, transport = transport.as_str(), why, "mounts");
                 mounts::start(&paths, shares).await?;
             }
-            let launched =
-                process::launch(&spec, &paths, &choice.reason, config, log_cap, settings).await;
+            let opened = || base::check_opened(&vm.name, &paths);
+            let launched = process::launch(
+                &spec,
+                &paths,
+                &choice.reason,
+                config,
+                log_cap,
+                settings,
+                opened,
+            )
+            .await;
             if launched.is_err() {
                 mounts::stop(&paths).await;
             }
@@ -226,7 +236,7 @@ impl Backend for Qemu {
         if !paths.overlay.exists() {
             return Ok(None);
         }
-        process::discard(&paths)
+        overlay::discard(&paths)
             .map(|bytes| Some((paths.overlay.clone(), bytes)))
             .map_err(BackendError::from)
     }

@@ -1,7 +1,9 @@
-//! A QEMU VM's life on the host: its overlay (the VM's disk), launching QEMU in a session of
-//! its own, recognising it again after castrad restarts, and stopping it cooperatively.
+//! A QEMU VM's life on the host: launching QEMU in a session of its own (its CPUs held until
+//! the disk's base is checked once more), recognising it again after castrad restarts, and
+//! stopping it cooperatively. The disk file itself is `overlay`'s; what it is backed by,
+//! `base`'s.
 //!
-//! Files (see `state_root::VmPaths`): the overlay and its `disk-id`, QEMU's QMP and serial
+//! Files (see `state_root::VmPaths`): QEMU's QMP and serial
 //! console sockets, the serial log and stderr log (both capped by `console`), the pidfile, and
 //! `launch.json`: what castrad launched (pid, the process start time, ports, the logs' cap). A
 //! pid is taken for our QEMU only when its start time still matches (against pid reuse) and
@@ -12,13 +14,7 @@
 //! answer (stopped, hung, its QMP socket gone) is adopted *unresponsive* with the reason, so
 //! nothing can start a second QEMU on its disk, and `down` can still stop it by signal.
 //!
-//! The base image is checked at every start (`crate::image::base`: self-contained raw or
-//! qcow2, no backing file) and its detected format is passed to `qemu-img create -F`, which
-//! records it in the overlay, so QEMU never probes the base's format.
-//!
-//! Invariants: a new overlay always gets a new disk id, and the stamp and pinned host key of
-//! the previous disk are removed with it, so nothing proven about an old disk is believed
-//! about a new one. A VM's records (`launch.json`, the QMP socket, the pidfile) are removed
+//! Invariants: a VM's records (`launch.json`, the QMP socket, the pidfile) are removed
 //! only once its QEMU is gone, and no disk is made, grown, launched on or deleted while a
 //! recorded QEMU of ours still runs ([`still_running`]). QEMU is never a child that dies with
 //! castrad: it runs under `setsid`, at a lower priority than castrad (`nice`).
@@ -37,8 +33,7 @@ use super::console::Logs;
 use super::qmp::Qmp;
 use crate::backend::{Machine, StopPlan, StopStep, Stopped};
 use crate::fsutil::write_atomic;
-use crate::image::ImageInfo;
-use crate::state_root::{VmPaths, ensure_dir};
+use crate::state_root::VmPaths;
 use crate::vm::state::MachineInfo;
 
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +47,8 @@ pub enum ProcessError {
     Failed(String),
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error(transparent)]
+    BaseChanged(#[from] crate::images::disk::BaseChanged),
     #[error(
         "vm {vm}: QEMU (pid {pid}) still runs on this VM's disk; castrad neither starts a \
          second one on it nor deletes it: `castractl down {vm}` stops it first"
@@ -73,158 +70,6 @@ pub fn ensure_not_running(paths: &VmPaths) -> Result<(), ProcessError> {
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> ProcessError {
     let what = what.into();
     move |source| ProcessError::Io { what, source }
-}
-
-/// Grows the VM's existing overlay to `size_mib` (None: leaves it). The VM is stopped: this
-/// runs before a launch. Asking for less than the overlay has is an error, nothing changes.
-pub async fn grow_overlay(paths: &VmPaths, size_mib: Option<u64>) -> Result<(), ProcessError> {
-    ensure_not_running(paths)?;
-    let Some(want) = size_mib.map(|m| m.saturating_mul(1 << 20)) else {
-        return Ok(());
-    };
-    let have = image_info(&paths.overlay).await?.virtual_size;
-    if want < have {
-        return Err(ProcessError::Failed(format!(
-            "disk = {} MiB is smaller than the VM's disk ({} MiB): a disk cannot shrink; \
-             set disk to at least that, or discard the disk (`castractl down --discard`)",
-            want >> 20,
-            have >> 20
-        )));
-    }
-    if want > have {
-        let overlay = paths.overlay.as_os_str();
-        qemu_img(
-            &[
-                "resize".as_ref(),
-                "-q".as_ref(),
-                "-f".as_ref(),
-                "qcow2".as_ref(),
-                overlay,
-                want.to_string().as_ref(),
-            ],
-            &paths.overlay,
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// What a new overlay is made on: the backing file and its format and virtual size.
-#[derive(Debug, Clone, Copy)]
-pub struct Backing<'a> {
-    pub path: &'a Path,
-    pub format: &'a str,
-    pub virtual_size: u64,
-}
-
-/// Makes the VM's disk: a new overlay on `base` of at least `size_mib` (None: the base's
-/// size). A new disk gets a new disk id, and what was proven about or handed to the previous
-/// one (stamp, pinned host key, seed, UEFI variables, its base record) is removed;
-/// `before_rename` writes what must exist whenever the overlay does (its base record, its
-/// ref in the image store) just before the overlay is renamed into place. Returns its path.
-pub async fn create_overlay(
-    paths: &VmPaths,
-    base: Backing<'_>,
-    size_mib: Option<u64>,
-    before_rename: impl FnOnce() -> Result<(), ProcessError>,
-) -> Result<PathBuf, ProcessError> {
-    ensure_not_running(paths)?;
-    let want = size_mib.map(|m| m.saturating_mul(1 << 20));
-    ensure_dir(&paths.dir).map_err(io(format!("creating {}", paths.dir.display())))?;
-    if let Some(want) = want
-        && want < base.virtual_size
-    {
-        return Err(ProcessError::Failed(format!(
-            "disk = {} MiB is smaller than the base image {} ({} MiB); set disk to at least that",
-            want >> 20,
-            base.path.display(),
-            base.virtual_size >> 20
-        )));
-    }
-    let tmp = &paths.overlay_tmp;
-    let _ = std::fs::remove_file(tmp);
-    let size = want.map(|w| w.to_string());
-    let words = ["create", "-q", "-f", "qcow2", "-F", base.format, "-b"];
-    let mut args: Vec<&std::ffi::OsStr> = words.iter().map(|a| a.as_ref()).collect();
-    args.extend([base.path.as_os_str(), tmp.as_os_str()]);
-    args.extend(size.as_deref().map(std::ffi::OsStr::new));
-    let created = qemu_img(&args, base.path).await;
-    if let Err(e) = created {
-        let _ = std::fs::remove_file(tmp);
-        return Err(e);
-    }
-    // A new disk: nothing proven about or given to the previous one holds.
-    for stale in [
-        &paths.stamp,
-        &paths.known_hosts,
-        &paths.seed,
-        &paths.seed_inputs,
-        &paths.seed_settings,
-        &paths.efi_vars,
-        &paths.base_record,
-    ] {
-        match std::fs::remove_file(stale) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("removing {}", stale.display()))(e));
-            }
-            _ => {}
-        }
-    }
-    let disk_id = crate::ids::random_hex(8);
-    write_atomic(&paths.disk_id, format!("{disk_id}\n").as_bytes())
-        .map_err(io(format!("writing {}", paths.disk_id.display())))?;
-    if let Err(e) = before_rename() {
-        let _ = std::fs::remove_file(tmp);
-        return Err(e);
-    }
-    std::fs::rename(tmp, &paths.overlay)
-        .map_err(io(format!("creating {}", paths.overlay.display())))?;
-    Ok(paths.overlay.clone())
-}
-
-/// Points `overlay` at `backing` (of `format`) without touching its data: `qemu-img rebase
-/// -u`. Only for a backing file with the same content as the one it replaces.
-pub async fn rebase_unsafe(
-    overlay: &Path,
-    backing: &Path,
-    format: &str,
-) -> Result<(), ProcessError> {
-    let words = ["rebase", "-u", "-f", "qcow2", "-F", format, "-b"];
-    let mut args: Vec<&std::ffi::OsStr> = words.iter().map(|a| a.as_ref()).collect();
-    args.extend([backing.as_os_str(), overlay.as_os_str()]);
-    qemu_img(&args, overlay).await
-}
-
-/// Runs `qemu-img ARGS...` on `image` (named in the error).
-async fn qemu_img(args: &[&std::ffi::OsStr], image: &Path) -> Result<(), ProcessError> {
-    let out = Command::new("qemu-img")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .map_err(io("running qemu-img (package qemu-utils)"))?;
-    if out.status.success() {
-        return Ok(());
-    }
-    Err(ProcessError::Failed(format!(
-        "qemu-img {} on {} failed: {}",
-        args.first()
-            .map(|a| a.to_string_lossy())
-            .unwrap_or_default(),
-        image.display(),
-        String::from_utf8_lossy(&out.stderr).trim()
-    )))
-}
-
-/// The format and virtual size of an image as qemu-img reads them (blocking qemu-img, on
-/// the blocking pool).
-pub async fn image_info(image: &Path) -> Result<ImageInfo, ProcessError> {
-    let image = image.to_owned();
-    Ok(
-        tokio::task::spawn_blocking(move || crate::image::info(&image))
-            .await
-            .map_err(|e| ProcessError::Failed(format!("qemu-img info panicked: {e}")))??,
-    )
 }
 
 /// A loopback TCP port that is free right now.
@@ -281,6 +126,11 @@ const QEMU_NICE: &str = "5";
 
 /// Starts QEMU for `spec`, connects to its serial console (QEMU waits for that before it
 /// starts the guest) and waits until QMP answers. `log_cap` bounds serial.log and qemu.log.
+///
+/// QEMU starts with its CPUs stopped (`-S`): once its QMP answers (it has opened its disks by
+/// then), `before_start` runs (the check of the disk's base, `base::check_opened`), and only
+/// if it passes is the guest started (`cont`); otherwise QEMU is killed and its error returned.
+#[allow(clippy::too_many_arguments)]
 pub async fn launch(
     spec: &LaunchSpec,
     paths: &VmPaths,
@@ -288,6 +138,7 @@ pub async fn launch(
     config: &Path,
     log_cap: u64,
     settings: crate::drift::LaunchSettings,
+    before_start: impl FnOnce() -> Result<(), ProcessError>,
 ) -> Result<QemuProcess, ProcessError> {
     ensure_not_running(paths)?;
     for stale in [
@@ -335,7 +186,7 @@ pub async fn launch(
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut serial = None;
-    let qmp_ok = loop {
+    let qmp = loop {
         if let Some(status) = child.try_wait().map_err(io("waiting for QEMU"))? {
             let log = std::fs::read_to_string(&paths.qemu_log).unwrap_or_default();
             return Err(ProcessError::Failed(format!(
@@ -353,18 +204,16 @@ pub async fn launch(
         }
         if serial.is_some()
             && paths.qmp.exists()
-            && Qmp::connect(&paths.qmp, Duration::from_secs(2))
-                .await
-                .is_ok()
+            && let Ok(qmp) = Qmp::connect(&paths.qmp, Duration::from_secs(2)).await
         {
-            break true;
+            break Some(qmp);
         }
         if Instant::now() > deadline {
-            break false;
+            break None;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    if !qmp_ok {
+    let Some(mut qmp) = qmp else {
         let _ = child.start_kill();
         let what = match serial {
             None => format!(
@@ -374,6 +223,19 @@ pub async fn launch(
             Some(_) => "its QMP socket never answered".to_owned(),
         };
         return Err(ProcessError::Failed(format!("QEMU started but {what}")));
+    };
+    let started = match before_start() {
+        Ok(()) => qmp
+            .execute("cont")
+            .await
+            .map(drop)
+            .map_err(|e| ProcessError::Failed(format!("QEMU did not start its guest: {e}"))),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = started {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+        return Err(e);
     }
     let logs = Logs::spawn(
         serial,
@@ -666,35 +528,6 @@ async fn escalate(
     }
 }
 
-/// Deletes the VM's disk and everything bound to it; returns the bytes reclaimed. Refused
-/// while a recorded QEMU of ours still runs on it.
-pub fn discard(paths: &VmPaths) -> Result<u64, ProcessError> {
-    use std::os::unix::fs::MetadataExt;
-    ensure_not_running(paths)?;
-    let reclaimed = std::fs::metadata(&paths.overlay)
-        .map(|m| m.blocks() * 512)
-        .unwrap_or(0);
-    for f in [
-        &paths.overlay,
-        &paths.disk_id,
-        &paths.stamp,
-        &paths.known_hosts,
-        &paths.seed,
-        &paths.seed_inputs,
-        &paths.seed_settings,
-        &paths.efi_vars,
-        &paths.base_record,
-    ] {
-        match std::fs::remove_file(f) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("cannot discard {}", f.display()))(e));
-            }
-            _ => {}
-        }
-    }
-    Ok(reclaimed)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -709,116 +542,5 @@ mod tests {
         // Issue 14 item 15: a stat text that ends at its last ')' panicked the slice.
         assert_eq!(start_time_in("1 (qemu)"), None);
         assert_eq!(start_time_in("1 (a) b) S"), None);
-    }
-
-    /// What the backend does before a launch: grow the disk it has, or make one on `base`.
-    async fn prepare_overlay(
-        paths: &VmPaths,
-        base: &Path,
-        size_mib: Option<u64>,
-    ) -> Result<Option<PathBuf>, ProcessError> {
-        if paths.overlay.exists() {
-            return grow_overlay(paths, size_mib).await.map(|()| None);
-        }
-        let info = image_info(base).await?;
-        let backing = Backing {
-            path: base,
-            format: &info.format,
-            virtual_size: info.virtual_size,
-        };
-        create_overlay(paths, backing, size_mib, || Ok(()))
-            .await
-            .map(Some)
-    }
-
-    #[tokio::test]
-    async fn a_new_overlay_gets_a_new_disk_id_and_drops_the_old_disks_proofs() {
-        let dir = tempfile::tempdir().unwrap();
-        let root =
-            crate::state_root::StateRoot::for_project(dir.path(), "p", Path::new("/p/castra.toml"));
-        let paths = root.vm("vm");
-        let base = dir.path().join("base.img");
-        std::fs::write(&base, vec![0u8; 1 << 20]).unwrap();
-        let first = prepare_overlay(&paths, &base, None).await.unwrap();
-        assert_eq!(first.as_deref(), Some(paths.overlay.as_path()));
-        let id1 = std::fs::read_to_string(&paths.disk_id).unwrap();
-        assert_eq!(
-            prepare_overlay(&paths, &base, None).await.unwrap(),
-            None,
-            "kept"
-        );
-
-        // Proofs about this disk and what was given to it, then the disk goes away.
-        crate::state_root::ensure_dir(&root.stamps_dir()).unwrap();
-        for f in [
-            &paths.stamp,
-            &paths.known_hosts,
-            &paths.seed,
-            &paths.efi_vars,
-            &paths.base_record,
-        ] {
-            std::fs::write(f, "x").unwrap();
-        }
-        assert!(discard(&paths).unwrap() > 0);
-        for f in [
-            &paths.stamp,
-            &paths.known_hosts,
-            &paths.seed,
-            &paths.efi_vars,
-            &paths.base_record,
-            &paths.overlay,
-        ] {
-            assert!(!f.exists(), "{} is left", f.display());
-        }
-
-        prepare_overlay(&paths, &base, None).await.unwrap();
-        let id2 = std::fs::read_to_string(&paths.disk_id).unwrap();
-        assert_ne!(id1, id2);
-        let info = std::process::Command::new("qemu-img")
-            .args(["info", "--output=json"])
-            .arg(&paths.overlay)
-            .output()
-            .unwrap();
-        let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-        assert_eq!(info["format"], "qcow2");
-        assert_eq!(info["backing-filename-format"], "raw");
-    }
-
-    #[tokio::test]
-    async fn a_disk_is_made_at_its_size_grown_when_asked_and_never_shrunk() {
-        let dir = tempfile::tempdir().unwrap();
-        let root =
-            crate::state_root::StateRoot::for_project(dir.path(), "p", Path::new("/p/castra.toml"));
-        let paths = root.vm("vm");
-        let base = dir.path().join("base.img");
-        std::fs::write(&base, vec![0u8; 4 << 20]).unwrap();
-
-        let small = prepare_overlay(&paths, &base, Some(2)).await.unwrap_err();
-        assert!(
-            small.to_string().contains("smaller than the base image"),
-            "{small}"
-        );
-        assert!(!paths.overlay.exists(), "nothing made");
-        prepare_overlay(&paths, &base, Some(16)).await.unwrap();
-        assert_eq!(mib(&paths.overlay).await, 16);
-        let id = std::fs::read_to_string(&paths.disk_id).unwrap();
-        assert_eq!(
-            prepare_overlay(&paths, &base, Some(32)).await.unwrap(),
-            None
-        );
-        assert_eq!(mib(&paths.overlay).await, 32, "grown");
-        assert_eq!(
-            std::fs::read_to_string(&paths.disk_id).unwrap(),
-            id,
-            "the same disk"
-        );
-        let shrink = prepare_overlay(&paths, &base, Some(8)).await.unwrap_err();
-        assert!(shrink.to_string().contains("cannot shrink"), "{shrink}");
-        assert_eq!(mib(&paths.overlay).await, 32, "unchanged");
-        assert_eq!(prepare_overlay(&paths, &base, None).await.unwrap(), None);
-    }
-
-    async fn mib(path: &Path) -> u64 {
-        image_info(path).await.unwrap().virtual_size >> 20
     }
 }

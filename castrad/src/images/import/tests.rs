@@ -276,3 +276,37 @@ fn bench_import_against_cp() {
         std::process::Command::new("sync").status().unwrap();
     }
 }
+
+/// A sparse image (a raw disk is mostly holes) stays sparse in the store: its holes are not
+/// copied as zeros (an upload of it to a libvirt pool then sends no holes either).
+#[tokio::test]
+async fn a_sparse_image_stays_sparse() {
+    use std::io::{Seek, SeekFrom, Write};
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sparse.img");
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.set_len(32 << 20).unwrap();
+    f.seek(SeekFrom::Start(8 << 20)).unwrap();
+    f.write_all(&[0x5a; 64 << 10]).unwrap();
+    drop(f);
+    let bytes = std::fs::read(&path).unwrap();
+    let store = store(dir.path());
+    let (stored, _lease) = store
+        .ensure(&file(&path, None), None, false, &mut |_| {})
+        .await
+        .unwrap();
+    assert_eq!(stored.record.sha256, sha256_hex(&bytes));
+    assert_eq!(
+        std::fs::read(&stored.path).unwrap(),
+        bytes,
+        "the same bytes"
+    );
+    let meta = std::fs::metadata(&stored.path).unwrap();
+    assert_eq!(meta.len(), 32 << 20);
+    assert!(
+        meta.blocks() * 512 < 4 << 20,
+        "{} bytes allocated for 64 KiB of data",
+        meta.blocks() * 512
+    );
+}
