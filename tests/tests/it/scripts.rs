@@ -112,13 +112,15 @@ fn build_guest_completes_on_the_missing_package_path() {
     let boot_before = host_boot();
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("guest");
-    // The host's kernels are out of reach: empty tmpfs over /boot and /lib/modules, in a private
-    // mount namespace (unshare's default propagation is private: nothing leaks to the host).
+    // The host's kernels are out of reach: empty tmpfs over /boot and /lib/modules (those that
+    // exist: a fresh machine or a container may have neither), in a private mount namespace
+    // (unshare's default propagation is private: nothing leaks to the host).
     let run = std::process::Command::new("unshare")
         .args(["--mount", "--", "sh", "-c"])
         .arg(
-            "mount -t tmpfs castra-test /boot && mount -t tmpfs castra-test /lib/modules && \
-             exec \"$0\" \"$1\"",
+            "for d in /boot /lib/modules; do \
+               if [ -d \"$d\" ]; then mount -t tmpfs castra-test \"$d\" || exit 1; fi; \
+             done && exec \"$0\" \"$1\"",
         )
         .arg(workspace().join("scripts/build-guest"))
         .arg(&out)
