@@ -121,20 +121,35 @@ pub async fn run(command: ImageCommand, r: Request<'_>) -> Result<Exit, Failure>
             checksums,
             vms,
         } => {
+            let daemon = Daemon::connect(r.socket).await?;
             let params = match image {
-                Some(image) => api::ImagePullParams {
-                    image: Some(image_arg(&image, r.cwd)),
-                    digest,
-                    checksums,
-                    ..Default::default()
-                },
+                Some(image) => {
+                    // A bare name is the catalog's when the catalog has it, as in castra.toml
+                    // (`./NAME` for a file of that name).
+                    let catalog: api::ImageCatalogResult = daemon
+                        .call(
+                            api::method::IMAGE_CATALOG,
+                            &api::ImageCatalogParams::default(),
+                        )
+                        .await?;
+                    let named = catalog.images.iter().any(|i| i.name == image);
+                    api::ImagePullParams {
+                        image: Some(if named {
+                            image
+                        } else {
+                            image_arg(&image, r.cwd)
+                        }),
+                        digest,
+                        checksums,
+                        ..Default::default()
+                    }
+                }
                 None => api::ImagePullParams {
                     config: Some(find_config(r.config, r.cwd)?),
                     vms,
                     ..Default::default()
                 },
             };
-            let daemon = Daemon::connect(r.socket).await?;
             return pull(&daemon, params, r.json).await;
         }
         ImageCommand::Rm { digest } => {
@@ -183,8 +198,9 @@ fn show<T: serde::Serialize>(json: bool, value: &T, text: fn(&T) -> String) {
     }
 }
 
-/// IMAGE as castrad takes it: a URL as it is; a file (a path with a slash, or a name a file
-/// here has) made absolute; anything else a catalog name.
+/// IMAGE (not a catalog name) as castrad takes it: a URL as it is; a file (a path with a
+/// slash, or a name a file here has) made absolute; anything else as it is (castrad says it
+/// knows no such image).
 fn image_arg(image: &str, cwd: &Path) -> String {
     let path = Path::new(image);
     if image.contains("://") || !(image.contains('/') || cwd.join(path).exists()) {
