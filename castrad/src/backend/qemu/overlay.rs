@@ -103,22 +103,7 @@ pub async fn create_overlay(
         return Err(e);
     }
     // A new disk: nothing proven about or given to the previous one holds.
-    for stale in [
-        &paths.stamp,
-        &paths.known_hosts,
-        &paths.seed,
-        &paths.seed_inputs,
-        &paths.seed_settings,
-        &paths.efi_vars,
-        &paths.base_record,
-    ] {
-        match std::fs::remove_file(stale) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("removing {}", stale.display()))(e));
-            }
-            _ => {}
-        }
-    }
+    remove_all(disk_files(paths), "cannot remove")?;
     let disk_id = crate::ids::random_hex(8);
     write_atomic(&paths.disk_id, format!("{disk_id}\n").as_bytes())
         .map_err(io(format!("writing {}", paths.disk_id.display())))?;
@@ -184,9 +169,15 @@ pub fn discard(paths: &VmPaths) -> Result<u64, ProcessError> {
     let reclaimed = std::fs::metadata(&paths.overlay)
         .map(|m| m.blocks() * 512)
         .unwrap_or(0);
-    for f in [
-        &paths.overlay,
-        &paths.disk_id,
+    remove_all([&paths.overlay, &paths.disk_id], "cannot discard")?;
+    remove_all(disk_files(paths), "cannot discard")?;
+    Ok(reclaimed)
+}
+
+/// What castrad keeps about one disk besides the overlay and its id (proofs about it, what
+/// was given to it): a new disk and a discard remove them all.
+fn disk_files(paths: &VmPaths) -> [&std::path::PathBuf; 7] {
+    [
         &paths.stamp,
         &paths.known_hosts,
         &paths.seed,
@@ -194,15 +185,23 @@ pub fn discard(paths: &VmPaths) -> Result<u64, ProcessError> {
         &paths.seed_settings,
         &paths.efi_vars,
         &paths.base_record,
-    ] {
+    ]
+}
+
+/// Removes each of `files` that exists; the first failure is `what` and the path.
+fn remove_all<'a>(
+    files: impl IntoIterator<Item = &'a std::path::PathBuf>,
+    what: &str,
+) -> Result<(), ProcessError> {
+    for f in files {
         match std::fs::remove_file(f) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(io(format!("cannot discard {}", f.display()))(e));
+                return Err(io(format!("{what} {}", f.display()))(e));
             }
             _ => {}
         }
     }
-    Ok(reclaimed)
+    Ok(())
 }
 
 #[cfg(test)]
