@@ -124,15 +124,19 @@ pub async fn run(command: ImageCommand, r: Request<'_>) -> Result<Exit, Failure>
             let daemon = Daemon::connect(r.socket).await?;
             let params = match image {
                 Some(image) => {
-                    // A bare name is the catalog's when the catalog has it, as in castra.toml
-                    // (`./NAME` for a file of that name).
-                    let catalog: api::ImageCatalogResult = daemon
-                        .call(
-                            api::method::IMAGE_CATALOG,
-                            &api::ImageCatalogParams::default(),
-                        )
-                        .await?;
-                    let named = catalog.images.iter().any(|i| i.name == image);
+                    // A bare name that is also a file here is the catalog's when the catalog
+                    // has it, as in castra.toml (`./NAME` for the file). Any other IMAGE means
+                    // the same either way: the catalog is asked only then.
+                    let ambiguous = !image.contains('/') && r.cwd.join(&image).exists();
+                    let named = ambiguous && {
+                        let catalog: api::ImageCatalogResult = daemon
+                            .call(
+                                api::method::IMAGE_CATALOG,
+                                &api::ImageCatalogParams::default(),
+                            )
+                            .await?;
+                        catalog.images.iter().any(|i| i.name == image)
+                    };
                     api::ImagePullParams {
                         image: Some(if named {
                             image

@@ -184,3 +184,33 @@ fn a_pull_shows_its_progress_and_a_mismatch_keeps_nothing() {
         .json();
     assert_eq!(rm["freed_bytes"], MIB, "{rm}");
 }
+
+/// `image pull NAME` where NAME is both a catalog name and a file here means the catalog's
+/// image, as `base_image = "NAME"` does; `./NAME` is the file.
+#[test]
+fn a_catalog_name_beats_a_file_of_that_name_and_dot_slash_names_the_file() {
+    let env = Env::new();
+    env.write(&[("here/debian-12", "not Debian\n")]);
+    // Nothing listens on the discard port: the catalog's fetch fails at once, naming its URL.
+    let _daemon = env.start_daemon_with(|c| {
+        c.arg("--image-mirror").arg("http://127.0.0.1:9/m/");
+    });
+    let here = env.path("here");
+    let by_name = env.ctl(&here, &["image", "pull", "debian-12"]);
+    assert_ne!(by_name.code, 0, "{by_name:?}");
+    assert!(
+        by_name.stderr.contains("127.0.0.1:9/m/debian-12/"),
+        "the catalog's image was asked for: {by_name:?}"
+    );
+    let ls = env.ctl(&here, &["image", "ls", "--json"]).ok().json();
+    assert_eq!(ls["images"], json!([]), "the file was not imported: {ls}");
+
+    let by_path = env
+        .ctl(&here, &["image", "pull", "./debian-12", "--json"])
+        .ok();
+    let last: Value = serde_json::from_str(by_path.stdout.lines().last().unwrap()).unwrap();
+    let source = last["pull"]["images"][0]["origins"][0]["source"]
+        .as_str()
+        .unwrap_or("");
+    assert!(source.ends_with("/here/debian-12"), "{last}");
+}
