@@ -173,7 +173,11 @@ fn host_has_virtiofsd() -> bool {
     let on_path = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join("virtiofsd").is_file()));
     on_path
-        || ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"]
+        || [
+            "/usr/libexec/virtiofsd",
+            "/usr/lib/virtiofsd",
+            "/usr/lib/qemu/virtiofsd",
+        ]
             .iter()
             .any(|p| Path::new(p).is_file())
 }
@@ -311,22 +315,21 @@ fn setup_installs_packages_without_touching_the_hosts_services_or_boot() {
 /// `scripts/setup --runtime` on a fresh machine installs exactly what running Castra needs
 /// (issue 24 item 1): QEMU, qemu-img, the OpenSSH client, newgidmap, OVMF, the trust roots,
 /// and virtiofsd when the machine has none; nothing of the test bench, and no Rust (not even
-/// through sudo). The developer set (no flag) holds all of it and more.
+/// through sudo). `--build` adds exactly what building needs (gcc, the C library's files,
+/// curl) and Rust; the developer set (no flag) holds all of it and more.
 #[test]
-fn setup_runtime_installs_only_what_running_castra_needs() {
+fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() {
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home-alice");
     std::fs::create_dir_all(&home).unwrap();
-    let runtime = run_setup_with(
-        dir.path(),
-        &[],
-        0,
-        &["--runtime"],
-        &[("SUDO_USER", Path::new("alice")), ("SHIM_HOME", &home)],
-    );
+    let sudo = [("SUDO_USER", Path::new("alice")), ("SHIM_HOME", &home)];
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let runtime = run_setup_with(dir.path(), &[], 0, &["--runtime"], &sudo);
     assert!(runtime.status.success(), "{}", runtime.stderr);
-    let mut installs = apt_installs(&runtime);
-    installs.sort();
+    let installs = sorted(apt_installs(&runtime));
     let mut expected = vec![
         "ca-certificates",
         "openssh-client",
@@ -337,8 +340,8 @@ fn setup_runtime_installs_only_what_running_castra_needs() {
     ];
     if !host_has_virtiofsd() {
         expected.push("virtiofsd");
-        expected.sort();
     }
+    expected.sort();
     assert_eq!(installs, expected, "{:?}", runtime.calls);
     assert!(
         !runtime
@@ -351,21 +354,44 @@ fn setup_runtime_installs_only_what_running_castra_needs() {
     assert_eq!(runtime.policy_during_install.as_deref(), Some("exit 101\n"));
     assert!(!dir.path().join("policy-rc.d").exists());
 
+    let build = run_setup_with(dir.path(), &[], 0, &["--build"], &sudo);
+    assert!(build.status.success(), "{}", build.stderr);
+    let mut expected_build = expected.clone();
+    expected_build.extend(["curl", "gcc", "libc6-dev"]);
+    expected_build.sort();
+    assert_eq!(sorted(apt_installs(&build)), expected_build, "{:?}", build.calls);
+    assert_eq!(
+        build.calls.iter().filter(|c| c.starts_with("runuser -u alice ")).count(),
+        1,
+        "--build installs Rust for alice: {:?}",
+        build.calls
+    );
+
     let developer = run_setup(dir.path(), &[], 0);
     assert!(developer.status.success(), "{}", developer.stderr);
     let developer = apt_installs(&developer);
-    for p in &installs {
-        assert!(developer.contains(p), "the developer set lacks {p}: {developer:?}");
+    for p in &expected_build {
+        assert!(
+            developer.iter().any(|d| d == p),
+            "the developer set lacks {p}: {developer:?}"
+        );
     }
-    for p in ["busybox-static", "dropbear-bin", "cpio", "gcc", "libvirt-daemon", "neovim"] {
+    for p in [
+        "busybox-static",
+        "dropbear-bin",
+        "cpio",
+        "libvirt-daemon",
+        "neovim",
+    ] {
         assert!(developer.iter().any(|d| d == p), "{p}: {developer:?}");
+        assert!(!expected_build.contains(&p), "{p}");
     }
 
     // Not root: the error says how to run it.
     let user = run_setup_with(dir.path(), &[], 1000, &["--runtime"], &[]);
     assert!(!user.status.success());
     assert!(
-        user.stderr.contains("sudo scripts/setup --runtime"),
+        user.stderr.contains("sudo scripts/setup --runtime)"),
         "{}",
         user.stderr
     );
