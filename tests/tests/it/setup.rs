@@ -322,7 +322,7 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home-alice");
     std::fs::create_dir_all(&home).unwrap();
-    let sudo = [("SUDO_USER", Path::new("alice")), ("SHIM_HOME", &home)];
+    let sudo = [("SUDO_USER", Path::new("alice")), ("SHIM_HOME", home.as_path())];
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v
@@ -415,7 +415,7 @@ fn setup_through_sudo_installs_rust_for_the_invoking_user_as_that_user() {
     let fresh = run_setup(dir.path(), &[], 0);
     let every = apt_installs(&fresh);
     let every: Vec<&str> = every.iter().map(String::as_str).collect();
-    let sudo = [("SUDO_USER", Path::new("alice")), ("SHIM_HOME", &home)];
+    let sudo = [("SUDO_USER", Path::new("alice")), ("SHIM_HOME", home.as_path())];
 
     let run = run_setup_with(dir.path(), &every, 0, &[], &sudo);
     assert!(run.status.success(), "{}", run.stderr);
