@@ -285,13 +285,26 @@ fn install_deb_builds_a_package_of_the_same_files_in_the_systems_places() {
     ];
 
     let t = std::time::Instant::now();
-    let said = install_with(&home, &["--deb", "--from", from.to_str().unwrap()], &fake_env);
+    let said = install_with(
+        &home,
+        &["--deb", "--from", from.to_str().unwrap()],
+        &fake_env,
+    );
     eprintln!("scripts/install --deb: {:?}", t.elapsed());
     let text = |out: std::process::Output| {
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap()
     };
-    let arch = text(Command::new("dpkg").arg("--print-architecture").output().unwrap());
+    let arch = text(
+        Command::new("dpkg")
+            .arg("--print-architecture")
+            .output()
+            .unwrap(),
+    );
     let version = text(Command::new(CASTRAD).arg("--version").output().unwrap());
     let version = version.trim().strip_prefix("castrad ").unwrap().to_owned();
     let deb = from.join(format!("castra_{version}_{}.deb", arch.trim()));
@@ -311,7 +324,13 @@ fn install_deb_builds_a_package_of_the_same_files_in_the_systems_places() {
     );
 
     // The listing: "perms owner size date time path", paths without spaces.
-    let listing = text(Command::new("dpkg-deb").arg("-c").arg(&deb).output().unwrap());
+    let listing = text(
+        Command::new("dpkg-deb")
+            .arg("-c")
+            .arg(&deb)
+            .output()
+            .unwrap(),
+    );
     let mut files = std::collections::BTreeMap::new();
     for line in listing.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
@@ -332,28 +351,48 @@ fn install_deb_builds_a_package_of_the_same_files_in_the_systems_places() {
         ("/usr/bin/castractl", "-rwxr-xr-x"),
         ("/usr/lib/systemd/user/castrad.service", "-rw-r--r--"),
         ("/usr/lib/systemd/user/castrad.socket", "-rw-r--r--"),
-        ("/usr/share/bash-completion/completions/castractl", "-rw-r--r--"),
+        (
+            "/usr/share/bash-completion/completions/castractl",
+            "-rw-r--r--",
+        ),
         ("/usr/share/zsh/vendor-completions/_castractl", "-rw-r--r--"),
-        ("/usr/share/fish/vendor_completions.d/castractl.fish", "-rw-r--r--"),
+        (
+            "/usr/share/fish/vendor_completions.d/castractl.fish",
+            "-rw-r--r--",
+        ),
         ("/usr/share/man/man1/castractl.1.gz", "-rw-r--r--"),
         ("/usr/share/man/man1/castractl-doctor.1.gz", "-rw-r--r--"),
         ("/usr/share/man/man8/castrad.8.gz", "-rw-r--r--"),
         ("/usr/share/doc/castra/copyright", "-rw-r--r--"),
     ] {
-        assert_eq!(files.get(file).map(String::as_str), Some(perms), "{file}: {listing}");
+        assert_eq!(
+            files.get(file).map(String::as_str),
+            Some(perms),
+            "{file}: {listing}"
+        );
     }
     let man1 = std::fs::read_dir(from.join("assets/man")).unwrap().count();
     assert_eq!(
-        files.keys().filter(|f| f.starts_with("/usr/share/man/")).count(),
+        files
+            .keys()
+            .filter(|f| f.starts_with("/usr/share/man/"))
+            .count(),
         man1,
         "every man page: {listing}"
     );
 
     // The control fields.
     let field = |name: &str| {
-        text(Command::new("dpkg-deb").arg("-f").arg(&deb).arg(name).output().unwrap())
-            .trim()
-            .to_owned()
+        text(
+            Command::new("dpkg-deb")
+                .arg("-f")
+                .arg(&deb)
+                .arg(name)
+                .output()
+                .unwrap(),
+        )
+        .trim()
+        .to_owned()
     };
     assert_eq!(field("Package"), "castra");
     assert_eq!(field("Version"), version);
@@ -381,15 +420,24 @@ fn install_deb_builds_a_package_of_the_same_files_in_the_systems_places() {
         .collect();
     assert!(runtime.len() >= 6, "{runtime:?}");
     for p in &runtime {
-        assert!(depends.contains(p), "{p} (scripts/setup --runtime) in {depends:?}");
+        assert!(
+            depends.contains(p),
+            "{p} (scripts/setup --runtime) in {depends:?}"
+        );
     }
 
     // Unpacked: the unit names /usr/bin/castrad and is otherwise the repository's; the rest
     // are the files it was built from.
     let root = env.path("root");
-    let x = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).output().unwrap();
+    let x = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&root)
+        .output()
+        .unwrap();
     assert!(x.status.success(), "{x:?}");
-    let service = std::fs::read_to_string(root.join("usr/lib/systemd/user/castrad.service")).unwrap();
+    let service =
+        std::fs::read_to_string(root.join("usr/lib/systemd/user/castrad.service")).unwrap();
     let original = std::fs::read_to_string(repo().join("systemd/castrad.service")).unwrap();
     let changed: Vec<(&str, &str)> = original
         .lines()
@@ -398,14 +446,20 @@ fn install_deb_builds_a_package_of_the_same_files_in_the_systems_places() {
         .collect();
     assert_eq!(
         changed,
-        [("ExecStart=%h/.local/bin/castrad", "ExecStart=\"/usr/bin/castrad\"")],
+        [(
+            "ExecStart=%h/.local/bin/castrad",
+            "ExecStart=\"/usr/bin/castrad\""
+        )],
         "{service}"
     );
     assert_eq!(original.lines().count(), service.lines().count());
     for (packed, built) in [
         ("usr/bin/castrad", Path::new(CASTRAD).to_owned()),
         ("usr/bin/castractl", Path::new(CASTRACTL).to_owned()),
-        ("usr/lib/systemd/user/castrad.socket", repo().join("systemd/castrad.socket")),
+        (
+            "usr/lib/systemd/user/castrad.socket",
+            repo().join("systemd/castrad.socket"),
+        ),
         (
             "usr/share/bash-completion/completions/castractl",
             from.join("assets/completions/castractl"),

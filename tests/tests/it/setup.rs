@@ -178,8 +178,8 @@ fn host_has_virtiofsd() -> bool {
             "/usr/lib/virtiofsd",
             "/usr/lib/qemu/virtiofsd",
         ]
-            .iter()
-            .any(|p| Path::new(p).is_file())
+        .iter()
+        .any(|p| Path::new(p).is_file())
 }
 
 /// scripts/setup on a machine missing packages must leave the host's services alone (issue 14
@@ -322,7 +322,10 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home-alice");
     std::fs::create_dir_all(&home).unwrap();
-    let sudo = [("SUDO_USER", Path::new("alice")), ("SHIM_HOME", home.as_path())];
+    let sudo = [
+        ("SUDO_USER", Path::new("alice")),
+        ("SHIM_HOME", home.as_path()),
+    ];
     let sorted = |mut v: Vec<String>| {
         v.sort();
         v
@@ -347,7 +350,9 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
         !runtime
             .calls
             .iter()
-            .any(|c| ["runuser ", "curl ", "getent "].iter().any(|p| c.starts_with(p))),
+            .any(|c| ["runuser ", "curl ", "getent "]
+                .iter()
+                .any(|p| c.starts_with(p))),
         "--runtime installs no Rust: {:?}",
         runtime.calls
     );
@@ -359,9 +364,18 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
     let mut expected_build = expected.clone();
     expected_build.extend(["curl", "gcc", "libc6-dev"]);
     expected_build.sort();
-    assert_eq!(sorted(apt_installs(&build)), expected_build, "{:?}", build.calls);
     assert_eq!(
-        build.calls.iter().filter(|c| c.starts_with("runuser -u alice ")).count(),
+        sorted(apt_installs(&build)),
+        expected_build,
+        "{:?}",
+        build.calls
+    );
+    assert_eq!(
+        build
+            .calls
+            .iter()
+            .filter(|c| c.starts_with("runuser -u alice "))
+            .count(),
         1,
         "--build installs Rust for alice: {:?}",
         build.calls
@@ -415,7 +429,10 @@ fn setup_through_sudo_installs_rust_for_the_invoking_user_as_that_user() {
     let fresh = run_setup(dir.path(), &[], 0);
     let every = apt_installs(&fresh);
     let every: Vec<&str> = every.iter().map(String::as_str).collect();
-    let sudo = [("SUDO_USER", Path::new("alice")), ("SHIM_HOME", home.as_path())];
+    let sudo = [
+        ("SUDO_USER", Path::new("alice")),
+        ("SHIM_HOME", home.as_path()),
+    ];
 
     let run = run_setup_with(dir.path(), &every, 0, &[], &sudo);
     assert!(run.status.success(), "{}", run.stderr);
@@ -428,7 +445,10 @@ fn setup_through_sudo_installs_rust_for_the_invoking_user_as_that_user() {
     let call = runuser[0];
     for part in [
         "runuser -u alice -- env -u CARGO_HOME -u RUSTUP_HOME ",
-        &format!("HOME={} USER=alice LOGNAME=alice sh -c cd && curl ", home.display()),
+        &format!(
+            "HOME={} USER=alice LOGNAME=alice sh -c cd && curl ",
+            home.display()
+        ),
         "https://sh.rustup.rs | sh -s -- -y --no-modify-path --profile minimal --component clippy,rustfmt",
     ] {
         assert!(call.contains(part), "{part:?} in {call}");
@@ -528,7 +548,10 @@ fn setup_interrupted_while_apt_get_runs_leaves_no_policy_rc_d() {
         child.try_wait().unwrap().is_none(),
         "setup waits for apt-get"
     );
-    assert!(policy.exists(), "services stay held back while apt-get runs");
+    assert!(
+        policy.exists(),
+        "services stay held back while apt-get runs"
+    );
     std::fs::write(hold.join("release"), "").unwrap();
     let run = setup_run(dir.path(), child.wait_with_output().unwrap());
     assert_eq!(run.status.code(), Some(143), "{}", run.stderr);
