@@ -8,6 +8,9 @@
 //! cargo, so the suite needs no release build. The dev build is the one `cargo test` keeps up
 //! to date (only the castrad, castractl and xtask executables may need linking), and the bench
 //! smoke stage after the end-to-end tests builds the same executables: it finds them current.
+//! It runs with no cargo in PATH, as a user's shell is after scripts/setup (issue 24).
+//!
+//! And the Debian package of `--deb` (issue 24), read back with dpkg-deb.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,6 +23,11 @@ fn repo() -> &'static Path {
 
 /// `scripts/install ARGS` with HOME at `home`; its output. It must succeed. cargo (a rustup
 /// proxy) keeps finding its toolchain and crates: CARGO_HOME and RUSTUP_HOME stay the real ones.
+///
+/// And the script's cargo sees the environment of a user's shell, not the one `cargo test`
+/// gives this test (CARGO_MANIFEST_DIR, CARGO_PKG_NAME…): some build scripts (ring's) rerun
+/// when those change, so inheriting them rebuilt ring and all above it twice per suite run,
+/// here and again in the bench smoke stage.
 fn install(home: &Path, args: &[&str]) -> String {
     install_with(home, args, &[])
 }
@@ -28,7 +36,25 @@ fn install(home: &Path, args: &[&str]) -> String {
 fn install_with(home: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> String {
     let real = std::env::var_os("HOME").map(std::path::PathBuf::from);
     let real = real.as_deref().unwrap_or(Path::new("/root"));
-    let out = Command::new(repo().join("scripts/install"))
+    let mut command = Command::new(repo().join("scripts/install"));
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        let from_cargo_test = name == "CARGO"
+            || [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_BIN_",
+                "CARGO_CRATE_",
+            ]
+            .iter()
+            .any(|p| name.starts_with(p))
+            || name == "CARGO_PRIMARY_PACKAGE"
+            || name == "CARGO_TARGET_TMPDIR";
+        if from_cargo_test {
+            command.env_remove(&*name);
+        }
+    }
+    let out = command
         .args(args)
         .envs(env.iter().copied())
         .env("HOME", home)
@@ -198,8 +224,15 @@ fn install_without_from_builds_then_installs_what_it_built() {
     let env = Env::new();
     let home = env.path("home");
     std::fs::create_dir_all(&home).unwrap();
+    // PATH without cargo, as a user's is after scripts/setup (rustup edits no shell start-up
+    // file): the script finds rustup's cargo in CARGO_HOME/bin (~/.cargo/bin) itself.
+    let path = std::env::var_os("PATH").unwrap();
+    let path = std::env::join_paths(
+        std::env::split_paths(&path).filter(|dir| !dir.join("cargo").exists()),
+    )
+    .unwrap();
     let t = std::time::Instant::now();
-    let said = install(&home, &["--debug"]);
+    let said = install_with(&home, &["--debug"], &[("PATH", &path)]);
     eprintln!("scripts/install --debug: {:?}", t.elapsed());
     // Where cargo test put its own executables is where the dev build goes.
     let built = Path::new(CASTRAD).parent().unwrap();
