@@ -32,6 +32,7 @@ mod qemu;
 mod restart;
 mod scale;
 mod scripts;
+mod setup;
 mod ssh_options;
 mod sshd;
 mod stamps;

@@ -76,9 +76,14 @@ impl Transport {
     }
 }
 
-/// Where Debian installs virtiofsd: the `virtiofsd` package (Rust, Debian 13 on), and
-/// qemu-system-common up to QEMU 7.2 (Debian 12).
-const VIRTIOFSD_PATHS: [&str; 2] = ["/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd"];
+/// Where distributions install virtiofsd, off PATH: the `virtiofsd` package (Rust) of Debian 13
+/// on, Ubuntu 24.04 on and Fedora in /usr/libexec, Arch's in /usr/lib; QEMU's own, up to QEMU
+/// 7.2, in qemu-system-common (Debian 12, Ubuntu 22.04).
+const VIRTIOFSD_PATHS: [&str; 3] = [
+    "/usr/libexec/virtiofsd",
+    "/usr/lib/virtiofsd",
+    "/usr/lib/qemu/virtiofsd",
+];
 
 /// What the transport choice depends on.
 #[derive(Debug, Clone, PartialEq, Eq)]
