@@ -139,7 +139,8 @@ fn shares_verdict(
                     path.display()
                 ),
                 format!(
-                    "see why {} does not run as castrad's user; VMs with [[vms.mounts]] may fail                      to start until it does (reinstall: {install})",
+                    "see why {} does not run as castrad's user; VMs with [[vms.mounts]] may fail \
+                     to start until it does (reinstall: {install})",
                     path.display()
                 ),
             ),
