@@ -2,7 +2,15 @@
 //! one only a client can make: whether castrad answers at all, and in which version. castrad
 //! not answering is a failed check, not an error: the report is printed either way, with the
 //! machine's checks from `castrad --check` (the castrad installed with this castractl, run in
-//! castractl's environment), since castractl does not link castrad's code (ARCHITECTURE.md).
+//! castractl's environment).
+//!
+//! Why run castrad rather than check here: the verdicts are the daemon's own decisions (the
+//! accelerator `accel::choose` would pick, the user namespace virtiofsd would get, the open
+//! file limit against `--max-parallel`), made by one implementation; moving them to a crate
+//! castractl links would put the QEMU backend's probes into the wire crate, or castrad's code
+//! into castractl (ARCHITECTURE.md: castractl links castra-api only). The price is that the
+//! checks need a castrad binary, which is installed beside castractl anyway, and a castrad
+//! that cannot be run is itself what doctor reports.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
