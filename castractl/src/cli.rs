@@ -251,7 +251,11 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     match cli.command {
         Command::Init { image, name } => {
             // --config names the file to write (it need not exist); else castra.toml here.
-            let config = cwd.join(cli.config.as_deref().unwrap_or(api::CONFIG_FILE_NAME.as_ref()));
+            let config = cwd.join(
+                cli.config
+                    .as_deref()
+                    .unwrap_or(api::CONFIG_FILE_NAME.as_ref()),
+            );
             return crate::init::run(&config, &image, name.as_deref(), cli.json);
         }
         Command::Completion { shell } => {

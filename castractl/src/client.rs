@@ -53,8 +53,12 @@ pub struct Daemon {
 impl Daemon {
     pub async fn connect(socket: &Path) -> Result<Daemon, Failure> {
         let unreachable = |why: String| {
-            Failure::new(Exit::Unreachable, "unreachable", format!("cannot reach castrad at {}: {why}", socket.display()))
-                .detail(castra_api::START_CASTRAD)
+            Failure::new(
+                Exit::Unreachable,
+                "unreachable",
+                format!("cannot reach castrad at {}: {why}", socket.display()),
+            )
+            .detail(castra_api::START_CASTRAD)
         };
         let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
             let why = match e.kind() {

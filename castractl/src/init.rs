@@ -111,8 +111,7 @@ fn catalog() -> BTreeMap<String, String> {
     struct Entry {
         description: String,
     }
-    let entries: BTreeMap<String, Entry> =
-        toml::from_str(api::CATALOG_TOML).unwrap_or_default();
+    let entries: BTreeMap<String, Entry> = toml::from_str(api::CATALOG_TOML).unwrap_or_default();
     entries
         .into_iter()
         .map(|(name, e)| (name, e.description))
@@ -121,7 +120,8 @@ fn catalog() -> BTreeMap<String, String> {
 
 /// Pure: `--image` as a catalog name (of `catalog`) or an https:// URL, or why not.
 pub fn parse_image(text: &str, catalog: &BTreeMap<String, String>) -> Result<Image, Failure> {
-    let usage = |why: String| Failure::new(Exit::Usage, "usage", format!("--image {text:?}: {why}"));
+    let usage =
+        |why: String| Failure::new(Exit::Usage, "usage", format!("--image {text:?}: {why}"));
     if let Some((scheme, rest)) = text.split_once("://") {
         if scheme != "https" {
             return Err(usage(format!(

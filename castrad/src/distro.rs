@@ -274,7 +274,10 @@ mod tests {
         assert_eq!(os.id, "neon");
         assert_eq!(os.id_like, ["ubuntu", "debian"]);
         assert_eq!(os.version_id, "22.04");
-        assert_eq!(os.pretty_name, "KDE \"neon\"", "NAME stands in for PRETTY_NAME");
+        assert_eq!(
+            os.pretty_name, "KDE \"neon\"",
+            "NAME stands in for PRETTY_NAME"
+        );
         assert_eq!(OsRelease::parse(""), OsRelease::default());
     }
 

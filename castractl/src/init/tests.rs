@@ -30,8 +30,14 @@ fn images_are_catalog_names_or_https_urls() {
         Image::Url(url.to_owned())
     );
     for (bad, says) in [
-        ("debian-99", "not a catalog name (debian-12) or an https:// URL"),
-        ("http://example.org/x.qcow2", "a http:// image needs base_image_digest"),
+        (
+            "debian-99",
+            "not a catalog name (debian-12) or an https:// URL",
+        ),
+        (
+            "http://example.org/x.qcow2",
+            "a http:// image needs base_image_digest",
+        ),
         ("file:///srv/x.qcow2", "https:// URLs only"),
         ("https://example.org/", "naming an image file"),
         ("https://example.org", "naming an image file"),
@@ -117,7 +123,9 @@ fn init_writes_both_files_and_never_over_one() {
     let again = run(&config, "debian-12", None, false).unwrap_err();
     assert_eq!(again.exit, Exit::Usage);
     assert!(
-        again.message.starts_with(&format!("{} exists", config.display())),
+        again
+            .message
+            .starts_with(&format!("{} exists", config.display())),
         "{}",
         again.message
     );

@@ -162,7 +162,10 @@ pub fn unit_dirs(x: &Xdg) -> Vec<PathBuf> {
         .data_dirs
         .clone()
         .unwrap_or_else(|| "/usr/local/share:/usr/share".to_owned());
-    let mut dirs = vec![config.join("systemd/user"), PathBuf::from("/etc/systemd/user")];
+    let mut dirs = vec![
+        config.join("systemd/user"),
+        PathBuf::from("/etc/systemd/user"),
+    ];
     dirs.push(data.join("systemd/user"));
     dirs.extend(
         data_dirs

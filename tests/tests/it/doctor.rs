@@ -218,7 +218,9 @@ fn doctor_reports_an_unreachable_castrad_as_a_failed_check_and_still_checks_the_
     );
     let castrad_line = out.stdout.lines().next().unwrap();
     assert!(
-        castrad_line.ends_with(&format!("the machine's checks below are `{CASTRAD} --check`'s")),
+        castrad_line.ends_with(&format!(
+            "the machine's checks below are `{CASTRAD} --check`'s"
+        )),
         "{castrad_line}"
     );
     // The advice is the one every message gives (castra_api::START_CASTRAD).
@@ -317,7 +319,9 @@ fn doctor_names_the_distributions_packages_and_a_missing_castrad() {
         assert_eq!(c["status"], "fail", "{c}");
         let fix = c["fix"].as_str().unwrap();
         assert!(
-            fix.contains(&format!("dnf install {package} (Fedora Linux 44 (Workstation Edition))")),
+            fix.contains(&format!(
+                "dnf install {package} (Fedora Linux 44 (Workstation Edition))"
+            )),
             "{name}: {fix}"
         );
         assert!(!fix.contains("apt-get"), "{fix}");

@@ -87,7 +87,10 @@ fn init_writes_a_project_that_castrad_plans_and_never_overwrites_it() {
         ],
     );
     assert_eq!(init.code, 0, "{init:?}");
-    assert!(init.stdout.contains("project web, VM dev from https://"), "{init:?}");
+    assert!(
+        init.stdout.contains("project web, VM dev from https://"),
+        "{init:?}"
+    );
     let plan = env.ctl(&other, &["plan", "--json"]).ok().json();
     let dev = &plan["vms"][0];
     assert_eq!(dev["base_image"]["source"], url, "{plan}");

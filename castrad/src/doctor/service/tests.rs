@@ -149,7 +149,11 @@ fn the_socket_is_enabled_or_says_how_to_start_castrad() {
     // A bus socket that is not there is the manager's absence, not the unit's.
     let nosocket = socket_enabled(
         "alice",
-        &run(false, "", "Failed to connect to bus: No such file or directory\n"),
+        &run(
+            false,
+            "",
+            "Failed to connect to bus: No such file or directory\n",
+        ),
     );
     assert!(nosocket.verdict.contains("does not answer"), "{nosocket:?}");
     let missing = socket_enabled("alice", &Err("cannot run systemctl: not found".into()));
@@ -161,7 +165,10 @@ fn lingering_off_is_a_warning_with_the_command() {
     assert_eq!(linger("alice", true).status, CheckStatus::Ok);
     let off = linger("alice", false);
     assert_eq!(off.status, CheckStatus::Warn);
-    assert!(off.verdict.contains("/var/lib/systemd/linger/alice"), "{off:?}");
+    assert!(
+        off.verdict.contains("/var/lib/systemd/linger/alice"),
+        "{off:?}"
+    );
     assert_eq!(
         off.fix.as_deref(),
         Some("sudo loginctl enable-linger alice (if VMs should outlive your sessions)")
@@ -193,10 +200,16 @@ fn the_services_path_must_find_what_castrad_runs() {
         service: Some(Path::new(dir).join(program)),
         here: Some(Path::new(dir).join(program)),
     };
-    let all = [found("qemu-system-x86_64", "/usr/bin"), found("ssh", "/usr/bin")];
+    let all = [
+        found("qemu-system-x86_64", "/usr/bin"),
+        found("ssh", "/usr/bin"),
+    ];
     let ok = service_path("/usr/bin", true, &all, "unused");
     assert_eq!(ok.status, CheckStatus::Ok, "{ok:?}");
-    assert!(ok.verdict.contains("finds qemu-system-x86_64, ssh"), "{ok:?}");
+    assert!(
+        ok.verdict.contains("finds qemu-system-x86_64, ssh"),
+        "{ok:?}"
+    );
 
     // QEMU built into /opt: the shell finds it, a service would not.
     let opt = Lookup {
