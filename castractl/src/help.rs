@@ -71,9 +71,9 @@ wildcards or ~ (every name means itself, quotes, spaces and all). Runs `sftp` wi
 Examples: castractl cp -r ./src web-0:/srv/app    castractl cp db:/var/log/db.log .";
 
 pub const INIT_HELP: &str = "\
-Writes castra.toml and bootstrap.sh in the current directory: one VM, `dev`, from a cloud image
-(IMAGE: a catalog name, see `castractl image catalog`, or an https:// URL), with the user `dev`
-that castrad's cloud-init seed creates (passwordless sudo), and a bootstrap script that runs in
-it. Every setting is commented; docs/CONFIGURATION.md is the reference. Nothing is overwritten:
-if either file exists, init writes nothing and exits 2 naming it. Then: castractl up, castractl
-ssh dev.";
+Writes castra.toml and bootstrap.sh in the current directory (with --config PATH: that file, the
+script beside it): one VM, `dev`, from a cloud image (IMAGE: a catalog name, see `castractl image
+catalog`, or an https:// URL), with the user `dev` that castrad's cloud-init seed creates
+(passwordless sudo), and a bootstrap script stub that runs in it. Every setting is commented;
+docs/CONFIGURATION.md is the reference. Nothing is overwritten: if either file exists, init
+writes nothing and exits 2 naming it. Then: castractl up, castractl ssh dev.";

@@ -206,10 +206,11 @@ fn quoted(text: &str) -> String {
 pub fn render_config(project: &str, image: &Image) -> String {
     let image_lines = match image {
         Image::Catalog { name, description } => format!(
-            "# A name from castrad's catalog ({description}; `castractl image catalog` lists\n\
-             # them): fetched on the first `up`, checked against the checksums its distribution\n\
-             # publishes, and kept in the image store (~/.cache/castra/images) for every project.\n\
-             # Or any image by URL, with the checksums file published beside it:\n\
+            "# {name}: {description}.\n\
+             # A name from castrad's catalog (`castractl image catalog` lists them): fetched on\n\
+             # the first `up`, checked against the checksums its distribution publishes, and kept\n\
+             # in the image store (~/.cache/castra/images) for every project. Or any image by\n\
+             # URL, with the checksums file published beside it:\n\
              # base_image = \"https://example.org/images/cloud-image.qcow2\"\n\
              # base_image_checksums = \"https://example.org/images/SHA256SUMS\"\n\
              base_image = {}\n",
