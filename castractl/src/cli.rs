@@ -13,72 +13,11 @@ use serde_json::value::RawValue;
 use crate::Exit;
 use crate::client::{Daemon, Failure, find_config, next_followed};
 use crate::progress::{self, PlainFeed, UpDisplay};
-use crate::{render, term};
-
-const AFTER_HELP: &str = "\
-Commands at a glance:
-  plan     what `up` would do for each VM, and why (nothing runs)
-  up       start the VMs (all, or those named) and bootstrap them, following it live; exits 1
-           if any VM failed; says which running VMs castra.toml has changed (drift)
-  restart  stop the VMs (all, or those named), then up them: applies changed cpus, memory,
-           forwards and disk
-  logs     the durable logs of a VM's bootstrap runs
-  events   follow castrad's event feed (`--json`: one event per line)
-  status   the daemon, its projects and their VMs
-  ssh      a shell (or one command) in a VM, as castrad reaches it: its key, its pinned host key
-  ssh-config  OpenSSH config blocks for the VMs (`ssh -F`, `scp -F`, VS Code Remote-SSH)
-  doctor   check the machine (and the project here) can run VMs; exits 1 if a check fails
-  completion  the shell completion script (bash, zsh, fish)
-  console  a QEMU VM's serial console: the end of its log, or `--follow` it live
-  cp       copy files to or from a VM (`cp [-r] SRC VM:DST`, `cp [-r] VM:SRC DST`) over sftp
-  image    castrad's image store: ls, pull [IMAGE], rm DIGEST, prune, adopt [VM...], catalog
-
-Exit codes:
-  0  success
-  1  the operation ran and failed
-  2  usage error, invalid castra.toml, or a preflight rejection (conflicting or unknown overrides,
-     an unknown VM name given to any command, an image in use); a base image whose content does
-     not match its checksum
-  3  castrad is not reachable (start it with `systemctl --user start castrad`); `version` needs
-     castrad only with --daemon";
-
-const UP_HELP: &str = "\
-Output:
-  on a terminal  a live line per VM (step, what it waits on, its latest output), then a summary
-  piped          one plain line per event (`web-0  apply  | output line`), then the summary
-  --json         every event envelope as one JSON line, then {\"outcome\": ...} as the last line
-
-Exit codes: 0 every VM ended Success, NoOp or Skipped; 1 any VM Failed or was Rejected (another
-operation was bootstrapping it, or its QEMU is unresponsive: `castractl down VM` stops it);
-2 invalid castra.toml or overrides, an unknown VM name (restart: also a disk asked to shrink),
-nothing started; also 2 when a VM failed because its base image's content did not match its
-checksum (nothing was kept); 3 castrad not reachable. A base image not in the store yet is
-fetched first, its progress shown (a bar on a terminal).
-Ctrl-C stops following (exit 1); it does not tell castrad to stop: `castractl cancel [VM...]`
-stops the runs.";
-
-const EVENTS_HELP: &str = "\
-Prints events until Ctrl-C (exit 0) or until castrad closes the connection (exit 1).
-Lines: `SEQ  VM  WHAT`; with --json, each event envelope as one compact JSON line, flushed at once.";
-
-const CONSOLE_HELP: &str = "\
-The serial console of a QEMU VM as castrad records it since the VM's last start (serial.log,
-capped at `serial_log_max`). With --follow, what the guest writes next is streamed (past the
-log's cap too), at most 32 KiB a second after a 64 KiB burst: castractl says how many bytes
-were left out. Ends when the VM stops (exit 0). --json: castra.console's result; with
---follow, each castra.consoleOutput notification as one JSON line (the last has `end`).";
-
-const CP_HELP: &str = "\
-Exactly one of SRC and DST is VM:PATH (a colon with no slash before it, like scp: write a local
-name with a colon as ./a:b). Relative VM paths are relative to the login's home directory; no
-wildcards or ~ (every name means itself, quotes, spaces and all). Runs `sftp` with the settings
-`castractl ssh-config VM` prints. Exit 0 copied, 1 the copy failed (sftp's reason is shown),
-2 usage (an unknown VM, a missing local source, a directory without -r), 3 castrad unreachable.
-Examples: castractl cp -r ./src web-0:/srv/app    castractl cp db:/var/log/db.log .";
+use crate::{help, render, term};
 
 /// Drive castrad, the Castra VM daemon.
 #[derive(Debug, Parser)]
-#[command(name = "castractl", version, after_help = AFTER_HELP)]
+#[command(name = "castractl", version, after_help = help::after_help())]
 struct Cli {
     /// Project file [default: the nearest castra.toml from the current directory upwards].
     #[arg(long, global = true, value_name = "PATH")]
@@ -98,6 +37,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Write a commented castra.toml and a bootstrap script stub in the current directory:
+    /// one VM from a cloud image, ready for `castractl up`. Never overwrites a file.
+    #[command(after_help = help::INIT_HELP)]
+    Init {
+        /// The cloud image: a catalog name (`castractl image catalog`) or an https:// URL.
+        #[arg(long, value_name = "IMAGE", default_value = crate::init::DEFAULT_IMAGE)]
+        image: String,
+        /// The project's name [default: the current directory's name, made a valid name].
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
     /// Show castractl's version and castrad's (when castrad is reachable; exits 0 either way).
     Version {
         /// castrad's version is required: exit 3 when castrad is not reachable.
@@ -115,7 +65,7 @@ enum Command {
     /// until every VM is done. A VM already running is left as it is: a launch setting
     /// castra.toml changed since (cpus, memory, forwards, disk) is reported, and applied by
     /// `castractl restart`.
-    #[command(after_help = UP_HELP)]
+    #[command(after_help = help::UP_HELP)]
     Up {
         /// VMs to start and bootstrap, by expanded name [default: all of the project].
         vms: Vec<String>,
@@ -128,7 +78,7 @@ enum Command {
     /// then start and bootstrap them as `up` does, in one operation: a running VM gets what
     /// castra.toml now says (cpus, memory, forwards; a larger disk is grown, a smaller one
     /// refused before anything stops). The bootstrap is `up`'s: NoOp when its stamp matches.
-    #[command(after_help = UP_HELP)]
+    #[command(after_help = help::UP_HELP)]
     Restart {
         /// VMs to restart, by expanded name [default: all of the project].
         vms: Vec<String>,
@@ -166,7 +116,7 @@ enum Command {
         run: Option<String>,
     },
     /// Follow castrad's events, like `docker events`, until Ctrl-C.
-    #[command(after_help = EVENTS_HELP)]
+    #[command(after_help = help::EVENTS_HELP)]
     Events {
         /// Only events of this operation (as `up` prints it).
         #[arg(long, value_name = "ID")]
@@ -191,7 +141,7 @@ enum Command {
         command: Vec<String>,
     },
     /// Show a QEMU VM's serial console: the end of its log, or follow it live (--follow).
-    #[command(after_help = CONSOLE_HELP)]
+    #[command(after_help = help::CONSOLE_HELP)]
     Console {
         /// The VM, as `castractl plan` names it (replicas: `web-0`).
         vm: String,
@@ -208,7 +158,7 @@ enum Command {
     },
     /// Copy a file (a directory with -r) to a VM or from it, over the VM's pinned SSH
     /// connection (sftp, with castrad's key and the VM's pinned host key).
-    #[command(after_help = CP_HELP)]
+    #[command(after_help = help::CP_HELP)]
     Cp {
         /// Copy directories and what they hold, like `scp -r`.
         #[arg(short, long)]
@@ -299,6 +249,15 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
     let cwd = std::env::current_dir()
         .map_err(|e| Failure::new(Exit::Failed, "internal", format!("current directory: {e}")))?;
     match cli.command {
+        Command::Init { image, name } => {
+            // --config names the file to write (it need not exist); else castra.toml here.
+            let config = cwd.join(
+                cli.config
+                    .as_deref()
+                    .unwrap_or(api::CONFIG_FILE_NAME.as_ref()),
+            );
+            return crate::init::run(&config, &image, name.as_deref(), cli.json);
+        }
         Command::Completion { shell } => {
             term::script(&crate::completion::script(shell, &mut Cli::command()));
         }

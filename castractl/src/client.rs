@@ -53,9 +53,12 @@ pub struct Daemon {
 impl Daemon {
     pub async fn connect(socket: &Path) -> Result<Daemon, Failure> {
         let unreachable = |why: String| {
-            Failure::new(Exit::Unreachable, "unreachable", format!("cannot reach castrad at {}: {why}", socket.display()))
-                .detail("start it with `systemctl --user start castrad` (or run `castrad` in another terminal)")
-                .detail("or point castractl at it with --socket PATH / CASTRA_SOCKET")
+            Failure::new(
+                Exit::Unreachable,
+                "unreachable",
+                format!("cannot reach castrad at {}: {why}", socket.display()),
+            )
+            .detail(castra_api::START_CASTRAD)
         };
         let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
             let why = match e.kind() {
@@ -234,5 +237,6 @@ pub fn find_config(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, Failu
             cwd.display()
         ),
     )
-    .detail("pass --config PATH, or run castractl inside a project"))
+    .detail("pass --config PATH, or run castractl inside a project")
+    .detail("castractl init writes a castra.toml for a cloud image in the current directory"))
 }

@@ -1,8 +1,19 @@
 //! `castractl doctor`: castrad's `castra.doctor` checks (the machine, the project), behind the
 //! one only a client can make: whether castrad answers at all, and in which version. castrad
-//! not answering is a failed check, not an error: the report is printed either way.
+//! not answering is a failed check, not an error: the report is printed either way, with the
+//! machine's checks from `castrad --check` (the castrad installed with this castractl, run in
+//! castractl's environment).
+//!
+//! Why run castrad rather than check here: the verdicts are the daemon's own decisions (the
+//! accelerator `accel::choose` would pick, the user namespace virtiofsd would get, the open
+//! file limit against `--max-parallel`), made by one implementation; moving them to a crate
+//! castractl links would put the QEMU backend's probes into the wire crate, or castrad's code
+//! into castractl (ARCHITECTURE.md: castractl links castra-api only). The price is that the
+//! checks need a castrad binary, which is installed beside castractl anyway, and a castrad
+//! that cannot be run is itself what doctor reports.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use api::{CheckStatus, DoctorCheck, DoctorResult};
 use castra_api as api;
@@ -18,15 +29,39 @@ const METHOD_NOT_FOUND: i64 = -32601;
 /// when none failed, 1 otherwise. `config`: the project to check too, when there is one.
 pub async fn run(socket: &Path, config: Option<PathBuf>, json: bool) -> Exit {
     let mut checks = Vec::new();
-    let restart = "restart castrad to run the installed version: systemctl --user restart castrad";
+    let restart = api::RESTART_CASTRAD;
     match Daemon::connect(socket).await {
-        Err(f) => checks.push(DoctorCheck::fail(
-            "castrad",
-            None,
-            f.message,
-            "start it: systemctl --user enable --now castrad.socket (or run castrad in a \
-             terminal); if it listens elsewhere, pass --socket or set CASTRA_SOCKET",
-        )),
+        Err(f) => {
+            let program = castrad_program();
+            let machine = machine_checks(&program).await;
+            let verdict = match &machine {
+                Ok(_) => format!(
+                    "{}; the machine's checks below are `{} --check`'s",
+                    f.message,
+                    program.display()
+                ),
+                Err(_) => f.message,
+            };
+            checks.push(DoctorCheck::fail(
+                "castrad",
+                None,
+                verdict,
+                api::START_CASTRAD,
+            ));
+            checks.extend(machine.unwrap_or_else(|failed| vec![failed]));
+            if let Some(config) = &config {
+                checks.push(DoctorCheck::warn(
+                    "config",
+                    None,
+                    format!(
+                        "{} was not checked: a project's checks need castrad (then run \
+                         castractl doctor again)",
+                        config.display()
+                    ),
+                    api::START_CASTRAD,
+                ));
+            }
+        }
         Ok(daemon) => {
             let version: Result<api::VersionResult, _> = daemon
                 .call(api::method::VERSION, &serde_json::json!({}))
@@ -63,7 +98,8 @@ pub async fn run(socket: &Path, config: Option<PathBuf>, json: bool) -> Exit {
         checks.push(DoctorCheck::ok(
             "config",
             None,
-            "no castra.toml here or above: only the machine was checked",
+            "no castra.toml here or above: only the machine was checked (castractl init \
+             writes one)",
         ));
     }
     let result = DoctorResult { checks };
@@ -77,6 +113,99 @@ pub async fn run(socket: &Path, config: Option<PathBuf>, json: bool) -> Exit {
     } else {
         Exit::Ok
     }
+}
+
+/// Names the castrad `castractl doctor` runs with `--check` when castrad does not answer.
+pub const CASTRAD_ENV: &str = "CASTRA_CASTRAD";
+
+/// How long `castrad --check` may take (it runs QEMU's, ssh's and systemctl's version and
+/// state queries, and starts virtiofsd once).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The castrad to run with `--check`: `$CASTRA_CASTRAD`, else the castrad beside this
+/// castractl (they are installed together, so they are one build), else `castrad` in PATH.
+fn castrad_program() -> PathBuf {
+    if let Some(path) = std::env::var_os(CASTRAD_ENV).filter(|p| !p.is_empty()) {
+        return path.into();
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join("castrad")))
+        .filter(|beside| beside.is_file())
+        .unwrap_or_else(|| PathBuf::from("castrad"))
+}
+
+/// The machine's checks, from `program --check` (castra.doctor's result on its stdout), or
+/// one failed `machine` check saying why there are none.
+async fn machine_checks(program: &Path) -> Result<Vec<DoctorCheck>, DoctorCheck> {
+    let fail = |verdict: String, fix: &str| DoctorCheck::fail("machine", None, verdict, fix);
+    let same_build = "install castrad and castractl from the same build (scripts/install), or \
+                      set CASTRA_CASTRAD to castrad's path";
+    let mut command = tokio::process::Command::new(program);
+    command
+        .arg("--check")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(CHECK_TIMEOUT, command.output()).await {
+        Err(_) => {
+            return Err(fail(
+                format!(
+                    "the machine was not checked: `{} --check` did not finish in {} s",
+                    program.display(),
+                    CHECK_TIMEOUT.as_secs()
+                ),
+                "run castrad --check yourself to see where it waits",
+            ));
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            let place = match std::env::var_os(CASTRAD_ENV).filter(|p| !p.is_empty()) {
+                Some(_) => format!("{CASTRAD_ENV}={} does not exist", program.display()),
+                None => "there is no castrad beside castractl or in PATH".to_owned(),
+            };
+            return Err(fail(
+                format!("the machine was not checked: {place}"),
+                same_build,
+            ));
+        }
+        Ok(Err(e)) => {
+            return Err(fail(
+                format!(
+                    "the machine was not checked: cannot run {}: {e}",
+                    program.display()
+                ),
+                same_build,
+            ));
+        }
+        Ok(Ok(out)) => out,
+    };
+    if let Ok(result) = serde_json::from_slice::<DoctorResult>(&out.stdout) {
+        return Ok(result.checks);
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let said = stderr
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("nothing on stderr");
+    if stderr.contains("--check") {
+        // clap: "unexpected argument '--check' found".
+        return Err(fail(
+            format!(
+                "the machine was not checked: {} has no --check (older than this castractl): \
+                 {said}",
+                program.display()
+            ),
+            same_build,
+        ));
+    }
+    Err(fail(
+        format!(
+            "the machine was not checked: `{} --check` failed ({}): {said}",
+            program.display(),
+            out.status
+        ),
+        "run castrad --check yourself to see why",
+    ))
 }
 
 /// castrad answers: its version against castractl's.
@@ -96,15 +225,17 @@ fn version_check(v: &api::VersionResult, socket: &Path) -> DoctorCheck {
                 "{verdict}, but this castractl {ours} speaks protocol {}",
                 api::PROTOCOL_VERSION
             ),
-            "install castrad and castractl from the same build (scripts/install), then restart \
-             castrad: systemctl --user restart castrad",
+            format!(
+                "install castrad and castractl from the same build (scripts/install), then {}",
+                api::RESTART_CASTRAD
+            ),
         )
     } else if v.version != ours {
         DoctorCheck::warn(
             "castrad",
             None,
             format!("{verdict}; castractl is {ours}"),
-            "restart castrad to run the installed version: systemctl --user restart castrad",
+            format!("to run the installed version, {}", api::RESTART_CASTRAD),
         )
     } else {
         DoctorCheck::ok("castrad", None, verdict)

@@ -4,7 +4,7 @@
 //! and renders results for people (tables) or programs (`--json`: JSON on every path, errors
 //! included). Exit codes are a contract, listed in `--help` and in [`Exit`].
 //!
-//! - `cli`: flags and subcommands (clap), the entry point.
+//! - `cli`: flags and subcommands (clap), the entry point; `help` their long help texts.
 //! - `client`: connecting to the daemon and mapping its errors to exit codes.
 //! - `console`: a VM's serial console (`castractl console`), escaped for the terminal.
 //! - `copy`: `castractl cp` over sftp with castrad's SSH settings for the VM.
@@ -14,7 +14,9 @@
 //! - `restart`: `castractl restart`: the restart, then `up`'s way of following it.
 //! - `images`: `castractl image`: the image store (list, pull, remove, prune, adopt, catalog).
 //! - `term`: the only writer of stdout and stderr: text escaped for the terminal, JSON as is.
-//! - `doctor`: `castractl doctor`, castrad's checks behind its own (is castrad there?).
+//! - `doctor`: `castractl doctor`, castrad's checks behind its own (is castrad there?); when
+//!   castrad does not answer, the machine's checks from `castrad --check`.
+//! - `init`: `castractl init`, a commented castra.toml and bootstrap script for a cloud image.
 //! - `completion`: shell completion scripts made from the command line's definition.
 
 mod cli;
@@ -23,7 +25,9 @@ pub mod completion;
 mod console;
 mod copy;
 mod doctor;
+mod help;
 mod images;
+mod init;
 mod progress;
 mod render;
 mod restart;

@@ -15,7 +15,9 @@ Exit codes:
   1  failed to start or failed while running (the message says why)
   2  usage error
   3  another castrad holds the state directory's lock (the message names its pid); the
-     systemd unit does not restart castrad on this one (RestartPreventExitStatus=3)";
+     systemd unit does not restart castrad on this one (RestartPreventExitStatus=3)
+With --check: 0 no check failed, 1 a check failed (or the checks could not run: nothing on
+stdout then), 2 usage error.";
 
 /// The exit code when another castrad holds the state directory.
 const EXIT_LOCKED: u8 = 3;
@@ -60,6 +62,14 @@ struct Args {
     #[arg(long, env = crate::images::MIRROR_ENV, value_name = "URL")]
     image_mirror: Option<String>,
 
+    /// Check this machine instead of serving: print the machine checks of `castractl doctor`
+    /// (QEMU, KVM, virtiofsd, the state directory, ssh, the systemd user service) as JSON,
+    /// castra.doctor's result, with this command line's settings and environment; then exit.
+    /// Starts no daemon, takes no lock, writes nothing. `castractl doctor` runs it when castrad
+    /// does not answer.
+    #[arg(long)]
+    check: bool,
+
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` or `castrad=debug`.
     #[arg(
         long,
@@ -77,6 +87,9 @@ pub fn command() -> clap::Command {
 
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check {
+        return check(args);
+    }
     init_tracing(&args.log);
     let fd_limit = raise_fd_limit();
     let runtime = match tokio::runtime::Runtime::new() {
@@ -87,6 +100,35 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+/// `castrad --check`: the machine's checks (`doctor::machine`) as castra.doctor's result on
+/// stdout. No tracing: stdout is JSON alone, stderr only says why the checks could not run.
+fn check(args: Args) -> ExitCode {
+    // The open file limit a castrad started here would run with.
+    raise_fd_limit();
+    let Some(state_base) = args.state_dir.or_else(crate::state_root::default_base) else {
+        eprintln!("castrad: cannot find a home directory for state; pass --state-dir");
+        return ExitCode::from(1);
+    };
+    let settings = crate::doctor::Settings {
+        state_base,
+        accel_override: args.accel,
+        max_parallel: args.max_parallel,
+    };
+    let result = castra_api::DoctorResult {
+        checks: crate::doctor::machine(&settings),
+    };
+    let failed = result
+        .checks
+        .iter()
+        .any(|c| c.status == castra_api::CheckStatus::Fail);
+    let json = serde_json::to_string_pretty(&result).expect("a DoctorResult serializes");
+    use std::io::Write;
+    if writeln!(std::io::stdout().lock(), "{json}").is_err() {
+        return ExitCode::from(1);
+    }
+    ExitCode::from(u8::from(failed))
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

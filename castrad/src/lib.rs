@@ -19,6 +19,7 @@
 //! - `config`, `overrides`: castra.toml and `--bootstrap`, parsed and validated.
 //! - `state_root`: the only code that builds paths under the state directory.
 //! - `instance`: the lock that keeps castrad one per state directory.
+//! - `distro`: the distribution (os-release) and its package names, for fixes.
 //! - `image`: disk images as qemu-img sees them; what a base image may be.
 //! - `images`: the image store: base images fetched by URL or imported, content-addressed.
 //! - `fsutil`, `ids`, `error`: atomic writes, random ids, error chains.
@@ -27,6 +28,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod distro;
 pub mod doctor;
 pub mod drift;
 pub mod error;

@@ -75,3 +75,17 @@ pub struct CliVersion {
     /// Why castrad could not be reached; null when it answered.
     pub unreachable: Option<String>,
 }
+
+/// `castractl init --json`: the files it wrote.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(rename = "CastractlInit")]
+pub struct CliInit {
+    /// The castra.toml written (absolute path).
+    pub config: std::path::PathBuf,
+    /// The bootstrap script written beside it (absolute path).
+    pub script: std::path::PathBuf,
+    /// The project's name in it.
+    pub project: String,
+    /// Its VM's `base_image`: a catalog name or an https:// URL.
+    pub image: String,
+}

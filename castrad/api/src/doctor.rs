@@ -22,8 +22,9 @@ pub struct DoctorResult {
 /// One check and its verdict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct DoctorCheck {
-    /// What was checked: `castrad`, `qemu`, `qemu-img`, `kvm`, `virtiofsd`, `state-dir`,
-    /// `disk-space`, `fd-limit`, `ssh`, `config`, `base-image`, `ports`, `keys`.
+    /// What was checked: `castrad`, `machine` (castractl's), `qemu`, `qemu-img`, `kvm`,
+    /// `virtiofsd`, `state-dir`, `disk-space`, `fd-limit`, `ssh`, `units`, `socket`, `linger`,
+    /// `service-path`, `config`, `base-image`, `ports`, `keys`.
     pub check: String,
     /// The VM the check is about; null for checks of the machine or the whole project.
     pub vm: Option<String>,

@@ -169,6 +169,11 @@ pub struct VmImageAdopt {
 // ---------------------------------------------------------------------------------------------
 // castra.imageCatalog
 
+/// The catalog of named images (`base_image = "debian-12"`) as data: castrad resolves the
+/// names with it, and `castractl init` checks a name against it without asking castrad. Here
+/// because both binaries read it; the format is described in the file.
+pub const CATALOG_TOML: &str = include_str!("catalog.toml");
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct ImageCatalogParams {
     /// A project whose `[project] image_mirror` applies.

@@ -21,7 +21,9 @@ mod doctor;
 pub mod openrpc;
 mod socket;
 pub use doctor::{CheckStatus, DoctorCheck, DoctorParams, DoctorResult};
-pub use socket::{CONFIG_FILE_NAME, SOCKET_ENV, default_socket_path, runtime_dir};
+pub use socket::{
+    CONFIG_FILE_NAME, RESTART_CASTRAD, SOCKET_ENV, START_CASTRAD, default_socket_path, runtime_dir,
+};
 
 /// Protocol revision, bumped on any incompatible change to a method or event.
 pub const PROTOCOL_VERSION: u32 = 1;

@@ -317,6 +317,7 @@ pub fn document() -> Value {
     results.subschema_for::<crate::cli::CliOutcome>();
     results.subschema_for::<crate::cli::CliPull>();
     results.subschema_for::<crate::cli::CliVersion>();
+    results.subschema_for::<crate::cli::CliInit>();
     json!({
         "openrpc": OPENRPC_VERSION,
         "info": {

@@ -29,3 +29,15 @@ pub fn runtime_dir() -> PathBuf {
 
 /// The project file name castractl looks for, walking up from the current directory.
 pub const CONFIG_FILE_NAME: &str = "castra.toml";
+
+/// How to start castrad: the one text every message giving this advice uses (castractl's
+/// "cannot reach castrad" error and its `--help`, `castractl doctor`, castrad's own checks of
+/// the user service), so a user meets one way to do it, worded one way.
+pub const START_CASTRAD: &str = "start castrad: `systemctl --user enable --now castrad.socket` \
+     (without a systemd user manager, run `castrad` in a terminal); if it listens on another \
+     socket, pass --socket PATH or set CASTRA_SOCKET";
+
+/// How to restart castrad (to run a newly installed version, or after a change it reads only
+/// at start), worded one way everywhere.
+pub const RESTART_CASTRAD: &str = "restart castrad: `systemctl --user restart castrad` (where \
+     it runs in a terminal, stop it with Ctrl-C and start it again)";

@@ -421,8 +421,9 @@ pub struct Vm {
 /// (e.g. `vms[1].bootstrap.mode`) and what was expected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// File could not be read (missing, permission).
-    #[error("{}: cannot read file: {source}", path.display())]
+    /// File could not be read (missing, permission). A castra.toml that does not exist says
+    /// that `castractl init` writes one.
+    #[error("{}: cannot read file: {source}{}", path.display(), init_hint(path, source))]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -463,6 +464,16 @@ impl ConfigError {
         match self {
             ConfigError::Read { path, .. } | ConfigError::Invalid { path, .. } => path,
         }
+    }
+}
+
+/// For a castra.toml that is not there: how to make one.
+fn init_hint(path: &Path, e: &std::io::Error) -> &'static str {
+    let missing = e.kind() == std::io::ErrorKind::NotFound;
+    if missing && path.file_name() == Some(std::ffi::OsStr::new(CONFIG_FILE_NAME)) {
+        " (`castractl init` writes one for a cloud image)"
+    } else {
+        ""
     }
 }
 

@@ -7,6 +7,7 @@ use castra_api::DoctorCheck;
 use crate::backend::qemu::accel::{self, AccelSetting, KvmProbe};
 use crate::backend::qemu::argv::{Accel, QEMU};
 use crate::backend::qemu::mounts;
+use crate::distro::{self, Package};
 use crate::pipeline::slots::{FDS_PER_VM, MOST_FDS_PER_SLOT};
 
 /// What the checks need of castrad's settings.
@@ -23,8 +24,8 @@ pub const LOW_SPACE: u64 = 4 << 30;
 
 pub fn checks(s: &Settings) -> Vec<DoctorCheck> {
     vec![
-        program("qemu", QEMU, "qemu-system-x86"),
-        program("qemu-img", "qemu-img", "qemu-utils"),
+        program("qemu", QEMU, Package::Qemu),
+        program("qemu-img", "qemu-img", Package::QemuImg),
         kvm(s.accel_override, &accel::probe()),
         virtiofsd(),
         state_dir(&s.state_base),
@@ -35,14 +36,14 @@ pub fn checks(s: &Settings) -> Vec<DoctorCheck> {
 }
 
 /// `program --version`, which castrad cannot work without.
-fn program(check: &str, program: &str, package: &str) -> DoctorCheck {
+fn program(check: &str, program: &str, package: Package) -> DoctorCheck {
     match super::version_of(program, &["--version"]) {
         Ok(version) => DoctorCheck::ok(check, None, version),
         Err(why) => DoctorCheck::fail(
             check,
             None,
             format!("{program}: {why}"),
-            format!("install it: apt-get install {package} (Debian; scripts/setup does)"),
+            format!("install it: {}", distro::install(&[package])),
         ),
     }
 }
@@ -68,20 +69,21 @@ pub fn kvm(accel_override: Option<AccelSetting>, probe: &KvmProbe) -> DoctorChec
         ),
         Ok(choice) => {
             let fix = match &probe.device {
-                Ok(()) if probe.pvm => {
-                    "nothing to do here: this host's KVM is kvm_pvm (no hardware virtualization), \
-                     so VMs run under TCG; for KVM, use a host with VT-x/AMD-V or nested \
-                     virtualization"
-                }
-                Err(e) if e.contains("ermission denied") => {
-                    "add yourself to the kvm group (sudo adduser $USER kvm), log in again, and \
-                     restart castrad (systemctl --user restart castrad)"
-                }
-                Err(e) if e.contains("No such file") => {
-                    "enable virtualization (VT-x/AMD-V) in the firmware, or nested \
-                     virtualization on the VM host, and load kvm_intel or kvm_amd"
-                }
-                _ => "VMs run under TCG until castrad can open /dev/kvm read-write",
+                Ok(()) if probe.pvm => "nothing to do here: this host's KVM is kvm_pvm (no \
+                                        hardware virtualization), so VMs run under TCG; for \
+                                        KVM, use a host with VT-x/AMD-V or nested virtualization"
+                    .to_owned(),
+                Err(e) if e.contains("ermission denied") => format!(
+                    "add yourself to the kvm group (sudo usermod -aG kvm \"$USER\"), log in \
+                     again, then {}",
+                    castra_api::RESTART_CASTRAD
+                ),
+                Err(e) if e.contains("No such file") => "enable virtualization (VT-x/AMD-V) in \
+                                                         the firmware, or nested virtualization \
+                                                         on the VM host, and load kvm_intel or \
+                                                         kvm_amd"
+                    .to_owned(),
+                _ => "VMs run under TCG until castrad can open /dev/kvm read-write".to_owned(),
             };
             DoctorCheck::warn("kvm", None, format!("TCG, slower ({})", choice.reason), fix)
         }
@@ -93,22 +95,62 @@ pub fn kvm(accel_override: Option<AccelSetting>, probe: &KvmProbe) -> DoctorChec
 /// in one; else 9p) and why. 9p is a warning (Debian's cloud kernels have no 9p at all) whose
 /// fix is what the missing piece is: a virtiofsd, or what its user namespace lacks.
 fn virtiofsd() -> DoctorCheck {
-    shares_verdict(&mounts::probe())
+    let probe = mounts::probe();
+    let version = match (mounts::choose(&probe).0, &probe.virtiofsd) {
+        (mounts::Transport::Virtiofs, Some(path)) => Some(virtiofsd_version(&probe, path)),
+        _ => None,
+    };
+    shares_verdict(&probe, version, &distro::install(&[Package::Virtiofsd]))
 }
 
-fn shares_verdict(probe: &mounts::Probe) -> DoctorCheck {
+/// `virtiofsd --version` where castrad would run it: as it is when castrad is root, else in
+/// the user namespace the probe chose (QEMU 7.2's virtiofsd drops its supplementary groups
+/// before anything else, which fails outside such a namespace).
+fn virtiofsd_version(probe: &mounts::Probe, path: &Path) -> Result<String, String> {
+    let path = path.to_string_lossy();
+    match (&probe.userns, probe.root) {
+        (Ok(ns), false) => {
+            let mut argv = ns.prelude();
+            argv.extend(["--".to_owned(), path.into_owned(), "--version".to_owned()]);
+            let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+            super::version_of(&argv[0], &args)
+        }
+        _ => super::version_of(&path, &["--version"]),
+    }
+}
+
+/// Pure: the verdict on shared folders, given what was probed, `virtiofsd --version` where
+/// virtiofs is the transport, and the command that installs virtiofsd here. A virtiofsd that
+/// cannot say its version is a warning: it may not start for a VM either.
+fn shares_verdict(
+    probe: &mounts::Probe,
+    version: Option<Result<String, String>>,
+    install: &str,
+) -> DoctorCheck {
     let (transport, why) = mounts::choose(probe);
     let unmountable = "a guest kernel without 9p (Debian's cloud kernels) cannot mount them";
     match (transport, &probe.virtiofsd, &probe.userns) {
-        (mounts::Transport::Virtiofs, Some(path), _) => {
-            let version =
-                super::version_of(&path.to_string_lossy(), &["--version"]).unwrap_or_else(|e| e);
-            DoctorCheck::ok(
+        (mounts::Transport::Virtiofs, Some(path), _) => match version {
+            Some(Err(failed)) => DoctorCheck::warn(
+                "virtiofsd",
+                None,
+                format!(
+                    "shared folders over {why}, but `{} --version` failed: {failed}",
+                    path.display()
+                ),
+                format!(
+                    "see why {} does not run as castrad's user; VMs with [[vms.mounts]] may fail \
+                     to start until it does (reinstall: {install})",
+                    path.display()
+                ),
+            ),
+            Some(Ok(version)) => DoctorCheck::ok(
                 "virtiofsd",
                 None,
                 format!("shared folders over {why} ({version})"),
-            )
-        }
+            ),
+            None => DoctorCheck::ok("virtiofsd", None, format!("shared folders over {why}")),
+        },
         // The verdict says what is missing, the fix what to do (choose's reason has both).
         (_, Some(path), Err(no)) => DoctorCheck::warn(
             "virtiofsd",
@@ -125,19 +167,50 @@ fn shares_verdict(probe: &mounts::Probe) -> DoctorCheck {
             None,
             format!("shared folders over {why}; {unmountable}"),
             if found.is_none() {
-                "install virtiofsd (Debian 13: apt-get install virtiofsd; Debian 12: \
-                 qemu-system-common brings /usr/lib/qemu/virtiofsd)"
+                format!("install virtiofsd: {install}")
             } else {
-                "run castrad as root"
+                "run castrad as root".to_owned()
             },
         ),
     }
 }
 
+/// The state directory, or (before castrad's first start, which creates it) the nearest
+/// directory above it that exists.
+fn existing(base: &Path) -> &Path {
+    base.ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"))
+}
+
 fn state_dir(base: &Path) -> DoctorCheck {
     use nix::unistd::{AccessFlags, access};
-    match access(base, AccessFlags::W_OK | AccessFlags::X_OK) {
-        Ok(()) => DoctorCheck::ok("state-dir", None, format!("{} is writable", base.display())),
+    let there = existing(base);
+    match access(there, AccessFlags::W_OK | AccessFlags::X_OK) {
+        Ok(()) if there == base => {
+            DoctorCheck::ok("state-dir", None, format!("{} is writable", base.display()))
+        }
+        Ok(()) => DoctorCheck::ok(
+            "state-dir",
+            None,
+            format!(
+                "{} does not exist yet; castrad creates it ({} is writable)",
+                base.display(),
+                there.display()
+            ),
+        ),
+        Err(e) if there != base => DoctorCheck::fail(
+            "state-dir",
+            None,
+            format!(
+                "{} does not exist, and castrad cannot create it: {} is not writable: {}",
+                base.display(),
+                there.display(),
+                e.desc()
+            ),
+            "make it writable by castrad's user, or start castrad with --state-dir (or \
+             CASTRA_STATE_DIR) on a writable file system",
+        ),
         Err(e) => DoctorCheck::fail(
             "state-dir",
             None,
@@ -149,7 +222,7 @@ fn state_dir(base: &Path) -> DoctorCheck {
 }
 
 fn disk_space(base: &Path) -> DoctorCheck {
-    match nix::sys::statvfs::statvfs(base) {
+    match nix::sys::statvfs::statvfs(existing(base)) {
         Ok(st) => space(
             base,
             st.blocks_available().saturating_mul(st.fragment_size()),
@@ -220,7 +293,7 @@ pub fn files(limit: u64, max_parallel: u32) -> DoctorCheck {
 
 /// The OpenSSH client castrad runs (ssh, and ssh-keygen for keys).
 fn ssh() -> DoctorCheck {
-    let fix = "install it: apt-get install openssh-client";
+    let fix = format!("install it: {}", distro::install(&[Package::OpenSsh]));
     match (
         super::version_of("ssh", &["-V"]),
         super::version_of("ssh-keygen", &["-l", "-f", "/dev/null"]),
@@ -237,6 +310,9 @@ fn ssh() -> DoctorCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use castra_api::CheckStatus;
+
+    const INSTALL: &str = "sudo apt-get install virtiofsd (Debian GNU/Linux 13 (trixie))";
 
     #[test]
     fn the_shares_check_says_which_transport_and_what_would_give_virtiofs() {
@@ -251,32 +327,43 @@ mod tests {
                 },
             ]),
         };
-        let root = shares_verdict(&mounts::Probe {
-            virtiofsd: Some(path.clone()),
-            root: true,
-            userns: Err(groups.clone()),
-        });
-        assert_eq!(root.status, castra_api::CheckStatus::Ok, "{root:?}");
+        let version = || Some(Ok("virtiofsd version 7.2.22".to_owned()));
+        let root = shares_verdict(
+            &mounts::Probe {
+                virtiofsd: Some(path.clone()),
+                root: true,
+                userns: Err(groups.clone()),
+            },
+            version(),
+            INSTALL,
+        );
+        assert_eq!(root.status, CheckStatus::Ok, "{root:?}");
         assert!(
-            root.verdict.starts_with("shared folders over virtiofs"),
+            root.verdict.starts_with("shared folders over virtiofs")
+                && root.verdict.ends_with("(virtiofsd version 7.2.22)"),
             "{root:?}"
         );
-        let mapped = shares_verdict(&mounts::Probe {
+        let newgidmap = mounts::Probe {
             virtiofsd: Some(path.clone()),
             root: false,
             userns: Ok(mounts::UserNs::Newgidmap {
                 subgid: 100000,
                 inner: 0,
             }),
-        });
-        assert_eq!(mapped.status, castra_api::CheckStatus::Ok, "{mapped:?}");
+        };
+        let mapped = shares_verdict(&newgidmap, version(), INSTALL);
+        assert_eq!(mapped.status, CheckStatus::Ok, "{mapped:?}");
         assert!(mapped.verdict.contains("newgidmap"), "{mapped:?}");
-        let user = shares_verdict(&mounts::Probe {
-            virtiofsd: Some(path),
-            root: false,
-            userns: Err(groups),
-        });
-        assert_eq!(user.status, castra_api::CheckStatus::Warn, "{user:?}");
+        let user = shares_verdict(
+            &mounts::Probe {
+                virtiofsd: Some(path.clone()),
+                root: false,
+                userns: Err(groups),
+            },
+            None,
+            INSTALL,
+        );
+        assert_eq!(user.status, CheckStatus::Warn, "{user:?}");
         for part in [
             "setgroups",
             "supplementary groups",
@@ -291,15 +378,40 @@ mod tests {
              range no other user has), then restart castrad (docs/CONFIGURATION.md, shared \
              folders)"
         );
-        let none = shares_verdict(&mounts::Probe {
-            virtiofsd: None,
-            root: true,
-            userns: Ok(mounts::UserNs::Plain),
-        });
-        assert_eq!(none.status, castra_api::CheckStatus::Warn, "{none:?}");
-        assert!(
-            none.fix.as_deref().unwrap().contains("install virtiofsd"),
-            "{none:?}"
+        let none = shares_verdict(
+            &mounts::Probe {
+                virtiofsd: None,
+                root: true,
+                userns: Ok(mounts::UserNs::Plain),
+            },
+            None,
+            INSTALL,
         );
+        assert_eq!(none.status, CheckStatus::Warn, "{none:?}");
+        assert_eq!(
+            none.fix.as_deref().unwrap(),
+            format!("install virtiofsd: {INSTALL}")
+        );
+    }
+
+    /// Issue 24: virtiofs is the transport, but virtiofsd fails when asked its version (as
+    /// QEMU 7.2's did, run outside its user namespace): a warning quoting the failure, never
+    /// an `ok` line with the failure in it.
+    #[test]
+    fn a_virtiofsd_that_fails_is_never_ok() {
+        let probe = mounts::Probe {
+            virtiofsd: Some(PathBuf::from("/usr/lib/qemu/virtiofsd")),
+            root: false,
+            userns: Ok(mounts::UserNs::Newgidmap {
+                subgid: 100000,
+                inner: 0,
+            }),
+        };
+        let failed = "`/usr/lib/qemu/virtiofsd --version` failed (exit status: 1): \
+                      setgroups() failed with error=1:Operation not permitted";
+        let check = shares_verdict(&probe, Some(Err(failed.to_owned())), INSTALL);
+        assert_eq!(check.status, CheckStatus::Warn, "{check:?}");
+        assert!(check.verdict.contains("setgroups() failed"), "{check:?}");
+        assert!(check.fix.as_deref().unwrap().contains(INSTALL), "{check:?}");
     }
 }

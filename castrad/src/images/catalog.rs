@@ -1,5 +1,6 @@
 //! The catalog of named images (`base_image = "debian-12"`): the data lives in
-//! `catalog.toml` beside this file (not in code), compiled in and parsed once. Pure.
+//! `castrad/api/src/catalog.toml` (not in code; in the shared crate because castractl reads
+//! it too), compiled in and parsed once. Pure.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -20,7 +21,7 @@ pub struct Entry {
     pub user: String,
 }
 
-const DATA: &str = include_str!("catalog.toml");
+const DATA: &str = castra_api::CATALOG_TOML;
 
 /// Every entry, by name (parsed once; the file is checked by this module's tests).
 pub fn entries() -> &'static BTreeMap<String, Entry> {

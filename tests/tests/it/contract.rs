@@ -326,6 +326,8 @@ pub fn castractl_output(args: &[String], output: &Value) {
         ("doctor", method::DOCTOR),
         ("console", method::CONSOLE),
         ("version", method::VERSION),
+        // castractl's own objects, no method's result: checked by name below.
+        ("init", ""),
     ];
     let Some((command, method)) = args
         .iter()
@@ -333,11 +335,11 @@ pub fn castractl_output(args: &[String], output: &Value) {
     else {
         return;
     };
-    if *command == "version" {
-        component("CastractlVersion", output);
-        return;
+    match *command {
+        "version" => component("CastractlVersion", output),
+        "init" => component("CastractlInit", output),
+        _ => result_of(method, output),
     }
-    result_of(method, output);
 }
 
 /// A line of `castractl up --json`, `events --json` or `image pull --json`: an event envelope,

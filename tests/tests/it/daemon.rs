@@ -162,10 +162,10 @@ fn castractl_without_a_daemon_exits_3_and_says_how_to_start_it() {
     let out = env.ctl(env.dir.path(), &["status"]);
     assert_eq!(out.code, 3, "{out:?}");
     assert!(out.stderr.contains("castrad is not running"), "{out:?}");
-    assert!(
-        out.stderr.contains("systemctl --user start castrad"),
-        "{out:?}"
-    );
+    // The one wording of that advice (issue 24): the same in doctor and in --help.
+    assert!(out.stderr.contains(castra_api::START_CASTRAD), "{out:?}");
+    let help = env.ctl(env.dir.path(), &["--help"]);
+    assert!(help.stdout.contains(castra_api::START_CASTRAD), "{help:?}");
     let json = env.ctl(env.dir.path(), &["status", "--json"]);
     assert_eq!(json.code, 3);
     assert_eq!(json.json()["error"]["kind"], "unreachable");

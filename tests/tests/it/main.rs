@@ -18,6 +18,7 @@ mod guest_setup;
 mod hostile;
 mod image_cli;
 mod images;
+mod init;
 mod install;
 mod libvirt;
 mod libvirt_drift;

@@ -312,11 +312,12 @@ fn setup_installs_packages_without_touching_the_hosts_services_or_boot() {
     );
 }
 
-/// `scripts/setup --runtime` on a fresh machine installs exactly what running Castra needs
-/// (issue 24 item 1): QEMU, qemu-img, the OpenSSH client, newgidmap, OVMF, the trust roots,
-/// and virtiofsd when the machine has none; nothing of the test bench, and no Rust (not even
-/// through sudo). `--build` adds exactly what building needs (gcc, the C library's files,
-/// curl) and Rust; the developer set (no flag) holds all of it and more.
+/// `scripts/setup --runtime --no-build` on a fresh machine installs exactly what running Castra
+/// needs (issue 24 item 1): QEMU, qemu-img, the OpenSSH client, newgidmap, OVMF, the trust
+/// roots, and virtiofsd when the machine has none; nothing of the test bench, and no Rust (not
+/// even through sudo). `--runtime` adds exactly what building needs for `scripts/install`
+/// (gcc, the C library's files, curl) and Rust for the user who ran sudo; the developer set
+/// (no flag) holds all of it and more.
 #[test]
 fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() {
     let dir = tempfile::tempdir().unwrap();
@@ -330,7 +331,7 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
         v.sort();
         v
     };
-    let runtime = run_setup_with(dir.path(), &[], 0, &["--runtime"], &sudo);
+    let runtime = run_setup_with(dir.path(), &[], 0, &["--runtime", "--no-build"], &sudo);
     assert!(runtime.status.success(), "{}", runtime.stderr);
     let installs = sorted(apt_installs(&runtime));
     let mut expected = vec![
@@ -353,13 +354,13 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
             .any(|c| ["runuser ", "curl ", "getent "]
                 .iter()
                 .any(|p| c.starts_with(p))),
-        "--runtime installs no Rust: {:?}",
+        "--runtime --no-build installs no Rust: {:?}",
         runtime.calls
     );
     assert_eq!(runtime.policy_during_install.as_deref(), Some("exit 101\n"));
     assert!(!dir.path().join("policy-rc.d").exists());
 
-    let build = run_setup_with(dir.path(), &[], 0, &["--build"], &sudo);
+    let build = run_setup_with(dir.path(), &[], 0, &["--runtime"], &sudo);
     assert!(build.status.success(), "{}", build.stderr);
     let mut expected_build = expected.clone();
     expected_build.extend(["curl", "gcc", "libc6-dev"]);
@@ -377,7 +378,7 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
             .filter(|c| c.starts_with("runuser -u alice "))
             .count(),
         1,
-        "--build installs Rust for alice: {:?}",
+        "--runtime installs Rust for alice: {:?}",
         build.calls
     );
 
@@ -408,6 +409,19 @@ fn setup_runtime_and_build_install_only_what_running_and_building_castra_need() 
         user.stderr.contains("sudo scripts/setup --runtime)"),
         "{}",
         user.stderr
+    );
+    let user = run_setup_with(dir.path(), &[], 1000, &["--runtime", "--no-build"], &[]);
+    assert!(
+        user.stderr
+            .contains("sudo scripts/setup --runtime --no-build)"),
+        "{}",
+        user.stderr
+    );
+    let alone = run_setup_with(dir.path(), &[], 0, &["--no-build"], &[]);
+    assert!(
+        !alone.status.success() && alone.stderr.contains("--no-build goes with --runtime"),
+        "{}",
+        alone.stderr
     );
     let bad = run_setup_with(dir.path(), &[], 0, &["--runtim"], &[]);
     assert!(

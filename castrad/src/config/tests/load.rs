@@ -265,6 +265,13 @@ fn load_reports_unreadable_config() {
         e.to_string()
             .starts_with(&format!("{}: cannot read file", missing.display()))
     );
+    // Issue 24: a castra.toml that is not there says how to make one; other files do not.
+    assert!(
+        e.to_string()
+            .ends_with("(`castractl init` writes one for a cloud image)")
+    );
+    let other = load(&root.join("project.toml")).expect_err("missing file");
+    assert!(!other.to_string().contains("castractl init"), "{other}");
 }
 
 #[test]

@@ -77,13 +77,17 @@ fn virtiofs_when_a_virtiofsd_can_run_else_9p_saying_why() {
     // what newgidmap's group map lacks, and the commands that give it.
     let (t, why) = choose(&probe(&found, false, Err(groups.clone())));
     assert_eq!(t, Transport::NineP);
+    let install = crate::distro::install(&[crate::distro::Package::Uidmap]);
+    let fix = format!(
+        "to fix: install it: {install}; give alice subordinate group ids: sudo usermod \
+         --add-subgids 100000-165535 alice"
+    );
     for part in [
         "needs root or a user namespace",
         "(setgroups() failed with error=1:Operation not permitted: castrad has supplementary \
          groups",
         "newgidmap is not installed, and /etc/subgid has no range for alice (uid 1000)",
-        "to fix: install it: sudo apt-get install uidmap; give alice subordinate group ids: \
-         sudo usermod --add-subgids 100000-165535 alice",
+        fix.as_str(),
     ] {
         assert!(why.contains(part), "{part:?} in {why}");
     }

@@ -105,7 +105,10 @@ impl Missing {
     /// What to do about it, as a command where there is one.
     pub fn fix(&self) -> String {
         match self {
-            Missing::Newgidmap => "install it: sudo apt-get install uidmap".to_owned(),
+            Missing::Newgidmap => format!(
+                "install it: {}",
+                crate::distro::install(&[crate::distro::Package::Uidmap])
+            ),
             Missing::User { uid } => format!(
                 "run castrad as a user that `getent passwd {uid}` finds (a login user does)"
             ),

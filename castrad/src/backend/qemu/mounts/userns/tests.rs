@@ -74,10 +74,15 @@ fn what_is_missing_comes_with_its_fix() {
          alice (a range no other user has), then restart castrad"
     );
     let nobody = NoNewgidmap::Missing(vec![Missing::Newgidmap, Missing::User { uid: 4242 }]);
+    // The package as this machine's distribution names it (crate::distro's tests have the
+    // table).
+    let install = crate::distro::install(&[crate::distro::Package::Uidmap]);
     assert!(
         nobody
             .fix()
-            .starts_with("install it: sudo apt-get install uidmap; ")
+            .starts_with(&format!("install it: {install}; ")),
+        "{}",
+        nobody.fix()
     );
     assert!(nobody.fix().contains("getent passwd 4242"));
 
