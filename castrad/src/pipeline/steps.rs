@@ -331,6 +331,8 @@ impl Run {
             verify_path: b.verify_path.as_deref(),
             vizier_dir: b.vizier_dir.as_deref(),
             cloud_init_wait: vm.cloud_init.enabled,
+            // A healthy agent of this version is found running: its supervisor is set.
+            supervisor_setup: self.plan.vizier != crate::planner::VizierExpect::Healthy,
             setup: self.setup.as_ref().map(|p| p.setup.clone()),
             may_touch: st_touch.subscribe(),
         };
