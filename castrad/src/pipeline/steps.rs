@@ -473,6 +473,9 @@ impl Run {
         match note {
             Note::Authenticated => {
                 st.authenticated = true;
+                // The guest presented the pinned key: a seed's pin is confirmed (a different
+                // key from now on is a changed machine, not an ignored seed).
+                super::confirm_pin(&self.ctx.root, self.vm());
                 // From here the guest may change: the stamp no longer proves its state.
                 if let Err(e) = crate::stamps::invalidate(&self.ctx.root, self.vm()) {
                     let path = self.ctx.root.stamp(self.vm());
