@@ -686,9 +686,9 @@ enum Prepared {
     NeedsImage,
 }
 
-/// Each hypervisor once: libvirt answers, the pool exists (castrad's own made if missing on
-/// this machine's session daemon, `pool`) and runs; each base image once: it is there (with
-/// upload: it is a base image here, and the pool can take uploads).
+/// Each hypervisor once: libvirt answers, the pool exists (castrad's own made, or started, on
+/// this machine's session daemon: `pool`); each base image once: it is there (with upload: it
+/// is a base image here, and the pool can take uploads).
 fn preflight(backend: &Libvirt, root: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError> {
     if which("virsh").is_none() {
         return Err(PreflightError::NotInstalled {
@@ -715,7 +715,7 @@ fn preflight(backend: &Libvirt, root: &StateRoot, vms: &[&Vm]) -> Result<(), Pre
         };
         if seen.insert((config.uri.clone(), config.pool.clone())) {
             // One round trip when all is well: the pool's answer says libvirt answers too,
-            // that the pool is there and runs, and how much room it has.
+            // that the pool is there, and how much room it has.
             let info = pool::ready(&hv, config, &backend.own_pool_dir).map_err(problem)?;
             let count = starting.get(&(&*config.uri, &*config.pool)).copied();
             space::check(&hv, &config.pool, &info, count.unwrap_or(1)).map_err(problem)?;

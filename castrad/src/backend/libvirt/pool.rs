@@ -1,19 +1,19 @@
-//! A libvirt VM's storage pool, as preflight needs it: there, and running (its room is
-//! `space`'s). castrad's own pool `castra` on this machine's session daemon
-//! (`qemu:///session`, the default URI) is made when it is missing, and started when it is
-//! not running: that daemon is the user's own and runs as the user, so castrad puts the pool
-//! in its state directory (`state_root::libvirt_pool_dir`), beside its QEMU VMs' disks.
-//! Anywhere else (`qemu:///system`, another host, a pool of another name) a pool is the
-//! administrator's choice: castrad says how to make or start it, and changes nothing.
+//! A libvirt VM's storage pool, as preflight needs it: there (its room is `space`'s).
+//! castrad's own pool `castra` on this machine's session daemon (`qemu:///session`, the
+//! default URI) is made when it is missing, and started when it is not running: that daemon
+//! is the user's own and runs as the user, so castrad puts the pool in its state directory
+//! (`state_root::libvirt_pool_dir`), beside its QEMU VMs' disks. Anywhere else
+//! (`qemu:///system`, another host, a pool of another name) a pool is the administrator's
+//! choice: castrad says how to make it, and changes nothing.
 
 use std::path::Path;
 
 use super::virsh::Hypervisor;
 use crate::config::libvirt::Libvirt as LibvirtConfig;
 
-/// The pool's `pool-info --bytes` once it exists and runs (made or started first when it is
-/// castrad's own, see [`LibvirtConfig::makes_own_pool`]); Err: preflight's message, what is
-/// wrong and what to do.
+/// The pool's `pool-info --bytes` once it exists (castrad's own, see
+/// [`LibvirtConfig::makes_own_pool`], made or started first); Err: preflight's message, what
+/// is wrong and what to do.
 pub fn ready(hv: &Hypervisor, config: &LibvirtConfig, own_dir: &Path) -> Result<String, String> {
     let pool = config.pool.as_str();
     let info = || hv.virsh(&["pool-info", "--bytes", pool]);
@@ -41,16 +41,10 @@ pub fn ready(hv: &Hypervisor, config: &LibvirtConfig, own_dir: &Path) -> Result<
             info().map_err(|e| e.to_string())?
         }
     };
-    if running(&found) {
+    // Another pool is left as it is: whatever is wrong with it, libvirt says when it is used
+    // (and `upload`'s check says more about a pool it cannot use).
+    if running(&found) || !config.makes_own_pool() {
         return Ok(found);
-    }
-    if !config.makes_own_pool() {
-        return Err(format!(
-            "its storage pool {pool:?} is not running; start it: `virsh -c {uri} pool-start \
-             {pool}` (and `virsh -c {uri} pool-autostart {pool}`, so that it starts with \
-             libvirtd)",
-            uri = config.uri
-        ));
     }
     start(hv, pool).map_err(|e| format!("its storage pool {pool:?} does not start: {e}"))?;
     info().map_err(|e| e.to_string())
