@@ -143,6 +143,7 @@ impl Daemon {
         let backends = Backends::new(
             settings.accel_override,
             &crate::state_root::control_dir(&settings.socket),
+            &settings.state_base,
         );
         let slots = pipeline::Slots::new(settings.max_parallel);
         let images = Arc::new(crate::images::Store::new(

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! <base>/castrad.lock                                         held by the one castrad (instance)
+//! <base>/libvirt-pool/                                        castrad's own libvirt pool `castra`
+//!                                                             (qemu:///session, made if missing)
 //! <base>/projects/<project>-<8 hex of sha256(config path)>/   one StateRoot per project
 //!     logs/bootstrap/<vm>-<UTC timestamp>-<run id>.json       durable run logs
 //!     logs/bootstrap/<same stem>.output.log                   the run's guest output
@@ -51,6 +53,12 @@ pub fn default_image_store() -> Option<PathBuf> {
 /// The lock file that makes castrad one per state directory (see `instance`).
 pub fn daemon_lock(base: &Path) -> PathBuf {
     base.join("castrad.lock")
+}
+
+/// The directory of castrad's own libvirt storage pool (`castra`), which castrad defines on
+/// this machine's session daemon when it is missing (`backend::libvirt::pool`).
+pub fn libvirt_pool_dir(base: &Path) -> PathBuf {
+    base.join("libvirt-pool")
 }
 
 /// The per-project state root.
@@ -304,6 +312,10 @@ mod tests {
         assert_eq!(output.extension().unwrap(), "log");
         let entry = root.hash_cache_entry(Path::new("/img/base.qcow2"));
         assert_eq!(entry.parent().unwrap(), root.path().join("hash-cache"));
+        assert_eq!(
+            libvirt_pool_dir(Path::new("/s")),
+            Path::new("/s/libvirt-pool")
+        );
     }
 
     #[test]

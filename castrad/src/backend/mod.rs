@@ -311,10 +311,12 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// `control_dir`: castrad's private directory of ssh control sockets.
+    /// `control_dir`: castrad's private directory of ssh control sockets; `state_base` its
+    /// state directory.
     pub fn new(
         accel_override: Option<crate::config::AccelSetting>,
         control_dir: &Path,
+        state_base: &Path,
     ) -> Backends {
         Backends {
             qemu: std::sync::Arc::new(qemu::Qemu { accel_override }),
@@ -322,6 +324,7 @@ impl Backends {
             libvirt: std::sync::Arc::new(libvirt::Libvirt {
                 accel_override,
                 control_dir: control_dir.to_owned(),
+                own_pool_dir: crate::state_root::libvirt_pool_dir(state_base),
                 configured: Default::default(),
             }),
         }

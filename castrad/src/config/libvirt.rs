@@ -35,6 +35,20 @@ pub struct Libvirt {
     pub upload: bool,
 }
 
+impl Libvirt {
+    /// Whether castrad makes this VM's pool when it is missing: its own pool
+    /// ([`DEFAULT_POOL`]) on this machine's session daemon (`qemu:///session`, the default
+    /// URI: the user's own daemon, whose pools hold only the user's files). On
+    /// `qemu:///system` and on other hosts a pool is the administrator's to create.
+    pub fn makes_own_pool(&self) -> bool {
+        let path = self
+            .uri
+            .split_once("://")
+            .map(|(_, rest)| rest.split('?').next().unwrap_or(rest));
+        self.remote.is_none() && self.pool == DEFAULT_POOL && path == Some("/session")
+    }
+}
+
 /// The SSH side of a `qemu+ssh://[user@]host[:port]/path?query` URI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hypervisor {

@@ -155,6 +155,9 @@ pub struct Session<'a> {
     pub vizier_dir: Option<&'a str>,
     /// Wait for cloud-init to finish before anything else.
     pub cloud_init_wait: bool,
+    /// Send the agent's supervisor set-up (`vizier::supervisor_script`), which the driver
+    /// needs only to start the agent: false when castrad last saw this version healthy.
+    pub supervisor_setup: bool,
     /// The guest setup the driver does first (`guest_setup.rs`): only once per boot of a QEMU
     /// VM without cloud-init (a cloud-init guest's seed does it).
     pub setup: Option<super::guest_setup::Setup>,
@@ -166,7 +169,8 @@ pub struct Session<'a> {
 
 /// The driver's remote command line, and what goes on stdin before the env block: the
 /// agent's text, when the command would be longer than [`COMMAND_LIMIT`] with it, then the
-/// guest setup's /etc/hosts lines, if any.
+/// supervisor set-up, if sent (on stdin always: a rare, large word), then the guest setup's
+/// /etc/hosts lines, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Invocation {
     pub command: String,
@@ -199,27 +203,33 @@ pub fn invocation(
     words.push(agent.clone());
     words.push(watch_every.as_secs().to_string());
     words.push(if session.cloud_init_wait { "1" } else { "" }.into());
+    words.push(if session.supervisor_setup { "1" } else { "" }.into());
     words.extend(super::guest_setup::driver_words(session.setup.as_ref()));
     words.extend(session.program.iter().cloned());
-    // The setup's /etc/hosts lines follow the agent's text on stdin (the driver reads them
-    // before the env block).
-    let setup_input = session
-        .setup
-        .as_ref()
-        .map(|s| s.input.as_str())
-        .unwrap_or("");
+    // The supervisor set-up, then the setup's /etc/hosts lines, follow the agent's text on
+    // stdin (the driver reads them before the env block).
+    let mut input = match session.supervisor_setup {
+        true => block(&crate::vizier::supervisor_script()),
+        false => String::new(),
+    };
+    input.push_str(session.setup.as_ref().map_or("", |s| s.input.as_str()));
     let command = command_line(&words);
     if command.len() <= COMMAND_LIMIT {
         return Invocation {
             command,
-            agent_block: setup_input.to_owned(),
+            agent_block: input,
         };
     }
     words[agent_word] = "-".into();
     Invocation {
         command: command_line(&words),
-        agent_block: format!("{}\n{agent}{setup_input}", agent.matches('\n').count()),
+        agent_block: format!("{}{input}", block(&agent)),
     }
+}
+
+/// `text` (whole lines) as the driver's `block` reads it: its line count, then the lines.
+fn block(text: &str) -> String {
+    format!("{}\n{text}", text.matches('\n').count())
 }
 
 /// The command that stops the guest side of a run whose driver is `pid` (see `Marker::Pid`):

@@ -11,10 +11,12 @@
 # <remote_dir>/.vizier otherwise), the agent's version and text (an argument, because the
 # shell's `read` takes a pipe one byte per system call; "-" when it comes first on stdin
 # instead, past ssh::COMMAND_LIMIT), the health check's interval in seconds ("" = end the
-# session at `done`), whether to wait for cloud-init first ("" = no), the guest setup's shell
-# text ("" = none; guest_setup.sh) and its arguments, then the program. Stdin: [the agent
-# block,] [the guest setup's /etc/hosts block,] the env block (a line count, then quoted
-# assignments), the tar archive.
+# session at `done`), whether to wait for cloud-init first ("" = no), whether the supervisor
+# set-up comes on stdin ("" = no; vizier/supervisor.sh, sent only when castrad has not seen
+# the agent running: a run that finds it running needs none), the guest setup's shell text
+# ("" = none; guest_setup.sh) and its arguments, then the program. Stdin: [the agent block,]
+# [the supervisor set-up block,] [the guest setup's /etc/hosts block,] the env block (a line
+# count, then quoted assignments), the tar archive. A block is a line count, then the lines.
 #
 # After `done` the session becomes the agent's `watch` (the Vizier health check's reports),
 # so a run and the watching that follows it cost the guest one session start, not two.
@@ -24,11 +26,12 @@
 # for only when needed, and a rerun skips what is already in place.
 set -e
 nonce=$1; dir=$2; script=$3; vcmd=$4; vpath=$5; vdir=$6; vver=$7; agent=$8; every=$9; shift 9
-ciwait=$1; gs=$2; shift 2
+ciwait=$1; vs=$2; gs=$3; shift 3
 m() { printf "\nCASTRA-%s %s\n" "$nonce" "$*"; }
 block() { IFS= read -r n; out=; while [ "$n" -gt 0 ]; do IFS= read -r l; out="$out$l
 "; n=$((n-1)); done; }
 if [ "$agent" = - ]; then block; agent=$out; fi
+if [ -n "$vs" ]; then block; vs=$out; fi
 # A cloud-init guest is bootstrapped only once cloud-init has finished: its result file says so
 # at once (no Python start-up); otherwise `cloud-init status --wait` waits, and on errors its
 # own words are reported.
@@ -75,31 +78,34 @@ if [ -f "$vbin" ] && printf %s "$agent" | cmp -s - "$vbin"; then m vizier-instal
 elif { printf %s "$agent" >"$vbin.tmp" && mv -f "$vbin.tmp" "$vbin"; } 2>/dev/null
 then m vizier-install 0 installed "$vbin"
 else m vizier-install 1 "cannot write $vbin"; exit 0; fi
-held=; hver=
+held=; hver=; hboot=; boot=; hsup=
 { read -r held <"$vstate/lock/pid"; } 2>/dev/null || true
 { read -r hver <"$vstate/lock/version"; } 2>/dev/null || true
-if [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "$hver" = "$vver" ]; then how=running
+{ read -r hboot <"$vstate/lock/boot"; read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null || true
+{ read -r hsup <"$vstate/supervisor"; } 2>/dev/null || true
+# The supervisor's pid names a live process of this boot (a lock left by the last boot is stale).
+live() { [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "${hboot:-$boot}" = "$boot" ]; }
+# Running as it should: this version, under a supervisor on record (one that an older driver
+# started, without a record, is restarted when castrad sent the supervisor set-up).
+if live && [ "$hver" = "$vver" ] && [ -n "$hsup$vs" ]; then how="running ${hsup:-(supervisor not recorded)}"
 else
   how=started
-  if [ -n "$held" ] && kill -0 "$held" 2>/dev/null; then sh "$vbin" stop "$vstate" || true; how="restarted (was $hver)"; fi
+  if live; then sh "$vbin" stop "$vstate" || true; how=restarted; [ "$hver" = "$vver" ] || how="$how (was $hver)"; fi
   # Not the new agent's pid: wait for it below.
   printf "" 2>/dev/null >"$vstate/agent.pid" || true
-  if root && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
-    printf "[Unit]\nDescription=Castra Vizier\n[Service]\nExecStart=/bin/sh %s supervise %s %s\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n" "$vbin" "$vstate" "$vlog" >/etc/systemd/system/castra-vizier.service
-    systemctl daemon-reload && systemctl enable castra-vizier >/dev/null 2>&1 && systemctl restart castra-vizier; how="$how under systemd"
-  elif root && command -v openrc-run >/dev/null && [ -d /etc/init.d ]; then
-    printf '#!/sbin/openrc-run\ncommand=/bin/sh\ncommand_args="%s supervise %s %s"\ncommand_background=yes\npidfile=/run/castra-vizier.pid\n' "$vbin" "$vstate" "$vlog" >/etc/init.d/castra-vizier
-    chmod 755 /etc/init.d/castra-vizier; rc-update add castra-vizier default >/dev/null 2>&1 || true
-    rc-service castra-vizier restart >/dev/null 2>&1; how="$how under OpenRC"
-  else
+  sup=; why="castrad sent no supervisor set-up: it had seen the agent running"
+  [ -z "$vs" ] || eval "$vs"
+  if [ -z "$sup" ]; then
     if command -v setsid >/dev/null; then setsid sh "$vbin" supervise "$vstate" "$vlog" </dev/null >/dev/null 2>&1 &
     else nohup sh "$vbin" supervise "$vstate" "$vlog" </dev/null >/dev/null 2>&1 & fi
-    how="$how (respawn loop)"
+    sup="in a respawn loop ($why; a reboot ends it until the next run)"
   fi
+  printf "%s\n" "$sup" 2>/dev/null >"$vstate/supervisor" || true
+  how="$how $sup"
 fi
 m vizier-enable 0 "$how"
 i=0; banner=; limit=20
-if [ "$how" != running ]; then
+if [ "${how%% *}" != running ]; then
   # A just-started agent gets 5 s, first to name itself (cheap to check), then to answer.
   limit=50
   while [ ! -s "$vstate/agent.pid" ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; i=$((i/2))

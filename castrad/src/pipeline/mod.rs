@@ -287,6 +287,15 @@ pub fn record_failure(ctx: &Ctx, job: &Job, started: Instant, error: String) -> 
     record::failure_outside_steps(who, started, error)
 }
 
+/// Marks `vm`'s pinned host key as confirmed by a connection (`ssh::keys::confirm_pin`); a
+/// failure to write that only leaves the mark, so it is logged, not fatal.
+fn confirm_pin(root: &crate::state_root::StateRoot, vm: &str) {
+    let known_hosts = root.vm(vm).known_hosts;
+    if let Err(e) = crate::ssh::keys::confirm_pin(&known_hosts) {
+        tracing::warn!(vm, "cannot mark the pinned host key as confirmed: {e}");
+    }
+}
+
 /// An outcome with only its VM, status and duration set.
 fn outcome(vm: &str, status: OutcomeStatus, duration_ms: u64) -> VmOutcome {
     VmOutcome {

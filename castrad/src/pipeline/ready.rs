@@ -59,7 +59,10 @@ pub async fn wait_ready(ctx: &Ctx, job: &Job) -> Result<(), String> {
         }
         progress(&format!("authentication as {}", target.display()));
         match ctx.remote.login(target.clone()).await {
-            Ok(()) => break Ok(()),
+            Ok(()) => {
+                super::confirm_pin(&ctx.root, &vm.name);
+                break Ok(());
+            }
             Err(e) if e.unreached() && Instant::now() < deadline => {
                 progress(&e.to_string());
                 tokio::time::sleep(RETRY_PAUSE).await;

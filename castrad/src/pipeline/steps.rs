@@ -331,6 +331,8 @@ impl Run {
             verify_path: b.verify_path.as_deref(),
             vizier_dir: b.vizier_dir.as_deref(),
             cloud_init_wait: vm.cloud_init.enabled,
+            // A healthy agent of this version is found running: its supervisor is set.
+            supervisor_setup: self.plan.vizier != crate::planner::VizierExpect::Healthy,
             setup: self.setup.as_ref().map(|p| p.setup.clone()),
             may_touch: st_touch.subscribe(),
         };
@@ -471,6 +473,9 @@ impl Run {
         match note {
             Note::Authenticated => {
                 st.authenticated = true;
+                // The guest presented the pinned key: a seed's pin is confirmed (a different
+                // key from now on is a changed machine, not an ignored seed).
+                super::confirm_pin(&self.ctx.root, self.vm());
                 // From here the guest may change: the stamp no longer proves its state.
                 if let Err(e) = crate::stamps::invalidate(&self.ctx.root, self.vm()) {
                     let path = self.ctx.root.stamp(self.vm());

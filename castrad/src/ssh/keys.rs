@@ -1,7 +1,9 @@
 //! Keys castrad makes with the user's `ssh-keygen`: the project's client key (once per state
 //! root, mode 0600, never leaving it) and a guest's host key (once per disk). castrad hands a
 //! host key to the guest in its cloud-init seed and pins it before the guest first boots, so
-//! the first connection is already checked: no trust on first use.
+//! the first connection is already checked: no trust on first use. Such a pin is marked as
+//! unconfirmed until a connection gets in with it: a guest that presents another key before
+//! that has ignored its seed (an image without cloud-init), which is not a changed machine.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -112,13 +114,54 @@ pub fn ensure_project_key(path: &Path) -> Result<String, KeyError> {
 
 /// Pins `public` (`type base64 [comment]`) as the only host key of `alias` in `known_hosts`.
 pub fn pin(known_hosts: &Path, alias: &str, public: &str) -> Result<(), KeyError> {
+    write_pin(known_hosts, "", alias, public)
+}
+
+/// The first line of a pin castrad made for a guest's cloud-init seed, until a connection has
+/// confirmed it (ssh skips `#` lines). Kept in the pin file itself, so it goes wherever the
+/// pin goes (a new disk, a discard) and is written with it in one atomic write.
+pub const SEED_PIN_UNCONFIRMED: &str = "# castra: the host key castrad gave the guest in its cloud-init seed; no connection has \
+     confirmed it yet";
+
+/// [`pin`] for the host key castrad hands the guest in its seed, marked as not yet confirmed
+/// by a connection (see [`seed_pin_unconfirmed`]).
+pub fn pin_seeded(known_hosts: &Path, alias: &str, public: &str) -> Result<(), KeyError> {
+    write_pin(
+        known_hosts,
+        &format!("{SEED_PIN_UNCONFIRMED}\n"),
+        alias,
+        public,
+    )
+}
+
+fn write_pin(known_hosts: &Path, head: &str, alias: &str, public: &str) -> Result<(), KeyError> {
     let mut words = public.split_whitespace();
     let (Some(kind), Some(key)) = (words.next(), words.next()) else {
         return Err(KeyError::Failed(format!("not a public key: {public:?}")));
     };
     let dir = known_hosts.parent().expect("known_hosts has a directory");
     crate::state_root::ensure_dir(dir).map_err(io(dir))?;
-    write_atomic(known_hosts, format!("{alias} {kind} {key}\n").as_bytes()).map_err(io(known_hosts))
+    let text = format!("{head}{alias} {kind} {key}\n");
+    write_atomic(known_hosts, text.as_bytes()).map_err(io(known_hosts))
+}
+
+/// Whether `known_hosts` holds a seed's pin that no connection has confirmed: the guest on
+/// this disk has never been reached with it.
+pub fn seed_pin_unconfirmed(known_hosts: &Path) -> bool {
+    std::fs::read_to_string(known_hosts).is_ok_and(|t| t.starts_with(SEED_PIN_UNCONFIRMED))
+}
+
+/// A connection got in with the pinned key: a seed's pin is confirmed from now on (a later
+/// mismatch is a changed key, not a guest that ignored its seed). Cheap when there is nothing
+/// to do (one small read).
+pub fn confirm_pin(known_hosts: &Path) -> Result<(), KeyError> {
+    let Ok(text) = std::fs::read_to_string(known_hosts) else {
+        return Ok(());
+    };
+    let Some(rest) = text.strip_prefix(SEED_PIN_UNCONFIRMED) else {
+        return Ok(());
+    };
+    write_atomic(known_hosts, rest.trim_start_matches('\n').as_bytes()).map_err(io(known_hosts))
 }
 
 #[cfg(test)]
@@ -156,6 +199,33 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 2, "no scratch files left: {names:?}");
+    }
+
+    /// A seed's pin is marked until a connection confirms it; ssh reads it all the same.
+    #[test]
+    fn a_seed_pin_stays_unconfirmed_until_a_connection_gets_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let known = dir.path().join("vm/known_hosts");
+        assert!(!seed_pin_unconfirmed(&known));
+        confirm_pin(&known).unwrap();
+        assert!(!known.exists(), "nothing pinned, nothing written");
+        pin_seeded(&known, "castra-web", "ssh-ed25519 AAAAkey castra-web").unwrap();
+        assert!(seed_pin_unconfirmed(&known));
+        let found = std::process::Command::new("ssh-keygen")
+            .args(["-F", "castra-web", "-f"])
+            .arg(&known)
+            .output()
+            .unwrap();
+        assert!(found.status.success(), "ssh skips the mark");
+        confirm_pin(&known).unwrap();
+        assert!(!seed_pin_unconfirmed(&known));
+        assert_eq!(
+            std::fs::read_to_string(&known).unwrap(),
+            "castra-web ssh-ed25519 AAAAkey\n"
+        );
+        // A plain pin (trust on first use, or confirmed) is never taken for a seed's.
+        pin(&known, "castra-web", "ssh-ed25519 AAAAother").unwrap();
+        assert!(!seed_pin_unconfirmed(&known));
     }
 
     #[test]

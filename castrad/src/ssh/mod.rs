@@ -316,6 +316,26 @@ pub enum SshError {
         endpoint: String,
         known_hosts: PathBuf,
     },
+    #[error(
+        "{vm} did not take the host key castrad gave it: castrad put a host key in the guest's \
+         cloud-init seed and pinned it in {}, but on this disk's first contact the guest at \
+         {endpoint} presented another{}. An image without cloud-init ignores the seed: set \
+         `[vms.cloud_init] enabled = false` for {vm} in castra.toml, then `castractl down \
+         --discard {vm}` and `castractl up` (castrad then pins the key the guest presents \
+         first). To check the guest's own key: `castractl console {vm}` shows its boot log \
+         (a libvirt VM's: `virsh console`), where many images print their host key \
+         fingerprints, or run `ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` on the \
+         guest's console",
+        known_hosts.display(),
+        offered.as_ref().map(|o| format!(" ({o})")).unwrap_or_default()
+    )]
+    SeedKeyIgnored {
+        vm: String,
+        endpoint: String,
+        known_hosts: PathBuf,
+        /// The key the guest presented, as ssh described it (`ED25519 key SHA256:…`).
+        offered: Option<String>,
+    },
     #[error("ssh to {endpoint} failed: {message}")]
     Failed { endpoint: String, message: String },
     #[error("cannot run ssh")]
@@ -328,16 +348,28 @@ impl SshError {
     pub fn unreached(&self) -> bool {
         match self {
             SshError::Failed { message, .. } => !message.contains("Permission denied"),
-            SshError::HostKeyChanged { .. } | SshError::Spawn(_) => false,
+            SshError::HostKeyChanged { .. }
+            | SshError::SeedKeyIgnored { .. }
+            | SshError::Spawn(_) => false,
         }
     }
 }
 
-/// What ssh's stderr says about a connection that ended before authenticating.
+/// What ssh's stderr says about a connection that ended before authenticating. A host key
+/// that is not the pinned one is a changed machine, unless the pin is a seed's that no
+/// connection has confirmed: then the guest never took the key its seed gave it.
 pub fn classify(target: &Target, stderr: &str) -> SshError {
     if stderr.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
         || stderr.contains("Host key verification failed")
     {
+        if keys::seed_pin_unconfirmed(&target.known_hosts) {
+            return SshError::SeedKeyIgnored {
+                vm: target.vm.clone(),
+                endpoint: target.display(),
+                known_hosts: target.known_hosts.clone(),
+                offered: offered_key(stderr),
+            };
+        }
         return SshError::HostKeyChanged {
             vm: target.vm.clone(),
             endpoint: target.display(),
@@ -358,6 +390,29 @@ pub fn classify(target: &Target, stderr: &str) -> SshError {
             message
         },
     }
+}
+
+/// The key a server presented, from ssh's words about a host key it refused: `The fingerprint
+/// for the ED25519 key sent by the remote host is\nSHA256:…` (a changed key) or `ED25519 key
+/// fingerprint is SHA256:…`; as `ED25519 key SHA256:…`.
+fn offered_key(stderr: &str) -> Option<String> {
+    let words: Vec<&str> = stderr.split_whitespace().collect();
+    let at = words.iter().position(|w| w.starts_with("SHA256:"))?;
+    let fingerprint = words[at].trim_end_matches('.');
+    let kind = words[..at]
+        .windows(2)
+        .rev()
+        .find(|w| {
+            w[1] == "key"
+                && w[0]
+                    .chars()
+                    .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+        })
+        .map(|w| w[0]);
+    Some(match kind {
+        Some(kind) => format!("{kind} key {fingerprint}"),
+        None => format!("key {fingerprint}"),
+    })
 }
 
 /// The control socket of a connection, in the directory for them: short, private, next to
@@ -665,5 +720,48 @@ mod tests {
         ] {
             assert!(classify(&t, not_up).unreached(), "{not_up}");
         }
+    }
+
+    /// Issue 24: a guest that presents another key than its seed's before any connection got
+    /// in did not take the seed; once one did, another key is a changed machine.
+    #[test]
+    fn a_seed_key_never_confirmed_is_a_guest_that_ignored_its_seed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = target();
+        t.known_hosts = dir.path().join("known_hosts");
+        keys::pin_seeded(&t.known_hosts, "castra-web-0", "ssh-ed25519 AAAAseed").unwrap();
+        let changed = "@@@@@\n@    WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED!     @\n\
+                       The fingerprint for the ED25519 key sent by the remote host is\n\
+                       SHA256:q5pOe2lD0ZbUOvb6bHm4y1nQ7xbqzGvY4Yx0v1u1x3A.\n\
+                       Host key verification failed.\n";
+        let ignored = classify(&t, changed);
+        assert!(!ignored.unreached());
+        let text = ignored.to_string();
+        for words in [
+            "web-0 did not take the host key castrad gave it",
+            "presented another (ED25519 key SHA256:q5pOe2lD0ZbUOvb6bHm4y1nQ7xbqzGvY4Yx0v1u1x3A)",
+            "`[vms.cloud_init] enabled = false`",
+            "`castractl down --discard web-0`",
+            "`castractl console web-0`",
+        ] {
+            assert!(text.contains(words), "{words:?} in {text}");
+        }
+        // Another key type: ssh names no fingerprint.
+        let other = "No ED25519 host key is known for castra-web-0 and you have requested \
+                     strict checking.\nHost key verification failed.\n";
+        assert!(
+            classify(&t, other)
+                .to_string()
+                .contains("presented another. An image")
+        );
+        assert_eq!(
+            offered_key("ECDSA key fingerprint is SHA256:abc."),
+            Some("ECDSA key SHA256:abc".into())
+        );
+        keys::confirm_pin(&t.known_hosts).unwrap();
+        assert!(matches!(
+            classify(&t, changed),
+            SshError::HostKeyChanged { .. }
+        ));
     }
 }

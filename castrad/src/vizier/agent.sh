@@ -8,7 +8,8 @@
 #                                 closes (castrad's health check: one session, not one a check)
 #   vizier.sh stop DIR            stop the supervisor and the agent
 #
-# DIR holds: lock/ (the supervisor's lock, with its pid), agent.pid, started_at, heartbeat.
+# DIR holds: lock/ (the supervisor's lock: its pid, boot id and version), agent.pid, started_at,
+# heartbeat; and `supervisor` (which supervisor runs it, written by pipeline/driver.sh).
 VIZIER_VERSION=@VERSION@
 VIZIER_PROTOCOL=1
 HEARTBEAT_SECS=2
@@ -61,16 +62,21 @@ run)
 supervise)
     [ -d "$dir" ] && [ -d "${log%/*}" ] || mkdir -p "$dir" "${log%/*}"
     # The lock is a directory: mkdir is atomic, so two supervisors can never both hold it.
+    # It names its holder's pid and boot: after a reboot (a supervisor started at boot by
+    # systemd, say) the last boot's pid may name another process.
+    boot= hboot=
+    { read -r boot </proc/sys/kernel/random/boot_id; } 2>/dev/null
     if ! mkdir "$dir/lock" 2>/dev/null; then
         holder=
-        { read -r holder <"$dir/lock/pid"; } 2>/dev/null
-        if alive "$holder"; then
+        { read -r holder <"$dir/lock/pid"; read -r hboot <"$dir/lock/boot"; } 2>/dev/null
+        if alive "$holder" && [ "${hboot:-$boot}" = "$boot" ]; then
             exit 0 # already supervised: enabling again changes nothing
         fi
         rm -rf "$dir/lock"
         mkdir "$dir/lock" 2>/dev/null || exit 0
     fi
     echo $$ >"$dir/lock/pid"
+    echo "$boot" >"$dir/lock/boot"
     echo "$VIZIER_VERSION" >"$dir/lock/version"
     child=
     trap 'alive "$child" && kill "$child"; rm -rf "$dir/lock"; say "supervisor stopping"; exit 0' TERM INT

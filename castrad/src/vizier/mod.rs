@@ -26,6 +26,12 @@ pub fn agent_script() -> String {
     crate::ssh::compact(&include_str!("agent.sh").replace("@VERSION@", VERSION))
 }
 
+/// The guest side of choosing and setting up the agent's supervisor (`supervisor.sh`,
+/// evaluated by the session driver when it starts the agent), compacted.
+pub fn supervisor_script() -> String {
+    crate::ssh::compact(include_str!("supervisor.sh"))
+}
+
 /// The agent as castrad last saw it on a VM (by a run's handshake or the health check).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VizierSeen {
@@ -162,6 +168,55 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// The supervisor set-up (evaluated by the driver) asked for the respawn loop: it changes
+    /// nothing and says why; the unit it would write quotes hostile paths for systemd (one
+    /// word each, `%` and `$` doubled), and OpenRC's for the shell, so they read back as they
+    /// were.
+    #[test]
+    fn the_supervisor_set_up_quotes_paths_for_systemd_and_the_shell() {
+        let script = supervisor_script();
+        let run = |tail: &str, args: &[&str]| {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "set -e; root() {{ return 0; }}; vbin=$1; vstate=$2; vlog=$3; shift 3\n\
+                     eval \"$VS\"\n{tail}"
+                ))
+                .arg("sh")
+                .args(args)
+                .env("VS", &script)
+                .env("CASTRA_VIZIER_SUPERVISOR", "loop")
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let hostile = r#"/v/a b/"q"\x/%h/$HOME/'s'"#;
+        let paths = [hostile, "/v/state", "/v/service.log"];
+        assert_eq!(
+            run(r#"printf '%s|%s\n' "$sup" "$why""#, &paths),
+            "|CASTRA_VIZIER_SUPERVISOR=loop in the login environment\n"
+        );
+        let unit = run("vz_user=1000; vz_unit multi-user.target", &paths);
+        assert_eq!(
+            unit,
+            "[Unit]\nDescription=Castra Vizier\n[Service]\nUser=1000\n\
+             ExecStart=/bin/sh \"/v/a b/\\\"q\\\"\\\\x/%%h/$$HOME/'s'\" supervise \"/v/state\" \
+             \"/v/service.log\"\nRestart=always\nRestartSec=1\n[Install]\nWantedBy=multi-user.target\n"
+        );
+        // What OpenRC's start-stop-daemon evals, once read back from the init script.
+        let words = run(
+            r#"eval "a=$(vz_sh "$(vz_sh "$vbin") supervise")"; eval "set -- $a"; printf '%s\n' "$@""#,
+            &paths,
+        );
+        assert_eq!(words, format!("{hostile}\nsupervise\n"));
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
     }
 
     /// The agent, run locally: one supervisor however often it is enabled, a banner, a

@@ -1,7 +1,9 @@
 //! A stock cloud image end to end: the Debian cloud-style disk of scripts/build-cloud-guest
 //! (no user, no key: only a cloud-init seed lets anyone in), booted by castrad under TCG.
 //! castrad's seed creates the user with sudo and castrad's key, gives the guest a host key
-//! castrad pinned before the boot, and the bootstrap starts once cloud-init is done.
+//! castrad pinned before the boot, and the bootstrap starts once cloud-init is done. Vizier
+//! runs under the guest's systemd for that sudo user (the first test, across a power cycle)
+//! and for root (the Vizier test, across a reboot).
 //!
 //! Boots are shared: each test walks a VM through several stages. The Vizier test boots with
 //! UEFI firmware, the others with BIOS. They take the QEMU tests'
@@ -131,6 +133,30 @@ impl Drop for Cloud {
     }
 }
 
+/// The Vizier agent of `box` as its banner names it, and the user it runs as; None while it
+/// does not answer. `dir` is its directory in the guest.
+fn agent(cloud: &Cloud, dir: &str) -> Option<(u64, String)> {
+    let out = cloud.ctl(&[
+        "ssh",
+        "box",
+        "--",
+        &format!(
+            "b=$(sh {dir}/*/vizier.sh banner {dir}/state) && echo \"$b\" | tail -n 1 && \
+             stat -c %U /proc/\"$(cat {dir}/state/agent.pid)\""
+        ),
+    ]);
+    let mut lines = out.stdout.lines();
+    let banner: Value = serde_json::from_str(lines.next()?).ok()?;
+    Some((banner["pid"].as_u64()?, lines.next()?.trim().to_owned()))
+}
+
+/// How many run logs the project's state root holds.
+fn run_logs(cloud: &Cloud) -> usize {
+    std::fs::read_dir(cloud.state_root().join("logs/bootstrap"))
+        .unwrap()
+        .count()
+}
+
 /// The detail of the first step `step` of `vm` in an `up`.
 fn step_detail(up: &Up, vm: &str, step: &str) -> String {
     up.event(vm, "BootstrapStep")
@@ -160,6 +186,22 @@ fn a_stock_cloud_image_from_first_up_to_discard() {
         7,
         "the command's exit status is castractl's"
     );
+
+    // Vizier runs under systemd, set up through the user's passwordless sudo, as that user
+    // (issue 24: before, only as root; a sudo user's agent was a respawn loop).
+    let enabled = step_detail(&first, "box", "vizier-enable");
+    assert!(
+        enabled.starts_with("started under systemd (system unit castra-vizier as uid ")
+            && enabled.ends_with("set up through passwordless sudo)"),
+        "{enabled}"
+    );
+    assert_eq!(
+        cloud.sh("systemctl is-active castra-vizier").trim(),
+        "active"
+    );
+    let vizier = "/var/tmp/castra/box/.vizier";
+    let (agent_pid, agent_user) = agent(&cloud, vizier).expect("the agent answers");
+    assert_eq!(agent_user, "dev");
 
     // The host key castrad pinned before the boot is the guest's own.
     let pinned = std::fs::read_to_string(cloud.state_root().join("vms/box/known_hosts")).unwrap();
@@ -203,10 +245,18 @@ fn a_stock_cloud_image_from_first_up_to_discard() {
     assert_eq!(cloud.up().statuses(), ["NoOp"]);
 
     // Down and up: a NoOp again, and the VM is usable the moment `up` returns.
+    let logs = run_logs(&cloud);
     cloud.ctl(&["down"]).ok();
     let again = cloud.up();
     assert_eq!(again.statuses(), ["NoOp"], "{}", again.stderr);
     assert_eq!(cloud.ctl(&["ssh", "box", "--", "true"]).code, 0);
+    // The agent came back with the boot, by systemd, without a run: a new process, the
+    // user's.
+    let back = wait_until(Duration::from_secs(60), "the agent after the boot", || {
+        agent(&cloud, vizier).filter(|(pid, _)| *pid != agent_pid)
+    });
+    assert_eq!(back.1, "dev");
+    assert_eq!(run_logs(&cloud), logs, "no bootstrap run");
     assert_eq!(
         cloud.sh("cat /var/lib/cloud/data/instance-id"),
         instance,
@@ -250,7 +300,10 @@ fn vizier_runs_under_systemd_on_a_cloud_guest_and_comes_back_after_a_reboot() {
         "the VM's own UEFI variables"
     );
     let enabled = step_detail(&up, "box", "vizier-enable");
-    assert!(enabled.contains("under systemd"), "{enabled}");
+    assert_eq!(
+        enabled,
+        "started under systemd (system unit castra-vizier, as root)"
+    );
     assert_eq!(
         cloud.sh("systemctl is-active castra-vizier").trim(),
         "active"

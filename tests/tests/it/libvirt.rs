@@ -34,7 +34,24 @@ fn cache_dir() -> PathBuf {
 }
 
 impl Libvirtd {
+    /// A libvirtd with a `castra` pool in the fixture's directory.
     pub fn start() -> Libvirtd {
+        let lv = Libvirtd::start_without_pool();
+        let pool = lv.dir.path().join("pool");
+        lv.virsh(&[
+            "pool-define-as",
+            "castra",
+            "dir",
+            "--target",
+            pool.to_str().unwrap(),
+        ]);
+        lv.virsh(&["pool-start", "castra"]);
+        lv
+    }
+
+    /// A libvirtd without any storage pool, as a user's session daemon starts (castrad makes
+    /// its own there, issue 24).
+    pub fn start_without_pool() -> Libvirtd {
         assert!(
             Path::new("/usr/sbin/libvirtd").exists(),
             "libvirtd missing: scripts/setup installs libvirt-daemon libvirt-daemon-driver-qemu"
@@ -87,15 +104,6 @@ impl Libvirtd {
         wait_until(Duration::from_secs(60), "libvirtd to answer", || {
             lv.try_virsh(&["uri"]).ok()
         });
-        let pool = lv.dir.path().join("pool");
-        lv.virsh(&[
-            "pool-define-as",
-            "castra",
-            "dir",
-            "--target",
-            pool.to_str().unwrap(),
-        ]);
-        lv.virsh(&["pool-start", "castra"]);
         lv
     }
 
@@ -185,7 +193,7 @@ const MARK_SCRIPT: &str =
     "#!/bin/sh\nset -eu\necho \"$CASTRA_RUN_ID\" >> runs\necho bootstrapped > castra-mark\n";
 
 /// A `[[vms]]` of the tiny guest on libvirt at `uri` (plus `extra` in `[vms.libvirt]`).
-fn libvirt_vm(name: &str, uri: &str, extra: &str) -> String {
+pub(crate) fn libvirt_vm(name: &str, uri: &str, extra: &str) -> String {
     let g = guest().display();
     format!(
         "\n[[vms]]\nname = \"{name}\"\nbackend = \"libvirt\"\nbase_image = \"{g}/base.img\"\n\
@@ -392,7 +400,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
 
 /// The sshd standing in for a remote hypervisor: it logs in as this user, and the URI sends
 /// libvirt's stream to the private daemon's socket with netcat.
-fn remote_uri(sshd: &crate::sshd::Sshd, lv: &Libvirtd) -> String {
+pub(crate) fn remote_uri(sshd: &crate::sshd::Sshd, lv: &Libvirtd) -> String {
     format!(
         "qemu+ssh://{}@127.0.0.1:{}/session?socket={}&proxy=netcat&keyfile={}",
         sshd.user,
@@ -403,7 +411,7 @@ fn remote_uri(sshd: &crate::sshd::Sshd, lv: &Libvirtd) -> String {
 }
 
 /// The hypervisor's host key, pinned as castrad expects it (`known_hosts` of [vms.libvirt]).
-fn pin(sshd: &crate::sshd::Sshd, file: &Path) {
+pub(crate) fn pin(sshd: &crate::sshd::Sshd, file: &Path) {
     let key = std::fs::read_to_string(sshd.dir.join("host_key.pub")).unwrap();
     let mut words = key.split_whitespace();
     let (kind, body) = (words.next().unwrap(), words.next().unwrap());

@@ -1,15 +1,16 @@
 //! Lifecycle checks shared by the libvirt tests (what `accel = "auto"` must choose, a `down`
 //! with its events), and the cloud-style guest's lifecycle (Debian, systemd, cloud-init with
 //! castrad's seed) through libvirt on the local URI (`qemu:///session`; the tiny guest's in
-//! `libvirt.rs` goes over qemu+ssh): up, NoOp, an ACPI `down`, up again, castrad killed and
-//! the domain re-adopted, then `down --discard` leaving nothing on the hypervisor.
+//! `libvirt.rs` goes over qemu+ssh): up (in the `castra` pool castrad makes itself on a
+//! daemon that has none), NoOp, an ACPI `down`, up again, castrad killed and the domain
+//! re-adopted, then `down --discard` leaving nothing on the hypervisor.
 
 use std::path::Path;
 use std::time::Instant;
 
 use serde_json::Value;
 
-use crate::libvirt::{Libvirtd, project, status_of, up};
+use crate::libvirt::{Libvirtd, libvirt_vm, pin, project, remote_uri, status_of, up};
 use crate::qemu::one_at_a_time;
 use crate::support::Env;
 
@@ -65,7 +66,8 @@ pub(crate) fn kinds(events: &[Value]) -> Vec<String> {
 fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
     let _lock = one_at_a_time();
     let t = Instant::now();
-    let lv = Libvirtd::start();
+    // No pool: castrad makes its own on this session daemon (issue 24).
+    let lv = Libvirtd::start_without_pool();
     let env = Env::new();
     let vm = format!(
         "\n[[vms]]\nname = \"cloud\"\nbackend = \"libvirt\"\nbase_image = \"{}\"\ncpus = 2\n\
@@ -83,6 +85,12 @@ fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
     assert_eq!(
         volumes,
         ["castra-lv-cloud-seed.img", "castra-lv-cloud.qcow2"]
+    );
+    assert!(
+        env.state()
+            .join("libvirt-pool/castra-lv-cloud.qcow2")
+            .exists(),
+        "the disk is in castrad's own pool"
     );
     assert_eq!(env.guest_sh(&p, "cloud", "id -un"), "dev\n");
     assert_eq!(up(&env, &p, &[]).statuses(), ["NoOp"]);
@@ -141,4 +149,68 @@ fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
     );
     drop(daemon);
     eprintln!("libvirt cloud test: {:?}", t.elapsed());
+}
+
+/// Issue 24: on this machine's session daemon (the default URI) castrad makes its own pool
+/// `castra` when it is missing, in its state directory, and starts it again when it does not
+/// run; on another host (the same daemon through a loopback sshd) it makes none and says how.
+/// No guest boots: each `up` stops at a preflight check after the pool's.
+#[test]
+fn castrad_makes_its_own_pool_on_this_machines_session_daemon_only() {
+    let lv = Libvirtd::start_without_pool();
+    let env = Env::new();
+    let sshd = crate::sshd::Sshd::start(&env.path("hv"));
+    let pins = env.path("hv_known_hosts");
+    let _daemon = env.start_daemon();
+    let try_up = |vm: String| {
+        let p = project(&env, &vm);
+        let out = env.ctl(&p, &["up"]);
+        assert_eq!(out.code, 2, "a preflight error: {out:?}");
+        out.stderr
+    };
+
+    // Over SSH: none made, and how to make it.
+    pin(&sshd, &pins);
+    let extra = format!("known_hosts = \"{}\"\n", pins.display());
+    let err = try_up(libvirt_vm("vm", &remote_uri(&sshd, &lv), &extra));
+    assert!(
+        err.contains("storage pool \"castra\" does not exist; create it there once")
+            && err.contains("pool-define-as castra dir"),
+        "{err}"
+    );
+    assert!(lv.try_virsh(&["pool-info", "castra"]).is_err(), "none made");
+    // On this machine's session daemon castrad makes its own, in its state directory, before
+    // it finds the next problem; and starts it again when it does not run.
+    let own_pool = |what: &str| {
+        let xml = lv.virsh(&["pool-dumpxml", "castra"]);
+        let dir = env.state().join("libvirt-pool");
+        assert!(
+            xml.contains(&format!("<path>{}</path>", dir.display())),
+            "{what}: {xml}"
+        );
+        let info = lv.virsh(&["pool-info", "castra"]);
+        let state = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(|v| v.trim().to_owned())
+        };
+        assert_eq!(
+            state("State:").as_deref(),
+            Some("running"),
+            "{what}: {info}"
+        );
+        assert_eq!(
+            state("Autostart:").as_deref(),
+            Some("yes"),
+            "{what}: {info}"
+        );
+    };
+    let missing_base = libvirt_vm("vm", &lv.uri(), "").replace("base.img", "missing.img");
+    let err = try_up(missing_base.clone());
+    assert!(err.contains("missing.img is not there"), "{err}");
+    own_pool("made");
+    lv.virsh(&["pool-destroy", "castra"]);
+    let err = try_up(missing_base);
+    assert!(err.contains("missing.img is not there"), "{err}");
+    own_pool("started again");
 }

@@ -1,5 +1,7 @@
 //! A real OpenSSH `sshd` on 127.0.0.1 standing in for a guest: its own host key, config and
-//! authorized key, on a free port, as the current user.
+//! authorized key, on a free port, as the current user. Its sessions get
+//! `CASTRA_VIZIER_SUPERVISOR=loop`: the "guest" is this machine, where Vizier must never be
+//! installed as a systemd unit (vizier/supervisor.sh).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -103,7 +105,7 @@ impl Sshd {
              AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              PermitRootLogin prohibit-password\n{limits}LogLevel {log_level}\nAcceptEnv none\n\
-             Subsystem sftp internal-sftp\n",
+             SetEnv CASTRA_VIZIER_SUPERVISOR=loop\nSubsystem sftp internal-sftp\n",
             port = self.port,
             limits = self.limits,
             log_level = self.log_level,

@@ -43,14 +43,28 @@ impl Fleet {
 #[test]
 fn enabling_again_and_again_leaves_exactly_one_agent() {
     let fleet = Fleet::new(BOX);
-    for args in [
+    let loop_ = "in a respawn loop (CASTRA_VIZIER_SUPERVISOR=loop in the login environment; \
+                 a reboot ends it until the next run)";
+    for (i, args) in [
         &[][..],
         &["--bootstrap", "always"],
         &["--bootstrap", "always"],
         &["--bootstrap", "always"],
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let up = fleet.up(args);
         assert_eq!(up.statuses(), ["Success"], "{}", up.stderr);
+        // The first run chose the supervisor and says why; the later ones find it running.
+        let enabled = up
+            .event("box", "BootstrapStep")
+            .into_iter()
+            .find(|s| s["step"] == "vizier-enable")
+            .unwrap()["detail"]
+            .clone();
+        let how = if i == 0 { "started" } else { "running" };
+        assert_eq!(enabled, format!("{how} {loop_}"), "run {i}");
     }
     let dir = fleet.vizier_dir("box");
     let bin = dir.join(format!("{VERSION}/vizier.sh"));

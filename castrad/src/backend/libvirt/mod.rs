@@ -22,6 +22,7 @@
 
 mod domain;
 mod drift;
+mod pool;
 mod space;
 pub mod upload;
 pub mod virsh;
@@ -50,6 +51,8 @@ use virsh::{CallError, Hypervisor, blocking};
 pub struct Libvirt {
     pub accel_override: Option<accel::AccelSetting>,
     pub control_dir: PathBuf,
+    /// Where castrad makes its own pool on this machine's session daemon (`pool`).
+    pub own_pool_dir: PathBuf,
     /// Where castra.toml says each libvirt VM lives (by state root and VM), as castrad last
     /// loaded it: where to look when a VM's `libvirt.json` is gone.
     pub configured: Arc<Mutex<HashMap<(PathBuf, String), Configured>>>,
@@ -683,8 +686,9 @@ enum Prepared {
     NeedsImage,
 }
 
-/// Each hypervisor once: libvirt answers, the pool exists; each base image once: it is there
-/// (with upload: it is a base image here, and the pool can take uploads).
+/// Each hypervisor once: libvirt answers, the pool exists (castrad's own made, or started, on
+/// this machine's session daemon: `pool`); each base image once: it is there (with upload: it
+/// is a base image here, and the pool can take uploads).
 fn preflight(backend: &Libvirt, root: &StateRoot, vms: &[&Vm]) -> Result<(), PreflightError> {
     if which("virsh").is_none() {
         return Err(PreflightError::NotInstalled {
@@ -711,24 +715,10 @@ fn preflight(backend: &Libvirt, root: &StateRoot, vms: &[&Vm]) -> Result<(), Pre
         };
         if seen.insert((config.uri.clone(), config.pool.clone())) {
             // One round trip when all is well: the pool's answer says libvirt answers too,
-            // and how much room the pool has.
-            let info = hv.virsh(&["pool-info", "--bytes", &config.pool]);
-            if let Ok(info) = &info {
-                let count = starting.get(&(&*config.uri, &*config.pool)).copied();
-                space::check(&hv, &config.pool, info, count.unwrap_or(1)).map_err(problem)?;
-            } else {
-                if let Err(e) = hv.virsh(&["uri"]) {
-                    return Err(problem(explain_connect(&e.message)));
-                }
-                return Err(problem(format!(
-                    "its storage pool {pool:?} does not exist; create it there once: `virsh -c \
-                     {uri} pool-define-as {pool} dir --target DIR && virsh -c {uri} pool-build \
-                     {pool} && virsh -c {uri} pool-start {pool} && virsh -c {uri} \
-                     pool-autostart {pool}` (docs/REMOTE.md)",
-                    pool = config.pool,
-                    uri = config.uri
-                )));
-            }
+            // that the pool is there, and how much room it has.
+            let info = pool::ready(&hv, config, &backend.own_pool_dir).map_err(problem)?;
+            let count = starting.get(&(&*config.uri, &*config.pool)).copied();
+            space::check(&hv, &config.pool, &info, count.unwrap_or(1)).map_err(problem)?;
         }
         if config.upload {
             // A file here, for a disk still to be made, is imported into the store then:

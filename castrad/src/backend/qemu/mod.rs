@@ -320,7 +320,7 @@ pub(crate) fn make_seed(root: &StateRoot, vm: &Vm) -> Result<(), BackendError> {
     };
     let inputs = crate::hashing::seed_inputs(vm)
         .map_err(|e| process::ProcessError::Failed(e.to_string()))?;
-    keys::pin(&paths.known_hosts, &alias, &host_key.public)?;
+    keys::pin_seeded(&paths.known_hosts, &alias, &host_key.public)?;
     seed::write(&paths.seed, &seed).map_err(|source| process::ProcessError::Io {
         what: format!("writing {}", paths.seed.display()),
         source,

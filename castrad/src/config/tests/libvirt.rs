@@ -130,6 +130,23 @@ fn a_libvirt_vm_gets_its_defaults_and_a_remote_uri_is_understood() {
     );
 }
 
+/// Issue 24: castrad makes only its own pool, only on this machine's session daemon.
+#[test]
+fn castrad_makes_its_own_pool_only_on_a_local_session_uri() {
+    assert!(ok(lv!()).vms[0].libvirt.as_ref().unwrap().makes_own_pool());
+    for (libvirt, makes) in [
+        ("uri = \"qemu+unix:///session?socket=/run/s\"\n", true),
+        ("uri = \"qemu:///session?socket=/tmp/x\"\n", true),
+        ("uri = \"qemu:///system\"\n", false),
+        ("uri = \"qemu+ssh://me@hv/session\"\n", false),
+        ("pool = \"fast\"\n", false),
+    ] {
+        let p = ok(&format!("{}[vms.libvirt]\n{libvirt}", lv!()));
+        let l = p.vms[0].libvirt.as_ref().unwrap();
+        assert_eq!(l.makes_own_pool(), makes, "{libvirt}");
+    }
+}
+
 #[test]
 fn with_upload_the_base_image_is_a_file_on_this_machine() {
     // Relative, resolved against the castra.toml's directory like a qemu VM's.

@@ -12,15 +12,19 @@ fn run_driver(
     verify_path: &str,
     agent_on_stdin: bool,
 ) -> (String, String, i32) {
-    run_driver_with(dir, env, verify_path, agent_on_stdin, None)
+    // The supervisor set-up comes with the agent on stdin: both blocks, in their order.
+    run_driver_with(dir, env, verify_path, agent_on_stdin, agent_on_stdin, None)
 }
 
-/// [`run_driver`] with a guest setup; programs in `dir/bin` come first in PATH.
+/// [`run_driver`] with or without the supervisor set-up (which asks for the respawn loop
+/// here: `CASTRA_VIZIER_SUPERVISOR=loop`, so no test installs a unit on this machine), and
+/// a guest setup; programs in `dir/bin` come first in PATH.
 fn run_driver_with(
     dir: &Path,
     env: &BTreeMap<String, String>,
     verify_path: &str,
     agent_on_stdin: bool,
+    supervisor: bool,
     setup: Option<&crate::pipeline::guest_setup::Setup>,
 ) -> (String, String, i32) {
     let (reader, writer) = std::io::pipe().unwrap();
@@ -34,6 +38,7 @@ fn run_driver_with(
         .arg(if agent_on_stdin { "-" } else { &agent })
         .arg("") // no watch after `done`: the session ends
         .arg("") // no cloud-init to wait for
+        .arg(if supervisor { "1" } else { "" })
         .args(crate::pipeline::guest_setup::driver_words(setup))
         .args(["sh", "./run.sh"])
         .env(
@@ -44,6 +49,7 @@ fn run_driver_with(
                 std::env::var("PATH").unwrap()
             ),
         )
+        .env("CASTRA_VIZIER_SUPERVISOR", "loop")
         .stdin(reader)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -55,6 +61,10 @@ fn run_driver_with(
     } else {
         String::new()
     };
+    if supervisor {
+        let text = crate::vizier::supervisor_script();
+        agent_block.push_str(&format!("{}\n{text}", text.matches('\n').count()));
+    }
     agent_block.push_str(setup.map(|s| s.input.as_str()).unwrap_or(""));
     let feeder = std::thread::spawn(move || {
         let mut writer = writer;
@@ -108,7 +118,8 @@ fn driver_does_the_guest_setup_before_the_script() {
         .to_vec(),
         input: String::new(),
     };
-    let (stdout, stderr, code) = run_driver_with(d, &BTreeMap::new(), "done", false, Some(&setup));
+    let (stdout, stderr, code) =
+        run_driver_with(d, &BTreeMap::new(), "done", false, false, Some(&setup));
     assert_eq!(code, 0, "{stderr}");
     let seen = std::fs::read_to_string(d.join("guest/remote dir/seen")).unwrap();
     let opts = "trans=virtio,version=9p2000.L,msize=262144";
@@ -124,7 +135,8 @@ fn driver_does_the_guest_setup_before_the_script() {
 
     stub("mount", "echo \"no such device\" >&2; exit 32".into());
     std::fs::remove_file(d.join("guest/remote dir/seen")).unwrap();
-    let (stdout, _, code) = run_driver_with(d, &BTreeMap::new(), "done", false, Some(&setup));
+    let (stdout, _, code) =
+        run_driver_with(d, &BTreeMap::new(), "done", false, false, Some(&setup));
     assert_eq!(code, 0);
     assert!(
         stdout.contains(&format!(
@@ -237,6 +249,19 @@ fn driver_stops_at_the_first_failure() {
     let (stdout, _, code) = run_driver(d, &BTreeMap::new(), "done", true);
     assert_eq!(code, 0);
     assert!(stdout.contains("vizier-install 0 installed"), "{stdout}");
+    // The supervisor set-up came too, and said why it chose the respawn loop.
+    assert!(
+        stdout.contains(
+            "vizier-enable 0 started in a respawn loop (CASTRA_VIZIER_SUPERVISOR=loop in the \
+             login environment; a reboot ends it until the next run)\n"
+        ),
+        "{stdout}"
+    );
+    let recorded = std::fs::read_to_string(d.join("vizier/state/supervisor")).unwrap();
+    assert!(
+        recorded.starts_with("in a respawn loop (CASTRA_"),
+        "{recorded}"
+    );
     assert!(stdout.contains("CASTRA-n0nce apply 3"), "{stdout}");
     assert!(
         !stdout.contains("verify-path") && !stdout.contains(" done"),
@@ -270,6 +295,7 @@ fn the_session_command_fits_dropbear() {
         crate::vizier::agent_script(),
         "2".into(),
         "1".into(),
+        String::new(),
         String::new(),
         "./run.sh".into(),
     ];
@@ -411,6 +437,7 @@ fn a_long_command_sends_the_agent_on_stdin() {
         verify_path: None,
         vizier_dir: None,
         cloud_init_wait: false,
+        supervisor_setup: false,
         setup: None,
         may_touch: tokio::sync::watch::channel(true).1,
     };
