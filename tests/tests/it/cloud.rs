@@ -50,7 +50,7 @@ fn digests() -> &'static (String, String) {
 /// A local mirror (`it-http`) serving the image under `dir/file` with a checksums file
 /// `dir/sums` listing it (SHA256SUMS or SHA512SUMS, by its name), as distributions publish
 /// them.
-fn mirror(env: &Env, dir: &str, file: &str, sums: &str) -> Mirror {
+pub(crate) fn mirror(env: &Env, dir: &str, file: &str, sums: &str) -> Mirror {
     let served = env.path("mirror");
     std::fs::create_dir_all(served.join(dir)).unwrap();
     std::os::unix::fs::symlink(image(), served.join(dir).join(file)).unwrap();

@@ -27,6 +27,7 @@ mod limits;
 mod mounts;
 mod mounts_user;
 mod network;
+mod normal_user;
 mod plan;
 mod protocol_docs;
 mod qemu;
