@@ -288,7 +288,7 @@ fn install_without_from_builds_then_installs_what_it_built() {
 ///   /usr/lib/systemd/user with `ExecStart` naming /usr/bin/castrad (nothing else changed),
 ///   completions where bash, zsh (Debian's vendor-completions) and fish look, compressed man
 ///   pages in man1 and man8; all owned by root, nothing outside /usr;
-/// - Depends: glibc, and the packages `scripts/setup --runtime` installs (read from the
+/// - Depends: glibc, and the packages `scripts/setup --runtime --no-build` installs (read from the
 ///   script: the two lists cannot drift apart), a virtiofsd as an alternative;
 /// - apt-get is asked to install that file, and the one command a user then runs is printed.
 ///
@@ -455,7 +455,7 @@ fn install_deb_builds_a_package_of_the_same_files_in_the_systems_places() {
     for p in &runtime {
         assert!(
             depends.contains(p),
-            "{p} (scripts/setup --runtime) in {depends:?}"
+            "{p} (scripts/setup --runtime --no-build) in {depends:?}"
         );
     }
 

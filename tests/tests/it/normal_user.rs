@@ -431,6 +431,60 @@ fn a_normal_user_installs_starts_castrad_and_brings_up_a_cloud_vm_with_no_root()
     );
     assert_eq!(doctor.code, 0, "{doctor:?}");
 
+    // A login user without sudo (issue 24 §5): dev loses it, with lingering turned on for
+    // them (what a guest's admin does for such a user), and the system unit goes. The next
+    // run finds no agent and puts it under dev's own systemd user manager, and says so; a
+    // power cycle later it is back by itself, with no run.
+    let sh = |command: &str| {
+        let out = user.ctl(&project, &["ssh", "dev", "--", command]);
+        assert_eq!(out.code, 0, "guest command {command:?}: {out:?}");
+        out.stdout
+    };
+    sh("sudo systemctl disable --now castra-vizier && \
+        sudo rm /etc/systemd/system/castra-vizier.service && sudo systemctl daemon-reload && \
+        sudo loginctl enable-linger dev && sudo rm /etc/sudoers.d/90-cloud-init-users");
+    assert_ne!(
+        user.ctl(&project, &["ssh", "dev", "--", "sudo -n true"])
+            .code,
+        0,
+        "dev has no sudo now"
+    );
+    let again = user.ctl(&project, &["up", "--bootstrap", "always", "--json"]);
+    let again = Up::parse(again.code, &again.stdout, &again.stderr);
+    assert_eq!(again.statuses(), ["Success"], "{}", again.stderr);
+    let enabled = again
+        .event("dev", "BootstrapStep")
+        .into_iter()
+        .find(|s| s["step"] == "vizier-enable")
+        .and_then(|s| s["detail"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    assert_eq!(
+        enabled,
+        "started under systemd (user unit castra-vizier, lingering; no passwordless sudo)"
+    );
+    assert_eq!(
+        sh("systemctl --user is-active castra-vizier").trim(),
+        "active"
+    );
+    let under_user_unit = wait_until(Duration::from_secs(60), "the health check", || {
+        status()["vizier"]["pid"].as_u64().filter(|p| *p != after)
+    });
+    let runs = run_logs();
+    user.ctl(&project, &["down"]).ok();
+    let back = user.ctl(&project, &["up", "--json"]);
+    let back = Up::parse(back.code, &back.stdout, &back.stderr);
+    assert_eq!(back.statuses(), ["NoOp"], "{}", back.stderr);
+    wait_until(
+        Duration::from_secs(120),
+        "the agent after the power cycle",
+        || {
+            let v = status()["vizier"].clone();
+            let pid = v["pid"].as_u64()?;
+            (v["healthy"] == true && pid != under_user_unit).then_some(pid)
+        },
+    );
+    assert_eq!(run_logs(), runs, "no bootstrap run");
+
     // Nothing of root's in the user's home: castrad's state, the image store, the installed
     // files are all the user's.
     for dir in [".local/state/castra", ".cache/castra/images", ".local/bin"] {
