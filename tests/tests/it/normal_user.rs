@@ -474,15 +474,41 @@ fn a_normal_user_installs_starts_castrad_and_brings_up_a_cloud_vm_with_no_root()
     let back = user.ctl(&project, &["up", "--json"]);
     let back = Up::parse(back.code, &back.stdout, &back.stderr);
     assert_eq!(back.statuses(), ["NoOp"], "{}", back.stderr);
-    wait_until(
-        Duration::from_secs(120),
-        "the agent after the power cycle",
-        || {
-            let v = status()["vizier"].clone();
-            let pid = v["pid"].as_u64()?;
-            (v["healthy"] == true && pid != under_user_unit).then_some(pid)
-        },
-    );
+    // A NoOp touches no guest, so castrad's health check waits for the next run: the agent
+    // is asked in the guest, as a user would (its banner names its pid).
+    let banner_pid = || -> Option<u64> {
+        let out = user.ctl(
+            &project,
+            &[
+                "ssh",
+                "dev",
+                "--",
+                "sh /var/tmp/castra/dev/.vizier/*/vizier.sh banner /var/tmp/castra/dev/.vizier/state | tail -n 1",
+            ],
+        );
+        let banner: Value = serde_json::from_str(out.stdout.trim()).ok()?;
+        banner["pid"].as_u64()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        if banner_pid().is_some_and(|p| p != under_user_unit) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let seen = user.ctl(
+                &project,
+                &[
+                    "ssh",
+                    "dev",
+                    "--",
+                    "loginctl show-user dev; systemctl --user status castra-vizier; \
+                     journalctl --user -b --no-pager | tail -n 30",
+                ],
+            );
+            panic!("no agent after the power cycle; in the guest: {seen:?}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert_eq!(run_logs(), runs, "no bootstrap run");
 
     // Nothing of root's in the user's home: castrad's state, the image store, the installed
