@@ -79,6 +79,11 @@ case $name in
   getent) [[ ${1:-} == passwd && -n ${SHIM_HOME:-} ]] || exit 2
     echo "$2:x:1000:1000::$SHIM_HOME:/bin/bash" ;;
   curl) exit 1 ;;
+  runuser) # rustup's install, done: a cargo in the user's home (none with SHIM_RUSTUP_FAILS)
+    if [[ -n ${SHIM_HOME:-} && -z ${SHIM_RUSTUP_FAILS:-} ]]; then
+      mkdir -p "$SHIM_HOME/.cargo/bin" && printf '#!/bin/sh\n' >"$SHIM_HOME/.cargo/bin/cargo" &&
+        chmod 755 "$SHIM_HOME/.cargo/bin/cargo"
+    fi ;;
 esac
 exit 0
 "#;
@@ -119,6 +124,7 @@ exit 0
         .env("CASTRA_SETUP_POLICY_RC_D", dir.join("policy-rc.d"))
         .env_remove("SUDO_USER")
         .env_remove("SHIM_HOME")
+        .env_remove("SHIM_RUSTUP_FAILS")
         .env_remove("SHIM_APT_HOLD");
     command
 }
@@ -479,6 +485,30 @@ fn setup_through_sudo_installs_rust_for_the_invoking_user_as_that_user() {
         )),
         "{}",
         run.stderr
+    );
+
+    // rustup's download failed (no network: curl feeds sh nothing, and sh exits 0): setup
+    // fails, and says what to run as alice.
+    let offline_home = dir.path().join("home-offline");
+    std::fs::create_dir_all(&offline_home).unwrap();
+    let offline = run_setup_with(
+        dir.path(),
+        &every,
+        0,
+        &[],
+        &[
+            ("SUDO_USER", Path::new("alice")),
+            ("SHIM_HOME", offline_home.as_path()),
+            ("SHIM_RUSTUP_FAILS", Path::new("1")),
+        ],
+    );
+    assert!(!offline.status.success(), "{}", offline.stderr);
+    assert!(
+        offline
+            .stderr
+            .contains("installing Rust for alice failed (see above); as alice, run: curl "),
+        "{}",
+        offline.stderr
     );
 
     // alice has rustup's cargo: nothing to do.
