@@ -176,11 +176,12 @@ impl OsRelease {
         match self.family() {
             Some(family) => {
                 let names: Vec<&str> = packages.iter().filter_map(|p| self.package(*p)).collect();
+                // The command last, whole: a user copies it from the colon on.
                 format!(
-                    "{sudo}{} {} ({})",
+                    "on {}: {sudo}{} {}",
+                    self.pretty_name,
                     family.installer(),
-                    names.join(" "),
-                    self.pretty_name
+                    names.join(" ")
                 )
             }
             None => {
@@ -288,18 +289,18 @@ mod tests {
         let cases = [
             (
                 UBUNTU_24,
-                "sudo apt-get install qemu-system-x86 qemu-utils openssh-client virtiofsd \
-                 uidmap ovmf (Ubuntu 24.04.1 LTS)",
+                "on Ubuntu 24.04.1 LTS: sudo apt-get install qemu-system-x86 qemu-utils \
+                 openssh-client virtiofsd uidmap ovmf",
             ),
             (
                 FEDORA,
-                "sudo dnf install qemu-system-x86 qemu-img openssh-clients virtiofsd \
-                 shadow-utils edk2-ovmf (Fedora Linux 44 (Workstation Edition))",
+                "on Fedora Linux 44 (Workstation Edition): sudo dnf install qemu-system-x86 \
+                 qemu-img openssh-clients virtiofsd shadow-utils edk2-ovmf",
             ),
             (
                 ARCH,
-                "sudo pacman -S qemu-system-x86 qemu-img openssh virtiofsd shadow edk2-ovmf \
-                 (Arch Linux)",
+                "on Arch Linux: sudo pacman -S qemu-system-x86 qemu-img openssh virtiofsd shadow \
+                 edk2-ovmf",
             ),
         ];
         for (text, expected) in cases {
@@ -308,7 +309,7 @@ mod tests {
         // ID_LIKE decides for derivatives; root needs no sudo.
         assert_eq!(
             OsRelease::parse(ROCKY).install(&[QemuImg], true),
-            "dnf install qemu-img (Rocky Linux 9.4 (Blue Onyx))"
+            "on Rocky Linux 9.4 (Blue Onyx): dnf install qemu-img"
         );
         assert_eq!(
             OsRelease::parse(MINT).family(),

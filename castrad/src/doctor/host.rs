@@ -312,7 +312,7 @@ mod tests {
     use super::*;
     use castra_api::CheckStatus;
 
-    const INSTALL: &str = "sudo apt-get install virtiofsd (Debian GNU/Linux 13 (trixie))";
+    const INSTALL: &str = "on Debian GNU/Linux 13 (trixie): sudo apt-get install virtiofsd";
 
     #[test]
     fn the_shares_check_says_which_transport_and_what_would_give_virtiofs() {

@@ -58,13 +58,21 @@ pub fn checks() -> Vec<DoctorCheck> {
             (program, exists)
         });
     let enabled = systemctl(&["is-enabled", SOCKET_UNIT]);
+    // The service's own Environment= (a drop-in, as the fix below says) beats the manager's.
+    let of_service = systemctl(&["show", SERVICE_UNIT, "--property=Environment", "--value"]);
     let environment = systemctl(&["show-environment"]);
-    let (path, from_manager) = match &environment {
-        Ok(run) if run.success => match path_of(&run.stdout) {
-            Some(path) => (path, true),
-            None => (DEFAULT_USER_PATH.to_owned(), false),
-        },
-        _ => (DEFAULT_USER_PATH.to_owned(), false),
+    let from_service = match &of_service {
+        Ok(run) if run.success => service_env_path(&run.stdout),
+        _ => None,
+    };
+    let from_manager = match &environment {
+        Ok(run) if run.success => path_of(&run.stdout),
+        _ => None,
+    };
+    let (path, source) = match (from_service, from_manager) {
+        (Some(path), _) => (path, PathSource::Service),
+        (None, Some(path)) => (path, PathSource::Manager),
+        (None, None) => (DEFAULT_USER_PATH.to_owned(), PathSource::Default),
     };
     let ours = std::env::var("PATH").unwrap_or_default();
     let lookups: Vec<Lookup> = PROGRAMS
@@ -86,7 +94,7 @@ pub fn checks() -> Vec<DoctorCheck> {
         units(&dirs, socket.as_deref(), service.as_deref(), exec),
         socket_enabled(&user, &enabled),
         linger(&user, Path::new(LINGER_DIR).join(&user).exists()),
-        service_path(&path, from_manager, &lookups, &distro::install(&missing)),
+        service_path(&path, source, &lookups, &distro::install(&missing)),
     ]
 }
 
@@ -184,8 +192,10 @@ fn find_unit(dirs: &[PathBuf], unit: &str) -> Option<PathBuf> {
     dirs.iter().map(|d| d.join(unit)).find(|p| p.exists())
 }
 
-/// Pure: the program a unit's first `ExecStart=` runs, `%h` expanded to `home`; None when it
-/// is not an absolute path (systemd would search it in its own PATH).
+/// Pure: the program a unit's first `ExecStart=` runs, read as systemd reads it (a word in
+/// double or single quotes, as `scripts/install` writes it, with its backslash escapes; `%h`
+/// expanded to `home`, `%%` to `%`); None when it is not an absolute path (systemd would
+/// search it in its own PATH).
 pub fn exec_start(unit: &str, home: &Path) -> Option<PathBuf> {
     let value = unit
         .lines()
@@ -193,8 +203,38 @@ pub fn exec_start(unit: &str, home: &Path) -> Option<PathBuf> {
         .find_map(|l| l.strip_prefix("ExecStart="))?;
     // Prefixes that change how systemd runs the command, not what it runs.
     let command = value.trim_start_matches(['@', '-', ':', '+', '!', '|']);
-    let program = command.split_whitespace().next()?;
-    let program = program.replace("%h", &home.to_string_lossy());
+    let mut chars = command.chars();
+    let mut word = String::new();
+    let quote = match command.chars().next()? {
+        q @ ('"' | '\'') => {
+            chars.next();
+            Some(q)
+        }
+        _ => None,
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => word.push(chars.next()?),
+            c if Some(c) == quote => break,
+            c if quote.is_none() && c.is_whitespace() => break,
+            c => word.push(c),
+        }
+    }
+    let mut program = String::new();
+    let mut rest = word.chars();
+    while let Some(c) = rest.next() {
+        match (c, rest.clone().next()) {
+            ('%', Some('h')) => {
+                rest.next();
+                program.push_str(&home.to_string_lossy());
+            }
+            ('%', Some('%')) => {
+                rest.next();
+                program.push('%');
+            }
+            (c, _) => program.push(c),
+        }
+    }
     program.starts_with('/').then(|| PathBuf::from(program))
 }
 
@@ -369,6 +409,26 @@ pub fn linger(user: &str, on: bool) -> DoctorCheck {
     }
 }
 
+/// Pure: the `PATH=` of `systemctl --user show castrad.service --property=Environment
+/// --value` (the service's assignments, space-separated; one with a space in it is quoted).
+pub fn service_env_path(environment: &str) -> Option<String> {
+    environment
+        .split_whitespace()
+        .find_map(|w| w.trim_matches('"').strip_prefix("PATH="))
+        .map(str::to_owned)
+}
+
+/// Where the PATH castrad's service gets comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathSource {
+    /// castrad.service's own `Environment=` (a drop-in).
+    Service,
+    /// The user manager's environment.
+    Manager,
+    /// Neither said: systemd's default.
+    Default,
+}
+
 /// Pure: the `PATH=` line of `systemctl --user show-environment`.
 pub fn path_of(environment: &str) -> Option<String> {
     environment
@@ -398,19 +458,18 @@ fn which(program: &str, path: &str) -> Option<PathBuf> {
         })
 }
 
-/// Pure: the verdict on the PATH systemd gives castrad's service (`from_manager`: the user
-/// manager said it, else systemd's default). `install`: the command that installs what no
-/// PATH has.
+/// Pure: the verdict on the PATH systemd gives castrad's service (`source`: who said it).
+/// `install`: the command that installs what no PATH has.
 pub fn service_path(
     path: &str,
-    from_manager: bool,
+    source: PathSource,
     lookups: &[Lookup],
     install: &str,
 ) -> DoctorCheck {
-    let source = if from_manager {
-        "systemctl --user show-environment"
-    } else {
-        "systemd's default; the user manager did not say"
+    let source = match source {
+        PathSource::Service => "castrad.service's Environment=",
+        PathSource::Manager => "systemctl --user show-environment",
+        PathSource::Default => "systemd's default; the user manager did not say",
     };
     let missing: Vec<&Lookup> = lookups.iter().filter(|l| l.service.is_none()).collect();
     if missing.is_empty() {

@@ -320,7 +320,9 @@ fn doctor_names_the_distributions_packages_and_a_missing_castrad() {
         let fix = c["fix"].as_str().unwrap();
         assert!(
             fix.contains(&format!(
-                "dnf install {package} (Fedora Linux 44 (Workstation Edition))"
+                "on Fedora Linux 44 (Workstation Edition): sudo dnf install {package}"
+            )) || fix.contains(&format!(
+                "on Fedora Linux 44 (Workstation Edition): dnf install {package}"
             )),
             "{name}: {fix}"
         );

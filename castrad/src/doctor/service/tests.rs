@@ -57,8 +57,38 @@ fn exec_start_names_the_program_with_home_expanded() {
         exec_start("ExecStart=-/usr/bin/castrad\n", home),
         Some(PathBuf::from("/usr/bin/castrad"))
     );
+    // As scripts/install writes it: quoted, with systemd's escapes.
+    assert_eq!(
+        exec_start("ExecStart=\"/home/al ice/.local/bin/castrad\"\n", home),
+        Some(PathBuf::from("/home/al ice/.local/bin/castrad"))
+    );
+    assert_eq!(
+        exec_start("ExecStart='/opt/100%%/a\\\"b/castrad' --x\n", home),
+        Some(PathBuf::from("/opt/100%/a\"b/castrad"))
+    );
     assert_eq!(exec_start("ExecStart=castrad\n", home), None);
     assert_eq!(exec_start("[Service]\n", home), None);
+}
+
+#[test]
+fn the_services_own_path_is_read_from_its_environment() {
+    assert_eq!(
+        service_env_path("LANG=C \"PATH=/opt/q/bin:/usr/bin\" X=1").as_deref(),
+        Some("/opt/q/bin:/usr/bin")
+    );
+    assert_eq!(service_env_path("PATH=/a:/b").as_deref(), Some("/a:/b"));
+    assert_eq!(service_env_path(""), None);
+    let found = Lookup {
+        program: "ssh",
+        package: Package::OpenSsh,
+        service: Some(PathBuf::from("/opt/q/bin/ssh")),
+        here: Some(PathBuf::from("/opt/q/bin/ssh")),
+    };
+    let ok = service_path("/opt/q/bin", PathSource::Service, &[found], "x");
+    assert!(
+        ok.verdict.contains("castrad.service's Environment="),
+        "{ok:?}"
+    );
 }
 
 #[test]
@@ -204,7 +234,7 @@ fn the_services_path_must_find_what_castrad_runs() {
         found("qemu-system-x86_64", "/usr/bin"),
         found("ssh", "/usr/bin"),
     ];
-    let ok = service_path("/usr/bin", true, &all, "unused");
+    let ok = service_path("/usr/bin", PathSource::Manager, &all, "unused");
     assert_eq!(ok.status, CheckStatus::Ok, "{ok:?}");
     assert!(
         ok.verdict.contains("finds qemu-system-x86_64, ssh"),
@@ -216,7 +246,12 @@ fn the_services_path_must_find_what_castrad_runs() {
         service: None,
         ..found("qemu-system-x86_64", "/opt/qemu/bin")
     };
-    let shell_only = service_path("/usr/bin", false, &[opt.clone(), all[1].clone()], "x");
+    let shell_only = service_path(
+        "/usr/bin",
+        PathSource::Default,
+        &[opt.clone(), all[1].clone()],
+        "x",
+    );
     assert_eq!(shell_only.status, CheckStatus::Warn, "{shell_only:?}");
     assert!(
         shell_only
@@ -231,10 +266,10 @@ fn the_services_path_must_find_what_castrad_runs() {
     );
     // Nowhere at all: install it.
     let nowhere = Lookup { here: None, ..opt };
-    let install = "sudo dnf install qemu-system-x86 (Fedora Linux 44)";
-    let check = service_path("/usr/bin", true, &[nowhere], install);
+    let install = "on Fedora Linux 44: sudo dnf install qemu-system-x86";
+    let check = service_path("/usr/bin", PathSource::Manager, &[nowhere], install);
     assert_eq!(
         check.fix.as_deref(),
-        Some("install them: sudo dnf install qemu-system-x86 (Fedora Linux 44)")
+        Some("install them: on Fedora Linux 44: sudo dnf install qemu-system-x86")
     );
 }
