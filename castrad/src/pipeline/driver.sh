@@ -87,7 +87,7 @@ held=; hver=; hboot=; boot=; hsup=
 live() { [ -n "$held" ] && kill -0 "$held" 2>/dev/null && [ "${hboot:-$boot}" = "$boot" ]; }
 # Running as it should: this version, under a supervisor on record (one that an older driver
 # started, without a record, is restarted when castrad sent the supervisor set-up).
-if live && [ "$hver" = "$vver" ] && [ -n "$hsup$vs" ]; then how="running ${hsup:-(supervisor not recorded)}"
+if live && [ "$hver" = "$vver" ] && { [ -n "$hsup" ] || [ -z "$vs" ]; }; then how="running ${hsup:-(supervisor not recorded)}"
 else
   how=started
   if live; then sh "$vbin" stop "$vstate" || true; how=restarted; [ "$hver" = "$vver" ] || how="$how (was $hver)"; fi

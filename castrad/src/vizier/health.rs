@@ -188,7 +188,7 @@ mod tests {
 
     fn banner(pid: u32) -> Seen {
         Seen::Alive(Banner {
-            version: "0.1.0".into(),
+            version: "0.2.0".into(),
             pid,
             started_at: 1,
             heartbeat: 2,
@@ -198,7 +198,7 @@ mod tests {
 
     fn seen(pid: u32, healthy: bool) -> VizierSeen {
         VizierSeen {
-            version: "0.1.0".into(),
+            version: "0.2.0".into(),
             pid,
             healthy,
         }
@@ -250,7 +250,7 @@ mod tests {
     fn watch_reports_are_parsed() {
         let alive = parse_report(
             "VIZIER/1",
-            Some(r#"{"version":"0.1.0","pid":7,"started_at":1,"heartbeat":5,"now":6}"#),
+            Some(r#"{"version":"0.2.0","pid":7,"started_at":1,"heartbeat":5,"now":6}"#),
         );
         assert!(matches!(alive, Some(Seen::Alive(b)) if b.pid == 7));
         assert_eq!(
@@ -261,7 +261,7 @@ mod tests {
         );
         let hung = parse_report(
             "VIZIER/1",
-            Some(r#"{"version":"0.1.0","pid":7,"started_at":1,"heartbeat":5,"now":60}"#),
+            Some(r#"{"version":"0.2.0","pid":7,"started_at":1,"heartbeat":5,"now":60}"#),
         );
         assert!(matches!(hung, Some(Seen::Gone(why)) if why.contains("hung")));
         assert_eq!(parse_report("Welcome to the guest!", None), None);

@@ -12,7 +12,7 @@ pub mod health;
 use serde::Deserialize;
 
 /// Version of the agent castrad installs. Changing it changes every `artifact_hash`.
-pub const VERSION: &str = "0.1.0";
+pub const VERSION: &str = "0.2.0";
 /// The banner protocol: the first line of `vizier.sh banner` is `VIZIER/<PROTOCOL>`.
 pub const PROTOCOL: u32 = 1;
 /// How often the agent's `watch` reports (the health check's period).
@@ -122,15 +122,15 @@ mod tests {
     fn banner_is_checked_for_protocol_and_freshness() {
         let ok = parse_banner(
             "VIZIER/1\n",
-            r#"{"version":"0.1.0","pid":42,"started_at":100,"heartbeat":120,"now":121}"#,
+            r#"{"version":"0.2.0","pid":42,"started_at":100,"heartbeat":120,"now":121}"#,
         )
         .unwrap();
-        assert_eq!((ok.version.as_str(), ok.pid), ("0.1.0", 42));
+        assert_eq!((ok.version.as_str(), ok.pid), ("0.2.0", 42));
         let err = parse_banner("VIZIER/2", "{}").unwrap_err().to_string();
         assert!(err.contains("expected the banner VIZIER/1"), "{err}");
         let hung = parse_banner(
             "VIZIER/1",
-            r#"{"version":"0.1.0","pid":42,"started_at":100,"heartbeat":100,"now":200}"#,
+            r#"{"version":"0.2.0","pid":42,"started_at":100,"heartbeat":100,"now":200}"#,
         )
         .unwrap_err()
         .to_string();

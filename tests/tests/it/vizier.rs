@@ -11,7 +11,7 @@ use crate::bootstrap::Fleet;
 use crate::support::wait_until;
 
 const BOX: &str = "[[vms]]\nname = \"box\"\nbackend = \"external\"\nSSH\n[vms.bootstrap]\nscript = \"scripts/db.sh\"\n";
-const VERSION: &str = "0.1.0";
+const VERSION: &str = "0.2.0";
 
 impl Fleet {
     fn vizier_dir(&self, vm: &str) -> std::path::PathBuf {

@@ -274,6 +274,53 @@ fn driver_stops_at_the_first_failure() {
     assert!(stdout.contains("vizier-install 0 present"), "{stdout}");
     assert!(stdout.contains("CASTRA-n0nce verify-path 1"), "{stdout}");
     assert!(!stdout.contains(" done"), "{stdout}");
+
+    // An agent an older driver started has no supervisor on record: restarted when castrad
+    // sends the set-up (so it can move under the guest's supervisor), kept when it does not
+    // (castrad saw it healthy).
+    let state = d.join("vizier/state");
+    let record = state.join("supervisor");
+    let start_by_hand = || {
+        let _ = std::fs::remove_file(&record);
+        let vbin = d.join(format!("vizier/{}/vizier.sh", crate::vizier::VERSION));
+        let mut child = std::process::Command::new("setsid")
+            .arg("sh")
+            .arg(vbin)
+            .arg("supervise")
+            .arg(&state)
+            .arg(d.join("vizier/by-hand.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..250 {
+            let pid = std::fs::read_to_string(state.join("agent.pid")).unwrap_or_default();
+            if !pid.trim().is_empty() {
+                return child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the agent started by hand did not name itself");
+    };
+    // (run_driver stops the agent at its end: the supervisor started here exits then.)
+    let mut by_hand = start_by_hand();
+    let (stdout, _, _) = run_driver(d, &BTreeMap::new(), "missing", false);
+    by_hand.wait().unwrap();
+    assert!(
+        stdout.contains("vizier-enable 0 running (supervisor not recorded)\n"),
+        "{stdout}"
+    );
+    let mut by_hand = start_by_hand();
+    let (stdout, _, _) = run_driver(d, &BTreeMap::new(), "missing", true);
+    by_hand.wait().unwrap();
+    assert!(
+        stdout.contains("vizier-enable 0 restarted in a respawn loop (CASTRA_"),
+        "{stdout}"
+    );
+    assert!(record.exists(), "recorded again");
 }
 
 /// Dropbear closes the connection on a command over 9000 bytes: with short user inputs,
