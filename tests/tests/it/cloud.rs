@@ -158,7 +158,7 @@ fn run_logs(cloud: &Cloud) -> usize {
 }
 
 /// The detail of the first step `step` of `vm` in an `up`.
-fn step_detail(up: &Up, vm: &str, step: &str) -> String {
+pub(crate) fn step_detail(up: &Up, vm: &str, step: &str) -> String {
     up.event(vm, "BootstrapStep")
         .into_iter()
         .find(|s| s["step"] == step)

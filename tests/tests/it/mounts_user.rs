@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::bootstrap::Up;
 use crate::mounts::daemons;
-use crate::support::{CASTRACTL, CASTRAD, Ctl, Env, vm_of, wait_until};
+use crate::support::{CASTRACTL, CASTRAD, Ctl, Env, passwd_with, uid_of, vm_of, wait_until};
 
 const UID: u32 = 1000;
 const USER: &str = "castra-user";
@@ -41,13 +41,6 @@ set -eu
 cat /src/from-host.txt > seen-at-bootstrap
 echo "written by the guest" > /src/from-guest.txt
 "#;
-
-/// The real uid of `pid`, from /proc/<pid>/status.
-fn uid_of(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
 
 #[test]
 fn a_castrad_without_root_shares_folders_over_virtiofs() {
@@ -83,16 +76,7 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
 
     // The user database castrad's tree sees: the host's, with uid UID as `castra-user` (its
     // primary group UID, its home the test's), which newgidmap requires.
-    let passwd: String = std::fs::read_to_string("/etc/passwd")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(':').nth(2) != Some(&UID.to_string()))
-        .map(|l| format!("{l}\n"))
-        .chain([format!(
-            "{USER}:x:{UID}:{UID}:castra test:{}:/bin/sh\n",
-            env.path("home").display()
-        )])
-        .collect();
+    let passwd = passwd_with(UID, USER, &env.path("home"));
     env.write(&[
         ("etc/passwd", &passwd),
         ("etc/subgid-none", "someone-else:100000:65536\n"),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::bootstrap::Up;
-use crate::support::{CASTRACTL, CASTRAD, Ctl, Daemon, Env, vm_of, wait_until};
+use crate::support::{CASTRACTL, CASTRAD, Ctl, Daemon, Env, uid_of, vm_of, wait_until};
 
 const UID: u32 = 1000;
 const USER: &str = "castra-user";
@@ -119,13 +119,6 @@ impl User {
             ..Ctl::from(out)
         }
     }
-}
-
-/// The real uid of `pid`, from /proc/<pid>/status.
-fn uid_of(pid: u32) -> u32 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Processes whose command line mentions `needle`: (pid, command line).
@@ -228,16 +221,7 @@ fn a_normal_user_installs_starts_castrad_and_brings_up_a_cloud_vm_with_no_root()
         .unwrap();
     assert!(chown.success());
     // The user database the user's commands see: the host's, with uid UID as USER.
-    let passwd: String = std::fs::read_to_string("/etc/passwd")
-        .unwrap()
-        .lines()
-        .filter(|l| l.split(':').nth(2) != Some(&UID.to_string()))
-        .map(|l| format!("{l}\n"))
-        .chain([format!(
-            "{USER}:x:{UID}:{UID}:castra test:{}:/bin/sh\n",
-            env.path("home").display()
-        )])
-        .collect();
+    let passwd = crate::support::passwd_with(UID, USER, &env.path("home"));
     let passwd_file = env.path("passwd");
     std::fs::write(&passwd_file, passwd).unwrap();
     // The catalog's debian-12 as a local mirror serves it (root's: the test's, not Castra's).
@@ -353,12 +337,7 @@ fn a_normal_user_installs_starts_castrad_and_brings_up_a_cloud_vm_with_no_root()
     let up = user.ctl(&project, &["up", "--json"]);
     let up = Up::parse(up.code, &up.stdout, &up.stderr);
     assert_eq!(up.statuses(), ["Success"], "{}", up.stderr);
-    let enabled = up
-        .event("dev", "BootstrapStep")
-        .into_iter()
-        .find(|s| s["step"] == "vizier-enable")
-        .and_then(|s| s["detail"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let enabled = crate::cloud::step_detail(&up, "dev", "vizier-enable");
     assert!(
         enabled.starts_with("started under systemd (system unit castra-vizier as uid "),
         "{enabled}"
@@ -452,12 +431,7 @@ fn a_normal_user_installs_starts_castrad_and_brings_up_a_cloud_vm_with_no_root()
     let again = user.ctl(&project, &["up", "--bootstrap", "always", "--json"]);
     let again = Up::parse(again.code, &again.stdout, &again.stderr);
     assert_eq!(again.statuses(), ["Success"], "{}", again.stderr);
-    let enabled = again
-        .event("dev", "BootstrapStep")
-        .into_iter()
-        .find(|s| s["step"] == "vizier-enable")
-        .and_then(|s| s["detail"].as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let enabled = crate::cloud::step_detail(&again, "dev", "vizier-enable");
     assert_eq!(
         enabled,
         "started under systemd (user unit castra-vizier, lingering; no passwordless sudo)"

@@ -26,6 +26,29 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> O
     }
 }
 
+/// The real uid of `pid`, from /proc/<pid>/status.
+pub fn uid_of(pid: u32) -> u32 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The host's /etc/passwd with uid `uid` as `user` (primary group `uid`, home `home`, shell
+/// /bin/sh) in place of whoever has it there: the user database a test bind-mounts over
+/// /etc/passwd for the processes it runs as that user.
+pub fn passwd_with(uid: u32, user: &str, home: &Path) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(':').nth(2) != Some(&uid.to_string()))
+        .map(|l| format!("{l}\n"))
+        .chain([format!(
+            "{user}:x:{uid}:{uid}:castra test:{}:/bin/sh\n",
+            home.display()
+        )])
+        .collect()
+}
+
 /// A temp directory holding a socket dir, a state dir and projects.
 pub struct Env {
     pub dir: tempfile::TempDir,
