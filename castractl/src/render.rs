@@ -483,6 +483,7 @@ pub fn plan(p: &api::PlanResult) -> String {
     out.push_str(&table(&rows));
     out.push_str(&base_images(&p.vms));
     out.push_str(&mounts(p.vms.iter().map(|vm| (&vm.vm, &vm.mounts))));
+    out.push_str(&host_paths(&p.host_paths));
     let warnings: Vec<String> = p
         .vms
         .iter()
@@ -505,6 +506,39 @@ pub fn plan(p: &api::PlanResult) -> String {
         for d in drift {
             let _ = writeln!(out, "  {}", escape_line(&d.message));
         }
+    }
+    out
+}
+
+/// What the project reads or shares on this machine, and why it may.
+fn host_paths(paths: &[api::HostPathPlanned]) -> String {
+    if paths.is_empty() {
+        return String::new();
+    }
+    let mut rows = vec![vec![
+        "ACCESS".to_owned(),
+        "PATH".to_owned(),
+        "ALLOWED BY".to_owned(),
+        "KEY".to_owned(),
+    ]];
+    for h in paths {
+        let why = match (&h.allowed_by, h.grant.as_str()) {
+            (Some(dir), _) => format!("allowed_paths {}", dir.display()),
+            (None, "project") => "inside the project".to_owned(),
+            (None, "trusted_project") => "trusted_projects".to_owned(),
+            (None, "public_key") => "a public key".to_owned(),
+            (None, other) => other.to_owned(),
+        };
+        rows.push(vec![
+            lower(&h.access),
+            escape_line(&h.path.display().to_string()),
+            why,
+            h.key.clone(),
+        ]);
+    }
+    let mut out = "\nhost paths (what the project reads or shares here):\n".to_owned();
+    for line in table(&rows).lines() {
+        let _ = writeln!(out, "  {line}");
     }
     out
 }

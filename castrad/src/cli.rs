@@ -62,6 +62,12 @@ struct Args {
     #[arg(long, env = crate::images::MIRROR_ENV, value_name = "URL")]
     image_mirror: Option<String>,
 
+    /// Your own settings: which host paths outside a project's directory projects may name
+    /// (`allowed_paths`, `trusted_projects`); never a project's file
+    /// [default: $XDG_CONFIG_HOME/castra/config.toml].
+    #[arg(long, env = crate::state_root::USER_CONFIG_ENV, value_name = "FILE")]
+    user_config: Option<PathBuf>,
+
     /// Check this machine instead of serving: print the machine checks of `castractl doctor`
     /// (QEMU, KVM, virtiofsd, the state directory, ssh, the systemd user service) as JSON,
     /// castra.doctor's result, with this command line's settings and environment; then exit.
@@ -192,6 +198,13 @@ async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
             anyhow::anyhow!("cannot find a home directory for the image store; pass --image-store")
         })?,
     };
+    let user_config = match args.user_config {
+        Some(file) => std::path::absolute(&file)
+            .map_err(|e| anyhow::anyhow!("--user-config {}: {e}", file.display()))?,
+        None => crate::state_root::default_user_config().ok_or_else(|| {
+            anyhow::anyhow!("cannot find a home directory for your config; pass --user-config")
+        })?,
+    };
     let socket = args.socket.unwrap_or_else(castra_api::default_socket_path);
     // First of all, before the socket (bound or passed by systemd) and before anything in
     // the state directory: a second castrad on it must leave both as they are. Held until
@@ -217,6 +230,7 @@ async fn run(args: Args, fd_limit: Option<u64>) -> anyhow::Result<()> {
         max_parallel: args.max_parallel,
         image_store,
         image_mirror: args.image_mirror.filter(|m| !m.is_empty()),
+        user_config,
     };
     tracing::info!(
         max_parallel = settings.max_parallel,

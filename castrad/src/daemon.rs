@@ -43,6 +43,8 @@ pub struct Settings {
     /// `--image-mirror`: where catalog images are fetched from instead of their
     /// distribution's servers.
     pub image_mirror: Option<String>,
+    /// `--user-config`: the user's own settings (`config::UserConfig`), read at every load.
+    pub user_config: PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -536,7 +538,8 @@ impl Daemon {
             return Err(DaemonError::RelativeConfig(config_path.to_owned()));
         }
         let path = config_path.to_owned();
-        let project = tokio::task::spawn_blocking(move || config::load(&path))
+        let boundary = self.boundary();
+        let project = tokio::task::spawn_blocking(move || config::load_confined(&path, &boundary?))
             .await
             .map_err(|e| DaemonError::Panicked {
                 what: "config loader",
@@ -568,6 +571,26 @@ impl Daemon {
             self.adopt_configured(&entry, look).await;
         }
         Ok(entry)
+    }
+
+    /// Where projects end (`config::reach`): the user's home and config, and castrad's own
+    /// directories. The user config is read now, so an edit counts at the next load.
+    fn boundary(&self) -> Result<config::Boundary, config::ConfigError> {
+        let home = std::env::var_os("HOME")
+            .filter(|h| !h.is_empty())
+            .map(PathBuf::from);
+        let user = config::UserConfig::load(&self.settings.user_config, home.as_deref())?;
+        let run = self.settings.socket.parent().unwrap_or(Path::new("/"));
+        let guarded = [
+            self.settings.state_base.as_path(),
+            self.settings.image_store.as_path(),
+        ];
+        Ok(config::Boundary::new(
+            home.as_deref(),
+            &guarded,
+            &[run],
+            user,
+        ))
     }
 
     /// Machines of a project castrad loads for the first time that run although castrad has

@@ -50,6 +50,20 @@ pub fn default_image_store() -> Option<PathBuf> {
     )
 }
 
+/// The environment variable naming the user config (`castrad --user-config`).
+pub const USER_CONFIG_ENV: &str = "CASTRA_USER_CONFIG";
+
+/// The user's own settings file: `$XDG_CONFIG_HOME/castra/config.toml`
+/// (`~/.config/castra/config.toml`), what `config::UserConfig` reads.
+pub fn default_user_config() -> Option<PathBuf> {
+    Some(
+        directories::BaseDirs::new()?
+            .config_dir()
+            .join("castra")
+            .join("config.toml"),
+    )
+}
+
 /// The lock file that makes castrad one per state directory (see `instance`).
 pub fn daemon_lock(base: &Path) -> PathBuf {
     base.join("castrad.lock")

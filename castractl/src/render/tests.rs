@@ -262,6 +262,7 @@ fn a_plan_shows_each_base_image_and_marks_the_unverified() {
         project: "demo".into(),
         config: "/p/castra.toml".into(),
         state_root: "/s".into(),
+        host_paths: vec![],
         vms: vec![
             api::BootstrapPlanned {
                 base_image: Some(image(
@@ -726,6 +727,7 @@ fn hostile_text_is_escaped_in_every_rendering() {
         project: "demo".into(),
         config: "/p/castra.toml".into(),
         state_root: "/s".into(),
+        host_paths: vec![],
         vms: vec![api::BootstrapPlanned {
             reason: h(),
             warnings: vec![h()],
@@ -758,4 +760,43 @@ fn hostile_text_is_escaped_in_every_rendering() {
     let out = down(&down_result);
     assert_tame(&out, false);
     assert_eq!(out.lines().count(), 3, "{out}");
+}
+
+#[test]
+fn plan_lists_host_paths_with_why_they_are_allowed() {
+    let p = api::PlanResult {
+        project: "demo".into(),
+        config: "/p/castra.toml".into(),
+        state_root: "/s".into(),
+        vms: vec![],
+        host_paths: vec![
+            api::HostPathPlanned {
+                key: "vms[0].bootstrap.script".into(),
+                path: "/p/run.sh".into(),
+                access: api::HostPathAccess::Read,
+                grant: "project".into(),
+                allowed_by: None,
+            },
+            api::HostPathPlanned {
+                key: "vms[0].mounts[0].host".into(),
+                path: "/data/shared".into(),
+                access: api::HostPathAccess::ShareReadWrite,
+                grant: "allowed_path".into(),
+                allowed_by: Some("/data".into()),
+            },
+        ],
+    };
+    let text = plan(&p);
+    assert!(
+        text.contains("host paths (what the project reads or shares here):"),
+        "{text}"
+    );
+    assert!(
+        text.contains("read              /p/run.sh     inside the project"),
+        "{text}"
+    );
+    assert!(
+        text.contains("share-read-write  /data/shared  allowed_paths /data  vms[0].mounts[0].host"),
+        "{text}"
+    );
 }

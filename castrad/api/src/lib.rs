@@ -128,6 +128,40 @@ pub struct PlanResult {
     pub state_root: PathBuf,
     /// One entry per VM, in file order (replicas expanded).
     pub vms: Vec<BootstrapPlanned>,
+    /// Every host path the project reads or shares with its guests (symlinks followed), and
+    /// why it may: each one is inside the project's directory unless your own config allows
+    /// it. Absent from castrads before protocol 1's trust checks.
+    #[serde(default)]
+    pub host_paths: Vec<HostPathPlanned>,
+}
+
+/// A host path a project reads or shares (`PlanResult::host_paths`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct HostPathPlanned {
+    /// The key that names it first (`vms[0].bootstrap.payload`).
+    pub key: String,
+    /// Where it leads, symlinks followed.
+    pub path: PathBuf,
+    pub access: HostPathAccess,
+    /// Why the project may reach it: `project` (inside the project's directory),
+    /// `allowed_path` (under `allowed_by`, one of your config's `allowed_paths`),
+    /// `trusted_project` (your config's `trusted_projects` names the project), `public_key`
+    /// (a `.pub` file in ~/.ssh named by `cloud_init.authorized_keys`).
+    pub grant: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_by: Option<PathBuf>,
+}
+
+/// What castrad does with a host path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum HostPathAccess {
+    /// Read, and sent to or booted by the guest.
+    Read,
+    /// Shared with the guest, read-only.
+    ShareReadOnly,
+    /// Shared with the guest, which can write it.
+    ShareReadWrite,
 }
 
 /// Effective bootstrap mode of a VM after overrides.

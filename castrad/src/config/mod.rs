@@ -19,6 +19,7 @@ pub mod libvirt;
 mod mounts;
 pub mod network;
 mod raw;
+mod reach;
 pub mod ssh_options;
 mod validate;
 mod values;
@@ -33,6 +34,7 @@ use values::{validate_env, validate_ssh};
 
 pub use base_image::{BaseImage, catalog_hint_for};
 pub use mounts::{MAX_MOUNTS, guest_path};
+pub use reach::{Access, Boundary, Grant, HostPath, UserConfig};
 pub use values::{is_valid_name, parse_memory_mib};
 
 /// The file name [`discover`] looks for.
@@ -106,6 +108,9 @@ pub struct Project {
     pub bootstrap_defaults: BootstrapDefaults,
     /// VMs after replica expansion, in file order (`web` with replicas = 2 → `web-0`, `web-1`).
     pub vms: Vec<Vm>,
+    /// Every host path the project reads or shares, and why it may (`load_confined` fills
+    /// it; empty otherwise).
+    pub host_paths: Vec<HostPath>,
 }
 
 /// The global `[bootstrap]` table after defaulting.
@@ -438,13 +443,17 @@ pub enum ConfigError {
         key: String,
         message: String,
     },
+    /// A file that is not the user's to trust: a project file owned by someone else, a user
+    /// config others can write.
+    #[error("{}: {message}", path.display())]
+    Untrusted { path: PathBuf, message: String },
 }
 
 impl ConfigError {
     /// (path, line, column) when known — castrad puts it in JSON-RPC error.data.
     pub fn location(&self) -> Option<(&Path, usize, usize)> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Untrusted { .. } => None,
             ConfigError::Invalid {
                 path, line, column, ..
             } => Some((path.as_path(), *line, *column)),
@@ -454,7 +463,7 @@ impl ConfigError {
     /// The key path (`vms[0].bootstrap.mode`) of an `Invalid` error.
     pub fn key(&self) -> Option<&str> {
         match self {
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Untrusted { .. } => None,
             ConfigError::Invalid { key, .. } => Some(key),
         }
     }
@@ -462,7 +471,9 @@ impl ConfigError {
     /// The file the error is about.
     pub fn path(&self) -> &Path {
         match self {
-            ConfigError::Read { path, .. } | ConfigError::Invalid { path, .. } => path,
+            ConfigError::Read { path, .. }
+            | ConfigError::Invalid { path, .. }
+            | ConfigError::Untrusted { path, .. } => path,
         }
     }
 }
@@ -490,17 +501,25 @@ fn key_prefix(key: &str) -> String {
 // ---------------------------------------------------------------------------------------------
 
 /// Reads and validates castra.toml at `path` (and each bootstrap.toml beside a script).
-/// Does not touch anything but reading those files and stat-ing referenced paths.
+/// Does not touch anything but reading those files and stat-ing referenced paths. Where the
+/// paths lead is not checked: castrad loads with [`load_confined`].
 pub fn load(path: &Path) -> Result<Project, ConfigError> {
+    load_with(path, None)
+}
+
+/// [`load`], and the host paths the project names must stay within `boundary`
+/// (`reach::confine`); the project lists them in `host_paths`.
+pub fn load_confined(path: &Path, boundary: &Boundary) -> Result<Project, ConfigError> {
+    load_with(path, Some(boundary))
+}
+
+fn load_with(path: &Path, boundary: Option<&Boundary>) -> Result<Project, ConfigError> {
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
     };
     let canonical = std::fs::canonicalize(path).map_err(read_error)?;
-    let text = std::fs::read_to_string(&canonical).map_err(|source| ConfigError::Read {
-        path: canonical.clone(),
-        source,
-    })?;
+    let text = read_own(&canonical)?;
     let src = Source {
         path: &canonical,
         text: &text,
@@ -508,7 +527,22 @@ pub fn load(path: &Path) -> Result<Project, ConfigError> {
     let mut parsed = parse_source(&src)?;
     check_files(&src, &parsed.decls)?;
     apply_metadata(&mut parsed)?;
+    if let Some(boundary) = boundary {
+        let files = parsed.decls.iter().flat_map(|d| &d.files);
+        parsed.project.host_paths = reach::confine(&src, files, &parsed.project, boundary)?;
+    }
     Ok(parsed.project)
+}
+
+/// Reads a project file (castra.toml, bootstrap.toml), which must be the user's or root's.
+fn read_own(path: &Path) -> Result<String, ConfigError> {
+    let read_error = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    reach::owned_by_user(path, &file.metadata().map_err(read_error)?)?;
+    std::io::read_to_string(file).map_err(read_error)
 }
 
 /// Pure: parse + validate from text, resolving relative paths against `path.parent()`.
@@ -537,6 +571,9 @@ pub fn discover(start: &Path) -> Option<PathBuf> {
 
 fn check_files(src: &Source<'_>, decls: &[DeclInfo]) -> Result<(), ConfigError> {
     for check in decls.iter().flat_map(|d| &d.files) {
+        if check.reach == values::Reach::BaseImage {
+            continue;
+        }
         let problem = match std::fs::metadata(&check.path) {
             Ok(meta) if meta.is_dir() && check.directory_required => None,
             Ok(_) if check.directory_required => Some("is not a directory".to_owned()),
@@ -596,7 +633,7 @@ fn load_metadata(path: &Path) -> Result<Option<Metadata>, ConfigError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(read_error(e)),
     }
-    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    let text = read_own(path)?;
     let src = Source { path, text: &text };
     let raw: RawMetadata = deserialize(&src)?;
     let ssh = match &raw.ssh {

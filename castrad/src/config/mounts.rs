@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::diagnostics::{Source, join_key};
 use super::raw::RawMount;
-use super::values::{FileCheck, resolve_path};
+use super::values::{FileCheck, Reach, resolve_path};
 use super::{ConfigError, Mount};
 
 /// The most mounts a VM may have (each is a PCI device and, for virtiofs, a daemon).
@@ -55,6 +55,7 @@ pub(super) fn validate_mounts(
             path: host.clone(),
             directory_ok: true,
             directory_required: true,
+            reach: Reach::Share,
         });
         let guest_key = join_key(&key, "guest");
         let guest = guest_path(m.guest.get_ref())

@@ -104,6 +104,7 @@ pub(super) fn parse_source(src: &Source<'_>) -> Result<Parsed, ConfigError> {
         image_mirror,
         bootstrap_defaults: defaults.public,
         vms,
+        host_paths: Vec::new(),
     };
     Ok(Parsed { project, decls })
 }
@@ -281,6 +282,19 @@ pub(super) fn validate_vm(
         },
     };
     let base_image = super::base_image::validate(src, raw, &key, reader)?;
+    if let (Some(file), Some(value)) = (
+        base_image.as_ref().and_then(BaseImage::file),
+        &raw.base_image,
+    ) {
+        files.push(FileCheck {
+            key: k("base_image"),
+            span: value.span(),
+            path: file.to_owned(),
+            directory_ok: false,
+            directory_required: false,
+            reach: Reach::BaseImage,
+        });
+    }
     let mut libvirt = libvirt;
     if let Some(l) = libvirt.as_mut() {
         // A URL or catalog image on a libvirt VM is fetched here and uploaded.
@@ -475,6 +489,7 @@ fn validate_cloud_init(
             path: resolved.clone(),
             directory_ok: false,
             directory_required: false,
+            reach: Reach::PublicKeys,
         });
         cloud_init.authorized_keys.push(resolved);
     }

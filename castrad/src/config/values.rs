@@ -263,6 +263,22 @@ pub(super) struct FileCheck {
     pub(super) directory_ok: bool,
     /// A directory and nothing else (a mount's host side).
     pub(super) directory_required: bool,
+    /// What castrad does with it: how far outside the project it may be (`super::reach`).
+    pub(super) reach: Reach,
+}
+
+/// What castrad does with a host path a project names, which decides where it may be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Reach {
+    /// Read and sent to (or booted by) the guest: script, payload, user_data, kernel, initrd.
+    Read,
+    /// A base image file: read by the image store (not stat'ed by `load`: the store says
+    /// what is wrong with a missing one).
+    BaseImage,
+    /// Public keys (`cloud_init.authorized_keys`): only public key lines are ever read.
+    PublicKeys,
+    /// Shared with the guest (`[[vms.mounts]] host`); whether read-only is the mount's.
+    Share,
 }
 
 /// Resolves an optional file path and records that `load` must stat it.
@@ -283,6 +299,7 @@ pub(super) fn file_path(
         path: path.clone(),
         directory_ok,
         directory_required: false,
+        reach: Reach::Read,
     });
     Ok(Some(path))
 }

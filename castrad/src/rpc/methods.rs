@@ -297,7 +297,29 @@ async fn plan(params: Params<'static>, daemon: &Daemon) -> Result<api::PlanResul
         config: project.config_path.clone(),
         state_root: entry.root.path().to_owned(),
         vms,
+        host_paths: project.host_paths.iter().map(host_path).collect(),
     })
+}
+
+fn host_path(h: &crate::config::HostPath) -> api::HostPathPlanned {
+    use crate::config::{Access, Grant};
+    let (grant, allowed_by) = match &h.grant {
+        Grant::Project => ("project", None),
+        Grant::AllowedPath(dir) => ("allowed_path", Some(dir.clone())),
+        Grant::TrustedProject => ("trusted_project", None),
+        Grant::PublicKey => ("public_key", None),
+    };
+    api::HostPathPlanned {
+        key: h.key.clone(),
+        path: h.path.clone(),
+        access: match h.access {
+            Access::Read => api::HostPathAccess::Read,
+            Access::ShareReadOnly => api::HostPathAccess::ShareReadOnly,
+            Access::ShareReadWrite => api::HostPathAccess::ShareReadWrite,
+        },
+        grant: grant.to_owned(),
+        allowed_by,
+    }
 }
 
 async fn status(

@@ -152,6 +152,7 @@ fn daemon(dir: &Path) -> Arc<Daemon> {
         max_parallel: 1,
         image_store: dir.join("images"),
         image_mirror: None,
+        user_config: dir.join("config.toml"),
     })
 }
 
