@@ -206,6 +206,10 @@ fn from_rpc(err: RpcError) -> Failure {
 }
 
 /// The castra.toml to use: `--config` (must exist), else the nearest one walking up from `cwd`.
+///
+/// The walk stops below a directory that is not the user's (or root's) or that others may
+/// write (`/tmp`): a castra.toml there could be anyone's (git's `safe.directory` rule).
+/// castrad refuses a project file owned by another user whichever way it was named.
 pub fn find_config(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, Failure> {
     if let Some(path) = explicit {
         return std::fs::canonicalize(path).map_err(|e| {
@@ -216,7 +220,12 @@ pub fn find_config(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, Failu
             )
         });
     }
+    let mut stopped = None;
     for dir in cwd.ancestors() {
+        if let Some(why) = untrusted_dir(dir) {
+            stopped = Some((dir, why));
+            break;
+        }
         let candidate = dir.join(castra_api::CONFIG_FILE_NAME);
         if candidate.is_file() {
             return std::fs::canonicalize(&candidate).map_err(|e| {
@@ -228,7 +237,7 @@ pub fn find_config(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, Failu
             });
         }
     }
-    Err(Failure::new(
+    let mut failure = Failure::new(
         Exit::Usage,
         "config",
         format!(
@@ -236,7 +245,30 @@ pub fn find_config(explicit: Option<&Path>, cwd: &Path) -> Result<PathBuf, Failu
             castra_api::CONFIG_FILE_NAME,
             cwd.display()
         ),
-    )
-    .detail("pass --config PATH, or run castractl inside a project")
-    .detail("castractl init writes a castra.toml for a cloud image in the current directory"))
+    );
+    if let Some((dir, why)) = stopped {
+        failure = failure.detail(format!(
+            "stopped looking at {} ({why}): a {} there or above could be anyone's",
+            dir.display(),
+            castra_api::CONFIG_FILE_NAME
+        ));
+    }
+    Err(failure
+        .detail("pass --config PATH, or run castractl inside a project")
+        .detail("castractl init writes a castra.toml for a cloud image in the current directory"))
+}
+
+/// Why the walk up must not look in `dir`: owned by someone other than the user and root,
+/// or writable by others. None when it may (or cannot be stat'ed: then nothing is found there).
+fn untrusted_dir(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).ok()?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!("owned by uid {}, not by you", meta.uid()));
+    }
+    if meta.mode() & 0o002 != 0 {
+        return Some("writable by others".to_owned());
+    }
+    None
 }

@@ -531,7 +531,7 @@ fn host_paths(paths: &[api::HostPathPlanned]) -> String {
         };
         rows.push(vec![
             lower(&h.access),
-            escape_line(&h.path.display().to_string()),
+            escape_line(&h.path.display().to_string()).into_owned(),
             why,
             h.key.clone(),
         ]);

@@ -40,4 +40,5 @@ mod sshd;
 mod stamps;
 mod support;
 mod terminal;
+mod trust;
 mod vizier;

@@ -110,6 +110,22 @@ impl Env {
         }
     }
 
+    /// castrad's `--user-config`: the test user's own config.toml, which lets projects name
+    /// the built test guests in the repository's `target/` (as a user allows `~/images`).
+    pub fn user_config(&self) -> PathBuf {
+        let path = self.path("user-config.toml");
+        if !path.exists() {
+            let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+            let target = std::fs::canonicalize(&target).unwrap_or(target);
+            std::fs::write(
+                &path,
+                format!("allowed_paths = [{:?}]\n", target.display().to_string()),
+            )
+            .unwrap();
+        }
+        path
+    }
+
     pub fn castrad_command(&self) -> Command {
         let mut cmd = Command::new(CASTRAD);
         // Its own image store: a test never touches ~/.cache.
@@ -119,6 +135,8 @@ impl Env {
             .arg(self.state())
             .arg("--image-store")
             .arg(self.images())
+            .arg("--user-config")
+            .arg(self.user_config())
             .env("CASTRA_LOG", "debug")
             .env_remove("NOTIFY_SOCKET")
             .env_remove("LISTEN_FDS")
