@@ -764,39 +764,29 @@ fn hostile_text_is_escaped_in_every_rendering() {
 
 #[test]
 fn plan_lists_host_paths_with_why_they_are_allowed() {
+    let shared = api::HostPathPlanned {
+        key: "vms[0].mounts[0].host".into(),
+        path: "/data/shared".into(),
+        access: api::HostPathAccess::ShareReadWrite,
+        grant: "allowed_path".into(),
+        allowed_by: Some("/data".into()),
+    };
+    let mut run = shared.clone();
+    (run.key, run.path, run.access) = ("k".into(), "/p/run.sh".into(), api::HostPathAccess::Read);
+    (run.grant, run.allowed_by) = ("project".into(), None);
     let p = api::PlanResult {
         project: "demo".into(),
         config: "/p/castra.toml".into(),
         state_root: "/s".into(),
         vms: vec![],
-        host_paths: vec![
-            api::HostPathPlanned {
-                key: "vms[0].bootstrap.script".into(),
-                path: "/p/run.sh".into(),
-                access: api::HostPathAccess::Read,
-                grant: "project".into(),
-                allowed_by: None,
-            },
-            api::HostPathPlanned {
-                key: "vms[0].mounts[0].host".into(),
-                path: "/data/shared".into(),
-                access: api::HostPathAccess::ShareReadWrite,
-                grant: "allowed_path".into(),
-                allowed_by: Some("/data".into()),
-            },
-        ],
+        host_paths: vec![run, shared],
     };
     let text = plan(&p);
-    assert!(
-        text.contains("host paths (what the project reads or shares here):"),
-        "{text}"
-    );
-    assert!(
-        text.contains("read              /p/run.sh     inside the project"),
-        "{text}"
-    );
-    assert!(
-        text.contains("share-read-write  /data/shared  allowed_paths /data  vms[0].mounts[0].host"),
-        "{text}"
-    );
+    for line in [
+        "host paths (what the project reads or shares here):",
+        "read              /p/run.sh     inside the project   k",
+        "share-read-write  /data/shared  allowed_paths /data  vms[0].mounts[0].host",
+    ] {
+        assert!(text.contains(line), "{line:?} in {text}");
+    }
 }

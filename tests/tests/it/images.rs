@@ -312,6 +312,8 @@ fn files_are_imported_and_a_changed_base_never_boots() {
     let _guests = Guests(&env);
     let files = env.path("files");
     std::fs::create_dir_all(&files).unwrap();
+    // The user's own image directory, outside the project: their config allows it.
+    env.allow(&files);
     let original = guest().join("base.img");
     for f in ["imp.img", "byp.img", "url.img"] {
         std::fs::copy(&original, files.join(f)).unwrap();

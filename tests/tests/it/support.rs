@@ -126,6 +126,19 @@ impl Env {
         path
     }
 
+    /// Lets projects name `dir` (the user's config.toml gains it in `allowed_paths`): what a
+    /// user with images in a directory of their own does. Counts at castrad's next load.
+    pub fn allow(&self, dir: &Path) {
+        let path = self.user_config();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let entry = format!("{:?}, ", dir.display().to_string());
+        std::fs::write(
+            &path,
+            text.replacen("allowed_paths = [", &format!("allowed_paths = [{entry}"), 1),
+        )
+        .unwrap();
+    }
+
     pub fn castrad_command(&self) -> Command {
         let mut cmd = Command::new(CASTRAD);
         // Its own image store: a test never touches ~/.cache.

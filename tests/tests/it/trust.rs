@@ -111,17 +111,8 @@ fn a_cloned_project_reaches_only_its_own_directory_unless_the_user_allows_more()
         "vms[0].mounts[0].host",
         "outside the project directory",
     );
-    let user_config = env.user_config();
-    let before = std::fs::read_to_string(&user_config).unwrap();
     let allowed = std::fs::canonicalize(env.path("home/outside")).unwrap();
-    std::fs::write(
-        &user_config,
-        before.replace(
-            "allowed_paths = [",
-            &format!("allowed_paths = [{:?}, ", allowed.display().to_string()),
-        ),
-    )
-    .unwrap();
+    env.allow(&allowed);
     let both =
         format!("{outside}[vms.cloud_init]\nauthorized_keys = [\"~/.ssh/id_ed25519.pub\"]\n");
     let out = plan_with(&env, &both);
