@@ -420,7 +420,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 result.hosts.into_iter().next().ok_or_else(|| {
                     Failure::new(Exit::Failed, "internal", "castrad described no VM")
                 })?;
-            return Err(exec_ssh(&host, &command));
+            return Err(exec_ssh(&crate::trust::Host::check(host)?, &command));
         }
         Command::Console {
             vm,
@@ -494,7 +494,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
 
 /// Replaces castractl with `ssh` to `host` (a shell, or `command`) with castrad's settings
 /// (`copy::ssh_args`); returns only if it could not be started.
-fn exec_ssh(host: &api::SshHost, command: &[String]) -> Failure {
+fn exec_ssh(host: &crate::trust::Host, command: &[String]) -> Failure {
     use std::os::unix::process::CommandExt;
     let e = std::process::Command::new("ssh")
         .args(crate::copy::ssh_args(host, command))
