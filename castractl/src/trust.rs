@@ -24,11 +24,11 @@ use castra_api as api;
 use crate::Exit;
 use crate::client::Failure;
 
-/// `uid`, with its user name when this machine knows one: `1001 (alice)`.
+/// `uid`, with its user name when this machine knows one: `uid 1001 (alice)`.
 fn who(uid: u32) -> String {
     match nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)) {
-        Ok(Some(user)) => format!("{uid} ({})", user.name),
-        _ => uid.to_string(),
+        Ok(Some(user)) => format!("uid {uid} ({})", user.name),
+        _ => format!("uid {uid}"),
     }
 }
 
@@ -59,12 +59,11 @@ pub fn trusted(owner: u32, mode: u32, me: u32) -> bool {
 
 fn describe(what: &str, path: &Path, meta: &std::fs::Metadata, me: u32) -> String {
     format!(
-        "{what} {} is owned by uid {} with mode {:04o}; expected one owned by you (uid {}) or \
+        "{what} {} is owned by {} with mode {:04o}; expected one owned by you (uid {me}) or \
          root, not writable by group or others",
         path.display(),
         who(meta.uid()),
         meta.mode() & 0o7777,
-        who(me),
     )
 }
 
@@ -112,9 +111,8 @@ pub fn check_peer(socket: &Path, stream: &tokio::net::UnixStream) -> Result<(), 
         return Err(refused(
             socket,
             format!(
-                "the process listening there runs as uid {}, not as you (uid {})",
+                "the process listening there runs as {}, not as you (uid {me})",
                 who(cred.uid()),
-                who(me)
             ),
         ));
     }
