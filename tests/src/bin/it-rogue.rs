@@ -2,8 +2,8 @@
 //! where castractl looks for castrad, and answers `castra.sshConfig` with what would run a
 //! command of theirs.
 //!
-//! `it-rogue SOCKET OWNER LISTEN_AS ANSWER`, started as root: binds SOCKET (0600), gives the
-//! file to uid OWNER, then becomes uid LISTEN_AS (its gid too, no supplementary groups) and
+//! `it-rogue SOCKET OWNER MODE LISTEN_AS ANSWER`, started as root: binds SOCKET, gives the
+//! file to uid OWNER with MODE (octal: 666 lets anyone connect, as an attacker's would), then becomes uid LISTEN_AS (its gid too, no supplementary groups) and
 //! only then listens, so that the socket's owner and the listener's credentials (what
 //! SO_PEERCRED reports: those of whoever called `listen`) can differ. Every
 //! `castra.sshConfig` is answered with the JSON in the file ANSWER, read once at start;
@@ -22,12 +22,13 @@ use nix::unistd::{Gid, Uid};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [socket_path, owner, listen_as, answer] = &args[..] else {
-        eprintln!("usage: it-rogue SOCKET OWNER LISTEN_AS ANSWER");
+    let [socket_path, owner, mode, listen_as, answer] = &args[..] else {
+        eprintln!("usage: it-rogue SOCKET OWNER MODE LISTEN_AS ANSWER");
         std::process::exit(2);
     };
     let socket_path = PathBuf::from(socket_path);
     let owner: u32 = owner.parse().expect("OWNER: a uid");
+    let mode = u32::from_str_radix(mode, 8).expect("MODE: octal");
     let listen_as: u32 = listen_as.parse().expect("LISTEN_AS: a uid");
     let answer: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(answer).expect("ANSWER")).expect("JSON");
@@ -47,7 +48,7 @@ fn main() {
     std::os::unix::fs::chown(&socket_path, Some(owner), Some(owner)).expect("chown");
     std::fs::set_permissions(
         &socket_path,
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
     )
     .expect("chmod");
     nix::unistd::setgroups(&[]).expect("setgroups");
