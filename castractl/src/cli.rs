@@ -23,7 +23,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
 
-    /// castrad's socket [default: $XDG_RUNTIME_DIR/castra/castrad.sock].
+    /// castrad's socket [default: $XDG_RUNTIME_DIR/castra/castrad.sock, without a runtime
+    /// directory ~/.local/state/castra/run/castrad.sock]. castractl talks only to a castrad
+    /// running as you, on a socket in a directory only you (or root) can write.
     #[arg(long, global = true, env = api::SOCKET_ENV, value_name = "PATH")]
     socket: Option<PathBuf>,
 
