@@ -22,8 +22,11 @@ const UID: u32 = 1000;
 const USER: &str = "castra-user";
 const OTHER: u32 = 1001;
 
-/// Bind-mounts `$1` on /etc/passwd, then runs the rest.
-const ETC: &str = "mount --bind -- \"$1\" /etc/passwd && shift && exec \"$@\"";
+/// Bind-mounts `$1` on /etc/passwd and hides /run/user (the user has no runtime directory),
+/// then runs the rest.
+const ETC: &str = "mount --bind -- \"$1\" /etc/passwd && \
+                   { [ ! -d /run/user ] || mount -t tmpfs -o mode=755 tmpfs /run/user; } && \
+                   shift && exec \"$@\"";
 
 const ROGUE: &str = env!("CARGO_BIN_EXE_it-rogue");
 
@@ -332,21 +335,31 @@ fn castrad_in(env: &Env, socket: &Path, mut command: Command) -> CastradRun {
         .env_remove("NOTIFY_SOCKET")
         .env_remove("LISTEN_FDS")
         .env_remove("LISTEN_PID");
-    let log = env.path("castrad.log");
-    let mut child = command
+    watch(command, socket, env.path("castrad.log"))
+}
+
+/// Starts castrad (`command`), its stderr to `log`, until `socket` answers or it exits.
+fn watch(mut command: Command, socket: &Path, log: PathBuf) -> CastradRun {
+    let child = command
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("spawn castrad");
-    let exited = wait_until(Duration::from_secs(20), "castrad to listen or exit", || {
-        if let Some(status) = child.try_wait().unwrap() {
+    // Owned before waiting: a castrad that never answers here is still stopped.
+    let mut run = CastradRun {
+        child,
+        exited: None,
+        log,
+    };
+    run.exited = wait_until(Duration::from_secs(20), "castrad to listen or exit", || {
+        if let Some(status) = run.child.try_wait().unwrap() {
             return Some(Some(status));
         }
         std::os::unix::net::UnixStream::connect(socket)
             .ok()
             .map(|_| None)
     });
-    CastradRun { child, exited, log }
+    run
 }
 
 struct CastradRun {
@@ -436,6 +449,48 @@ fn castrad_makes_a_missing_socket_directory_0700() {
     let out = Command::new(CASTRACTL)
         .args(["version", "--daemon"])
         .env("CASTRA_SOCKET", &socket)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// Without XDG_RUNTIME_DIR and without /run/user/<uid> (hidden), the user's castrad and
+/// castractl agree on a socket under the user's state directory, never in /tmp (castrad used
+/// to listen on /tmp/castra-<uid>/castrad.sock there): castrad makes
+/// `~/.local/state/castra/run` 0700 and castractl reaches it with every default.
+#[test]
+fn without_a_runtime_directory_the_socket_is_under_the_users_state_directory() {
+    let bench = Bench::new();
+    let home = bench.env.path("home");
+    let socket = home.join(".local/state/castra/run/castrad.sock");
+    let defaults = |program: &str| {
+        let mut command = bench.as_user(program);
+        for var in [
+            "CASTRA_SOCKET",
+            "CASTRA_STATE_DIR",
+            "XDG_STATE_HOME",
+            "XDG_CACHE_HOME",
+            "NOTIFY_SOCKET",
+            "LISTEN_FDS",
+            "LISTEN_PID",
+        ] {
+            command.env_remove(var);
+        }
+        command
+    };
+    let old = std::env::temp_dir().join(format!("castra-{UID}/castrad.sock"));
+    let castrad = watch(defaults(CASTRAD), &socket, bench.env.path("castrad.log"));
+    assert!(castrad.exited.is_none(), "{}", castrad.stderr());
+    assert!(!old.exists(), "a socket in /tmp: {}", old.display());
+    let run = socket.parent().unwrap();
+    assert_eq!(mode(run), 0o700);
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(run).unwrap()),
+        UID
+    );
+    let out = defaults(CASTRACTL)
+        .args(["version", "--daemon"])
+        .current_dir(&home)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
