@@ -23,7 +23,9 @@ struct Cli {
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
 
-    /// castrad's socket [default: $XDG_RUNTIME_DIR/castra/castrad.sock].
+    /// castrad's socket [default: $XDG_RUNTIME_DIR/castra/castrad.sock, without a runtime
+    /// directory ~/.local/state/castra/run/castrad.sock]. castractl talks only to a castrad
+    /// running as you, on a socket in a directory only you (or root) can write.
     #[arg(long, global = true, env = api::SOCKET_ENV, value_name = "PATH")]
     socket: Option<PathBuf>,
 
@@ -420,7 +422,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
                 result.hosts.into_iter().next().ok_or_else(|| {
                     Failure::new(Exit::Failed, "internal", "castrad described no VM")
                 })?;
-            return Err(exec_ssh(&host, &command));
+            return Err(exec_ssh(&crate::trust::Host::check(host)?, &command));
         }
         Command::Console {
             vm,
@@ -494,7 +496,7 @@ async fn run(cli: Cli) -> Result<Exit, Failure> {
 
 /// Replaces castractl with `ssh` to `host` (a shell, or `command`) with castrad's settings
 /// (`copy::ssh_args`); returns only if it could not be started.
-fn exec_ssh(host: &api::SshHost, command: &[String]) -> Failure {
+fn exec_ssh(host: &crate::trust::Host, command: &[String]) -> Failure {
     use std::os::unix::process::CommandExt;
     let e = std::process::Command::new("ssh")
         .args(crate::copy::ssh_args(host, command))

@@ -60,7 +60,9 @@ impl Daemon {
             )
             .detail(castra_api::START_CASTRAD)
         };
-        let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        // The socket and its directory first, then who listens there (`trust`).
+        let real = crate::trust::check_socket(socket)?;
+        let stream = tokio::net::UnixStream::connect(&real).await.map_err(|e| {
             let why = match e.kind() {
                 std::io::ErrorKind::NotFound => {
                     "no socket there (castrad is not running)".to_owned()
@@ -72,6 +74,7 @@ impl Daemon {
             };
             unreachable(why)
         })?;
+        crate::trust::check_peer(socket, &stream)?;
         let url = Url::parse("ws://castrad/").expect("static URL");
         let (sender, receiver) = WsTransportClientBuilder::default()
             .build_with_stream(url, stream)

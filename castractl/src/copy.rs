@@ -27,6 +27,7 @@ use castra_api as api;
 use crate::Exit;
 use crate::client::{Daemon, Failure};
 use crate::term;
+use crate::trust::Host;
 
 /// One side of a copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,17 +150,17 @@ pub fn word(path: &str) -> Result<String, Failure> {
 }
 
 /// argv (after `ssh`) of `castractl ssh`: a shell on `host`, or `command`.
-pub fn ssh_args(host: &api::SshHost, command: &[String]) -> Vec<OsString> {
+pub fn ssh_args(host: &Host, command: &[String]) -> Vec<OsString> {
     let mut args = pinned_options(host);
     args.push("--".into());
-    args.push(host.host_name.clone().into());
+    args.push(host.get().host_name.clone().into());
     args.extend(command.iter().map(OsString::from));
     args
 }
 
 /// argv (after `sftp`) of `castractl cp`: a batch read from stdin.
-fn sftp_args(host: &api::SshHost) -> Vec<OsString> {
-    let mut destination = host.host_name.clone();
+fn sftp_args(host: &Host) -> Vec<OsString> {
+    let mut destination = host.get().host_name.clone();
     if destination.contains(':') {
         destination = format!("[{destination}]");
     }
@@ -174,8 +175,10 @@ fn sftp_args(host: &api::SshHost) -> Vec<OsString> {
 /// host key and nothing else, castrad's identity for it, its user and port, its route (through
 /// a libvirt VM's hypervisor), then the project's options. They come first: OpenSSH keeps the
 /// first value of each, so the user's ~/.ssh/config cannot undo the pinning or the route,
-/// while the rest of it still applies.
-pub fn pinned_options(host: &api::SshHost) -> Vec<OsString> {
+/// while the rest of it still applies. Only from checked fields ([`Host`]); the route is
+/// built here from the hop's fields, never castrad's `proxy_command` text.
+pub fn pinned_options(host: &Host) -> Vec<OsString> {
+    let host = host.get();
     let mut args = Vec::new();
     let mut opt = |k: &str, v: &std::ffi::OsStr| {
         let mut o = OsString::from(format!("{k}="));
@@ -196,10 +199,11 @@ pub fn pinned_options(host: &api::SshHost) -> Vec<OsString> {
         opt("User", user.as_ref());
     }
     opt("Port", host.port.to_string().as_ref());
-    if let Some(proxy) = &host.proxy_command {
+    if let Some(hop) = &host.hop {
         // One argv word, no shell of ours: ssh takes the rest of it as the command line (and
-        // runs that with `sh -c`, as it would from a config file).
-        opt("ProxyCommand", proxy.as_ref());
+        // runs that with `sh -c`, as it would from a config file). Built by castractl from
+        // the hop's checked fields, each word quoted.
+        opt("ProxyCommand", api::ssh::proxy_command(hop).as_ref());
     }
     for option in &host.options {
         args.push("-o".into());
@@ -230,7 +234,7 @@ pub async fn run(
         .into_iter()
         .next()
         .ok_or_else(|| Failure::new(Exit::Failed, "internal", "castrad described no VM"))?;
-    sftp(&host, &batch, &plan, recursive).await?;
+    sftp(&Host::check(host)?, &batch, &plan, recursive).await?;
     if json {
         term::json_pretty(&serde_json::json!({
             "vm": plan.vm,
@@ -260,12 +264,7 @@ fn check_source(local: &Path, recursive: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn sftp(
-    host: &api::SshHost,
-    batch: &str,
-    plan: &Plan,
-    recursive: bool,
-) -> Result<(), Failure> {
+async fn sftp(host: &Host, batch: &str, plan: &Plan, recursive: bool) -> Result<(), Failure> {
     use tokio::io::AsyncWriteExt;
     let mut child = tokio::process::Command::new("sftp")
         .args(sftp_args(host))
@@ -361,8 +360,10 @@ mod tests {
         );
     }
 
-    fn host(proxy_command: Option<&str>) -> api::SshHost {
-        api::SshHost {
+    /// A VM's settings, through a hypervisor (`hop`) or not; `proxy_command` is what a
+    /// hostile castrad might send, which castractl must never run.
+    fn host(hop: Option<api::SshHop>) -> Host {
+        Host::check(api::SshHost {
             vm: "far".into(),
             alias: "castra-p-far".into(),
             host_name: "127.0.0.1".into(),
@@ -372,9 +373,11 @@ mod tests {
             known_hosts: "/s/known_hosts".into(),
             host_key_alias: "castra-far".into(),
             options: vec!["Compression=yes".into()],
-            proxy_command: proxy_command.map(str::to_owned),
+            proxy_command: Some("touch /tmp/castra-pwned".into()),
+            hop,
             config: String::new(),
-        }
+        })
+        .unwrap()
     }
 
     fn strings(args: Vec<OsString>) -> Vec<String> {
@@ -391,9 +394,24 @@ mod tests {
         assert_eq!(direct[direct.len() - 3..], ["--", "127.0.0.1", "true"]);
         assert!(direct.windows(2).any(|w| w == ["-o", "Port=40022"]));
 
-        // As castrad writes it: shell words, ssh's own tokens, a doubled `%`, a quote.
-        let proxy = "'ssh' '-o' 'ControlPath=/run/c/hv-1' '-o' 'UserKnownHostsFile=/p/it'\''s                      100%%' -W %h:%p -- 'hv'";
-        let routed = strings(ssh_args(&host(Some(proxy)), &["true".into()]));
+        // castractl's own command from the hop's fields: shell words, ssh's own tokens, a
+        // doubled `%`, a quote; never the proxy_command castrad sent.
+        let hop = api::SshHop {
+            host: "hv".into(),
+            port: None,
+            user: None,
+            identity_file: None,
+            known_hosts: Some("/p/it's 100%".into()),
+            control_path: "/run/c/hv-1".into(),
+        };
+        let proxy = api::ssh::proxy_command(&hop);
+        assert!(
+            proxy.contains(r"'UserKnownHostsFile=/p/it'\''s 100%%'"),
+            "{proxy}"
+        );
+        assert!(proxy.ends_with("-W %h:%p -- 'hv'"), "{proxy}");
+        let routed = strings(ssh_args(&host(Some(hop.clone())), &["true".into()]));
+        assert!(!routed.iter().any(|a| a.contains("pwned")), "{routed:?}");
         let word = format!("ProxyCommand={proxy}");
         let at = routed
             .iter()
@@ -409,14 +427,14 @@ mod tests {
         without.drain(at - 1..=at);
         assert_eq!(without, direct);
 
-        let sftp = strings(sftp_args(&host(Some(proxy))));
+        let sftp = strings(sftp_args(&host(Some(hop))));
         assert!(sftp.contains(&word), "{sftp:?}");
         assert_eq!(sftp[..3], ["-q", "-b", "-"]);
         assert_eq!(sftp[sftp.len() - 2..], ["--", "127.0.0.1"]);
         assert!(
             !strings(sftp_args(&host(None)))
                 .iter()
-                .any(|a| a.contains("ProxyCommand"))
+                .any(|a| a.contains("ProxyCommand") || a.contains("pwned"))
         );
     }
 }

@@ -6,6 +6,8 @@
 //!
 //! - `cli`: flags and subcommands (clap), the entry point; `help` their long help texts.
 //! - `client`: connecting to the daemon and mapping its errors to exit codes.
+//! - `trust`: what castractl checks before believing castrad: the socket's owner and mode, the
+//!   listener's uid, and every field of the SSH settings it runs ssh and sftp with.
 //! - `console`: a VM's serial console (`castractl console`), escaped for the terminal.
 //! - `copy`: `castractl cp` over sftp with castrad's SSH settings for the VM.
 //! - `render`: human-readable output (tables, durations, one-line events).
@@ -32,6 +34,7 @@ mod progress;
 mod render;
 mod restart;
 mod term;
+mod trust;
 
 pub use cli::{command, main};
 
@@ -44,7 +47,7 @@ pub enum Exit {
     /// Bad usage, bad castra.toml, or a preflight rejection (conflicting overrides, unknown VM,
     /// an image in use); a base image whose content does not match its checksum.
     Usage = 2,
-    /// castrad is not reachable.
+    /// castrad is not reachable, or what listens on its socket is not the user's own.
     Unreachable = 3,
 }
 

@@ -122,6 +122,7 @@ mod tests {
         ("progress/fetch.rs", include_str!("progress/fetch.rs")),
         ("render.rs", include_str!("render.rs")),
         ("restart.rs", include_str!("restart.rs")),
+        ("trust.rs", include_str!("trust.rs")),
     ];
 
     /// The `.rs` files under `dir` (relative to `root`), unit test files (`tests.rs`) aside.

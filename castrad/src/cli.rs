@@ -27,8 +27,10 @@ const EXIT_LOCKED: u8 = 3;
 #[derive(Debug, Parser)]
 #[command(name = "castrad", version, after_help = EXIT_CODES)]
 struct Args {
-    /// Socket to listen on [default: $XDG_RUNTIME_DIR/castra/castrad.sock]. Ignored under
-    /// systemd socket activation.
+    /// Socket to listen on [default: $XDG_RUNTIME_DIR/castra/castrad.sock, without a runtime
+    /// directory ~/.local/state/castra/run/castrad.sock]. A missing directory is created 0700;
+    /// an existing one is left as it is and must be yours or root's, writable by nobody else.
+    /// Ignored under systemd socket activation.
     #[arg(long, env = castra_api::SOCKET_ENV, value_name = "PATH")]
     socket: Option<PathBuf>,
 

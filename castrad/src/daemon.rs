@@ -499,12 +499,14 @@ impl Daemon {
                 }
                 continue;
             };
+            // Only its directory is used: a libvirt VM's hop shares castrad's master there.
+            let control_path = crate::ssh::control_path(&self.control_dir(), "ssh-config");
+            let hop = crate::ssh::hop_of(vm, &control_path).map(|h| h.wire());
             let target = crate::ssh::Target::for_vm(
                 vm,
                 &endpoint,
                 &entry.root,
-                // Only its directory is used: a libvirt VM's hop shares castrad's master there.
-                crate::ssh::control_path(&self.control_dir(), "ssh-config"),
+                control_path,
                 Duration::from_secs(10),
             );
             let alias = format!("castra-{}-{}", entry.project.name, vm.name);
@@ -520,6 +522,7 @@ impl Daemon {
                 host_key_alias: crate::ssh::host_key_alias(&vm.name),
                 options: target.options.clone(),
                 proxy_command: target.proxy.clone(),
+                hop,
             });
         }
         Ok(castra_api::SshConfigResult {

@@ -20,6 +20,7 @@ pub mod cli;
 mod doctor;
 pub mod openrpc;
 mod socket;
+pub mod ssh;
 pub use doctor::{CheckStatus, DoctorCheck, DoctorParams, DoctorResult};
 pub use socket::{
     CONFIG_FILE_NAME, RESTART_CASTRAD, SOCKET_ENV, START_CASTRAD, default_socket_path, runtime_dir,
@@ -747,7 +748,26 @@ pub struct SshHost {
     /// the hypervisor of a libvirt VM on another host (the guest's port listens on that
     /// host's loopback). A shell command line as ssh reads it (ssh expands `%h:%p`; a literal
     /// `%` is doubled), to pass as one `-o ProxyCommand=…` word. Null: connect directly.
+    /// castractl never runs it: it builds its own from `hop` (castra_api::ssh::proxy_command).
     pub proxy_command: Option<String>,
+    /// The hypervisor `proxy_command` goes through, as fields. Null: connect directly.
+    pub hop: Option<SshHop>,
     /// The OpenSSH config block (for `ssh -F`, `scp -F`, VS Code Remote-SSH).
     pub config: String,
+}
+
+/// The SSH hop to a libvirt VM's hypervisor: the guest's port listens on that host's loopback.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct SshHop {
+    /// The hypervisor's host name or address.
+    pub host: String,
+    /// Null: ssh's own default (22, or what ~/.ssh/config says).
+    pub port: Option<u16>,
+    /// Null: ssh's own default.
+    pub user: Option<String>,
+    pub identity_file: Option<PathBuf>,
+    /// The file pinning the hypervisor's host key; null: ssh's own (~/.ssh/known_hosts).
+    pub known_hosts: Option<PathBuf>,
+    /// The socket of castrad's one ControlMaster to this hypervisor.
+    pub control_path: PathBuf,
 }

@@ -438,10 +438,7 @@ pub(super) fn ssh_word(
     what: &str,
 ) -> Result<String, ConfigError> {
     let v = value.get_ref();
-    let valid = !v.is_empty()
-        && !v.starts_with('-')
-        && !v.chars().any(|c| c.is_whitespace() || c.is_control());
-    if !valid {
+    if !castra_api::ssh::is_word(v) {
         let message = format!(
             "invalid ssh {what} {v:?}; expected a non-empty value without whitespace or control \
              characters, not starting with '-'"
@@ -504,16 +501,7 @@ pub(super) fn ssh_option(
     key: &str,
 ) -> Result<String, ConfigError> {
     let v = value.get_ref();
-    let well_formed = match v.split_once('=') {
-        Some((name, val)) => {
-            !name.is_empty()
-                && name.chars().all(|c| c.is_ascii_alphanumeric())
-                && !val.is_empty()
-                && !v.chars().any(char::is_control)
-        }
-        None => false,
-    };
-    if !well_formed {
+    if !castra_api::ssh::is_option(v) {
         let message = format!(
             "invalid ssh option {v:?}; expected \"Key=Value\" with an alphanumeric key and a \
              non-empty value without control characters, e.g. \"ServerAliveInterval=15\""

@@ -38,39 +38,44 @@ pub enum BindError {
     AlreadyRunning { path: PathBuf },
     #[error("{} exists and is not a socket; refusing to replace it", path.display())]
     NotASocket { path: PathBuf },
-    #[error("socket directory {} is owned by uid {owner}, not by us (uid {me})", dir.display())]
-    ForeignDir { dir: PathBuf, owner: u32, me: u32 },
+    #[error(
+        "socket directory {} is owned by uid {owner} (mode {mode:04o}); castrad (uid {me}) keeps its socket only in a directory of its own or root's: pass --socket in one (castrad creates a missing directory 0700)",
+        dir.display()
+    )]
+    ForeignDir {
+        dir: PathBuf,
+        owner: u32,
+        mode: u32,
+        me: u32,
+    },
+    #[error(
+        "socket directory {} is writable by others (mode {mode:04o}, owner uid {owner}): another user could replace the socket there; castrad leaves an existing directory as it is, so pass --socket in a directory nobody else can write (castrad creates a missing one 0700)",
+        dir.display()
+    )]
+    OpenDir { dir: PathBuf, owner: u32, mode: u32 },
+    #[error("socket directory {} is not a directory", dir.display())]
+    NotADir { dir: PathBuf },
     #[error("cannot prepare socket {}", path.display())]
     Io { path: PathBuf, source: io::Error },
 }
 
 impl Listener {
-    /// Binds `path`: its directory is created 0700, a stale socket is replaced, the socket
-    /// is made 0600. A live daemon already answering there is an error.
+    /// Binds `path`: a missing directory is created 0700 (with any missing parents); an
+    /// existing one is never changed, and must be castrad's user's or root's and not writable
+    /// by group or others (`/run` or `/tmp` as the directory of `--socket` keep their modes:
+    /// `/tmp` is refused, `/run` used as it is). A stale socket is replaced, the socket is
+    /// made 0600. A live daemon already answering there is an error.
     pub fn bind(path: &Path) -> Result<Listener, BindError> {
         let io_err = |source| BindError::Io {
             path: path.to_owned(),
             source,
         };
-        let dir = path.parent().unwrap_or(Path::new("/"));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err)?;
-        let meta = std::fs::metadata(dir).map_err(io_err)?;
-        let me = nix::unistd::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(BindError::ForeignDir {
-                dir: dir.to_owned(),
-                owner: meta.uid(),
-                me,
-            });
-        }
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-                .map_err(io_err)?;
-        }
+        let dir = match path.parent() {
+            Some(d) if d.as_os_str().is_empty() => Path::new("."),
+            Some(d) => d,
+            None => Path::new("/"),
+        };
+        socket_dir(dir, io_err)?;
 
         match std::fs::symlink_metadata(path) {
             Ok(m) => {
@@ -124,6 +129,55 @@ impl Listener {
             owned_path: None,
         }))
     }
+}
+
+/// Prepares the socket's directory without changing one that exists: a missing directory is
+/// created 0700 (and its missing parents; the umask can only take bits away), then whatever is
+/// there, made now or found, must pass [`check_dir`]. Checking after creating also covers a
+/// directory someone else made in between.
+fn socket_dir(dir: &Path, io_err: impl Fn(io::Error) -> BindError) -> Result<(), BindError> {
+    match std::fs::metadata(dir) {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(&io_err)?;
+        }
+        Err(e) => return Err(io_err(e)),
+    }
+    let meta = std::fs::metadata(dir).map_err(&io_err)?;
+    check_dir(
+        dir,
+        meta.is_dir(),
+        meta.uid(),
+        meta.mode(),
+        nix::unistd::geteuid().as_raw(),
+    )
+}
+
+/// Whether castrad may put its socket in `dir` (pure): a directory owned by `me` or root that
+/// neither group nor others may write. A sticky bit does not make a shared directory fit:
+/// another user could have made the socket's name there first.
+fn check_dir(dir: &Path, is_dir: bool, owner: u32, mode: u32, me: u32) -> Result<(), BindError> {
+    let dir = dir.to_owned();
+    let mode = mode & 0o7777;
+    if !is_dir {
+        return Err(BindError::NotADir { dir });
+    }
+    if owner != me && owner != 0 {
+        return Err(BindError::ForeignDir {
+            dir,
+            owner,
+            mode,
+            me,
+        });
+    }
+    if mode & 0o022 != 0 {
+        return Err(BindError::OpenDir { dir, owner, mode });
+    }
+    Ok(())
 }
 
 #[allow(unsafe_code)]
@@ -247,5 +301,40 @@ async fn serve(
 fn notify_ready() {
     if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
         tracing::warn!(error = %e, "sd_notify READY=1 failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_socket_goes_only_in_a_directory_of_ours_or_roots_that_nobody_else_writes() {
+        let dir = Path::new("/d");
+        assert!(check_dir(dir, true, 1000, 0o40700, 1000).is_ok());
+        assert!(check_dir(dir, true, 1000, 0o40755, 1000).is_ok());
+        // /run as root's castrad's directory: used as it is.
+        assert!(check_dir(dir, true, 0, 0o40755, 0).is_ok());
+        assert!(check_dir(dir, true, 0, 0o40755, 1000).is_ok());
+        let open = check_dir(dir, true, 0, 0o41777, 0).unwrap_err().to_string();
+        assert!(
+            open.contains("/d is writable by others (mode 1777, owner uid 0)"),
+            "{open}"
+        );
+        assert!(matches!(
+            check_dir(dir, true, 1000, 0o40770, 1000),
+            Err(BindError::OpenDir { .. })
+        ));
+        let foreign = check_dir(dir, true, 1001, 0o40700, 1000)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            foreign.contains("/d is owned by uid 1001 (mode 0700); castrad (uid 1000)"),
+            "{foreign}"
+        );
+        assert!(matches!(
+            check_dir(dir, false, 1000, 0o100600, 1000),
+            Err(BindError::NotADir { .. })
+        ));
     }
 }

@@ -27,9 +27,6 @@ pub struct Hop {
     pub control_path: PathBuf,
 }
 
-/// How long the shared master outlives its last use.
-const PERSIST_SECS: u32 = 60;
-
 impl Hop {
     pub fn new(hv: &Hypervisor, known_hosts: Option<&Path>, control_dir: &Path) -> Hop {
         let mut h = Sha256::new();
@@ -58,65 +55,34 @@ impl Hop {
         }
     }
 
+    /// The hop as castra-api's fields: what `castra.sshConfig` hands castractl, and what
+    /// the options and the `ProxyCommand` below are built from (one builder for both).
+    pub fn wire(&self) -> castra_api::SshHop {
+        castra_api::SshHop {
+            host: self.host.clone(),
+            port: self.port,
+            user: self.user.clone(),
+            identity_file: self.keyfile.clone(),
+            known_hosts: self.known_hosts.clone(),
+            control_path: self.control_path.clone(),
+        }
+    }
+
     /// The options every connection to the hypervisor starts with (ahead of ~/.ssh/config).
     pub fn options(&self) -> Vec<String> {
-        let mut o = vec![
-            "BatchMode=yes".to_owned(),
-            "StrictHostKeyChecking=yes".to_owned(),
-            "UpdateHostKeys=no".to_owned(),
-        ];
-        if let Some(k) = &self.known_hosts {
-            o.push(format!("UserKnownHostsFile={}", k.to_string_lossy()));
-            o.push("GlobalKnownHostsFile=/dev/null".to_owned());
-        }
-        o.extend([
-            "ControlMaster=auto".to_owned(),
-            format!("ControlPath={}", self.control_path.to_string_lossy()),
-            format!("ControlPersist={PERSIST_SECS}"),
-            "ConnectTimeout=10".to_owned(),
-            "ServerAliveInterval=10".to_owned(),
-            "ServerAliveCountMax=3".to_owned(),
-            "ForwardAgent=no".to_owned(),
-            "ForwardX11=no".to_owned(),
-            "LogLevel=ERROR".to_owned(),
-        ]);
-        o.into_iter().flat_map(|v| ["-o".to_owned(), v]).collect()
+        castra_api::ssh::hop_options(&self.wire())
     }
 
     /// Who logs in, on which port, with which key (libvirt passes these itself).
     pub fn login_args(&self) -> Vec<String> {
-        let mut a = Vec::new();
-        if let Some(port) = self.port {
-            a.extend(["-p".to_owned(), port.to_string()]);
-        }
-        if let Some(user) = &self.user {
-            a.extend(["-l".to_owned(), user.clone()]);
-        }
-        if let Some(key) = &self.keyfile {
-            a.extend([
-                "-i".to_owned(),
-                key.to_string_lossy().into_owned(),
-                "-o".to_owned(),
-                "IdentitiesOnly=yes".to_owned(),
-            ]);
-        }
-        a
+        castra_api::ssh::hop_login_args(&self.wire())
     }
 
     /// The `ProxyCommand` that reaches a guest port on the hypervisor's loopback: a shell
     /// command line (ssh runs it with `sh -c`), each word quoted, `%` doubled where ssh would
     /// expand it.
     pub fn proxy_command(&self) -> String {
-        let mut words: Vec<String> = vec!["ssh".into()];
-        words.extend(self.options());
-        words.extend(self.login_args());
-        let mut line: Vec<String> = words
-            .iter()
-            .map(|w| super::quote(&w.replace('%', "%%")))
-            .collect();
-        line.extend(["-W".into(), "%h:%p".into(), "--".into()]);
-        line.push(super::quote(&self.host.replace('%', "%%")));
-        line.join(" ")
+        castra_api::ssh::proxy_command(&self.wire())
     }
 }
 

@@ -68,6 +68,15 @@ pub struct Target {
     pub proxy: Option<String>,
 }
 
+/// The hop to `vm`'s hypervisor, for a libvirt VM on another host: connections go through
+/// that host, sharing its one master (whose socket lives beside `control_path`).
+pub fn hop_of(vm: &crate::config::Vm, control_path: &Path) -> Option<Hop> {
+    let l = vm.libvirt.as_ref()?;
+    let remote = l.remote.as_ref()?;
+    let dir = control_path.parent().unwrap_or(Path::new("/tmp"));
+    Some(Hop::new(remote, l.known_hosts.as_deref(), dir))
+}
+
 impl Target {
     /// `user@host:port`, for messages.
     pub fn display(&self) -> String {
@@ -92,13 +101,7 @@ impl Target {
             .identity
             .clone()
             .or_else(|| vm.cloud_init.enabled.then(|| root.project_key()));
-        // A libvirt VM on another host: through that host, sharing its one master (whose
-        // socket lives beside this connection's).
-        let proxy = vm.libvirt.as_ref().and_then(|l| {
-            let remote = l.remote.as_ref()?;
-            let dir = control_path.parent().unwrap_or(Path::new("/tmp"));
-            Some(Hop::new(remote, l.known_hosts.as_deref(), dir).proxy_command())
-        });
+        let proxy = hop_of(vm, &control_path).map(|h| h.proxy_command());
         Target {
             vm: vm.name.clone(),
             host: endpoint.host.clone(),

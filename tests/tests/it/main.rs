@@ -35,6 +35,7 @@ mod restart;
 mod scale;
 mod scripts;
 mod setup;
+mod socket_trust;
 mod ssh_options;
 mod sshd;
 mod stamps;
