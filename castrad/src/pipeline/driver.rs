@@ -64,6 +64,12 @@ pub enum Marker {
     Unsafe {
         detail: String,
     },
+    /// `unsafe uncheckable: <why>`: the guest could not say who owns remote_dir or the Vizier
+    /// directory and its parents (its `stat` is missing or has no `-c`): the check fails
+    /// closed; nothing was run.
+    Uncheckable {
+        detail: String,
+    },
     /// `connect 0`: the bootstrap session is open in remote_dir (the env block is read, the
     /// run lock taken); `connect 1 <pid>`: another run (that pid) holds remote_dir.
     Connect {
@@ -124,7 +130,12 @@ impl Marker {
                 _ => return None,
             },
             "guest-setup" => Marker::GuestSetup { ok, detail },
-            "unsafe" => Marker::Unsafe { detail },
+            "unsafe" => match after.strip_prefix("uncheckable:") {
+                Some(why) => Marker::Uncheckable {
+                    detail: why.trim().to_owned(),
+                },
+                None => Marker::Unsafe { detail },
+            },
             "connect" => Marker::Connect { ok, detail },
             "transfer" => Marker::Transfer,
             "script" => Marker::ScriptStarts,

@@ -56,6 +56,8 @@ impl Connection {
         let _ = std::fs::remove_file(&target.control_path);
         let child = Command::new("ssh")
             .args(target.args(pinned, remote_command))
+            .env_clear()
+            .envs(super::ssh_env(std::env::vars_os()))
             .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr)

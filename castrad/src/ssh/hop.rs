@@ -66,12 +66,21 @@ impl Hop {
             "UpdateHostKeys=no".to_owned(),
         ];
         if let Some(k) = &self.known_hosts {
-            o.push(format!("UserKnownHostsFile={}", k.to_string_lossy()));
+            o.push(format!(
+                "UserKnownHostsFile={}",
+                super::option_path(k).to_string_lossy()
+            ));
             o.push("GlobalKnownHostsFile=/dev/null".to_owned());
+            // castrad's pin and nothing else (the user's own trust applies without one).
+            o.push("KnownHostsCommand=none".to_owned());
+            o.push("VerifyHostKeyDNS=no".to_owned());
         }
         o.extend([
             "ControlMaster=auto".to_owned(),
-            format!("ControlPath={}", self.control_path.to_string_lossy()),
+            format!(
+                "ControlPath={}",
+                super::option_path(&self.control_path).to_string_lossy()
+            ),
             format!("ControlPersist={PERSIST_SECS}"),
             "ConnectTimeout=10".to_owned(),
             "ServerAliveInterval=10".to_owned(),
@@ -136,13 +145,14 @@ mod tests {
         );
         let opts = hop.options().join(" ");
         assert!(opts.contains("StrictHostKeyChecking=yes"));
-        assert!(opts.contains("UserKnownHostsFile=/pins/known hosts"));
+        assert!(opts.contains("UserKnownHostsFile=\"/pins/known hosts\""));
+        assert!(opts.contains("KnownHostsCommand=none"));
         assert!(opts.contains("ControlMaster=auto"));
         assert!(!opts.contains("no_verify") && !opts.contains("StrictHostKeyChecking=no"));
         assert!(hop.control_path.starts_with("/run/c"));
         let proxy = hop.proxy_command();
         assert!(proxy.starts_with("'ssh' '-o' 'BatchMode=yes'"), "{proxy}");
-        assert!(proxy.contains("'UserKnownHostsFile=/pins/known hosts'"));
+        assert!(proxy.contains("'UserKnownHostsFile=\"/pins/known hosts\"'"));
         assert!(
             proxy.ends_with(
                 "'-p' '2222' '-l' 'me' '-i' '/k/id' '-o' 'IdentitiesOnly=yes' -W %h:%p -- 'hv'"

@@ -117,21 +117,29 @@ impl Target {
     /// pinned host key under its alias, castrad's identity, the user's options.
     pub fn config_block(&self, alias: &str) -> String {
         let mut out = format!("Host {alias}\n");
-        let mut line = |k: &str, v: &str| out.push_str(&format!("  {k} {}\n", config_word(v)));
-        line("HostName", &self.host);
-        line("Port", &self.port.to_string());
+        let mut raw = |k: &str, v: String| out.push_str(&format!("  {k} {v}\n"));
+        let word = |v: &str| config_word(v);
+        raw("HostName", word(&self.host));
+        raw("Port", word(&self.port.to_string()));
         if let Some(user) = &self.user {
-            line("User", user);
+            raw("User", word(user));
         }
         if let Some(identity) = &self.identity {
-            line("IdentityFile", &identity.to_string_lossy());
-            line("IdentitiesOnly", "yes");
+            raw(
+                "IdentityFile",
+                option_path(identity).to_string_lossy().into_owned(),
+            );
+            raw("IdentitiesOnly", word("yes"));
         }
-        line("HostKeyAlias", &host_key_alias(&self.vm));
-        line("UserKnownHostsFile", &self.known_hosts.to_string_lossy());
-        line("GlobalKnownHostsFile", "/dev/null");
-        line("StrictHostKeyChecking", "yes");
-        line("UpdateHostKeys", "no");
+        raw("HostKeyAlias", word(&host_key_alias(&self.vm)));
+        let known_hosts = option_path(&self.known_hosts);
+        raw(
+            "UserKnownHostsFile",
+            known_hosts.to_string_lossy().into_owned(),
+        );
+        raw("GlobalKnownHostsFile", word("/dev/null"));
+        raw("StrictHostKeyChecking", word("yes"));
+        raw("UpdateHostKeys", word("no"));
         if let Some(proxy) = &self.proxy {
             // The rest of the line, as ssh reads a ProxyCommand (no quotes around it).
             out.push_str(&format!("  ProxyCommand {proxy}\n"));
@@ -180,10 +188,11 @@ impl Target {
         ] {
             opt(&mut args, k, v.as_ref());
         }
+        // Paths as ssh's option parser reads them (a state directory may hold a space).
         opt(
             &mut args,
             "UserKnownHostsFile",
-            self.known_hosts.as_os_str(),
+            &option_path(&self.known_hosts),
         );
         for (k, v) in FORCED {
             opt(&mut args, k, v.as_ref());
@@ -192,7 +201,7 @@ impl Target {
         if let Some(proxy) = &self.proxy {
             opt(&mut args, "ProxyCommand", proxy.as_ref());
         }
-        opt(&mut args, "ControlPath", self.control_path.as_os_str());
+        opt(&mut args, "ControlPath", &option_path(&self.control_path));
         opt(&mut args, "ControlMaster", "yes".as_ref());
         opt(&mut args, "ControlPersist", "no".as_ref());
         args.push("-p".into());
@@ -223,12 +232,70 @@ impl Target {
 }
 
 /// What every session castrad opens passes, ahead of ~/.ssh/config and the project's
-/// options: the guest gets no agent, no X11 display and no port forwarded from this machine.
-pub const FORCED: [(&str, &str); 3] = [
+/// options: the guest gets no agent, no X11 display and no port forwarded from this machine;
+/// no host key is believed beyond castrad's pin (no `KnownHostsCommand`, no SSHFP records
+/// from DNS); and no `SetEnv` of ~/.ssh/config reaches it (ssh keeps the first `SetEnv` it
+/// reads, so this one, which names a variable of castrad's, replaces any other). `SendEnv`
+/// cannot be turned off this way (ssh adds up every `SendEnv` it reads): [`SSH_ENV`] is.
+pub const FORCED: [(&str, &str); 6] = [
     ("ForwardAgent", "no"),
     ("ForwardX11", "no"),
     ("ClearAllForwardings", "yes"),
+    ("KnownHostsCommand", "none"),
+    ("VerifyHostKeyDNS", "no"),
+    ("SetEnv", "CASTRA_SESSION=1"),
 ];
+
+/// The variables of castrad's environment its ssh processes get (none other): what ssh, and a
+/// `ProxyCommand` of the user's own ~/.ssh/config, need to run, and the locale Debian's
+/// /etc/ssh/ssh_config sends. A `SendEnv` in ~/.ssh/config can then hand the guest nothing
+/// but these: no token or secret castrad was started with. `LC_*` are matched by prefix.
+pub const SSH_ENV: [&str; 11] = [
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+    "SSH_AUTH_SOCK",
+    "KRB5CCNAME",
+    "LANG",
+    "LC_*",
+];
+
+/// The part of castrad's environment (`vars`) its ssh processes get: [`SSH_ENV`]'s.
+pub fn ssh_env(vars: impl IntoIterator<Item = (OsString, OsString)>) -> Vec<(OsString, OsString)> {
+    vars.into_iter()
+        .filter(|(k, _)| {
+            let k = k.to_string_lossy();
+            SSH_ENV.iter().any(|&name| match name.strip_suffix('*') {
+                Some(prefix) => k.starts_with(prefix),
+                None => k == name,
+            })
+        })
+        .collect()
+}
+
+/// A path as the value of an ssh option (`-o Key=Value`, or a config file's `Key value`):
+/// ssh splits such a value into words (`UserKnownHostsFile` takes several files, so
+/// `/a b/known_hosts` would be two, neither the pin) and expands `%` tokens in it. So the path
+/// is one double-quoted word, `\` and `"` escaped, `%` doubled. (ssh would also expand a
+/// `${NAME}` in it, for which its syntax has no escape; castrad's paths have none.)
+pub fn option_path(path: &Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::with_capacity(path.as_os_str().len() + 2);
+    out.push(b'"');
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'"' | b'\\' => out.extend([b'\\', b]),
+            b'%' => out.extend(b"%%"),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+    OsString::from_vec(out)
+}
 
 /// Key exchange for guests on this machine (every QEMU VM; external VMs on 127.0.0.1 or ::1):
 /// OpenSSH's defaults without the post-quantum hybrid, whose key generation costs the client
@@ -454,15 +521,15 @@ mod tests {
     fn args_pin_keys_before_user_options() {
         let first = joined(target().args(false, "true"));
         assert!(first.starts_with("-o BatchMode=yes -o ConnectTimeout=7 -o HostKeyAlias=castra-web-0 -o StrictHostKeyChecking=accept-new"), "{first}");
-        assert!(first.contains("-o UserKnownHostsFile=/s/vms/web-0/known_hosts"));
+        assert!(first.contains("-o UserKnownHostsFile=\"/s/vms/web-0/known_hosts\""));
         assert!(first.contains(
-            "-o ForwardAgent=no -o ForwardX11=no -o ClearAllForwardings=yes -o LogLevel=ERROR"
+            "-o ForwardAgent=no -o ForwardX11=no -o ClearAllForwardings=yes \
+             -o KnownHostsCommand=none -o VerifyHostKeyDNS=no -o SetEnv=CASTRA_SESSION=1 \
+             -o LogLevel=ERROR"
         ));
-        assert!(
-            first.contains(
-                "-o ControlPath=/run/c/abc.sock -o ControlMaster=yes -o ControlPersist=no"
-            )
-        );
+        assert!(first.contains(
+            "-o ControlPath=\"/run/c/abc.sock\" -o ControlMaster=yes -o ControlPersist=no"
+        ));
         assert!(first.contains("-p 2222 -l deploy -i /k/id_ed25519 -o IdentitiesOnly=yes"));
         assert!(first.ends_with("-T -- 127.0.0.1 true"), "{first}");
         // Ours precede the user's, so the user's StrictHostKeyChecking=no cannot win; the
@@ -580,6 +647,67 @@ mod tests {
             seen.contains(&format!("kexalgorithms {LOOPBACK_KEX}")),
             "{seen}"
         );
+    }
+
+    /// Issue 25: a state directory with a space (or a `%`) keeps the pin: ssh reads each path
+    /// as one file, not as several words or tokens. Unquoted, ssh refuses the ControlPath
+    /// outright ("extra arguments at end of line") and reads two known_hosts files.
+    #[test]
+    fn paths_with_spaces_and_percents_stay_one_path() {
+        let mut t = target();
+        t.known_hosts = "/s/my state/100%/vms/web-0/known \"hosts\"".into();
+        t.control_path = "/run/my run/c.sock".into();
+        let seen = effective(&t, "");
+        for want in [
+            "userknownhostsfile /s/my state/100%/vms/web-0/known \"hosts\"",
+            "controlpath /run/my run/c.sock",
+        ] {
+            assert!(seen.lines().any(|l| l == want), "{want:?} not in\n{seen}");
+        }
+        // One file: with ssh's default of two (~/.ssh/known_hosts and known_hosts2), -G
+        // would print the words of a split value the same way, so count the quoted word.
+        let args = joined(t.args(true, "true"));
+        assert!(
+            args.contains("UserKnownHostsFile=\"/s/my state/100%%/vms/web-0/known \\\"hosts\\\"\""),
+            "{args}"
+        );
+        assert_eq!(
+            option_path(Path::new("/a b\\c")),
+            OsString::from("\"/a b\\\\c\"")
+        );
+    }
+
+    /// Issue 25: ~/.ssh/config's KnownHostsCommand, VerifyHostKeyDNS and SetEnv do not apply
+    /// to castrad's sessions; SendEnv can only send what [`ssh_env`] lets through.
+    #[test]
+    fn the_users_config_adds_no_host_keys_and_sets_no_variables() {
+        let hostile = "Host *\n  KnownHostsCommand /bin/echo %H\n  VerifyHostKeyDNS yes\n  \
+                       SetEnv TOKEN=secret\n";
+        let seen = effective(&target(), hostile);
+        assert!(
+            seen.lines().any(|l| l == "verifyhostkeydns false"),
+            "{seen}"
+        );
+        assert!(!seen.contains("knownhostscommand"), "{seen}");
+        assert!(
+            seen.lines().any(|l| l == "setenv CASTRA_SESSION=1"),
+            "{seen}"
+        );
+        assert!(!seen.contains("TOKEN"), "{seen}");
+        let vars = [
+            ("PATH", "/bin"),
+            ("AWS_SECRET_ACCESS_KEY", "s3cret"),
+            ("LC_ALL", "C.UTF-8"),
+            ("HOME", "/home/me"),
+            ("PATHX", "no"),
+            ("GITHUB_TOKEN", "t"),
+        ]
+        .map(|(k, v)| (OsString::from(k), OsString::from(v)));
+        let kept: Vec<String> = ssh_env(vars)
+            .into_iter()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(kept, ["PATH", "LC_ALL", "HOME"]);
     }
 
     #[test]
