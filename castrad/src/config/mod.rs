@@ -20,6 +20,7 @@ mod mounts;
 pub mod network;
 mod raw;
 pub mod ssh_options;
+pub mod user_data;
 mod validate;
 mod values;
 
@@ -489,8 +490,9 @@ fn key_prefix(key: &str) -> String {
 // Entry points
 // ---------------------------------------------------------------------------------------------
 
-/// Reads and validates castra.toml at `path` (and each bootstrap.toml beside a script).
-/// Does not touch anything but reading those files and stat-ing referenced paths.
+/// Reads and validates castra.toml at `path` (and each bootstrap.toml beside a script, and
+/// each `[vms.cloud_init] user_data` for the keys `user_data.rs` refuses). Does not touch
+/// anything but reading those files and stat-ing referenced paths.
 pub fn load(path: &Path) -> Result<Project, ConfigError> {
     let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
@@ -508,6 +510,7 @@ pub fn load(path: &Path) -> Result<Project, ConfigError> {
     let mut parsed = parse_source(&src)?;
     check_files(&src, &parsed.decls)?;
     apply_metadata(&mut parsed)?;
+    user_data::check(&parsed.project)?;
     Ok(parsed.project)
 }
 
