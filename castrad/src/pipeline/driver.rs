@@ -81,9 +81,10 @@ pub enum Marker {
     /// On stderr: the script starts; what follows on stderr is the script's, until
     /// [`Marker::ScriptEnds`].
     ScriptStarts,
-    /// On stderr: the script has exited; everything it wrote to stderr is before this line
-    /// (which may be glued to the script's last line when that had no newline). `apply` is
-    /// decided only once this has been read: the two streams travel apart.
+    /// On stderr: the script has exited; everything it wrote to stderr is before this line,
+    /// which the driver starts with a newline of its own (glued to a last line without one, the
+    /// 64 KiB line cap could cut the marker in two). `apply` is decided only once this has been
+    /// read: the two streams travel apart.
     ScriptEnds,
     /// `apply <status>`: the script's exit status.
     Apply {
