@@ -72,7 +72,9 @@ impl Hop {
             ));
             o.push("GlobalKnownHostsFile=/dev/null".to_owned());
             // castrad's pin and nothing else (the user's own trust applies without one).
-            o.push("KnownHostsCommand=none".to_owned());
+            if super::ssh_knows("KnownHostsCommand") {
+                o.push("KnownHostsCommand=none".to_owned());
+            }
             o.push("VerifyHostKeyDNS=no".to_owned());
         }
         o.extend([

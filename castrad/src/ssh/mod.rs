@@ -246,6 +246,60 @@ pub const FORCED: [(&str, &str); 6] = [
     ("SetEnv", "CASTRA_SESSION=1"),
 ];
 
+/// Options castrad passes that an older OpenSSH does not know (`KnownHostsCommand` came with
+/// 8.5, `SetEnv` with 7.8): such an ssh refuses the whole command line, so castrad leaves out
+/// the ones it does not know ([`ssh_knows`]). Nothing is lost: that ssh refuses a config file
+/// that sets them too.
+pub const NEWER_OPTIONS: [&str; 2] = ["KnownHostsCommand", "SetEnv"];
+
+/// Whether the ssh in PATH knows `option` (one of [`NEWER_OPTIONS`]): asked once per castrad
+/// with `ssh -G`, which only reads options.
+pub fn ssh_knows(option: &str) -> bool {
+    static KNOWN: std::sync::OnceLock<Vec<bool>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| {
+        NEWER_OPTIONS
+            .iter()
+            .map(|name| {
+                let value = FORCED
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map_or("none", |f| f.1);
+                std::process::Command::new("ssh")
+                    .args(["-G", "-F", "/dev/null", "-o"])
+                    .arg(format!("{name}={value}"))
+                    .arg("castra-probe")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+            .collect()
+    });
+    NEWER_OPTIONS
+        .iter()
+        .position(|n| *n == option)
+        .is_none_or(|i| known[i])
+}
+
+/// `args` without the `-o Key=…` pairs whose key `known` says ssh does not know.
+pub fn known_options(args: Vec<OsString>, known: impl Fn(&str) -> bool) -> Vec<OsString> {
+    let mut out = Vec::with_capacity(args.len());
+    let mut args = args.into_iter().peekable();
+    while let Some(arg) = args.next() {
+        if arg == "-o"
+            && let Some(option) = args.peek()
+            && let Some((key, _)) = option.to_string_lossy().split_once('=')
+            && !known(key)
+        {
+            args.next();
+            continue;
+        }
+        out.push(arg);
+    }
+    out
+}
+
 /// The variables of castrad's environment its ssh processes get (none other): what ssh, and a
 /// `ProxyCommand` of the user's own ~/.ssh/config, need to run, and the locale Debian's
 /// /etc/ssh/ssh_config sends. A `SendEnv` in ~/.ssh/config can then hand the guest nothing

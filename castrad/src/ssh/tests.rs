@@ -404,3 +404,25 @@ fn a_seed_key_never_confirmed_is_a_guest_that_ignored_its_seed() {
         SshError::HostKeyChanged { .. }
     ));
 }
+
+/// An ssh older than an option castrad passes is not given it (it would refuse the whole
+/// command line); this machine's knows them all.
+#[test]
+fn options_an_older_ssh_does_not_know_are_left_out() {
+    let args = target().args(true, "true");
+    let old = known_options(args.clone(), |k| !NEWER_OPTIONS.contains(&k));
+    let text = joined(old.clone());
+    assert!(
+        !text.contains("KnownHostsCommand") && !text.contains("SetEnv"),
+        "{text}"
+    );
+    assert_eq!(old.len() + 4, args.len());
+    assert!(
+        text.contains("-o VerifyHostKeyDNS=no -o LogLevel=ERROR"),
+        "{text}"
+    );
+    for option in NEWER_OPTIONS {
+        assert!(ssh_knows(option), "{option}");
+    }
+    assert_eq!(known_options(args.clone(), ssh_knows), args);
+}
