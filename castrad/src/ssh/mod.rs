@@ -125,18 +125,11 @@ impl Target {
             raw("User", word(user));
         }
         if let Some(identity) = &self.identity {
-            raw(
-                "IdentityFile",
-                option_path(identity).to_string_lossy().into_owned(),
-            );
+            raw("IdentityFile", config_path(identity));
             raw("IdentitiesOnly", word("yes"));
         }
         raw("HostKeyAlias", word(&host_key_alias(&self.vm)));
-        let known_hosts = option_path(&self.known_hosts);
-        raw(
-            "UserKnownHostsFile",
-            known_hosts.to_string_lossy().into_owned(),
-        );
+        raw("UserKnownHostsFile", config_path(&self.known_hosts));
         raw("GlobalKnownHostsFile", word("/dev/null"));
         raw("StrictHostKeyChecking", word("yes"));
         raw("UpdateHostKeys", word("no"));
@@ -376,6 +369,17 @@ fn config_word(v: &str) -> String {
         format!("\"{}\"", v.replace('"', "\\\""))
     } else {
         v.to_owned()
+    }
+}
+
+/// A path in a config block a person reads: as it is when ssh would read it so, else as
+/// [`option_path`] writes it.
+fn config_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    if text.is_empty() || text.contains([' ', '\t', '"', '\'', '\\', '%', '#']) {
+        option_path(path).to_string_lossy().into_owned()
+    } else {
+        text.into_owned()
     }
 }
 

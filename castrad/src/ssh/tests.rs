@@ -225,9 +225,15 @@ fn the_users_config_adds_no_host_keys_and_sets_no_variables() {
 #[test]
 fn a_config_block_is_what_ssh_reads_back() {
     let mut t = target();
-    t.known_hosts = "/s/with space/known_hosts".into();
+    t.known_hosts = "/s/with space/100%/known_hosts".into();
     t.options = vec!["ServerAliveInterval=5".into(), "RekeyLimit=1G 1h".into()];
     let block = t.config_block("castra-shop-web-0");
+    // Quoted only where ssh needs it.
+    assert!(block.contains("  IdentityFile /k/id_ed25519\n"), "{block}");
+    assert!(
+        block.contains("  UserKnownHostsFile \"/s/with space/100%%/known_hosts\"\n"),
+        "{block}"
+    );
     assert!(block.starts_with("Host castra-shop-web-0\n  HostName 127.0.0.1\n  Port 2222\n"));
     let seen = ssh_g(&block, &["castra-shop-web-0".into()]);
     for want in [
@@ -236,7 +242,7 @@ fn a_config_block_is_what_ssh_reads_back() {
         "user deploy",
         "identityfile /k/id_ed25519",
         "hostkeyalias castra-web-0",
-        "userknownhostsfile /s/with space/known_hosts",
+        "userknownhostsfile /s/with space/100%/known_hosts",
         "stricthostkeychecking true",
         "serveraliveinterval 5",
         "rekeylimit 1073741824 3600",
