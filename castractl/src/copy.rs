@@ -187,12 +187,16 @@ pub fn pinned_options(host: &Host) -> Vec<OsString> {
         args.push(o);
     };
     opt("HostKeyAlias", host.host_key_alias.as_ref());
-    opt("UserKnownHostsFile", host.known_hosts.as_os_str());
+    // Paths as ssh reads an option's value: one quoted word, `%` doubled.
+    opt(
+        "UserKnownHostsFile",
+        &api::ssh::option_path(&host.known_hosts),
+    );
     opt("GlobalKnownHostsFile", "/dev/null".as_ref());
     opt("StrictHostKeyChecking", "yes".as_ref());
     opt("UpdateHostKeys", "no".as_ref());
     if let Some(identity) = &host.identity_file {
-        opt("IdentityFile", identity.as_os_str());
+        opt("IdentityFile", &api::ssh::option_path(identity));
         opt("IdentitiesOnly", "yes".as_ref());
     }
     if let Some(user) = &host.user {
@@ -406,7 +410,7 @@ mod tests {
         };
         let proxy = api::ssh::proxy_command(&hop);
         assert!(
-            proxy.contains(r"'UserKnownHostsFile=/p/it'\''s 100%%'"),
+            proxy.contains(r#"'UserKnownHostsFile="/p/it'\''s 100%%%%"'"#),
             "{proxy}"
         );
         assert!(proxy.ends_with("-W %h:%p -- 'hv'"), "{proxy}");

@@ -18,6 +18,9 @@
 //! connections) and castractl (for `castractl ssh`/`cp`) build the same command, and castractl
 //! never runs a command line it was sent.
 
+use std::ffi::OsString;
+use std::path::Path;
+
 use crate::SshHop;
 
 /// The options a project file may set, as ssh spells them (ssh compares names ignoring case).
@@ -165,12 +168,18 @@ pub fn hop_options(hop: &SshHop) -> Vec<String> {
         "UpdateHostKeys=no".to_owned(),
     ];
     if let Some(k) = &hop.known_hosts {
-        o.push(format!("UserKnownHostsFile={}", k.to_string_lossy()));
+        o.push(format!(
+            "UserKnownHostsFile={}",
+            option_path(k).to_string_lossy()
+        ));
         o.push("GlobalKnownHostsFile=/dev/null".to_owned());
     }
     o.extend([
         "ControlMaster=auto".to_owned(),
-        format!("ControlPath={}", hop.control_path.to_string_lossy()),
+        format!(
+            "ControlPath={}",
+            option_path(&hop.control_path).to_string_lossy()
+        ),
         format!("ControlPersist={PERSIST_SECS}"),
         "ConnectTimeout=10".to_owned(),
         "ServerAliveInterval=10".to_owned(),
@@ -180,6 +189,26 @@ pub fn hop_options(hop: &SshHop) -> Vec<String> {
         "LogLevel=ERROR".to_owned(),
     ]);
     o.into_iter().flat_map(|v| ["-o".to_owned(), v]).collect()
+}
+
+/// A path as the value of an ssh option (`-o Key=Value`, or a config file's `Key value`):
+/// ssh splits such a value into words (`UserKnownHostsFile` takes several files, so
+/// `/a b/known_hosts` would be two, neither the pin) and expands `%` tokens in it. So the path
+/// is one double-quoted word, `\` and `"` escaped, `%` doubled. (ssh would also expand a
+/// `${NAME}` in it, for which its syntax has no escape; castrad's paths have none.)
+pub fn option_path(path: &Path) -> OsString {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let mut out = Vec::with_capacity(path.as_os_str().len() + 2);
+    out.push(b'"');
+    for &b in path.as_os_str().as_bytes() {
+        match b {
+            b'"' | b'\\' => out.extend([b'\\', b]),
+            b'%' => out.extend(b"%%"),
+            _ => out.push(b),
+        }
+    }
+    out.push(b'"');
+    OsString::from_vec(out)
 }
 
 /// Who logs in to the hypervisor, on which port, with which key.

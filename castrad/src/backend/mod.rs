@@ -163,6 +163,18 @@ pub struct StopPlan {
     pub term: Duration,
 }
 
+/// When a wait of `limit` that starts at `now` is over; None: never. A limit comes from the
+/// wire (`castra.down`'s `graceful_timeout_secs` is any u64) and `now + limit` past what an
+/// `Instant` holds would panic: every deadline castrad computes from one goes through here.
+pub fn deadline(now: std::time::Instant, limit: Duration) -> Option<std::time::Instant> {
+    now.checked_add(limit)
+}
+
+/// `d` in whole milliseconds for an event, u64::MAX for what does not fit.
+pub fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// How a stop ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {

@@ -21,6 +21,7 @@ pub mod network;
 mod raw;
 mod reach;
 pub mod ssh_options;
+pub mod user_data;
 mod validate;
 mod values;
 
@@ -500,9 +501,10 @@ fn key_prefix(key: &str) -> String {
 // Entry points
 // ---------------------------------------------------------------------------------------------
 
-/// Reads and validates castra.toml at `path` (and each bootstrap.toml beside a script).
-/// Does not touch anything but reading those files and stat-ing referenced paths. Where the
-/// paths lead is not checked: castrad loads with [`load_confined`].
+/// Reads and validates castra.toml at `path` (and each bootstrap.toml beside a script, and
+/// each `[vms.cloud_init] user_data` for the keys `user_data.rs` refuses). Does not touch
+/// anything but reading those files and stat-ing referenced paths. Where the paths lead is
+/// not checked: castrad loads with [`load_confined`].
 pub fn load(path: &Path) -> Result<Project, ConfigError> {
     load_with(path, None)
 }
@@ -531,6 +533,7 @@ fn load_with(path: &Path, boundary: Option<&Boundary>) -> Result<Project, Config
         let files = parsed.decls.iter().flat_map(|d| &d.files);
         parsed.project.host_paths = reach::confine(&src, files, &parsed.project, boundary)?;
     }
+    user_data::check(&parsed.project)?;
     Ok(parsed.project)
 }
 

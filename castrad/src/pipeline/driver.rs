@@ -64,6 +64,12 @@ pub enum Marker {
     Unsafe {
         detail: String,
     },
+    /// `unsafe uncheckable: <why>`: the guest could not say who owns remote_dir or the Vizier
+    /// directory and its parents (its `stat` is missing or has no `-c`): the check fails
+    /// closed; nothing was run.
+    Uncheckable {
+        detail: String,
+    },
     /// `connect 0`: the bootstrap session is open in remote_dir (the env block is read, the
     /// run lock taken); `connect 1 <pid>`: another run (that pid) holds remote_dir.
     Connect {
@@ -75,9 +81,10 @@ pub enum Marker {
     /// On stderr: the script starts; what follows on stderr is the script's, until
     /// [`Marker::ScriptEnds`].
     ScriptStarts,
-    /// On stderr: the script has exited; everything it wrote to stderr is before this line
-    /// (which may be glued to the script's last line when that had no newline). `apply` is
-    /// decided only once this has been read: the two streams travel apart.
+    /// On stderr: the script has exited; everything it wrote to stderr is before this line,
+    /// which the driver starts with a newline of its own (glued to a last line without one, the
+    /// 64 KiB line cap could cut the marker in two). `apply` is decided only once this has been
+    /// read: the two streams travel apart.
     ScriptEnds,
     /// `apply <status>`: the script's exit status.
     Apply {
@@ -124,7 +131,12 @@ impl Marker {
                 _ => return None,
             },
             "guest-setup" => Marker::GuestSetup { ok, detail },
-            "unsafe" => Marker::Unsafe { detail },
+            "unsafe" => match after.strip_prefix("uncheckable:") {
+                Some(why) => Marker::Uncheckable {
+                    detail: why.trim().to_owned(),
+                },
+                None => Marker::Unsafe { detail },
+            },
             "connect" => Marker::Connect { ok, detail },
             "transfer" => Marker::Transfer,
             "script" => Marker::ScriptStarts,

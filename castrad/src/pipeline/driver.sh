@@ -5,7 +5,8 @@
 # block), unpack the archive, run the script, verify.
 #
 # Progress goes to stdout as marker lines `CASTRA-<nonce> <step> [code] [detail]`, each after
-# a newline in case the script's last line had none (and two on stderr around the script);
+# a newline in case the script's last line had none (and two on stderr around the script,
+# likewise);
 # pipeline/driver.rs parses them (`Marker`). Arguments: nonce, remote_dir, script file name, verify command ("" = none),
 # verify path ("" = none), Vizier directory ("" = /opt/castra/vizier for root,
 # <remote_dir>/.vizier otherwise), the agent's version and text (an argument, because the
@@ -55,24 +56,29 @@ root() { [ -n "$uid" ] || uid=$(id -u); [ "$uid" = 0 ]; }
 # safe DIR: DIR and each of its parents up to / are owned by us or root, are not symlinks,
 # and cannot be written by others (a root-owned sticky parent such as /var/tmp excepted;
 # DIR itself never): otherwise another account could swap what runs (the owner of any
-# parent can rename what is in it). Prints why not. One stat for the whole chain.
+# parent can rename what is in it). Prints why not. One stat for the whole chain, which must
+# answer for every path: a guest whose stat cannot (none, or one without -c: BSD, macOS, a
+# small busybox) fails the check (`uncheckable: …`) rather than passing it; one that prints
+# something else than numbers fails it in the arithmetic.
 safe() {
   d=$1; p=$1; set --
   while :; do
     [ ! -L "$p" ] || { echo "$p is a symbolic link"; return 1; }
     set -- "$@" "$p"; case $p in /) break ;; */*) p=${p%/*}; p=${p:-/} ;; *) break ;; esac
   done
-  root || :; stat -c "%u %a %n" -- "$@" | { while read -r u a n; do
-    w=$((0$a & 022)); s="$n is owned by uid $u, mode $a"
+  root || :; c=$#; stat -c "%u %a %n" -- "$@" | { k=0; while read -r u a n; do
+    k=$((k+1)); w=$((0$a & 022)); s="$n is owned by uid $u, mode $a"
     [ "$u" = 0 ] || [ "$u" = "$uid" ] || { echo "$s"; exit 1; }
     [ $w = 0 ] || { [ "$n" != "$d" ] && [ "$u" = 0 ] && [ $((0$a & 01000)) != 0 ]; } || { echo "$s: others can write to it"; exit 1; }
-  done; }
+  done; [ $k = $c ] || { echo "uncheckable: stat gave $k of $c"; exit 1; }; }
 }
 if [ -n "$vdir" ]; then vlog=$vdir/service.log
 elif root; then vdir=/opt/castra/vizier; vlog=/var/log/castra/vizier/service.log
 else vdir=$dir/.vizier; vlog=$vdir/service.log; fi
 vbin=$vdir/$vver/vizier.sh; vstate=$vdir/state
-mkdir -p "$vdir/$vver" "${vlog%/*}" "$vstate" 2>/dev/null || true
+# Private from the start (a non-root user's Vizier directory is in remote_dir, which this
+# makes too); the subshell costs no process: mkdir, its last command, replaces it.
+(umask 077;mkdir -p "$vdir/$vver" "${vlog%/*}" "$vstate") 2>/dev/null || true
 if [ -d "$vdir" ] && ! why=$(safe "$vdir"); then m unsafe "$why"; exit 0; fi
 if [ -f "$vbin" ] && printf %s "$agent" | cmp -s - "$vbin"; then m vizier-install 0 present "$vbin"
 elif { printf %s "$agent" >"$vbin.tmp" && mv -f "$vbin.tmp" "$vbin"; } 2>/dev/null
@@ -114,7 +120,7 @@ while [ $i -lt $limit ]; do banner=$(sh "$vbin" banner "$vstate" 2>/dev/null) &&
 m vizier-log "$vlog"; tail -c 16384 "$vlog" 2>/dev/null || true; m vizier-log-end
 if [ -z "$banner" ]; then m vizier-handshake 1 "no banner from $vbin within $((limit / 10)) s"; exit 0; fi
 m vizier-handshake 0; printf "%s\n" "$banner"
-[ -d "$dir" ] || (umask 077 && mkdir -p -- "$dir")
+[ -d "$dir" ] || (umask 077;mkdir -p -- "$dir")
 if ! why=$(safe "$dir"); then m unsafe "$why"; exit 0; fi
 cd -- "$dir"
 block; envs=$out
@@ -134,8 +140,10 @@ tar -x -f -
 m transfer
 set +e
 # The script's stderr is bracketed on stderr, so castrad reads all of it before it decides
-# apply from the marker on stdout (the two streams reach it independently).
-e() { printf "CASTRA-%s %s\n" "$nonce" "$1" >&2; }
+# apply from the marker on stdout (the two streams reach it independently). Each marker
+# starts a line of its own, as on stdout: glued to a last line without a newline, castrad's
+# 64 KiB line cap could cut it in two (castrad drops the empty line this may make).
+e() { printf "\nCASTRA-%s %s\n" "$nonce" "$1" >&2; }
 e script
 (eval "$envs"; exec "$@") </dev/null
 rc=$?

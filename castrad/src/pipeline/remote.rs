@@ -334,23 +334,8 @@ async fn session(
     // Until authentication, stderr is ssh's own (why it cannot get in): held, and sent on as
     // output only if the session starts after all.
     let mut held: Vec<String> = Vec::new();
-    let mut last_stderr = String::new();
-    // A stderr line as notes: the line, and the driver's marker glued to its end if any.
-    let mut on_stderr = |line: String| {
-        let (line, found) = split_marker(line, &marker);
-        let mut out = Vec::with_capacity(2);
-        if let Some(line) = line {
-            if !line.trim().is_empty() {
-                last_stderr = line.trim().to_owned();
-            }
-            out.push(Note::Line {
-                stream: OutputStream::Stderr,
-                line,
-            });
-        }
-        out.extend(found.map(Note::Marker));
-        out
-    };
+    let mut stderr_notes = StderrNotes::new(&marker);
+    let mut on_stderr = |line: Option<String>| stderr_notes.line(line);
     let mut poll = tokio::time::interval(AUTH_POLL);
     // ssh's ConnectTimeout covers the TCP connect and the banner, not what follows.
     let give_up = tokio::time::Instant::now() + conn.target().connect_timeout + AUTH_GRACE;
@@ -383,11 +368,12 @@ async fn session(
                 Some(line) => {
                     authenticate.now().await;
                     for line in held.drain(..).chain([line]) {
-                        forward(&notes, &stderr_drained, on_stderr(line)).await;
+                        forward(&notes, &stderr_drained, on_stderr(Some(line))).await;
                     }
                 }
                 None => {
                     stderr_open = false;
+                    forward(&notes, &stderr_drained, on_stderr(None)).await;
                     // No more of the script's stderr can come: apply need not wait.
                     stderr_drained.send_replace(true);
                 }
@@ -405,11 +391,12 @@ async fn session(
     let (tail, status) = match tail_lines {
         Some(lines) => {
             for line in held.drain(..) {
-                forward(&notes, &stderr_drained, on_stderr(line)).await;
+                forward(&notes, &stderr_drained, on_stderr(Some(line))).await;
             }
             while let Ok(line) = rx.try_recv() {
-                forward(&notes, &stderr_drained, on_stderr(line)).await;
+                forward(&notes, &stderr_drained, on_stderr(Some(line))).await;
             }
+            forward(&notes, &stderr_drained, on_stderr(None)).await;
             // Keep draining stderr so that a chatty session never blocks on a full pipe.
             tokio::spawn(async move { while rx.recv().await.is_some() {} });
             (Some(Tail::new(conn, lines)), None)
@@ -421,8 +408,9 @@ async fn session(
     };
     let unauthenticated = if authenticated {
         for line in held.drain(..) {
-            forward(&notes, &stderr_drained, on_stderr(line)).await;
+            forward(&notes, &stderr_drained, on_stderr(Some(line))).await;
         }
+        forward(&notes, &stderr_drained, on_stderr(None)).await;
         None
     } else {
         Some(held.join("\n"))
@@ -437,6 +425,7 @@ async fn session(
         Ok(Err(e)) => Some(format!("cannot send the payload: {e}")),
         Err(e) => Some(format!("the archive writer panicked: {e}")),
     };
+    let last_stderr = stderr_notes.last;
     Ok(Ended {
         status,
         unauthenticated,
@@ -454,6 +443,62 @@ async fn forward(notes: &Sender<Note>, stderr_drained: &watch::Sender<bool>, bat
         if ends {
             stderr_drained.send_replace(true);
         }
+    }
+}
+
+/// stderr's lines as notes. The driver starts each of its markers on a line of its own, after
+/// a newline (so that a last line without one cannot glue to it, where the line cap could cut
+/// the marker in two): the empty line that makes when the script's last line did end is
+/// held one step and dropped before a marker.
+struct StderrNotes<'a> {
+    marker: &'a str,
+    held_empty: bool,
+    /// The last non-blank line of output, for the reason of a failure.
+    last: String,
+}
+
+impl<'a> StderrNotes<'a> {
+    fn new(marker: &'a str) -> StderrNotes<'a> {
+        StderrNotes {
+            marker,
+            held_empty: false,
+            last: String::new(),
+        }
+    }
+
+    /// The notes `line` makes (None: stderr has ended, an empty line held is output).
+    fn line(&mut self, line: Option<String>) -> Vec<Note> {
+        let empty = || Note::Line {
+            stream: OutputStream::Stderr,
+            line: String::new(),
+        };
+        let mut out = Vec::with_capacity(2);
+        let Some(line) = line else {
+            if std::mem::take(&mut self.held_empty) {
+                out.push(empty());
+            }
+            return out;
+        };
+        let (line, found) = split_marker(line, self.marker);
+        let marker_alone = found.is_some() && line.is_none();
+        if std::mem::take(&mut self.held_empty) && !marker_alone {
+            out.push(empty());
+        }
+        match line {
+            Some(line) if line.is_empty() && found.is_none() => self.held_empty = true,
+            Some(line) => {
+                if !line.trim().is_empty() {
+                    self.last = line.trim().to_owned();
+                }
+                out.push(Note::Line {
+                    stream: OutputStream::Stderr,
+                    line,
+                });
+            }
+            None => {}
+        }
+        out.extend(found.map(Note::Marker));
+        out
     }
 }
 
@@ -517,4 +562,47 @@ async fn read_stdout<R: AsyncRead + Unpin + Send + 'static>(
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What stderr's `lines` make of them, as text (`>marker` for a marker).
+    fn notes(lines: &[&str]) -> Vec<String> {
+        let mut s = StderrNotes::new("CASTRA-n0 ");
+        let mut out = Vec::new();
+        for line in lines.iter().map(|l| Some((*l).to_owned())).chain([None]) {
+            for note in s.line(line) {
+                out.push(match note {
+                    Note::Line { line, .. } => line,
+                    Note::Marker(m) => format!(">{m:?}"),
+                    other => format!("{other:?}"),
+                });
+            }
+        }
+        out
+    }
+
+    /// Issue 25: the driver puts a newline before its stderr markers; the empty line that
+    /// makes is castrad's to drop, an empty line of the script's is kept.
+    #[test]
+    fn the_newline_before_a_stderr_marker_is_dropped_and_no_other() {
+        let end = ">ScriptEnds";
+        assert_eq!(
+            notes(&["", "CASTRA-n0 script", "oops", "CASTRA-n0 script-end"]),
+            [">ScriptStarts", "oops", end]
+        );
+        assert_eq!(notes(&["oops", "", "CASTRA-n0 script-end"]), ["oops", end]);
+        assert_eq!(
+            notes(&["oops", "", "", "CASTRA-n0 script-end"]),
+            ["oops", "", end]
+        );
+        assert_eq!(notes(&["a", "", "b", ""]), ["a", "", "b", ""]);
+        // An older driver's marker glued to the last line still counts.
+        assert_eq!(
+            notes(&["no newlineCASTRA-n0 script-end"]),
+            ["no newline", end]
+        );
+    }
 }

@@ -656,6 +656,16 @@ impl Run {
                 );
                 self.fail_step(st, st.step, e);
             }
+            Marker::Uncheckable { detail } => {
+                let e = format!(
+                    "cannot check who owns remote_dir ({}) or the Vizier directory and their \
+                     parents in the guest: {detail}; castrad runs nothing there without that \
+                     check, which needs a `stat` with `-c` (GNU coreutils, or busybox built \
+                     with it) in the guest's PATH",
+                    b.remote_dir
+                );
+                self.fail_step(st, st.step, e);
+            }
             Marker::Connect { ok: true, .. } => {
                 let detail = format!("bootstrap session in {}", b.remote_dir);
                 self.advance(st, Step::Connect, Some(detail), Step::Transfer);

@@ -49,7 +49,7 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
     .expect("unique method name");
     m.register_async_method(api::method::RESTART, |params, daemon, _| async move {
         let p: api::RestartParams = parse(params)?;
-        let graceful = std::time::Duration::from_secs(p.graceful_timeout_secs.unwrap_or(30));
+        let graceful = graceful_timeout(p.graceful_timeout_secs);
         daemon
             .restart(&p.config, &p.vms, &p.bootstrap, graceful)
             .await
@@ -58,7 +58,7 @@ pub fn module(daemon: Arc<Daemon>) -> RpcModule<Daemon> {
     .expect("unique method name");
     m.register_async_method(api::method::DOWN, |params, daemon, _| async move {
         let p: api::DownParams = parse(params)?;
-        let graceful = std::time::Duration::from_secs(p.graceful_timeout_secs.unwrap_or(30));
+        let graceful = graceful_timeout(p.graceful_timeout_secs);
         daemon
             .down(&p.config, &p.vms, p.discard, graceful)
             .await
@@ -415,6 +415,13 @@ fn vm_status(daemon: &Daemon, entry: &ProjectEntry, vm: &crate::config::Vm) -> a
     }
 }
 
+/// `castra.down`'s and `castra.restart`'s `graceful_timeout_secs` (default 30): any u64, the
+/// largest included (a wait without end), since every deadline made from it is checked
+/// arithmetic (`backend::deadline`).
+pub(crate) fn graceful_timeout(secs: Option<u64>) -> std::time::Duration {
+    std::time::Duration::from_secs(secs.unwrap_or(30))
+}
+
 /// `virtiofs` or `9p` (as `backend::qemu::mounts::Transport` spells them) on the wire.
 fn mount_transport(name: &str) -> api::MountTransport {
     match qemu_mounts::Transport::parse(name) {
@@ -428,5 +435,82 @@ fn backend(b: BackendKind) -> api::Backend {
         BackendKind::Qemu => api::Backend::Qemu,
         BackendKind::External => api::Backend::External,
         BackendKind::Libvirt => api::Backend::Libvirt,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::testutil::proptest_config;
+
+    /// A number as a client may send it: the edges first.
+    fn extreme() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            Just(0),
+            Just(1),
+            Just(u64::MAX),
+            Just(u64::MAX - 1),
+            Just(i64::MAX as u64),
+            Just(u64::MAX / 1000 + 1),
+            any::<u64>(),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(proptest_config(2000))]
+
+        /// Issue 25: every number a method's params carry, at its extremes, goes through
+        /// what castrad does with it without a panic (`castractl down --timeout
+        /// 18446744073709551615` once panicked castrad in a libvirt stop's `Instant +
+        /// Duration`).
+        #[test]
+        fn props_extreme_numbers_in_params_never_panic(n in extreme(), m in extreme()) {
+            let config = "/p/castra.toml";
+            let down: api::DownParams =
+                serde_json::from_value(json!({"config": config, "graceful_timeout_secs": n}))
+                    .unwrap();
+            let restart: api::RestartParams =
+                serde_json::from_value(json!({"config": config, "graceful_timeout_secs": m}))
+                    .unwrap();
+            let now = Instant::now();
+            for secs in [down.graceful_timeout_secs, restart.graceful_timeout_secs, None] {
+                let graceful = graceful_timeout(secs);
+                let plan = crate::backend::StopPlan { graceful, term: Duration::from_secs(10) };
+                for limit in [plan.graceful, plan.term] {
+                    let end = crate::backend::deadline(now, limit);
+                    prop_assert!(end.is_none_or(|e| e >= now));
+                    prop_assert!(crate::backend::millis(limit) >= limit.as_secs().min(u64::MAX / 1000));
+                    let _ = format!("{limit:?}");
+                }
+            }
+            // The byte counts and the replay point: clamped where they are used.
+            let console: api::ConsoleParams =
+                serde_json::from_value(json!({"config": config, "vm": "a", "max_bytes": n}))
+                    .unwrap();
+            prop_assert_eq!(console.max_bytes, Some(n));
+            let tail: api::SubscribeConsoleParams =
+                serde_json::from_value(json!({"config": config, "vm": "a", "tail_bytes": m}))
+                    .unwrap();
+            prop_assert_eq!(tail.tail_bytes, Some(m));
+            let events: api::SubscribeParams =
+                serde_json::from_value(json!({"since": n})).unwrap();
+            let bus = crate::events::EventBus::with_limits(8, 1 << 16);
+            let _ = bus.subscribe(crate::events::Filter::default(), events.since);
+        }
+    }
+
+    /// The stop's wait with no end: the tokio timeouts the QEMU backend uses take it too.
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_of_u64_max_seconds_is_a_wait_without_end() {
+        let forever = graceful_timeout(Some(u64::MAX));
+        assert_eq!(crate::backend::deadline(Instant::now(), forever), None);
+        assert_eq!(crate::backend::millis(forever), u64::MAX);
+        let waited = tokio::time::timeout(forever, async { 7 }).await;
+        assert_eq!(waited, Ok(7));
     }
 }

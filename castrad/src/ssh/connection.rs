@@ -55,7 +55,12 @@ impl Connection {
         }
         let _ = std::fs::remove_file(&target.control_path);
         let child = Command::new("ssh")
-            .args(target.args(pinned, remote_command))
+            .args(super::known_options(
+                target.args(pinned, remote_command),
+                super::ssh_knows,
+            ))
+            .env_clear()
+            .envs(super::ssh_env(std::env::vars_os()))
             .stdin(stdin)
             .stdout(stdout)
             .stderr(stderr)

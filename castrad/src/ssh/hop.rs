@@ -70,7 +70,15 @@ impl Hop {
 
     /// The options every connection to the hypervisor starts with (ahead of ~/.ssh/config).
     pub fn options(&self) -> Vec<String> {
-        castra_api::ssh::hop_options(&self.wire())
+        let mut o = castra_api::ssh::hop_options(&self.wire());
+        if self.known_hosts.is_some() {
+            // castrad's pin and nothing else (the user's own trust applies without one).
+            if super::ssh_knows("KnownHostsCommand") {
+                o.extend(["-o".to_owned(), "KnownHostsCommand=none".to_owned()]);
+            }
+            o.extend(["-o".to_owned(), "VerifyHostKeyDNS=no".to_owned()]);
+        }
+        o
     }
 
     /// Who logs in, on which port, with which key (libvirt passes these itself).
@@ -102,13 +110,14 @@ mod tests {
         );
         let opts = hop.options().join(" ");
         assert!(opts.contains("StrictHostKeyChecking=yes"));
-        assert!(opts.contains("UserKnownHostsFile=/pins/known hosts"));
+        assert!(opts.contains("UserKnownHostsFile=\"/pins/known hosts\""));
+        assert!(opts.contains("KnownHostsCommand=none"));
         assert!(opts.contains("ControlMaster=auto"));
         assert!(!opts.contains("no_verify") && !opts.contains("StrictHostKeyChecking=no"));
         assert!(hop.control_path.starts_with("/run/c"));
         let proxy = hop.proxy_command();
         assert!(proxy.starts_with("'ssh' '-o' 'BatchMode=yes'"), "{proxy}");
-        assert!(proxy.contains("'UserKnownHostsFile=/pins/known hosts'"));
+        assert!(proxy.contains("'UserKnownHostsFile=\"/pins/known hosts\"'"));
         assert!(
             proxy.ends_with(
                 "'-p' '2222' '-l' 'me' '-i' '/k/id' '-o' 'IdentitiesOnly=yes' -W %h:%p -- 'hv'"

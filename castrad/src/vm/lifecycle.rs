@@ -3,8 +3,6 @@
 //! `OverlayPrepared`, `VmLaunched`; `ShutdownRequested`, the cooperative attempt and each
 //! escalation, `ShutdownComplete`, `EphemeralLayerDiscarded`. Runs in the actor's tasks.
 
-use std::time::Duration;
-
 use castra_api::{Event, StopOutcome};
 use tokio::time::Instant;
 
@@ -106,7 +104,7 @@ pub async fn stop(
     let started = Instant::now();
     let bus = &ctx.pipeline.bus;
     let op = Some(request.operation.as_str());
-    let ms = |d: Duration| d.as_millis() as u64;
+    let ms = crate::backend::millis;
     let mut report = StopReport {
         vm: vm.to_owned(),
         outcome: StopOutcome::External,

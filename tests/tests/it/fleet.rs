@@ -66,7 +66,16 @@ impl Fleet {
         command: impl FnOnce(std::process::Command) -> std::process::Command,
         sshd: impl FnOnce(&std::path::Path) -> Sshd,
     ) -> Fleet {
-        let env = Env::new();
+        Fleet::new_in(Env::new(), vms, command, sshd)
+    }
+
+    /// [`Fleet::new_from`] in `env`.
+    pub fn new_in(
+        env: Env,
+        vms: &str,
+        command: impl FnOnce(std::process::Command) -> std::process::Command,
+        sshd: impl FnOnce(&std::path::Path) -> Sshd,
+    ) -> Fleet {
         let sshd = sshd(&env.path("sshd"));
         let guest = env.path("guest");
         std::fs::create_dir_all(&guest).unwrap();

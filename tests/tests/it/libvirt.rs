@@ -304,8 +304,13 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
     assert_eq!(second.statuses(), ["NoOp"], "{}", second.stderr);
     assert!(second.event("box", "VmLaunched").is_empty());
 
-    // down: ACPI through libvirt, the same lifecycle events as a QEMU VM; still defined.
-    let down = env.ctl(&p, &["down", "--json"]).ok().json();
+    // down: ACPI through libvirt, the same lifecycle events as a QEMU VM; still defined. With
+    // the longest timeout there is (issue 25: its deadline overflowed and panicked castrad).
+    let longest = u64::MAX.to_string();
+    let down = env
+        .ctl(&p, &["down", "--json", "--timeout", &longest])
+        .ok()
+        .json();
     assert_eq!(down["vms"][0]["outcome"], "graceful", "{down}");
     assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "shut off");
     assert_eq!(lv.domains_and_volumes().0, ["castra-lv-box"], "persistent");

@@ -15,6 +15,7 @@ mod edges;
 mod examples;
 mod fleet;
 mod guest_setup;
+mod hardening;
 mod hostile;
 mod image_cli;
 mod images;

@@ -1,7 +1,8 @@
 //! A real OpenSSH `sshd` on 127.0.0.1 standing in for a guest: its own host key, config and
 //! authorized key, on a free port, as the current user. Its sessions get
 //! `CASTRA_VIZIER_SUPERVISOR=loop`: the "guest" is this machine, where Vizier must never be
-//! installed as a systemd unit (vizier/supervisor.sh).
+//! installed as a systemd unit (vizier/supervisor.sh). It accepts the variables `CASTRA_IT_*`
+//! a client sends (`AcceptEnv`), so a test can see what a client's `SendEnv` would leak.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,8 @@ pub struct Sshd {
     limits: &'static str,
     /// sshd's `LogLevel` (its log is `dir/sshd.log`).
     log_level: &'static str,
+    /// More `NAME=value` words for sessions' environment (sshd's `SetEnv`).
+    set_env: String,
 }
 
 fn keygen(path: &Path) {
@@ -65,6 +68,16 @@ impl Sshd {
         Sshd::start_limited(dir, "", "ERROR")
     }
 
+    /// [`Sshd::start`] whose sessions also get `set_env` (`NAME=value` words, `PATH=…` say:
+    /// sshd's `SetEnv` comes after its own PATH).
+    pub fn start_with_env(dir: &Path, set_env: &str) -> Sshd {
+        let mut sshd = Sshd::start(dir);
+        sshd.set_env = set_env.to_owned();
+        sshd.stop();
+        sshd.spawn();
+        sshd
+    }
+
     fn start_limited(dir: &Path, limits: &'static str, log_level: &'static str) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
@@ -93,6 +106,7 @@ impl Sshd {
             user,
             limits,
             log_level,
+            set_env: String::new(),
         };
         sshd.spawn();
         sshd
@@ -101,14 +115,16 @@ impl Sshd {
     fn spawn(&mut self) {
         let d = self.dir.display();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
-             AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey \"{d}/host_key\"\nPidFile \"{d}/sshd.pid\"\n\
+             AuthorizedKeysFile \"{d}/authorized_keys\"\nStrictModes no\nUsePAM no\n\
              PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PermitRootLogin prohibit-password\n{limits}LogLevel {log_level}\nAcceptEnv none\n\
-             SetEnv CASTRA_VIZIER_SUPERVISOR=loop\nSubsystem sftp internal-sftp\n",
+             PermitRootLogin prohibit-password\n{limits}LogLevel {log_level}\n\
+             AcceptEnv CASTRA_IT_*\nSetEnv CASTRA_VIZIER_SUPERVISOR=loop {set_env}\n\
+             Subsystem sftp internal-sftp\n",
             port = self.port,
             limits = self.limits,
             log_level = self.log_level,
+            set_env = self.set_env,
         );
         std::fs::write(self.dir.join("sshd_config"), config).unwrap();
         let child = Command::new("/usr/sbin/sshd")

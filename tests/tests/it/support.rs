@@ -56,9 +56,15 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
+        Env::with_prefix("castra-it-")
+    }
+
+    /// An env whose directory's name starts with `prefix` (one with a space, say: then so do
+    /// the paths of castrad's socket and state directory).
+    pub fn with_prefix(prefix: &str) -> Env {
         Env {
             dir: tempfile::Builder::new()
-                .prefix("castra-it-")
+                .prefix(prefix)
                 .tempdir()
                 .expect("tempdir"),
         }

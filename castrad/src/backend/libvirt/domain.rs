@@ -95,14 +95,15 @@ impl Domain {
     }
 
     async fn down_within(&self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
+        // None: a limit too far to count (u64::MAX seconds from the wire) never runs out.
+        let deadline = crate::backend::deadline(Instant::now(), limit);
         loop {
             if let Ok(s) = state(&self.hv, &self.name).await
                 && is_down(&s)
             {
                 return true;
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return false;
             }
             tokio::time::sleep(STOP_POLL).await;

@@ -7,7 +7,8 @@
 //!   project's client key and the configured extra keys; the guest's SSH host key, made by
 //!   castrad and pinned before the first boot. When the user gives a cloud-config of their own,
 //!   both go as one multipart MIME message, theirs merged after ours (lists appended, our keys
-//!   kept).
+//!   kept). A `merge_how`/`merge_type` in theirs would override that merge: `config::user_data`
+//!   refuses such a file when the project is loaded.
 //!
 //! - `network-config` (only on a project network, `config::network`): version 2, the
 //!   user-mode NIC by its MAC (QEMU's default for the first NIC) with DHCP as before, the

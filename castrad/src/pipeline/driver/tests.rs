@@ -239,6 +239,38 @@ fn driver_unpacks_runs_and_verifies_with_byte_exact_env() {
     assert_eq!(mode, 0o700, "remote_dir is private");
 }
 
+/// Issue 25: a guest whose `stat` cannot answer (missing, or BSD's without `-c`, or one that
+/// prints nothing) fails the ownership check, saying why, and nothing runs; the check used to
+/// pass on no answer at all.
+#[test]
+fn a_stat_that_cannot_answer_fails_the_check_closed() {
+    for stat in [
+        "echo 'stat: illegal option -- c' >&2; exit 1",
+        "exit 0",
+        "exit 127",
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir_all(d.join("payload")).unwrap();
+        std::fs::write(d.join("run.sh"), "touch ran\n").unwrap();
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        crate::testutil::stub_command(&d.join("bin"), "stat", stat);
+        let (stdout, _, code) = run_driver(d, &BTreeMap::new(), "", false);
+        assert_eq!(code, 0, "{stat}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("CASTRA-n0nce unsafe"))
+            .unwrap_or_else(|| panic!("{stat}: no unsafe marker in {stdout}"));
+        let marker = Marker::parse(line.strip_prefix("CASTRA-n0nce ").unwrap()).unwrap();
+        let Marker::Uncheckable { detail } = marker else {
+            panic!("{stat}: {marker:?}");
+        };
+        assert!(detail.starts_with("stat gave 0 of "), "{detail}");
+        assert!(!stdout.contains("vizier-install"), "{stdout}");
+        assert!(!d.join("guest/remote dir/ran").exists());
+    }
+}
+
 #[test]
 fn driver_stops_at_the_first_failure() {
     let dir = tempfile::tempdir().unwrap();
@@ -540,6 +572,7 @@ mod props {
             detail().prop_map(|d| Marker::Unsafe {
                 detail: format!("/{d}")
             }),
+            detail().prop_map(|detail| Marker::Uncheckable { detail }),
             Just(Marker::Connect {
                 ok: true,
                 detail: String::new()
@@ -592,6 +625,7 @@ mod props {
             Marker::Pid(pid) => format!("pid {pid}"),
             Marker::GuestSetup { ok, detail } => format!("guest-setup {} {detail}", code(*ok)),
             Marker::Unsafe { detail } => format!("unsafe {detail}"),
+            Marker::Uncheckable { detail } => format!("unsafe uncheckable: {detail}"),
             Marker::Connect { ok: true, .. } => "connect 0".into(),
             Marker::Connect { ok: false, detail } => format!("connect 1 {detail}"),
             Marker::Transfer => "transfer".into(),
