@@ -411,6 +411,13 @@ async fn start_each(
                 share.socket.display()
             )));
         }
+        if let Some(problem) = crate::config::mounts::option_unsafe(&share.host) {
+            // Checked when the project loads; asked again where the path becomes an option.
+            return Err(MountError::Failed(format!(
+                "virtiofsd cannot be given {}: it contains {problem}",
+                share.host.display()
+            )));
+        }
         if privilege != Privilege::Root
             && [&share.socket, &share.host]
                 .iter()
