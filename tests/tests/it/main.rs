@@ -35,6 +35,7 @@ mod restart;
 mod scale;
 mod scripts;
 mod setup;
+mod shares;
 mod ssh_options;
 mod sshd;
 mod stamps;
