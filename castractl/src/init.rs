@@ -269,6 +269,7 @@ pub fn render_config(project: &str, image: &Image) -> String {
          # [[vms.mounts]]\n\
          # host = \".\"\n\
          # guest = \"/src\"\n\
+         # readonly = false  # read-only unless you say so\n\
          \n\
          [vms.bootstrap]\n\
          # Runs in the VM as {VM} once cloud-init is done; `up` runs it again only when it (or\n\

@@ -16,7 +16,7 @@
 mod base_image;
 mod diagnostics;
 pub mod libvirt;
-mod mounts;
+pub mod mounts;
 pub mod network;
 mod raw;
 mod reach;

@@ -18,10 +18,40 @@ gs_in() {
   if command -v mountpoint >/dev/null; then mountpoint -q -- "$1"
   else grep -qF " $(printf %s "$1" | sed 's/\\/\\134/g; s/ /\\040/g') " /proc/mounts; fi
 }
+# gs_pt DIR: DIR can be mounted on as root without another account of the guest choosing
+# where: no component of it is a symbolic link, and each directory above it is owned by root
+# or us and cannot be written by group or others (a root-owned sticky one such as /tmp
+# excepted), checked with one stat, failing closed; so nobody else can swap a component once
+# checked. The missing ones are then made one at a time (mkdir follows no symlink in the last
+# component and fails on one planted meanwhile). DIR itself may be anyone's: the mount covers
+# it. Prints why not. (Like the driver's `safe`, which checks remote_dir.)
+gs_pt() {
+  gs_d=$1; gs_p=; gs_r=${1#/}; set --
+  while [ -n "$gs_r" ]; do
+    gs_c=${gs_r%%/*}; case $gs_r in */*) gs_r=${gs_r#*/} ;; *) gs_r= ;; esac
+    [ ! -L "$gs_p/$gs_c" ] || { echo "$gs_p/$gs_c is a symbolic link"; return 1; }
+    [ -e "$gs_p/$gs_c" ] || { gs_r=$gs_c${gs_r:+/$gs_r}; break; }
+    set -- "$@" "${gs_p:-/}"; gs_p=$gs_p/$gs_c
+  done
+  # The last existing directory is where the missing ones go: checked too.
+  [ -z "$gs_r" ] || set -- "$@" "${gs_p:-/}"
+  [ -n "$gs_r" ] || [ -d "$gs_p" ] || { echo "$gs_p is not a directory"; return 1; }
+  [ $# = 0 ] || stat -c "%u %a %n" -- "$@" 2>&1 | { k=0; while read -r u a n; do
+    k=$((k+1)); s="$n is owned by uid $u, mode $a"
+    case $u$a in *[!0-9]*) echo "cannot check $n: $u $a"; exit 1 ;; esac
+    [ "$u" = 0 ] || [ "$u" = "$uid" ] || { echo "$s"; exit 1; }
+    [ $((0$a & 022)) = 0 ] || { [ "$u" = 0 ] && [ $((0$a & 01000)) != 0 ]; } || { echo "$s: others can write to it"; exit 1; }
+  done; [ "$k" = $# ] || { echo "cannot check the directories above $gs_d (stat -c)"; exit 1; }; } || return 1
+  while [ -n "$gs_r" ]; do
+    gs_c=${gs_r%%/*}; case $gs_r in */*) gs_r=${gs_r#*/} ;; *) gs_r= ;; esac
+    gs_p=$gs_p/$gs_c; $su mkdir -m 755 -- "$gs_p" || return 1
+  done
+}
 while [ "$gs_n" -gt 0 ]; do
-  if gs_in "$2" 2>/dev/null; then gs_ok="$gs_ok $2"
-  elif [ "$gs_t" = 9p ] && e=$({ $su mkdir -p -- "$2" && $su mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$3" -- "$1" "$2"; } 2>&1); then gs_ok="$gs_ok $2"
-  elif [ "$gs_t" != 9p ] && e=$({ $su mkdir -p -- "$2" && $su mount -t virtiofs -o "$3" -- "$1" "$2"; } 2>&1); then gs_ok="$gs_ok $2"
+  if ! e=$(gs_pt "$2" 2>&1); then gs_err="${gs_err}refusing to mount $1 at $2: $(gs_cut "$e"); "
+  elif gs_in "$2" 2>/dev/null; then gs_ok="$gs_ok $2"
+  elif [ "$gs_t" = 9p ] && e=$($su mount -t 9p -o "trans=virtio,version=9p2000.L,msize=262144,$3" -- "$1" "$2" 2>&1); then gs_ok="$gs_ok $2"
+  elif [ "$gs_t" != 9p ] && e=$($su mount -t virtiofs -o "$3" -- "$1" "$2" 2>&1); then gs_ok="$gs_ok $2"
   else gs_err="${gs_err}cannot mount $1 ($gs_t) at $2: $(gs_cut "$e"); "; fi
   shift 3; gs_n=$((gs_n-1))
 done

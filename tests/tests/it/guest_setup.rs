@@ -45,7 +45,10 @@ fn check_guests(lab: &Lab, when: &str) {
 fn guests_without_cloud_init_get_their_mounts_and_network_at_every_boot() {
     let _lock = one_at_a_time();
     let lab = Lab::new(&[
-        ("web", "[[vms.mounts]]\nhost = \"src\"\nguest = \"/src\"\n"),
+        (
+            "web",
+            "[[vms.mounts]]\nhost = \"src\"\nguest = \"/src\"\nreadonly = false\n",
+        ),
         ("db", ""),
     ]);
     lab.env.write(&[("p/src/hello.txt", "from the host\n")]);

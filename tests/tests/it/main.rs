@@ -36,6 +36,7 @@ mod restart;
 mod scale;
 mod scripts;
 mod setup;
+mod shares;
 mod socket_trust;
 mod ssh_options;
 mod sshd;

@@ -19,8 +19,8 @@ pub const SCRIPT_LINES: &str = "cat /src/from-host.txt > seen-at-bootstrap\n\
                                 echo \"written by the guest\" > /src/from-guest.txt\n";
 
 /// The `[[vms.mounts]]` of that VM: `src` read-write at /src, `docs` read-only at /srv/docs.
-pub const MOUNTS: &str = "\n[[vms.mounts]]\nhost = \"src\"\nguest = \"/src\"\n\n\
-                          [[vms.mounts]]\nhost = \"docs\"\nguest = \"/srv/docs\"\nreadonly = true\n";
+pub const MOUNTS: &str = "\n[[vms.mounts]]\nhost = \"src\"\nguest = \"/src\"\nreadonly = false\n\n\
+                          [[vms.mounts]]\nhost = \"docs\"\nguest = \"/srv/docs\"\n";
 
 /// The host side of the mounts in `project`, before castrad starts: the guest's login user is
 /// not the host's, so `src` lets it write.

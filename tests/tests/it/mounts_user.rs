@@ -49,8 +49,8 @@ fn a_castrad_without_root_shares_folders_over_virtiofs() {
     let config = format!(
         "[project]\nname = \"usershares\"\n\n[[vms]]\nname = \"box\"\nbase_image = \"{}\"\n\
          cpus = 2\nmemory = \"1 GiB\"\n\n\
-         [[vms.mounts]]\nhost = \"src\"\nguest = \"/src\"\n\n\
-         [[vms.mounts]]\nhost = \"docs\"\nguest = \"/srv/docs\"\nreadonly = true\n\n\
+         [[vms.mounts]]\nhost = \"src\"\nguest = \"/src\"\nreadonly = false\n\n\
+         [[vms.mounts]]\nhost = \"docs\"\nguest = \"/srv/docs\"\n\n\
          [vms.ssh]\nuser = \"dev\"\n\n\
          [vms.bootstrap]\nscript = \"run.sh\"\nverify_path = \"seen-at-bootstrap\"\n\
          handshake_timeout_secs = 600\n",

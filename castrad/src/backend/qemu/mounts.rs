@@ -16,6 +16,10 @@
 //!   every recorded daemon that is still ours whenever it forgets the VM's QEMU (after a stop,
 //!   an unexpected exit, a failed launch, or a re-adoption that finds QEMU gone), and before a
 //!   launch. A re-adopted QEMU keeps its daemons: they serve its mounts.
+//! - As root, each virtiofsd (and QEMU, when it serves 9p) runs under [`seccomp`]'s filter:
+//!   the guest's root can leave no setuid or setgid file and no device node on the host. The
+//!   host path handed to virtiofsd has no comma or backslash (its option parser would split
+//!   or decode it: `config::mounts::option_unsafe`), checked at load and again here.
 //! - Guest memory is shared with the daemons (`memory-backend-memfd,share=on` plus a NUMA
 //!   node), only when there are virtiofs mounts.
 //!
@@ -33,6 +37,7 @@ use tokio::process::Command;
 use crate::config::Mount;
 use crate::state_root::VmPaths;
 
+pub mod seccomp;
 pub mod userns;
 
 use userns::USERNS_SCRIPT;
@@ -411,6 +416,13 @@ async fn start_each(
                 share.socket.display()
             )));
         }
+        if let Some(problem) = crate::config::mounts::option_unsafe(&share.host) {
+            // Checked when the project loads; asked again where the path becomes an option.
+            return Err(MountError::Failed(format!(
+                "virtiofsd cannot be given {}: it contains {problem}",
+                share.host.display()
+            )));
+        }
         if privilege != Privilege::Root
             && [&share.socket, &share.host]
                 .iter()
@@ -429,7 +441,12 @@ async fn start_each(
             what: "virtiofsd's log".into(),
             source,
         })?;
-        let mut child = Command::new(&command[0])
+        let mut child = Command::new(&command[0]);
+        if privilege == Privilege::Root {
+            // As root, virtiofsd could leave setuid files and device nodes for the guest.
+            seccomp::apply(&mut child, std::sync::Arc::new(seccomp::Filter::new(false)));
+        }
+        let mut child = child
             .args(&command[1..])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -167,7 +167,20 @@ pub async fn launch(
     // setsid: QEMU gets a session of its own, so it outlives castrad (and a terminal's ^C).
     // nice: under CPU contention (TCG guests keep cores busy) the VMs yield to castrad, so
     // the control plane (status, events) stays responsive; without contention it costs nothing.
-    let mut child = Command::new("setsid")
+    let mut child = Command::new("setsid");
+    let nine_p = spec
+        .shares
+        .as_ref()
+        .is_some_and(|s| s.transport == super::mounts::Transport::NineP);
+    if nine_p && nix::unistd::geteuid().is_root() {
+        // QEMU serves 9p itself, as root here: no setuid files, device nodes or file
+        // capabilities for the guest (mounts::seccomp).
+        super::mounts::seccomp::apply(
+            &mut child,
+            std::sync::Arc::new(super::mounts::seccomp::Filter::new(true)),
+        );
+    }
+    let mut child = child
         .args(["nice", "-n", QEMU_NICE])
         .arg(argv::QEMU)
         .args(argv::argv(spec))

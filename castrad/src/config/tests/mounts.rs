@@ -6,8 +6,8 @@ use super::*;
 fn mounts_resolve_the_host_path_and_normalize_the_guest_path() {
     let p = ok(concat!(
         head!(),
-        "[[vms.mounts]]\nhost = \"src\"\nguest = \"/src/\"\n",
-        "[[vms.mounts]]\nhost = \"/data/sets\"\nguest = \"/srv//./data\"\nreadonly = true\n",
+        "[[vms.mounts]]\nhost = \"src\"\nguest = \"/src/\"\nreadonly = false\n",
+        "[[vms.mounts]]\nhost = \"/data/sets\"\nguest = \"/srv//./data\"\n",
     ));
     let m = &p.vms[0].mounts;
     assert_eq!(
@@ -94,6 +94,18 @@ fn mount_mistakes_are_located() {
             concat!(head!(), "[[vms.mounts]]\nhost = \"a,b\"\nguest = \"/a\"\n"),
             "vms[0].mounts[0].host",
             "contains a comma",
+            8,
+            8,
+        ),
+        (
+            "a backslash in the host path (issue 25: virtiofsd reads `\\056\\056` as `..`)",
+            concat!(
+                head!(),
+                "[[vms.mounts]]\nhost = 'src/\\056\\056'\nguest = \"/a\"\n"
+            ),
+            "vms[0].mounts[0].host",
+            "host path /p/src/\\056\\056 contains a backslash, which virtiofsd's options read as \
+             an escape",
             8,
             8,
         ),

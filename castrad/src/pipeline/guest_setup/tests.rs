@@ -1,5 +1,6 @@
 use super::*;
 use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use crate::config::Mount;
@@ -201,6 +202,53 @@ fn the_guest_side_mounts_writes_the_hosts_block_and_says_what_failed() {
         "castra0 is mounted already: left alone"
     );
     assert_eq!(calls.lines().count(), 3);
+}
+
+/// Issue 25: a mount point whose parent another account replaced with a symbolic link, or
+/// whose parent others can write to, is refused before anything is made or mounted: `mkdir
+/// -p` and `mount` as root would follow the link to wherever it points.
+#[test]
+fn a_mount_point_through_a_symlink_or_a_writable_parent_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = d.join("calls");
+    let stub = |name: &str, body: String| crate::testutil::stub_command(&bin, name, &body);
+    stub("sudo", "[ \"$1\" = -n ] && shift; exec \"$@\"".into());
+    stub("mountpoint", "exit 1".into());
+    stub("mount", format!("echo \"$*\" >>{}", calls.display()));
+    let (elsewhere, open) = (d.join("elsewhere"), d.join("open"));
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(open.join("sub")).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, d.join("link")).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut vm = vm_with(d, false);
+    vm.mounts[0].guest = d.join("link/src").to_str().unwrap().into();
+    vm.mounts[1].guest = open.join("sub/docs").to_str().unwrap().into();
+    let err = outcome(&run_setup(d, &setup(&vm, "virtiofs"))).unwrap_err();
+    assert_eq!(
+        err,
+        format!(
+            "refusing to mount castra0 at {0}/link/src: {0}/link is a symbolic link; \
+             refusing to mount castra1 at {0}/open/sub/docs: {0}/open is owned by uid {1}, \
+             mode 777: others can write to it",
+            d.display(),
+            nix::unistd::geteuid()
+        )
+    );
+    assert!(!calls.exists(), "nothing mounted");
+    assert!(!elsewhere.join("src").exists() && !open.join("sub/docs").exists());
+
+    // Made one directory at a time below a checked one, then mounted.
+    vm.mounts.truncate(1);
+    vm.mounts[0].guest = d.join("new/a b/src").to_str().unwrap().into();
+    let done = outcome(&run_setup(d, &setup(&vm, "virtiofs"))).unwrap();
+    assert_eq!(
+        done,
+        format!("mounted {}/new/a b/src (virtiofs)", d.display())
+    );
+    assert!(d.join("new/a b/src").is_dir());
 }
 
 /// Run twice with the same hosts: the file is left as it was.
