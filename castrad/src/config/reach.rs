@@ -270,8 +270,8 @@ pub(super) fn confine<'a>(
         if let Some(inside) = read_next.iter().find(|p| p.starts_with(&share)) {
             let message = format!(
                 "{} is shared read-write and holds {}, which castrad reads at the next `up`: a \
-                 guest could rewrite it. Set `readonly = true`, or share a directory that holds \
-                 none of the project's own files",
+                 guest could rewrite it. Leave it read-only (`readonly = true`, the default), \
+                 or share a directory that holds none of the project's own files",
                 check.path.display(),
                 inside.display()
             );
