@@ -1,10 +1,11 @@
-//! The libvirt backend: a VM is a **persistent** libvirt domain `castra-<project>-<vm>` on
-//! this machine (`qemu:///session`) or on a hypervisor reached over SSH (`qemu+ssh://`),
+//! The libvirt backend: a VM is a **persistent** libvirt domain `castra-<project>-<vm>-<id>`
+//! (`id`: its state root's, `owner`; only a domain tagged as ours is ever touched) on this
+//! machine (`qemu:///session`) or on a hypervisor reached over SSH (`qemu+ssh://`),
 //! driven with `virsh` as a subprocess (`virsh`; docs/design/remote-backends.md says why not
 //! the `virt` crate). The domain XML and castrad's metadata in it (`xml`), the running domain
 //! (`domain`). This file is the [`Backend`] face of those pieces.
 //!
-//! The VM's disk is a qcow2 volume `castra-<project>-<vm>.qcow2` in the VM's storage pool,
+//! The VM's disk is a qcow2 volume `castra-<project>-<vm>-<id>.qcow2` in the VM's storage pool,
 //! backed by `base_image` (a path on the hypervisor) with its format given explicitly; its
 //! cloud-init seed, made here as for a QEMU VM, is uploaded as a second volume. Those two
 //! are the VM's own volumes on the hypervisor, and exactly what `discard` deletes (with the
