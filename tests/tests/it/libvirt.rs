@@ -307,7 +307,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
     assert_eq!(status_of(&env, &p, "box")["accel"], accel);
     let (domains, volumes) = lv.domains_and_volumes();
     let dom = domain_of(&env, "lv", "box");
-    assert_eq!(domains, [dom.clone()]);
+    assert_eq!(domains, [dom.as_str()]);
     assert_eq!(volumes, [format!("{dom}.qcow2")]);
     let xml = lv.virsh(&["dumpxml", &dom]);
     let kind = if accel == "tcg" { "qemu" } else { "kvm" };
@@ -334,7 +334,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
     let down = env.ctl(&p, &["down", "--json"]).ok().json();
     assert_eq!(down["vms"][0]["outcome"], "graceful", "{down}");
     assert_eq!(lv.virsh(&["domstate", &dom]).trim(), "shut off");
-    assert_eq!(lv.domains_and_volumes().0, [dom.clone()], "persistent");
+    assert_eq!(lv.domains_and_volumes().0, [dom.as_str()], "persistent");
 
     // up again: the same disk, still stamped: NoOp, and the guest answers. castrad's own copy
     // of the disk id is gone first: the domain's metadata has it.

@@ -107,7 +107,7 @@ fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
         ]
     );
     assert_eq!(lv.virsh(&["domstate", &dom]).trim(), "shut off");
-    assert_eq!(lv.domains_and_volumes().0, [dom.clone()], "persistent");
+    assert_eq!(lv.domains_and_volumes().0, [dom.as_str()], "persistent");
 
     // up again: the same disk and stamp (NoOp), booted once more, and reachable.
     let again = up(&env, &p, &[]);
