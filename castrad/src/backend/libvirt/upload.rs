@@ -17,6 +17,13 @@
 //!   checks. Within one castrad, one upload of a volume at a time (a lock per hypervisor, pool
 //!   and name); two castrads uploading the same image each rename their own complete copy.
 //!
+//! A volume under the name may be anyone's who can write the pool (a backdoored image, a
+//! qcow2 backed by another tenant's disk): before a disk is made on it, and after castrad's
+//! own upload is renamed into place (a file swapped in meanwhile), `verify` checks it:
+//! libvirt's format and no backing file, a regular file of the image's size, and its sha256
+//! read on the hypervisor is the store's. A hash, not a tag: libvirt volumes carry no
+//! metadata, and a tag beside the volume is forgeable by the same writer.
+//!
 //! The shared volume is not one of a VM's volumes: `discard` never deletes it.
 
 use std::collections::HashMap;
