@@ -30,7 +30,12 @@ fn two_checkouts_of_one_project_touch_only_their_own_domains_issue_25() {
     assert_ne!(na, nb);
     let mut both = [na.clone(), nb.clone()];
     both.sort();
-    assert_eq!(lv.domains_and_volumes().0, both);
+    // `virsh list` gives running domains in the order they started.
+    let sorted = |mut names: Vec<String>| {
+        names.sort();
+        names
+    };
+    assert_eq!(sorted(lv.domains_and_volumes().0), both);
     let meta = lv.virsh(&["metadata", &na, "https://castra.dev/xmlns/libvirt/1"]);
     assert!(
         meta.contains(&format!(
@@ -78,7 +83,7 @@ fn two_checkouts_of_one_project_touch_only_their_own_domains_issue_25() {
         "untouched"
     );
     let (domains, volumes) = lv.domains_and_volumes();
-    assert_eq!(domains, both);
+    assert_eq!(sorted(domains), both);
     assert_eq!(volumes, [format!("{na}.qcow2")], "A's disk is still there");
     assert_eq!(lv.virsh(&["domstate", &na]).trim(), "running");
     lv.virsh(&["undefine", &nb]);
