@@ -227,6 +227,34 @@ pub(crate) fn project(env: &Env, vms: &str) -> PathBuf {
     env.path("p")
 }
 
+/// The name castrad gives the domain of `vm` in the project `project` of `env`'s castrad:
+/// `castra-<project>-<vm>-<8 hex of the sha256 of the project's state root>` (issue 25).
+pub(crate) fn domain_of(env: &Env, project: &str, vm: &str) -> String {
+    use std::io::Write;
+    let projects = env.state().join("projects");
+    let root = std::fs::read_dir(&projects)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            name.rsplit_once('-').is_some_and(|(n, _)| n == project)
+        })
+        .unwrap_or_else(|| panic!("no state root of {project} in {}", projects.display()));
+    let mut sha = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = root.as_os_str().as_encoded_bytes();
+    sha.stdin.take().unwrap().write_all(bytes).unwrap();
+    let out = sha.wait_with_output().unwrap();
+    format!(
+        "castra-{project}-{vm}-{}",
+        &String::from_utf8_lossy(&out.stdout)[..8]
+    )
+}
+
 pub(crate) fn up(env: &Env, project: &Path, args: &[&str]) -> Up {
     let mut full = vec!["up", "--json"];
     full.extend_from_slice(args);
@@ -278,9 +306,10 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
     );
     assert_eq!(status_of(&env, &p, "box")["accel"], accel);
     let (domains, volumes) = lv.domains_and_volumes();
-    assert_eq!(domains, ["castra-lv-box"]);
-    assert_eq!(volumes, ["castra-lv-box.qcow2"]);
-    let xml = lv.virsh(&["dumpxml", "castra-lv-box"]);
+    let dom = domain_of(&env, "lv", "box");
+    assert_eq!(domains, [dom.as_str()]);
+    assert_eq!(volumes, [format!("{dom}.qcow2")]);
+    let xml = lv.virsh(&["dumpxml", &dom]);
     let kind = if accel == "tcg" { "qemu" } else { "kvm" };
     assert!(
         xml.contains(&format!("<domain type='{kind}'")),
@@ -290,10 +319,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         "hostfwd=tcp:127.0.0.1:{}-:22",
         launched["ssh_port"]
     )));
-    assert!(
-        lv.virsh(&["dominfo", "castra-lv-box"])
-            .contains("Persistent:     yes")
-    );
+    assert!(lv.virsh(&["dominfo", &dom]).contains("Persistent:     yes"));
     assert_eq!(
         env.guest_sh(&p, "box", "cat /data/castra/box/castra-mark"),
         "bootstrapped\n"
@@ -312,8 +338,8 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         .ok()
         .json();
     assert_eq!(down["vms"][0]["outcome"], "graceful", "{down}");
-    assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "shut off");
-    assert_eq!(lv.domains_and_volumes().0, ["castra-lv-box"], "persistent");
+    assert_eq!(lv.virsh(&["domstate", &dom]).trim(), "shut off");
+    assert_eq!(lv.domains_and_volumes().0, [dom.as_str()], "persistent");
 
     // up again: the same disk, still stamped: NoOp, and the guest answers. castrad's own copy
     // of the disk id is gone first: the domain's metadata has it.
@@ -385,7 +411,7 @@ fn a_libvirt_vm_from_up_to_discard_with_a_castrad_restart_between() {
         events[3]["event"]["ShutdownEscalated"]["signal"], "destroy",
         "{events:?}"
     );
-    assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "shut off");
+    assert_eq!(lv.virsh(&["domstate", &dom]).trim(), "shut off");
     eprintln!("libvirt down escalated to destroy: {:?}", deaf.elapsed());
 
     // down --discard, again without libvirt.json (the volumes are the metadata's): no
@@ -425,7 +451,7 @@ pub(crate) fn pin(sshd: &crate::sshd::Sshd, file: &Path) {
 
 /// The shared volume `upload = true` makes of the tiny guest's base.img (raw), and that file
 /// in the fixture's pool directory.
-fn base_volume(lv: &Libvirtd) -> (String, PathBuf) {
+pub(crate) fn base_volume(lv: &Libvirtd) -> (String, PathBuf) {
     let out = Command::new("sha256sum")
         .arg(guest().join("base.img"))
         .output()
@@ -464,9 +490,11 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
 
     let first = up(&env, &p, &[]);
     assert_eq!(first.statuses(), ["Success", "Success"], "{}", first.stderr);
+    let far = domain_of(&env, "lv", "far");
+    let far_disk = format!("{far}.qcow2");
     assert_eq!(
         lv.domains_and_volumes().1,
-        [base.as_str(), dead.as_str(), "castra-lv-far.qcow2"],
+        [base.as_str(), dead.as_str(), &far_disk],
         "one base volume; no .part of this upload left, another's untouched"
     );
     lv.virsh(&["vol-delete", "--pool", "castra", &dead]);
@@ -474,7 +502,7 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
         std::fs::read(&base_file).unwrap() == std::fs::read(guest().join("base.img")).unwrap(),
         "the volume holds the image, byte for byte"
     );
-    let overlay = lv.virsh(&["vol-dumpxml", "--pool", "castra", "castra-lv-far.qcow2"]);
+    let overlay = lv.virsh(&["vol-dumpxml", "--pool", "castra", &far_disk]);
     assert!(
         overlay.contains(&format!("<path>{}</path>", base_file.display()))
             && overlay.contains("<format type='raw'/>"),
@@ -495,7 +523,7 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
         .map(|o| o["vm"].as_str().unwrap())
         .collect();
     assert_eq!(names, ["far", "near"], "outcomes in file order");
-    assert_eq!(lv.domains_and_volumes().0, ["castra-lv-far"]);
+    assert_eq!(lv.domains_and_volumes().0, [far]);
 
     // The guest behind the hypervisor, as a user reaches it: through the hypervisor.
     let config = env.ctl(&p, &["ssh-config", "far"]).ok().stdout;
@@ -595,7 +623,10 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     assert!(log.contains("base volume reused"), "{log}");
     assert_eq!(
         lv.domains_and_volumes().1,
-        [base.as_str(), "castra-lv2-far.qcow2"]
+        [
+            base.clone(),
+            format!("{}.qcow2", domain_of(&env, "lv2", "far"))
+        ]
     );
     env.ctl(&q, &["down", "--discard"]).ok();
     assert_eq!(lv.domains_and_volumes().1, [base.as_str()]);

@@ -37,8 +37,9 @@ fn edit(project: &Path, from: &str, to: &str) {
 /// volume, and the drift is gone.
 pub(crate) fn drift_and_restart(lv: &Libvirtd, env: &Env, p: &Path) {
     let t = Instant::now();
+    let dom = crate::libvirt::domain_of(env, "lv", "box");
     let dominfo = |key: &str| {
-        let info = lv.virsh(&["dominfo", "castra-lv-box"]);
+        let info = lv.virsh(&["dominfo", &dom]);
         let line = info
             .lines()
             .find(|l| l.starts_with(key))
@@ -79,7 +80,7 @@ pub(crate) fn drift_and_restart(lv: &Libvirtd, env: &Env, p: &Path) {
             .contains("vm box: disk = 32 MiB is smaller than its disk (64 MiB)"),
         "{shrink:?}"
     );
-    assert_eq!(lv.virsh(&["domstate", "castra-lv-box"]).trim(), "running");
+    assert_eq!(lv.virsh(&["domstate", &dom]).trim(), "running");
     assert_eq!(dominfo("CPU(s):"), "1");
 
     edit(p, "disk = \"32 MiB\"", "disk = \"96 MiB\"");
@@ -104,7 +105,7 @@ pub(crate) fn drift_and_restart(lv: &Libvirtd, env: &Env, p: &Path) {
         "--bytes",
         "--pool",
         "castra",
-        "castra-lv-box.qcow2",
+        &format!("{dom}.qcow2"),
     ]);
     assert!(
         volume.contains(&format!("{} bytes", 96u64 << 20)),

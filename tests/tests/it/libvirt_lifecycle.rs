@@ -82,13 +82,11 @@ fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
     let first = up(&env, &p, &[]);
     assert_eq!(first.statuses(), ["Success"], "{}", first.stderr);
     let (_, volumes) = lv.domains_and_volumes();
-    assert_eq!(
-        volumes,
-        ["castra-lv-cloud-seed.img", "castra-lv-cloud.qcow2"]
-    );
+    let dom = crate::libvirt::domain_of(&env, "lv", "cloud");
+    assert_eq!(volumes, [format!("{dom}-seed.img"), format!("{dom}.qcow2")]);
     assert!(
         env.state()
-            .join("libvirt-pool/castra-lv-cloud.qcow2")
+            .join(format!("libvirt-pool/{dom}.qcow2"))
             .exists(),
         "the disk is in castrad's own pool"
     );
@@ -108,15 +106,8 @@ fn a_stock_cloud_image_comes_up_through_libvirt_with_castrads_seed() {
             "ShutdownComplete"
         ]
     );
-    assert_eq!(
-        lv.virsh(&["domstate", "castra-lv-cloud"]).trim(),
-        "shut off"
-    );
-    assert_eq!(
-        lv.domains_and_volumes().0,
-        ["castra-lv-cloud"],
-        "persistent"
-    );
+    assert_eq!(lv.virsh(&["domstate", &dom]).trim(), "shut off");
+    assert_eq!(lv.domains_and_volumes().0, [dom.as_str()], "persistent");
 
     // up again: the same disk and stamp (NoOp), booted once more, and reachable.
     let again = up(&env, &p, &[]);

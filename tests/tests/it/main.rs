@@ -24,6 +24,7 @@ mod install;
 mod libvirt;
 mod libvirt_drift;
 mod libvirt_lifecycle;
+mod libvirt_owner;
 mod limits;
 mod mounts;
 mod mounts_user;

@@ -1,10 +1,11 @@
-//! The libvirt backend: a VM is a **persistent** libvirt domain `castra-<project>-<vm>` on
-//! this machine (`qemu:///session`) or on a hypervisor reached over SSH (`qemu+ssh://`),
+//! The libvirt backend: a VM is a **persistent** libvirt domain `castra-<project>-<vm>-<id>`
+//! (`id`: its state root's, `owner`; only a domain tagged as ours is ever touched) on this
+//! machine (`qemu:///session`) or on a hypervisor reached over SSH (`qemu+ssh://`),
 //! driven with `virsh` as a subprocess (`virsh`; docs/design/remote-backends.md says why not
 //! the `virt` crate). The domain XML and castrad's metadata in it (`xml`), the running domain
 //! (`domain`). This file is the [`Backend`] face of those pieces.
 //!
-//! The VM's disk is a qcow2 volume `castra-<project>-<vm>.qcow2` in the VM's storage pool,
+//! The VM's disk is a qcow2 volume `castra-<project>-<vm>-<id>.qcow2` in the VM's storage pool,
 //! backed by `base_image` (a path on the hypervisor) with its format given explicitly; its
 //! cloud-init seed, made here as for a QEMU VM, is uploaded as a second volume. Those two
 //! are the VM's own volumes on the hypervisor, and exactly what `discard` deletes (with the
@@ -22,6 +23,7 @@
 
 mod domain;
 mod drift;
+mod owner;
 mod pool;
 mod space;
 pub mod upload;
@@ -99,13 +101,20 @@ impl From<CallError> for BackendError {
     }
 }
 
-/// `castra-<project>-<vm>`: the domain's name, and the stem of its volumes' names.
+/// `castra-<project>-<vm>-<id>` (`id`: the state root's, `owner`): the domain's name, and
+/// the stem of its volumes' names.
 pub fn domain_name(root: &StateRoot, vm: &str) -> String {
-    format!("castra-{}-{vm}", root.project_name())
+    format!(
+        "castra-{}-{vm}-{}",
+        root.project_name(),
+        xml::owner_id(root.path())
+    )
 }
 
+/// The VM's `libvirt.json`, if it names the VM's domain as castrad names it now.
 fn read_record(root: &StateRoot, vm: &str) -> Option<Record> {
-    serde_json::from_slice(&std::fs::read(root.vm(vm).libvirt).ok()?).ok()
+    let record: Record = serde_json::from_slice(&std::fs::read(root.vm(vm).libvirt).ok()?).ok()?;
+    owner::current(root, vm, &record.domain).then_some(record)
 }
 
 fn io(what: String) -> impl FnOnce(std::io::Error) -> BackendError {
@@ -167,6 +176,8 @@ impl Libvirt {
             seed: format!("{name}-seed.img"),
             config: config_path.to_owned(),
         };
+        // Another's domain under this name: an error naming its owner, and nothing touched.
+        let existing = owner::owned(&hv, root, &vm.name, &name)?;
         if is_running(&hv, &name)? {
             return Err(failed(format!(
                 "vm {}: its domain {name} already runs on {}; `castractl down {}` stops it first",
@@ -202,12 +213,7 @@ impl Libvirt {
         if exists {
             // castrad lost its copy of the disk id (its state was removed, say): the domain's
             // metadata still has it, and what it says about that disk is still true.
-            let facts = hv
-                .virsh(&["metadata", &name, xml::NAMESPACE])
-                .ok()
-                .and_then(|text| xml::parse_metadata(&text))
-                .filter(|f| f.overlay == record.overlay);
-            if let Some(facts) = facts {
+            if let Some(facts) = existing.filter(|f| f.overlay == record.overlay) {
                 crate::fsutil::write_atomic(
                     &paths.disk_id,
                     format!("{}\n", facts.disk_id).as_bytes(),
@@ -336,6 +342,8 @@ impl Libvirt {
             },
         })?;
         let has_seed = vm.cloud_init.enabled;
+        // `define` replaces whatever domain has the name: only ever one of ours.
+        owner::owned(&hv, root, &vm.name, &name)?;
         let uuid = hv
             .virsh(&["domuuid", &name])
             .ok()
@@ -361,6 +369,7 @@ impl Libvirt {
                 overlay: record.overlay.clone(),
                 seed: has_seed.then(|| record.seed.clone()),
                 settings: Some(super::qemu::launch_settings(root, vm)),
+                owner: Some(owner::ours(root)),
             };
             let spec = xml::DomainSpec {
                 name: name.clone(),
@@ -535,13 +544,23 @@ impl Backend for Libvirt {
             if is_down(&state) {
                 return None;
             }
-            let (h, d) = (hv.clone(), record.domain.clone());
-            let text =
-                tokio::task::spawn_blocking(move || h.virsh(&["metadata", &d, xml::NAMESPACE]))
-                    .await
-                    .ok()?
-                    .ok()?;
-            let facts = xml::parse_metadata(&text)?;
+            let (h, d, r, v) = (
+                hv.clone(),
+                record.domain.clone(),
+                root.clone(),
+                vm.to_owned(),
+            );
+            // Only a domain tagged as this castrad's (`owner`): another's is left running.
+            let facts = match tokio::task::spawn_blocking(move || owner::owned(&h, &r, &v, &d))
+                .await
+                .ok()?
+            {
+                Ok(facts) => facts?,
+                Err(e) => {
+                    tracing::warn!(vm, error = %e, "not adopted");
+                    return None;
+                }
+            };
             // The disk id is libvirt's word, the local file only its copy.
             let paths = root.vm(vm);
             if !paths.libvirt.exists() {
@@ -611,6 +630,8 @@ fn discard(
     vm: &str,
     record: &Record,
 ) -> Result<Option<(PathBuf, u64)>, BackendError> {
+    // Another's domain under this name: an error naming its owner, and nothing deleted.
+    let facts = owner::owned(hv, root, vm, &record.domain)?;
     if is_running(hv, &record.domain)? {
         return Err(failed(format!(
             "vm {vm}: its domain {} still runs on {}; castrad does not delete its disk",
@@ -619,10 +640,6 @@ fn discard(
         )));
     }
     // Its own volumes: those its metadata names, and those of castrad's names for it.
-    let facts = hv
-        .virsh(&["metadata", &record.domain, xml::NAMESPACE])
-        .ok()
-        .and_then(|text| xml::parse_metadata(&text));
     let mut volumes = Vec::new();
     if let Some(f) = &facts {
         volumes.push((f.pool.clone(), f.overlay.clone()));

@@ -17,6 +17,13 @@
 //!   checks. Within one castrad, one upload of a volume at a time (a lock per hypervisor, pool
 //!   and name); two castrads uploading the same image each rename their own complete copy.
 //!
+//! A volume under the name may be anyone's who can write the pool (a backdoored image, a
+//! qcow2 backed by another tenant's disk): before a disk is made on it, and after castrad's
+//! own upload is renamed into place (a file swapped in meanwhile), `verify` checks it:
+//! libvirt's format and no backing file, a regular file of the image's size, and its sha256
+//! read on the hypervisor is the store's. A hash, not a tag: libvirt volumes carry no
+//! metadata, and a tag beside the volume is forgeable by the same writer.
+//!
 //! The shared volume is not one of a VM's volumes: `discard` never deletes it.
 
 use std::collections::HashMap;
@@ -114,17 +121,21 @@ pub fn ensure(hv: &Hypervisor, pool: &str, stored: &Stored) -> Result<Base, Back
     };
     let lock = lock_for(format!("{}\n{pool}\n{name}", hv.uri));
     let _held = lock.lock().unwrap_or_else(|e| e.into_inner());
-    let reused = || {
-        let path = lookup(hv, pool, &name)?;
+    // A volume under the name is anyone's who can write the pool: checked before use.
+    let reused = || -> Result<Option<Base>, BackendError> {
+        let Some(path) = lookup(hv, pool, &name) else {
+            return Ok(None);
+        };
+        verify(hv, pool, &name, &path, stored)?;
         tracing::info!(hypervisor = %hv.name(), pool, volume = %name, "base volume reused");
-        Some(base(path))
+        Ok(Some(base(path)))
     };
-    if let Some(found) = reused() {
+    if let Some(found) = reused()? {
         return Ok(found);
     }
     // Made by another castrad, or by hand, since libvirt last looked.
     refresh(hv, pool)?;
-    if let Some(found) = reused() {
+    if let Some(found) = reused()? {
         return Ok(found);
     }
     check_pool(hv, pool).map_err(|m| failed(format!("on {}: {m}", hv.name())))?;
@@ -170,7 +181,10 @@ pub fn ensure(hv: &Hypervisor, pool: &str, stored: &Stored) -> Result<Base, Back
             e.into()
         }
     })?;
-    let uploaded = upload(hv, pool, &part, stored, len, allocated);
+    // What now has the final name is checked as a reused volume is: a writer of the pool
+    // may have swapped the file between the upload's checks and the rename.
+    let uploaded = upload(hv, pool, &part, stored, len, allocated)
+        .and_then(|path| verify(hv, pool, &name, &path, stored).map(|()| path));
     let path = match uploaded {
         Ok(path) => path,
         Err(e) => {
@@ -190,6 +204,78 @@ pub fn ensure(hv: &Hypervisor, pool: &str, stored: &Stored) -> Result<Base, Back
         "base image uploaded"
     );
     Ok(base(path))
+}
+
+/// Checks the volume `name` (at `path`) in `pool` before any VM is backed by it: libvirt
+/// sees the image's format and no backing file, and on the hypervisor it is a regular file
+/// of the image's size whose sha256 is the store's digest. Err: what is wrong and what to do.
+fn verify(
+    hv: &Hypervisor,
+    pool: &str,
+    name: &str,
+    path: &std::path::Path,
+    stored: &Stored,
+) -> Result<(), BackendError> {
+    let refuse = |why: String| {
+        failed(format!(
+            "the base volume {name} in pool {pool:?} on {} is not the image castrad uploaded              ({why}); castrad uses no VM disk on it. Anyone who can write the pool may have              put it there: remove it (`virsh -c {} vol-delete --pool {pool} {name}`) and run              again, and castrad uploads the image anew",
+            hv.name(),
+            hv.uri
+        ))
+    };
+    let xml = hv.virsh(&["vol-dumpxml", "--pool", pool, name])?;
+    if let Some(why) = volume_problem(&xml, &stored.record.format) {
+        return Err(refuse(why));
+    }
+    let text = path.to_string_lossy();
+    let kind = hv.sh(&["stat", "-c", "%F:%s", "--", &text])?;
+    let len = std::fs::metadata(&stored.path)
+        .map_err(|e| failed(format!("base image {}: {e}", stored.path.display())))?
+        .len();
+    match kind.trim().rsplit_once(':') {
+        Some(("regular file", size)) if size.parse::<u64>().ok() == Some(len) => {}
+        Some(("regular file", size)) => {
+            return Err(refuse(format!("{size} bytes, the image has {len}")));
+        }
+        _ => return Err(refuse(format!("{text} is not a regular file"))),
+    }
+    // The whole volume read on the hypervisor, at 1 MiB/s at worst, and two minutes more.
+    let limit = Duration::from_secs(120 + len / (1 << 20));
+    let sum = hv.sh_within(&["sha256sum", "--", &text], limit)?;
+    let sha = sum.split_whitespace().next().unwrap_or_default();
+    if !sha.eq_ignore_ascii_case(&stored.record.sha256) {
+        return Err(refuse(format!(
+            "its sha256 is {sha}, the image's {}",
+            stored.record.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// What is wrong with a base volume, from its `vol-dumpxml`: a backing file, or a format
+/// (as libvirt reads the file) other than `format`.
+pub fn volume_problem(xml: &str, format: &str) -> Option<String> {
+    if let Some(at) = xml.find("<backingStore") {
+        let rest = &xml[at..];
+        let empty = rest.starts_with("<backingStore/>") || rest.starts_with("<backingStore />");
+        if !empty {
+            let backing = rest
+                .find("<path>")
+                .and_then(|p| rest[p + 6..].split_once("</path>"))
+                .map_or("a file", |(path, _)| path);
+            return Some(format!("it has a backing file, {backing}"));
+        }
+    }
+    let target = xml.split_once("<target>").map_or("", |(_, t)| t);
+    let target = target.split_once("</target>").map_or(target, |(t, _)| t);
+    let found = target
+        .split_once("<format type=")
+        .and_then(|(_, r)| {
+            let quote = r.chars().next()?;
+            r[1..].split_once(quote).map(|(f, _)| f)
+        })
+        .unwrap_or("unknown");
+    (found != format).then(|| format!("libvirt reads it as {found}, not {format}"))
 }
 
 /// Uploads the store image `stored` into the volume `part`, checks it, and renames it to its
@@ -265,5 +351,31 @@ mod tests {
         );
         assert_eq!(pool_type("<pool type=\"logical\">"), Some("logical"));
         assert_eq!(pool_type("<volume/>"), None);
+    }
+
+    #[test]
+    fn a_base_volume_with_a_backing_file_or_another_format_is_refused() {
+        let plain = "<volume type='file'>\n  <name>b.raw</name>\n  <target>\n    \
+                     <path>/p/b.raw</path>\n    <format type='raw'/>\n  </target>\n</volume>";
+        assert_eq!(volume_problem(plain, "raw"), None);
+        assert_eq!(
+            volume_problem(plain, "qcow2").as_deref(),
+            Some("libvirt reads it as raw, not qcow2")
+        );
+        let backed = plain.replace(
+            "</target>",
+            "</target>\n  <backingStore>\n    <path>/other/disk.qcow2</path>\n    \
+             <format type='qcow2'/>\n  </backingStore>",
+        );
+        assert_eq!(
+            volume_problem(&backed, "raw").as_deref(),
+            Some("it has a backing file, /other/disk.qcow2")
+        );
+        let empty = plain.replace("</target>", "</target><backingStore/>");
+        assert_eq!(volume_problem(&empty, "raw"), None);
+        assert!(
+            volume_problem("<volume/>", "raw").is_some(),
+            "no format: refused"
+        );
     }
 }

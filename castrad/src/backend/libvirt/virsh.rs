@@ -160,6 +160,11 @@ impl Hypervisor {
 
     /// Runs `words` on the hypervisor (here, or over the SSH connection, each word quoted).
     pub fn sh(&self, words: &[&str]) -> Result<String, CallError> {
+        self.sh_within(words, CALL_TIMEOUT)
+    }
+
+    /// [`Self::sh`] with its own time limit (hashing an image takes as long as it needs).
+    pub fn sh_within(&self, words: &[&str], limit: Duration) -> Result<String, CallError> {
         let what = words.first().copied().unwrap_or("").to_owned();
         let cmd = match &self.hop {
             None => {
@@ -178,7 +183,7 @@ impl Hypervisor {
                 cmd
             }
         };
-        run(cmd, None, CALL_TIMEOUT).map_err(|m| self.error(what, m))
+        run(cmd, None, limit).map_err(|m| self.error(what, m))
     }
 }
 

@@ -40,6 +40,35 @@ pub struct Facts {
     /// What the domain was defined with (cpus, memory, disk, ...), for drift; None for a
     /// domain defined before castrad recorded it (no drift is reported for it).
     pub settings: Option<LaunchSettings>,
+    /// Whose domain it is; None for one defined before castrad recorded it (never ours).
+    pub owner: Option<Owner>,
+}
+
+/// The castrad (its state root for the project) a domain and its volumes belong to. `id` is
+/// in their names; `state_root` decides; `user` and `host` only name the owner in messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    /// 8 hex digits of the sha256 of `state_root` (which itself names castrad's state
+    /// directory and the castra.toml's path).
+    pub id: String,
+    pub state_root: PathBuf,
+    pub user: String,
+    pub host: String,
+}
+
+impl Owner {
+    /// Whether a domain tagged `self` is `ours`: the same id and state root (the user and
+    /// host are what castrad knew of itself then, not part of the identity).
+    pub fn same(&self, ours: &Owner) -> bool {
+        self.id == ours.id && self.state_root == ours.state_root
+    }
+}
+
+/// The id of the castrad state root `state_root`: what names its domains and volumes.
+pub fn owner_id(state_root: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(state_root.as_os_str().as_encoded_bytes());
+    crate::ids::hex(&digest[..4])
 }
 
 /// Everything a domain's definition depends on.
@@ -106,6 +135,12 @@ pub fn metadata(f: &Facts) -> String {
         let json = serde_json::to_string(settings).unwrap_or_default();
         fields.push(("launch_settings", json));
     }
+    if let Some(o) = &f.owner {
+        fields.push(("owner", o.id.clone()));
+        fields.push(("state_root", o.state_root.to_string_lossy().into_owned()));
+        fields.push(("user", o.user.clone()));
+        fields.push(("host", o.host.clone()));
+    }
     let mut out = format!("<castra:vm xmlns:castra='{NAMESPACE}'>");
     for (k, v) in fields {
         out.push_str(&format!("<castra:{k}>{}</castra:{k}>", escape(&v)));
@@ -159,6 +194,15 @@ pub fn parse_metadata(text: &str) -> Option<Facts> {
         seed: get("seed"),
         // One that does not read is dropped, not the domain: it only costs the drift report.
         settings: get("launch_settings").and_then(|j| serde_json::from_str(&j).ok()),
+        owner: match (get("owner"), get("state_root")) {
+            (Some(id), Some(root)) => Some(Owner {
+                id,
+                state_root: PathBuf::from(root),
+                user: get("user").unwrap_or_default(),
+                host: get("host").unwrap_or_default(),
+            }),
+            _ => None,
+        },
     })
 }
 
@@ -274,6 +318,12 @@ mod tests {
                 mounts: vec!["/p/<a & b>->/src (ro)".into()],
                 seed: None,
             }),
+            owner: Some(Owner {
+                id: owner_id(Path::new("/s/projects/p-01234567")),
+                state_root: "/s/projects/p-01234567".into(),
+                user: "me".into(),
+                host: "box & co".into(),
+            }),
         }
     }
 
@@ -294,6 +344,7 @@ mod tests {
         // A domain defined before the settings were recorded, or with ones that do not read.
         let mut before = no_seed;
         before.settings = None;
+        before.owner = None;
         assert_eq!(parse_metadata(&metadata(&before)), Some(before.clone()));
         let mut garbled = metadata(&before);
         let end = garbled.rfind("</castra:vm>").unwrap();
@@ -305,6 +356,30 @@ mod tests {
         assert_eq!(parse_metadata("<vm><ssh_port>x</ssh_port></vm>"), None);
         assert_eq!(parse_metadata(""), None);
         assert_eq!(parse_metadata(&"<a>".repeat(METADATA_MAX)), None);
+    }
+
+    #[test]
+    fn an_owner_is_the_same_state_root_whoever_it_names() {
+        let ours = facts().owner.unwrap();
+        assert_eq!(ours.id.len(), 8);
+        assert_eq!(ours.id, owner_id(Path::new("/s/projects/p-01234567")));
+        assert_ne!(ours.id, owner_id(Path::new("/t/projects/p-01234567")));
+        let renamed = Owner {
+            user: "other".into(),
+            host: "elsewhere".into(),
+            ..ours.clone()
+        };
+        assert!(renamed.same(&ours), "user and host only name the owner");
+        let theirs = Owner {
+            state_root: "/t/projects/p-01234567".into(),
+            ..ours.clone()
+        };
+        assert!(!theirs.same(&ours));
+        let forged = Owner {
+            id: "00000000".into(),
+            ..ours.clone()
+        };
+        assert!(!forged.same(&ours));
     }
 
     #[test]
