@@ -335,8 +335,9 @@ mod tests {
         let proxy = proxy_command(&hop);
         assert!(proxy.starts_with("'ssh' '-o' 'BatchMode=yes'"), "{proxy}");
         assert!(proxy.contains("'StrictHostKeyChecking=yes'"));
-        assert!(proxy.contains("'UserKnownHostsFile=/pins/known_hosts'"));
-        assert!(proxy.contains("'ControlPath=/run/c/hv-1'"));
+        // Paths as ssh reads an option's value: one double-quoted word.
+        assert!(proxy.contains(r#"'UserKnownHostsFile="/pins/known_hosts"'"#), "{proxy}");
+        assert!(proxy.contains(r#"'ControlPath="/run/c/hv-1"'"#), "{proxy}");
         assert!(
             proxy.ends_with(
                 "'-p' '2222' '-l' 'me' '-i' '/k/id' '-o' 'IdentitiesOnly=yes' -W %h:%p -- 'hv'"
