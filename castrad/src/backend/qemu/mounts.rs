@@ -312,10 +312,30 @@ pub fn virtiofsd_command(
 
 /// The guest's side, as a shell program: arguments are triples (tag, guest path, `ro`|`rw`);
 /// each directory is made and mounted unless something is mounted there already (it runs at
-/// every boot). virtiofs first, 9p when the guest or the host has no virtiofs, so a seed made
-/// for one transport still works if the next launch chooses the other. Exits 1 if a mount
-/// failed, after trying the others.
-pub const GUEST_SCRIPT: &str = "st=0; while [ $# -ge 3 ]; do mkdir -p -- \"$2\" && \
+/// every boot, as root, from the seed's `bootcmd`). virtiofs first, 9p when the guest or the
+/// host has no virtiofs, so a seed made for one transport still works if the next launch
+/// chooses the other. Exits 1 if a mount failed, after trying the others.
+///
+/// Before it makes or mounts anything, `pt` checks the mount point as the driver checks
+/// `remote_dir` (and `pipeline/guest_setup.sh` does for guests without cloud-init): no
+/// component is a symbolic link, every directory above it is owned by root (or whoever runs
+/// this) and cannot be written by others (a root-owned sticky one such as /tmp excepted), and
+/// the missing ones are made one at a time by `mkdir`, which fails on a link planted meanwhile
+/// instead of following it. Otherwise another account of the guest could have root mount a
+/// share, or make directories, wherever it likes. The mount point itself may be anyone's: the
+/// mount covers it. A refusal is said on stderr (cloud-init's output log).
+pub const GUEST_SCRIPT: &str = "st=0; me=$(id -u); \
+pt() { d=$1; p=; r=${1#/}; while [ -n \"$r\" ]; do c=${r%%/*}; \
+case $r in */*) r=${r#*/} ;; *) r= ;; esac; q=$p/$c; \
+if [ -L \"$q\" ]; then echo \"castra: not mounting at $d: $q is a symbolic link\" >&2; return 1; \
+elif [ ! -e \"$q\" ]; then mkdir -m 755 -- \"$q\" || return 1; \
+elif [ -n \"$r\" ]; then [ -d \"$q\" ] || { echo \"castra: not mounting at $d: $q is not a directory\" >&2; return 1; }; \
+s=$(stat -c '%u %a' -- \"$q\") || { echo \"castra: not mounting at $d: cannot check $q\" >&2; return 1; }; \
+u=${s% *}; a=${s#* }; case $u$a in ''|*[!0-9]*) echo \"castra: not mounting at $d: cannot check $q\" >&2; return 1 ;; esac; \
+{ [ \"$u\" = 0 ] || [ \"$u\" = \"$me\" ]; } && { [ $((0$a & 022)) = 0 ] || { [ \"$u\" = 0 ] && [ $((0$a & 01000)) != 0 ]; }; } \
+|| { echo \"castra: not mounting at $d: $q is owned by uid $u, mode $a (it must be root's \
+and not writable by others)\" >&2; return 1; }; fi; p=$q; done; }; \
+while [ $# -ge 3 ]; do pt \"$2\" && \
 { mountpoint -q -- \"$2\" || mount -t virtiofs -o \"$3\" -- \"$1\" \"$2\" 2>/dev/null || \
 mount -t 9p -o \"trans=virtio,version=9p2000.L,msize=262144,$3\" -- \"$1\" \"$2\"; } || st=1; \
 shift 3; done; exit $st";

@@ -371,3 +371,51 @@ fn the_user_namespace_script_mounts_then_execs_virtiofsd() {
         }
     }
 }
+
+/// Issue 25: the seed's mount script checks each mount point as the driver checks remote_dir:
+/// a parent another guest account replaced with a symbolic link, or one others can write to,
+/// is refused before anything is made or mounted there; the other mounts go on.
+#[test]
+fn the_seeds_mount_script_refuses_a_symlinked_or_writable_parent() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = d.join("calls");
+    crate::testutil::stub_command(&bin, "mountpoint", "exit 1");
+    crate::testutil::stub_command(&bin, "mount", &format!("echo \"$*\" >>{}", calls.display()));
+    std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+    std::fs::create_dir_all(d.join("open/sub")).unwrap();
+    std::os::unix::fs::symlink(d.join("elsewhere"), d.join("link")).unwrap();
+    std::fs::set_permissions(d.join("open"), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut ms = mounts();
+    ms[0].guest = format!("{}/link/src", d.display());
+    ms[1].guest = format!("{}/open/sub/docs", d.display());
+    let mut ok = ms[1].clone();
+    ok.guest = format!("{}/fine/new/dir", d.display());
+    ms.push(ok);
+    let command = guest_command(&ms).unwrap();
+    let out = std::process::Command::new(&command[0])
+        .args(&command[1..])
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&out.stderr);
+    let r = d.display();
+    assert!(
+        said.contains(&format!("not mounting at {r}/link/src: {r}/link is a symbolic link")),
+        "{said}"
+    );
+    assert!(
+        said.contains(&format!("not mounting at {r}/open/sub/docs: {r}/open is owned by uid")),
+        "{said}"
+    );
+    assert!(std::fs::read_dir(d.join("elsewhere")).unwrap().next().is_none(), "nothing made");
+    assert_eq!(
+        std::fs::read_to_string(&calls).unwrap(),
+        format!("-t virtiofs -o ro -- castra2 {r}/fine/new/dir\n"),
+        "only the third is mounted"
+    );
+}
