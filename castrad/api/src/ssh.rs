@@ -336,7 +336,10 @@ mod tests {
         assert!(proxy.starts_with("'ssh' '-o' 'BatchMode=yes'"), "{proxy}");
         assert!(proxy.contains("'StrictHostKeyChecking=yes'"));
         // Paths as ssh reads an option's value: one double-quoted word.
-        assert!(proxy.contains(r#"'UserKnownHostsFile="/pins/known_hosts"'"#), "{proxy}");
+        assert!(
+            proxy.contains(r#"'UserKnownHostsFile="/pins/known_hosts"'"#),
+            "{proxy}"
+        );
         assert!(proxy.contains(r#"'ControlPath="/run/c/hv-1"'"#), "{proxy}");
         assert!(
             proxy.ends_with(

@@ -405,14 +405,24 @@ fn the_seeds_mount_script_refuses_a_symlinked_or_writable_parent() {
     let said = String::from_utf8_lossy(&out.stderr);
     let r = d.display();
     assert!(
-        said.contains(&format!("not mounting at {r}/link/src: {r}/link is a symbolic link")),
+        said.contains(&format!(
+            "not mounting at {r}/link/src: {r}/link is a symbolic link"
+        )),
         "{said}"
     );
     assert!(
-        said.contains(&format!("not mounting at {r}/open/sub/docs: {r}/open is owned by uid")),
+        said.contains(&format!(
+            "not mounting at {r}/open/sub/docs: {r}/open is owned by uid"
+        )),
         "{said}"
     );
-    assert!(std::fs::read_dir(d.join("elsewhere")).unwrap().next().is_none(), "nothing made");
+    assert!(
+        std::fs::read_dir(d.join("elsewhere"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "nothing made"
+    );
     assert_eq!(
         std::fs::read_to_string(&calls).unwrap(),
         format!("-t virtiofs -o ro -- castra2 {r}/fine/new/dir\n"),
