@@ -532,7 +532,7 @@ fn a_mixed_project_brings_up_a_qemu_vm_and_a_libvirt_vm_over_ssh_in_one_up() {
     assert!(config.contains("StrictHostKeyChecking=yes"), "{config}");
     let control = env.path("run/castra/ssh/hv-");
     assert!(
-        config.contains(&format!("'ControlPath={}", control.display())),
+        config.contains(&format!("'ControlPath=\"{}", control.display())),
         "castrad's master: {config}"
     );
     assert_eq!(

@@ -92,11 +92,12 @@ fn a_symlinked_script_and_payload_are_sent_and_hashed_as_what_they_point_to() {
         "[[vms]]\nname = \"box\"\nbackend = \"external\"\nSSH\n\
          [vms.bootstrap]\nscript = \"scripts/link.sh\"\npayload = \"payload-link\"\n",
     );
+    // The links stay inside the project: one leading out of it is refused (tests/it/trust.rs).
     fleet.env.write(&[
-        ("real/run.sh", "cat \"$CASTRA_PAYLOAD_DIR/conf\" > seen\n"),
-        ("real/payload/conf", "version 1\n"),
+        ("p/real/run.sh", "cat \"$CASTRA_PAYLOAD_DIR/conf\" > seen\n"),
+        ("p/real/payload/conf", "version 1\n"),
     ]);
-    let (project, real) = (fleet.project(), fleet.env.path("real"));
+    let (project, real) = (fleet.project(), fleet.project().join("real"));
     std::os::unix::fs::symlink(real.join("run.sh"), project.join("scripts/link.sh")).unwrap();
     std::os::unix::fs::symlink(real.join("payload"), project.join("payload-link")).unwrap();
     std::os::unix::fs::symlink("conf", real.join("payload/alias")).unwrap();
